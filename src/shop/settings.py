@@ -1,0 +1,149 @@
+"""One validated settings object: defaults < config.yaml < environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CONFIG_FILE_ENV = "SHOP_CONFIG"
+DEFAULT_CONFIG_FILE = "config.yaml"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Turn `db: {host: x}` into `{"db_host": x}`, matching the flat env names."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}".lower().replace("-", "_")
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads config.yaml (or the file named by SHOP_CONFIG); a missing default file is fine."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        explicit = os.environ.get(CONFIG_FILE_ENV)
+        path = Path(explicit or DEFAULT_CONFIG_FILE)
+        self._data: dict[str, Any] = {}
+        if not path.is_file():
+            if explicit:
+                raise ConfigError(f"{CONFIG_FILE_ENV}={explicit}: file not found")
+            return
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        self._data = _flatten(loaded)
+        fields = set(settings_cls.model_fields)
+        unknown = sorted(set(self._data) - fields)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class ConfigError(Exception):
+    """Configuration that the services refuse to start with."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read once at start and passed in."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
+
+    db_host: str = "127.0.0.1"
+    db_port: int = Field(3306, ge=1, le=65535)
+    db_user: str = "shop"
+    db_password: str = "shop"
+    db_name: str = Field("shop", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    db_pool_size: int = Field(20, ge=1, le=500)
+    db_timeout_seconds: float = Field(5.0, gt=0)
+
+    kafka_brokers: str = "127.0.0.1:9092"
+    kafka_topic: str = Field("orders", min_length=1)
+    kafka_product_events_topic: str = Field("product-events", min_length=1)
+    kafka_order_events_topic: str = Field("order-events", min_length=1)
+    kafka_dlq_topic: str = Field("orders.dlq", min_length=1)
+    kafka_consumer_group: str = Field("order-service", min_length=1)
+
+    rabbitmq_host: str = "127.0.0.1"
+    rabbitmq_port: int = Field(5672, ge=1, le=65535)
+    rabbitmq_management_port: int = Field(15672, ge=1, le=65535)
+    rabbitmq_user: str = "guest"
+    rabbitmq_password: str = "guest"
+    rabbitmq_vhost: str = "/"
+    rabbitmq_queue: str = Field("orders", min_length=1)
+
+    product_service_port: int = Field(8080, ge=1, le=65535)
+    order_service_port: int = Field(8081, ge=1, le=65535)
+    bind_host: str = "127.0.0.1"
+    workers: int = Field(1, ge=1, le=64)
+
+    broker_deadline_seconds: float = Field(2.0, gt=0, le=30)
+    outbox_batch_size: int = Field(500, ge=1, le=10_000)
+    outbox_poll_seconds: float = Field(0.2, gt=0, le=60)
+    max_body_bytes: int = Field(65_536, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("kafka_brokers")
+    @classmethod
+    def _brokers_have_ports(cls, value: str) -> str:
+        for broker in value.split(","):
+            host, _, port = broker.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @property
+    def db_url(self) -> str:
+        return (
+            f"mysql+asyncmy://{self.db_user}:{self.db_password}"
+            f"@{self.db_host}:{self.db_port}/{self.db_name}?charset=utf8mb4"
+        )
+
+    @property
+    def rabbitmq_url(self) -> str:
+        vhost = "%2F" if self.rabbitmq_vhost == "/" else self.rabbitmq_vhost
+        return (
+            f"amqp://{self.rabbitmq_user}:{self.rabbitmq_password}"
+            f"@{self.rabbitmq_host}:{self.rabbitmq_port}/{vhost}"
+        )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation failures into one message naming each setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,86 @@
+"""Settings: defaults < config.yaml < environment; bad values name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shop.settings import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in (
+        "DB_HOST",
+        "DB_PORT",
+        "DB_NAME",
+        "KAFKA_BROKERS",
+        "PRODUCT_SERVICE_PORT",
+        "ORDER_SERVICE_PORT",
+        "SHOP_CONFIG",
+        "RABBITMQ_PORT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_without_a_config_file() -> None:
+    settings = load_settings()
+    assert settings.db_port == 3306
+    assert settings.product_service_port == 8080
+    assert settings.order_service_port == 8081
+    assert settings.kafka_topic == "orders"
+
+
+def test_config_yaml_overrides_defaults_and_env_overrides_yaml(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "config.yaml").write_text(
+        "db:\n  host: db.internal\n  port: 3307\nproduct_service:\n  port: 9000\n"
+    )
+    from_file = load_settings()
+    assert (from_file.db_host, from_file.db_port, from_file.product_service_port) == (
+        "db.internal",
+        3307,
+        9000,
+    )
+    monkeypatch.setenv("DB_PORT", "3308")
+    assert load_settings().db_port == 3308
+    assert load_settings().db_host == "db.internal"
+
+
+def test_invalid_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDER_SERVICE_PORT", "eighty")
+    with pytest.raises(ConfigError, match="ORDER_SERVICE_PORT"):
+        load_settings()
+
+
+def test_out_of_range_port_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_PORT", "70000")
+    with pytest.raises(ConfigError, match="DB_PORT"):
+        load_settings()
+
+
+def test_malformed_broker_list_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BROKERS", "localhost")
+    with pytest.raises(ConfigError, match="KAFKA_BROKERS"):
+        load_settings()
+
+
+def test_unknown_key_in_config_yaml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("db:\n  hots: x\n")
+    with pytest.raises(ConfigError, match="db_hots"):
+        load_settings()
+
+
+def test_named_config_file_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_CONFIG", "/nonexistent.yaml")
+    with pytest.raises(ConfigError, match="SHOP_CONFIG"):
+        load_settings()
+
+
+def test_repository_config_yaml_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    repo_config = Path(__file__).resolve().parents[2] / "config.yaml"
+    monkeypatch.setenv("SHOP_CONFIG", str(repo_config))
+    assert load_settings().db_name == "shop"
