@@ -1,0 +1,244 @@
+"""What both HTTP services share: JSON and problem responses, errors, limits, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shop import jsonutil
+from shop.errors import DomainError, Unavailable
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[None]]
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+class JSONResponse(Response):
+    """A JSON response encoded with orjson (decimals as exact numbers)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return jsonutil.dumps(content)
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    type_: str = "about:blank",
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """An RFC 9457 problem+json response."""
+    body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
+    return Response(
+        jsonutil.dumps(body),
+        status_code=status,
+        media_type="application/problem+json",
+        headers=dict(headers or {}),
+    )
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return problem(400, "Malformed JSON", "The request body is not valid JSON.")
+    if _body_not_json(request, errors):
+        return problem(
+            415,
+            "Unsupported media type",
+            "Send the request body as JSON with Content-Type: application/json.",
+        )
+    listed = [{"field": _field_name(err["loc"]), "message": err["msg"]} for err in errors]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in listed)
+    return problem(422, "Invalid input", detail, type_="/problems/validation", errors=listed)
+
+
+def _body_not_json(request: Request, errors: Sequence[Any]) -> bool:
+    # FastAPI parses a body as JSON only when it is declared so; otherwise the model sees bytes.
+    content_type = request.headers.get("content-type", "")
+    declared_json = content_type.startswith("application/json") or "+json" in content_type
+    whole_body_wrong = any(tuple(err["loc"]) == ("body",) for err in errors)
+    return bool(content_type) and not declared_json and whole_body_wrong
+
+
+async def _on_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    headers = {}
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    return problem(exc.status, exc.title, exc.detail, type_=exc.type_, headers=headers, **exc.extra)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    title = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}.get(
+        exc.status_code, "Error"
+    )
+    return problem(exc.status_code, title, str(exc.detail), headers=exc.headers)
+
+
+async def _on_database_down(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem(
+        503,
+        "Service unavailable",
+        "The database did not answer; retry shortly.",
+        type_="/problems/unavailable",
+        headers={"Retry-After": "2"},
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "Internal error", "The server failed to answer; it has been logged.")
+
+
+class BodyLimit:
+    """Refuses request bodies over `max_bytes` with 413, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _detail(self) -> str:
+        return f"The request body is larger than {self.max_bytes} bytes."
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, "Request body too large", self._detail())
+        await response(scope, receive, send)
+
+
+class Metrics:
+    """Counts and times every request by its route template (not its raw path)."""
+
+    def __init__(self, app: ASGIApp, *, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).inc()
+            HTTP_LATENCY.labels(self.service, template).observe(time.perf_counter() - start)
+
+
+def health_router(checks: Callable[[], Mapping[str, HealthCheck]], *, timeout: float) -> APIRouter:
+    """`/healthz` (the process answers), `/readyz` (its dependencies answer), `/metrics`."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", response_class=JSONResponse)
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", response_class=JSONResponse)
+    async def readyz() -> Response:
+        """The database and brokers this service needs answer."""
+        named = checks()
+        outcomes = await asyncio.gather(*(_run_check(check, timeout) for check in named.values()))
+        results = dict(zip(named, outcomes, strict=True))
+        if all(result == "ok" for result in results.values()):
+            return JSONResponse({"status": "ok", "checks": results})
+        failing = ", ".join(name for name, result in results.items() if result != "ok")
+        return problem(
+            503,
+            "Not ready",
+            f"Unreachable: {failing}",
+            checks=results,
+            headers={"Retry-After": "1"},
+        )
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _run_check(check: HealthCheck, timeout: float) -> str:
+    try:
+        async with asyncio.timeout(timeout):
+            await check()
+    except Exception as exc:  # a readiness probe reports any failure instead of raising it
+        return f"failed: {type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
+def install(app: FastAPI, *, service: str, max_body_bytes: int) -> None:
+    """Add the shared error handlers and middleware to a service's app."""
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(DomainError, _on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for down in (OperationalError, InterfaceError, PoolTimeout, TimeoutError):
+        app.add_exception_handler(down, _on_database_down)
+    app.add_exception_handler(Exception, _on_unexpected)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Metrics, service=service)

@@ -1,0 +1,83 @@
+"""Idempotency-Key records: the first answer to a request, replayed for its retries."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import Column, LargeBinary, MetaData, SmallInteger, Table, select
+from sqlalchemy.dialects.mysql import BINARY, MEDIUMBLOB
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shop import jsonutil
+from shop.db import Timestamp
+from shop.errors import IdempotencyMismatch
+
+MAX_KEY_LENGTH = 255
+
+
+def idempotency_table(name: str, metadata: MetaData) -> Table:
+    """A table of remembered answers, keyed by a hash of the scoped key."""
+    return Table(
+        name,
+        metadata,
+        Column("key_hash", LargeBinary(32).with_variant(BINARY(32), "mysql"), primary_key=True),
+        Column("request_hash", LargeBinary(32).with_variant(BINARY(32), "mysql"), nullable=False),
+        Column("status", SmallInteger, nullable=False),
+        Column("body", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
+        Column("created_at", Timestamp, nullable=False),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A remembered response."""
+
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """An Idempotency-Key with the request it came with, both hashed."""
+
+    key_hash: bytes
+    request_hash: bytes
+
+    @classmethod
+    def of(cls, key: str, *, scope: str, request: object) -> Key:
+        return cls(
+            key_hash=hashlib.sha256(f"{scope}\x1f{key}".encode()).digest(),
+            request_hash=hashlib.sha256(jsonutil.dumps(request)).digest(),
+        )
+
+
+async def recall(conn: AsyncConnection, table: Table, key: Key) -> Answer | None:
+    """The answer first given under this key, or None; a different request is refused."""
+    row = (
+        await conn.execute(
+            select(table.c.request_hash, table.c.status, table.c.body).where(
+                table.c.key_hash == key.key_hash
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.request_hash != key.request_hash:
+        raise IdempotencyMismatch(
+            "This Idempotency-Key was first used with a different request body."
+        )
+    return Answer(status=row.status, body=row.body)
+
+
+async def remember(conn: AsyncConnection, table: Table, key: Key, answer: Answer) -> None:
+    """Store the answer inside the caller's transaction (a racing twin fails on the key)."""
+    await conn.execute(
+        table.insert().values(
+            key_hash=key.key_hash,
+            request_hash=key.request_hash,
+            status=answer.status,
+            body=answer.body,
+            created_at=jsonutil.utcnow(),
+        )
+    )

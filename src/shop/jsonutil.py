@@ -1,0 +1,40 @@
+"""JSON encoding shared by responses and events: orjson, decimals as exact JSON numbers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # Written as the decimal's own digits (19.90, not 19.9 or 19.899999...), still a number.
+        return orjson.Fragment(str(value).encode())
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode to JSON bytes; datetimes as RFC 3339 UTC, UUIDs as strings, decimals as numbers."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_UTC_Z)
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode JSON bytes."""
+    return orjson.loads(data)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, naive UTC with microseconds, as MySQL DATETIME(6) stores it."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """Mark a naive database timestamp as UTC for output."""
+    return value.replace(tzinfo=dt.UTC)
+
+
+__all__ = ["as_utc", "dumps", "loads", "utcnow", "uuid"]

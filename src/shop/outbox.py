@@ -1,0 +1,201 @@
+"""Transactional outbox: events written with the change that caused them, relayed to Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.mysql import MEDIUMBLOB
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shop import jsonutil
+from shop.db import Timestamp, unit_of_work
+from shop.ids import uuid7
+
+log = logging.getLogger(__name__)
+
+OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published", ["table"])
+OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Failed relay rounds", ["table"])
+OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox events not yet published", ["table"])
+
+
+def outbox_table(name: str, metadata: MetaData) -> Table:
+    """An outbox table; each service owns one."""
+    return Table(
+        name,
+        metadata,
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("event_id", String(36), nullable=False),
+        Column("event_key", String(64), nullable=False),
+        Column("payload", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
+        Column("created_at", Timestamp, nullable=False),
+        Column("sent_at", Timestamp, nullable=True),
+        Index(f"ix_{name}_unsent", "sent_at", "id"),
+    )
+
+
+def envelope(event_type: str, data: dict[str, Any]) -> tuple[str, bytes]:
+    """The event's id and its JSON envelope `{event_id, type, version, occurred_at, data}`."""
+    event_id = str(uuid7())
+    body = {
+        "event_id": event_id,
+        "type": event_type,
+        "version": 1,
+        "occurred_at": jsonutil.as_utc(jsonutil.utcnow()),
+        "data": data,
+    }
+    return event_id, jsonutil.dumps(body)
+
+
+async def add(
+    conn: AsyncConnection, table: Table, *, event_type: str, key: str, data: dict[str, Any]
+) -> None:
+    """Record an event inside the caller's transaction; it is published only if that commits."""
+    await add_many(conn, table, [(event_type, key, data)])
+
+
+async def add_many(
+    conn: AsyncConnection, table: Table, events: list[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """Record several events (type, key, data) inside the caller's transaction."""
+    now = jsonutil.utcnow()
+    rows = []
+    for event_type, key, data in events:
+        event_id, payload = envelope(event_type, data)
+        rows.append({"event_id": event_id, "event_key": key, "payload": payload, "created_at": now})
+    if rows:
+        await conn.execute(table.insert(), rows)
+
+
+class Publisher(Protocol):
+    async def publish_many(
+        self, topic: str, messages: list[tuple[str, bytes]], *, timeout: float | None = None
+    ) -> None: ...
+
+
+class Relay:
+    """Claims unsent rows with FOR UPDATE SKIP LOCKED, publishes them, marks them sent.
+
+    The claim is held while publishing, so a second relay (another replica) skips those rows
+    instead of sending them again. A crash between publish and commit re-sends: consumers
+    de-duplicate on event_id.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        table: Table,
+        publisher: Publisher,
+        topic: str,
+        batch_size: int,
+        poll_seconds: float,
+        publish_timeout: float,
+    ) -> None:
+        self._engine = engine
+        self._table = table
+        self._publisher = publisher
+        self._topic = topic
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._publish_timeout = publish_timeout
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Tell the relay that new rows were committed, so it need not wait for its next poll."""
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent events; returns how many were published."""
+        t = self._table
+        async with unit_of_work(self._engine, timeout=self._publish_timeout + 10) as conn:
+            claimed = (
+                await conn.execute(
+                    select(t.c.id, t.c.event_key, t.c.payload)
+                    .where(t.c.sent_at.is_(None))
+                    .order_by(t.c.id)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not claimed:
+                return 0
+            await self._publisher.publish_many(
+                self._topic,
+                [(row.event_key, row.payload) for row in claimed],
+                timeout=self._publish_timeout,
+            )
+            await conn.execute(
+                update(t)
+                .where(t.c.id.in_([row.id for row in claimed]))
+                .values(sent_at=jsonutil.utcnow())
+            )
+        OUTBOX_PUBLISHED.labels(t.name).inc(len(claimed))
+        return len(claimed)
+
+    async def backlog(self) -> int:
+        """How many events wait to be published."""
+        t = self._table
+        async with unit_of_work(self._engine, timeout=5) as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(t).where(t.c.sent_at.is_(None))
+            )
+        return int(count or 0)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Relay until `stopping` is set, backing off while Kafka or the database is down."""
+        backoff = 0.0
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                published = await self.relay_once()
+                backoff = 0.0
+            except Exception as exc:  # keep relaying after any outage; the rows stay unsent
+                OUTBOX_FAILURES.labels(self._table.name).inc()
+                backoff = min(5.0, backoff * 2 or 0.2)
+                log.warning(
+                    "outbox relay of %s failed (%s); retrying in %.1fs",
+                    self._table.name,
+                    exc,
+                    backoff,
+                )
+                await _sleep_until(stopping, backoff)
+                continue
+            if published < self._batch_size:
+                await self._idle(stopping)
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
+        try:
+            OUTBOX_BACKLOG.labels(self._table.name).set(await self.backlog())
+        except Exception:  # the gauge is best effort; the next round reports the outage
+            log.debug("could not read the outbox backlog", exc_info=True)
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
+        try:
+            await asyncio.wait(
+                waits, timeout=self._poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for w in waits:
+                w.cancel()
+
+
+async def _sleep_until(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+    except TimeoutError:
+        pass
