@@ -1,0 +1,49 @@
+"""Creates the database if it is missing, then runs Alembic migrations to head."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncmy
+from alembic import command
+from alembic.config import Config
+
+from shop.settings import Settings
+
+
+def _alembic_ini() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        candidate = base / "alembic.ini"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("alembic.ini not found in the working directory or the checkout")
+
+
+async def _create_database(settings: Settings) -> None:
+    conn = await asyncio.wait_for(
+        asyncmy.connect(
+            host=settings.db_host,
+            port=settings.db_port,
+            user=settings.db_user,
+            password=settings.db_password,
+            connect_timeout=int(settings.db_timeout_seconds),
+        ),
+        timeout=settings.db_timeout_seconds * 2,
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                f"CREATE DATABASE IF NOT EXISTS `{settings.db_name}` "  # name is validated
+                "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            )
+    finally:
+        conn.close()
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the configured database to the newest schema."""
+    asyncio.run(_create_database(settings))
+    config = Config(str(_alembic_ini()))
+    config.attributes["db_url"] = settings.db_url
+    command.upgrade(config, "head")

@@ -1,0 +1,82 @@
+"""HTTP routes of the product service: parse, call the service, map the result."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from shop import jsonutil
+from shop.deps import IdempotencyKey
+from shop.errors import InvalidInput
+from shop.http import JSONResponse
+from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
+from shop.products.service import ProductQuery, ProductService
+
+ProductId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The product's id")]
+
+
+def router(service: ProductService) -> APIRouter:
+    api = APIRouter(prefix="/products", tags=["products"])
+
+    @api.get("", response_model=list[Product], response_class=JSONResponse)
+    async def list_products(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        name: Annotated[str | None, Query(max_length=200, description="substring")] = None,
+        min_price: Annotated[Decimal | None, Query(ge=0, max_digits=12, decimal_places=2)] = None,
+        max_price: Annotated[Decimal | None, Query(ge=0, max_digits=12, decimal_places=2)] = None,
+    ) -> Response:
+        """List products in id order, a page at a time; the next page is in the Link header."""
+        if min_price is not None and max_price is not None and min_price > max_price:
+            raise InvalidInput("min_price is above max_price", field="min_price")
+        page, next_cursor = await service.list_products(
+            ProductQuery(
+                limit=limit, cursor=cursor, name=name, min_price=min_price, max_price=max_price
+            )
+        )
+        headers = {}
+        if next_cursor is not None:
+            next_url = request.url.include_query_params(cursor=next_cursor)
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        return JSONResponse(page, headers=headers)
+
+    @api.post("", status_code=201, response_model=Product, response_class=JSONResponse)
+    async def create_product(body: ProductCreate, key: IdempotencyKey = None) -> Response:
+        """Create a product."""
+        answer = await service.create_product(body, idempotency_key=key)
+        return Response(
+            answer.body,
+            status_code=answer.status,
+            media_type="application/json",
+            headers=_location(answer.body),
+        )
+
+    @api.get("/{product_id}", response_model=Product, response_class=JSONResponse)
+    async def get_product(product_id: ProductId) -> Any:
+        """Get one product."""
+        return JSONResponse(await service.get_product(product_id))
+
+    @api.put("/{product_id}", response_model=Product, response_class=JSONResponse)
+    async def replace_product(product_id: ProductId, body: ProductReplace) -> Any:
+        """Replace every field of a product."""
+        return JSONResponse(await service.update_product(product_id, body.model_dump()))
+
+    @api.patch("/{product_id}", response_model=Product, response_class=JSONResponse)
+    async def patch_product(product_id: ProductId, body: ProductPatch) -> Any:
+        """Change some fields of a product."""
+        return JSONResponse(await service.patch_product(product_id, body))
+
+    @api.delete("/{product_id}", status_code=204)
+    async def delete_product(product_id: ProductId) -> Response:
+        """Delete a product."""
+        await service.delete_product(product_id)
+        return Response(status_code=204)
+
+    return api
+
+
+def _location(body: bytes) -> dict[str, str]:
+    return {"Location": f"/products/{jsonutil.loads(body)['id']}"}

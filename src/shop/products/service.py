@@ -1,0 +1,204 @@
+"""Product use cases; each owns its transaction and writes its event to the outbox."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Row, delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from shop import idempotency, jsonutil, outbox
+from shop.db import Database
+from shop.errors import InvalidInput, NotFound
+from shop.products.models import ProductCreate, ProductPatch
+from shop.products.tables import product_idempotency, product_outbox, products
+
+_COLUMNS = (
+    products.c.id,
+    products.c.name,
+    products.c.description,
+    products.c.price,
+    products.c.stock,
+    products.c.created_at,
+    products.c.updated_at,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProductQuery:
+    """A page of the catalogue: keyset `cursor`, optional name substring and price range."""
+
+    limit: int = 100
+    cursor: str | None = None
+    name: str | None = None
+    min_price: Decimal | None = None
+    max_price: Decimal | None = None
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"p{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("p") or not raw[1:].isdigit():
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("not a cursor this service issued", field="cursor") from None
+
+
+def _as_dict(row: Row[*tuple[Any, ...]]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "price": row.price,
+        "stock": row.stock,
+        "created_at": jsonutil.as_utc(row.created_at),
+        "updated_at": jsonutil.as_utc(row.updated_at),
+    }
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class ProductService:
+    """The catalogue: every change is committed together with its outbox event."""
+
+    def __init__(self, db: Database, *, on_event: Callable[[], None]) -> None:
+        self._db = db
+        self._on_event = on_event
+
+    async def create_product(
+        self, data: ProductCreate, *, idempotency_key: str | None = None
+    ) -> idempotency.Answer:
+        """Insert a product and its `product.created` event; replays a known key's answer."""
+        key = None
+        if idempotency_key is not None:
+            key = idempotency.Key.of(
+                idempotency_key, scope="products", request=data.model_dump(mode="json")
+            )
+        try:
+            answer = await self._create_once(data, key)
+        except IntegrityError:
+            if key is None:
+                raise
+            # A twin request with the same key committed first: answer as it was answered.
+            async with self._db.transaction() as conn:
+                remembered = await idempotency.recall(conn, product_idempotency, key)
+            if remembered is None:
+                raise
+            return remembered
+        self._on_event()
+        return answer
+
+    async def _create_once(
+        self, data: ProductCreate, key: idempotency.Key | None
+    ) -> idempotency.Answer:
+        now = jsonutil.utcnow()
+        async with self._db.transaction() as conn:
+            if key is not None:
+                remembered = await idempotency.recall(conn, product_idempotency, key)
+                if remembered is not None:
+                    return remembered
+            result = await conn.execute(
+                products.insert().values(**data.model_dump(), created_at=now, updated_at=now)
+            )
+            stamp = jsonutil.as_utc(now)
+            product = {
+                "id": result.lastrowid,
+                **data.model_dump(),
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+            await outbox.add(
+                conn,
+                product_outbox,
+                event_type="product.created",
+                key=str(product["id"]),
+                data=product,
+            )
+            answer = idempotency.Answer(status=201, body=jsonutil.dumps(product))
+            if key is not None:
+                await idempotency.remember(conn, product_idempotency, key, answer)
+        return answer
+
+    async def get_product(self, product_id: int) -> dict[str, Any]:
+        """One product, or NotFound."""
+        async with self._db.transaction() as conn:
+            row = (await conn.execute(select(*_COLUMNS).where(products.c.id == product_id))).first()
+        if row is None:
+            raise NotFound(f"No product with id {product_id}.")
+        return _as_dict(row)
+
+    async def list_products(self, query: ProductQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of products in id order, and the cursor of the next page if there is one."""
+        stmt = select(*_COLUMNS).order_by(products.c.id).limit(query.limit + 1)
+        if query.cursor is not None:
+            stmt = stmt.where(products.c.id > decode_cursor(query.cursor))
+        if query.name:
+            stmt = stmt.where(products.c.name.like(f"%{_escape_like(query.name)}%", escape="\\"))
+        if query.min_price is not None:
+            stmt = stmt.where(products.c.price >= query.min_price)
+        if query.max_price is not None:
+            stmt = stmt.where(products.c.price <= query.max_price)
+        async with self._db.transaction() as conn:
+            rows = (await conn.execute(stmt)).all()
+        page = [_as_dict(row) for row in rows[: query.limit]]
+        next_cursor = encode_cursor(page[-1]["id"]) if len(rows) > query.limit else None
+        return page, next_cursor
+
+    async def update_product(self, product_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply `changes` (a PATCH or a full PUT) and emit `product.updated`."""
+        async with self._db.transaction() as conn:
+            if changes:
+                await conn.execute(
+                    update(products)
+                    .where(products.c.id == product_id)
+                    .values(**changes, updated_at=jsonutil.utcnow())
+                )
+            row = (
+                await conn.execute(
+                    select(*_COLUMNS).where(products.c.id == product_id).with_for_update()
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"No product with id {product_id}.")
+            product = _as_dict(row)
+            if changes:
+                await outbox.add(
+                    conn,
+                    product_outbox,
+                    event_type="product.updated",
+                    key=str(product_id),
+                    data=product,
+                )
+        if changes:
+            self._on_event()
+        return product
+
+    async def patch_product(self, product_id: int, patch: ProductPatch) -> dict[str, Any]:
+        return await self.update_product(product_id, patch.changes())
+
+    async def delete_product(self, product_id: int) -> None:
+        """Remove a product and emit `product.deleted`; orders keep their own copy of the price."""
+        async with self._db.transaction() as conn:
+            result = await conn.execute(delete(products).where(products.c.id == product_id))
+            if result.rowcount == 0:
+                raise NotFound(f"No product with id {product_id}.")
+            await outbox.add(
+                conn,
+                product_outbox,
+                event_type="product.deleted",
+                key=str(product_id),
+                data={"id": product_id},
+            )
+        self._on_event()

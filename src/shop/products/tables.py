@@ -1,0 +1,38 @@
+"""The product service's tables: products, its outbox, its idempotency records."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+)
+
+from shop.db import Timestamp
+from shop.idempotency import idempotency_table
+from shop.outbox import outbox_table
+
+metadata = MetaData()
+
+products = Table(
+    "products",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("description", String(2000), nullable=False, server_default=""),
+    Column("price", Numeric(12, 2), nullable=False),
+    # NULL: stock not tracked. The order service changes it only through orders.inventory.
+    Column("stock", Integer, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    CheckConstraint("price >= 0", name="ck_products_price"),
+    CheckConstraint("stock >= 0", name="ck_products_stock"),
+)
+
+product_outbox = outbox_table("product_outbox", metadata)
+product_idempotency = idempotency_table("product_idempotency", metadata)
