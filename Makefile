@@ -1,0 +1,49 @@
+# One entry point for people and CI. Every target sets up what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+SHOP := $(VENV)/bin/shop
+UV := python3 -m uv
+
+.PHONY: help venv up down status run migrate test lint unit bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@python3 -m uv --version >/dev/null 2>&1 || { echo "installing uv"; python3 -m pip install --quiet --disable-pip-version-check 'uv>=0.5'; }
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+venv: $(VENV)/.synced ## create the virtual environment from the lock file
+
+up: venv ## install and start MariaDB, RabbitMQ, Kafka, migrate, start both services in the background
+	$(SHOP) stack up
+
+down: venv ## stop everything `make up` started
+	$(SHOP) stack down
+
+status: venv ## say what runs
+	$(SHOP) stack status
+
+run: venv ## like `make up`, but run both services in the foreground (Ctrl-C stops them)
+	$(SHOP) stack up --no-services
+	$(SHOP) run
+
+migrate: venv ## migrate the configured database to the newest schema
+	$(SHOP) migrate
+
+lint: venv ## ruff and mypy (strict)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+unit: venv ## the unit tests alone (no servers needed)
+	$(VENV)/bin/pytest tests/unit
+
+test: venv lint ## set up the stack, then the whole test suite against the real servers
+	@command -v docker-compose >/dev/null || { echo "installing docker-compose (compose-file check)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+	$(SHOP) stack up --no-services
+	$(VENV)/bin/pytest

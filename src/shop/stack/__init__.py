@@ -1,0 +1,125 @@
+"""The local development stack: MariaDB, RabbitMQ and Kafka on 127.0.0.1, plus both services.
+
+Everything (data, logs, pidfiles) lives in `<repo>/.stack` (or $SHOP_STACK_DIR). All calls are
+synchronous and idempotent: starting something that runs, or stopping something stopped, is
+a no-op. See docs/stack.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from shop.settings import Settings
+
+from . import kafka, mariadb, rabbitmq, services
+from .common import StackError, apt_install, say
+
+__all__ = [
+    "SERVERS",
+    "SERVICES",
+    "StackError",
+    "down",
+    "install_prerequisites",
+    "is_running",
+    "start",
+    "start_services",
+    "status",
+    "stop",
+    "up_servers",
+]
+
+SERVERS = ("mariadb", "rabbitmq", "kafka")
+SERVICES = ("products", "orders")
+
+_START: dict[str, Callable[[Settings], None]] = {
+    "mariadb": mariadb.start,
+    "rabbitmq": rabbitmq.start,
+    "kafka": kafka.start,
+}
+_STOP: dict[str, Callable[[Settings], None]] = {
+    "mariadb": mariadb.stop,
+    "rabbitmq": rabbitmq.stop,
+    "kafka": kafka.stop,
+}
+_STATUS: dict[str, Callable[[Settings], str]] = {
+    "mariadb": mariadb.status,
+    "rabbitmq": rabbitmq.status,
+    "kafka": kafka.status,
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in SERVERS and name not in SERVICES:
+        known = ", ".join((*SERVERS, *SERVICES))
+        raise StackError(f"unknown stack component {name!r}; expected one of {known}")
+
+
+def install_prerequisites() -> None:
+    """Debian packages (MariaDB, RabbitMQ, Java, Maven) and the Kafka jars; skips what exists."""
+    missing = [
+        *mariadb.missing_packages(),
+        *rabbitmq.missing_packages(),
+        *kafka.missing_packages(),
+    ]
+    apt_install(missing)
+    kafka.install_jars()
+
+
+def start(name: str, settings: Settings) -> None:
+    """Start one server or service (and provision it) unless it already runs; wait until ready."""
+    _check_name(name)
+    if name in SERVICES:
+        services.start(name, settings)
+    else:
+        _START[name](settings)
+
+
+def stop(name: str, settings: Settings) -> None:
+    """Stop one server or service: SIGTERM, up to 30 s grace, then SIGKILL."""
+    _check_name(name)
+    if name in SERVICES:
+        services.stop(name, settings)
+    else:
+        _STOP[name](settings)
+
+
+def up_servers(settings: Settings) -> None:
+    """Install what is missing, then start and provision MariaDB, RabbitMQ and Kafka."""
+    began = time.monotonic()
+    install_prerequisites()
+    for name in SERVERS:
+        start(name, settings)
+    say(f"servers up in {time.monotonic() - began:.1f}s")
+
+
+def start_services(settings: Settings) -> None:
+    for name in SERVICES:
+        start(name, settings)
+
+
+def down(settings: Settings) -> None:
+    """Stop the services, then the servers, then epmd: afterwards nothing of the stack runs."""
+    errors: list[str] = []
+    for name in (*SERVICES, *reversed(SERVERS)):
+        try:
+            stop(name, settings)
+        except StackError as exc:  # keep stopping the rest; report everything at the end
+            errors.append(str(exc))
+    rabbitmq.stop_stray_epmd()
+    if errors:
+        raise StackError("\n".join(errors))
+
+
+def status(settings: Settings) -> list[tuple[str, str]]:
+    """(name, "running pid 123 on 127.0.0.1:3306" | "stopped" | ...) for servers and services."""
+    rows = [(name, _STATUS[name](settings)) for name in SERVERS]
+    rows += [(name, services.status(name, settings)) for name in SERVICES]
+    return rows
+
+
+def is_running(name: str, settings: Settings) -> bool:
+    """Our process for `name` is alive and answers (ready, not merely started)."""
+    _check_name(name)
+    state = services.status(name, settings) if name in SERVICES else _STATUS[name](settings)
+    return state.startswith("running")

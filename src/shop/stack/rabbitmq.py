@@ -1,0 +1,263 @@
+"""Our own RabbitMQ node (with the management plugin), run as the current user from .stack.
+
+The /usr/sbin wrappers of the Debian package switch to the `rabbitmq` user and its HOME, which
+would put the Erlang cookie and data out of our reach, so the scripts in
+/usr/lib/rabbitmq/bin are called directly with every location set by environment variables.
+The node is named shop@localhost so that the machine's hostname (whatever it resolves to)
+plays no part, and Erlang distribution and epmd listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from shop.settings import Settings
+
+from .common import (
+    HOST,
+    Daemon,
+    Launch,
+    StackError,
+    describe,
+    ensure_started,
+    ensure_stopped,
+    find_program,
+    port_open,
+    run,
+    say,
+    stack_dir,
+)
+
+NAME = "rabbitmq"
+NODE = "shop@localhost"
+PACKAGES = ("rabbitmq-server",)
+BIN = Path("/usr/lib/rabbitmq/bin")
+READY_TIMEOUT = 90.0
+EPMD_PORT = 4369
+CTL_TIMEOUT = 60.0
+
+
+def missing_packages() -> list[str]:
+    if (BIN / "rabbitmq-server").is_file() and find_program("epmd", "/usr/lib/erlang/bin"):
+        return []
+    return list(PACKAGES)
+
+
+def _dir() -> Path:
+    return stack_dir() / NAME
+
+
+def _dist_port(settings: Settings) -> int:
+    # RabbitMQ's own convention (AMQP port + 20000), pinned so it can be checked up front.
+    return settings.rabbitmq_port + 20000
+
+
+def daemon(settings: Settings) -> Daemon:
+    directory = _dir()
+    return Daemon(
+        name=NAME,
+        ports=(settings.rabbitmq_port, settings.rabbitmq_management_port, _dist_port(settings)),
+        directory=directory,
+        log=directory / "log" / f"{NODE}.log",
+        console=directory / "console.log",
+        ready_timeout=READY_TIMEOUT,
+    )
+
+
+def _epmd_daemon() -> Daemon:
+    directory = _dir()
+    return Daemon(
+        name="epmd",
+        ports=(EPMD_PORT,),
+        directory=directory,
+        log=directory / "epmd.log",
+        console=directory / "epmd.log",
+        ready_timeout=15.0,
+    )
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    """Environment for the server and for rabbitmqctl: both must agree on node, HOME, cookie."""
+    directory = _dir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+    only_loopback = "-kernel inet_dist_use_interface {127,0,0,1}"
+    env.update(
+        {
+            "HOME": str(directory),  # the Erlang cookie lives in $HOME/.erlang.cookie
+            "LC_ALL": "C.UTF-8",  # the Elixir CLI warns (and misbehaves) under latin1
+            "RABBITMQ_NODENAME": NODE,
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_PORT": str(settings.rabbitmq_port),
+            "RABBITMQ_DIST_PORT": str(_dist_port(settings)),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(directory / "rabbitmq-env.conf"),
+            "RABBITMQ_PID_FILE": str(directory / "beam.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": only_loopback,
+            "RABBITMQ_CTL_ERL_ARGS": only_loopback,
+            "ERL_EPMD_ADDRESS": HOST,
+            "ERL_EPMD_PORT": str(EPMD_PORT),
+        }
+    )
+    return env
+
+
+def _write_config(settings: Settings) -> None:
+    directory = _dir()
+    (directory / "log").mkdir(parents=True, exist_ok=True)
+    (directory / "mnesia").mkdir(parents=True, exist_ok=True)
+    (directory / "rabbitmq.conf").write_text(
+        f"management.tcp.ip = {HOST}\n"
+        f"management.tcp.port = {settings.rabbitmq_management_port}\n"
+        # Keep the log out of the console file; the file log is what we point people at.
+        "log.console = false\n"
+        "log.file.level = info\n"
+    )
+    (directory / "enabled_plugins").write_text("[rabbitmq_management].\n")
+    # Sourced by the start scripts instead of /etc/rabbitmq/rabbitmq-env.conf.
+    (directory / "rabbitmq-env.conf").write_text("# shop.stack: everything is set by env vars\n")
+
+
+def _start_epmd() -> None:
+    """Run epmd ourselves (foreground, own pidfile) so `down` can stop exactly that process.
+
+    Left to Erlang, epmd daemonises outside our process group. If some other epmd already
+    serves the port we simply share it.
+    """
+    epmd = _epmd_daemon()
+    if port_open(EPMD_PORT):
+        return  # ours, or a shared one: either way nothing to do (and nothing to say)
+    program = find_program("epmd", "/usr/lib/erlang/bin")
+    if program is None:
+        raise StackError("epmd not found; install the Debian package rabbitmq-server")
+    argv = [program, "-address", HOST, "-port", str(EPMD_PORT)]
+    ensure_started(
+        epmd,
+        prepare=lambda: Launch(argv=argv, env=dict(os.environ), cwd=_dir()),
+        ready=lambda: port_open(EPMD_PORT),
+    )
+
+
+def _prepare(settings: Settings) -> Launch:
+    _write_config(settings)
+    return Launch(argv=[str(BIN / "rabbitmq-server")], env=_env(settings), cwd=_dir())
+
+
+def _http_get(settings: Settings, path: str) -> Any:
+    """GET a management API path with the configured credentials; None unless 200."""
+    url = f"http://{HOST}:{settings.rabbitmq_management_port}{path}"
+    credentials = f"{settings.rabbitmq_user}:{settings.rabbitmq_password}".encode()
+    request = urllib.request.Request(
+        url, headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310 - http://127.0.0.1 only
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _management_answers(settings: Settings) -> bool:
+    """The management listener speaks HTTP (any status): the plugin has started."""
+    url = f"http://{HOST}:{settings.rabbitmq_management_port}/api/overview"
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # 401 without credentials is still a live management API
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def ready(settings: Settings) -> bool:
+    # AMQP listeners open at the very end of boot, after the plugins.
+    return port_open(settings.rabbitmq_port) and _management_answers(settings)
+
+
+def _provisioned(settings: Settings) -> bool:
+    """Cheap HTTP check, so an `up` of a running, provisioned node spawns no Erlang CLI."""
+    me = _http_get(settings, "/api/whoami")
+    if not isinstance(me, dict):
+        return False
+    tags = me.get("tags", [])
+    if isinstance(tags, str):  # older RabbitMQ versions: "administrator,monitoring"
+        tags = tags.split(",")
+    if "administrator" not in tags:
+        return False
+    vhost = urllib.parse.quote(settings.rabbitmq_vhost, safe="")
+    user = urllib.parse.quote(settings.rabbitmq_user, safe="")
+    perms = _http_get(settings, f"/api/permissions/{vhost}/{user}")
+    return isinstance(perms, dict) and all(
+        perms.get(kind) == ".*" for kind in ("configure", "write", "read")
+    )
+
+
+def _ctl(settings: Settings, *args: str, check: bool = True, stdin: str | None = None) -> str:
+    argv = [str(BIN / "rabbitmqctl"), "-n", NODE, *args]
+    done = run(argv, env=_env(settings), timeout=CTL_TIMEOUT, check=check, input_text=stdin)
+    return done.stdout + done.stderr
+
+
+def provision(settings: Settings) -> None:
+    """Configured user as administrator with full permissions on the configured vhost."""
+    if _provisioned(settings):
+        return
+    user, vhost = settings.rabbitmq_user, settings.rabbitmq_vhost
+    say(f"provisioning RabbitMQ user {user!r} on vhost {vhost!r}")
+    if vhost != "/":
+        output = _ctl(settings, "add_vhost", vhost, check=False)
+        if "already" not in output and "Adding vhost" not in output:
+            raise StackError(f"rabbitmqctl add_vhost {vhost} failed:\n{output.strip()}")
+    # Passwords go through stdin, never argv, where `ps` and our error messages would show them.
+    password = settings.rabbitmq_password
+    output = _ctl(settings, "add_user", user, check=False, stdin=password)
+    if "already exists" in output:
+        _ctl(settings, "change_password", user, stdin=password)
+    elif "Adding user" not in output:
+        raise StackError(f"rabbitmqctl add_user {user} failed:\n{output.strip()}")
+    _ctl(settings, "set_user_tags", user, "administrator")
+    _ctl(settings, "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+
+def start(settings: Settings) -> None:
+    _start_epmd()
+    ensure_started(
+        daemon(settings), prepare=lambda: _prepare(settings), ready=lambda: ready(settings)
+    )
+    provision(settings)
+
+
+def stop(settings: Settings) -> None:
+    ensure_stopped(daemon(settings))
+    ensure_stopped(_epmd_daemon())
+
+
+def stop_stray_epmd() -> None:
+    """Kill an idle epmd (no registered nodes) that Erlang tools spawned behind our back.
+
+    epmd daemonises when any Erlang program starts it, escaping our process groups; with no
+    node registered it serves nobody, so stopping it is harmless.
+    """
+    program = find_program("epmd", "/usr/lib/erlang/bin")
+    if program is None or not port_open(EPMD_PORT):
+        return
+    names = run([program, "-port", str(EPMD_PORT), "-names"], timeout=10, check=False)
+    registered = [line for line in names.stdout.splitlines() if line.startswith("name ")]
+    if names.returncode == 0 and not registered:
+        with contextlib.suppress(StackError):
+            run([program, "-port", str(EPMD_PORT), "-kill"], timeout=10, check=False)
+
+
+def status(settings: Settings) -> str:
+    return describe(daemon(settings), lambda: ready(settings))
