@@ -1,0 +1,56 @@
+# The shop services (`shop serve products|orders`) and their migrations (`shop migrate`).
+# Built by docker-compose.yml; which command runs is chosen there, not here.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---- builder: resolve the locked dependencies into /app/.venv -----------------------------
+FROM ${PYTHON_IMAGE} AS builder
+
+ARG UV_VERSION=0.13.9
+RUN pip install --no-cache-dir "uv==${UV_VERSION}"
+
+# The base image's Python, never a downloaded one; compiled bytecode so the non-root runtime
+# never needs to write next to the sources; copies, not hard links, out of uv's cache.
+ENV UV_PYTHON_DOWNLOADS=never \
+    UV_PYTHON=/usr/local/bin/python3.11 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1
+
+WORKDIR /app
+
+# Dependencies first: this layer is rebuilt only when the lock file changes.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+
+# Then the project itself (installed editable: `shop` runs from /app/src, next to
+# migrations/ and alembic.ini, exactly as in a checkout).
+COPY src/ ./src/
+COPY migrations/ ./migrations/
+COPY alembic.ini config.yaml ./
+RUN uv sync --frozen --no-dev
+
+# ---- runtime: the venv and the app, no build tools, not root ------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+RUN groupadd --system --gid 10001 shop \
+    && useradd --system --uid 10001 --gid shop --no-create-home --home-dir /app \
+       --shell /usr/sbin/nologin shop
+
+WORKDIR /app
+COPY --from=builder /app /app
+
+# No credentials here: DB_PASSWORD, RABBITMQ_PASSWORD etc. come from the environment
+# (docker-compose.yml) and otherwise fall back to the development defaults in config.yaml.
+ENV PATH=/app/.venv/bin:$PATH \
+    BIND_HOST=0.0.0.0 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+USER 10001:10001
+
+# Product service 8080, order service 8081. Health checks live in docker-compose.yml because
+# the port depends on which service the container runs.
+EXPOSE 8080 8081
+
+CMD ["shop", "--help"]
