@@ -1,0 +1,138 @@
+"""Session fixtures: a private database, topics and queue on the real servers, and the services.
+
+Everything the tests create is named for this run (database `shop_test`, topics and queue
+`test-<run>-...`, service ports 18080/18081), so a system started with `make run` is not touched;
+the database and topics are removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncmy
+import httpx
+import pytest
+from confluent_kafka.admin import AdminClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shop.db import create_engine
+from shop.settings import Settings, load_settings
+from tests.support import ServiceProcess
+
+RUN = uuid.uuid4().hex[:8]
+TEST_ENV = {
+    "DB_NAME": "shop_test",
+    "KAFKA_TOPIC": f"test-{RUN}-orders",
+    "KAFKA_PRODUCT_EVENTS_TOPIC": f"test-{RUN}-product-events",
+    "KAFKA_ORDER_EVENTS_TOPIC": f"test-{RUN}-order-events",
+    "KAFKA_DLQ_TOPIC": f"test-{RUN}-orders.dlq",
+    "KAFKA_CONSUMER_GROUP": f"test-{RUN}-order-service",
+    "RABBITMQ_QUEUE": f"test-{RUN}-orders",
+    "PRODUCT_SERVICE_PORT": "18080",
+    "ORDER_SERVICE_PORT": "18081",
+    "OUTBOX_POLL_SECONDS": "0.1",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop a server run last, so an outage never overlaps another test."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings(**{key.lower(): value for key, value in TEST_ENV.items()})
+
+
+async def _drop_database(settings: Settings, name: str) -> None:
+    conn = await asyncmy.connect(
+        host=settings.db_host,
+        port=settings.db_port,
+        user=settings.db_user,
+        password=settings.db_password,
+        connect_timeout=5,
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
+def migrate(env: dict[str, str]) -> None:
+    """Run `shop migrate` as a user would, against the database named in `env`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "shop", "migrate"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"shop migrate failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="session")
+async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """A fresh, migrated `shop_test` database; dropped after the run."""
+    try:
+        await asyncio.wait_for(_drop_database(settings, settings.db_name), 10)
+    except (OSError, TimeoutError) as exc:
+        pytest.exit(f"MariaDB is not reachable ({exc}); `make up` or `shop stack up` first", 2)
+    await asyncio.to_thread(migrate, TEST_ENV)
+    engine = create_engine(settings)
+    yield engine
+    await engine.dispose()
+    await _drop_database(settings, settings.db_name)
+
+
+@pytest.fixture(scope="session")
+def kafka_topics(settings: Settings) -> Iterator[None]:
+    """The run's topics are deleted at the end (the services create them)."""
+    yield
+    admin = AdminClient({"bootstrap.servers": settings.kafka_brokers})
+    names = [v for k, v in TEST_ENV.items() if k.startswith("KAFKA_") and "TOPIC" in k]
+    existing = admin.list_topics(timeout=10).topics
+    doomed = [name for name in names if name in existing]
+    if doomed:
+        for fut in admin.delete_topics(doomed, operation_timeout=10).values():
+            fut.result(timeout=15)
+
+
+@pytest.fixture(scope="session")
+async def product_service(
+    database: AsyncEngine, kafka_topics: None, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ServiceProcess]:
+    log = Path(tmp_path_factory.mktemp("logs")) / "products.log"
+    service = ServiceProcess("products", port=18080, env=TEST_ENV, log_path=log)
+    await service.start()
+    yield service
+    assert service.stop(), f"product service did not stop cleanly; see {log}"
+
+
+@pytest.fixture(scope="session")
+async def order_service(
+    database: AsyncEngine, kafka_topics: None, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ServiceProcess]:
+    log = Path(tmp_path_factory.mktemp("logs")) / "orders.log"
+    service = ServiceProcess("orders", port=18081, env=TEST_ENV, log_path=log)
+    await service.start()
+    yield service
+    assert service.stop(), f"order service did not stop cleanly; see {log}"
+
+
+@pytest.fixture
+async def products(product_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=product_service.url, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+async def orders(order_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=order_service.url, timeout=15) as client:
+        yield client

@@ -1,0 +1,108 @@
+"""Two relays on one outbox table (two replicas) never publish a row twice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import MetaData, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shop import outbox
+from shop.brokers.kafka import KafkaPublisher, ensure_topics
+from shop.outbox import Relay, outbox_table
+from shop.settings import Settings
+from tests.support import eventually, read_events
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 3000
+
+
+class _Counting:
+    """The real publisher, counting what it was given."""
+
+    def __init__(self, inner: KafkaPublisher) -> None:
+        self.inner = inner
+        self.sent = 0
+
+    async def publish_many(
+        self, topic: str, messages: list[tuple[str, bytes]], *, timeout: float | None = None
+    ) -> None:
+        await self.inner.publish_many(topic, messages, timeout=timeout)
+        self.sent += len(messages)
+
+
+@pytest.fixture
+async def scratch_outbox(database: AsyncEngine) -> AsyncIterator[Any]:
+    """An outbox table of this test's own, beside the services' tables."""
+    table = outbox_table(f"test_outbox_{uuid.uuid4().hex[:8]}", MetaData())
+    async with database.begin() as conn:
+        await conn.run_sync(table.create)
+    yield table
+    async with database.begin() as conn:
+        await conn.run_sync(table.drop)
+
+
+async def test_two_relays_publish_every_row_exactly_once(
+    database: AsyncEngine, scratch_outbox: Any, settings: Settings
+) -> None:
+    topic = f"{settings.kafka_product_events_topic}-relay-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(settings.kafka_brokers, [topic])
+    async with database.begin() as conn:
+        for start in range(0, EVENTS, 500):
+            await outbox.add_many(
+                conn,
+                scratch_outbox,
+                [("test.event", str(i), {"id": i}) for i in range(start, start + 500)],
+            )
+    publishers = [KafkaPublisher(settings.kafka_brokers, delivery_timeout=10) for _ in range(2)]
+    counting = [_Counting(p) for p in publishers]
+    relays = [
+        Relay(
+            engine=database,
+            table=scratch_outbox,
+            publisher=p,
+            topic=topic,
+            batch_size=100,
+            poll_seconds=0.05,
+            publish_timeout=10,
+        )
+        for p in counting
+    ]
+    stopping = asyncio.Event()
+    running = [asyncio.create_task(r.run(stopping)) for r in relays]
+    try:
+
+        async def drained() -> bool:
+            async with database.connect() as conn:
+                left = await conn.scalar(
+                    select(func.count())
+                    .select_from(scratch_outbox)
+                    .where(scratch_outbox.c.sent_at.is_(None))
+                )
+            return left == 0
+
+        await eventually(drained, timeout=60, what="outbox drained by two relays")
+    finally:
+        stopping.set()
+        await asyncio.gather(*running)
+        for p in publishers:
+            await p.close()
+    events = await asyncio.to_thread(
+        read_events,
+        settings.kafka_brokers,
+        topic,
+        until=lambda evs: len(evs) >= EVENTS,
+        timeout=60,
+        settle=3,
+    )
+    ids = [e["data"]["id"] for e in events]
+    assert len(ids) == EVENTS, (
+        f"{len(ids) - len(set(ids))} duplicates, {EVENTS - len(set(ids))} lost"
+    )
+    assert set(ids) == set(range(EVENTS))
+    assert all(p.sent > 0 for p in counting), "both relays should have taken part"

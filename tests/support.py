@@ -1,0 +1,139 @@
+"""Helpers the tests share: bounded waiting, Kafka reading, service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+
+from shop import jsonutil
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
+    """Retry `probe` until it returns a truthy value without raising, for at most `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = await probe()
+            if result:
+                return result
+        except Exception as exc:  # the probe may fail while the system settles
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s (last error: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def read_events(
+    brokers: str,
+    topic: str,
+    *,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float,
+    settle: float = 1.5,
+) -> list[dict[str, Any]]:
+    """Read a topic from its beginning until `until(events)` holds, then `settle` seconds more
+    (so that an extra, duplicated event would be seen too). Blocking: call via to_thread."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    events: list[dict[str, Any]] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while time.monotonic() < (settle_until or deadline):
+            msg = consumer.poll(0.2)
+            value = None if msg is None or msg.error() else msg.value()
+            if value is not None:
+                events.append(jsonutil.loads(value))
+            if settle_until is None and until(events):
+                settle_until = time.monotonic() + settle
+    finally:
+        consumer.close()
+    return events
+
+
+def topic_size(brokers: str, topic: str) -> int:
+    """How many messages a topic holds (sum of high watermarks)."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "test-size"})
+    try:
+        meta = consumer.list_topics(topic, timeout=5).topics[topic]
+        total = 0
+        for pid in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout=5)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+class ServiceProcess:
+    """One `shop serve NAME` child process with its own environment and log file."""
+
+    def __init__(self, name: str, *, port: int, env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self._env = {**os.environ, **env}
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, *, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "shop", "serve", self.name],
+            env=self._env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        async def healthy() -> bool:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+            async with httpx.AsyncClient(timeout=2) as client:
+                return (await client.get(f"{self.url}/healthz")).status_code == 200
+
+        await eventually(healthy, timeout=timeout, what=f"{self.name} service start")
+
+    def stop(self, *, timeout: float = 15.0) -> bool:
+        """SIGTERM, as an orchestrator would; True if the service shut down cleanly in time."""
+        if self._proc is None:
+            return True
+        self._proc.terminate()
+        try:
+            code = self._proc.wait(timeout=timeout)
+            # uvicorn re-raises the signal it handled once its graceful shutdown is complete.
+            clean = "Application shutdown complete" in self.log_path.read_text(errors="replace")
+            return code in (0, -signal.SIGTERM) and clean
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+            raise AssertionError(f"{self.name} did not stop within {timeout}s") from None
+        finally:
+            self._proc = None
