@@ -110,5 +110,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     logs.configure(settings.log_level)
     runtime = Runtime(settings, outbox=order_outbox, events_topic=settings.kafka_order_events_topic)
     app = _app("Order service", "orders", settings, runtime)
-    app.include_router(order_api.router(OrderService(runtime.db)))
+    app.include_router(
+        order_api.router(OrderService(runtime.db, publishers={}, on_event=runtime.relay.notify))
+    )
     return app

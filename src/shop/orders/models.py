@@ -1,4 +1,4 @@
-"""The order service's request and response shapes."""
+"""The order service's request, command and response shapes."""
 
 from __future__ import annotations
 
@@ -7,10 +7,35 @@ import uuid
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+
+from shop.types import EntityId, Quantity
 
 OrderStatus = Literal["pending", "confirmed", "rejected", "cancelled"]
 Channel = Literal["sync", "kafka", "rabbitmq"]
+
+
+class PlaceOrder(BaseModel):
+    """An order as a client sends it (the original body)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: EntityId
+    product_id: EntityId
+    quantity: Quantity
+
+
+class OrderCommand(BaseModel):
+    """An accepted order travelling through a broker to a consumer."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: uuid.UUID
+    user_id: EntityId
+    product_id: EntityId
+    quantity: Quantity
+    channel: Literal["kafka", "rabbitmq"]
+    accepted_at: dt.datetime
 
 
 class Order(BaseModel):
@@ -26,3 +51,14 @@ class Order(BaseModel):
     total_price: Decimal | None
     channel: Channel
     created_at: dt.datetime
+
+
+class Accepted(BaseModel):
+    """The answer to an asynchronous order: stored later by a consumer."""
+
+    id: uuid.UUID
+    status: Literal["pending"]
+    user_id: int
+    product_id: int
+    quantity: int
+    channel: Literal["kafka", "rabbitmq"]
