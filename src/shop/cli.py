@@ -36,6 +36,10 @@ def _serve(settings: Settings, service: str) -> None:
 
 def _run_foreground(settings: Settings) -> int:
     """Both services as child processes in the foreground; Ctrl-C stops both."""
+    from shop import stack
+
+    for name in SERVICES:  # `make up` may have started them in the background
+        stack.stop(name, settings)
     children = [
         subprocess.Popen([sys.executable, "-m", "shop", "serve", name]) for name in SERVICES
     ]
