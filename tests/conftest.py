@@ -1,7 +1,7 @@
 """Session fixtures: a private database, topics and queue on the real servers, and the services.
 
-Everything the tests create is named for this run (database `shop_test`, topics and queue
-`test-<run>-...`, service ports 18080/18081), so a system started with `make run` is not touched;
+Everything the tests create is named for this run (database `shop_test_<run>`, topics and queue
+`test-<run>-...`, free service ports), so a system started with `make run` is not touched;
 the database and topics are removed at the end.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -25,17 +26,26 @@ from shop.db import create_engine
 from shop.settings import Settings, load_settings
 from tests.support import ServiceProcess
 
+
+def _free_port() -> int:
+    """A port nothing listens on now, so two test runs on one machine never share services."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 RUN = uuid.uuid4().hex[:8]
 TEST_ENV = {
-    "DB_NAME": "shop_test",
+    "DB_NAME": f"shop_test_{RUN}",
     "KAFKA_TOPIC": f"test-{RUN}-orders",
     "KAFKA_PRODUCT_EVENTS_TOPIC": f"test-{RUN}-product-events",
     "KAFKA_ORDER_EVENTS_TOPIC": f"test-{RUN}-order-events",
     "KAFKA_DLQ_TOPIC": f"test-{RUN}-orders.dlq",
     "KAFKA_CONSUMER_GROUP": f"test-{RUN}-order-service",
     "RABBITMQ_QUEUE": f"test-{RUN}-orders",
-    "PRODUCT_SERVICE_PORT": "18080",
-    "ORDER_SERVICE_PORT": "18081",
+    "PRODUCT_SERVICE_PORT": str(_free_port()),
+    "ORDER_SERVICE_PORT": str(_free_port()),
     "OUTBOX_POLL_SECONDS": "0.1",
 }
 
@@ -79,7 +89,7 @@ def migrate(env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="session")
 async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    """A fresh, migrated `shop_test` database; dropped after the run."""
+    """A fresh, migrated database of this run; dropped after the run."""
     try:
         await asyncio.wait_for(_drop_database(settings, settings.db_name), 10)
     except (OSError, TimeoutError) as exc:
@@ -109,7 +119,9 @@ async def product_service(
     database: AsyncEngine, kafka_topics: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ServiceProcess]:
     log = Path(tmp_path_factory.mktemp("logs")) / "products.log"
-    service = ServiceProcess("products", port=18080, env=TEST_ENV, log_path=log)
+    service = ServiceProcess(
+        "products", port=int(TEST_ENV["PRODUCT_SERVICE_PORT"]), env=TEST_ENV, log_path=log
+    )
     await service.start()
     yield service
     assert service.stop(), f"product service did not stop cleanly; see {log}"
@@ -120,7 +132,9 @@ async def order_service(
     database: AsyncEngine, kafka_topics: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ServiceProcess]:
     log = Path(tmp_path_factory.mktemp("logs")) / "orders.log"
-    service = ServiceProcess("orders", port=18081, env=TEST_ENV, log_path=log)
+    service = ServiceProcess(
+        "orders", port=int(TEST_ENV["ORDER_SERVICE_PORT"]), env=TEST_ENV, log_path=log
+    )
     await service.start()
     yield service
     assert service.stop(), f"order service did not stop cleanly; see {log}"

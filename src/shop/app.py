@@ -1,18 +1,24 @@
-"""The two ASGI applications, wired from the settings in their lifespans."""
+"""The two ASGI applications and the standalone consumer, wired from the settings."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+import signal
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from sqlalchemy import Table
 
 from shop import http, logs
-from shop.brokers.kafka import KafkaPublisher, ensure_topics
+from shop.brokers.kafka import KafkaBatchConsumer, KafkaPublisher, ensure_topics
+from shop.brokers.rabbitmq import RabbitMQ
 from shop.db import Database, create_engine
 from shop.orders import api as order_api
+from shop.orders.commands import KafkaCommands, RabbitCommands
+from shop.orders.consumers import run_kafka_consumer, run_rabbitmq_consumer, watch_depth
 from shop.orders.service import OrderService
 from shop.orders.tables import order_outbox
 from shop.outbox import Relay
@@ -24,54 +30,143 @@ from shop.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
+CHANNELS = ("kafka", "rabbitmq")
+SHUTDOWN_SECONDS = 5.0
+
 
 class Runtime:
     """What a service process holds open: database, Kafka producer, outbox relay, tasks."""
 
-    def __init__(self, settings: Settings, *, outbox: Table, events_topic: str) -> None:
+    def __init__(self, settings: Settings, *, outbox: Table, topics: Collection[str]) -> None:
         self.settings = settings
         self.db = Database(create_engine(settings), timeout=settings.db_timeout_seconds)
         self.kafka = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10.0)
+        self.events_topic, *_ = self.topics = list(topics)
         self.relay = Relay(
             engine=self.db.engine,
             table=outbox,
             publisher=self.kafka,
-            topic=events_topic,
+            topic=self.events_topic,
             batch_size=settings.outbox_batch_size,
             poll_seconds=settings.outbox_poll_seconds,
             publish_timeout=11.0,
         )
-        self.events_topic = events_topic
         self.supervisor = Supervisor()
 
     def start(self) -> None:
         self.supervisor.start("ensure-topics", self._ensure_topics)
         self.supervisor.start("outbox-relay", self.relay.run)
 
-    async def _ensure_topics(self, stopping: object) -> None:
+    async def _ensure_topics(self, stopping: asyncio.Event) -> None:
         # Best effort: the broker also creates topics on first use, and the relay retries.
         try:
-            await ensure_topics(self.settings.kafka_brokers, [self.events_topic])
+            await ensure_topics(self.settings.kafka_brokers, self.topics)
         except Exception as exc:
-            log.warning("could not ensure kafka topic %s: %s", self.events_topic, exc)
+            log.warning("could not ensure kafka topics %s: %s", self.topics, exc)
+        await stopping.wait()
 
     def checks(self) -> Mapping[str, http.HealthCheck]:
         return {
             "database": self.db.ping,
-            "kafka": lambda: self.kafka.check(timeout=self.settings.db_timeout_seconds),
+            "kafka": partial(self.kafka.check, timeout=self.settings.db_timeout_seconds),
         }
 
     async def close(self) -> None:
-        await self.supervisor.stop(timeout=5.0)
-        await self.kafka.close(timeout=5.0)
+        await self.supervisor.stop(timeout=SHUTDOWN_SECONDS)
+        await self.kafka.close(timeout=SHUTDOWN_SECONDS)
         await self.db.engine.dispose()
 
 
-def _app(title: str, service: str, settings: Settings, runtime: Runtime) -> FastAPI:
+class OrderRuntime(Runtime):
+    """The order service's extras: intake producers, RabbitMQ, and the consumers."""
+
+    def __init__(self, settings: Settings) -> None:
+        s = settings
+        super().__init__(
+            s,
+            outbox=order_outbox,
+            topics=[s.kafka_order_events_topic, s.kafka_topic, s.kafka_dlq_topic],
+        )
+        # Intake has its own producer whose delivery timeout is the 503 deadline, so a message
+        # the client was told failed is not delivered later by librdkafka's retries.
+        self.intake = KafkaPublisher(s.kafka_brokers, delivery_timeout=s.broker_deadline_seconds)
+        self.rabbit = RabbitMQ(
+            s.rabbitmq_url,
+            queue=s.rabbitmq_queue,
+            prefetch=s.consumer_batch_size,
+            timeout=s.broker_deadline_seconds,
+        )
+        self.service = OrderService(
+            self.db,
+            publishers={
+                "kafka": KafkaCommands(
+                    self.intake, topic=s.kafka_topic, deadline=s.broker_deadline_seconds
+                ),
+                "rabbitmq": RabbitCommands(self.rabbit, deadline=s.broker_deadline_seconds),
+            },
+            on_event=self.relay.notify,
+        )
+        self._kafka_consumer: KafkaBatchConsumer | None = None
+
+    def start_with(self, consumers: Collection[str]) -> None:
+        """Start the relay, the RabbitMQ connection and the named consumers."""
+        s = self.settings
+        self.start()
+        self.supervisor.start("rabbitmq-connection", self.rabbit.connect_forever)
+        if "kafka" in consumers:
+            self._kafka_consumer = KafkaBatchConsumer(
+                s.kafka_brokers, topic=s.kafka_topic, group=s.kafka_consumer_group
+            )
+            self.supervisor.start(
+                "kafka-consumer",
+                partial(
+                    run_kafka_consumer,
+                    consumer=self._kafka_consumer,
+                    service=self.service,
+                    dlq=self.kafka,
+                    dlq_topic=s.kafka_dlq_topic,
+                    batch_size=s.consumer_batch_size,
+                ),
+            )
+            self.supervisor.start(
+                "kafka-lag", partial(watch_depth, channel="kafka", depth=self._kafka_consumer.lag)
+            )
+        if "rabbitmq" in consumers:
+            self.supervisor.start(
+                "rabbitmq-consumer",
+                partial(
+                    run_rabbitmq_consumer,
+                    rabbit=self.rabbit,
+                    service=self.service,
+                    batch_size=s.consumer_batch_size,
+                    timeout=s.broker_deadline_seconds,
+                ),
+            )
+            self.supervisor.start(
+                "rabbitmq-depth", partial(watch_depth, channel="rabbitmq", depth=self.rabbit.depth)
+            )
+
+    def checks(self) -> Mapping[str, http.HealthCheck]:
+        return {**super().checks(), "rabbitmq": self.rabbit.check}
+
+    async def close(self) -> None:
+        # Consumers finish their batch and stop first; then offsets are committed, connections
+        # closed and producers flushed.
+        await self.supervisor.stop(timeout=SHUTDOWN_SECONDS)
+        if self._kafka_consumer is not None:
+            await self._kafka_consumer.close()
+        await self.rabbit.close()
+        await self.intake.close(timeout=2.0)
+        await super().close()
+
+
+def _app(
+    title: str, service: str, settings: Settings, runtime: Runtime, start: partial[None]
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        runtime.start()
-        log.info("%s service ready on port %s", service, _port(settings, service))
+        start()
+        log.info("%s service started", service)
         try:
             yield
         finally:
@@ -86,18 +181,12 @@ def _app(title: str, service: str, settings: Settings, runtime: Runtime) -> Fast
     return app
 
 
-def _port(settings: Settings, service: str) -> int:
-    return settings.product_service_port if service == "products" else settings.order_service_port
-
-
 def products_app(settings: Settings | None = None) -> FastAPI:
     """The product service (port 8080)."""
     settings = settings or load_settings()
     logs.configure(settings.log_level)
-    runtime = Runtime(
-        settings, outbox=product_outbox, events_topic=settings.kafka_product_events_topic
-    )
-    app = _app("Product service", "products", settings, runtime)
+    runtime = Runtime(settings, outbox=product_outbox, topics=[settings.kafka_product_events_topic])
+    app = _app("Product service", "products", settings, runtime, partial(runtime.start))
     app.include_router(
         product_api.router(ProductService(runtime.db, on_event=runtime.relay.notify))
     )
@@ -105,12 +194,28 @@ def products_app(settings: Settings | None = None) -> FastAPI:
 
 
 def orders_app(settings: Settings | None = None) -> FastAPI:
-    """The order service (port 8081)."""
+    """The order service (port 8081), with both consumers unless CONSUMERS_ENABLED=false."""
     settings = settings or load_settings()
     logs.configure(settings.log_level)
-    runtime = Runtime(settings, outbox=order_outbox, events_topic=settings.kafka_order_events_topic)
-    app = _app("Order service", "orders", settings, runtime)
-    app.include_router(
-        order_api.router(OrderService(runtime.db, publishers={}, on_event=runtime.relay.notify))
-    )
+    runtime = OrderRuntime(settings)
+    consumers = CHANNELS if settings.consumers_enabled else ()
+    app = _app("Order service", "orders", settings, runtime, partial(runtime.start_with, consumers))
+    app.include_router(order_api.router(runtime.service))
     return app
+
+
+async def consume(settings: Settings, channel: str) -> None:
+    """Run one consumer (and the order outbox relay) without HTTP until SIGTERM or SIGINT."""
+    logs.configure(settings.log_level)
+    runtime = OrderRuntime(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runtime.start_with([channel])
+    log.info("%s consumer started", channel)
+    try:
+        await stop.wait()
+    finally:
+        await runtime.close()
+        log.info("%s consumer stopped", channel)

@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run one HTTP service in the foreground")
     serve.add_argument("service", choices=SERVICES)
+    consume = sub.add_parser("consume", help="run one order consumer without HTTP (scale-out)")
+    consume.add_argument("channel", choices=("kafka", "rabbitmq"))
     sub.add_parser("migrate", help="create the database if needed and migrate it to head")
     sub.add_parser("run", help="run both services in the foreground (the stack must be up)")
     st = sub.add_parser("stack", help="the local MariaDB, RabbitMQ and Kafka (and services)")
@@ -118,6 +120,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"shop: {exc}")
     if args.command == "serve":
         _serve(settings, args.service)
+        return
+    if args.command == "consume":
+        import uvloop
+
+        from shop import app
+
+        uvloop.run(app.consume(settings, args.channel))
         return
     if args.command == "migrate":
         from shop.migrate import migrate

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     bind_host: str = "127.0.0.1"
     workers: int = Field(1, ge=1, le=64)
 
+    consumers_enabled: bool = True
+    consumer_batch_size: int = Field(500, ge=1, le=5000)
     broker_deadline_seconds: float = Field(2.0, gt=0, le=30)
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(0.2, gt=0, le=60)

@@ -6,16 +6,19 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str | bytes | None]]
+T = TypeVar("T")
 
 
 class PublishError(Exception):
@@ -172,3 +175,87 @@ async def ensure_topics(
             log.info("created kafka topic %s", topic)
 
     await asyncio.to_thread(_create)
+
+
+class KafkaBatchConsumer:
+    """A consumer-group member whose offsets are stored only when the caller says so.
+
+    librdkafka's consumer calls block, so every one runs on a single dedicated thread (the
+    consumer is not safe to call from two threads at once). Stored offsets are committed by
+    the auto-committer every second and on close: after a crash, at most that much is
+    delivered again, and the order consumer skips what it already stored.
+    """
+
+    def __init__(self, brokers: str, *, topic: str, group: str) -> None:
+        self._topic = topic
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": brokers,
+                "group.id": group,
+                "enable.auto.commit": True,
+                "auto.commit.interval.ms": 1000,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 1000,
+                **client_logging(),
+            }
+        )
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{topic}")
+        self._subscribed = False
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
+
+    async def poll_batch(self, *, max_messages: int, timeout: float) -> list[Message]:
+        """Up to `max_messages` messages, waiting at most `timeout` for the first."""
+        if not self._subscribed:
+            await self._call(self._consumer.subscribe, [self._topic])
+            self._subscribed = True
+        messages = await self._call(self._consumer.consume, max_messages, timeout)
+        good = []
+        for message in messages:
+            err = message.error()
+            if err is None:
+                good.append(message)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka consumer error on %s: %s", self._topic, err)
+        return good
+
+    async def store(self, messages: Sequence[Message]) -> None:
+        """Mark messages processed: their offsets will be committed."""
+        last: dict[tuple[str, int], int] = {}
+        for message in messages:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            last[topic, partition] = max(last.get((topic, partition), -1), offset)
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        if offsets:
+            try:
+                await self._call(self._consumer.store_offsets, offsets=offsets)
+            except KafkaException as exc:
+                # The partition moved to another member during a rebalance: it will process
+                # these again, and skip the orders we stored.
+                log.warning("could not store offsets on %s: %s", self._topic, exc)
+
+    async def lag(self) -> int:
+        """Messages not yet consumed on the partitions this member holds."""
+
+        def _lag() -> int:
+            assigned = self._consumer.assignment()
+            if not assigned:
+                return 0
+            total = 0
+            for tp in self._consumer.position(assigned):
+                _low, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                total += max(0, high - max(tp.offset, 0))
+            return total
+
+        return await self._call(_lag)
+
+    async def close(self) -> None:
+        """Commit what was stored, leave the group, stop the thread."""
+        await self._call(self._consumer.close)
+        self._thread.shutdown(wait=True)

@@ -1,4 +1,4 @@
-"""HTTP routes of the order service."""
+"""HTTP routes of the order service: parse, call the service, map the result."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from shop.deps import IdempotencyKey
 from shop.http import JSONResponse
-from shop.orders.models import Order, OrderStatus
+from shop.orders.models import Accepted, Order, OrderStatus, PlaceOrder
 from shop.orders.service import OrderQuery, OrderService
+
+OrderId = Annotated[uuid.UUID, Path(description="The order's id (a UUID)")]
 
 
 def router(service: OrderService) -> APIRouter:
@@ -34,8 +37,60 @@ def router(service: OrderService) -> APIRouter:
         return JSONResponse(page, headers=headers)
 
     @api.get("/{order_id}", response_model=Order, response_class=JSONResponse)
-    async def get_order(order_id: Annotated[uuid.UUID, Path()]) -> Response:
+    async def get_order(order_id: OrderId) -> Response:
         """Get one order."""
         return JSONResponse(await service.get_order(order_id))
 
+    @api.post(
+        "/sync",
+        status_code=201,
+        response_model=Order,
+        response_class=JSONResponse,
+        responses={409: {"description": "Not enough stock"}},
+    )
+    async def place_order(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
+        """Place an order now: stock is reserved and the order confirmed, or 409."""
+        placed = await service.place_order(body, idempotency_key=key)
+        return JSONResponse(placed, status_code=201, headers={"Location": _at(placed["id"])})
+
+    @api.post(
+        "/async/kafka",
+        status_code=202,
+        response_model=Accepted,
+        response_class=JSONResponse,
+        responses={503: {"description": "Kafka unavailable"}},
+    )
+    async def accept_order_kafka(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
+        """Accept an order through Kafka; a consumer confirms or rejects it shortly."""
+        return _accepted(await service.accept_order(body, channel="kafka", idempotency_key=key))
+
+    @api.post(
+        "/async/rabbitmq",
+        status_code=202,
+        response_model=Accepted,
+        response_class=JSONResponse,
+        responses={503: {"description": "RabbitMQ unavailable"}},
+    )
+    async def accept_order_rabbitmq(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
+        """Accept an order through RabbitMQ; a consumer confirms or rejects it shortly."""
+        return _accepted(await service.accept_order(body, channel="rabbitmq", idempotency_key=key))
+
+    @api.post(
+        "/{order_id}/cancel",
+        response_model=Order,
+        response_class=JSONResponse,
+        responses={409: {"description": "The order is not confirmed"}},
+    )
+    async def cancel_order(order_id: OrderId) -> Response:
+        """Cancel a confirmed order and release its stock."""
+        return JSONResponse(await service.cancel_order(order_id))
+
     return api
+
+
+def _at(order_id: str) -> str:
+    return f"/orders/{order_id}"
+
+
+def _accepted(accepted: dict[str, object]) -> Response:
+    return JSONResponse(accepted, status_code=202, headers={"Location": _at(str(accepted["id"]))})

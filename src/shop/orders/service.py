@@ -99,7 +99,8 @@ def _order_row(
     allocation: inventory.Allocation,
     created_at: Any,
 ) -> dict[str, Any]:
-    price = allocation.unit_price
+    # A rejected order took nothing, so it carries no price.
+    price = allocation.unit_price if allocation.allocated else None
     return {
         "id": order_id.bytes,
         "user_id": user_id,
@@ -163,7 +164,7 @@ class OrderService:
             raise InvalidInput(f"No product with id {order.product_id}.", field="product_id")
         if allocation.reason == "out_of_stock":
             raise OutOfStock(
-                f"Product {order.product_id} has fewer than {order.quantity} units in stock."
+                f"Product {order.product_id} has too little stock for {order.quantity} unit(s)."
             )
         row = _order_row(
             order_id=order_id,

@@ -1,0 +1,139 @@
+"""What the order tests share: making products, placing orders, checking the invariants."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shop.orders.tables import orders as orders_table
+from shop.products.tables import products as products_table
+from tests.support import eventually
+
+PATHS = ("sync", "kafka", "rabbitmq")
+
+
+async def new_product(products: httpx.AsyncClient, *, stock: int | None, price: float = 2.5) -> int:
+    response = await products.post(
+        "/products", json={"name": f"p-{uuid.uuid4().hex[:10]}", "price": price, "stock": stock}
+    )
+    assert response.status_code == 201, response.text
+    product_id: int = response.json()["id"]
+    return product_id
+
+
+def order_url(path: str) -> str:
+    return "/orders/sync" if path == "sync" else f"/orders/async/{path}"
+
+
+async def place(
+    orders: httpx.AsyncClient,
+    path: str,
+    *,
+    product_id: int,
+    quantity: int = 1,
+    user_id: int = 1,
+    key: str | None = None,
+) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key else {}
+    return await orders.post(
+        order_url(path),
+        json={"user_id": user_id, "product_id": product_id, "quantity": quantity},
+        headers=headers,
+    )
+
+
+@dataclass
+class Tally:
+    """Answers to a set of order requests."""
+
+    accepted: dict[str, str] = field(default_factory=dict)  # id -> path
+    refused: int = 0  # 409
+    other: list[str] = field(default_factory=list)
+
+    def record(self, path: str, response: httpx.Response) -> None:
+        if response.status_code in (201, 202):
+            self.accepted[response.json()["id"]] = path
+        elif response.status_code == 409:
+            self.refused += 1
+        else:
+            self.other.append(f"{response.status_code} {response.text[:200]}")
+
+
+async def stored_orders(database: AsyncEngine, product_id: int) -> list[dict[str, Any]]:
+    async with database.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(
+                    orders_table.c.id,
+                    orders_table.c.status,
+                    orders_table.c.quantity,
+                    orders_table.c.channel,
+                    orders_table.c.reason,
+                ).where(orders_table.c.product_id == product_id)
+            )
+        ).all()
+    return [
+        {
+            "id": str(uuid.UUID(bytes=r.id)),
+            "status": r.status,
+            "quantity": r.quantity,
+            "channel": r.channel,
+            "reason": r.reason,
+        }
+        for r in rows
+    ]
+
+
+async def stock_of(database: AsyncEngine, product_id: int) -> int | None:
+    async with database.connect() as conn:
+        stock: int | None = await conn.scalar(
+            select(products_table.c.stock).where(products_table.c.id == product_id)
+        )
+    return stock
+
+
+async def order_count(database: AsyncEngine) -> int:
+    async with database.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(orders_table)) or 0)
+
+
+async def wait_until_stored(
+    database: AsyncEngine, product_id: int, ids: set[str], *, timeout: float = 60
+) -> list[dict[str, Any]]:
+    """Every id in `ids` is stored (bounded wait); returns the product's stored orders."""
+
+    async def all_there() -> list[dict[str, Any]] | None:
+        stored = await stored_orders(database, product_id)
+        return stored if ids <= {o["id"] for o in stored} else None
+
+    return await eventually(all_there, timeout=timeout, what=f"{len(ids)} accepted orders stored")
+
+
+async def assert_stock_adds_up(
+    database: AsyncEngine, product_id: int, initial: int
+) -> list[dict[str, Any]]:
+    """No oversell: initial = current + units in confirmed orders, and never below zero."""
+    stored = await stored_orders(database, product_id)
+    confirmed_units = sum(o["quantity"] for o in stored if o["status"] == "confirmed")
+    current = await stock_of(database, product_id)
+    assert current is not None
+    assert current >= 0
+    assert initial == current + confirmed_units, (initial, current, confirmed_units)
+    return stored
+
+
+async def gather_limited(n: int, *jobs: Any) -> list[Any]:
+    """Run coroutines at most `n` at a time."""
+    gate = asyncio.Semaphore(n)
+
+    async def run(job: Any) -> Any:
+        async with gate:
+            return await job
+
+    return await asyncio.gather(*(run(j) for j in jobs))
