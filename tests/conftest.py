@@ -103,12 +103,13 @@ async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture(scope="session")
 def kafka_topics(settings: Settings) -> Iterator[None]:
-    """The run's topics are deleted at the end (the services create them)."""
+    """The run's topics (the session's and any a test made under the `test-<run>-` prefix)
+    are deleted at the end (the services create them)."""
     yield
     admin = AdminClient({"bootstrap.servers": settings.kafka_brokers})
-    names = [v for k, v in TEST_ENV.items() if k.startswith("KAFKA_") and "TOPIC" in k]
+    names = {v for k, v in TEST_ENV.items() if k.startswith("KAFKA_") and "TOPIC" in k}
     existing = admin.list_topics(timeout=10).topics
-    doomed = [name for name in names if name in existing]
+    doomed = [name for name in existing if name in names or name.startswith(f"test-{RUN}-")]
     if doomed:
         for fut in admin.delete_topics(doomed, operation_timeout=10).values():
             fut.result(timeout=15)
@@ -150,3 +151,19 @@ async def products(product_service: ServiceProcess) -> AsyncIterator[httpx.Async
 async def orders(order_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=order_service.url, timeout=15) as client:
         yield client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rabbitmq_cleanup(settings: Settings) -> Iterator[None]:
+    """The run's queues and exchanges (`test-<run>-...`) are deleted at the end."""
+    yield
+    api = f"http://127.0.0.1:{settings.rabbitmq_management_port}/api"
+    auth = (settings.rabbitmq_user, settings.rabbitmq_password)
+    with httpx.Client(auth=auth, timeout=10) as client:
+        for kind in ("queues", "exchanges"):
+            listed = client.get(f"{api}/{kind}/%2F")
+            if listed.status_code != 200:
+                continue
+            for item in listed.json():
+                if item["name"].startswith(f"test-{RUN}-"):
+                    client.delete(f"{api}/{kind}/%2F/{item['name']}")

@@ -137,3 +137,13 @@ class ServiceProcess:
             raise AssertionError(f"{self.name} did not stop within {timeout}s") from None
         finally:
             self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: no shutdown code runs at all."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        try:
+            self._proc.wait(timeout=10)
+        finally:
+            self._proc = None

@@ -87,8 +87,9 @@ class OrderRuntime(Runtime):
             outbox=order_outbox,
             topics=[s.kafka_order_events_topic, s.kafka_topic, s.kafka_dlq_topic],
         )
-        # Intake has its own producer whose delivery timeout is the 503 deadline, so a message
-        # the client was told failed is not delivered later by librdkafka's retries.
+        # Intake has its own producer whose delivery timeout is the 503 deadline, so librdkafka
+        # stops retrying about when the client is told 503. It cannot take back a message a
+        # stalled broker already wrote: a retry after 503 is safe with an Idempotency-Key.
         self.intake = KafkaPublisher(s.kafka_brokers, delivery_timeout=s.broker_deadline_seconds)
         self.rabbit = RabbitMQ(
             s.rabbitmq_url,

@@ -81,7 +81,7 @@ async def _until_done(
             return True
         except Exception as exc:
             CONSUMER_FAILURES.labels(channel).inc()
-            log.warning("%s consumer: %s failed (%s); retrying in %.1fs", channel, what, exc, delay)
+            log.warning("%s consumer: %s failed (%r); retrying in %.1fs", channel, what, exc, delay)
         if stopping.is_set():
             return False
         await _pause(stopping, delay)
@@ -189,7 +189,7 @@ async def run_rabbitmq_consumer(
             headers={"x-reason": reason},
             dead_letter=True,
         )
-        await message.ack()
+        await _ack(message)  # a stale delivery (channel died) comes back and goes again
 
     processor: _Processor[AbstractIncomingMessage] = _Processor("rabbitmq", service, dead_letter)
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
@@ -229,7 +229,7 @@ async def _ack(message: AbstractIncomingMessage) -> None:
     try:
         await message.ack()
     except Exception as exc:  # its channel died; the broker redelivers it and we skip it
-        log.info("rabbitmq consumer: ack failed (%s); it will be redelivered", exc)
+        log.info("rabbitmq consumer: ack failed (%r); it will be redelivered", exc)
 
 
 async def watch_depth(
