@@ -47,3 +47,6 @@ test: venv lint ## set up the stack, then the whole test suite against the real 
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
 	$(SHOP) stack up --no-services
 	$(VENV)/bin/pytest
+
+bench: up ## the benchmark and its report (QUICK=1: about a minute); results in bench/results/
+	$(VENV)/bin/python -m bench.run $(if $(QUICK),--quick,)

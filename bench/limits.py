@@ -1,0 +1,127 @@
+"""The limits, measured on the same machine in the same run: what each part can do alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+from confluent_kafka import Producer
+from sqlalchemy import text
+
+from shop import jsonutil
+from shop.brokers.kafka import ensure_topics, producer_config
+from shop.db import create_engine
+from shop.ids import uuid7
+from shop.settings import Settings
+
+
+def _command(i: int) -> bytes:
+    return jsonutil.dumps(
+        {
+            "id": str(uuid7()),
+            "user_id": i + 1,
+            "product_id": 1,
+            "quantity": 1,
+            "channel": "kafka",
+            "accepted_at": jsonutil.as_utc(jsonutil.utcnow()),
+        }
+    )
+
+
+def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
+    """Raw produce with acks=all (idempotent), one Python process, until every ack is in."""
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(settings.kafka_brokers, [topic]))
+    config = producer_config(settings.kafka_brokers, delivery_timeout=30)
+    config.pop("logger", None)
+    producer = Producer(config)
+    bodies = [_command(i) for i in range(1000)]
+    started = time.perf_counter()
+    for i in range(messages):
+        while True:
+            try:
+                producer.produce(topic, key=str(i % 64), value=bodies[i % 1000])
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 1000 == 0:
+            producer.poll(0)
+    left = producer.flush(60)
+    seconds = time.perf_counter() - started
+    return {
+        "messages": messages - left,
+        "seconds": round(seconds, 3),
+        "per_second": round((messages - left) / seconds),
+        "topic": topic,
+    }
+
+
+async def rabbitmq_publish(
+    settings: Settings, *, messages: int, window: int = 256
+) -> dict[str, Any]:
+    """Raw persistent publishes with publisher confirms, `window` unconfirmed at a time."""
+    queue_name = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(queue_name, durable=True)
+        bodies = [_command(i) for i in range(1000)]
+        started = time.perf_counter()
+        for start in range(0, messages, window):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(
+                            bodies[i % 1000], delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                        ),
+                        routing_key=queue_name,
+                        timeout=30,
+                    )
+                    for i in range(start, min(messages, start + window))
+                )
+            )
+        seconds = time.perf_counter() - started
+        await queue.delete(if_unused=False, if_empty=False)
+    return {
+        "messages": messages,
+        "seconds": round(seconds, 3),
+        "per_second": round(messages / seconds),
+        "window": window,
+    }
+
+
+async def batched_inserts(settings: Settings, *, rows: int, batch: int = 500) -> dict[str, Any]:
+    """Raw inserts into a copy of the orders table, `batch` rows per transaction."""
+    engine = create_engine(settings)
+    table = f"bench_orders_{uuid.uuid4().hex[:8]}"
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"CREATE TABLE {table} LIKE orders"))
+        now = jsonutil.utcnow()
+        insert = text(
+            f"INSERT INTO {table} (id, user_id, product_id, quantity, status, reason, "
+            "unit_price, total_price, channel, created_at, updated_at) VALUES (:id, :user_id, "
+            ":product_id, 1, 'confirmed', NULL, 1.00, 1.00, 'kafka', :now, :now)"
+        )
+        started = time.perf_counter()
+        for start in range(0, rows, batch):
+            params = [
+                {"id": uuid7().bytes, "user_id": i, "product_id": 1, "now": now}
+                for i in range(start, min(rows, start + batch))
+            ]
+            async with engine.begin() as conn:
+                await conn.execute(insert, params)
+        seconds = time.perf_counter() - started
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP TABLE {table}"))
+    finally:
+        await engine.dispose()
+    return {
+        "rows": rows,
+        "batch": batch,
+        "seconds": round(seconds, 3),
+        "per_second": round(rows / seconds),
+    }

@@ -1,0 +1,606 @@
+"""`make bench`: load on every path, the limits, the audit, and a report with plots.
+
+Runs against the system `make up` started (settings as usual: config.yaml < environment) and
+writes bench/results/<timestamp>/results.json and report.html. `--quick` takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from base64 import b64encode
+from pathlib import Path
+from typing import Any
+
+import asyncmy
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from bench import limits, report
+from bench.loadgen import LoadResult, ensure_oha, run_load
+from shop import jsonutil
+from shop.brokers.kafka import ensure_topics
+from shop.ids import uuid7
+from shop.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOOR_PORT = 8090
+PATHS = ("sync", "sync_hot", "kafka", "rabbitmq", "products")
+SPREAD_PRODUCTS = 200
+BIG_STOCK = 100_000_000
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", flush=True)
+
+
+class Plan:
+    """How much to run: the full sweep (about 10 minutes) or a quick look (about a minute)."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.connections = [50, 200] if quick else [50, 100, 200, 400, 800]
+        self.seconds = 2.0 if quick else 5.0
+        self.rates = [250, 1000] if quick else [250, 500, 1000, 1500, 2000, 2500, 3000, 4000]
+        self.drain_orders = 3000 if quick else 30_000
+        self.raw_kafka = 50_000 if quick else 300_000
+        self.raw_rabbitmq = 3000 if quick else 20_000
+        self.raw_rows = 10_000 if quick else 60_000
+
+
+# ---------------------------------------------------------------- database helpers
+
+
+async def _db(settings: Settings) -> Any:
+    return await asyncmy.connect(
+        host=settings.db_host,
+        port=settings.db_port,
+        user=settings.db_user,
+        password=settings.db_password,
+        database=settings.db_name,
+        connect_timeout=5,
+        autocommit=True,
+    )
+
+
+async def _query(settings: Settings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    conn = await _db(settings)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args)
+            return list(await cur.fetchall())
+    finally:
+        conn.close()
+
+
+def query(settings: Settings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    return asyncio.run(_query(settings, sql, args))
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def make_products(settings: Settings, count: int, stock: int | None) -> list[int]:
+    url = f"http://127.0.0.1:{settings.product_service_port}/products"
+    tag = uuid.uuid4().hex[:6]
+    return [
+        _post_json(url, {"name": f"bench-{tag}-{i}", "price": 1.5, "stock": stock})["id"]
+        for i in range(count)
+    ]
+
+
+def body_file(directory: Path, name: str, product_ids: list[int], lines: int = 5000) -> Path:
+    path = directory / f"{name}.jsonl"
+    rng = random.Random(name)
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "user_id": rng.randint(1, 1_000_000),
+                    "product_id": rng.choice(product_ids),
+                    "quantity": 1,
+                }
+            )
+            + "\n"
+            for _ in range(lines)
+        )
+    )
+    return path
+
+
+# ---------------------------------------------------------------- depth sampling
+
+
+class DepthSampler:
+    """Samples Kafka consumer lag and RabbitMQ queue depth twice a second, in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> DepthSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def mark(self) -> float:
+        return round(time.monotonic() - self._t0, 2)
+
+    def _run(self) -> None:
+        s = self._settings
+        consumer = Consumer(
+            {"bootstrap.servers": s.kafka_brokers, "group.id": s.kafka_consumer_group}
+        )
+        try:
+            while not self._stop.wait(0.5):
+                self.samples.append(
+                    {
+                        "t": self.mark(),
+                        "kafka": _lag(consumer, s),
+                        "rabbitmq": _queue_depth(s, s.rabbitmq_queue),
+                    }
+                )
+        finally:
+            consumer.close()
+
+
+def _lag(consumer: Consumer, settings: Settings) -> float:
+    try:
+        topic = settings.kafka_topic
+        meta = consumer.list_topics(topic, timeout=2).topics[topic]
+        parts = [TopicPartition(topic, p) for p in meta.partitions]
+        lag = 0
+        for tp in consumer.committed(parts, timeout=2):
+            _low, high = consumer.get_watermark_offsets(tp, timeout=2)
+            lag += max(0, high - max(tp.offset, 0))
+        return float(lag)
+    except Exception:  # a missed sample is a gap in the plot, not a failed run
+        return float("nan")
+
+
+def _queue_depth(settings: Settings, queue: str) -> float:
+    url = (
+        f"http://127.0.0.1:{settings.rabbitmq_management_port}/api/queues/"
+        f"{'%2F' if settings.rabbitmq_vhost == '/' else settings.rabbitmq_vhost}/{queue}"
+    )
+    request = urllib.request.Request(url)
+    token = b64encode(f"{settings.rabbitmq_user}:{settings.rabbitmq_password}".encode())
+    request.add_header("Authorization", f"Basic {token.decode()}")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 (loopback)
+            data = json.loads(response.read())
+        return float(data.get("messages_ready", 0) + data.get("messages_unacknowledged", 0))
+    except Exception:  # as above
+        return float("nan")
+
+
+# ---------------------------------------------------------------- the runs
+
+
+def start_floor(settings: Settings, workers: int) -> subprocess.Popen[bytes]:
+    floor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.floor:app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(FLOOR_PORT),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{FLOOR_PORT}/healthz", timeout=1)
+        except OSError:
+            time.sleep(0.2)
+            continue
+        return floor
+    floor.kill()
+    raise RuntimeError("the HTTP floor server did not start")
+
+
+def sweep(name: str, url: str, plan: Plan, **load: Any) -> list[dict[str, Any]]:
+    results = []
+    for connections in plan.connections:
+        result = run_load(url, connections=connections, seconds=plan.seconds, **load)
+        say(
+            f"{name:9} c={connections:<4} {result.rps:8.0f}/s  p50 {result.p50_ms:6.1f} ms  "
+            f"p99 {result.p99_ms:7.1f} ms  failed {result.failed}"
+        )
+        results.append(result.as_dict())
+    return results
+
+
+def open_loop(name: str, url: str, plan: Plan, **load: Any) -> list[dict[str, Any]]:
+    results = []
+    for rate in plan.rates:
+        result = run_load(
+            url, connections=max(50, rate // 10), seconds=plan.seconds, rate=rate, **load
+        )
+        ok = result.failed == 0 and result.p99_ms <= 50
+        say(
+            f"{name:9} {rate:5}/s offered  {result.rps:8.0f}/s done  p99 {result.p99_ms:7.1f} ms"
+            f"  {'ok' if ok else 'over'}"
+        )
+        results.append(result.as_dict())
+        if result.p99_ms > 500 or result.rps < rate * 0.8:
+            break  # far past saturation: higher rates tell nothing new
+    return results
+
+
+def drain(settings: Settings, channel: str, orders: int, product_ids: list[int]) -> dict[str, Any]:
+    """Fill a private topic/queue with commands, then time one standalone consumer emptying it."""
+    name = f"bench-drain-{channel}-{uuid.uuid4().hex[:6]}"
+    commands = [
+        jsonutil.dumps(
+            {
+                "id": str(uuid7()),
+                "user_id": i + 1,
+                "product_id": product_ids[i % len(product_ids)],
+                "quantity": 1,
+                "channel": channel,
+                "accepted_at": jsonutil.as_utc(jsonutil.utcnow()),
+            }
+        )
+        for i in range(orders)
+    ]
+    env = {
+        **os.environ,
+        "KAFKA_TOPIC": name,
+        "RABBITMQ_QUEUE": name,
+        "KAFKA_CONSUMER_GROUP": name,
+        "KAFKA_DLQ_TOPIC": f"{name}.dlq",
+    }
+    if channel == "kafka":
+        asyncio.run(ensure_topics(settings.kafka_brokers, [name]))
+        producer = Producer(
+            {"bootstrap.servers": settings.kafka_brokers, "acks": "all", "linger.ms": 5}
+        )
+        for i, body in enumerate(commands):
+            producer.produce(name, key=str(product_ids[i % len(product_ids)]), value=body)
+            if i % 5000 == 0:
+                producer.poll(0)
+        producer.flush(60)
+    else:
+        asyncio.run(_fill_queue(settings, name, commands))
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "shop", "consume", channel],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started = time.perf_counter()
+    stored = 0
+    marks = ",".join(["%s"] * len(product_ids))
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            stored = int(
+                query(
+                    settings,
+                    f"SELECT COUNT(*) FROM orders WHERE product_id IN ({marks}) AND channel = %s",
+                    (*product_ids, channel),
+                )[0][0]
+            )
+            if stored >= orders:
+                break
+            time.sleep(0.1)
+        seconds = time.perf_counter() - started
+    finally:
+        consumer.terminate()
+        consumer.wait(20)
+    if channel == "rabbitmq":
+        asyncio.run(_delete_queues(settings, [name, f"{name}.dlq"]))
+    return {
+        "orders": orders,
+        "stored": stored,
+        "seconds": round(seconds, 2),
+        "per_second": round(stored / seconds),
+        "note": "includes consumer start-up",
+    }
+
+
+async def _fill_queue(settings: Settings, name: str, bodies: list[bytes]) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_exchange(f"{name}.dlx", aio_pika.ExchangeType.DIRECT, durable=True)
+        await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-dead-letter-exchange": f"{name}.dlx",
+                "x-dead-letter-routing-key": f"{name}.dlq",
+            },
+        )
+        for start in range(0, len(bodies), 500):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=name,
+                        timeout=30,
+                    )
+                    for b in bodies[start : start + 500]
+                )
+            )
+
+
+async def _delete_queues(settings: Settings, names: list[str]) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+        await channel.exchange_delete(f"{names[0]}.dlx")
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit(
+    settings: Settings,
+    accepted: dict[str, int],
+    products: dict[str, list[int]],
+    since: dt.datetime,
+    initial: dict[int, int],
+) -> dict[str, Any]:
+    """Every accepted order stored exactly once, and no tracked stock oversold."""
+    all_products = sorted({p for ids in products.values() for p in ids})
+    marks = ",".join(["%s"] * len(all_products))
+
+    def stored_by_channel() -> dict[str, int]:
+        rows = query(
+            settings,
+            f"SELECT channel, COUNT(*) FROM orders WHERE product_id IN "
+            f"({marks}) AND created_at >= %s GROUP BY channel",
+            (*all_products, since),
+        )
+        return {str(channel): int(count) for channel, count in rows}
+
+    deadline = time.monotonic() + 120
+    stored = stored_by_channel()
+    while time.monotonic() < deadline and any(stored.get(ch, 0) < n for ch, n in accepted.items()):
+        time.sleep(0.5)
+        stored = stored_by_channel()
+    lost = sum(max(0, n - stored.get(ch, 0)) for ch, n in accepted.items())
+    duplicated = sum(max(0, stored.get(ch, 0) - n) for ch, n in accepted.items())
+    oversold = 0
+    for product_id, start in initial.items():
+        ((stock, confirmed),) = query(
+            settings,
+            "SELECT p.stock, COALESCE((SELECT SUM(quantity) FROM orders o WHERE o.product_id = "
+            "p.id AND o.status = 'confirmed'), 0) FROM products p WHERE p.id = %s",
+            (product_id,),
+        )
+        if stock is None or stock < 0 or int(stock) + int(confirmed) != start:
+            oversold += 1
+    return {
+        "accepted": accepted,
+        "stored": stored,
+        "lost": lost,
+        "duplicated": duplicated,
+        "oversold": oversold,
+        "ok": lost == duplicated == oversold == 0,
+    }
+
+
+# ---------------------------------------------------------------- main
+
+
+def machine(settings: Settings) -> dict[str, Any]:
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    versions: dict[str, str] = {"python": platform.python_version()}
+    versions["mariadb"] = str(query(settings, "SELECT VERSION()")[0][0])
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{settings.rabbitmq_management_port}/api/overview"
+        )
+        token = b64encode(f"{settings.rabbitmq_user}:{settings.rabbitmq_password}".encode())
+        request.add_header("Authorization", f"Basic {token.decode()}")
+        with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
+            versions["rabbitmq"] = json.loads(response.read())["rabbitmq_version"]
+    except OSError:
+        versions["rabbitmq"] = "unknown"
+    from shop.stack import kafka as stack_kafka
+
+    versions["kafka"] = getattr(stack_kafka, "KAFKA_VERSION", "unknown")
+    versions["oha"] = subprocess.run(
+        [ensure_oha(), "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "platform": platform.platform(),
+        "versions": versions,
+        "service_workers": settings.workers,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about a minute instead of ten")
+    args = parser.parse_args()
+    plan = Plan(args.quick)
+    settings = load_settings()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = ROOT / "bench" / "results" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_oha()
+    results: dict[str, Any] = {"started": stamp, "quick": plan.quick, "machine": machine(settings)}
+    say(f"{'quick' if plan.quick else 'full'} run; results in {out}")
+    since = jsonutil.utcnow().replace(microsecond=0)
+    spread = make_products(settings, SPREAD_PRODUCTS, BIG_STOCK)
+    hot = make_products(settings, 1, BIG_STOCK)
+    initial = dict.fromkeys(spread + hot, BIG_STOCK)
+    orders_url = f"http://127.0.0.1:{settings.order_service_port}/orders"
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = {
+            "spread": body_file(Path(tmp), "spread", spread),
+            "hot": body_file(Path(tmp), "hot", hot),
+        }
+        targets: dict[str, tuple[str, dict[str, Any]]] = {
+            "sync": (f"{orders_url}/sync", {"body_lines": bodies["spread"]}),
+            "sync_hot": (f"{orders_url}/sync", {"body_lines": bodies["hot"]}),
+            "kafka": (f"{orders_url}/async/kafka", {"body_lines": bodies["spread"]}),
+            "rabbitmq": (f"{orders_url}/async/rabbitmq", {"body_lines": bodies["spread"]}),
+            "products": (
+                f"http://127.0.0.1:{settings.product_service_port}/products?limit=100",
+                {"method": "GET"},
+            ),
+        }
+        say("limits: the HTTP floor")
+        floor = start_floor(settings, settings.workers)
+        try:
+            results["floor"] = sweep(
+                "floor",
+                f"http://127.0.0.1:{FLOOR_PORT}/orders/async/floor",
+                plan,
+                body_lines=bodies["spread"],
+            )
+        finally:
+            floor.terminate()
+            floor.wait(20)
+        results["sweep"], results["open_loop"] = {}, {}
+        with DepthSampler(settings) as sampler:
+            marks: list[dict[str, Any]] = []
+            for name, (url, load) in targets.items():
+                say(f"closed loop: {name}")
+                marks.append({"t": sampler.mark(), "label": f"{name} sweep"})
+                results["sweep"][name] = sweep(name, url, plan, **load)
+            for name, (url, load) in targets.items():
+                say(f"open loop: {name}")
+                marks.append({"t": sampler.mark(), "label": f"{name} rates"})
+                results["open_loop"][name] = open_loop(name, url, plan, **load)
+            marks.append({"t": sampler.mark(), "label": "load ends"})
+            accepted = _accepted(results)
+            say("waiting for the consumers to store every accepted order (audit)")
+            results["audit"] = audit(
+                settings, accepted, {"spread": spread, "hot": hot}, since, initial
+            )
+            marks.append({"t": sampler.mark(), "label": "all stored"})
+        results["depth"] = {"samples": sampler.samples, "marks": marks}
+    results["accept_to_stored_ms"] = _accept_to_stored(settings, spread, since)
+    say("limits: consumer drain rate without HTTP load")
+    results["drain"] = {
+        ch: drain(settings, ch, plan.drain_orders, make_products(settings, 20, BIG_STOCK))
+        for ch in ("kafka", "rabbitmq")
+    }
+    say("limits: raw Kafka produce, raw RabbitMQ publish, raw batched inserts")
+    results["limits"] = {
+        "kafka_produce": limits.kafka_produce(settings, messages=plan.raw_kafka),
+        "rabbitmq_publish": asyncio.run(
+            limits.rabbitmq_publish(settings, messages=plan.raw_rabbitmq)
+        ),
+        "batched_inserts": asyncio.run(limits.batched_inserts(settings, rows=plan.raw_rows)),
+    }
+    results["finished"] = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "report.html").write_text(report.render(results))
+    say(f"report: {out / 'report.html'}")
+    say(
+        f"audit: lost {results['audit']['lost']}, duplicated {results['audit']['duplicated']}, "
+        f"oversold {results['audit']['oversold']}"
+    )
+    for line in report.summary_lines(results):
+        say(line)
+    return 0 if results["audit"]["ok"] else 1
+
+
+def _accepted(results: dict[str, Any]) -> dict[str, int]:
+    accepted = {"sync": 0, "kafka": 0, "rabbitmq": 0}
+    for section in ("sweep", "open_loop"):
+        for name, runs in results[section].items():
+            channel = "sync" if name.startswith("sync") else name
+            if channel in accepted:
+                codes = (201,) if channel == "sync" else (202,)
+                accepted[channel] += sum(LoadResult(**r).count(*codes) for r in runs)
+    return accepted
+
+
+def _accept_to_stored(
+    settings: Settings, products: list[int], since: dt.datetime
+) -> dict[str, Any]:
+    """From the id's UUIDv7 timestamp (intake, ms) to the row's created_at (stored)."""
+    marks = ",".join(["%s"] * len(products))
+    rows = query(
+        settings,
+        f"SELECT id, created_at, channel FROM orders WHERE product_id IN "
+        f"({marks}) AND created_at >= %s AND channel <> 'sync'",
+        (*products, since),
+    )
+    delays: dict[str, list[float]] = {"kafka": [], "rabbitmq": []}
+    for order_id, created_at, channel in rows:
+        accepted_ms = int.from_bytes(order_id[:6], "big")
+        stored_ms = created_at.replace(tzinfo=dt.UTC).timestamp() * 1000
+        delays[channel].append(max(0.0, stored_ms - accepted_ms))
+    return {ch: _percentiles(v) for ch, v in delays.items()}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {
+        "count": len(ordered),
+        "p50": round(pick(0.5), 1),
+        "p99": round(pick(0.99), 1),
+        "max": round(ordered[-1], 1),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
