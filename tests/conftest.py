@@ -20,9 +20,8 @@ import asyncmy
 import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from shop.db import create_engine
 from shop.settings import Settings, load_settings
 from tests.support import ServiceProcess
 
@@ -95,7 +94,9 @@ async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
     except (OSError, TimeoutError) as exc:
         pytest.exit(f"MariaDB is not reachable ({exc}); `make up` or `shop stack up` first", 2)
     await asyncio.to_thread(migrate, TEST_ENV)
-    engine = create_engine(settings)
+    # The suite's own engine keeps SQLAlchemy's defaults (rollback on return): tests read
+    # without ending transactions.
+    engine = create_async_engine(settings.db_url, isolation_level="READ COMMITTED")
     yield engine
     await engine.dispose()
     await _drop_database(settings, settings.db_name)

@@ -15,7 +15,7 @@ from sqlalchemy import Table
 from shop import http, logs
 from shop.brokers.kafka import KafkaBatchConsumer, KafkaPublisher, ensure_topics
 from shop.brokers.rabbitmq import RabbitMQ
-from shop.db import Database, create_engine
+from shop.db import Database
 from shop.orders import api as order_api
 from shop.orders.commands import KafkaCommands, RabbitCommands
 from shop.orders.consumers import run_kafka_consumer, run_rabbitmq_consumer, watch_depth
@@ -39,7 +39,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, outbox: Table, topics: Collection[str]) -> None:
         self.settings = settings
-        self.db = Database(create_engine(settings), timeout=settings.db_timeout_seconds)
+        self.db = Database.connect(settings)
         self.kafka = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10.0)
         self.events_topic, *_ = self.topics = list(topics)
         self.relay = Relay(
@@ -74,7 +74,7 @@ class Runtime:
     async def close(self) -> None:
         await self.supervisor.stop(timeout=SHUTDOWN_SECONDS)
         await self.kafka.close(timeout=SHUTDOWN_SECONDS)
-        await self.db.engine.dispose()
+        await self.db.dispose()
 
 
 class OrderRuntime(Runtime):
@@ -113,6 +113,7 @@ class OrderRuntime(Runtime):
         """Start the relay, the RabbitMQ connection and the named consumers."""
         s = self.settings
         self.start()
+        self.supervisor.start("sync-orders", self.service.run_sync_orders)
         self.supervisor.start("rabbitmq-connection", self.rabbit.connect_forever)
         if "kafka" in consumers:
             self._kafka_consumer = KafkaBatchConsumer(

@@ -16,20 +16,25 @@ from shop.settings import Settings
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
-    """An asyncmy-backed engine whose pool is sized for one service process."""
+def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngine:
+    """An asyncmy-backed engine whose pool is sized for one service process.
+
+    Every round trip counts on the hot paths, so there is no ping on checkout and no rollback
+    on return: a unit of work always ends its transaction, and a connection a restarted server
+    dropped fails its first statement, which invalidates the pool (the request gets a 503 and
+    the next one a fresh connection). `autocommit` engines serve single-statement reads, which
+    then need no COMMIT either.
+    """
     return create_async_engine(
         settings.db_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_timeout=settings.db_timeout_seconds,
         pool_recycle=1800,
-        # A restarted server leaves every pooled connection dead; a ping on checkout finds out
-        # before a request does, which keeps /readyz and the first request after an outage honest.
-        pool_pre_ping=True,
+        pool_reset_on_return=None,
         # READ COMMITTED takes no gap locks: the outbox relay's FOR UPDATE SKIP LOCKED claim
         # would otherwise block every insert at the end of the outbox index while it publishes.
-        isolation_level="READ COMMITTED",
+        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={"connect_timeout": max(1, int(settings.db_timeout_seconds))},
     )
 
@@ -53,22 +58,52 @@ async def unit_of_work(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[
         await conn.close()
 
 
+@asynccontextmanager
+async def _connection(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[AsyncConnection]:
+    conn = await engine.connect()
+    try:
+        async with asyncio.timeout(timeout):
+            yield conn
+    except (asyncio.CancelledError, TimeoutError):
+        await conn.invalidate()
+        raise
+    finally:
+        await conn.close()
+
+
 async def ping(engine: AsyncEngine, *, timeout: float) -> None:
     """Raise unless the database answers a trivial query within `timeout` seconds."""
-    async with unit_of_work(engine, timeout=timeout) as conn:
+    async with _connection(engine, timeout=timeout) as conn:
         await conn.execute(text("SELECT 1"))
 
 
 class Database:
-    """The engine plus the per-transaction deadline every service call uses."""
+    """Two pools: transactions, and autocommit single-statement reads; one deadline for both."""
 
-    def __init__(self, engine: AsyncEngine, *, timeout: float) -> None:
+    def __init__(self, engine: AsyncEngine, *, reads: AsyncEngine, timeout: float) -> None:
         self.engine = engine
+        self.reads = reads
         self.timeout = timeout
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Database:
+        return cls(
+            create_engine(settings),
+            reads=create_engine(settings, autocommit=True),
+            timeout=settings.db_timeout_seconds,
+        )
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A unit of work: commits if the block finishes, rolls back otherwise."""
         return unit_of_work(self.engine, timeout=self.timeout)
 
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for one consistent read statement (autocommit: no COMMIT round trip)."""
+        return _connection(self.reads, timeout=self.timeout)
+
     async def ping(self) -> None:
-        await ping(self.engine, timeout=self.timeout)
+        await ping(self.reads, timeout=self.timeout)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        await self.reads.dispose()

@@ -55,7 +55,7 @@ def envelope(event_type: str, data: dict[str, Any]) -> tuple[str, bytes]:
         "event_id": event_id,
         "type": event_type,
         "version": 1,
-        "occurred_at": jsonutil.as_utc(jsonutil.utcnow()),
+        "occurred_at": jsonutil.utcnow(),
         "data": data,
     }
     return event_id, jsonutil.dumps(body)

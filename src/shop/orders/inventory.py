@@ -1,7 +1,8 @@
 """The one place the order service changes `products.stock` (the seam of a later split).
 
-Tracked stock (not NULL) is only ever taken with a conditional update or under a row lock, so
-it cannot go below zero; untracked stock (NULL) always allows the order.
+Tracked stock (not NULL) is only ever taken under a row lock, after checking it suffices, so it
+cannot go below zero (and CHECK (stock >= 0) would refuse it); untracked stock (NULL) always
+allows the order.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop.products.tables import products
@@ -26,22 +27,6 @@ class Allocation:
     @property
     def allocated(self) -> bool:
         return self.reason is None
-
-
-async def reserve_stock(conn: AsyncConnection, *, product_id: int, quantity: int) -> Allocation:
-    """Take `quantity` from one product's stock inside the caller's transaction."""
-    taken = await conn.execute(
-        update(products)
-        .where(products.c.id == product_id)
-        .where(or_(products.c.stock.is_(None), products.c.stock >= quantity))
-        .values(stock=products.c.stock - quantity)
-    )
-    price = await conn.scalar(select(products.c.price).where(products.c.id == product_id))
-    if price is None:
-        return Allocation(None, "unknown_product")
-    if taken.rowcount == 0:
-        return Allocation(price, "out_of_stock")
-    return Allocation(price, None)
 
 
 async def allocate_in_order(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import jsonutil, outbox
+from shop.coalesce import Coalescer
 from shop.db import Database
 from shop.errors import Conflict, IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
 from shop.ids import derived_uuid, uuid7
@@ -71,7 +73,7 @@ def order_as_dict(row: Row[*tuple[Any, ...]] | Mapping[str, Any]) -> dict[str, A
         "unit_price": get["unit_price"],
         "total_price": get["total_price"],
         "channel": get["channel"],
-        "created_at": jsonutil.as_utc(get["created_at"]),
+        "created_at": get["created_at"],
     }
 
 
@@ -116,6 +118,20 @@ def _order_row(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _SyncOrder:
+    order_id: uuid.UUID
+    order: PlaceOrder
+    keyed: bool
+
+
+def _replay(known: dict[str, Any], order: PlaceOrder) -> dict[str, Any] | Exception:
+    """The stored answer for a repeated key, unless the key came with a different order."""
+    if (known["product_id"], known["quantity"]) != (order.product_id, order.quantity):
+        return IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
+    return known
+
+
 class OrderService:
     """Orders, each stored with its event in one transaction."""
 
@@ -125,73 +141,109 @@ class OrderService:
         *,
         publishers: Mapping[str, CommandPublisher],
         on_event: Callable[[], None],
+        sync_batch_size: int = 200,
     ) -> None:
         self._db = db
         self._publishers = publishers
         self._on_event = on_event
+        self._sync_orders: Coalescer[_SyncOrder, dict[str, Any]] = Coalescer(
+            self._place_batch, max_batch=sync_batch_size, timeout=db.timeout * 2
+        )
 
     async def place_order(
         self, order: PlaceOrder, *, idempotency_key: str | None = None
     ) -> dict[str, Any]:
-        """Reserve stock and store a confirmed order now; OutOfStock when there is too little."""
-        order_id = order_id_for(order.user_id, idempotency_key)
+        """Reserve stock and store a confirmed order now; OutOfStock when there is too little.
+
+        Concurrent calls are stored together, one transaction per batch (see shop.coalesce).
+        """
+        request = _SyncOrder(
+            order_id_for(order.user_id, idempotency_key), order, keyed=idempotency_key is not None
+        )
+        return await self._sync_orders.submit(request)
+
+    async def run_sync_orders(self, stopping: asyncio.Event) -> None:
+        """The worker that stores batches of synchronous orders; runs until `stopping`."""
+        await self._sync_orders.run(stopping)
+
+    async def _place_batch(
+        self, requests: Sequence[_SyncOrder]
+    ) -> list[dict[str, Any] | Exception]:
         try:
-            async with self._db.transaction() as conn:
-                if idempotency_key is not None:
-                    known = await self._known(conn, order_id, order)
-                    if known is not None:
-                        return known
-                placed = await self._reserve_and_store(conn, order_id, order)
+            return await self._place_batch_once(requests)
         except IntegrityError:
-            if idempotency_key is None:
+            # A keyed twin was committed by another process meanwhile: now it is known.
+            if not any(r.keyed for r in requests):
                 raise
-            # The same key raced us and won: answer with its order.
-            async with self._db.transaction() as conn:
-                known = await self._known(conn, order_id, order)
-            if known is None:
-                raise
-            return known
-        self._on_event()
-        return placed
+            return await self._place_batch_once(requests)
 
-    async def _reserve_and_store(
-        self, conn: AsyncConnection, order_id: uuid.UUID, order: PlaceOrder
-    ) -> dict[str, Any]:
-        allocation = await inventory.reserve_stock(
-            conn, product_id=order.product_id, quantity=order.quantity
-        )
-        if allocation.reason == "unknown_product":
-            raise InvalidInput(f"No product with id {order.product_id}.", field="product_id")
-        if allocation.reason == "out_of_stock":
-            raise OutOfStock(
-                f"Product {order.product_id} has too little stock for {order.quantity} unit(s)."
+    async def _place_batch_once(
+        self, requests: Sequence[_SyncOrder]
+    ) -> list[dict[str, Any] | Exception]:
+        outcomes: list[dict[str, Any] | Exception | None] = [None] * len(requests)
+        first: dict[uuid.UUID, int] = {}  # the first request of each id in this batch
+        async with self._db.transaction() as conn:
+            known = await self._known_orders(conn, [r.order_id for r in requests if r.keyed])
+            todo = []
+            for i, r in enumerate(requests):
+                if r.order_id in known:
+                    outcomes[i] = _replay(known[r.order_id], r.order)
+                elif r.order_id not in first:
+                    first[r.order_id] = i
+                    todo.append(i)
+            allocations = await inventory.allocate_in_order(
+                conn, [(requests[i].order.product_id, requests[i].order.quantity) for i in todo]
             )
-        row = _order_row(
-            order_id=order_id,
-            user_id=order.user_id,
-            product_id=order.product_id,
-            quantity=order.quantity,
-            channel="sync",
-            allocation=allocation,
-            created_at=jsonutil.utcnow(),
-        )
-        await conn.execute(orders.insert().values(row))
-        placed = order_as_dict(row)
-        await outbox.add(
-            conn, order_outbox, event_type="order.confirmed", key=placed["id"], data=placed
-        )
-        ORDERS_STORED.labels("sync", "confirmed").inc()
-        return placed
+            now = jsonutil.utcnow()
+            rows = []
+            for i, allocation in zip(todo, allocations, strict=True):
+                order = requests[i].order
+                if allocation.reason == "unknown_product":
+                    outcomes[i] = InvalidInput(
+                        f"No product with id {order.product_id}.", field="product_id"
+                    )
+                elif allocation.reason == "out_of_stock":
+                    outcomes[i] = OutOfStock(
+                        f"Product {order.product_id} has too little "
+                        f"stock for {order.quantity} unit(s)."
+                    )
+                else:
+                    row = _order_row(
+                        order_id=requests[i].order_id,
+                        user_id=order.user_id,
+                        product_id=order.product_id,
+                        quantity=order.quantity,
+                        channel="sync",
+                        allocation=allocation,
+                        created_at=now,
+                    )
+                    rows.append(row)
+                    outcomes[i] = order_as_dict(row)
+            if rows:
+                await conn.execute(orders.insert(), rows)
+                await outbox.add_many(
+                    conn,
+                    order_outbox,
+                    [("order.confirmed", o["id"], o) for o in map(order_as_dict, rows)],
+                )
+        if rows:
+            ORDERS_STORED.labels("sync", "confirmed").inc(len(rows))
+            self._on_event()
+        for i, r in enumerate(requests):  # in-batch twins answer as their first
+            if outcomes[i] is None:
+                twin = outcomes[first[r.order_id]]
+                outcomes[i] = _replay(twin, r.order) if isinstance(twin, dict) else twin
+        return [o for o in outcomes if o is not None]
 
-    async def _known(
-        self, conn: AsyncConnection, order_id: uuid.UUID, order: PlaceOrder
-    ) -> dict[str, Any] | None:
-        row = (await conn.execute(select(*_COLUMNS).where(orders.c.id == order_id.bytes))).first()
-        if row is None:
-            return None
-        if (row.product_id, row.quantity) != (order.product_id, order.quantity):
-            raise IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
-        return order_as_dict(row)
+    async def _known_orders(
+        self, conn: AsyncConnection, order_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        if not order_ids:
+            return {}
+        rows = await conn.execute(
+            select(*_COLUMNS).where(orders.c.id.in_([i.bytes for i in order_ids]))
+        )
+        return {uuid.UUID(bytes=row.id): order_as_dict(row) for row in rows}
 
     async def accept_order(
         self, order: PlaceOrder, *, channel: str, idempotency_key: str | None = None
@@ -297,7 +349,7 @@ class OrderService:
 
     async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
         """One order, or NotFound."""
-        async with self._db.transaction() as conn:
+        async with self._db.read() as conn:
             row = (
                 await conn.execute(select(*_COLUMNS).where(orders.c.id == order_id.bytes))
             ).first()
@@ -314,7 +366,7 @@ class OrderService:
             stmt = stmt.where(orders.c.user_id == query.user_id)
         if query.status is not None:
             stmt = stmt.where(orders.c.status == query.status)
-        async with self._db.transaction() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(stmt)).all()
         page = [order_as_dict(row) for row in rows[: query.limit]]
         next_cursor = page[-1]["id"] if len(rows) > query.limit else None

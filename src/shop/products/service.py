@@ -54,16 +54,12 @@ def decode_cursor(cursor: str) -> int:
         raise InvalidInput("not a cursor this service issued", field="cursor") from None
 
 
+_KEYS = tuple(str(column.name) for column in _COLUMNS)  # plain str: orjson wants no subclass
+
+
 def _as_dict(row: Row[*tuple[Any, ...]]) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "description": row.description,
-        "price": row.price,
-        "stock": row.stock,
-        "created_at": jsonutil.as_utc(row.created_at),
-        "updated_at": jsonutil.as_utc(row.updated_at),
-    }
+    # Timestamps stay naive UTC: jsonutil writes them with a Z.
+    return dict(zip(_KEYS, row, strict=True))
 
 
 def _escape_like(text: str) -> str:
@@ -112,12 +108,11 @@ class ProductService:
             result = await conn.execute(
                 products.insert().values(**data.model_dump(), created_at=now, updated_at=now)
             )
-            stamp = jsonutil.as_utc(now)
             product = {
                 "id": result.lastrowid,
                 **data.model_dump(),
-                "created_at": stamp,
-                "updated_at": stamp,
+                "created_at": now,
+                "updated_at": now,
             }
             await outbox.add(
                 conn,
@@ -133,7 +128,7 @@ class ProductService:
 
     async def get_product(self, product_id: int) -> dict[str, Any]:
         """One product, or NotFound."""
-        async with self._db.transaction() as conn:
+        async with self._db.read() as conn:
             row = (await conn.execute(select(*_COLUMNS).where(products.c.id == product_id))).first()
         if row is None:
             raise NotFound(f"No product with id {product_id}.")
@@ -150,7 +145,7 @@ class ProductService:
             stmt = stmt.where(products.c.price >= query.min_price)
         if query.max_price is not None:
             stmt = stmt.where(products.c.price <= query.max_price)
-        async with self._db.transaction() as conn:
+        async with self._db.read() as conn:
             rows = (await conn.execute(stmt)).all()
         page = [_as_dict(row) for row in rows[: query.limit]]
         next_cursor = encode_cursor(page[-1]["id"]) if len(rows) > query.limit else None
