@@ -1,0 +1,73 @@
+"""The group-commit coalescer: batches, per-request outcomes, failures, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from shop.coalesce import Coalescer
+
+
+async def test_concurrent_requests_share_batches_and_get_their_own_outcome() -> None:
+    batches: list[list[int]] = []
+
+    async def handler(requests: Sequence[int]) -> list[int | Exception]:
+        batches.append(list(requests))
+        await asyncio.sleep(0.01)  # a transaction in flight: more requests arrive meanwhile
+        return [ValueError(r) if r % 10 == 0 else r * 2 for r in requests]
+
+    coalescer: Coalescer[int, int] = Coalescer(handler, max_batch=50, timeout=5)
+    stopping = asyncio.Event()
+    worker = asyncio.create_task(coalescer.run(stopping))
+    results = await asyncio.gather(
+        *(coalescer.submit(i) for i in range(1, 121)), return_exceptions=True
+    )
+    stopping.set()
+    await worker
+    for i, result in enumerate(results, start=1):
+        if i % 10 == 0:
+            assert isinstance(result, ValueError)
+        else:
+            assert result == i * 2
+    assert sum(len(b) for b in batches) == 120
+    assert max(len(b) for b in batches) <= 50
+    assert len(batches) < 10
+
+
+async def test_a_failed_batch_fails_each_of_its_requests() -> None:
+    async def handler(requests: Sequence[int]) -> list[int | Exception]:
+        raise ConnectionError("database down")
+
+    coalescer: Coalescer[int, int] = Coalescer(handler, max_batch=10, timeout=5)
+    stopping = asyncio.Event()
+    worker = asyncio.create_task(coalescer.run(stopping))
+    outcomes = await asyncio.gather(
+        coalescer.submit(1), coalescer.submit(2), return_exceptions=True
+    )
+    stopping.set()
+    await worker
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+
+
+async def test_stopping_finishes_what_is_pending() -> None:
+    async def handler(requests: Sequence[int]) -> list[int | Exception]:
+        return list(requests)
+
+    coalescer: Coalescer[int, int] = Coalescer(handler, max_batch=10, timeout=5)
+    stopping = asyncio.Event()
+    pending = [asyncio.create_task(coalescer.submit(i)) for i in range(25)]
+    await asyncio.sleep(0)
+    stopping.set()
+    await coalescer.run(stopping)
+    assert [await p for p in pending] == list(range(25))
+
+
+async def test_without_a_worker_a_request_times_out() -> None:
+    async def handler(requests: Sequence[int]) -> list[int | Exception]:
+        return list(requests)
+
+    coalescer: Coalescer[int, int] = Coalescer(handler, max_batch=10, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await coalescer.submit(1)
