@@ -190,7 +190,13 @@ def products_app(settings: Settings | None = None) -> FastAPI:
     runtime = Runtime(settings, outbox=product_outbox, topics=[settings.kafka_product_events_topic])
     app = _app("Product service", "products", settings, runtime, partial(runtime.start))
     app.include_router(
-        product_api.router(ProductService(runtime.db, on_event=runtime.relay.notify))
+        product_api.router(
+            ProductService(
+                runtime.db,
+                on_event=runtime.relay.notify,
+                list_cache_seconds=settings.product_list_cache_seconds,
+            )
+        )
     )
     return app
 

@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     bind_host: str = "127.0.0.1"
     workers: int = Field(1, ge=1, le=64)
 
+    product_list_cache_seconds: float = Field(1.0, ge=0, le=60)
     consumers_enabled: bool = True
     consumer_batch_size: int = Field(500, ge=1, le=5000)
     broker_deadline_seconds: float = Field(2.0, gt=0, le=30)

@@ -32,7 +32,7 @@ def router(service: ProductService) -> APIRouter:
         """List products in id order, a page at a time; the next page is in the Link header."""
         if min_price is not None and max_price is not None and min_price > max_price:
             raise InvalidInput("min_price is above max_price", field="min_price")
-        page, next_cursor = await service.list_products(
+        body, next_cursor = await service.list_products_json(
             ProductQuery(
                 limit=limit, cursor=cursor, name=name, min_price=min_price, max_price=max_price
             )
@@ -41,7 +41,7 @@ def router(service: ProductService) -> APIRouter:
         if next_cursor is not None:
             next_url = request.url.include_query_params(cursor=next_cursor)
             headers["Link"] = f'<{next_url}>; rel="next"'
-        return JSONResponse(page, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
 
     @api.post("", status_code=201, response_model=Product, response_class=JSONResponse)
     async def create_product(body: ProductCreate, key: IdempotencyKey = None) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -66,12 +67,19 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+_MAX_CACHED_PAGES = 1000
+
+
 class ProductService:
     """The catalogue: every change is committed together with its outbox event."""
 
-    def __init__(self, db: Database, *, on_event: Callable[[], None]) -> None:
+    def __init__(
+        self, db: Database, *, on_event: Callable[[], None], list_cache_seconds: float = 0.0
+    ) -> None:
         self._db = db
         self._on_event = on_event
+        self._list_cache_seconds = list_cache_seconds
+        self._pages: dict[ProductQuery, tuple[float, bytes, str | None]] = {}
 
     async def create_product(
         self, data: ProductCreate, *, idempotency_key: str | None = None
@@ -93,7 +101,7 @@ class ProductService:
             if remembered is None:
                 raise
             return remembered
-        self._on_event()
+        self._changed()
         return answer
 
     async def _create_once(
@@ -151,6 +159,28 @@ class ProductService:
         next_cursor = encode_cursor(page[-1]["id"]) if len(rows) > query.limit else None
         return page, next_cursor
 
+    async def list_products_json(self, query: ProductQuery) -> tuple[bytes, str | None]:
+        """A page as JSON bytes, from a short-lived per-process cache when it is fresh.
+
+        Writes through this process clear the cache; another process's writes (another
+        replica, or orders taking stock) show within `list_cache_seconds`.
+        """
+        now = time.monotonic()
+        cached = self._pages.get(query)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        page, next_cursor = await self.list_products(query)
+        body = jsonutil.dumps(page)
+        if self._list_cache_seconds > 0:
+            if len(self._pages) >= _MAX_CACHED_PAGES:
+                self._pages.clear()
+            self._pages[query] = (now + self._list_cache_seconds, body, next_cursor)
+        return body, next_cursor
+
+    def _changed(self) -> None:
+        self._pages.clear()
+        self._on_event()
+
     async def update_product(self, product_id: int, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply `changes` (a PATCH or a full PUT) and emit `product.updated`."""
         async with self._db.transaction() as conn:
@@ -177,7 +207,7 @@ class ProductService:
                     data=product,
                 )
         if changes:
-            self._on_event()
+            self._changed()
         return product
 
     async def patch_product(self, product_id: int, patch: ProductPatch) -> dict[str, Any]:
@@ -196,4 +226,4 @@ class ProductService:
                 key=str(product_id),
                 data={"id": product_id},
             )
-        self._on_event()
+        self._changed()
