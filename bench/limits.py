@@ -9,12 +9,13 @@ from typing import Any
 
 import aio_pika
 from confluent_kafka import Producer
-from sqlalchemy import text
+from sqlalchemy import MetaData, Table, text
 
 from shop import jsonutil
 from shop.brokers.kafka import ensure_topics, producer_config
 from shop.db import create_engine
 from shop.ids import uuid7
+from shop.orders.tables import orders
 from shop.settings import Settings
 
 
@@ -101,19 +102,28 @@ async def batched_inserts(settings: Settings, *, rows: int, batch: int = 500) ->
         async with engine.begin() as conn:
             await conn.execute(text(f"CREATE TABLE {table} LIKE orders"))
         now = jsonutil.utcnow()
-        insert = text(
-            f"INSERT INTO {table} (id, user_id, product_id, quantity, status, reason, "
-            "unit_price, total_price, channel, created_at, updated_at) VALUES (:id, :user_id, "
-            ":product_id, 1, 'confirmed', NULL, 1.00, 1.00, 'kafka', :now, :now)"
-        )
+        # The same SQLAlchemy Core insert the consumers use (multi-row INSERTs).
+        scratch = Table(table, MetaData(), *(column.copy() for column in orders.c))
         started = time.perf_counter()
         for start in range(0, rows, batch):
             params = [
-                {"id": uuid7().bytes, "user_id": i, "product_id": 1, "now": now}
+                {
+                    "id": uuid7().bytes,
+                    "user_id": i,
+                    "product_id": 1,
+                    "quantity": 1,
+                    "status": "confirmed",
+                    "reason": None,
+                    "unit_price": 1,
+                    "total_price": 1,
+                    "channel": "kafka",
+                    "created_at": now,
+                    "updated_at": now,
+                }
                 for i in range(start, min(rows, start + batch))
             ]
             async with engine.begin() as conn:
-                await conn.execute(insert, params)
+                await conn.execute(scratch.insert(), params)
         seconds = time.perf_counter() - started
         async with engine.begin() as conn:
             await conn.execute(text(f"DROP TABLE {table}"))

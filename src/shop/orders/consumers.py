@@ -205,8 +205,7 @@ async def run_rabbitmq_consumer(
             decoded = decode(batch, lambda m: m.body)
             if not await processor.handle(decoded, stopping):
                 return
-            for message, _ in decoded.commands:
-                await _ack(message)
+            await _ack_all([message for message, _ in decoded.commands])
     finally:
         waiting.cancel()
 
@@ -225,11 +224,27 @@ async def _take(
     return batch
 
 
-async def _ack(message: AbstractIncomingMessage) -> None:
+async def _ack(message: AbstractIncomingMessage, *, multiple: bool = False) -> None:
     try:
-        await message.ack()
+        await message.ack(multiple=multiple)
     except Exception as exc:  # its channel died; the broker redelivers it and we skip it
         log.info("rabbitmq consumer: ack failed (%r); it will be redelivered", exc)
+
+
+async def _ack_all(messages: list[AbstractIncomingMessage]) -> None:
+    """Ack a stored batch with one frame per channel: the newest delivery, `multiple`.
+
+    The inbox is taken in delivery order, so every earlier delivery on that channel is in this
+    batch or was acked before. Deliveries of a channel that died since (a reconnect) fail to
+    ack and come back, to be skipped as stored.
+    """
+    newest: dict[int, AbstractIncomingMessage] = {}
+    for message in messages:
+        key = id(message.channel)
+        if key not in newest or (message.delivery_tag or 0) > (newest[key].delivery_tag or 0):
+            newest[key] = message
+    for message in newest.values():
+        await _ack(message, multiple=True)
 
 
 async def watch_depth(
