@@ -1,7 +1,7 @@
 """A small load on every order path, then the audit: lost, duplicated, oversold must all be 0.
 
 Usage (against a running system, `make up`):
-    .venv/bin/python bench/load_audit.py --per-path 2000 [--concurrency 64]
+    .venv/bin/python -m bench.load_audit --per-path 2000 [--concurrency 64]
 
 Prints one JSON object: per path, the orders sent, accepted (201/202), refused (409) and stored;
 then the audit. Exits 1 if any audit count is not zero. Not a throughput benchmark: the
@@ -18,10 +18,10 @@ import time
 import uuid
 from typing import Any
 
-import asyncmy
 import httpx
 
-from shop.settings import load_settings
+from bench.run import query
+from shop.settings import Settings, load_settings
 
 PATHS = ("sync", "kafka", "rabbitmq")
 
@@ -36,47 +36,20 @@ async def _product(client: httpx.AsyncClient, url: str, stock: int | None) -> in
     return product_id
 
 
-async def _stored(product_ids: list[int]) -> dict[str, tuple[int, str, str, int]]:
-    s = load_settings()
-    conn = await asyncmy.connect(
-        host=s.db_host,
-        port=s.db_port,
-        user=s.db_user,
-        password=s.db_password,
-        database=s.db_name,
-        connect_timeout=5,
+def _stored(settings: Settings, product_ids: list[int]) -> dict[str, tuple[int, str, str, int]]:
+    marks = ",".join(["%s"] * len(product_ids))
+    rows = query(
+        settings,
+        f"SELECT id, product_id, status, channel, quantity FROM orders "
+        f"WHERE product_id IN ({marks})",
+        product_ids,
     )
-    try:
-        async with conn.cursor() as cur:
-            marks = ",".join(["%s"] * len(product_ids))
-            await cur.execute(
-                f"SELECT id, product_id, status, channel, quantity FROM orders "
-                f"WHERE product_id IN ({marks})",
-                product_ids,
-            )
-            rows = await cur.fetchall()
-            return {str(uuid.UUID(bytes=r[0])): (r[1], r[2], r[3], r[4]) for r in rows}
-    finally:
-        conn.close()
+    return {str(uuid.UUID(bytes=r[0])): (r[1], r[2], r[3], r[4]) for r in rows}
 
 
-async def _stock(product_id: int) -> int | None:
-    s = load_settings()
-    conn = await asyncmy.connect(
-        host=s.db_host,
-        port=s.db_port,
-        user=s.db_user,
-        password=s.db_password,
-        database=s.db_name,
-        connect_timeout=5,
-    )
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute("SELECT stock FROM products WHERE id = %s", (product_id,))
-            row = await cur.fetchone()
-            return None if row is None else row[0]
-    finally:
-        conn.close()
+def _stock(settings: Settings, product_id: int) -> int | None:
+    rows = query(settings, "SELECT stock FROM products WHERE id = %s", (product_id,))
+    return None if not rows else rows[0][0]
 
 
 async def main(per_path: int, concurrency: int, drain_timeout: float) -> int:
@@ -119,12 +92,12 @@ async def main(per_path: int, concurrency: int, drain_timeout: float) -> int:
     accepted = {i: p for p, t in answers.items() for i in t["accepted"]}
     deadline = time.monotonic() + drain_timeout
     while True:
-        stored = await _stored([tracked, untracked])
+        stored = await asyncio.to_thread(_stored, s, [tracked, untracked])
         if set(accepted) <= set(stored) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     drained_seconds = time.perf_counter() - started
-    stock_now = await _stock(tracked)
+    stock_now = await asyncio.to_thread(_stock, s, tracked)
     confirmed_units = sum(
         q for (pid, status, _, q) in stored.values() if pid == tracked and status == "confirmed"
     )

@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -142,6 +143,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _connection_axis(ax: Any, connections: list[int]) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(connections)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _sweep_plots(results: dict[str, Any]) -> str:
     series = {"floor": results["floor"], **results["sweep"]}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -153,16 +161,10 @@ def _sweep_plots(results: dict[str, Any]) -> str:
         right.plot(
             conns, [r["p99_ms"] for r in runs], marker="o", color=COLOURS[name], label=LABELS[name]
         )
-    left.set(
-        title="Throughput (closed loop)", xlabel="connections", ylabel="answers / s", xscale="log"
-    )
-    right.set(
-        title="p99 latency (closed loop)",
-        xlabel="connections",
-        ylabel="ms",
-        xscale="log",
-        yscale="log",
-    )
+    left.set(title="Throughput (closed loop)", xlabel="connections", ylabel="answers / s")
+    right.set(title="p99 latency (closed loop)", xlabel="connections", ylabel="ms", yscale="log")
+    for ax in (left, right):
+        _connection_axis(ax, [r["connections"] for r in results["floor"]])
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
     right.grid(alpha=0.3)
@@ -183,7 +185,8 @@ def _percentile_plots(results: dict[str, Any]) -> str:
                 color=COLOURS[name],
                 label=key.replace("_ms", "").replace("p999", "p99.9"),
             )
-        ax.set(title=LABELS[name], xlabel="connections", xscale="log", yscale="log")
+        ax.set(title=LABELS[name], xlabel="connections", yscale="log")
+        _connection_axis(ax, conns)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("latency, ms")
     axes[0].legend(fontsize=8)
@@ -358,7 +361,8 @@ measured in the same run.</p>
 <h2>Asynchronous paths: queue depth and time to storage</h2>{_depth_plot(results)}
 <p>From acceptance (the id's timestamp) to the stored row, during the load:</p>
 {_table(latency_rows, ["channel", "count", "p50", "p99", "max"])}
-<p>Consumer drain rate with no HTTP load (one standalone consumer, including its start-up):
+<p>Consumer drain rate with no HTTP load (one standalone consumer emptying a filled topic or
+queue; from its first stored order to its last):
 Kafka {results["drain"]["kafka"]["per_second"]:,}/s, RabbitMQ
 {results["drain"]["rabbitmq"]["per_second"]:,}/s.</p>
 <h2>Limits</h2>{_limits_plot(results)}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncmy
@@ -116,30 +117,31 @@ def kafka_topics(settings: Settings) -> Iterator[None]:
             fut.result(timeout=15)
 
 
+@asynccontextmanager
+async def _running(
+    name: str, port_var: str, logs: pytest.TempPathFactory
+) -> AsyncIterator[ServiceProcess]:
+    log = Path(logs.mktemp("logs")) / f"{name}.log"
+    service = ServiceProcess(name, port=int(TEST_ENV[port_var]), env=TEST_ENV, log_path=log)
+    await service.start()
+    yield service
+    assert service.stop(), f"{name} service did not stop cleanly; see {log}"
+
+
 @pytest.fixture(scope="session")
 async def product_service(
     database: AsyncEngine, kafka_topics: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ServiceProcess]:
-    log = Path(tmp_path_factory.mktemp("logs")) / "products.log"
-    service = ServiceProcess(
-        "products", port=int(TEST_ENV["PRODUCT_SERVICE_PORT"]), env=TEST_ENV, log_path=log
-    )
-    await service.start()
-    yield service
-    assert service.stop(), f"product service did not stop cleanly; see {log}"
+    async with _running("products", "PRODUCT_SERVICE_PORT", tmp_path_factory) as service:
+        yield service
 
 
 @pytest.fixture(scope="session")
 async def order_service(
     database: AsyncEngine, kafka_topics: None, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ServiceProcess]:
-    log = Path(tmp_path_factory.mktemp("logs")) / "orders.log"
-    service = ServiceProcess(
-        "orders", port=int(TEST_ENV["ORDER_SERVICE_PORT"]), env=TEST_ENV, log_path=log
-    )
-    await service.start()
-    yield service
-    assert service.stop(), f"order service did not stop cleanly; see {log}"
+    async with _running("orders", "ORDER_SERVICE_PORT", tmp_path_factory) as service:
+        yield service
 
 
 @pytest.fixture
