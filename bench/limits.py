@@ -9,6 +9,7 @@ from typing import Any
 
 import aio_pika
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 from sqlalchemy import MetaData, Table, text
 
 from shop import jsonutil
@@ -32,6 +33,16 @@ def _command(i: int) -> bytes:
     )
 
 
+def delete_topics(brokers: str, topics: list[str]) -> None:
+    """Remove what a bench run created, so runs do not pile up topics on the broker."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+    existing = admin.list_topics(timeout=10).topics
+    doomed = [topic for topic in topics if topic in existing]
+    if doomed:
+        for future in admin.delete_topics(doomed, operation_timeout=10).values():
+            future.result(timeout=15)
+
+
 def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
     """Raw produce with acks=all (idempotent), one Python process, until every ack is in."""
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
@@ -52,6 +63,7 @@ def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
             producer.poll(0)
     left = producer.flush(60)
     seconds = time.perf_counter() - started
+    delete_topics(settings.kafka_brokers, [topic])
     return {
         "messages": messages - left,
         "seconds": round(seconds, 3),

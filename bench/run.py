@@ -332,6 +332,8 @@ def drain(settings: Settings, channel: str, orders: int, product_ids: list[int])
         consumer.wait(20)
     if channel == "rabbitmq":
         asyncio.run(_delete_queues(settings, [name, f"{name}.dlq"]))
+    else:
+        limits.delete_topics(settings.kafka_brokers, [name, f"{name}.dlq"])
     # The rate is taken between the first and the last stored order (the rows' own clocks),
     # so the consumer process's start-up and group join are not counted.
     ((first_at, last_at),) = query(
