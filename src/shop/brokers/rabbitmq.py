@@ -47,6 +47,7 @@ class RabbitMQ:
         self._queue: AbstractQueue | None = None  # a reference the robust channel restores
         self._dlq: AbstractQueue | None = None
         self.connected = asyncio.Event()
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
     async def connect_forever(self, stopping: asyncio.Event) -> None:
         """Connect (retrying with backoff until it works), declare the topology, then return."""
@@ -121,21 +122,28 @@ class RabbitMQ:
         except Exception as exc:  # closed channel, returned (unroutable) message, nack
             raise PublishError(f"RabbitMQ refused the message: {exc!r}") from exc
 
-    async def consume(self, into: asyncio.Queue[AbstractIncomingMessage]) -> None:
-        """Deliver the queue's messages into `into` (unacked, at most `prefetch` at a time)."""
+    async def start_consuming(self) -> asyncio.Queue[AbstractIncomingMessage]:
+        """The queue's messages, delivered (unacked, at most `prefetch` at a time) into one inbox.
+
+        Idempotent: a consumer task that crashed and restarts reads the same inbox, so nothing
+        delivered to the first one is stranded unacked in an inbox nobody reads.
+        """
         await self.connected.wait()
-        assert self._connection is not None
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await channel.declare_queue(
-            self.queue_name,
-            durable=True,
-            arguments={
-                "x-dead-letter-exchange": self._dlx_name,
-                "x-dead-letter-routing-key": self.dlq_name,
-            },
-        )
-        await self._queue.consume(into.put)
+        if self._queue is None:
+            assert self._connection is not None
+            channel = await self._connection.channel()
+            await channel.set_qos(prefetch_count=self._prefetch)
+            queue = await channel.declare_queue(
+                self.queue_name,
+                durable=True,
+                arguments={
+                    "x-dead-letter-exchange": self._dlx_name,
+                    "x-dead-letter-routing-key": self.dlq_name,
+                },
+            )
+            await queue.consume(self.inbox.put)
+            self._queue = queue
+        return self.inbox
 
     async def depth(self) -> int:
         """Messages ready in the queue (not counting those delivered and unacked)."""

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Generic, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.exceptions import ChannelInvalidStateError
 from confluent_kafka import Message
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
@@ -192,12 +193,13 @@ async def run_rabbitmq_consumer(
         await _ack(message)  # a stale delivery (channel died) comes back and goes again
 
     processor: _Processor[AbstractIncomingMessage] = _Processor("rabbitmq", service, dead_letter)
-    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    waiting = asyncio.ensure_future(rabbit.consume(inbox))
+    starting = asyncio.ensure_future(rabbit.start_consuming())
+    stop_wait = asyncio.ensure_future(stopping.wait())
     try:
-        await asyncio.wait(
-            [waiting, asyncio.ensure_future(stopping.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait([starting, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            return
+        inbox = starting.result()  # raises if consuming could not start: we are restarted
         while not stopping.is_set():
             batch = await _take(inbox, batch_size)
             if not batch:
@@ -207,7 +209,8 @@ async def run_rabbitmq_consumer(
                 return
             await _ack_all([message for message, _ in decoded.commands])
     finally:
-        waiting.cancel()
+        starting.cancel()
+        stop_wait.cancel()
 
 
 async def _take(
@@ -240,7 +243,12 @@ async def _ack_all(messages: list[AbstractIncomingMessage]) -> None:
     """
     newest: dict[int, AbstractIncomingMessage] = {}
     for message in messages:
-        key = id(message.channel)
+        try:
+            key = id(message.channel)
+        except ChannelInvalidStateError:
+            # Its channel closed (a reconnect): the broker redelivers it, and we skip it.
+            log.info("rabbitmq consumer: a stored delivery's channel closed; it comes back")
+            continue
         if key not in newest or (message.delivery_tag or 0) > (newest[key].delivery_tag or 0):
             newest[key] = message
     for message in newest.values():
