@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from typing import Any
 
 from shop.settings import ConfigError, Settings, load_settings
 
@@ -20,6 +24,20 @@ def _serve(settings: Settings, service: str) -> None:
 
     logs.configure(settings.log_level)
     port = settings.product_service_port if service == "products" else settings.order_service_port
+    metrics_dir = None
+    if settings.workers > 1:
+        # Workers are separate processes: Prometheus' multiprocess mode sums their counters.
+        # The variable must be set before any worker imports prometheus_client.
+        metrics_dir = tempfile.mkdtemp(prefix=f"shop-metrics-{service}-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_uvicorn(uvicorn, settings, service, port)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> None:
     uvicorn.run(
         f"shop.app:{service}_app",
         factory=True,

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published", ["table"])
 OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Failed relay rounds", ["table"])
-OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox events not yet published", ["table"])
+OUTBOX_BACKLOG = Gauge(
+    "outbox_backlog", "Outbox events not yet published", ["table"], multiprocess_mode="max"
+)
 
 
 def outbox_table(name: str, metadata: MetaData) -> Table:

@@ -37,6 +37,7 @@ QUEUE_DEPTH = Gauge(
     "order_queue_depth",
     "Commands waiting: Kafka consumer lag or RabbitMQ ready messages",
     ["channel"],
+    multiprocess_mode="max",
 )
 
 M = TypeVar("M")
