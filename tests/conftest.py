@@ -138,7 +138,10 @@ async def product_service(
 
 @pytest.fixture(scope="session")
 async def order_service(
-    database: AsyncEngine, kafka_topics: None, tmp_path_factory: pytest.TempPathFactory
+    database: AsyncEngine,
+    kafka_topics: None,
+    rabbitmq_cleanup: None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[ServiceProcess]:
     async with _running("orders", "ORDER_SERVICE_PORT", tmp_path_factory) as service:
         yield service
@@ -156,7 +159,7 @@ async def orders(order_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClie
         yield client
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def rabbitmq_cleanup(settings: Settings) -> Iterator[None]:
     """The run's queues and exchanges (`test-<run>-...`) are deleted at the end."""
     yield

@@ -19,6 +19,21 @@ depends_on: str | None = None
 TIMESTAMP = mysql.DATETIME(fsp=6)
 
 
+def _create_outbox(name: str) -> None:
+    """Each service's outbox has the same shape."""
+    op.create_table(
+        name,
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column("event_id", sa.String(length=36), nullable=False),
+        sa.Column("event_key", sa.String(length=64), nullable=False),
+        sa.Column("payload", mysql.MEDIUMBLOB(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("sent_at", TIMESTAMP, nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(f"ix_{name}_unsent", name, ["sent_at", "id"], unique=False)
+
+
 def upgrade() -> None:
     op.create_table(
         "product_idempotency",
@@ -29,17 +44,7 @@ def upgrade() -> None:
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("key_hash"),
     )
-    op.create_table(
-        "product_outbox",
-        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
-        sa.Column("event_id", sa.String(length=36), nullable=False),
-        sa.Column("event_key", sa.String(length=64), nullable=False),
-        sa.Column("payload", mysql.MEDIUMBLOB(), nullable=False),
-        sa.Column("created_at", TIMESTAMP, nullable=False),
-        sa.Column("sent_at", TIMESTAMP, nullable=True),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index("ix_product_outbox_unsent", "product_outbox", ["sent_at", "id"], unique=False)
+    _create_outbox("product_outbox")
     op.create_table(
         "products",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -53,17 +58,7 @@ def upgrade() -> None:
         sa.CheckConstraint("stock >= 0", name="ck_products_stock"),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table(
-        "order_outbox",
-        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
-        sa.Column("event_id", sa.String(length=36), nullable=False),
-        sa.Column("event_key", sa.String(length=64), nullable=False),
-        sa.Column("payload", mysql.MEDIUMBLOB(), nullable=False),
-        sa.Column("created_at", TIMESTAMP, nullable=False),
-        sa.Column("sent_at", TIMESTAMP, nullable=True),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index("ix_order_outbox_unsent", "order_outbox", ["sent_at", "id"], unique=False)
+    _create_outbox("order_outbox")
     op.create_table(
         "orders",
         sa.Column("id", mysql.BINARY(16), nullable=False),

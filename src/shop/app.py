@@ -37,16 +37,23 @@ SHUTDOWN_SECONDS = 5.0
 class Runtime:
     """What a service process holds open: database, Kafka producer, outbox relay, tasks."""
 
-    def __init__(self, settings: Settings, *, outbox: Table, topics: Collection[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        outbox: Table,
+        events_topic: str,
+        other_topics: Collection[str] = (),
+    ) -> None:
         self.settings = settings
         self.db = Database.connect(settings)
         self.kafka = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10.0)
-        self.events_topic, *_ = self.topics = list(topics)
+        self.topics = [events_topic, *other_topics]
         self.relay = Relay(
             engine=self.db.engine,
             table=outbox,
             publisher=self.kafka,
-            topic=self.events_topic,
+            topic=events_topic,
             batch_size=settings.outbox_batch_size,
             poll_seconds=settings.outbox_poll_seconds,
             publish_timeout=11.0,
@@ -63,7 +70,6 @@ class Runtime:
             await ensure_topics(self.settings.kafka_brokers, self.topics)
         except Exception as exc:
             log.warning("could not ensure kafka topics %s: %s", self.topics, exc)
-        await stopping.wait()
 
     def checks(self) -> Mapping[str, http.HealthCheck]:
         return {
@@ -85,7 +91,8 @@ class OrderRuntime(Runtime):
         super().__init__(
             s,
             outbox=order_outbox,
-            topics=[s.kafka_order_events_topic, s.kafka_topic, s.kafka_dlq_topic],
+            events_topic=s.kafka_order_events_topic,
+            other_topics=[s.kafka_topic, s.kafka_dlq_topic],
         )
         # Intake has its own producer whose delivery timeout is the 503 deadline, so librdkafka
         # stops retrying about when the client is told 503. It cannot take back a message a
@@ -187,7 +194,9 @@ def products_app(settings: Settings | None = None) -> FastAPI:
     """The product service (port 8080)."""
     settings = settings or load_settings()
     logs.configure(settings.log_level)
-    runtime = Runtime(settings, outbox=product_outbox, topics=[settings.kafka_product_events_topic])
+    runtime = Runtime(
+        settings, outbox=product_outbox, events_topic=settings.kafka_product_events_topic
+    )
     app = _app("Product service", "products", settings, runtime, partial(runtime.start))
     app.include_router(
         product_api.router(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +40,3 @@ def utcnow() -> dt.datetime:
 def as_utc(value: dt.datetime) -> dt.datetime:
     """Mark a naive database timestamp as UTC for output."""
     return value.replace(tzinfo=dt.UTC)
-
-
-__all__ = ["as_utc", "dumps", "loads", "utcnow", "uuid"]

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shop import jsonutil
 from shop.db import Timestamp, unit_of_work
 from shop.ids import uuid7
+from shop.tasks import pause
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class Relay:
                     exc,
                     backoff,
                 )
-                await _sleep_until(stopping, backoff)
+                await pause(stopping, backoff)
                 continue
             if published < self._batch_size:
                 await self._idle(stopping)
@@ -193,11 +194,3 @@ class Relay:
         finally:
             for w in waits:
                 w.cancel()
-
-
-async def _sleep_until(stopping: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stopping.wait()
-    except TimeoutError:
-        pass

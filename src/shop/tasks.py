@@ -11,8 +11,20 @@ log = logging.getLogger(__name__)
 Worker = Callable[[asyncio.Event], Awaitable[None]]
 
 
+async def pause(stopping: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if `stopping` is set meanwhile."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
+    except TimeoutError:
+        pass
+
+
 class Supervisor:
-    """Runs workers until `stop()`; a worker that raises is logged and started again."""
+    """Runs workers until `stop()`; a worker that raises is logged and started again.
+
+    A worker that returns is done (a long-running one returns only once `stopping` is set).
+    """
 
     def __init__(self) -> None:
         self.stopping = asyncio.Event()
@@ -26,13 +38,10 @@ class Supervisor:
         while not self.stopping.is_set():
             try:
                 await worker(self.stopping)
+                return
             except Exception:
                 log.exception("background task %s crashed; restarting in %.1fs", name, delay)
-                try:
-                    async with asyncio.timeout(delay):
-                        await self.stopping.wait()
-                except TimeoutError:
-                    pass
+                await pause(self.stopping, delay)
                 delay = min(delay * 2, 10.0)
 
     async def stop(self, timeout: float) -> None:

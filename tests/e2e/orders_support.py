@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,14 +125,3 @@ async def assert_stock_adds_up(
     assert current >= 0
     assert initial == current + confirmed_units, (initial, current, confirmed_units)
     return stored
-
-
-async def gather_limited(n: int, *jobs: Any) -> list[Any]:
-    """Run coroutines at most `n` at a time."""
-    gate = asyncio.Semaphore(n)
-
-    async def run(job: Any) -> Any:
-        async with gate:
-            return await job
-
-    return await asyncio.gather(*(run(j) for j in jobs))

@@ -15,13 +15,14 @@ from tests.e2e.orders_support import (
     Tally,
     assert_stock_adds_up,
     new_product,
+    order_count,
     order_url,
     place,
     stock_of,
     stored_orders,
     wait_until_stored,
 )
-from tests.support import eventually, read_events
+from tests.support import eventually, read_events, topic_size
 
 pytestmark = pytest.mark.e2e
 
@@ -320,9 +321,6 @@ async def test_bad_orders_are_refused_and_send_nothing(
     status: int,
     named: str,
 ) -> None:
-    from tests.e2e.orders_support import order_count
-    from tests.support import topic_size
-
     before_rows = await order_count(database)
     before_kafka = await asyncio.to_thread(topic_size, settings.kafka_brokers, settings.kafka_topic)
     for path in PATHS:

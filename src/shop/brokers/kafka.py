@@ -97,12 +97,6 @@ class KafkaPublisher:
             reports, self._reports = self._reports, []
             self._loop.call_soon_threadsafe(_settle_all, reports)
 
-    async def publish(
-        self, topic: str, *, key: str, value: bytes, headers: Headers | None = None
-    ) -> None:
-        """Send one message and wait for the broker's acknowledgement."""
-        await self.publish_many(topic, [(key, value)], headers=headers)
-
     async def publish_many(
         self,
         topic: str,

@@ -20,6 +20,8 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from shop.tasks import pause
+
 log = logging.getLogger(__name__)
 
 
@@ -50,21 +52,16 @@ class RabbitMQ:
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
     async def connect_forever(self, stopping: asyncio.Event) -> None:
-        """Connect (retrying with backoff until it works), declare the topology, then return."""
+        """Connect (retrying with backoff until it works) and declare the topology; from then on
+        the robust connection reconnects by itself."""
         delay = 0.5
         while not stopping.is_set() and self._connection is None:
             try:
                 await self._connect()
             except Exception as exc:  # any failure here means "try again later"
                 log.warning("rabbitmq not reachable (%s); retrying in %.1fs", exc, delay)
-                try:
-                    async with asyncio.timeout(delay):
-                        await stopping.wait()
-                except TimeoutError:
-                    pass
+                await pause(stopping, delay)
                 delay = min(delay * 2, 5.0)
-        if self._connection is not None:
-            await stopping.wait()
 
     async def _connect(self) -> None:
         connection = await aio_pika.connect_robust(

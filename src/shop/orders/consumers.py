@@ -26,6 +26,7 @@ from shop.brokers.kafka import KafkaBatchConsumer, KafkaPublisher
 from shop.brokers.rabbitmq import RabbitMQ
 from shop.orders.models import OrderCommand
 from shop.orders.service import OrderService
+from shop.tasks import pause
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,6 @@ def decode(messages: Sequence[M], body: Callable[[M], bytes | None]) -> Decoded[
     return Decoded(commands, poison)
 
 
-async def _pause(stopping: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stopping.wait()
-    except TimeoutError:
-        pass
-
-
 async def _until_done(
     what: str, channel: str, stopping: asyncio.Event, attempt: Callable[[], Awaitable[None]]
 ) -> bool:
@@ -86,7 +79,7 @@ async def _until_done(
             log.warning("%s consumer: %s failed (%r); retrying in %.1fs", channel, what, exc, delay)
         if stopping.is_set():
             return False
-        await _pause(stopping, delay)
+        await pause(stopping, delay)
         delay = min(delay * 2, 5.0)
 
 
@@ -265,4 +258,4 @@ async def watch_depth(
             QUEUE_DEPTH.labels(channel).set(await depth())
         except Exception as exc:  # a gauge is best effort
             log.debug("could not read %s depth: %s", channel, exc)
-        await _pause(stopping, 5.0)
+        await pause(stopping, 5.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -132,6 +133,18 @@ def _replay(known: dict[str, Any], order: PlaceOrder) -> dict[str, Any] | Except
     return known
 
 
+async def _store_orders(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert orders with their `order.<status>` events; returns them as the API shows them."""
+    if not rows:
+        return []
+    placed = [order_as_dict(row) for row in rows]
+    await conn.execute(orders.insert(), rows)
+    await outbox.add_many(
+        conn, order_outbox, [(f"order.{o['status']}", o["id"], o) for o in placed]
+    )
+    return placed
+
+
 class OrderService:
     """Orders, each stored with its event in one transaction."""
 
@@ -195,7 +208,7 @@ class OrderService:
                 conn, [(requests[i].order.product_id, requests[i].order.quantity) for i in todo]
             )
             now = jsonutil.utcnow()
-            rows = []
+            rows, placed_at = [], []
             for i, allocation in zip(todo, allocations, strict=True):
                 order = requests[i].order
                 if allocation.reason == "unknown_product":
@@ -208,32 +221,30 @@ class OrderService:
                         f"stock for {order.quantity} unit(s)."
                     )
                 else:
-                    row = _order_row(
-                        order_id=requests[i].order_id,
-                        user_id=order.user_id,
-                        product_id=order.product_id,
-                        quantity=order.quantity,
-                        channel="sync",
-                        allocation=allocation,
-                        created_at=now,
+                    rows.append(
+                        _order_row(
+                            order_id=requests[i].order_id,
+                            user_id=order.user_id,
+                            product_id=order.product_id,
+                            quantity=order.quantity,
+                            channel="sync",
+                            allocation=allocation,
+                            created_at=now,
+                        )
                     )
-                    rows.append(row)
-                    outcomes[i] = order_as_dict(row)
-            if rows:
-                await conn.execute(orders.insert(), rows)
-                await outbox.add_many(
-                    conn,
-                    order_outbox,
-                    [("order.confirmed", o["id"], o) for o in map(order_as_dict, rows)],
-                )
-        if rows:
-            ORDERS_STORED.labels("sync", "confirmed").inc(len(rows))
-            self._on_event()
-        for i, r in enumerate(requests):  # in-batch twins answer as their first
-            if outcomes[i] is None:
+                    placed_at.append(i)
+            for i, placed in zip(placed_at, await _store_orders(conn, rows), strict=True):
+                outcomes[i] = placed
+        self._stored(rows)
+        answers: list[dict[str, Any] | Exception] = []
+        for i, r in enumerate(requests):
+            outcome = outcomes[i]
+            if outcome is None:  # an in-batch twin answers as its first
                 twin = outcomes[first[r.order_id]]
-                outcomes[i] = _replay(twin, r.order) if isinstance(twin, dict) else twin
-        return [o for o in outcomes if o is not None]
+                assert twin is not None
+                outcome = _replay(twin, r.order) if isinstance(twin, dict) else twin
+            answers.append(outcome)
+        return answers
 
     async def _known_orders(
         self, conn: AsyncConnection, order_ids: list[uuid.UUID]
@@ -307,16 +318,19 @@ class OrderService:
                 )
                 for c, a in zip(todo, allocations, strict=True)
             ]
-            await conn.execute(orders.insert(), rows)
-            events = []
-            for row in rows:
-                data = order_as_dict(row)
-                events.append((f"order.{row['status']}", data["id"], data))
-            await outbox.add_many(conn, order_outbox, events)
-        for row in rows:
-            ORDERS_STORED.labels(row["channel"], row["status"]).inc()
-        self._on_event()
+            await _store_orders(conn, rows)
+        self._stored(rows)
         return len(rows)
+
+    def _stored(self, rows: list[dict[str, Any]]) -> None:
+        """After a commit: count the stored orders and wake the outbox relay."""
+        if not rows:
+            return
+        for (channel, status), n in collections.Counter(
+            (r["channel"], r["status"]) for r in rows
+        ).items():
+            ORDERS_STORED.labels(channel, status).inc(n)
+        self._on_event()
 
     async def cancel_order(self, order_id: uuid.UUID) -> dict[str, Any]:
         """Cancel a confirmed order and give its units back; anything else is a Conflict."""

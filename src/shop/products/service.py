@@ -113,15 +113,9 @@ class ProductService:
                 remembered = await idempotency.recall(conn, product_idempotency, key)
                 if remembered is not None:
                     return remembered
-            result = await conn.execute(
-                products.insert().values(**data.model_dump(), created_at=now, updated_at=now)
-            )
-            product = {
-                "id": result.lastrowid,
-                **data.model_dump(),
-                "created_at": now,
-                "updated_at": now,
-            }
+            fields = {**data.model_dump(), "created_at": now, "updated_at": now}
+            result = await conn.execute(products.insert().values(**fields))
+            product = {"id": result.lastrowid, **fields}
             await outbox.add(
                 conn,
                 product_outbox,
