@@ -52,6 +52,13 @@ class JSONResponse(Response):
         return jsonutil.dumps(content)
 
 
+def next_page_link(request: Request, cursor: str | None) -> dict[str, str]:
+    """The `Link: <...>; rel="next"` header of a keyset-paginated list, if there is a next page."""
+    if cursor is None:
+        return {}
+    return {"Link": f'<{request.url.include_query_params(cursor=cursor)}>; rel="next"'}
+
+
 def problem(
     status: int,
     title: str,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from shop.deps import IdempotencyKey
-from shop.http import JSONResponse
+from shop.http import JSONResponse, next_page_link
 from shop.orders.models import Accepted, Order, OrderStatus, PlaceOrder
 from shop.orders.service import OrderQuery, OrderService
 
@@ -30,11 +30,7 @@ def router(service: OrderService) -> APIRouter:
         page, next_cursor = await service.list_orders(
             OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
         )
-        headers = {}
-        if next_cursor is not None:
-            next_url = request.url.include_query_params(cursor=next_cursor)
-            headers["Link"] = f'<{next_url}>; rel="next"'
-        return JSONResponse(page, headers=headers)
+        return JSONResponse(page, headers=next_page_link(request, next_cursor))
 
     @api.get("/{order_id}", response_model=Order, response_class=JSONResponse)
     async def get_order(order_id: OrderId) -> Response:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from shop import jsonutil
 from shop.deps import IdempotencyKey
 from shop.errors import InvalidInput
-from shop.http import JSONResponse
+from shop.http import JSONResponse, next_page_link
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
 from shop.products.service import ProductQuery, ProductService
 
@@ -37,11 +37,9 @@ def router(service: ProductService) -> APIRouter:
                 limit=limit, cursor=cursor, name=name, min_price=min_price, max_price=max_price
             )
         )
-        headers = {}
-        if next_cursor is not None:
-            next_url = request.url.include_query_params(cursor=next_cursor)
-            headers["Link"] = f'<{next_url}>; rel="next"'
-        return Response(body, media_type="application/json", headers=headers)
+        return Response(
+            body, media_type="application/json", headers=next_page_link(request, next_cursor)
+        )
 
     @api.post("", status_code=201, response_model=Product, response_class=JSONResponse)
     async def create_product(body: ProductCreate, key: IdempotencyKey = None) -> Response:
