@@ -18,8 +18,7 @@ from shop.settings import load_settings
 
 def app() -> FastAPI:
     settings = load_settings()
-    floor = FastAPI(title="HTTP floor", default_response_class=http.JSONResponse)
-    http.install(floor, service="floor", max_body_bytes=settings.max_body_bytes)
+    floor = http.new_app("HTTP floor", service="floor", max_body_bytes=settings.max_body_bytes)
 
     @floor.get("/healthz")
     async def healthz() -> dict[str, str]:

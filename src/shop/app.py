@@ -12,7 +12,7 @@ from functools import partial
 from fastapi import FastAPI
 from sqlalchemy import Table
 
-from shop import http, logs
+from shop import heap, http, logs
 from shop.brokers.kafka import KafkaBatchConsumer, KafkaPublisher, ensure_topics
 from shop.brokers.rabbitmq import RabbitMQ
 from shop.db import Database
@@ -182,10 +182,9 @@ def _app(
             await runtime.close()
             log.info("%s service stopped", service)
 
-    app = FastAPI(
-        title=title, version="0.1.0", lifespan=lifespan, default_response_class=http.JSONResponse
+    app = http.new_app(
+        title, service=service, max_body_bytes=settings.max_body_bytes, lifespan=lifespan
     )
-    http.install(app, service=service, max_body_bytes=settings.max_body_bytes)
     app.include_router(http.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
     return app
 
@@ -230,6 +229,7 @@ async def consume(settings: Settings, channel: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runtime.start_with([channel])
+    heap.settle()
     log.info("%s consumer started", channel)
     try:
         await stop.wait()
