@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Generic, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage
-from aiormq.exceptions import ChannelInvalidStateError
+from aiormq.abc import DeliveredMessage
 from confluent_kafka import Message
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
@@ -176,17 +175,17 @@ async def run_rabbitmq_consumer(
 ) -> None:
     """Consume the order queue until `stopping` is set; acks after each commit."""
 
-    async def dead_letter(message: AbstractIncomingMessage, reason: str) -> None:
+    async def dead_letter(message: DeliveredMessage, reason: str) -> None:
         await rabbit.publish(
             message.body,
-            message_id=message.message_id or "",
+            message_id=message.header.properties.message_id or "",
             timeout=timeout,
             headers={"x-reason": reason},
             dead_letter=True,
         )
         await _ack(message)  # a stale delivery (channel died) comes back and goes again
 
-    processor: _Processor[AbstractIncomingMessage] = _Processor("rabbitmq", service, dead_letter)
+    processor: _Processor[DeliveredMessage] = _Processor("rabbitmq", service, dead_letter)
     starting = asyncio.ensure_future(rabbit.start_consuming())
     stop_wait = asyncio.ensure_future(stopping.wait())
     try:
@@ -207,9 +206,7 @@ async def run_rabbitmq_consumer(
         stop_wait.cancel()
 
 
-async def _take(
-    inbox: asyncio.Queue[AbstractIncomingMessage], size: int
-) -> list[AbstractIncomingMessage]:
+async def _take(inbox: asyncio.Queue[DeliveredMessage], size: int) -> list[DeliveredMessage]:
     try:
         async with asyncio.timeout(0.25):
             first = await inbox.get()
@@ -221,28 +218,23 @@ async def _take(
     return batch
 
 
-async def _ack(message: AbstractIncomingMessage, *, multiple: bool = False) -> None:
+async def _ack(message: DeliveredMessage, *, multiple: bool = False) -> None:
     try:
-        await message.ack(multiple=multiple)
+        await RabbitMQ.ack(message, multiple=multiple)
     except Exception as exc:  # its channel died; the broker redelivers it and we skip it
         log.info("rabbitmq consumer: ack failed (%r); it will be redelivered", exc)
 
 
-async def _ack_all(messages: list[AbstractIncomingMessage]) -> None:
+async def _ack_all(messages: list[DeliveredMessage]) -> None:
     """Ack a stored batch with one frame per channel: the newest delivery, `multiple`.
 
     The inbox is taken in delivery order, so every earlier delivery on that channel is in this
     batch or was acked before. Deliveries of a channel that died since (a reconnect) fail to
     ack and come back, to be skipped as stored.
     """
-    newest: dict[int, AbstractIncomingMessage] = {}
+    newest: dict[int, DeliveredMessage] = {}
     for message in messages:
-        try:
-            key = id(message.channel)
-        except ChannelInvalidStateError:
-            # Its channel closed (a reconnect): the broker redelivers it, and we skip it.
-            log.info("rabbitmq consumer: a stored delivery's channel closed; it comes back")
-            continue
+        key = id(message.channel)
         if key not in newest or (message.delivery_tag or 0) > (newest[key].delivery_tag or 0):
             newest[key] = message
     for message in newest.values():
