@@ -19,10 +19,13 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from shop.tasks import pause
 
 log = logging.getLogger(__name__)
+
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
 class PublishError(Exception):
@@ -100,21 +103,35 @@ class RabbitMQ:
         headers: Mapping[str, str] | None = None,
         dead_letter: bool = False,
     ) -> None:
-        """Publish a persistent message and wait for the broker's confirm (or raise)."""
+        """Publish a persistent message and wait for the broker's confirm (or raise).
+
+        Straight on the robust channel's aiormq channel, as aio-pika's `Exchange.publish` does,
+        without building an aio-pika `Message` first (its validation was 5 % of a request).
+        """
         if self._publisher is None or self._dlx is None:
             raise PublishError("not connected to RabbitMQ")
-        message = aio_pika.Message(
-            body,
+        properties = Basic.Properties(
             message_id=message_id,
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=dict(headers or {}),
+            delivery_mode=PERSISTENT,
+            headers=dict(headers) if headers else None,
         )
-        exchange = self._dlx if dead_letter else self._publisher.default_exchange
+        exchange = self._dlx.name if dead_letter else ""  # "": the default exchange
         routing_key = self.dlq_name if dead_letter else self.queue_name
         try:
             async with asyncio.timeout(timeout):
-                await exchange.publish(message, routing_key, mandatory=True, timeout=timeout)
+                if self._publisher.is_closed:
+                    raise PublishError("RabbitMQ channel closed")
+                channel = await self._publisher.get_underlay_channel()
+                await channel.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=True,
+                )
+        except PublishError:
+            raise
         except TimeoutError as exc:
             raise PublishError(f"no confirm from RabbitMQ within {timeout:.1f}s") from exc
         except Exception as exc:  # closed channel, returned (unroutable) message, nack
