@@ -330,10 +330,9 @@ def drain(settings: Settings, channel: str, orders: int, product_ids: list[int])
     finally:
         consumer.terminate()
         consumer.wait(20)
-    if channel == "rabbitmq":
-        asyncio.run(_delete_queues(settings, [name, f"{name}.dlq"]))
-    else:
-        limits.delete_topics(settings.kafka_brokers, [name, f"{name}.dlq"])
+    # The consumer process declares its queues and topics whichever channel it consumes.
+    asyncio.run(_delete_queues(settings, [name, f"{name}.dlq"]))
+    limits.delete_topics(settings.kafka_brokers, [name, f"{name}.dlq"])
     # The rate is taken between the first and the last stored order (the rows' own clocks),
     # so the consumer process's start-up and group join are not counted.
     ((first_at, last_at),) = query(
