@@ -57,12 +57,14 @@ class Runtime:
             batch_size=settings.outbox_batch_size,
             poll_seconds=settings.outbox_poll_seconds,
             publish_timeout=11.0,
+            retention_seconds=settings.outbox_retention_seconds,
         )
         self.supervisor = Supervisor()
 
     def start(self) -> None:
         self.supervisor.start("ensure-topics", self._ensure_topics)
         self.supervisor.start("outbox-relay", self.relay.run)
+        self.supervisor.start("outbox-purge", self.relay.purge)
 
     async def _ensure_topics(self, stopping: asyncio.Event) -> None:
         # Best effort: the broker also creates topics on first use, and the relay retries.

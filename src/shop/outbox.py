@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any, Protocol
 
@@ -15,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     func,
     select,
     update,
@@ -28,6 +30,9 @@ from shop.ids import uuid7
 from shop.tasks import pause
 
 log = logging.getLogger(__name__)
+
+PURGE_BATCH = 5000
+PURGE_SECONDS = 60.0
 
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published", ["table"])
 OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Failed relay rounds", ["table"])
@@ -108,6 +113,7 @@ class Relay:
         batch_size: int,
         poll_seconds: float,
         publish_timeout: float,
+        retention_seconds: float = 3600.0,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -116,6 +122,7 @@ class Relay:
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._publish_timeout = publish_timeout
+        self._retention = dt.timedelta(seconds=retention_seconds)
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -149,6 +156,31 @@ class Relay:
             )
         OUTBOX_PUBLISHED.labels(t.name).inc(len(claimed))
         return len(claimed)
+
+    async def purge_once(self) -> int:
+        """Delete up to `PURGE_BATCH` events published longer ago than the retention."""
+        t = self._table
+        cutoff = jsonutil.utcnow() - self._retention
+        async with unit_of_work(self._engine, timeout=30) as conn:
+            result = await conn.execute(
+                delete(t).where(t.c.sent_at < cutoff).with_dialect_options(mysql_limit=PURGE_BATCH)
+            )
+        return int(result.rowcount)
+
+    async def purge(self, stopping: asyncio.Event) -> None:
+        """Keep published events for the retention (to look into), then delete them.
+
+        Without this the table grows forever: a few benchmark runs left 2.3 million sent rows
+        (1.1 GB). Unsent rows are never touched (their sent_at is NULL).
+        """
+        while not stopping.is_set():
+            try:
+                # A full batch means more may wait; each batch is its own short transaction.
+                while not stopping.is_set() and await self.purge_once() == PURGE_BATCH:
+                    pass
+            except Exception as exc:  # an outage: try again next round
+                log.warning("outbox purge of %s failed (%s)", self._table.name, exc)
+            await pause(stopping, PURGE_SECONDS)
 
     async def backlog(self) -> int:
         """How many events wait to be published."""

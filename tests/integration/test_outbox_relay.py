@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, func, select
+from sqlalchemy import MetaData, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shop import outbox
+from shop import jsonutil, outbox
 from shop.brokers.kafka import KafkaPublisher, ensure_topics
 from shop.outbox import Relay, outbox_table
 from shop.settings import Settings
@@ -34,6 +35,15 @@ class _Counting:
     ) -> None:
         await self.inner.publish_many(topic, messages, timeout=timeout)
         self.sent += len(messages)
+
+
+class _NeverCalled:
+    """The purge publishes nothing."""
+
+    async def publish_many(
+        self, topic: str, messages: list[tuple[str, bytes]], *, timeout: float | None = None
+    ) -> None:
+        raise AssertionError("the purge must not publish")
 
 
 @pytest.fixture
@@ -106,3 +116,40 @@ async def test_two_relays_publish_every_row_exactly_once(
     )
     assert set(ids) == set(range(EVENTS))
     assert all(p.sent > 0 for p in counting), "both relays should have taken part"
+
+
+async def test_purge_deletes_only_events_published_before_the_retention(
+    database: AsyncEngine, scratch_outbox: Any
+) -> None:
+    async with database.begin() as conn:
+        await outbox.add_many(
+            conn, scratch_outbox, [("test.event", str(i), {"id": i}) for i in range(30)]
+        )
+        ids = sorted((await conn.execute(select(scratch_outbox.c.id))).scalars())
+        now = jsonutil.utcnow()
+        old, recent = ids[:10], ids[10:20]  # the last 10 stay unsent
+        await conn.execute(
+            update(scratch_outbox)
+            .where(scratch_outbox.c.id.in_(old))
+            .values(sent_at=now - dt.timedelta(hours=2))
+        )
+        await conn.execute(
+            update(scratch_outbox)
+            .where(scratch_outbox.c.id.in_(recent))
+            .values(sent_at=now - dt.timedelta(minutes=5))
+        )
+    relay = Relay(
+        engine=database,
+        table=scratch_outbox,
+        publisher=_NeverCalled(),
+        topic="unused",
+        batch_size=100,
+        poll_seconds=0.05,
+        publish_timeout=10,
+        retention_seconds=3600,
+    )
+    assert await relay.purge_once() == 10
+    assert await relay.purge_once() == 0
+    async with database.connect() as conn:
+        left = sorted((await conn.execute(select(scratch_outbox.c.id))).scalars())
+    assert left == ids[10:], "published within the hour and unsent events stay"
