@@ -539,6 +539,7 @@ def main() -> int:
             )
             marks.append({"t": sampler.mark(), "label": "all stored"})
         results["depth"] = {"samples": sampler.samples, "marks": marks}
+    say("acceptance-to-stored times of the async orders (reads every stored order)")
     results["accept_to_stored_ms"] = _accept_to_stored(settings, spread, since)
     say("limits: consumer drain rate without HTTP load")
     results["drain"] = {
