@@ -1,0 +1,91 @@
+"""The per-process cache of product pages: one load per expiry, and writes are seen at once.
+
+The database is replaced by a counting stand-in: what is tested is the cache's own logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from shop.db import Database
+from shop.products.service import ProductQuery, ProductService
+
+QUERY = ProductQuery(limit=100)
+
+
+class _Catalogue(ProductService):
+    def __init__(self) -> None:
+        super().__init__(cast(Database, None), on_event=lambda: None, list_cache_seconds=60)
+        self.loads = 0
+        self.version = 0
+        self.fail = False
+        self.gate = asyncio.Event()
+
+    async def list_products(self, query: ProductQuery) -> tuple[list[dict[str, Any]], None]:
+        self.loads += 1
+        seen = self.version
+        await self.gate.wait()
+        if self.fail:
+            raise ConnectionError("database down")
+        return [{"id": 1, "version": seen}], None
+
+    def write(self) -> None:
+        self.version += 1
+        self._changed()
+
+
+async def test_concurrent_readers_of_an_expired_page_share_one_load() -> None:
+    catalogue = _Catalogue()
+    readers = [asyncio.ensure_future(catalogue.list_products_json(QUERY)) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    catalogue.gate.set()
+    pages = await asyncio.gather(*readers)
+    assert catalogue.loads == 1
+    assert len({body for body, _ in pages}) == 1
+    await catalogue.list_products_json(QUERY)
+    assert catalogue.loads == 1, "the page is cached afterwards"
+
+
+async def test_a_read_after_a_write_does_not_join_a_load_begun_before_it() -> None:
+    catalogue = _Catalogue()
+    before = asyncio.ensure_future(catalogue.list_products_json(QUERY))
+    await asyncio.sleep(0.01)
+    catalogue.write()
+    after = asyncio.ensure_future(catalogue.list_products_json(QUERY))
+    await asyncio.sleep(0.01)
+    catalogue.gate.set()
+    assert b'"version":0' in (await before)[0]
+    assert b'"version":1' in (await after)[0]
+    assert catalogue.loads == 2
+    assert b'"version":1' in (await catalogue.list_products_json(QUERY))[0], (
+        "the stale load must not be cached over the fresh one"
+    )
+
+
+async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
+    catalogue = _Catalogue()
+    catalogue.fail = True
+    readers = [asyncio.ensure_future(catalogue.list_products_json(QUERY)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    catalogue.gate.set()
+    for outcome in await asyncio.gather(*readers, return_exceptions=True):
+        assert isinstance(outcome, ConnectionError)
+    catalogue.fail = False
+    assert b'"id":1' in (await catalogue.list_products_json(QUERY))[0]
+    assert catalogue.loads == 2
+
+
+async def test_a_reader_that_goes_away_does_not_cancel_the_shared_load() -> None:
+    catalogue = _Catalogue()
+    leaving = asyncio.ensure_future(catalogue.list_products_json(QUERY))
+    staying = asyncio.ensure_future(catalogue.list_products_json(QUERY))
+    await asyncio.sleep(0.01)
+    leaving.cancel()
+    catalogue.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert b'"id":1' in (await staying)[0]
+    assert catalogue.loads == 1
