@@ -1,7 +1,8 @@
 """`make bench`: load on every path, the limits, the audit, and a report with plots.
 
 Runs against the system `make up` started (settings as usual: config.yaml < environment) and
-writes bench/results/<timestamp>/results.json and report.html. `--quick` takes about 1.5 minutes, a full run 12-14.
+writes bench/results/<timestamp>/results.json and report.html. A full run takes 12-14 minutes,
+`--quick` about 1.5.
 """
 
 from __future__ import annotations
