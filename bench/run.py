@@ -421,15 +421,26 @@ def audit(
         stored = stored_by_channel()
     lost = sum(max(0, n - stored.get(ch, 0)) for ch, n in accepted.items())
     duplicated = sum(max(0, stored.get(ch, 0) - n) for ch, n in accepted.items())
+    # Two queries for every product at once: orders has no index on product_id (the service
+    # never looks orders up by product), so a query per product scanned the table each time.
+    tracked = list(initial)
+    product_marks = ",".join(["%s"] * len(tracked))
+    stocks = dict(
+        query(settings, f"SELECT id, stock FROM products WHERE id IN ({product_marks})", tracked)
+    )
+    confirmed = dict(
+        query(
+            settings,
+            f"SELECT product_id, SUM(quantity) FROM orders WHERE status = 'confirmed' "
+            f"AND product_id IN ({product_marks}) GROUP BY product_id",
+            tracked,
+        )
+    )
     oversold = 0
     for product_id, start in initial.items():
-        ((stock, confirmed),) = query(
-            settings,
-            "SELECT p.stock, COALESCE((SELECT SUM(quantity) FROM orders o WHERE o.product_id = "
-            "p.id AND o.status = 'confirmed'), 0) FROM products p WHERE p.id = %s",
-            (product_id,),
-        )
-        if stock is None or stock < 0 or int(stock) + int(confirmed) != start:
+        stock = stocks.get(product_id)
+        taken = int(confirmed.get(product_id) or 0)
+        if stock is None or stock < 0 or int(stock) + taken != start:
             oversold += 1
     return {
         "accepted": accepted,
