@@ -48,5 +48,5 @@ test: venv lint ## set up the stack, then the whole test suite against the real 
 	$(SHOP) stack up --no-services
 	$(VENV)/bin/pytest
 
-bench: up ## the benchmark and its report, 12-14 min (QUICK=1: 1.5 min); results in bench/results/
+bench: up ## the benchmark and its report, 6.5 min (QUICK=1: 1.5 min); results in bench/results/
 	$(VENV)/bin/python -m bench.run $(if $(QUICK),--quick,)
