@@ -46,20 +46,13 @@ async def unit_of_work(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[
     asyncmy leaves a connection out of step with the server when a query is cancelled, so a
     cancelled (or timed-out) unit of work invalidates its connection instead of pooling it.
     """
-    conn = await engine.connect()
-    try:
-        async with asyncio.timeout(timeout):
-            async with conn.begin():
-                yield conn
-    except (asyncio.CancelledError, TimeoutError):
-        await conn.invalidate()
-        raise
-    finally:
-        await conn.close()
+    async with _connection(engine, timeout=timeout) as conn, conn.begin():
+        yield conn
 
 
 @asynccontextmanager
 async def _connection(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection, bounded by `timeout` seconds; invalidated if cancelled or late."""
     conn = await engine.connect()
     try:
         async with asyncio.timeout(timeout):

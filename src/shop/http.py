@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -273,11 +273,7 @@ def new_app(
 
     @asynccontextmanager
     async def settled(app: FastAPI) -> AsyncIterator[None]:
-        if lifespan is None:
-            heap.settle()
-            yield
-            return
-        async with lifespan(app):
+        async with lifespan(app) if lifespan is not None else nullcontext():
             heap.settle()
             yield
 

@@ -113,7 +113,7 @@ class Relay:
         batch_size: int,
         poll_seconds: float,
         publish_timeout: float,
-        retention_seconds: float = 3600.0,
+        retention_seconds: float,
     ) -> None:
         self._engine = engine
         self._table = table

@@ -80,6 +80,7 @@ async def test_two_relays_publish_every_row_exactly_once(
             batch_size=100,
             poll_seconds=0.05,
             publish_timeout=10,
+            retention_seconds=3600,
         )
         for p in counting
     ]

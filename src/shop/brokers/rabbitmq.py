@@ -44,6 +44,10 @@ class RabbitMQ:
         self.queue_name = queue
         self.dlq_name = f"{queue}.dlq"
         self._dlx_name = f"{queue}.dlx"
+        self._dead_lettering = {  # the queue's arguments, wherever it is declared
+            "x-dead-letter-exchange": self._dlx_name,
+            "x-dead-letter-routing-key": self.dlq_name,
+        }
         self._prefetch = prefetch
         self._timeout = timeout
         self._connection: AbstractRobustConnection | None = None
@@ -52,7 +56,6 @@ class RabbitMQ:
         self._queue: AbstractQueue | None = None  # a reference the robust channel restores
         self._dlq: AbstractQueue | None = None
         self.connected = asyncio.Event()
-        self._consumer: AbstractRobustChannel | None = None
         self.inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
 
     async def connect_forever(self, stopping: asyncio.Event) -> None:
@@ -82,10 +85,7 @@ class RabbitMQ:
             await publisher.declare_queue(
                 self.queue_name,
                 durable=True,
-                arguments={
-                    "x-dead-letter-exchange": self._dlx_name,
-                    "x-dead-letter-routing-key": self.dlq_name,
-                },
+                arguments=self._dead_lettering,
             )
         except BaseException:
             await connection.close()
@@ -110,6 +110,8 @@ class RabbitMQ:
         """
         if self._publisher is None or self._dlx is None:
             raise PublishError("not connected to RabbitMQ")
+        if self._publisher.is_closed:
+            raise PublishError("RabbitMQ channel closed")
         properties = Basic.Properties(
             message_id=message_id,
             content_type="application/json",
@@ -120,8 +122,6 @@ class RabbitMQ:
         routing_key = self.dlq_name if dead_letter else self.queue_name
         try:
             async with asyncio.timeout(timeout):
-                if self._publisher.is_closed:
-                    raise PublishError("RabbitMQ channel closed")
                 channel = await self._publisher.get_underlay_channel()
                 await channel.basic_publish(
                     body,
@@ -130,8 +130,6 @@ class RabbitMQ:
                     properties=properties,
                     mandatory=True,
                 )
-        except PublishError:
-            raise
         except TimeoutError as exc:
             raise PublishError(f"no confirm from RabbitMQ within {timeout:.1f}s") from exc
         except Exception as exc:  # closed channel, returned (unroutable) message, nack
@@ -150,22 +148,19 @@ class RabbitMQ:
         then `_subscribe` consumes again on the new channel.
         """
         await self.connected.wait()
-        if self._consumer is None:
+        if self._queue is None:
             assert self._connection is not None
             channel = await self._connection.channel()
             assert isinstance(channel, AbstractRobustChannel)
             await channel.set_qos(prefetch_count=self._prefetch)
-            self._queue = await channel.declare_queue(
+            queue = await channel.declare_queue(
                 self.queue_name,
                 durable=True,
-                arguments={
-                    "x-dead-letter-exchange": self._dlx_name,
-                    "x-dead-letter-routing-key": self.dlq_name,
-                },
+                arguments=self._dead_lettering,
             )
             await self._subscribe(channel)
             channel.reopen_callbacks.add(self._subscribe)
-            self._consumer = channel
+            self._queue = queue  # last: a failed start is tried again in full
         return self.inbox
 
     async def _subscribe(self, channel: AbstractRobustChannel | None) -> None:
@@ -177,11 +172,6 @@ class RabbitMQ:
 
     async def _deliver(self, message: DeliveredMessage) -> None:
         self.inbox.put_nowait(message)
-
-    @staticmethod
-    async def ack(message: DeliveredMessage, *, multiple: bool = False) -> None:
-        """Ack a delivery (and, with `multiple`, every earlier one on its channel)."""
-        await message.channel.basic_ack(message.delivery_tag or 0, multiple=multiple)
 
     async def depth(self) -> int:
         """Messages ready in the queue (not counting those delivered and unacked)."""

@@ -220,7 +220,7 @@ async def _take(inbox: asyncio.Queue[DeliveredMessage], size: int) -> list[Deliv
 
 async def _ack(message: DeliveredMessage, *, multiple: bool = False) -> None:
     try:
-        await RabbitMQ.ack(message, multiple=multiple)
+        await message.channel.basic_ack(message.delivery_tag or 0, multiple=multiple)
     except Exception as exc:  # its channel died; the broker redelivers it and we skip it
         log.info("rabbitmq consumer: ack failed (%r); it will be redelivered", exc)
 
