@@ -64,7 +64,6 @@ def run_load(
     *,
     connections: int,
     seconds: float,
-    body: str | None = None,
     body_lines: Path | None = None,
     rate: float | None = None,
     method: str = "POST",
@@ -87,8 +86,6 @@ def run_load(
         method,
         "-w",
     ]
-    if body is not None:
-        cmd += ["-d", body, "-T", "application/json"]
     if body_lines is not None:
         cmd += ["-Z", str(body_lines), "-T", "application/json"]
     if rate is not None:

@@ -13,6 +13,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.loadgen import LoadResult
+
 COLOURS = {
     "floor": "#888888",
     "sync": "#1f77b4",
@@ -44,8 +46,7 @@ def _best(runs: list[dict[str, Any]]) -> float:
 
 
 def _failed(run: dict[str, Any]) -> int:
-    ok = sum(v for k, v in run["statuses"].items() if k in ("200", "201", "202", "409"))
-    return int(run["requests"] - ok)
+    return LoadResult(**run).failed
 
 
 def _at_rate(runs: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:

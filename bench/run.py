@@ -37,7 +37,6 @@ from shop.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_PORT = 8090
-PATHS = ("sync", "sync_hot", "kafka", "rabbitmq", "products")
 SPREAD_PRODUCTS = 200
 BIG_STOCK = 100_000_000
 
@@ -204,7 +203,7 @@ def _queue_depth(settings: Settings, queue: str) -> float:
 # ---------------------------------------------------------------- the runs
 
 
-def start_floor(settings: Settings, workers: int) -> subprocess.Popen[bytes]:
+def start_floor(workers: int) -> subprocess.Popen[bytes]:
     floor = subprocess.Popen(
         [
             sys.executable,
@@ -475,7 +474,7 @@ def machine(settings: Settings) -> dict[str, Any]:
         versions["rabbitmq"] = "unknown"
     from shop.stack import kafka as stack_kafka
 
-    versions["kafka"] = getattr(stack_kafka, "KAFKA_VERSION", "unknown")
+    versions["kafka"] = stack_kafka.KAFKA_VERSION
     versions["oha"] = subprocess.run(
         [ensure_oha(), "--version"], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -521,7 +520,7 @@ def main() -> int:
             ),
         }
         say("limits: the HTTP floor")
-        floor = start_floor(settings, settings.workers)
+        floor = start_floor(settings.workers)
         try:
             results["floor"] = sweep(
                 "floor",

@@ -21,7 +21,6 @@ __all__ = [
     "StackError",
     "down",
     "install_prerequisites",
-    "is_running",
     "start",
     "start_services",
     "status",
@@ -116,10 +115,3 @@ def status(settings: Settings) -> list[tuple[str, str]]:
     rows = [(name, _STATUS[name](settings)) for name in SERVERS]
     rows += [(name, services.status(name, settings)) for name in SERVICES]
     return rows
-
-
-def is_running(name: str, settings: Settings) -> bool:
-    """Our process for `name` is alive and answers (ready, not merely started)."""
-    _check_name(name)
-    state = services.status(name, settings) if name in SERVICES else _STATUS[name](settings)
-    return state.startswith("running")

@@ -304,8 +304,7 @@ def _format_storage(properties: Path) -> None:
 def _prepare(settings: Settings) -> Launch:
     directory = _dir()
     directory.mkdir(parents=True, exist_ok=True)
-    if not all((libs_dir() / jar).is_file() for jar in _REQUIRED_JARS):
-        install_jars()
+    install_jars()  # returns at once when the jars are there
     properties = directory / "server.properties"
     properties.write_text(_server_properties(settings))
     (directory / "log4j.properties").write_text(_log4j_properties())
