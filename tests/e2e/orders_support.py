@@ -114,14 +114,30 @@ async def wait_until_stored(
     return await eventually(all_there, timeout=timeout, what=f"{len(ids)} accepted orders stored")
 
 
+async def stock_and_confirmed_units(database: AsyncEngine, product_id: int) -> tuple[int, int]:
+    """Current stock and units in confirmed orders, read by one statement (one snapshot), so
+    a consumer committing between two reads cannot make the sum look wrong."""
+    confirmed = (
+        select(func.coalesce(func.sum(orders_table.c.quantity), 0))
+        .where(orders_table.c.product_id == product_id, orders_table.c.status == "confirmed")
+        .scalar_subquery()
+    )
+    async with database.connect() as conn:
+        row = (
+            await conn.execute(
+                select(products_table.c.stock, confirmed).where(products_table.c.id == product_id)
+            )
+        ).one()
+    assert row[0] is not None, "these tests use tracked stock"
+    return int(row[0]), int(row[1])
+
+
 async def assert_stock_adds_up(
     database: AsyncEngine, product_id: int, initial: int
 ) -> list[dict[str, Any]]:
     """No oversell: initial = current + units in confirmed orders, and never below zero."""
     stored = await stored_orders(database, product_id)
-    confirmed_units = sum(o["quantity"] for o in stored if o["status"] == "confirmed")
-    current = await stock_of(database, product_id)
-    assert current is not None
+    current, confirmed_units = await stock_and_confirmed_units(database, product_id)
     assert current >= 0
     assert initial == current + confirmed_units, (initial, current, confirmed_units)
     return stored

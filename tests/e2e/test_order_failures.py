@@ -25,16 +25,19 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import stack
 from shop.orders.service import order_id_for
-from shop.orders.tables import orders as orders_table
-from shop.products.tables import products as products_table
 from shop.settings import Settings
 from tests.conftest import RUN, TEST_ENV, _free_port
-from tests.e2e.orders_support import new_product, place, stored_orders, wait_until_stored
+from tests.e2e.orders_support import (
+    new_product,
+    place,
+    stock_and_confirmed_units,
+    stored_orders,
+    wait_until_stored,
+)
 from tests.support import ServiceProcess, eventually
 
 pytestmark = pytest.mark.e2e
@@ -50,24 +53,6 @@ def _user() -> int:
 
 def _id_for(user_id: int, key: str) -> str:
     return str(order_id_for(user_id, key))
-
-
-async def _stock_and_confirmed_units(database: AsyncEngine, product_id: int) -> tuple[int, int]:
-    """Current stock and units in confirmed orders, read by one statement (one snapshot), so
-    a consumer committing between two reads cannot make the sum look wrong."""
-    confirmed = (
-        select(func.coalesce(func.sum(orders_table.c.quantity), 0))
-        .where(orders_table.c.product_id == product_id, orders_table.c.status == "confirmed")
-        .scalar_subquery()
-    )
-    async with database.connect() as conn:
-        row = (
-            await conn.execute(
-                select(products_table.c.stock, confirmed).where(products_table.c.id == product_id)
-            )
-        ).one()
-    assert row[0] is not None, "these tests use tracked stock"
-    return int(row[0]), int(row[1])
 
 
 async def assert_orders_add_up(
@@ -91,7 +76,7 @@ async def assert_orders_add_up(
         assert set(ids) == accepted, f"stored {len(ids)} orders for {len(accepted)} accepted"
     else:
         assert set(ids) <= attempted, f"stored orders nobody sent: {set(ids) - attempted}"
-    stock, confirmed_units = await _stock_and_confirmed_units(database, product_id)
+    stock, confirmed_units = await stock_and_confirmed_units(database, product_id)
     assert stock >= 0
     assert initial == stock + confirmed_units, (initial, stock, confirmed_units)
     return stored
