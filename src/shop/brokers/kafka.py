@@ -77,9 +77,7 @@ class KafkaPublisher:
     """
 
     def __init__(self, brokers: str, *, delivery_timeout: float) -> None:
-        self._config = producer_config(brokers, delivery_timeout=delivery_timeout)
-        self._producer = Producer(self._config)
-        self._brokers = brokers
+        self._producer = Producer(producer_config(brokers, delivery_timeout=delivery_timeout))
         self._delivery_timeout = delivery_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []

@@ -110,10 +110,10 @@ class _Processor(Generic[M]):
         if not batch.commands:
             return True
         return await _until_done(
-            "storing a batch", self.channel, stopping, lambda: self._store(batch, stopping)
+            "storing a batch", self.channel, stopping, lambda: self._store(batch)
         )
 
-    async def _store(self, batch: Decoded[M], stopping: asyncio.Event) -> None:
+    async def _store(self, batch: Decoded[M]) -> None:
         commands = [command for _, command in batch.commands]
         try:
             await self._service.process_order_batch(commands)

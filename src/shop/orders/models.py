@@ -13,6 +13,7 @@ from shop.types import EntityId, Quantity
 
 OrderStatus = Literal["pending", "confirmed", "rejected", "cancelled"]
 Channel = Literal["sync", "kafka", "rabbitmq"]
+AsyncChannel = Literal["kafka", "rabbitmq"]
 
 
 class PlaceOrder(BaseModel):
@@ -34,7 +35,7 @@ class OrderCommand(BaseModel):
     user_id: EntityId
     product_id: EntityId
     quantity: Quantity
-    channel: Literal["kafka", "rabbitmq"]
+    channel: AsyncChannel
     accepted_at: dt.datetime
 
 
@@ -61,4 +62,4 @@ class Accepted(BaseModel):
     user_id: int
     product_id: int
     quantity: int
-    channel: Literal["kafka", "rabbitmq"]
+    channel: AsyncChannel
