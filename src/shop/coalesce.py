@@ -12,6 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from shop.tasks import first_of
+
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
@@ -46,15 +48,7 @@ class Coalescer(Generic[Req, Res]):
         while not (stopping.is_set() and not self._pending):
             if not self._pending:
                 self._wake.clear()
-                waits = [
-                    asyncio.ensure_future(self._wake.wait()),
-                    asyncio.ensure_future(stopping.wait()),
-                ]
-                try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waits:
-                        w.cancel()
+                await first_of(self._wake, stopping)
                 continue
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]

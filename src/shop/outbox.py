@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shop import jsonutil
 from shop.db import Timestamp, unit_of_work
 from shop.ids import uuid7
-from shop.tasks import pause
+from shop.tasks import first_of, pause
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +225,4 @@ class Relay:
                 OUTBOX_BACKLOG.labels(self._table.name).set(await self.backlog())
             except Exception:  # the gauge is best effort; the next round reports the outage
                 log.debug("could not read the outbox backlog", exc_info=True)
-        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
-        try:
-            await asyncio.wait(
-                waits, timeout=self._poll_seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for w in waits:
-                w.cancel()
+        await first_of(self._wake, stopping, timeout=self._poll_seconds)

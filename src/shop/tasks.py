@@ -13,11 +13,17 @@ Worker = Callable[[asyncio.Event], Awaitable[None]]
 
 async def pause(stopping: asyncio.Event, seconds: float) -> None:
     """Wait `seconds`, or less if `stopping` is set meanwhile."""
+    await first_of(stopping, timeout=seconds)
+
+
+async def first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Wait until any of `events` is set, or `timeout` seconds pass."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
     try:
-        async with asyncio.timeout(seconds):
-            await stopping.wait()
-    except TimeoutError:
-        pass
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 class Supervisor:
