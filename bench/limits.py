@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import uuid
 from typing import Any
@@ -16,20 +17,24 @@ from shop import jsonutil
 from shop.brokers.kafka import ensure_topics, producer_config
 from shop.db import create_engine
 from shop.ids import uuid7
+from shop.orders.models import AsyncChannel, OrderCommand
 from shop.orders.tables import orders
 from shop.settings import Settings
 
 
-def _command(i: int) -> bytes:
-    return jsonutil.dumps(
-        {
-            "id": str(uuid7()),
-            "user_id": i + 1,
-            "product_id": 1,
-            "quantity": 1,
-            "channel": "kafka",
-            "accepted_at": jsonutil.as_utc(jsonutil.utcnow()),
-        }
+def order_command(i: int, *, product_id: int = 1, channel: AsyncChannel = "kafka") -> bytes:
+    """The i-th order command of a run, as the order service puts it on a broker."""
+    return (
+        OrderCommand.model_construct(
+            id=uuid7(),
+            user_id=i + 1,
+            product_id=product_id,
+            quantity=1,
+            channel=channel,
+            accepted_at=dt.datetime.now(dt.UTC),
+        )
+        .model_dump_json()
+        .encode()
     )
 
 
@@ -50,7 +55,7 @@ def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
     config = producer_config(settings.kafka_brokers, delivery_timeout=30)
     config.pop("logger", None)
     producer = Producer(config)
-    bodies = [_command(i) for i in range(1000)]
+    bodies = [order_command(i) for i in range(1000)]
     started = time.perf_counter()
     for i in range(messages):
         while True:
@@ -81,7 +86,7 @@ async def rabbitmq_publish(
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.declare_queue(queue_name, durable=True)
-        bodies = [_command(i) for i in range(1000)]
+        bodies = [order_command(i) for i in range(1000)]
         started = time.perf_counter()
         for start in range(0, messages, window):
             await asyncio.gather(

@@ -32,7 +32,8 @@ from bench import limits, report
 from bench.loadgen import LoadResult, ensure_oha, run_load
 from shop import jsonutil
 from shop.brokers.kafka import ensure_topics
-from shop.ids import uuid7
+from shop.brokers.rabbitmq import RabbitMQ
+from shop.orders.models import AsyncChannel
 from shop.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,20 +270,13 @@ def open_loop(name: str, url: str, plan: Plan, **load: Any) -> list[dict[str, An
     return results
 
 
-def drain(settings: Settings, channel: str, orders: int, product_ids: list[int]) -> dict[str, Any]:
+def drain(
+    settings: Settings, channel: AsyncChannel, orders: int, product_ids: list[int]
+) -> dict[str, Any]:
     """Fill a private topic/queue with commands, then time one standalone consumer emptying it."""
     name = f"bench-drain-{channel}-{uuid.uuid4().hex[:6]}"
     commands = [
-        jsonutil.dumps(
-            {
-                "id": str(uuid7()),
-                "user_id": i + 1,
-                "product_id": product_ids[i % len(product_ids)],
-                "quantity": 1,
-                "channel": channel,
-                "accepted_at": jsonutil.as_utc(jsonutil.utcnow()),
-            }
-        )
+        limits.order_command(i, product_id=product_ids[i % len(product_ids)], channel=channel)
         for i in range(orders)
     ]
     env = {
@@ -352,31 +346,20 @@ def drain(settings: Settings, channel: str, orders: int, product_ids: list[int])
 
 
 async def _fill_queue(settings: Settings, name: str, bodies: list[bytes]) -> None:
-    import aio_pika
-
-    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        await channel.declare_exchange(f"{name}.dlx", aio_pika.ExchangeType.DIRECT, durable=True)
-        await channel.declare_queue(
-            name,
-            durable=True,
-            arguments={
-                "x-dead-letter-exchange": f"{name}.dlx",
-                "x-dead-letter-routing-key": f"{name}.dlq",
-            },
-        )
+    """Declare the queue as the service does (its dead-letter topology too) and fill it."""
+    rabbit = RabbitMQ(settings.rabbitmq_url, queue=name, prefetch=1, timeout=10)
+    try:
+        async with asyncio.timeout(30):
+            await rabbit.connect_forever(asyncio.Event())
         for start in range(0, len(bodies), 500):
             await asyncio.gather(
                 *(
-                    channel.default_exchange.publish(
-                        aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                        routing_key=name,
-                        timeout=30,
-                    )
-                    for b in bodies[start : start + 500]
+                    rabbit.publish(body, message_id=str(start + i), timeout=30)
+                    for i, body in enumerate(bodies[start : start + 500])
                 )
             )
+    finally:
+        await rabbit.close()
 
 
 async def _delete_queues(settings: Settings, names: list[str]) -> None:
