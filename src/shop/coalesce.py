@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from shop.errors import Unavailable
 from shop.tasks import first_of
 
 log = logging.getLogger(__name__)
@@ -23,25 +25,54 @@ Res = TypeVar("Res")
 BatchHandler = Callable[[Sequence[Req]], Awaitable[Sequence[Res | Exception]]]
 
 
-class Coalescer(Generic[Req, Res]):
-    """Collects requests and hands them to `handler` in batches of at most `max_batch`."""
+@dataclass(slots=True, eq=False)
+class _Entry(Generic[Req, Res]):
+    request: Req
+    future: asyncio.Future[Res]
+    taken: bool = False  # in a batch: its outcome is being decided
 
-    def __init__(self, handler: BatchHandler[Req, Res], *, max_batch: int, timeout: float) -> None:
+
+class Coalescer(Generic[Req, Res]):
+    """Collects requests and hands them to `handler` in batches of at most `max_batch`.
+
+    A request waits at most `timeout` seconds to be taken into a batch; one that is not taken by
+    then, or whose caller goes away, is dropped and never reaches the handler (its caller was
+    told it failed: storing it anyway would make a retry a second order). Once taken, its
+    caller waits for the batch's outcome, which the handler bounds. At most `max_pending`
+    requests wait: beyond that, `submit` refuses at once.
+    """
+
+    def __init__(
+        self, handler: BatchHandler[Req, Res], *, max_batch: int, max_pending: int, timeout: float
+    ) -> None:
         self._handler = handler
         self._max_batch = max_batch
+        self._max_pending = max_pending
         self._timeout = timeout
-        self._pending: list[tuple[Req, asyncio.Future[Res]]] = []
+        self._pending: list[_Entry[Req, Res]] = []
         self._wake = asyncio.Event()
 
     async def submit(self, request: Req) -> Res:
         """The outcome of `request` once its batch is stored (raises what the batch raised)."""
-        future: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
-        # Retrieve the outcome even if our caller timed out, so no "never retrieved" warning.
-        future.add_done_callback(_consume)
-        self._pending.append((request, future))
+        if len(self._pending) >= self._max_pending:
+            raise Unavailable("Too many orders are waiting to be stored; retry shortly.")
+        entry: _Entry[Req, Res] = _Entry(request, asyncio.get_running_loop().create_future())
+        # Retrieve the outcome even if our caller went away, so no "never retrieved" warning.
+        entry.future.add_done_callback(_consume)
+        self._pending.append(entry)
         self._wake.set()
-        async with asyncio.timeout(self._timeout):
-            return await asyncio.shield(future)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.shield(entry.future)
+        except TimeoutError:
+            if not entry.taken:
+                raise Unavailable(
+                    f"The order was not stored within {self._timeout:g}s; it was not placed."
+                ) from None
+        finally:
+            if not entry.taken:
+                self._pending.remove(entry)
+        return await asyncio.shield(entry.future)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Store batches until `stopping` is set and nothing is pending."""
@@ -52,23 +83,25 @@ class Coalescer(Generic[Req, Res]):
                 continue
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
+            for entry in batch:
+                entry.taken = True
             await self._settle(batch)
 
-    async def _settle(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
+    async def _settle(self, batch: list[_Entry[Req, Res]]) -> None:
         try:
-            outcomes = await self._handler([request for request, _ in batch])
+            outcomes = await self._handler([entry.request for entry in batch])
         except Exception as exc:  # the whole batch failed: every request gets the error
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
             return
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if future.done():
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if entry.future.done():
                 continue
             if isinstance(outcome, Exception):
-                future.set_exception(outcome)
+                entry.future.set_exception(outcome)
             else:
-                future.set_result(outcome)
+                entry.future.set_result(outcome)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
