@@ -115,6 +115,7 @@ class OrderRuntime(Runtime):
                 "rabbitmq": RabbitCommands(self.rabbit, deadline=s.broker_deadline_seconds),
             },
             on_event=self.relay.notify,
+            sync_queue_limit=s.sync_queue_limit,
         )
         self._kafka_consumer: KafkaBatchConsumer | None = None
 

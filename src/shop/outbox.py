@@ -6,7 +6,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import (
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import jsonutil
 from shop.db import Timestamp, unit_of_work
+from shop.events import Event
 from shop.ids import uuid7
 from shop.tasks import first_of, pause
 
@@ -58,37 +60,34 @@ def outbox_table(name: str, metadata: MetaData) -> Table:
     )
 
 
-def envelope(event_type: str, data: dict[str, Any]) -> tuple[str, bytes]:
-    """The event's id and its JSON envelope `{event_id, type, version, occurred_at, data}`."""
+def envelope(event: Event) -> tuple[str, bytes]:
+    """The event's id and its JSON envelope `{event_id, type, version, occurred_at, data}`.
+
+    `version` is the aggregate's version after the change (see shop.events).
+    """
     event_id = str(uuid7())
     body = {
         "event_id": event_id,
-        "type": event_type,
-        "version": 1,
+        "type": event.type,
+        "version": event.version,
         "occurred_at": jsonutil.utcnow(),
-        "data": data,
+        "data": event.data,
     }
     return event_id, jsonutil.dumps(body)
 
 
-async def add(
-    conn: AsyncConnection, table: Table, *, event_type: str, key: str, data: dict[str, Any]
-) -> None:
-    """Record an event inside the caller's transaction; it is published only if that commits."""
-    await add_many(conn, table, [(event_type, key, data)])
-
-
-async def add_many(
-    conn: AsyncConnection, table: Table, events: list[tuple[str, str, dict[str, Any]]]
-) -> None:
-    """Record several events (type, key, data) inside the caller's transaction."""
+async def add_events(conn: AsyncConnection, table: Table, events: Sequence[Event]) -> None:
+    """Record events inside the caller's transaction; they are published only if it commits."""
+    if not events:
+        return
     now = jsonutil.utcnow()
     rows = []
-    for event_type, key, data in events:
-        event_id, payload = envelope(event_type, data)
-        rows.append({"event_id": event_id, "event_key": key, "payload": payload, "created_at": now})
-    if rows:
-        await conn.execute(table.insert(), rows)
+    for event in events:
+        event_id, payload = envelope(event)
+        rows.append(
+            {"event_id": event_id, "event_key": event.key, "payload": payload, "created_at": now}
+        )
+    await conn.execute(table.insert(), rows)
 
 
 class Publisher(Protocol):

@@ -98,6 +98,8 @@ class Settings(BaseSettings):
 
     product_list_cache_seconds: float = Field(1.0, ge=0, le=60)
     consumers_enabled: bool = True
+    # Sync orders waiting for their batch beyond this many are refused at once (503).
+    sync_queue_limit: int = Field(1000, ge=1, le=100_000)
     consumer_batch_size: int = Field(500, ge=1, le=5000)
     broker_deadline_seconds: float = Field(2.0, gt=0, le=30)
     outbox_batch_size: int = Field(500, ge=1, le=10_000)

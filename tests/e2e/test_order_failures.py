@@ -25,10 +25,12 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import stack
-from shop.orders.service import order_id_for
+from shop.orders.service import order_key
+from shop.orders.tables import order_keys
 from shop.settings import Settings
 from tests.conftest import RUN, TEST_ENV, _free_port
 from tests.e2e.orders_support import (
@@ -51,8 +53,16 @@ def _user() -> int:
     return uuid.uuid4().int % 10**12 + 1
 
 
-def _id_for(user_id: int, key: str) -> str:
-    return str(order_id_for(user_id, key))
+async def _ids_for(database: AsyncEngine, keys: set[tuple[int, str]]) -> set[str]:
+    """The order ids that these (user, Idempotency-Key) pairs were given at intake."""
+    if not keys:
+        return set()
+    hashes = [order_key(user_id, key) for user_id, key in keys]
+    async with database.connect() as conn:
+        rows = await conn.execute(
+            select(order_keys.c.order_id).where(order_keys.c.key_hash.in_(hashes))
+        )
+        return {str(uuid.UUID(bytes=row.order_id)) for row in rows}
 
 
 async def assert_orders_add_up(
@@ -188,14 +198,16 @@ async def _check_outage(
     user = _user()
     others = [("sync", 201), *((p, 202) for p in ASYNC_PATHS if p != down)]
     accepted: set[str] = set()
-    refused: set[str] = set()  # answered 503 while the broker was certainly down
-    unsure: set[str] = set()  # answered 503 while it was coming back: may have got through
+    refused: set[tuple[int, str]] = set()  # answered 503 while the broker was certainly down
+    unsure: set[tuple[int, str]] = (
+        set()
+    )  # answered 503 while it was coming back: may have got through
     await asyncio.to_thread(stack.stop, down, settings)
     try:
         for i in range(3):
             key = f"{down}-down-{i}"
             await _refused_within_deadline(orders, down, product_id=pid, user_id=user, key=key)
-            refused.add(_id_for(user, key))
+            refused.add((user, key))
             for path, status in others:
                 answer = await place(orders, path, product_id=pid, user_id=user)
                 assert answer.status_code == status, (path, answer.text)
@@ -212,7 +224,7 @@ async def _check_outage(
             accepted.add(answer.json()["id"])
             return True
         assert answer.status_code == 503, answer.text
-        unsure.add(_id_for(user, key))
+        unsure.add((user, key))
         return False
 
     await eventually(accepting_again, timeout=90, interval=1.0, what=f"{down} intake back")
@@ -223,9 +235,18 @@ async def _check_outage(
         assert answer.status_code == 202, answer.text
         accepted.add(answer.json()["id"])
     await assert_orders_add_up(
-        database, pid, initial=100, accepted=accepted, attempted=accepted | unsure, timeout=90
+        database,
+        pid,
+        initial=100,
+        accepted=accepted,
+        attempted=accepted | await _ids_for(database, unsure),
+        timeout=90,
     )
-    assert not refused & await _all_stored_ids(database, pid), "an order refused with 503 stored"
+    refused_ids = await _ids_for(database, refused)
+    assert len(refused_ids) == len(refused), "a refused request's key was not claimed"
+    assert not refused_ids & await _all_stored_ids(database, pid), (
+        "an order refused with 503 stored"
+    )
 
 
 @pytest.mark.disruptive
@@ -295,7 +316,7 @@ async def _delete_queue(settings: Settings, queue: str) -> None:
 class Stream:
     """What happened to a stream of keyed async orders."""
 
-    attempted: set[str] = field(default_factory=set)
+    attempted: set[tuple[int, str]] = field(default_factory=set)  # (user, key)
     accepted: set[str] = field(default_factory=set)
     cut_off: int = 0  # no answer: connection refused or dropped
     other: list[str] = field(default_factory=list)
@@ -320,7 +341,7 @@ async def _stream(
     async def one(i: int) -> None:
         nonlocal fired
         key = f"stream-{i}"
-        stream.attempted.add(_id_for(user_id, key))
+        stream.attempted.add((user_id, key))
         async with gate:
             try:
                 answer = await place(
@@ -416,7 +437,7 @@ async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
             pid,
             initial=150,
             accepted=warm | stream.accepted | after,
-            attempted=warm | stream.attempted | after,
+            attempted=warm | await _ids_for(database, stream.attempted) | after,
             timeout=90,
         )
     finally:
@@ -469,7 +490,7 @@ async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_
             pid,
             initial=200,
             accepted=warm | stream.accepted | after,
-            attempted=warm | stream.attempted | after,
+            attempted=warm | await _ids_for(database, stream.attempted) | after,
             timeout=90,
         )
     finally:

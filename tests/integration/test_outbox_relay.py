@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import jsonutil, outbox
 from shop.brokers.kafka import KafkaPublisher, ensure_topics
+from shop.events import Event
 from shop.outbox import Relay, outbox_table
 from shop.settings import Settings
 from tests.support import eventually, read_events
@@ -64,10 +65,13 @@ async def test_two_relays_publish_every_row_exactly_once(
     await ensure_topics(settings.kafka_brokers, [topic])
     async with database.begin() as conn:
         for start in range(0, EVENTS, 500):
-            await outbox.add_many(
+            await outbox.add_events(
                 conn,
                 scratch_outbox,
-                [("test.event", str(i), {"id": i}) for i in range(start, start + 500)],
+                [
+                    Event("product", "test.event", str(i), 1, {"id": i})
+                    for i in range(start, start + 500)
+                ],
             )
     publishers = [KafkaPublisher(settings.kafka_brokers, delivery_timeout=10) for _ in range(2)]
     counting = [_Counting(p) for p in publishers]
@@ -123,8 +127,10 @@ async def test_purge_deletes_only_events_published_before_the_retention(
     database: AsyncEngine, scratch_outbox: Any
 ) -> None:
     async with database.begin() as conn:
-        await outbox.add_many(
-            conn, scratch_outbox, [("test.event", str(i), {"id": i}) for i in range(30)]
+        await outbox.add_events(
+            conn,
+            scratch_outbox,
+            [Event("product", "test.event", str(i), 1, {"id": i}) for i in range(30)],
         )
         ids = sorted((await conn.execute(select(scratch_outbox.c.id))).scalars())
         now = jsonutil.utcnow()

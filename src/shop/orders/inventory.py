@@ -1,87 +1,48 @@
-"""The one place the order service changes `products.stock` (the seam of a later split).
+"""The one place the order service reads and changes `products` (the seam of a later split).
 
-Tracked stock (not NULL) is only ever taken under a row lock, after checking it suffices, so it
-cannot go below zero (and CHECK (stock >= 0) would refuse it); untracked stock (NULL) always
-allows the order.
+Products are read under a row lock, in id order (so two batches never wait on each other in a
+cycle), and written back with the stock and version the domain decided, together with their
+`product.stock_changed` events in the product service's outbox: the product service relays them
+to `product-events` like its own. CHECK (stock >= 0) guards the stock all the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
+from collections.abc import Collection, Iterable
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shop.products.tables import products
+from shop import outbox
+from shop.events import Event
+from shop.orders.domain import Product
+from shop.products.tables import product_outbox, products
 
 
-@dataclass(frozen=True, slots=True)
-class Allocation:
-    """The outcome for one order line: the price it was taken at, or why it was refused."""
-
-    unit_price: Decimal | None
-    reason: str | None  # None when allocated; "out_of_stock" or "unknown_product" otherwise
-
-    @property
-    def allocated(self) -> bool:
-        return self.reason is None
-
-
-async def allocate_in_order(
-    conn: AsyncConnection, lines: Sequence[tuple[int, int]]
-) -> list[Allocation]:
-    """Allocate (product_id, quantity) lines in the given order, locking each product once.
-
-    Products are locked in id order, so two batches never wait on each other in a cycle.
-    """
-    product_ids = sorted({product_id for product_id, _ in lines})
-    rows = (
-        await conn.execute(
-            select(products.c.id, products.c.price, products.c.stock)
-            .where(products.c.id.in_(product_ids))
-            .order_by(products.c.id)
-            .with_for_update()
-        )
-    ).all()
-    price = {row.id: row.price for row in rows}
-    stock: dict[int, int | None] = {row.id: row.stock for row in rows}
-    taken: dict[int, int] = {}
-    outcomes = []
-    for product_id, quantity in lines:
-        if product_id not in price:
-            outcomes.append(Allocation(None, "unknown_product"))
-            continue
-        left = stock[product_id]
-        if left is not None:
-            if left < quantity:
-                outcomes.append(Allocation(price[product_id], "out_of_stock"))
-                continue
-            stock[product_id] = left - quantity
-        taken[product_id] = taken.get(product_id, 0) + quantity
-        outcomes.append(Allocation(price[product_id], None))
-    await _take(conn, ((pid, qty) for pid, qty in taken.items() if stock[pid] is not None))
-    return outcomes
+async def lock_products(conn: AsyncConnection, product_ids: Collection[int]) -> dict[int, Product]:
+    """The products with these ids that exist, locked until the transaction ends."""
+    if not product_ids:
+        return {}
+    rows = await conn.execute(
+        select(products.c.id, products.c.price, products.c.stock, products.c.version)
+        .where(products.c.id.in_(sorted(product_ids)))
+        .order_by(products.c.id)
+        .with_for_update()
+    )
+    return {row.id: Product(row.id, row.price, row.stock, row.version) for row in rows}
 
 
-async def _take(conn: AsyncConnection, amounts: Iterable[tuple[int, int]]) -> None:
-    # The rows are locked and were checked above; CHECK (stock >= 0) guards all the same.
-    params = [{"pid": pid, "qty": qty} for pid, qty in amounts]
-    if params:
-        await conn.execute(
-            update(products)
-            .where(products.c.id == bindparam("pid"))
-            .values(stock=products.c.stock - bindparam("qty")),
-            params,
-        )
-
-
-async def release_stock(conn: AsyncConnection, *, product_id: int, quantity: int) -> None:
-    """Give `quantity` back to a product's tracked stock (a cancelled order)."""
+async def save_stock(
+    conn: AsyncConnection, changed: Iterable[Product], events: Iterable[Event]
+) -> None:
+    """Write the decided stock and version of locked products, and their events."""
+    params = [{"pid": p.id, "stock": p.stock, "version": p.version} for p in changed]
+    if not params:
+        return
     await conn.execute(
         update(products)
-        .where(products.c.id == product_id)
-        .where(products.c.stock.is_not(None))
-        .values(stock=products.c.stock + quantity)
+        .where(products.c.id == bindparam("pid"))
+        .values(stock=bindparam("stock"), version=bindparam("version")),
+        params,
     )
+    await outbox.add_events(conn, product_outbox, [e for e in events if e.aggregate == "product"])

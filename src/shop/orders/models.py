@@ -37,6 +37,8 @@ class OrderCommand(BaseModel):
     quantity: Quantity
     channel: AsyncChannel
     accepted_at: dt.datetime
+    # The client's Idempotency-Key: a retry under it collapses into the first order.
+    idempotency_key: str | None = None
 
 
 class Order(BaseModel):

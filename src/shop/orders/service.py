@@ -1,28 +1,39 @@
-"""Order use cases: place (sync), accept (async), process a batch of commands, cancel, read."""
+"""Order use cases: place (sync), accept (async), process a batch of commands, cancel, read.
+
+Each use case loads what the decision needs, lets `shop.orders.domain` decide, and stores the
+decision in the same transaction; sync orders and consumer batches go through one path.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime as dt
+import hashlib
+import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import Row, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from shop import jsonutil, outbox
+from shop import jsonutil
 from shop.coalesce import Coalescer
 from shop.db import Database
-from shop.errors import Conflict, IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
-from shop.ids import derived_uuid, uuid7
-from shop.orders import inventory
+from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
+from shop.ids import uuid7
+from shop.orders import domain, inventory, repository
+from shop.orders.domain import KeyMismatch, OrderRequest, Outcome, Placed, Refused, Replayed
 from shop.orders.models import AsyncChannel, OrderCommand, PlaceOrder
-from shop.orders.tables import order_outbox, orders
+from shop.products.tables import products
+
+log = logging.getLogger(__name__)
 
 ORDERS_ACCEPTED = Counter("orders_accepted_total", "Orders accepted at intake", ["channel"])
 ORDERS_STORED = Counter("orders_stored_total", "Orders stored", ["channel", "status"])
@@ -33,18 +44,10 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
 
-_COLUMNS = (
-    orders.c.id,
-    orders.c.user_id,
-    orders.c.product_id,
-    orders.c.quantity,
-    orders.c.status,
-    orders.c.reason,
-    orders.c.unit_price,
-    orders.c.total_price,
-    orders.c.channel,
-    orders.c.created_at,
-)
+# Failures that say nothing about the request: the whole batch is tried again later.
+_TRANSIENT = (OperationalError, InterfaceError)
+PRICE_SECONDS = 60.0  # how long intake trusts a price it read, for the total's bound only
+PRICE_LOOKUP_SECONDS = 0.5
 
 
 class CommandPublisher(Protocol):
@@ -63,91 +66,49 @@ class OrderQuery:
     status: str | None = None
 
 
-def order_as_dict(row: Row[*tuple[Any, ...]] | Mapping[str, Any]) -> dict[str, Any]:
-    get = row._mapping if isinstance(row, Row) else row
-    return {
-        "id": str(uuid.UUID(bytes=get["id"])),
-        "user_id": get["user_id"],
-        "product_id": get["product_id"],
-        "quantity": get["quantity"],
-        "status": get["status"],
-        "reason": get["reason"],
-        "unit_price": get["unit_price"],
-        "total_price": get["total_price"],
-        "channel": get["channel"],
-        "created_at": get["created_at"],
-    }
+def order_key(user_id: int, idempotency_key: str | None) -> bytes | None:
+    """A user's Idempotency-Key as stored: hashed with the user (two users may pick one key)."""
+    if idempotency_key is None:
+        return None
+    return hashlib.sha256(f"order\x1f{user_id}\x1f{idempotency_key}".encode()).digest()
 
 
-def _cursor_id(cursor: str) -> bytes:
+def _cursor_id(cursor: str) -> uuid.UUID:
     try:
-        return uuid.UUID(cursor).bytes
+        return uuid.UUID(cursor)
     except ValueError:
         raise InvalidInput("not a cursor this service issued", field="cursor") from None
 
 
-def order_id_for(user_id: int, idempotency_key: str | None) -> uuid.UUID:
-    """A new time-ordered id, or the one id that a user's Idempotency-Key always maps to."""
-    if idempotency_key is None:
-        return uuid7()
-    return derived_uuid("order", str(user_id), idempotency_key)
-
-
-def _order_row(
-    *,
-    order_id: uuid.UUID,
-    user_id: int,
-    product_id: int,
-    quantity: int,
-    channel: str,
-    allocation: inventory.Allocation,
-    created_at: Any,
-) -> dict[str, Any]:
-    # A rejected order took nothing, so it carries no price.
-    price = allocation.unit_price if allocation.allocated else None
-    return {
-        "id": order_id.bytes,
-        "user_id": user_id,
-        "product_id": product_id,
-        "quantity": quantity,
-        "status": "confirmed" if allocation.allocated else "rejected",
-        "reason": allocation.reason,
-        "unit_price": price,
-        "total_price": price * quantity if price is not None else None,
-        "channel": channel,
-        "created_at": created_at,
-        "updated_at": created_at,
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class _SyncOrder:
-    order_id: uuid.UUID
-    order: PlaceOrder
-    keyed: bool
-
-
-def _replay(known: dict[str, Any], order: PlaceOrder) -> dict[str, Any] | Exception:
-    """The stored answer for a repeated key, unless the key came with a different order."""
-    if (known["product_id"], known["quantity"]) != (order.product_id, order.quantity):
+def _answer(outcome: Outcome) -> dict[str, Any] | Exception:
+    """What a sync caller is told."""
+    if isinstance(outcome, Placed | Replayed):
+        return domain.order_view(outcome.order)
+    if isinstance(outcome, KeyMismatch):
         return IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
-    return known
+    return _refusal(outcome)
 
 
-async def _store_orders(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert orders with their `order.<status>` events; returns them as the API shows them."""
-    if not rows:
-        return []
-    placed = [order_as_dict(row) for row in rows]
-    await conn.execute(orders.insert(), rows)
-    await outbox.add_many(
-        conn, order_outbox, [(f"order.{o['status']}", o["id"], o) for o in placed]
+def _refusal(refused: Refused) -> Exception:
+    if refused.reason == domain.OUT_OF_STOCK:
+        return OutOfStock(
+            f"Product {refused.product_id} has too little stock for {refused.quantity} unit(s)."
+        )
+    if refused.reason == domain.TOTAL_TOO_LARGE:
+        return _too_large(refused.quantity)
+    return InvalidInput(f"No product with id {refused.product_id}.", field="product_id")
+
+
+def _too_large(quantity: int) -> InvalidInput:
+    return InvalidInput(
+        f"{quantity} unit(s) at this product's price exceed the largest order total "
+        f"({domain.MAX_TOTAL}).",
+        field="quantity",
     )
-    return placed
 
 
 class OrderService:
-    """Orders, each stored with its event in one transaction."""
+    """Orders, each stored with its events in one transaction."""
 
     def __init__(
         self,
@@ -156,13 +117,19 @@ class OrderService:
         publishers: Mapping[str, CommandPublisher],
         on_event: Callable[[], None],
         sync_batch_size: int = 200,
+        sync_queue_limit: int = 1000,
     ) -> None:
         self._db = db
         self._publishers = publishers
         self._on_event = on_event
-        self._sync_orders: Coalescer[_SyncOrder, dict[str, Any]] = Coalescer(
-            self._place_batch, max_batch=sync_batch_size, timeout=db.timeout * 2
+        self._sync_orders: Coalescer[OrderRequest, Outcome] = Coalescer(
+            self._place_sync_batch,
+            max_batch=sync_batch_size,
+            max_pending=sync_queue_limit,
+            timeout=db.timeout,
         )
+        self._prices: dict[int, tuple[float, Decimal]] = {}  # product id: (expires, price)
+        self._prices_down_until = 0.0
 
     async def place_order(
         self, order: PlaceOrder, *, idempotency_key: str | None = None
@@ -171,104 +138,127 @@ class OrderService:
 
         Concurrent calls are stored together, one transaction per batch (see shop.coalesce).
         """
-        request = _SyncOrder(
-            order_id_for(order.user_id, idempotency_key), order, keyed=idempotency_key is not None
+        request = OrderRequest(
+            order_id=uuid7(),
+            user_id=order.user_id,
+            product_id=order.product_id,
+            quantity=order.quantity,
+            channel="sync",
+            key=order_key(order.user_id, idempotency_key),
         )
-        return await self._sync_orders.submit(request)
+        answer = _answer(await self._sync_orders.submit(request))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     async def run_sync_orders(self, stopping: asyncio.Event) -> None:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
         await self._sync_orders.run(stopping)
 
-    async def _place_batch(
-        self, requests: Sequence[_SyncOrder]
-    ) -> list[dict[str, Any] | Exception]:
-        try:
-            return await self._place_batch_once(requests)
-        except IntegrityError:
-            # A keyed twin was committed by another process meanwhile: now it is known.
-            if not any(r.keyed for r in requests):
-                raise
-            return await self._place_batch_once(requests)
+    async def _place_sync_batch(
+        self, requests: Sequence[OrderRequest]
+    ) -> list[Outcome | Exception]:
+        return await self._place_isolated(requests)
 
-    async def _place_batch_once(
-        self, requests: Sequence[_SyncOrder]
-    ) -> list[dict[str, Any] | Exception]:
-        outcomes: list[dict[str, Any] | Exception | None] = [None] * len(requests)
-        first: dict[uuid.UUID, int] = {}  # the first request of each id in this batch
-        async with self._db.transaction() as conn:
-            known = await self._known_orders(conn, [r.order_id for r in requests if r.keyed])
-            todo = []
-            for i, r in enumerate(requests):
-                if r.order_id in known:
-                    outcomes[i] = _replay(known[r.order_id], r.order)
-                elif r.order_id not in first:
-                    first[r.order_id] = i
-                    todo.append(i)
-            allocations = await inventory.allocate_in_order(
-                conn, [(requests[i].order.product_id, requests[i].order.quantity) for i in todo]
+    async def process_order_batch(self, commands: Sequence[OrderCommand]) -> list[str | None]:
+        """Store a batch of commands: per command None (stored, now or before) or the reason to
+        dead-letter it (the database refuses it). Raises only when the database is unreachable.
+        """
+        if not commands:
+            return []
+        BATCH_SIZE.labels(commands[0].channel).observe(len(commands))
+        requests = [
+            OrderRequest(
+                order_id=c.id,
+                user_id=c.user_id,
+                product_id=c.product_id,
+                quantity=c.quantity,
+                channel=c.channel,
+                key=order_key(c.user_id, c.idempotency_key),
             )
-            now = jsonutil.utcnow()
-            rows, placed_at = [], []
-            for i, allocation in zip(todo, allocations, strict=True):
-                order = requests[i].order
-                if allocation.reason == "unknown_product":
-                    outcomes[i] = InvalidInput(
-                        f"No product with id {order.product_id}.", field="product_id"
-                    )
-                elif allocation.reason == "out_of_stock":
-                    outcomes[i] = OutOfStock(
-                        f"Product {order.product_id} has too little "
-                        f"stock for {order.quantity} unit(s)."
-                    )
-                else:
-                    rows.append(
-                        _order_row(
-                            order_id=requests[i].order_id,
-                            user_id=order.user_id,
-                            product_id=order.product_id,
-                            quantity=order.quantity,
-                            channel="sync",
-                            allocation=allocation,
-                            created_at=now,
-                        )
-                    )
-                    placed_at.append(i)
-            for i, placed in zip(placed_at, await _store_orders(conn, rows), strict=True):
-                outcomes[i] = placed
-        self._stored(rows)
-        answers: list[dict[str, Any] | Exception] = []
-        for i, r in enumerate(requests):
-            outcome = outcomes[i]
-            if outcome is None:  # an in-batch twin answers as its first
-                twin = outcomes[first[r.order_id]]
-                assert twin is not None
-                outcome = _replay(twin, r.order) if isinstance(twin, dict) else twin
-            answers.append(outcome)
-        return answers
+            for c in commands
+        ]
+        outcomes = await self._place_isolated(requests)
+        return [
+            f"refused by the database: {o}"[:500] if isinstance(o, Exception) else None
+            for o in outcomes
+        ]
 
-    async def _known_orders(
-        self, conn: AsyncConnection, order_ids: list[uuid.UUID]
-    ) -> dict[uuid.UUID, dict[str, Any]]:
-        if not order_ids:
-            return {}
-        rows = await conn.execute(
-            select(*_COLUMNS).where(orders.c.id.in_([i.bytes for i in order_ids]))
-        )
-        return {uuid.UUID(bytes=row.id): order_as_dict(row) for row in rows}
+    async def _place_isolated(self, requests: Sequence[OrderRequest]) -> list[Outcome | Exception]:
+        """Place a batch; if the database refuses it, halve it until the refused requests are
+        alone, so that one request never fails its neighbours."""
+        try:
+            return list(await self._place_retrying(requests))
+        except _TRANSIENT:
+            raise
+        except DBAPIError as exc:
+            if len(requests) == 1:
+                log.error("order %s refused by the database: %s", requests[0].order_id, exc)
+                return [exc]
+        half = len(requests) // 2
+        return [
+            *await self._place_isolated(requests[:half]),
+            *await self._place_isolated(requests[half:]),
+        ]
+
+    async def _place_retrying(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
+        try:
+            return await self._place(requests)
+        except IntegrityError:
+            # A twin (same id or key) was committed by another process meanwhile: now it is
+            # known, and this time it is replayed.
+            return await self._place(requests)
+
+    async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
+        now = jsonutil.utcnow()
+        async with self._db.transaction() as conn:
+            known = await repository.find_known(
+                conn,
+                ids=[r.order_id for r in requests if r.channel != "sync"],
+                keys={r.key for r in requests if r.key is not None},
+            )
+            todo = {
+                r.product_id
+                for r in requests
+                if r.order_id not in known.orders and r.key not in known.keys
+            }
+            known = dataclasses.replace(known, products=await inventory.lock_products(conn, todo))
+            decision = domain.place_orders(requests, known, now=now)
+            await repository.insert(conn, decision)
+            await inventory.save_stock(conn, decision.products.values(), decision.events)
+        self._stored(decision.orders)
+        return decision.outcomes
+
+    def _stored(self, orders: Sequence[domain.Order]) -> None:
+        """After a commit: count the stored orders and wake the outbox relay."""
+        if not orders:
+            return
+        for (channel, status), n in collections.Counter(
+            (o.channel, o.status) for o in orders
+        ).items():
+            ORDERS_STORED.labels(channel, status).inc(n)
+        self._on_event()
 
     async def accept_order(
         self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
     ) -> dict[str, Any]:
         """Hand the order to a broker; it is stored when a consumer processes the command."""
+        price = await self._price(order.product_id)
+        if price is not None and domain.total_too_large(price, order.quantity):
+            raise _too_large(order.quantity)
+        order_id = uuid7()
+        key = order_key(order.user_id, idempotency_key)
+        if key is not None:
+            order_id = await self._claim(key, order_id, order)
         # Built without validating again: `order` was validated on the way in (2.2 us a request).
         command = OrderCommand.model_construct(
-            id=order_id_for(order.user_id, idempotency_key),
+            id=order_id,
             user_id=order.user_id,
             product_id=order.product_id,
             quantity=order.quantity,
             channel=channel,
             accepted_at=dt.datetime.now(dt.UTC),
+            idempotency_key=idempotency_key,
         )
         await self._publishers[channel].publish_command(command)
         ORDERS_ACCEPTED.labels(channel).inc()
@@ -281,109 +271,77 @@ class OrderService:
             "channel": channel,
         }
 
-    async def process_order_batch(self, commands: Sequence[OrderCommand]) -> int:
-        """Store a batch of commands in one transaction, allocating stock in message order.
-
-        Ids already stored (redelivery, a twin through the other broker) are skipped. Returns
-        how many orders were stored. A twin committed concurrently makes the insert fail with
-        IntegrityError; the caller retries the batch, which then skips it.
-        """
-        unique = list({command.id: command for command in reversed(commands)}.values())[::-1]
-        if not unique:
-            return 0
-        channel = unique[0].channel
-        BATCH_SIZE.labels(channel).observe(len(commands))
-        async with self._db.transaction() as conn:
-            stored = set(
-                (
-                    await conn.execute(
-                        select(orders.c.id).where(orders.c.id.in_([c.id.bytes for c in unique]))
-                    )
-                ).scalars()
-            )
-            todo = [c for c in unique if c.id.bytes not in stored]
-            if not todo:
-                return 0
-            allocations = await inventory.allocate_in_order(
-                conn, [(c.product_id, c.quantity) for c in todo]
-            )
-            now = jsonutil.utcnow()
-            rows = [
-                _order_row(
-                    order_id=c.id,
-                    user_id=c.user_id,
-                    product_id=c.product_id,
-                    quantity=c.quantity,
-                    channel=c.channel,
-                    allocation=a,
-                    created_at=now,
+    async def _claim(self, key: bytes, order_id: uuid.UUID, order: PlaceOrder) -> uuid.UUID:
+        """The id the key was first given (so every retry names one order), or `order_id` when
+        the database cannot tell now (the consumer then joins the two, see domain)."""
+        try:
+            async with asyncio.timeout(PRICE_LOOKUP_SECONDS), self._db.read() as conn:
+                claim = await repository.claim_key(
+                    conn, key, domain.KeyClaim(order_id, order.product_id, order.quantity)
                 )
-                for c, a in zip(todo, allocations, strict=True)
-            ]
-            await _store_orders(conn, rows)
-        self._stored(rows)
-        return len(rows)
+        except Exception as exc:
+            log.warning("could not claim an Idempotency-Key at intake: %r", exc)
+            return order_id
+        if (claim.product_id, claim.quantity) != (order.product_id, order.quantity):
+            raise IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
+        return claim.order_id
 
-    def _stored(self, rows: list[dict[str, Any]]) -> None:
-        """After a commit: count the stored orders and wake the outbox relay."""
-        if not rows:
-            return
-        for (channel, status), n in collections.Counter(
-            (r["channel"], r["status"]) for r in rows
-        ).items():
-            ORDERS_STORED.labels(channel, status).inc(n)
-        self._on_event()
+    async def _price(self, product_id: int) -> Decimal | None:
+        """The product's price as intake last read it, or None when it cannot tell (no such
+        product, or the database does not answer at once: the consumer decides then)."""
+        cached = self._prices.get(product_id)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if now < self._prices_down_until:
+            return None
+        try:
+            async with asyncio.timeout(PRICE_LOOKUP_SECONDS), self._db.read() as conn:
+                price = await conn.scalar(
+                    select(products.c.price).where(products.c.id == product_id)
+                )
+        except Exception as exc:  # intake works without the database: the consumer checks
+            log.debug("price of product %s unknown at intake: %r", product_id, exc)
+            self._prices_down_until = now + PRICE_LOOKUP_SECONDS * 2  # spare the next requests
+            return None
+        if price is None:
+            return None
+        if len(self._prices) >= 100_000:
+            self._prices.clear()
+        self._prices[product_id] = (now + PRICE_SECONDS, price)
+        return Decimal(price)
 
     async def cancel_order(self, order_id: uuid.UUID) -> dict[str, Any]:
         """Cancel a confirmed order and give its units back; anything else is a Conflict."""
         async with self._db.transaction() as conn:
-            row = (
-                await conn.execute(
-                    select(*_COLUMNS).where(orders.c.id == order_id.bytes).with_for_update()
-                )
-            ).first()
-            if row is None:
-                raise NotFound(f"No order with id {order_id}.")
-            if row.status != "confirmed":
-                raise Conflict(f"Order {order_id} is {row.status}; only confirmed orders cancel.")
-            await inventory.release_stock(conn, product_id=row.product_id, quantity=row.quantity)
-            await conn.execute(
-                update(orders)
-                .where(orders.c.id == order_id.bytes)
-                .values(status="cancelled", updated_at=jsonutil.utcnow())
-            )
-            cancelled = {**order_as_dict(row), "status": "cancelled"}
-            await outbox.add(
-                conn,
-                order_outbox,
-                event_type="order.cancelled",
-                key=cancelled["id"],
-                data=cancelled,
-            )
+            order = await repository.get_for_update(conn, order_id)
+            stock = await inventory.lock_products(conn, [order.product_id] if order else [])
+            product = stock.get(order.product_id) if order else None
+            decision = domain.cancel_order(order_id, order, product, now=jsonutil.utcnow())
+            await repository.save_cancelled(conn, decision)
+            await inventory.save_stock(conn, decision.products.values(), decision.events)
         self._on_event()
-        return cancelled
+        return domain.order_view(decision.orders[0])
 
     async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
-        """One order, or NotFound."""
+        """One order (also under the id an asynchronous retry of it was given), or NotFound."""
         async with self._db.read() as conn:
-            row = (
-                await conn.execute(select(*_COLUMNS).where(orders.c.id == order_id.bytes))
-            ).first()
-        if row is None:
+            order = await repository.get(conn, order_id)
+        if order is None:
             raise NotFound(f"No order with id {order_id}.")
-        return order_as_dict(row)
+        return domain.order_view(order)
 
     async def list_orders(self, query: OrderQuery) -> tuple[list[dict[str, Any]], str | None]:
         """A page of orders and the cursor of the next page, if any."""
-        stmt = select(*_COLUMNS).order_by(orders.c.id).limit(query.limit + 1)
-        if query.cursor is not None:
-            stmt = stmt.where(orders.c.id > _cursor_id(query.cursor))
-        if query.user_id is not None:
-            stmt = stmt.where(orders.c.user_id == query.user_id)
-        if query.status is not None:
-            stmt = stmt.where(orders.c.status == query.status)
+        after = _cursor_id(query.cursor) if query.cursor is not None else None
         async with self._db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
-        page = [order_as_dict(row) for row in rows[: query.limit]]
-        next_cursor = page[-1]["id"] if len(rows) > query.limit else None
+            found = await repository.page(
+                conn,
+                limit=query.limit + 1,
+                after=after,
+                user_id=query.user_id,
+                status=query.status,
+            )
+        page = [domain.order_view(o) for o in found[: query.limit]]
+        next_cursor = page[-1]["id"] if len(found) > query.limit else None
         return page, next_cursor

@@ -27,7 +27,7 @@ CHANNELS = ("sync", "kafka", "rabbitmq")
 orders = Table(
     "orders",
     metadata,
-    # A UUID made at intake (v7, or derived from user and Idempotency-Key), stored in 16 bytes.
+    # A UUIDv7 made at intake (time-ordered on every path), stored in 16 bytes.
     Column("id", LargeBinary(16).with_variant(BINARY(16), "mysql"), primary_key=True),
     Column("user_id", BigInteger, nullable=False),
     # No foreign key: products belong to another service (see docs/architecture.md).
@@ -36,13 +36,37 @@ orders = Table(
     Column("status", String(16), nullable=False),
     Column("reason", String(64), nullable=True),
     Column("unit_price", Numeric(12, 2), nullable=True),
+    # Wide enough for every total the domain allows (shop.orders.domain.MAX_TOTAL).
     Column("total_price", Numeric(14, 2), nullable=True),
     Column("channel", String(16), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # Incremented by every change (confirmed or rejected: 1, cancelled: 2); events carry it.
+    Column("version", Integer, nullable=False, server_default="1"),
     CheckConstraint("quantity > 0", name="ck_orders_quantity"),
     Index("ix_orders_user", "user_id", "id"),
     Index("ix_orders_status", "status", "id"),
+)
+
+# An Idempotency-Key (hashed with the user it belongs to), the order id it was given and the
+# request it came with. Asynchronous intake writes it before the order is stored.
+order_keys = Table(
+    "order_keys",
+    metadata,
+    Column("key_hash", LargeBinary(32).with_variant(BINARY(32), "mysql"), primary_key=True),
+    Column("order_id", LargeBinary(16).with_variant(BINARY(16), "mysql"), nullable=False),
+    Column("product_id", BigInteger, nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+# The id an asynchronous retry was given at intake, naming the order its key had placed first.
+order_aliases = Table(
+    "order_aliases",
+    metadata,
+    Column("id", LargeBinary(16).with_variant(BINARY(16), "mysql"), primary_key=True),
+    Column("order_id", LargeBinary(16).with_variant(BINARY(16), "mysql"), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
 )
 
 order_outbox = outbox_table("order_outbox", metadata)

@@ -13,10 +13,12 @@ from typing import Any
 
 from sqlalchemy import Row, delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import idempotency, jsonutil, outbox
 from shop.db import Database
 from shop.errors import InvalidInput, NotFound
+from shop.events import Event
 from shop.products.models import ProductCreate, ProductPatch
 from shop.products.tables import product_idempotency, product_outbox, products
 
@@ -117,15 +119,9 @@ class ProductService:
                 if remembered is not None:
                     return remembered
             fields = {**data.model_dump(), "created_at": now, "updated_at": now}
-            result = await conn.execute(products.insert().values(**fields))
+            result = await conn.execute(products.insert().values(**fields, version=1))
             product = {"id": result.lastrowid, **fields}
-            await outbox.add(
-                conn,
-                product_outbox,
-                event_type="product.created",
-                key=str(product["id"]),
-                data=product,
-            )
+            await _emit(conn, "product.created", product["id"], 1, product)
             answer = idempotency.Answer(status=201, body=jsonutil.dumps(product))
             if key is not None:
                 await idempotency.remember(conn, product_idempotency, key, answer)
@@ -209,24 +205,20 @@ class ProductService:
                 await conn.execute(
                     update(products)
                     .where(products.c.id == product_id)
-                    .values(**changes, updated_at=jsonutil.utcnow())
+                    .values(**changes, updated_at=jsonutil.utcnow(), version=products.c.version + 1)
                 )
             row = (
                 await conn.execute(
-                    select(*_COLUMNS).where(products.c.id == product_id).with_for_update()
+                    select(*_COLUMNS, products.c.version)
+                    .where(products.c.id == product_id)
+                    .with_for_update()
                 )
             ).first()
             if row is None:
                 raise NotFound(f"No product with id {product_id}.")
-            product = _as_dict(row)
+            product = dict(zip(_KEYS, row[: len(_KEYS)], strict=True))
             if changes:
-                await outbox.add(
-                    conn,
-                    product_outbox,
-                    event_type="product.updated",
-                    key=str(product_id),
-                    data=product,
-                )
+                await _emit(conn, "product.updated", product_id, row.version, product)
         if changes:
             self._changed()
         return product
@@ -237,17 +229,22 @@ class ProductService:
     async def delete_product(self, product_id: int) -> None:
         """Remove a product and emit `product.deleted`; orders keep their own copy of the price."""
         async with self._db.transaction() as conn:
-            result = await conn.execute(delete(products).where(products.c.id == product_id))
-            if result.rowcount == 0:
-                raise NotFound(f"No product with id {product_id}.")
-            await outbox.add(
-                conn,
-                product_outbox,
-                event_type="product.deleted",
-                key=str(product_id),
-                data={"id": product_id},
+            version = await conn.scalar(
+                select(products.c.version).where(products.c.id == product_id).with_for_update()
             )
+            if version is None:
+                raise NotFound(f"No product with id {product_id}.")
+            await conn.execute(delete(products).where(products.c.id == product_id))
+            await _emit(conn, "product.deleted", product_id, version + 1, {"id": product_id})
         self._changed()
+
+
+async def _emit(
+    conn: AsyncConnection, event_type: str, product_id: int, version: int, data: dict[str, Any]
+) -> None:
+    """Record a product event (the product's version after the change) in the outbox."""
+    event = Event("product", event_type, str(product_id), version, data)
+    await outbox.add_events(conn, product_outbox, [event])
 
 
 def _retrieved(load: asyncio.Future[Any]) -> None:

@@ -30,6 +30,8 @@ products = Table(
     Column("stock", Integer, nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # Incremented by every change, stock taken or released by orders included; events carry it.
+    Column("version", BigInteger, nullable=False, server_default="1"),
     CheckConstraint("price >= 0", name="ck_products_price"),
     CheckConstraint("stock >= 0", name="ck_products_stock"),
 )
