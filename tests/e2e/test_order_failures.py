@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shop import stack
+import devstack as stack
 from shop.orders.service import order_id_for
 from shop.settings import Settings
 from tests.conftest import RUN, TEST_ENV, _free_port
