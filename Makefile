@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 SHOP := $(VENV)/bin/shop
+DEVSTACK := $(VENV)/bin/devstack
 UV := python3 -m uv
 
 .PHONY: help venv up down status run migrate test lint unit bench
@@ -11,7 +12,7 @@ UV := python3 -m uv
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(VENV)/.synced: pyproject.toml uv.lock
+$(VENV)/.synced: pyproject.toml uv.lock tools/devstack/pyproject.toml
 	@python3 -m uv --version >/dev/null 2>&1 || { echo "installing uv"; python3 -m pip install --quiet --disable-pip-version-check 'uv>=0.5'; }
 	$(UV) sync --frozen --quiet
 	@touch $@
@@ -19,17 +20,17 @@ $(VENV)/.synced: pyproject.toml uv.lock
 venv: $(VENV)/.synced ## create the virtual environment from the lock file
 
 up: venv ## install and start MariaDB, RabbitMQ, Kafka, migrate, start both services in the background
-	$(SHOP) stack up
+	$(DEVSTACK) up
 
 down: venv ## stop everything `make up` started
-	$(SHOP) stack down
+	$(DEVSTACK) down
 
 status: venv ## say what runs
-	$(SHOP) stack status
+	$(DEVSTACK) status
 
 run: venv ## like `make up`, but run both services in the foreground (Ctrl-C stops them)
-	$(SHOP) stack up --no-services
-	$(SHOP) run
+	$(DEVSTACK) up --no-services
+	$(DEVSTACK) run
 
 migrate: venv ## migrate the configured database to the newest schema
 	$(SHOP) migrate
@@ -45,7 +46,7 @@ unit: venv ## the unit tests alone (no servers needed)
 test: venv lint ## set up the stack, then the whole test suite against the real servers
 	@command -v docker-compose >/dev/null || { echo "installing docker-compose (compose-file check)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
-	$(SHOP) stack up --no-services
+	$(DEVSTACK) up --no-services
 	$(VENV)/bin/pytest
 
 bench: up ## the benchmark and its report, 6.5 min (QUICK=1: 1.5 min); results in bench/results/

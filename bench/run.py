@@ -455,7 +455,7 @@ def machine(settings: Settings) -> dict[str, Any]:
             versions["rabbitmq"] = json.loads(response.read())["rabbitmq_version"]
     except OSError:
         versions["rabbitmq"] = "unknown"
-    from shop.stack import kafka as stack_kafka
+    from devstack import kafka as stack_kafka
 
     versions["kafka"] = stack_kafka.KAFKA_VERSION
     versions["oha"] = subprocess.run(

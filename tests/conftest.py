@@ -93,7 +93,7 @@ async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
     try:
         await asyncio.wait_for(_drop_database(settings, settings.db_name), 10)
     except (OSError, TimeoutError) as exc:
-        pytest.exit(f"MariaDB is not reachable ({exc}); `make up` or `shop stack up` first", 2)
+        pytest.exit(f"MariaDB is not reachable ({exc}); `make up` or `devstack up` first", 2)
     await asyncio.to_thread(migrate, TEST_ENV)
     # The suite's own engine keeps SQLAlchemy's defaults (rollback on return): tests read
     # without ending transactions.

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shop import stack
+import devstack as stack
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
 from shop.settings import Settings

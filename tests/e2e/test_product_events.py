@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shop import stack
+import devstack as stack
 from shop.settings import Settings
 from tests.support import eventually, read_events
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from shop import stack
+import devstack as stack
 from shop.settings import Settings
 from tests.support import eventually
 

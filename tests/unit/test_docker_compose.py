@@ -116,3 +116,18 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     assert users, "Dockerfile has no USER instruction"
     user = users[-1].split(":")[0]
     assert user not in {"root", "0"}, f"the final USER is {users[-1]}"
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return command.split() if isinstance(command, str) else [str(arg) for arg in command]
+
+
+def test_mysql_syncs_the_redo_log_at_every_commit(services: dict[str, dict[str, Any]]) -> None:
+    """Orders acknowledged after a commit (201, Kafka offsets, RabbitMQ acks) survive a crash."""
+    flags = [
+        arg.replace("_", "-")
+        for arg in _command(services["mysql"])
+        if arg.replace("_", "-").startswith("--innodb-flush-log-at-trx-commit")
+    ]
+    assert flags == ["--innodb-flush-log-at-trx-commit=1"]

@@ -31,12 +31,21 @@ class StackError(Exception):
     """The local stack could not be installed, started or stopped; the message says why."""
 
 
+def _is_shop_checkout(path: Path) -> bool:
+    return (path / "pyproject.toml").is_file() and (path / "src" / "shop").is_dir()
+
+
 def repo_root() -> Path:
-    """The checkout this package lives in: the first parent holding pyproject.toml."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent
-    raise StackError(f"cannot find pyproject.toml above {__file__}; set {STACK_DIR_ENV}")
+    """The shop checkout: the first parent of this file, else of the working directory, that
+    holds pyproject.toml and src/shop (devstack's own pyproject.toml, in tools/, does not)."""
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (start, *start.parents):
+            if _is_shop_checkout(parent):
+                return parent
+    raise StackError(
+        f"cannot find the shop checkout (pyproject.toml and src/shop) above {__file__} or the "
+        "working directory; run devstack from the checkout"
+    )
 
 
 def stack_dir() -> Path:
@@ -347,7 +356,7 @@ def _check_ports_free(daemon: Daemon) -> None:
         if port_open(port):
             raise StackError(
                 f"cannot start {daemon.name}: port {port} on {HOST} is already in use by "
-                f"{who_listens(port)}, which was not started by shop.stack "
+                f"{who_listens(port)}, which was not started by devstack "
                 f"(it needs ports {_fmt_ports(daemon.ports)}); stop that process or "
                 "configure another port"
             )
@@ -520,7 +529,7 @@ def _no_service_starts() -> Iterator[None]:
         yield
         return
     policy.write_text(
-        "#!/bin/sh\n# temporary, written by shop.stack during apt-get install\nexit 101\n"
+        "#!/bin/sh\n# temporary, written by devstack during apt-get install\nexit 101\n"
     )
     policy.chmod(0o755)
     try:

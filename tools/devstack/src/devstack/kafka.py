@@ -47,13 +47,13 @@ MAVEN_TIMEOUT = 1800.0
 CACHE_ENV = "SHOP_KAFKA_CACHE"
 
 _POM = f"""<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by shop.stack: only used to fetch Kafka's jars with their dependencies. -->
+<!-- Written by devstack: only used to fetch Kafka's jars with their dependencies. -->
 <project xmlns="http://maven.apache.org/POM/4.0.0"
          xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
          xsi:schemaLocation="http://maven.apache.org/POM/4.0.0
                              https://maven.apache.org/xsd/maven-4.0.0.xsd">
   <modelVersion>4.0.0</modelVersion>
-  <groupId>local.shop.stack</groupId>
+  <groupId>local.shop.devstack</groupId>
   <artifactId>kafka-runtime</artifactId>
   <version>{KAFKA_VERSION}</version>
   <packaging>pom</packaging>
@@ -203,7 +203,7 @@ def daemon(settings: Settings) -> Daemon:
 
 def _server_properties(settings: Settings) -> str:
     broker, controller = broker_port(settings), controller_port(settings)
-    return f"""# Written by shop.stack on every start; edit shop/stack/kafka.py instead.
+    return f"""# Written by devstack on every start; edit devstack/kafka.py instead.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{HOST}:{controller}
@@ -228,7 +228,7 @@ delete.topic.enable=true
 
 def _log4j_properties() -> str:
     log = _dir() / "kafka.log"
-    return f"""# Written by shop.stack: everything to one rolling file, nothing to the console.
+    return f"""# Written by devstack: everything to one rolling file, nothing to the console.
 log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.RollingFileAppender
 log4j.appender.file.File={log}
@@ -313,7 +313,7 @@ def _prepare(settings: Settings) -> Launch:
     return Launch(argv=argv, env=dict(os.environ), cwd=directory)
 
 
-_quiet = logging.getLogger("shop.stack.kafka.librdkafka")
+_quiet = logging.getLogger("devstack.kafka.librdkafka")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 

@@ -126,7 +126,7 @@ def _write_config(settings: Settings) -> None:
     )
     (directory / "enabled_plugins").write_text("[rabbitmq_management].\n")
     # Sourced by the start scripts instead of /etc/rabbitmq/rabbitmq-env.conf.
-    (directory / "rabbitmq-env.conf").write_text("# shop.stack: everything is set by env vars\n")
+    (directory / "rabbitmq-env.conf").write_text("# devstack: everything is set by env vars\n")
 
 
 def _start_epmd() -> None:

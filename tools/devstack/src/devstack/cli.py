@@ -1,0 +1,99 @@
+"""The `devstack` command: the local MariaDB, RabbitMQ and Kafka, and both services."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+
+from shop.settings import ConfigError, Settings, load_settings
+
+from . import SERVERS, SERVICES, StackError, down, start, start_services, status, stop, up_servers
+
+
+def _up(settings: Settings, *, services: bool) -> None:
+    from shop.migrate import migrate
+
+    up_servers(settings)
+    print("migrating", settings.db_name, flush=True)
+    migrate(settings)
+    if services:
+        start_services(settings)
+
+
+def _run_foreground(settings: Settings) -> int:
+    """Both services as child processes in the foreground; Ctrl-C stops both."""
+    for name in SERVICES:  # `make up` may have started them in the background
+        stop(name, settings)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "shop", "serve", name]) for name in SERVICES
+    ]
+    print(
+        f"products on http://127.0.0.1:{settings.product_service_port}, "
+        f"orders on http://127.0.0.1:{settings.order_service_port} (Ctrl-C stops both)",
+        flush=True,
+    )
+
+    def _forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, _forward)
+    signal.signal(signal.SIGTERM, _forward)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    _forward(signal.SIGTERM, None)
+    deadline = time.monotonic() + 15
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return max(abs(int(child.returncode or 0)) for child in children)
+
+
+def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    match args.action:
+        case "up":
+            _up(settings, services=not args.no_services)
+        case "down":
+            down(settings)
+        case "status":
+            for name, state in status(settings):
+                print(f"{name:10} {state}")
+        case "start":
+            start(args.name, settings)
+        case "stop":
+            stop(args.name, settings)
+        case "run":
+            return _run_foreground(settings)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devstack", description=__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    up = sub.add_parser("up", help="install, start and migrate; then start both services")
+    up.add_argument("--no-services", action="store_true", help="servers and migrations only")
+    sub.add_parser("down", help="stop everything the stack started")
+    sub.add_parser("status", help="say what runs")
+    names = (*SERVERS, *SERVICES)
+    sub.add_parser("start", help="start one part").add_argument("name", choices=names)
+    sub.add_parser("stop", help="stop one part").add_argument("name", choices=names)
+    sub.add_parser("run", help="run both services in the foreground (the servers must be up)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        sys.exit(f"devstack: {exc}")
+    try:
+        sys.exit(_dispatch(settings, args))
+    except StackError as exc:
+        sys.exit(f"devstack: {exc}")
