@@ -29,9 +29,7 @@ def upgrade() -> None:
     op.add_column(
         "products", sa.Column("version", sa.BigInteger(), server_default="1", nullable=False)
     )
-    op.add_column(
-        "orders", sa.Column("version", sa.Integer(), server_default="1", nullable=False)
-    )
+    op.add_column("orders", sa.Column("version", sa.Integer(), server_default="1", nullable=False))
     op.create_table(
         "order_keys",
         sa.Column("key_hash", mysql.BINARY(32), nullable=False),
