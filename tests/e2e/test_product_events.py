@@ -45,7 +45,7 @@ async def test_each_change_publishes_exactly_one_event(
     assert [e["type"] for e in events] == ["product.created", "product.updated", "product.deleted"]
     created_event = events[0]
     assert set(created_event) == {"event_id", "type", "version", "occurred_at", "data"}
-    assert created_event["version"] == 1
+    assert [e["version"] for e in events] == [1, 2, 3]  # the product's version after each
     assert created_event["data"] == created
     assert events[1]["data"]["stock"] == 4
     assert events[2]["data"] == {"id": pid}
