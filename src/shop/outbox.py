@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import (
@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shop import jsonutil
 from shop.db import Timestamp, unit_of_work
 from shop.ids import uuid7
+from shop.messaging.ports import Outbound, Outgoing
 from shop.tasks import first_of, pause
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,6 @@ async def add_many(
         await conn.execute(table.insert(), rows)
 
 
-class Publisher(Protocol):
-    async def publish_many(
-        self, topic: str, messages: list[tuple[str, bytes]], *, timeout: float | None = None
-    ) -> None: ...
-
-
 class Relay:
     """Claims unsent rows with FOR UPDATE SKIP LOCKED, publishes them, marks them sent.
 
@@ -110,8 +105,7 @@ class Relay:
         *,
         engine: AsyncEngine,
         table: Table,
-        publisher: Publisher,
-        topic: str,
+        publisher: Outbound,
         batch_size: int,
         poll_seconds: float,
         publish_timeout: float,
@@ -120,7 +114,6 @@ class Relay:
         self._engine = engine
         self._table = table
         self._publisher = publisher
-        self._topic = topic
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._publish_timeout = publish_timeout
@@ -147,9 +140,8 @@ class Relay:
             ).all()
             if not claimed:
                 return 0
-            await self._publisher.publish_many(
-                self._topic,
-                [(row.event_key, row.payload) for row in claimed],
+            await self._publisher.publish(
+                [Outgoing(row.event_key, row.payload) for row in claimed],
                 timeout=self._publish_timeout,
             )
             await conn.execute(

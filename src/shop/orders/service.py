@@ -281,16 +281,18 @@ class OrderService:
             "channel": channel,
         }
 
-    async def process_order_batch(self, commands: Sequence[OrderCommand]) -> int:
+    async def process_order_batch(self, commands: Sequence[OrderCommand]) -> Sequence[str | None]:
         """Store a batch of commands in one transaction, allocating stock in message order.
 
         Ids already stored (redelivery, a twin through the other broker) are skipped. Returns
-        how many orders were stored. A twin committed concurrently makes the insert fail with
-        IntegrityError; the caller retries the batch, which then skips it.
+        one verdict per command: None (done) for every one here. A twin committed concurrently
+        makes the insert fail with IntegrityError; the caller retries the batch, which then
+        skips it.
         """
+        done: list[str | None] = [None] * len(commands)  # this version refuses nothing
         unique = list({command.id: command for command in reversed(commands)}.values())[::-1]
         if not unique:
-            return 0
+            return done
         channel = unique[0].channel
         BATCH_SIZE.labels(channel).observe(len(commands))
         async with self._db.transaction() as conn:
@@ -303,7 +305,7 @@ class OrderService:
             )
             todo = [c for c in unique if c.id.bytes not in stored]
             if not todo:
-                return 0
+                return done
             allocations = await inventory.allocate_in_order(
                 conn, [(c.product_id, c.quantity) for c in todo]
             )
@@ -322,7 +324,7 @@ class OrderService:
             ]
             await _store_orders(conn, rows)
         self._stored(rows)
-        return len(rows)
+        return done
 
     def _stored(self, rows: list[dict[str, Any]]) -> None:
         """After a commit: count the stored orders and wake the outbox relay."""
