@@ -245,9 +245,12 @@ class RabbitInbound:
             self.subscriptions += 1
             self.consuming.set()
             log.info("rabbitmq consumer: consuming %s", self.topology.queue)
-            waits = [asyncio.ensure_future(e.wait()) for e in (stopping, cancelled)]
+            waits: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(e.wait()) for e in (stopping, cancelled)
+            ]
+            waits.append(channel.closing)  # an observer of its own: cancelling it is harmless
             try:
-                await asyncio.wait([*waits, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for wait in waits:
                     wait.cancel()
