@@ -333,7 +333,7 @@ class KafkaInbound:
                 return 0
             total = 0
             for tp in self._consumer.position(assigned):
-                _low, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
                 total += max(0, high - max(tp.offset, 0))
             return total
 
