@@ -50,6 +50,10 @@ class Harness(Protocol):
 
     async def restart_broker(self) -> None: ...
 
+    def reconnects(self, inbound: Inbound[Any]) -> int:
+        """How many times the consumer had to connect again (a closed channel counts)."""
+        ...
+
 
 async def take(inbound: Inbound[Any], count: int, *, timeout: float = 30) -> list[Delivery]:
     """Take deliveries until there are `count`, within `timeout`."""
@@ -136,11 +140,13 @@ class MessagingContract:
         assert [d.body for d in got] == bodies
         await inbound.dead_letter(got[-1], "refused")
         await inbound.ack(got[:-1])
+        await inbound.ack(got)  # settled already: an adapter never acks a delivery twice
         # A second ack of the dead letter would close a RabbitMQ channel: the consumer would
         # then get everything again before the sentinel.
         (sentinel,) = _bodies(1)
         await publish(harness.outbound, sentinel)
         assert await take_until(inbound, sentinel) == [sentinel]
+        assert harness.reconnects(inbound) == 0, "the consumer's channel was closed"
         await harness.close_consumer(inbound)
         again = await harness.consumer()
         (sentinel,) = _bodies(1)
@@ -189,6 +195,9 @@ class KafkaHarness:
             group=self.group,
             dlq=self.publisher.topic(self.dlq),
         )
+
+    def reconnects(self, inbound: Inbound[Any]) -> int:
+        return 0  # librdkafka reconnects below the port; no channel state is lost with it
 
     async def close_consumer(self, inbound: Inbound[Any]) -> None:
         assert isinstance(inbound, KafkaInbound)
@@ -272,6 +281,10 @@ class RabbitHarness:
         self._tasks[id(inbound)] = (stopping, task)
         await asyncio.wait_for(inbound.consuming.wait(), 30)
         return inbound
+
+    def reconnects(self, inbound: Inbound[Any]) -> int:
+        assert isinstance(inbound, RabbitInbound)
+        return inbound.connections - 1
 
     async def close_consumer(self, inbound: Inbound[Any]) -> None:
         assert isinstance(inbound, RabbitInbound)

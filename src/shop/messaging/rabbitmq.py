@@ -202,7 +202,8 @@ class RabbitInbound:
         self._unsettled: set[int] = set()  # delivery tags on `_channel` not acked yet
         self.inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
         self.consuming = asyncio.Event()
-        self.subscriptions = 0  # how many times consumption started (tests watch it)
+        self.connections = 0  # how many times the consumer connected (tests watch these)
+        self.subscriptions = 0  # how many times consumption started
 
     async def consume_forever(self, stopping: asyncio.Event) -> None:
         """Keep a consumer on the queue until `stopping` is set."""
@@ -228,6 +229,7 @@ class RabbitInbound:
             )
             channel = await self._connection.channel(publisher_confirms=False)
             await channel.basic_qos(prefetch_count=self._prefetch)
+        self.connections += 1
         return channel
 
     async def _consume_until_closed(
