@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -154,8 +154,9 @@ class KafkaTopic:
         self._publisher = publisher
         self.name = name
 
-    async def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> None:
-        await self._publisher.publish_many(self.name, messages, timeout=timeout)
+    def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> Coroutine[Any, Any, None]:
+        # The publisher's coroutine itself: no extra frame on the intake path.
+        return self._publisher.publish_many(self.name, messages, timeout=timeout)
 
 
 def _report(
