@@ -31,8 +31,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench import limits, report
 from bench.loadgen import LoadResult, ensure_oha, run_load
 from shop import jsonutil
-from shop.brokers.kafka import ensure_topics
-from shop.brokers.rabbitmq import RabbitMQ
+from shop.messaging.kafka import ensure_topics
+from shop.messaging.ports import Outgoing
+from shop.messaging.rabbitmq import RabbitPublisher
 from shop.orders.models import AsyncChannel
 from shop.settings import Settings, load_settings
 
@@ -347,16 +348,15 @@ def drain(
 
 async def _fill_queue(settings: Settings, name: str, bodies: list[bytes]) -> None:
     """Declare the queue as the service does (its dead-letter topology too) and fill it."""
-    rabbit = RabbitMQ(settings.rabbitmq_url, queue=name, prefetch=1, timeout=10)
+    rabbit = RabbitPublisher(settings.rabbitmq_url, queue=name, timeout=10)
+    queue = rabbit.to_queue()
     try:
         async with asyncio.timeout(30):
             await rabbit.connect_forever(asyncio.Event())
         for start in range(0, len(bodies), 500):
-            await asyncio.gather(
-                *(
-                    rabbit.publish(body, message_id=str(start + i), timeout=30)
-                    for i, body in enumerate(bodies[start : start + 500])
-                )
+            chunk = bodies[start : start + 500]
+            await queue.publish(
+                [Outgoing(str(start + i), body) for i, body in enumerate(chunk)], timeout=30
             )
     finally:
         await rabbit.close()

@@ -13,12 +13,13 @@ from fastapi import FastAPI
 from sqlalchemy import Table
 
 from shop import heap, http, logs
-from shop.brokers.kafka import KafkaBatchConsumer, KafkaPublisher, ensure_topics
-from shop.brokers.rabbitmq import RabbitMQ
 from shop.db import Database
+from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
+from shop.messaging.ports import D, Inbound
+from shop.messaging.rabbitmq import RabbitInbound, RabbitPublisher
 from shop.orders import api as order_api
-from shop.orders.commands import KafkaCommands, RabbitCommands
-from shop.orders.consumers import run_kafka_consumer, run_rabbitmq_consumer, watch_depth
+from shop.orders.commands import BrokerCommands, by_order, by_product
+from shop.orders.consumer import run_order_consumer, watch_depth
 from shop.orders.service import OrderService
 from shop.orders.tables import order_outbox
 from shop.outbox import Relay
@@ -52,8 +53,7 @@ class Runtime:
         self.relay = Relay(
             engine=self.db.engine,
             table=outbox,
-            publisher=self.kafka,
-            topic=events_topic,
+            publisher=self.kafka.topic(events_topic),
             batch_size=settings.outbox_batch_size,
             poll_seconds=settings.outbox_poll_seconds,
             publish_timeout=11.0,
@@ -100,63 +100,70 @@ class OrderRuntime(Runtime):
         # stops retrying about when the client is told 503. It cannot take back a message a
         # stalled broker already wrote: a retry after 503 is safe with an Idempotency-Key.
         self.intake = KafkaPublisher(s.kafka_brokers, delivery_timeout=s.broker_deadline_seconds)
-        self.rabbit = RabbitMQ(
-            s.rabbitmq_url,
-            queue=s.rabbitmq_queue,
-            prefetch=s.consumer_batch_size,
-            timeout=s.broker_deadline_seconds,
+        self.rabbit = RabbitPublisher(
+            s.rabbitmq_url, queue=s.rabbitmq_queue, timeout=s.broker_deadline_seconds
         )
+        deadline = s.broker_deadline_seconds
         self.service = OrderService(
             self.db,
             publishers={
-                "kafka": KafkaCommands(
-                    self.intake, topic=s.kafka_topic, deadline=s.broker_deadline_seconds
+                "kafka": BrokerCommands(
+                    self.intake.topic(s.kafka_topic),
+                    broker="Kafka",
+                    deadline=deadline,
+                    key=by_product,
                 ),
-                "rabbitmq": RabbitCommands(self.rabbit, deadline=s.broker_deadline_seconds),
+                "rabbitmq": BrokerCommands(
+                    self.rabbit.to_queue(), broker="RabbitMQ", deadline=deadline, key=by_order
+                ),
             },
             on_event=self.relay.notify,
             sync_queue_limit=s.sync_queue_limit,
         )
-        self._kafka_consumer: KafkaBatchConsumer | None = None
+        self._kafka_inbound: KafkaInbound | None = None
+        self._rabbit_inbound: RabbitInbound | None = None
 
     def start_with(self, consumers: Collection[str]) -> None:
         """Start the relay, the RabbitMQ connection and the named consumers."""
         s = self.settings
         self.start()
         self.supervisor.start("sync-orders", self.service.run_sync_orders)
-        self.supervisor.start("rabbitmq-connection", self.rabbit.connect_forever)
+        self.supervisor.start("rabbitmq-publisher", self.rabbit.connect_forever)
         if "kafka" in consumers:
-            self._kafka_consumer = KafkaBatchConsumer(
-                s.kafka_brokers, topic=s.kafka_topic, group=s.kafka_consumer_group
+            self._kafka_inbound = KafkaInbound(
+                s.kafka_brokers,
+                topic=s.kafka_topic,
+                group=s.kafka_consumer_group,
+                dlq=self.kafka.topic(s.kafka_dlq_topic),
             )
-            self.supervisor.start(
-                "kafka-consumer",
-                partial(
-                    run_kafka_consumer,
-                    consumer=self._kafka_consumer,
-                    service=self.service,
-                    dlq=self.kafka,
-                    dlq_topic=s.kafka_dlq_topic,
-                    batch_size=s.consumer_batch_size,
-                ),
-            )
-            self.supervisor.start(
-                "kafka-lag", partial(watch_depth, channel="kafka", depth=self._kafka_consumer.lag)
-            )
+            self._start_consumer("kafka", self._kafka_inbound)
         if "rabbitmq" in consumers:
-            self.supervisor.start(
-                "rabbitmq-consumer",
-                partial(
-                    run_rabbitmq_consumer,
-                    rabbit=self.rabbit,
-                    service=self.service,
-                    batch_size=s.consumer_batch_size,
-                    timeout=s.broker_deadline_seconds,
-                ),
+            self._rabbit_inbound = RabbitInbound(
+                s.rabbitmq_url,
+                queue=s.rabbitmq_queue,
+                prefetch=s.consumer_batch_size,
+                timeout=s.broker_deadline_seconds,
+                dlq=self.rabbit.to_dead_letters(),
             )
             self.supervisor.start(
-                "rabbitmq-depth", partial(watch_depth, channel="rabbitmq", depth=self.rabbit.depth)
+                "rabbitmq-consumer-connection", self._rabbit_inbound.consume_forever
             )
+            self._start_consumer("rabbitmq", self._rabbit_inbound)
+
+    def _start_consumer(self, channel: str, inbound: Inbound[D]) -> None:
+        async def consume(stopping: asyncio.Event) -> None:
+            await run_order_consumer(
+                stopping,
+                channel=channel,
+                inbound=inbound,
+                service=self.service,
+                batch_size=self.settings.consumer_batch_size,
+            )
+
+        self.supervisor.start(f"{channel}-consumer", consume)
+        self.supervisor.start(
+            f"{channel}-depth", partial(watch_depth, channel=channel, depth=inbound.depth)
+        )
 
     def checks(self) -> Mapping[str, http.HealthCheck]:
         return {**super().checks(), "rabbitmq": self.rabbit.check}
@@ -165,8 +172,10 @@ class OrderRuntime(Runtime):
         # Consumers finish their batch and stop first; then offsets are committed, connections
         # closed and producers flushed.
         await self.supervisor.stop(timeout=SHUTDOWN_SECONDS)
-        if self._kafka_consumer is not None:
-            await self._kafka_consumer.close()
+        if self._kafka_inbound is not None:
+            await self._kafka_inbound.close()
+        if self._rabbit_inbound is not None:
+            await self._rabbit_inbound.close()
         await self.rabbit.close()
         await self.intake.close(timeout=2.0)
         await super().close()

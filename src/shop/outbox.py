@@ -7,7 +7,6 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import (
@@ -30,6 +29,7 @@ from shop import jsonutil
 from shop.db import Timestamp, unit_of_work
 from shop.events import Event
 from shop.ids import uuid7
+from shop.messaging.ports import Outbound, Outgoing
 from shop.tasks import first_of, pause
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,6 @@ async def add_events(conn: AsyncConnection, table: Table, events: Sequence[Event
     await conn.execute(table.insert(), rows)
 
 
-class Publisher(Protocol):
-    async def publish_many(
-        self, topic: str, messages: list[tuple[str, bytes]], *, timeout: float | None = None
-    ) -> None: ...
-
-
 class Relay:
     """Claims unsent rows with FOR UPDATE SKIP LOCKED, publishes them, marks them sent.
 
@@ -109,8 +103,7 @@ class Relay:
         *,
         engine: AsyncEngine,
         table: Table,
-        publisher: Publisher,
-        topic: str,
+        publisher: Outbound,
         batch_size: int,
         poll_seconds: float,
         publish_timeout: float,
@@ -119,7 +112,6 @@ class Relay:
         self._engine = engine
         self._table = table
         self._publisher = publisher
-        self._topic = topic
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._publish_timeout = publish_timeout
@@ -146,9 +138,8 @@ class Relay:
             ).all()
             if not claimed:
                 return 0
-            await self._publisher.publish_many(
-                self._topic,
-                [(row.event_key, row.payload) for row in claimed],
+            await self._publisher.publish(
+                [Outgoing(row.event_key, row.payload) for row in claimed],
                 timeout=self._publish_timeout,
             )
             await conn.execute(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -13,8 +13,9 @@ from sqlalchemy import MetaData, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import jsonutil, outbox
-from shop.brokers.kafka import KafkaPublisher, ensure_topics
 from shop.events import Event
+from shop.messaging.kafka import KafkaPublisher, KafkaTopic, ensure_topics
+from shop.messaging.ports import Outgoing
 from shop.outbox import Relay, outbox_table
 from shop.settings import Settings
 from tests.support import eventually, read_events
@@ -27,23 +28,19 @@ EVENTS = 3000
 class _Counting:
     """The real publisher, counting what it was given."""
 
-    def __init__(self, inner: KafkaPublisher) -> None:
+    def __init__(self, inner: KafkaTopic) -> None:
         self.inner = inner
         self.sent = 0
 
-    async def publish_many(
-        self, topic: str, messages: list[tuple[str, bytes]], *, timeout: float | None = None
-    ) -> None:
-        await self.inner.publish_many(topic, messages, timeout=timeout)
+    async def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> None:
+        await self.inner.publish(messages, timeout=timeout)
         self.sent += len(messages)
 
 
 class _NeverCalled:
     """The purge publishes nothing."""
 
-    async def publish_many(
-        self, topic: str, messages: list[tuple[str, bytes]], *, timeout: float | None = None
-    ) -> None:
+    async def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> None:
         raise AssertionError("the purge must not publish")
 
 
@@ -74,13 +71,12 @@ async def test_two_relays_publish_every_row_exactly_once(
                 ],
             )
     publishers = [KafkaPublisher(settings.kafka_brokers, delivery_timeout=10) for _ in range(2)]
-    counting = [_Counting(p) for p in publishers]
+    counting = [_Counting(p.topic(topic)) for p in publishers]
     relays = [
         Relay(
             engine=database,
             table=scratch_outbox,
             publisher=p,
-            topic=topic,
             batch_size=100,
             poll_seconds=0.05,
             publish_timeout=10,
@@ -149,7 +145,6 @@ async def test_purge_deletes_only_events_published_before_the_retention(
         engine=database,
         table=scratch_outbox,
         publisher=_NeverCalled(),
-        topic="unused",
         batch_size=100,
         poll_seconds=0.05,
         publish_timeout=10,

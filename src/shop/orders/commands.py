@@ -1,52 +1,48 @@
-"""The two brokers that carry order commands, behind one `publish_command` shape."""
+"""Order commands onto a broker, behind the service's one `publish_command` shape."""
 
 from __future__ import annotations
 
-from shop.brokers import kafka, rabbitmq
+from collections.abc import Callable
+
 from shop.errors import Unavailable
+from shop.messaging.ports import Outbound, Outgoing, PublishError
 from shop.orders.models import OrderCommand
 
 RETRY_AFTER_SECONDS = 2
 
 
-class KafkaCommands:
-    """Order commands on a Kafka topic, keyed by product so a product's orders stay in order."""
+def by_product(command: OrderCommand) -> str:
+    """Kafka key: a product's orders share a partition, so they stay in order."""
+    return str(command.product_id)
 
-    def __init__(self, publisher: kafka.KafkaPublisher, *, topic: str, deadline: float) -> None:
-        self._publisher = publisher
-        self._topic = topic
+
+def by_order(command: OrderCommand) -> str:
+    """AMQP message id: the order's own id."""
+    return str(command.id)
+
+
+class BrokerCommands:
+    """Publishes order commands through an outbound port; a missing confirm is a 503."""
+
+    def __init__(
+        self,
+        outbound: Outbound,
+        *,
+        broker: str,
+        deadline: float,
+        key: Callable[[OrderCommand], str],
+    ) -> None:
+        self._outbound = outbound
+        self._broker = broker
         self._deadline = deadline
+        self._key = key
 
     async def publish_command(self, command: OrderCommand) -> None:
+        message = Outgoing(self._key(command), command.model_dump_json().encode())
         try:
-            await self._publisher.publish_many(
-                self._topic,
-                [(str(command.product_id), command.model_dump_json().encode())],
-                timeout=self._deadline,
-            )
-        except kafka.PublishError as exc:
+            await self._outbound.publish([message], timeout=self._deadline)
+        except PublishError as exc:
             raise Unavailable(
-                f"Kafka did not acknowledge the order in time ({exc}); nothing was accepted.",
-                retry_after=RETRY_AFTER_SECONDS,
-            ) from exc
-
-
-class RabbitCommands:
-    """Order commands on a durable RabbitMQ queue, confirmed by the broker."""
-
-    def __init__(self, rabbit: rabbitmq.RabbitMQ, *, deadline: float) -> None:
-        self._rabbit = rabbit
-        self._deadline = deadline
-
-    async def publish_command(self, command: OrderCommand) -> None:
-        try:
-            await self._rabbit.publish(
-                command.model_dump_json().encode(),
-                message_id=str(command.id),
-                timeout=self._deadline,
-            )
-        except rabbitmq.PublishError as exc:
-            raise Unavailable(
-                f"RabbitMQ did not confirm the order in time ({exc}); nothing was accepted.",
+                f"{self._broker} did not confirm the order in time ({exc}); nothing was accepted.",
                 retry_after=RETRY_AFTER_SECONDS,
             ) from exc

@@ -1,4 +1,8 @@
-"""Kafka through confluent-kafka, with librdkafka's blocking calls kept off the event loop."""
+"""The Kafka adapter of the messaging ports, on confluent-kafka.
+
+librdkafka's blocking calls never run on the event loop: the producer is polled by a thread of
+its own, the consumer's calls run on a dedicated thread.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -15,14 +19,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from shop.messaging.ports import Outgoing, PublishError
+
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[str, str | bytes | None]]
 T = TypeVar("T")
 
-
-class PublishError(Exception):
-    """The broker did not acknowledge a message in time, or refused it."""
+DLQ_TIMEOUT = 10.0  # seconds for the dead-letter topic to confirm
 
 
 def producer_config(brokers: str, *, delivery_timeout: float) -> dict[str, Any]:
@@ -95,25 +98,24 @@ class KafkaPublisher:
             reports, self._reports = self._reports, []
             self._loop.call_soon_threadsafe(_settle_all, reports)
 
+    def topic(self, name: str) -> KafkaTopic:
+        """The outbound port for one topic, through this producer."""
+        return KafkaTopic(self, name)
+
     async def publish_many(
-        self,
-        topic: str,
-        messages: Sequence[tuple[str, bytes]],
-        *,
-        headers: Headers | None = None,
-        timeout: float | None = None,
+        self, topic: str, messages: Sequence[Outgoing], *, timeout: float | None = None
     ) -> None:
         """Send messages (in order, per key) and wait until every one is acknowledged."""
         loop = self._loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
-        for key, value in messages:
+        for key, value, headers in messages:
             fut: asyncio.Future[None] = loop.create_future()
             try:
                 self._producer.produce(
                     topic,
                     value=value,
                     key=key,
-                    headers=headers,
+                    headers=dict(headers) if headers else None,
                     on_delivery=partial(_report, self, fut),
                 )
             except (BufferError, KafkaException) as exc:
@@ -143,6 +145,18 @@ class KafkaPublisher:
         self._hand_over()
         if remaining:
             log.warning("kafka producer closed with %d undelivered messages", remaining)
+
+
+class KafkaTopic:
+    """The outbound port on one Kafka topic; a message's key picks its partition."""
+
+    def __init__(self, publisher: KafkaPublisher, name: str) -> None:
+        self._publisher = publisher
+        self.name = name
+
+    def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> Coroutine[Any, Any, None]:
+        # The publisher's coroutine itself: no extra frame on the intake path.
+        return self._publisher.publish_many(self.name, messages, timeout=timeout)
 
 
 def _report(
@@ -188,61 +202,121 @@ async def ensure_topics(
     await asyncio.to_thread(_create)
 
 
-class KafkaBatchConsumer:
-    """A consumer-group member whose offsets are stored only when the caller says so.
+def consumer_config(brokers: str, *, group: str) -> dict[str, Any]:
+    """A group member that stores offsets only when told (after the batch is handled).
 
-    librdkafka's consumer calls block, so every one runs on a single dedicated thread (the
-    consumer is not safe to call from two threads at once). Stored offsets are committed by
-    the auto-committer every second and on close: after a crash, at most that much is
-    delivered again, and the order consumer skips what it already stored.
+    Stored offsets are committed by the auto-committer every second and on close: after a
+    crash, at most that much is delivered again (and skipped as already stored).
+    `fetch.wait.max.ms` bounds how long an idle fetch is parked at the broker, which also
+    bounds how late a partition assignment or a reconnect shows up in the next fetch.
+    """
+    return {
+        "bootstrap.servers": brokers,
+        "group.id": group,
+        "enable.auto.commit": True,
+        "auto.commit.interval.ms": 1000,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1000,
+        "fetch.wait.max.ms": 100,
+        **client_logging(),
+    }
+
+
+class KafkaDelivery:
+    """A consumed record: its value as `body`, the record itself for offsets and the DLQ."""
+
+    __slots__ = ("body", "message")
+
+    def __init__(self, message: Message) -> None:
+        self.body: bytes = message.value() or b""
+        self.message = message
+
+
+class KafkaInbound:
+    """The inbound port on a Kafka topic, as one member of a consumer group.
+
+    librdkafka's consumer calls block and the consumer is not safe to call from two threads,
+    so every call runs on one dedicated thread. Offsets are stored (never lowered) only when a
+    delivery is acked or dead-lettered; a dead letter is confirmed by the DLQ topic first.
     """
 
-    def __init__(self, brokers: str, *, topic: str, group: str) -> None:
+    def __init__(self, brokers: str, *, topic: str, group: str, dlq: KafkaTopic) -> None:
         self._topic = topic
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": brokers,
-                "group.id": group,
-                "enable.auto.commit": True,
-                "auto.commit.interval.ms": 1000,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 1000,
-                **client_logging(),
-            }
-        )
+        self._dlq = dlq
+        self._consumer = Consumer(consumer_config(brokers, group=group))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{topic}")
         self._subscribed = False
+        self._stored: dict[tuple[str, int], int] = {}  # the next offset stored, per partition
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
 
-    async def poll_batch(self, *, max_messages: int, timeout: float) -> list[Message]:
-        """Up to `max_messages` messages, waiting at most `timeout` for the first."""
+    async def take(self, max_messages: int, timeout: float) -> list[KafkaDelivery]:
         if not self._subscribed:
-            await self._call(self._consumer.subscribe, [self._topic])
+            await self._call(
+                self._consumer.subscribe,
+                [self._topic],
+                on_revoke=self._forget,
+                on_lost=self._forget,
+            )
             self._subscribed = True
-        messages = await self._call(self._consumer.consume, max_messages, timeout)
-        good = []
+        messages = await self._call(self._take, max_messages, timeout)
+        batch = []
         for message in messages:
             err = message.error()
             if err is None:
-                good.append(message)
+                batch.append(KafkaDelivery(message))
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka consumer error on %s: %s", self._topic, err)
-        return good
+        return batch
 
-    async def store(self, messages: Sequence[Message]) -> None:
-        """Mark messages processed: their offsets will be committed."""
-        last: dict[tuple[str, int], int] = {}
-        for message in messages:
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            if topic is None or partition is None or offset is None:
-                continue
-            last[topic, partition] = max(last.get((topic, partition), -1), offset)
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+    def _forget(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Runs on the consumer thread, inside consume(): a partition that comes back later
+        # starts from its committed offset, whatever this member stored before.
+        for tp in partitions:
+            self._stored.pop((tp.topic, tp.partition), None)
+
+    def _take(self, max_messages: int, timeout: float) -> list[Message]:
+        # consume(n, t) waits for n messages or the whole of t: at idle a lone order would
+        # wait out the timeout. So: what is already fetched; else the first message as soon
+        # as it comes, plus whatever arrived with it.
+        messages: list[Message] = self._consumer.consume(max_messages, 0)
+        if not messages:
+            messages = self._consumer.consume(1, timeout)
+            if messages and max_messages > 1:
+                messages.extend(self._consumer.consume(max_messages - 1, 0))
+        return messages
+
+    async def ack(self, deliveries: Sequence[KafkaDelivery]) -> None:
+        await self._store(deliveries)
+
+    async def dead_letter(self, delivery: KafkaDelivery, reason: str) -> None:
+        message = delivery.message
+        source = f"{message.topic()}:{message.partition()}:{message.offset()}"
+        key = message.key()
+        await self._dlq.publish(
+            [
+                Outgoing(
+                    key.decode(errors="replace") if key else "",
+                    delivery.body,
+                    {"reason": reason, "source": source},
+                )
+            ],
+            timeout=DLQ_TIMEOUT,
+        )
+        await self._store([delivery])
+
+    async def _store(self, deliveries: Sequence[KafkaDelivery]) -> None:
+        # Never lower a stored offset: a dead letter may be settled before the older
+        # deliveries of its partition are acked.
+        offsets = []
+        for tp, offset in _next_offsets(deliveries).items():
+            if offset > self._stored.get(tp, -1):
+                self._stored[tp] = offset
+                offsets.append(TopicPartition(tp[0], tp[1], offset))
         if offsets:
             try:
                 await self._call(self._consumer.store_offsets, offsets=offsets)
@@ -251,7 +325,7 @@ class KafkaBatchConsumer:
                 # these again, and skip the orders we stored.
                 log.warning("could not store offsets on %s: %s", self._topic, exc)
 
-    async def lag(self) -> int:
+    async def depth(self) -> int:
         """Messages not yet consumed on the partitions this member holds."""
 
         def _lag() -> int:
@@ -260,7 +334,7 @@ class KafkaBatchConsumer:
                 return 0
             total = 0
             for tp in self._consumer.position(assigned):
-                _low, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
                 total += max(0, high - max(tp.offset, 0))
             return total
 
@@ -270,3 +344,16 @@ class KafkaBatchConsumer:
         """Commit what was stored, leave the group, stop the thread."""
         await self._call(self._consumer.close)
         self._thread.shutdown(wait=True)
+
+
+def _next_offsets(deliveries: Sequence[KafkaDelivery]) -> dict[tuple[str, int], int]:
+    """Per partition, the offset after the newest of `deliveries`."""
+    last: dict[tuple[str, int], int] = {}
+    for delivery in deliveries:
+        message = delivery.message
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
+            continue
+        if offset + 1 > last.get((topic, partition), -1):
+            last[topic, partition] = offset + 1
+    return last

@@ -1,0 +1,143 @@
+"""The order consumer: one thin loop for both brokers, through the inbound port.
+
+Take a batch, decode it, hand the commands to `process_order_batch` (one transaction), then
+settle every delivery exactly once: dead-letter what can never be placed (undecodable, or
+refused by the service with a reason), ack the rest. Nothing is settled before the service
+returned, so a crash or a stop redelivers the whole batch, which the service skips as stored.
+A transient failure (database down) is retried with backoff, holding the batch unsettled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Protocol
+
+from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
+
+from shop.messaging.ports import D, Inbound
+from shop.orders.models import OrderCommand
+from shop.tasks import pause
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTERS = Counter("order_dead_letters_total", "Order commands dead-lettered", ["channel"])
+CONSUMER_FAILURES = Counter(
+    "order_consumer_failures_total", "Batches that failed and were retried", ["channel"]
+)
+QUEUE_DEPTH = Gauge(
+    "order_queue_depth",
+    "Commands waiting: Kafka consumer lag or RabbitMQ ready messages",
+    ["channel"],
+    multiprocess_mode="max",
+)
+
+TAKE_TIMEOUT = 0.25  # how long an idle loop waits before it looks at `stopping` again
+FIRST_DELAY, MAX_DELAY = 0.1, 5.0
+
+
+class OrderBatchProcessor(Protocol):
+    """What the loop needs from the order service."""
+
+    async def process_order_batch(self, commands: Sequence[OrderCommand]) -> Sequence[str | None]:
+        """Per command, in order: None when done (stored now or before), else the reason to
+        dead-letter it. Raises only for transient failures."""
+        ...
+
+
+def decode(body: bytes) -> OrderCommand | str:
+    """The command in `body`, or why there is none."""
+    try:
+        if not body:
+            raise ValueError("empty message")
+        return OrderCommand.model_validate_json(body)
+    except (ValidationError, ValueError) as exc:
+        return f"invalid order command: {exc}"[:500]
+
+
+async def run_order_consumer(
+    stopping: asyncio.Event,
+    *,
+    channel: str,
+    inbound: Inbound[D],
+    service: OrderBatchProcessor,
+    batch_size: int,
+) -> None:
+    """Consume order commands until `stopping` is set."""
+    while not stopping.is_set():
+        batch = await inbound.take(batch_size, TAKE_TIMEOUT)
+        if batch and not await _handle(batch, channel, inbound, service, stopping):
+            return  # stopping mid-retry: nothing settled, so all of it is delivered again
+
+
+async def _handle(
+    batch: Sequence[D],
+    channel: str,
+    inbound: Inbound[D],
+    service: OrderBatchProcessor,
+    stopping: asyncio.Event,
+) -> bool:
+    """Process and settle one batch; False when the service stopped before it was done."""
+    decoded = [decode(delivery.body) for delivery in batch]
+    commands = [d for d in decoded if isinstance(d, OrderCommand)]
+    verdicts: Sequence[str | None] = ()
+    if commands:
+
+        async def process() -> None:
+            nonlocal verdicts
+            verdicts = await service.process_order_batch(commands)
+            if len(verdicts) != len(commands):
+                raise RuntimeError(f"{len(verdicts)} verdicts for {len(commands)} commands")
+
+        if not await _until_done("storing a batch", channel, stopping, process):
+            return False
+    reasons = iter(verdicts)
+    done: list[D] = []
+    for delivery, item in zip(batch, decoded, strict=True):
+        reason = next(reasons) if isinstance(item, OrderCommand) else item
+        if reason is None:
+            done.append(delivery)
+            continue
+        log.warning("%s consumer: dead-lettering a message: %s", channel, reason)
+        settle = partial(inbound.dead_letter, delivery, reason)
+        if not await _until_done("dead-lettering", channel, stopping, settle):
+            return False
+        DEAD_LETTERS.labels(channel).inc()
+    if done:
+        await inbound.ack(done)
+    return True
+
+
+async def _until_done(
+    what: str, channel: str, stopping: asyncio.Event, attempt: Callable[[], Awaitable[None]]
+) -> bool:
+    """Retry `attempt` with backoff until it succeeds (True) or the service stops (False)."""
+    delay = FIRST_DELAY
+    while True:
+        try:
+            await attempt()
+            return True
+        except Exception as exc:
+            CONSUMER_FAILURES.labels(channel).inc()
+            log.warning("%s consumer: %s failed (%r); retrying in %.1fs", channel, what, exc, delay)
+        if stopping.is_set():
+            return False
+        await pause(stopping, delay)
+        if stopping.is_set():
+            return False
+        delay = min(delay * 2, MAX_DELAY)
+
+
+async def watch_depth(
+    stopping: asyncio.Event, channel: str, depth: Callable[[], Awaitable[int]]
+) -> None:
+    """Publish the queue depth / consumer lag as a gauge every few seconds."""
+    while not stopping.is_set():
+        try:
+            QUEUE_DEPTH.labels(channel).set(await depth())
+        except Exception as exc:  # a gauge is best effort
+            log.debug("could not read %s depth: %s", channel, exc)
+        await pause(stopping, 5.0)

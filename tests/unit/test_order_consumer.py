@@ -1,0 +1,183 @@
+"""The order consumer loop, with in-memory fakes of the inbound port and of the service."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from shop.messaging.ports import PublishError
+from shop.orders import consumer
+from shop.orders.consumer import run_order_consumer
+from shop.orders.models import OrderCommand
+
+
+def _command(product_id: int = 1) -> OrderCommand:
+    return OrderCommand(
+        id=uuid.uuid4(),
+        user_id=7,
+        product_id=product_id,
+        quantity=1,
+        channel="kafka",
+        accepted_at=dt.datetime.now(dt.UTC),
+    )
+
+
+@dataclass(frozen=True)
+class FakeDelivery:
+    body: bytes
+    tag: int
+
+
+@dataclass
+class FakeInbound:
+    """A queue in memory that records how each delivery was settled."""
+
+    waiting: list[FakeDelivery] = field(default_factory=list)
+    settled: dict[int, list[str]] = field(default_factory=dict)  # tag -> ["ack" | reason]
+    dead_letter_failures: int = 0
+    emptied: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, *bodies: bytes) -> list[FakeDelivery]:
+        start = len(self.settled) + len(self.waiting)
+        new = [FakeDelivery(body, start + i) for i, body in enumerate(bodies)]
+        self.waiting.extend(new)
+        return new
+
+    async def take(self, max_messages: int, timeout: float) -> Sequence[FakeDelivery]:
+        batch, self.waiting = self.waiting[:max_messages], self.waiting[max_messages:]
+        if not batch:
+            self.emptied.set()
+            await asyncio.sleep(0)
+        return batch
+
+    async def ack(self, deliveries: Sequence[FakeDelivery]) -> None:
+        for d in deliveries:
+            self.settled.setdefault(d.tag, []).append("ack")
+
+    async def dead_letter(self, delivery: FakeDelivery, reason: str) -> None:
+        if self.dead_letter_failures:
+            self.dead_letter_failures -= 1
+            raise PublishError("dlq down")
+        self.settled.setdefault(delivery.tag, []).append(f"dlq: {reason}")
+
+    async def depth(self) -> int:
+        return len(self.waiting)
+
+
+@dataclass
+class FakeService:
+    """Stores commands; refuses the products in `refuse`; fails `failures` calls first."""
+
+    refuse: set[int] = field(default_factory=set)
+    failures: int = 0
+    calls: int = 0
+    stored: list[uuid.UUID] = field(default_factory=list)
+    on_call: Callable[[], None] | None = None
+
+    async def process_order_batch(self, commands: Sequence[OrderCommand]) -> Sequence[str | None]:
+        self.calls += 1
+        if self.on_call is not None:
+            self.on_call()
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database down")
+        verdicts: list[str | None] = []
+        for c in commands:
+            if c.product_id in self.refuse:
+                verdicts.append("refused: cannot place")
+            else:
+                self.stored.append(c.id)
+                verdicts.append(None)
+        return verdicts
+
+
+async def _run_until_drained(inbound: FakeInbound, service: FakeService) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.create_task(
+        run_order_consumer(
+            stopping, channel="kafka", inbound=inbound, service=service, batch_size=10
+        )
+    )
+    await asyncio.wait_for(inbound.emptied.wait(), 5)
+    stopping.set()
+    await asyncio.wait_for(loop, 5)
+
+
+async def test_a_batch_is_acked_only_after_the_service_stored_it() -> None:
+    inbound, commands = FakeInbound(), [_command() for _ in range(3)]
+    inbound.put(*(c.model_dump_json().encode() for c in commands))
+    service = FakeService()
+    service.on_call = lambda: assert_nothing_settled(inbound)
+    await _run_until_drained(inbound, service)
+    assert service.stored == [c.id for c in commands]
+    assert inbound.settled == {0: ["ack"], 1: ["ack"], 2: ["ack"]}
+
+
+def assert_nothing_settled(inbound: FakeInbound) -> None:
+    assert inbound.settled == {}, "settled before the service returned"
+
+
+async def test_poison_and_refused_commands_are_dead_lettered_and_the_rest_acked() -> None:
+    inbound = FakeInbound()
+    inbound.put(
+        _command().model_dump_json().encode(),
+        b"not json",
+        _command(product_id=666).model_dump_json().encode(),
+        b"",
+        _command().model_dump_json().encode(),
+    )
+    await _run_until_drained(inbound, FakeService(refuse={666}))
+    assert inbound.settled[0] == ["ack"]
+    assert inbound.settled[1][0].startswith("dlq: invalid order command")
+    assert inbound.settled[2] == ["dlq: refused: cannot place"]
+    assert inbound.settled[3][0].startswith("dlq: invalid order command: empty")
+    assert inbound.settled[4] == ["ack"]
+
+
+async def test_every_delivery_is_settled_exactly_once() -> None:
+    inbound = FakeInbound()
+    bodies = [
+        b"{}" if i % 7 == 0 else _command(product_id=666 if i % 5 == 0 else 1).model_dump_json()
+        for i in range(95)
+    ]
+    inbound.put(*(b if isinstance(b, bytes) else b.encode() for b in bodies))
+    inbound.dead_letter_failures = 2  # retried, not settled twice
+    await _run_until_drained(inbound, FakeService(refuse={666}, failures=1))
+    assert sorted(inbound.settled) == list(range(95))
+    assert all(len(outcomes) == 1 for outcomes in inbound.settled.values()), inbound.settled
+
+
+async def test_a_transient_failure_retries_the_same_batch_without_acking() -> None:
+    inbound = FakeInbound()
+    inbound.put(*(_command().model_dump_json().encode() for _ in range(4)))
+    service = FakeService(failures=2)
+    failures = consumer.CONSUMER_FAILURES.labels("kafka")
+    before = failures._value.get()
+    seen: list[dict[int, list[str]]] = []
+    service.on_call = lambda: seen.append(dict(inbound.settled))
+    await _run_until_drained(inbound, service)
+    assert service.calls == 3
+    assert seen == [{}, {}, {}], "acked while the batch was still failing"
+    assert len(service.stored) == 4
+    assert all(outcomes == ["ack"] for outcomes in inbound.settled.values())
+    assert failures._value.get() - before == 2
+
+
+async def test_stopping_mid_retry_returns_without_settling_anything() -> None:
+    inbound = FakeInbound()
+    inbound.put(*(_command().model_dump_json().encode() for _ in range(2)), b"poison")
+    stopping = asyncio.Event()
+    service = FakeService(failures=1000)
+    service.on_call = lambda: stopping.set() if service.calls == 2 else None
+    loop = asyncio.create_task(
+        run_order_consumer(
+            stopping, channel="kafka", inbound=inbound, service=service, batch_size=10
+        )
+    )
+    # The second attempt comes after the first 0.1 s pause; stopping cuts the next pause short.
+    await asyncio.wait_for(loop, 2)
+    assert service.calls == 2
+    assert inbound.settled == {}, "nothing may be settled when the batch was never stored"
