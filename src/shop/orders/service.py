@@ -47,7 +47,7 @@ BATCH_SIZE = Histogram(
 # Failures that say nothing about the request: the whole batch is tried again later.
 _TRANSIENT = (OperationalError, InterfaceError)
 PRICE_SECONDS = 60.0  # how long intake trusts a price it read, for the total's bound only
-PRICE_LOOKUP_SECONDS = 0.5
+INTAKE_LOOKUP_SECONDS = 0.5  # intake's budget for a price read or a key claim
 
 
 class CommandPublisher(Protocol):
@@ -123,7 +123,7 @@ class OrderService:
         self._publishers = publishers
         self._on_event = on_event
         self._sync_orders: Coalescer[OrderRequest, Outcome] = Coalescer(
-            self._place_sync_batch,
+            self._place_isolated,
             max_batch=sync_batch_size,
             max_pending=sync_queue_limit,
             timeout=db.timeout,
@@ -154,11 +154,6 @@ class OrderService:
     async def run_sync_orders(self, stopping: asyncio.Event) -> None:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
         await self._sync_orders.run(stopping)
-
-    async def _place_sync_batch(
-        self, requests: Sequence[OrderRequest]
-    ) -> list[Outcome | Exception]:
-        return await self._place_isolated(requests)
 
     async def process_order_batch(self, commands: Sequence[OrderCommand]) -> list[str | None]:
         """Store a batch of commands: per command None (stored, now or before) or the reason to
@@ -275,7 +270,7 @@ class OrderService:
         """The id the key was first given (so every retry names one order), or `order_id` when
         the database cannot tell now (the consumer then joins the two, see domain)."""
         try:
-            async with asyncio.timeout(PRICE_LOOKUP_SECONDS), self._db.read() as conn:
+            async with asyncio.timeout(INTAKE_LOOKUP_SECONDS), self._db.read() as conn:
                 claim = await repository.claim_key(
                     conn, key, domain.KeyClaim(order_id, order.product_id, order.quantity)
                 )
@@ -296,13 +291,13 @@ class OrderService:
         if now < self._prices_down_until:
             return None
         try:
-            async with asyncio.timeout(PRICE_LOOKUP_SECONDS), self._db.read() as conn:
+            async with asyncio.timeout(INTAKE_LOOKUP_SECONDS), self._db.read() as conn:
                 price = await conn.scalar(
                     select(products.c.price).where(products.c.id == product_id)
                 )
         except Exception as exc:  # intake works without the database: the consumer checks
             log.debug("price of product %s unknown at intake: %r", product_id, exc)
-            self._prices_down_until = now + PRICE_LOOKUP_SECONDS * 2  # spare the next requests
+            self._prices_down_until = now + INTAKE_LOOKUP_SECONDS * 2  # spare the next requests
             return None
         if price is None:
             return None
