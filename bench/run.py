@@ -28,7 +28,7 @@ from typing import Any
 import asyncmy
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench import limits, report
+from bench import idle, limits, report
 from bench.loadgen import LoadResult, ensure_oha, run_load
 from shop import jsonutil
 from shop.brokers.kafka import ensure_topics
@@ -202,6 +202,26 @@ def _queue_depth(settings: Settings, queue: str) -> float:
 
 
 # ---------------------------------------------------------------- the runs
+
+
+def wait_idle(settings: Settings, timeout: float = 120.0) -> dict[str, float]:
+    """Wait (up to `timeout`) until no command waits for a consumer; the depths last seen."""
+    # The service's group id, to read its committed offsets; never subscribes, so never joins.
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_brokers, "group.id": settings.kafka_consumer_group}
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            depths = {
+                "kafka": _lag(consumer, settings),
+                "rabbitmq": _queue_depth(settings, settings.rabbitmq_queue),
+            }
+            if all(v == 0 for v in depths.values()) or time.monotonic() > deadline:
+                return depths
+            time.sleep(1)
+    finally:
+        consumer.close()
 
 
 def start_floor(workers: int) -> subprocess.Popen[bytes]:
@@ -482,6 +502,11 @@ def main() -> int:
     ensure_oha()
     results: dict[str, Any] = {"started": stamp, "quick": plan.quick, "machine": machine(settings)}
     say(f"{'quick' if plan.quick else 'full'} run; results in {out}")
+    say("idle latency: single orders, 202 -> stored (waiting for empty queues first)")
+    depths = wait_idle(settings)
+    results["idle_latency"] = {"depths_before": depths, **idle.measure(settings)}
+    for line in idle.describe(results["idle_latency"]):
+        say(line)
     since = jsonutil.utcnow().replace(microsecond=0)
     spread = make_products(settings, SPREAD_PRODUCTS, BIG_STOCK)
     hot = make_products(settings, 1, BIG_STOCK)
