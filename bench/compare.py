@@ -48,6 +48,7 @@ from typing import Any
 import asyncmy
 from confluent_kafka.admin import AdminClient
 
+from bench import idle
 from bench.loadgen import LoadResult, ensure_oha, run_load
 from shop.settings import Settings, load_settings
 
@@ -87,6 +88,7 @@ class Plan:
         self.rounds = rounds or (1 if quick else 3)
         self.seconds = seconds or (3.0 if quick else 10.0)
         self.warm_up = 1.0
+        self.idle_orders = 20 if quick else 100
         self.settle_timeout = 60.0 if quick else 180.0
 
 
@@ -446,6 +448,25 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def idle_markdown(idle_latency: dict[str, Any]) -> str:
+    if not idle_latency:
+        return ""
+    lines = [
+        "",
+        "Idle latency, single orders one at a time, 202 to stored row (bench/idle.py):",
+        "",
+        "| side | channel | orders stored | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for side, result in idle_latency.items():
+        for channel, r in result["channels"].items():
+            lines.append(
+                f"| {side} | {channel} | {r['stored']}/{r['orders']} | {r.get('p50', '-')} "
+                f"| {r.get('p99', '-')} | {r.get('max', '-')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -500,11 +521,26 @@ def main() -> int:
         f"of 2 x {plan.seconds:g} s, results in {out.relative_to(ROOT)}"
     )
     runs: list[dict[str, Any]] = []
+    idle_latency: dict[str, Any] = {}
     clean(settings, sides)  # what a killed run may have left
     try:
         for side in sides:
             start_services(side, out)
             prepare_load(side, out)
+        for side in sides:
+            say(f"{side.name}: idle latency, {plan.idle_orders} single orders per channel")
+            side_settings = settings.model_copy(
+                update={
+                    "db_name": side.db_name,
+                    "product_service_port": side.product_port,
+                    "order_service_port": side.order_port,
+                }
+            )
+            idle_latency[side.name] = idle.measure(side_settings, plan.idle_orders)
+            # Each idle order was waited for until stored (or its timeout): count what is there.
+            side.accepted = stored(settings, side)
+            for line in idle.describe(idle_latency[side.name]):
+                say(f"{side.name}: {line}")
         say("warm-up: every path once per side, not counted")
         for path in PATHS:
             for side in sides:
@@ -516,7 +552,7 @@ def main() -> int:
                 for connections in plan.connections:
                     index += 1
                     order = sides if index % 2 else sides[::-1]
-                    line = []
+                    parts = []
                     for side in order:
                         waited = settle(settings, sides, plan.settle_timeout)
                         result = drive(side, path, connections, plan.seconds)
@@ -530,13 +566,13 @@ def main() -> int:
                                 "result": result.as_dict(),
                             }
                         )
-                        line.append(
+                        parts.append(
                             f"{side.name} {result.rps:7,.0f}/s p99 {result.p99_ms:7.1f} ms"
                             f" non-2xx {non_2xx(result.as_dict())}"
                         )
                     say(
                         f"[{index}/{steps}] round {round_no} {path:8} c={connections:<4} "
-                        + " | ".join(line)
+                        + " | ".join(parts)
                     )
         waited = settle(settings, sides, plan.settle_timeout)
         audit = {s.name: {"accepted": s.accepted, "stored": stored(settings, s)} for s in sides}
@@ -549,9 +585,12 @@ def main() -> int:
             clean(settings, sides)
     rows = summarise(runs, plan)
     header["finished"] = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    table = markdown(rows, header)
+    table = markdown(rows, header) + idle_markdown(idle_latency)
     (out / "compare.json").write_text(
-        json.dumps({**header, "stored": audit, "steps": rows, "runs": runs}, indent=2)
+        json.dumps(
+            {**header, "stored": audit, "idle_latency": idle_latency, "steps": rows, "runs": runs},
+            indent=2,
+        )
     )
     (out / "compare.md").write_text(table)
     print(table, flush=True)
