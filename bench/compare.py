@@ -372,16 +372,40 @@ def stored(settings: Settings, side: Side) -> int:
     return int(sql(settings, "SELECT COUNT(*) FROM orders", side.db_name)[0][0])
 
 
+def _cpu_seconds(pgids: set[int]) -> float:
+    """CPU time used so far by every process in these process groups (services and workers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process has gone
+            continue
+        if int(fields[2]) in pgids:  # pgrp; utime and stime follow at 11 and 12
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+QUIET_CORES = 0.1  # a side is quiet below this (idle services poll: about 0.01-0.03)
+
+
 def settle(settings: Settings, sides: list[Side], timeout: float) -> dict[str, float]:
-    """Wait until every side has stored every order it accepted; seconds waited per side."""
+    """Wait until every side has stored every order it accepted and its processes are quiet
+    (its outbox relays, consumers and purges done too); seconds waited per side."""
     waited: dict[str, float] = {}
     for side in sides:
         started = time.monotonic()
-        while stored(settings, side) < side.accepted:
-            if time.monotonic() - started > timeout:
-                say(f"{side.name}: still storing after {timeout:.0f} s; going on")
+        pgids = {p.pid for p in side.processes}
+        before = _cpu_seconds(pgids)
+        while time.monotonic() - started < timeout:
+            time.sleep(0.5)
+            after = _cpu_seconds(pgids)
+            busy = (after - before) / 0.5 >= QUIET_CORES
+            before = after
+            if not busy and stored(settings, side) >= side.accepted:
                 break
-            time.sleep(0.25)
+        else:
+            say(f"{side.name}: still busy or storing after {timeout:.0f} s; going on")
         waited[side.name] = round(time.monotonic() - started, 2)
     return waited
 

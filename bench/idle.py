@@ -119,6 +119,7 @@ async def _one_channel(
         "statuses": statuses,
         "intake_ms": percentiles(intake_ms),
         **percentiles(stored_ms),
+        "samples_ms": [round(v, 1) for v in stored_ms],  # in sending order
     }
     # An order refused or not stored within the timeout fails the target whatever the p99.
     result["complete"] = not (timed_out or refused)
