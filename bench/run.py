@@ -1,8 +1,8 @@
 """`make bench`: load on every path, the limits, the audit, and a report with plots.
 
 Runs against the system `make up` started (settings as usual: config.yaml < environment) and
-writes bench/results/<timestamp>/results.json and report.html. A full run takes about 6.5 minutes,
-`--quick` about 1.5.
+writes bench/results/<timestamp>/results.json and report.html. A full run takes about 7 minutes,
+`--quick` about 2 (both include about 40 s of idle latency).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def say(message: str) -> None:
 
 
 class Plan:
-    """How much to run: the full sweep (about 6.5 minutes) or a quick look (about 1.5 minutes)."""
+    """How much to run: the full sweep (about 7 minutes) or a quick look (about 2 minutes)."""
 
     def __init__(self, quick: bool) -> None:
         self.quick = quick
@@ -492,7 +492,7 @@ def machine(settings: Settings) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="about 1.5 minutes instead of 6.5")
+    parser.add_argument("--quick", action="store_true", help="about 2 minutes instead of 7")
     args = parser.parse_args()
     plan = Plan(args.quick)
     settings = load_settings()
