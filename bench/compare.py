@@ -10,10 +10,10 @@ its own RabbitMQ queue (names prefixed `bench-cmp-base-` / `bench-cmp-head-`) an
 would make the head slower for reasons that are not its code.
 
 Then, for each path and connection count, both sides get the same closed-loop oha load, one
-after the other (the side that goes first alternates from step to step), for several rounds, so
-that noise on the shared machine hits both. Before every run, each side's consumers have stored
-every order it accepted so far (or a timeout passed), so no run competes with the other side's
-backlog. Reported per step: each side's throughput and p99 (median over rounds), the ratio
+after the other (who goes first alternates from step to step and from round to round), for
+several rounds, so that noise on the shared machine hits both. Before every run, each side has
+stored every order it accepted so far and its processes are quiet (or a timeout passed), so no
+run competes with either side's backlog. Reported per step: each side's throughput and p99 (median over rounds), the ratio
 head/base (the median of the per-round ratios) and every non-2xx answer.
 
 Writes bench/results/<time>-compare/compare.json and compare.md, prints the table, and at the
@@ -582,7 +582,9 @@ def main() -> int:
             for path in PATHS:
                 for connections in plan.connections:
                     index += 1
-                    order = sides if index % 2 else sides[::-1]
+                    # Who goes first alternates from step to step, and for each step from
+                    # round to round (a round has an even number of steps).
+                    order = sides if (index + round_no) % 2 == 0 else sides[::-1]
                     parts = []
                     for side in order:
                         waited = settle(settings, sides, plan.settle_timeout)
