@@ -13,8 +13,9 @@ Then, for each path and connection count, both sides get the same closed-loop oh
 after the other (who goes first alternates from step to step and from round to round), for
 several rounds, so that noise on the shared machine hits both. Before every run, each side has
 stored every order it accepted so far and its processes are quiet (or a timeout passed), so no
-run competes with either side's backlog. Reported per step: each side's throughput and p99 (median over rounds), the ratio
-head/base (the median of the per-round ratios) and every non-2xx answer.
+run competes with either side's backlog. Reported per step: each side's throughput (2xx answers
+per second) and p99, medians over rounds; the ratio head/base (the median of the per-round
+ratios); and every non-2xx answer.
 
 Writes bench/results/<time>-compare/compare.json and compare.md, prints the table, and at the
 end stops every process it started and drops the databases, topics, groups and queues it made.
