@@ -52,5 +52,5 @@ bench: up ## the benchmark and its report, 6.5 min (QUICK=1: 1.5 min); results i
 	$(VENV)/bin/python -m bench.run $(if $(QUICK),--quick,)
 
 .PHONY: bench-compare
-bench-compare: up ## BASE (default 0fc452c) beside this checkout, same servers and load, about 17 min (QUICK=1: 2.5 min)
+bench-compare: up ## BASE (default 0fc452c) beside this checkout, same servers and load, about 17 min (QUICK=1: about 2)
 	$(VENV)/bin/python -m bench.compare --base $(or $(BASE),0fc452c) $(if $(QUICK),--quick,)
