@@ -51,3 +51,7 @@ test: venv lint ## set up the stack, then the whole test suite against the real 
 
 bench: up ## the benchmark and its report, 6.5 min (QUICK=1: 1.5 min); results in bench/results/
 	$(VENV)/bin/python -m bench.run $(if $(QUICK),--quick,)
+
+.PHONY: bench-compare
+bench-compare: up ## BASE (default 0fc452c) beside this checkout, same servers and load, about 17 min (QUICK=1: about 2)
+	$(VENV)/bin/python -m bench.compare --base $(or $(BASE),0fc452c) $(if $(QUICK),--quick,)

@@ -75,6 +75,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     sweep, loop = results["sweep"], results["open_loop"]
     inserts = results["limits"]["batched_inserts"]["per_second"]
     rows = []
+    idle = results.get("idle_latency")  # absent from results written before it was measured
+    if idle is not None:
+        kafka = idle["channels"]["kafka"]
+        rows.append(
+            {
+                "target": f"{idle['target']['name']} ({kafka['orders']} single orders)",
+                "measured": (
+                    f"p99 {kafka.get('p99', '-')} ms (p50 {kafka.get('p50', '-')} ms); "
+                    f"stored {kafka['stored']} of {kafka['orders']}"
+                ),
+                "ok": idle["target"]["met"],
+            }
+        )
     for channel in ("kafka", "rabbitmq"):
         best = _best(sweep[channel])
         at2000 = _at_rate(loop[channel], 2000)
@@ -318,6 +331,30 @@ def render(results: dict[str, Any]) -> str:
         for n, runs in results["open_loop"].items()
     ]
     latency_rows = [{"channel": ch, **v} for ch, v in results["accept_to_stored_ms"].items()]
+    idle = results.get("idle_latency")
+    idle_rows = [
+        {
+            "channel": ch,
+            "orders": r["orders"],
+            "stored": r["stored"],
+            "p50 ms": r.get("p50", "-"),
+            "p99 ms": r.get("p99", "-"),
+            "max ms": r.get("max", "-"),
+            "202 answered, p50 ms": r["intake_ms"].get("p50", "-"),
+        }
+        for ch, r in (idle["channels"].items() if idle else ())
+    ]
+    idle_section = (
+        f"""<h2>Idle latency: single orders, 202 to stored</h2>
+<p>{html.escape(idle["method"])}. Before it, the Kafka lag and RabbitMQ depth were
+{html.escape(str(idle["depths_before"]))}. Target: {html.escape(idle["target"]["name"])},
+<span class="{"ok" if idle["target"]["met"] else "fail"}">{
+            "met" if idle["target"]["met"] else "missed"
+        }</span>.</p>
+{_table(idle_rows, list(idle_rows[0]) if idle_rows else [])}"""
+        if idle
+        else ""
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>shop benchmark {results["started"]}</title>
 <style>
@@ -355,6 +392,7 @@ measured in the same run.</p>
             ["accepted", "stored", "lost", "duplicated", "oversold"],
         )
     }
+{idle_section}
 <h2>Throughput and latency against connections</h2>{_sweep_plots(results)}
 {_percentile_plots(results)}
 <h2>Open loop: constant offered rates</h2>{_open_loop_plot(results)}

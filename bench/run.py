@@ -1,8 +1,8 @@
 """`make bench`: load on every path, the limits, the audit, and a report with plots.
 
 Runs against the system `make up` started (settings as usual: config.yaml < environment) and
-writes bench/results/<timestamp>/results.json and report.html. A full run takes about 6.5 minutes,
-`--quick` about 1.5.
+writes bench/results/<timestamp>/results.json and report.html. A full run takes about 7 minutes,
+`--quick` about 2 (both include about 40 s of idle latency).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import asyncmy
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench import limits, report
+from bench import idle, limits, report
 from bench.loadgen import LoadResult, ensure_oha, run_load
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
@@ -48,7 +48,7 @@ def say(message: str) -> None:
 
 
 class Plan:
-    """How much to run: the full sweep (about 6.5 minutes) or a quick look (about 1.5 minutes)."""
+    """How much to run: the full sweep (about 7 minutes) or a quick look (about 2 minutes)."""
 
     def __init__(self, quick: bool) -> None:
         self.quick = quick
@@ -203,6 +203,26 @@ def _queue_depth(settings: Settings, queue: str) -> float:
 
 
 # ---------------------------------------------------------------- the runs
+
+
+def wait_idle(settings: Settings, timeout: float = 120.0) -> dict[str, float]:
+    """Wait (up to `timeout`) until no command waits for a consumer; the depths last seen."""
+    # The service's group id, to read its committed offsets; never subscribes, so never joins.
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_brokers, "group.id": settings.kafka_consumer_group}
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            depths = {
+                "kafka": _lag(consumer, settings),
+                "rabbitmq": _queue_depth(settings, settings.rabbitmq_queue),
+            }
+            if all(v == 0 for v in depths.values()) or time.monotonic() > deadline:
+                return depths
+            time.sleep(1)
+    finally:
+        consumer.close()
 
 
 def start_floor(workers: int) -> subprocess.Popen[bytes]:
@@ -472,7 +492,7 @@ def machine(settings: Settings) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="about 1.5 minutes instead of 6.5")
+    parser.add_argument("--quick", action="store_true", help="about 2 minutes instead of 7")
     args = parser.parse_args()
     plan = Plan(args.quick)
     settings = load_settings()
@@ -482,6 +502,11 @@ def main() -> int:
     ensure_oha()
     results: dict[str, Any] = {"started": stamp, "quick": plan.quick, "machine": machine(settings)}
     say(f"{'quick' if plan.quick else 'full'} run; results in {out}")
+    say("idle latency: single orders, 202 -> stored (waiting for empty queues first)")
+    depths = wait_idle(settings)
+    results["idle_latency"] = {"depths_before": depths, **idle.measure(settings)}
+    for line in idle.describe(results["idle_latency"]):
+        say(line)
     since = jsonutil.utcnow().replace(microsecond=0)
     spread = make_products(settings, SPREAD_PRODUCTS, BIG_STOCK)
     hot = make_products(settings, 1, BIG_STOCK)

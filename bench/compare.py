@@ -1,0 +1,636 @@
+"""`make bench-compare`: a base commit run beside the current checkout, same servers, same load.
+
+Both sides run fresh and alike: the base from a git worktree of its commit (in
+`.stack/baseline-<sha>/`, with its own virtual environment from its own lock file), the head
+from this checkout (or, with `--head REF`, from a worktree of that commit). Each side gets its
+own database (`shop_cmp_base`, `shop_cmp_head`), its own Kafka topics and consumer group and
+its own RabbitMQ queue (names prefixed `bench-cmp-base-` / `bench-cmp-head-`) and its own ports
+(18080/18081 and 28080/28081), against the same MariaDB, Kafka and RabbitMQ. The services that
+`make up` runs (8080/8081) are left alone: their database holds every earlier bench run, which
+would make the head slower for reasons that are not its code.
+
+Then, for each path and connection count, both sides get the same closed-loop oha load, one
+after the other (who goes first alternates from step to step and from round to round), for
+several rounds, so that noise on the shared machine hits both. Before every run, each side has
+stored every order it accepted so far and its processes are quiet (or a timeout passed), so no
+run competes with either side's backlog. Reported per step: each side's throughput (2xx answers
+per second) and p99, medians over rounds; the ratio head/base (the median of the per-round
+ratios); and every non-2xx answer.
+
+Writes bench/results/<time>-compare/compare.json and compare.md, prints the table, and at the
+end stops every process it started and drops the databases, topics, groups and queues it made.
+
+    python -m bench.compare --base 0fc452c [--head REF] [--quick] [--rounds N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncmy
+from confluent_kafka.admin import AdminClient
+
+from bench import idle
+from bench.loadgen import LoadResult, ensure_oha, run_load
+from shop.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BASE = "0fc452c"
+PRODUCTS = 200
+BIG_STOCK = 100_000_000
+READY_TIMEOUT = 120.0
+PATHS = ("sync", "kafka", "rabbitmq", "products")
+PATH_LABELS = {
+    "sync": "POST /orders/sync",
+    "kafka": "POST /orders/async/kafka",
+    "rabbitmq": "POST /orders/async/rabbitmq",
+    "products": "GET /products",
+}
+# The names a service process creates on the brokers, as of 0fc452c (used when a checkout's
+# settings cannot be read); each side gets them with its own prefix.
+KNOWN_NAMES = {
+    "kafka_topic": "orders",
+    "kafka_product_events_topic": "product-events",
+    "kafka_order_events_topic": "order-events",
+    "kafka_dlq_topic": "orders.dlq",
+    "kafka_consumer_group": "order-service",
+    "rabbitmq_queue": "orders",
+}
+_NAME_FIELD = re.compile(r"kafka_\w*(topic|group)|rabbitmq_\w*queue")
+
+
+def say(message: str) -> None:
+    print(f"compare: {message}", flush=True)
+
+
+class Plan:
+    def __init__(self, quick: bool, rounds: int | None, seconds: float | None) -> None:
+        self.quick = quick
+        self.connections = [50, 200] if quick else [50, 200, 800]
+        self.rounds = rounds or (1 if quick else 3)
+        self.seconds = seconds or (3.0 if quick else 10.0)
+        self.warm_up = 1.0
+        self.idle_orders = 20 if quick else 100
+        self.settle_timeout = 60.0 if quick else 180.0
+
+
+@dataclass
+class Side:
+    """One system under test: a checkout, its services, and everything they own."""
+
+    name: str  # "base" or "head"
+    checkout: Path
+    commit: str
+    product_port: int
+    order_port: int
+    db_name: str
+    prefix: str
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    product_ids: list[int] = field(default_factory=list)
+    body: Path | None = None
+    accepted: int = 0  # 201 + 202 answers on the order paths, warm-up included
+
+    @property
+    def shop(self) -> str:
+        return str(self.checkout / ".venv" / "bin" / "shop")
+
+    def url(self, path: str) -> str:
+        if path == "products":
+            return f"http://127.0.0.1:{self.product_port}/products?limit=100"
+        suffix = "sync" if path == "sync" else f"async/{path}"
+        return f"http://127.0.0.1:{self.order_port}/orders/{suffix}"
+
+
+# ---------------------------------------------------------------- checkouts
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout.strip()
+
+
+def worktree(ref: str) -> tuple[Path, str]:
+    """A worktree of `ref` (made once, then reused) with its own synced virtual environment."""
+    sha = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    path = ROOT / ".stack" / f"baseline-{sha[:12]}"
+    if not (path / ".git").exists():
+        say(f"git worktree of {sha[:12]} in {path.relative_to(ROOT)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # --force: also when a deleted folder is still registered as this worktree
+        git("worktree", "add", "--force", "--detach", str(path), sha)
+    say(f"installing {sha[:12]}'s locked dependencies in its own .venv (uv sync --frozen)")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")
+    }
+    subprocess.run(
+        ["python3", "-m", "uv", "sync", "--frozen", "--quiet"],
+        cwd=path,
+        env=env,
+        check=True,
+        timeout=1800,
+    )
+    return path, sha
+
+
+def broker_names(side: Side) -> dict[str, str]:
+    """Every setting naming a topic, consumer group or queue, prefixed for this side."""
+    script = (
+        "import json; from shop.settings import Settings; "
+        "print(json.dumps({n: f.default for n, f in Settings.model_fields.items() "
+        "if isinstance(f.default, str)}))"
+    )
+    names = dict(KNOWN_NAMES)
+    try:
+        done = subprocess.run(
+            [str(side.checkout / ".venv" / "bin" / "python"), "-c", script],
+            cwd=side.checkout,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        defaults: dict[str, str] = json.loads(done.stdout)
+        names.update({n: v for n, v in defaults.items() if _NAME_FIELD.fullmatch(n)})
+    except (subprocess.SubprocessError, ValueError, OSError) as exc:
+        say(f"{side.name}: could not read its settings ({exc}); using the names of {DEFAULT_BASE}")
+    return {n.upper(): f"{side.prefix}{v}" for n, v in names.items()}
+
+
+def side_env(side: Side) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update(broker_names(side))
+    env.update(
+        {
+            "DB_NAME": side.db_name,
+            "PRODUCT_SERVICE_PORT": str(side.product_port),
+            "ORDER_SERVICE_PORT": str(side.order_port),
+        }
+    )
+    return env
+
+
+# ---------------------------------------------------------------- servers' state
+
+
+async def _sql(settings: Settings, sql: str, database: str | None = None) -> list[tuple[Any, ...]]:
+    conn = await asyncio.wait_for(
+        asyncmy.connect(
+            host=settings.db_host,
+            port=settings.db_port,
+            user=settings.db_user,
+            password=settings.db_password,
+            database=database,
+            connect_timeout=5,
+            autocommit=True,
+        ),
+        timeout=10,
+    )
+    try:
+        async with conn.cursor() as cur:
+            await asyncio.wait_for(cur.execute(sql), timeout=60)
+            return list(await cur.fetchall())
+    finally:
+        conn.close()
+
+
+def sql(settings: Settings, statement: str, database: str | None = None) -> list[tuple[Any, ...]]:
+    return asyncio.run(_sql(settings, statement, database))
+
+
+def _rabbitmq_api(settings: Settings, path: str, method: str = "GET") -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{settings.rabbitmq_management_port}/api/{path}", method=method
+    )
+    token = b64encode(f"{settings.rabbitmq_user}:{settings.rabbitmq_password}".encode())
+    request.add_header("Authorization", f"Basic {token.decode()}")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def clean(settings: Settings, sides: list[Side]) -> None:
+    """Drop each side's database, topics, consumer groups, queues and exchanges (if any)."""
+    existing = {str(row[0]) for row in sql(settings, "SHOW DATABASES")}
+    for side in sides:
+        if side.db_name in existing:
+            sql(settings, f"DROP DATABASE `{side.db_name}`")
+    prefixes = tuple(side.prefix for side in sides)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_brokers})
+    groups = [
+        g.group_id
+        for g in admin.list_consumer_groups(request_timeout=10).result(timeout=15).valid
+        if g.group_id.startswith(prefixes)
+    ]
+    for attempt in range(10):  # a group is deletable once its members have left
+        try:
+            if groups:
+                for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
+                    future.result(timeout=15)
+            break
+        except Exception as exc:
+            if attempt == 9:
+                say(f"could not delete consumer groups {groups}: {exc}")
+            time.sleep(2)
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
+    if topics:
+        for future in admin.delete_topics(topics, operation_timeout=10).values():
+            future.result(timeout=15)
+        deadline = time.monotonic() + 60  # deletion is asynchronous; a new run re-creates them
+        while time.monotonic() < deadline and any(
+            t in admin.list_topics(timeout=10).topics for t in topics
+        ):
+            time.sleep(0.5)
+    vhost = urllib.parse.quote(settings.rabbitmq_vhost, safe="")
+    for kind in ("queues", "exchanges"):
+        for item in _rabbitmq_api(settings, f"{kind}/{vhost}?columns=name"):
+            if str(item["name"]).startswith(prefixes):
+                name = urllib.parse.quote(item["name"], safe="")
+                _rabbitmq_api(settings, f"{kind}/{vhost}/{name}", method="DELETE")
+
+
+# ---------------------------------------------------------------- services
+
+
+def start_services(side: Side, logs: Path) -> None:
+    say(f"{side.name}: migrating {side.db_name}")
+    with (logs / f"{side.name}-migrate.log").open("ab") as log:
+        subprocess.run(
+            [side.shop, "migrate"],
+            cwd=side.checkout,
+            env=side.env,
+            check=True,
+            timeout=300,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    for service, port in (("products", side.product_port), ("orders", side.order_port)):
+        log = (logs / f"{side.name}-{service}.log").open("ab")
+        side.processes.append(
+            subprocess.Popen(
+                [side.shop, "serve", service],
+                cwd=side.checkout,
+                env=side.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: workers are stopped with it
+            )
+        )
+        log.close()
+        wait_ready(side, port, side.processes[-1], logs / f"{side.name}-{service}.log")
+        say(f"{side.name}: {service} ready on {port}")
+
+
+def wait_ready(side: Side, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{side.name} on {port} exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{side.name} on {port} not ready after {READY_TIMEOUT:.0f} s")
+
+
+def stop_services(sides: list[Side]) -> None:
+    running = [p for side in sides for p in side.processes if p.poll() is None]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in running:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    for side in sides:
+        side.processes.clear()
+
+
+# ---------------------------------------------------------------- load
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def prepare_load(side: Side, directory: Path) -> None:
+    """The same products on both sides (count, price, stock) and the same order bodies."""
+    url = f"http://127.0.0.1:{side.product_port}/products"
+    side.product_ids = [
+        int(_post(url, {"name": f"cmp-{i}", "price": 1.5, "stock": BIG_STOCK})["id"])
+        for i in range(PRODUCTS)
+    ]
+    rng = random.Random(20261126)  # the same sequence of product indices on both sides
+    side.body = directory / f"{side.name}-orders.jsonl"
+    side.body.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "user_id": rng.randint(1, 1_000_000),
+                    "product_id": side.product_ids[rng.randrange(PRODUCTS)],
+                    "quantity": 1,
+                }
+            )
+            + "\n"
+            for _ in range(5000)
+        )
+    )
+
+
+def stored(settings: Settings, side: Side) -> int:
+    return int(sql(settings, "SELECT COUNT(*) FROM orders", side.db_name)[0][0])
+
+
+def _cpu_seconds(pgids: set[int]) -> float:
+    """CPU time used so far by every process in these process groups (services and workers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process has gone
+            continue
+        if int(fields[2]) in pgids:  # pgrp; utime and stime follow at 11 and 12
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+QUIET_CORES = 0.1  # a side is quiet below this (idle services poll: about 0.01-0.03)
+
+
+def settle(settings: Settings, sides: list[Side], timeout: float) -> dict[str, float]:
+    """Wait until every side has stored every order it accepted and its processes are quiet
+    (its outbox relays, consumers and purges done too); seconds waited per side."""
+    waited: dict[str, float] = {}
+    for side in sides:
+        started = time.monotonic()
+        pgids = {p.pid for p in side.processes}
+        before = _cpu_seconds(pgids)
+        while time.monotonic() - started < timeout:
+            time.sleep(0.5)
+            after = _cpu_seconds(pgids)
+            busy = (after - before) / 0.5 >= QUIET_CORES
+            before = after
+            if not busy and stored(settings, side) >= side.accepted:
+                break
+        else:
+            say(f"{side.name}: still busy or storing after {timeout:.0f} s; going on")
+        waited[side.name] = round(time.monotonic() - started, 2)
+    return waited
+
+
+def drive(side: Side, path: str, connections: int, seconds: float) -> LoadResult:
+    if path == "products":
+        result = run_load(side.url(path), connections=connections, seconds=seconds, method="GET")
+    else:
+        result = run_load(
+            side.url(path), connections=connections, seconds=seconds, body_lines=side.body
+        )
+        side.accepted += result.count(201, 202)
+    return result
+
+
+def ok_rps(result: dict[str, Any]) -> float:
+    """2xx answers per second: a side answering 503 fast must not look like a fast side."""
+    ok = sum(int(n) for code, n in result["statuses"].items() if str(code).startswith("2"))
+    return float(ok / result["seconds"]) if result["seconds"] else 0.0
+
+
+def non_2xx(result: dict[str, Any]) -> int:
+    ok = sum(int(n) for code, n in result["statuses"].items() if str(code).startswith("2"))
+    return int(result["requests"]) - ok
+
+
+# ---------------------------------------------------------------- the table
+
+
+def summarise(runs: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
+    rows = []
+    for path in PATHS:
+        for connections in plan.connections:
+            step = [r for r in runs if r["path"] == path and r["connections"] == connections]
+            by_side = {s: [r["result"] for r in step if r["side"] == s] for s in ("base", "head")}
+            ratios = [
+                ok_rps(h) / ok_rps(b)
+                for b, h in zip(by_side["base"], by_side["head"], strict=True)
+                if ok_rps(b) > 0
+            ]
+            row: dict[str, Any] = {"path": path, "connections": connections}
+            for s, results in by_side.items():
+                row[f"{s}_rps"] = round(statistics.median(ok_rps(r) for r in results), 1)
+                row[f"{s}_p99_ms"] = round(statistics.median(r["p99_ms"] for r in results), 1)
+                row[f"{s}_non_2xx"] = sum(non_2xx(r) for r in results)
+                row[f"{s}_rps_rounds"] = [round(ok_rps(r), 1) for r in results]
+            row["ratio"] = round(statistics.median(ratios), 3) if ratios else None
+            row["ratio_rounds"] = [round(r, 3) for r in ratios]
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    lines = [
+        f"base `{header['base'][:12]}` against head `{header['head']}`; "
+        f"{header['rounds']} round(s) of {header['seconds']:g} s per step and side, "
+        f"oha closed loop; throughput = 2xx answers per second; head/base = median over rounds "
+        f"of the per-round ratio.",
+        "",
+        "| path | connections | base /s | head /s | head/base | base p99 ms | head p99 ms "
+        "| non-2xx base / head |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        lines.append(
+            f"| {PATH_LABELS[row['path']]} | {row['connections']} | {row['base_rps']:,.0f} "
+            f"| {row['head_rps']:,.0f} | {ratio} | {row['base_p99_ms']:,.1f} "
+            f"| {row['head_p99_ms']:,.1f} | {row['base_non_2xx']} / {row['head_non_2xx']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def idle_markdown(idle_latency: dict[str, Any]) -> str:
+    if not idle_latency:
+        return ""
+    lines = [
+        "",
+        "Idle latency, single orders one at a time, 202 to stored row (bench/idle.py):",
+        "",
+        "| side | channel | orders stored | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for side, result in idle_latency.items():
+        for channel, r in result["channels"].items():
+            lines.append(
+                f"| {side} | {channel} | {r['stored']}/{r['orders']} | {r.get('p50', '-')} "
+                f"| {r.get('p99', '-')} | {r.get('max', '-')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # so that `finally` stops the services and cleans up
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=DEFAULT_BASE, help=f"commit (default {DEFAULT_BASE})")
+    parser.add_argument("--head", help="a commit to compare instead of this checkout")
+    parser.add_argument("--quick", action="store_true", help="50 and 200 connections, 3 s, 1 round")
+    parser.add_argument("--rounds", type=int, help="rounds (default 3; quick 1)")
+    parser.add_argument("--seconds", type=float, help="seconds per run (default 10; quick 3)")
+    parser.add_argument("--keep", action="store_true", help="leave databases, topics, queues")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    plan = Plan(args.quick, args.rounds, args.seconds)
+    settings = load_settings()
+    ensure_oha()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = ROOT / "bench" / "results" / f"{stamp}-compare"
+    out.mkdir(parents=True, exist_ok=True)
+    base_path, base_sha = worktree(args.base)
+    if args.head:
+        head_path, head_sha = worktree(args.head)
+        head_label = head_sha[:12]
+    else:
+        head_path = ROOT
+        head_label = git("describe", "--always", "--dirty", "--abbrev=12")
+    sides = [
+        Side("base", base_path, base_sha, 18080, 18081, "shop_cmp_base", "bench-cmp-base-"),
+        Side("head", head_path, head_label, 28080, 28081, "shop_cmp_head", "bench-cmp-head-"),
+    ]
+    for side in sides:
+        side.env = side_env(side)
+    header: dict[str, Any] = {
+        "started": stamp,
+        "base": base_sha,
+        "head": head_label,
+        "quick": plan.quick,
+        "rounds": plan.rounds,
+        "seconds": plan.seconds,
+        "connections": plan.connections,
+        "products": PRODUCTS,
+        "workers": settings.workers,
+        "cores": os.cpu_count(),
+    }
+    steps = len(PATHS) * len(plan.connections) * plan.rounds
+    say(
+        f"base {base_sha[:12]} on 18080/18081, head {head_label} on 28080/28081; {steps} steps "
+        f"of 2 x {plan.seconds:g} s, results in {out.relative_to(ROOT)}"
+    )
+    runs: list[dict[str, Any]] = []
+    idle_latency: dict[str, Any] = {}
+    clean(settings, sides)  # what a killed run may have left
+    try:
+        for side in sides:
+            start_services(side, out)
+            prepare_load(side, out)
+        for side in sides:
+            say(f"{side.name}: idle latency, {plan.idle_orders} single orders per channel")
+            side_settings = settings.model_copy(
+                update={
+                    "db_name": side.db_name,
+                    "product_service_port": side.product_port,
+                    "order_service_port": side.order_port,
+                }
+            )
+            idle_latency[side.name] = idle.measure(side_settings, plan.idle_orders)
+            # Each idle order was waited for until stored (or its timeout): count what is there.
+            side.accepted = stored(settings, side)
+            for line in idle.describe(idle_latency[side.name]):
+                say(f"{side.name}: {line}")
+        say("warm-up: every path once per side, not counted")
+        for path in PATHS:
+            for side in sides:
+                settle(settings, sides, plan.settle_timeout)
+                drive(side, path, plan.connections[0], plan.warm_up)
+        index = 0
+        for round_no in range(1, plan.rounds + 1):
+            for path in PATHS:
+                for connections in plan.connections:
+                    index += 1
+                    # Who goes first alternates from step to step, and for each step from
+                    # round to round (a round has an even number of steps).
+                    order = sides if (index + round_no) % 2 == 0 else sides[::-1]
+                    parts = []
+                    for side in order:
+                        waited = settle(settings, sides, plan.settle_timeout)
+                        result = drive(side, path, connections, plan.seconds)
+                        runs.append(
+                            {
+                                "round": round_no,
+                                "path": path,
+                                "connections": connections,
+                                "side": side.name,
+                                "settled_s": waited,
+                                "result": result.as_dict(),
+                            }
+                        )
+                        parts.append(
+                            f"{side.name} {ok_rps(result.as_dict()):7,.0f} 2xx/s "
+                            f"p99 {result.p99_ms:7.1f} ms non-2xx {non_2xx(result.as_dict())}"
+                        )
+                    say(
+                        f"[{index}/{steps}] round {round_no} {path:8} c={connections:<4} "
+                        + " | ".join(parts)
+                    )
+        waited = settle(settings, sides, plan.settle_timeout)
+        audit = {s.name: {"accepted": s.accepted, "stored": stored(settings, s)} for s in sides}
+        say(f"accepted and stored per side: {audit} (waited {waited})")
+    finally:
+        say("stopping the services this run started")
+        stop_services(sides)
+        if not args.keep:
+            say("dropping the databases, topics, consumer groups and queues this run made")
+            clean(settings, sides)
+    rows = summarise(runs, plan)
+    header["finished"] = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    table = markdown(rows, header) + idle_markdown(idle_latency)
+    (out / "compare.json").write_text(
+        json.dumps(
+            {**header, "stored": audit, "idle_latency": idle_latency, "steps": rows, "runs": runs},
+            indent=2,
+        )
+    )
+    (out / "compare.md").write_text(table)
+    print(table, flush=True)
+    say(f"written: {out.relative_to(ROOT)}/compare.json and compare.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
