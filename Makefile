@@ -49,7 +49,7 @@ test: venv lint ## set up the stack, then the whole test suite against the real 
 	$(DEVSTACK) up --no-services
 	$(VENV)/bin/pytest
 
-bench: up ## the benchmark and its report, 6.5 min (QUICK=1: 1.5 min); results in bench/results/
+bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); results in bench/results/
 	$(VENV)/bin/python -m bench.run $(if $(QUICK),--quick,)
 
 .PHONY: bench-compare
