@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import outbox
@@ -35,14 +35,22 @@ async def lock_products(conn: AsyncConnection, product_ids: Collection[int]) -> 
 async def save_stock(
     conn: AsyncConnection, changed: Iterable[Product], events: Iterable[Event]
 ) -> None:
-    """Write the decided stock and version of locked products, and their events."""
-    params = [{"pid": p.id, "stock": p.stock, "version": p.version} for p in changed]
-    if not params:
+    """Write the decided stock and version of locked products, and their events.
+
+    One statement for the whole batch: an UPDATE per product was one round trip each (up to
+    the batch's size), which made the batch's transaction, and its row locks, last longer.
+    """
+    changed = list(changed)
+    if not changed:
         return
+    stock = {p.id: p.stock for p in changed}
+    version = {p.id: p.version for p in changed}
     await conn.execute(
         update(products)
-        .where(products.c.id == bindparam("pid"))
-        .values(stock=bindparam("stock"), version=bindparam("version")),
-        params,
+        .where(products.c.id.in_(stock))
+        .values(
+            stock=case(stock, value=products.c.id),
+            version=case(version, value=products.c.id),
+        )
     )
     await outbox.add_events(conn, product_outbox, [e for e in events if e.aggregate == "product"])
