@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import pytest
+
 from shop.messaging.ports import PublishError
 from shop.orders import consumer
 from shop.orders.consumer import run_order_consumer
@@ -48,7 +50,7 @@ class FakeInbound:
 
     async def take(self, max_messages: int, timeout: float) -> Sequence[FakeDelivery]:
         batch, self.waiting = self.waiting[:max_messages], self.waiting[max_messages:]
-        if not batch:
+        if not batch and timeout > 0:  # the loop waits for more: all was taken
             self.emptied.set()
             await asyncio.sleep(0)
         return batch
@@ -181,3 +183,27 @@ async def test_stopping_mid_retry_returns_without_settling_anything() -> None:
     await asyncio.wait_for(loop, 2)
     assert service.calls == 2
     assert inbound.settled == {}, "nothing may be settled when the batch was never stored"
+
+
+async def test_under_load_a_batch_waits_briefly_for_more_and_stores_them_together() -> None:
+    inbound = FakeInbound()
+    inbound.put(*(_command().model_dump_json().encode() for _ in range(2)))
+    service = FakeService()
+
+    async def more_arrive() -> None:
+        await asyncio.sleep(consumer.LINGER_SECONDS / 4)
+        inbound.put(*(_command().model_dump_json().encode() for _ in range(3)))
+
+    arrivals = asyncio.create_task(more_arrive())
+    await _run_until_drained(inbound, service)
+    await arrivals
+    assert (service.calls, len(service.stored)) == (1, 5)
+
+
+async def test_a_lone_order_is_stored_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer, "LINGER_SECONDS", 60.0)  # a linger would outlast the test
+    inbound = FakeInbound()
+    inbound.put(_command().model_dump_json().encode())
+    service = FakeService()
+    await _run_until_drained(inbound, service)
+    assert (service.calls, len(service.stored)) == (1, 1)

@@ -36,6 +36,10 @@ QUEUE_DEPTH = Gauge(
 )
 
 TAKE_TIMEOUT = 0.25  # how long an idle loop waits before it looks at `stopping` again
+# Under load (more than one delivery waiting), let the batch fill this long: one transaction
+# then stores more orders (at 600 orders/s RabbitMQ batches averaged 7 without it, and the
+# per-batch statements dominated the consumer's CPU). A lone order at idle does not wait.
+LINGER_SECONDS = 0.01
 FIRST_DELAY, MAX_DELAY = 0.1, 5.0
 
 
@@ -69,6 +73,9 @@ async def run_order_consumer(
     """Consume order commands until `stopping` is set."""
     while not stopping.is_set():
         batch = await inbound.take(batch_size, TAKE_TIMEOUT)
+        if 1 < len(batch) < batch_size:
+            await pause(stopping, LINGER_SECONDS)
+            batch = [*batch, *await inbound.take(batch_size - len(batch), 0)]
         if batch and not await _handle(batch, channel, inbound, service, stopping):
             return  # stopping mid-retry: nothing settled, so all of it is delivered again
 
