@@ -39,7 +39,7 @@ TAKE_TIMEOUT = 0.25  # how long an idle loop waits before it looks at `stopping`
 # Under load (more than one delivery waiting), let the batch fill this long: one transaction
 # then stores more orders (at 600 orders/s RabbitMQ batches averaged 7 without it, and the
 # per-batch statements dominated the consumer's CPU). A lone order at idle does not wait.
-LINGER_SECONDS = 0.01
+LINGER_SECONDS = 0.05
 FIRST_DELAY, MAX_DELAY = 0.1, 5.0
 
 
