@@ -232,19 +232,19 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def consume(settings: Settings, channel: str) -> None:
-    """Run one consumer (and the order outbox relay) without HTTP until SIGTERM or SIGINT."""
+async def consume(settings: Settings, channels: Collection[str]) -> None:
+    """Run consumers (and the order outbox relay) without HTTP until SIGTERM or SIGINT."""
     logs.configure(settings.log_level)
     runtime = OrderRuntime(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runtime.start_with([channel])
+    runtime.start_with(channels)
     heap.settle()
-    log.info("%s consumer started", channel)
+    log.info("%s consumer started", "+".join(channels))
     try:
         await stop.wait()
     finally:
         await runtime.close()
-        log.info("%s consumer stopped", channel)
+        log.info("%s consumer stopped", "+".join(channels))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from typing import Any
 
+from shop.children import Child, die_with_parent
 from shop.settings import ConfigError, Settings, load_settings
 
 SERVICES = ("products", "orders")
@@ -21,17 +23,42 @@ def _serve(settings: Settings, service: str) -> None:
 
     logs.configure(settings.log_level)
     port = settings.product_service_port if service == "products" else settings.order_service_port
+    consumers = service == "orders" and settings.consumers_enabled and settings.consumer_process
     metrics_dir = None
-    if settings.workers > 1:
-        # Workers are separate processes: Prometheus' multiprocess mode sums their counters.
-        # The variable must be set before any worker imports prometheus_client.
+    if settings.workers > 1 or consumers:
+        # Workers (and the consumers) are separate processes: Prometheus' multiprocess mode
+        # sums their counters. The variable must be set before any of them imports
+        # prometheus_client.
         metrics_dir = tempfile.mkdtemp(prefix=f"shop-metrics-{service}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    child = None
+    if consumers:
+        child = Child(
+            "order consumers", [sys.executable, "-m", "shop", "consume", "all"], dict(os.environ)
+        )
+        child.start()
+        os.environ["CONSUMERS_ENABLED"] = "false"  # the HTTP workers leave them to the child
+        _stop_child_on_exit_signals(child)
     try:
         _run_uvicorn(uvicorn, settings, service, port)
     finally:
+        if child is not None:
+            child.stop()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _stop_child_on_exit_signals(child: Child) -> None:
+    """uvicorn, once shut down, restores the handlers it found and raises the signal again:
+    these stop the consumers (they finish their batch) before the process ends as it would."""
+
+    def stop_then_exit(signum: int, _frame: object) -> None:
+        child.stop()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_then_exit)
 
 
 def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> None:
@@ -54,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run one HTTP service in the foreground")
     serve.add_argument("service", choices=SERVICES)
-    consume = sub.add_parser("consume", help="run one order consumer without HTTP (scale-out)")
-    consume.add_argument("channel", choices=("kafka", "rabbitmq"))
+    consume = sub.add_parser("consume", help="run order consumers without HTTP (scale-out)")
+    consume.add_argument("channel", choices=("kafka", "rabbitmq", "all"))
     sub.add_parser("migrate", help="create the database if needed and migrate it to head")
     return parser
 
@@ -74,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
 
         from shop import app
 
-        uvloop.run(app.consume(settings, args.channel))
+        die_with_parent()
+        channels = ("kafka", "rabbitmq") if args.channel == "all" else (args.channel,)
+        uvloop.run(app.consume(settings, channels))
         return
     if args.command == "migrate":
         from shop.migrate import migrate

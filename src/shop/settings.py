@@ -98,6 +98,9 @@ class Settings(BaseSettings):
 
     product_list_cache_seconds: float = Field(1.0, ge=0, le=60)
     consumers_enabled: bool = True
+    # The consumers in a process of their own beside the HTTP server (the other core), not on
+    # its event loop.
+    consumer_process: bool = True
     # Sync orders waiting for their batch beyond this many are refused at once (503).
     sync_queue_limit: int = Field(1000, ge=1, le=100_000)
     consumer_batch_size: int = Field(500, ge=1, le=5000)

@@ -1,0 +1,78 @@
+"""The order consumers as a process of their own beside the HTTP server, kept running.
+
+On two cores, consumers on the HTTP event loop take its time from intake (and intake theirs):
+in their own process they use the other core. The child dies with its parent (PDEATHSIG), and
+a child that exits unexpectedly is started again after a pause.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "SHOP_PARENT_PID"
+STOP_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child started by `Child`: exit (SIGTERM) when the parent does, even on SIGKILL."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Child:
+    """`argv` as a supervised child process: started, restarted if it exits, stopped."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self._name = name
+        self._argv = argv
+        self._env = {**env, PARENT_ENV: str(os.getpid())}
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._keep_running, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._watcher.start()
+
+    def _keep_running(self) -> None:
+        delay = 0.5
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._process = subprocess.Popen(self._argv, env=self._env)
+            code = self._process.wait()
+            if self._stopping.is_set():
+                return
+            log.error("%s exited with %s; starting it again in %.1fs", self._name, code, delay)
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 10.0)
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for it to finish its batch (SIGKILL after STOP_SECONDS)."""
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", self._name, STOP_SECONDS)
+            process.kill()
+            process.wait()
