@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from sqlalchemy import DateTime, text
 from sqlalchemy.dialects import mysql
@@ -68,6 +70,27 @@ async def ping(engine: AsyncEngine, *, timeout: float) -> None:
     """Raise unless the database answers a trivial query within `timeout` seconds."""
     async with _connection(engine, timeout=timeout) as conn:
         await conn.execute(text("SELECT 1"))
+
+
+async def insert_rows(
+    conn: AsyncConnection, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
+) -> None:
+    """INSERT `rows` (values in `columns` order) as one statement of SQL text.
+
+    For the hot inserts (orders and outbox events, a batch at a time): SQLAlchemy's per-row
+    parameter processing of an executemany was a tenth of a consumer's CPU; the driver
+    escapes the values (bytes, str, int, Decimal, datetime, None) itself.
+    """
+    if rows:
+        await conn.exec_driver_sql(
+            _insert_sql(table, columns, len(rows)), tuple(v for row in rows for v in row)
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _insert_sql(table: str, columns: tuple[str, ...], count: int) -> str:
+    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * count)
 
 
 class Database:

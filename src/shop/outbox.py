@@ -26,7 +26,7 @@ from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import jsonutil
-from shop.db import Timestamp, unit_of_work
+from shop.db import Timestamp, insert_rows, unit_of_work
 from shop.events import Event
 from shop.ids import uuid7
 from shop.messaging.ports import Outbound, Outgoing
@@ -60,7 +60,7 @@ def outbox_table(name: str, metadata: MetaData) -> Table:
     )
 
 
-def envelope(event: Event) -> tuple[str, bytes]:
+def envelope(event: Event, occurred_at: dt.datetime) -> tuple[str, bytes]:
     """The event's id and its JSON envelope `{event_id, type, version, occurred_at, data}`.
 
     `version` is the aggregate's version after the change (see shop.events).
@@ -70,24 +70,23 @@ def envelope(event: Event) -> tuple[str, bytes]:
         "event_id": event_id,
         "type": event.type,
         "version": event.version,
-        "occurred_at": jsonutil.utcnow(),
+        "occurred_at": occurred_at,
         "data": event.data,
     }
     return event_id, jsonutil.dumps(body)
 
 
+_EVENT_COLUMNS = ("event_id", "event_key", "payload", "created_at")
+
+
 async def add_events(conn: AsyncConnection, table: Table, events: Sequence[Event]) -> None:
     """Record events inside the caller's transaction; they are published only if it commits."""
-    if not events:
-        return
     now = jsonutil.utcnow()
     rows = []
     for event in events:
-        event_id, payload = envelope(event)
-        rows.append(
-            {"event_id": event_id, "event_key": event.key, "payload": payload, "created_at": now}
-        )
-    await conn.execute(table.insert(), rows)
+        event_id, payload = envelope(event, now)
+        rows.append((event_id, event.key, payload, now))
+    await insert_rows(conn, table.name, _EVENT_COLUMNS, rows)
 
 
 class Relay:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Collection, Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import outbox
@@ -24,13 +24,16 @@ async def lock_products(conn: AsyncConnection, product_ids: Collection[int]) -> 
     """The products with these ids that exist, locked until the transaction ends."""
     if not product_ids:
         return {}
-    rows = await conn.execute(
-        select(products.c.id, products.c.price, products.c.stock, products.c.version)
-        .where(products.c.id.in_(sorted(product_ids)))
-        .order_by(products.c.id)
-        .with_for_update()
-    )
+    rows = await conn.execute(_LOCK, {"ids": sorted(product_ids)})
     return {row.id: Product(row.id, row.price, row.stock, row.version) for row in rows}
+
+
+_LOCK = (  # built once, not per batch
+    select(products.c.id, products.c.price, products.c.stock, products.c.version)
+    .where(products.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(products.c.id)
+    .with_for_update()
+)
 
 
 async def save_stock(

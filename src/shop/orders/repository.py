@@ -7,11 +7,12 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Row, select, union_all, update
+from sqlalchemy import BindParameter, Row, bindparam, select, union_all, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import jsonutil, outbox
+from shop.db import insert_rows
 from shop.orders.domain import Decision, KeyClaim, Known, Order
 from shop.orders.tables import order_aliases, order_keys, order_outbox, orders
 
@@ -26,10 +27,8 @@ def _from_row(row: Row[Any]) -> Order:
     return Order(**values)
 
 
-def _as_row(order: Order) -> dict[str, Any]:
-    row = {name: getattr(order, name) for name in FIELDS}
-    row["id"] = order.id.bytes
-    return row
+def _as_row(order: Order) -> tuple[Any, ...]:
+    return (order.id.bytes, *(getattr(order, name) for name in FIELDS[1:]))
 
 
 async def find_known(
@@ -63,17 +62,18 @@ async def _orders_by_id(
     """Orders by their own ids and by their aliases' ids, in one round trip."""
     if not ids:
         return {}
-    raw = [i.bytes for i in ids]
-    own = select(*_COLUMNS, orders.c.id.label("name")).where(orders.c.id.in_(raw))
-    aliased = (
-        select(*_COLUMNS, order_aliases.c.id.label("name"))
-        .join_from(order_aliases, orders, orders.c.id == order_aliases.c.order_id)
-        .where(order_aliases.c.id.in_(raw))
-    )
-    return {
-        uuid.UUID(bytes=row.name): _from_row(row)
-        for row in await conn.execute(union_all(own, aliased))
-    }
+    rows = await conn.execute(_OWN_OR_ALIASED, {"ids": [i.bytes for i in ids]})
+    return {uuid.UUID(bytes=row.name): _from_row(row) for row in rows}
+
+
+# Built once: constructing the statement again for every batch cost more than its compile.
+_IDS: BindParameter[bytes] = bindparam("ids", expanding=True)
+_OWN_OR_ALIASED = union_all(
+    select(*_COLUMNS, orders.c.id.label("name")).where(orders.c.id.in_(_IDS)),
+    select(*_COLUMNS, order_aliases.c.id.label("name"))
+    .join_from(order_aliases, orders, orders.c.id == order_aliases.c.order_id)
+    .where(order_aliases.c.id.in_(_IDS)),
+)
 
 
 async def claim_key(conn: AsyncConnection, key: bytes, claim: KeyClaim) -> KeyClaim:
@@ -97,7 +97,7 @@ async def claim_key(conn: AsyncConnection, key: bytes, claim: KeyClaim) -> KeyCl
 async def insert(conn: AsyncConnection, decision: Decision) -> None:
     """Store the decision's new orders, keys, aliases and order events."""
     if decision.orders:
-        await conn.execute(orders.insert(), [_as_row(o) for o in decision.orders])
+        await insert_rows(conn, orders.name, FIELDS, [_as_row(o) for o in decision.orders])
     if decision.keys:
         placed = {o.id: o for o in decision.orders}
         await conn.execute(
