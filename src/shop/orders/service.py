@@ -12,15 +12,12 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from shop import jsonutil
@@ -31,7 +28,7 @@ from shop.ids import uuid7
 from shop.orders import domain, inventory, repository
 from shop.orders.domain import KeyMismatch, OrderRequest, Outcome, Placed, Refused, Replayed
 from shop.orders.models import AsyncChannel, OrderCommand, PlaceOrder
-from shop.products.tables import products
+from shop.orders.prices import Prices
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +125,7 @@ class OrderService:
             max_pending=sync_queue_limit,
             timeout=db.timeout,
         )
-        self._prices: dict[int, tuple[float, Decimal]] = {}  # product id: (expires, price)
-        self._prices_down_until = 0.0
+        self._prices = Prices(db, ttl=PRICE_SECONDS, budget=INTAKE_LOOKUP_SECONDS)
 
     async def place_order(
         self, order: PlaceOrder, *, idempotency_key: str | None = None
@@ -238,7 +234,7 @@ class OrderService:
         self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
     ) -> dict[str, Any]:
         """Hand the order to a broker; it is stored when a consumer processes the command."""
-        price = await self._price(order.product_id)
+        price = await self._prices.get(order.product_id)
         if price is not None and domain.total_too_large(price, order.quantity):
             raise _too_large(order.quantity)
         order_id = uuid7()
@@ -280,31 +276,6 @@ class OrderService:
         if (claim.product_id, claim.quantity) != (order.product_id, order.quantity):
             raise IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
         return claim.order_id
-
-    async def _price(self, product_id: int) -> Decimal | None:
-        """The product's price as intake last read it, or None when it cannot tell (no such
-        product, or the database does not answer at once: the consumer decides then)."""
-        cached = self._prices.get(product_id)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        if now < self._prices_down_until:
-            return None
-        try:
-            async with asyncio.timeout(INTAKE_LOOKUP_SECONDS), self._db.read() as conn:
-                price = await conn.scalar(
-                    select(products.c.price).where(products.c.id == product_id)
-                )
-        except Exception as exc:  # intake works without the database: the consumer checks
-            log.debug("price of product %s unknown at intake: %r", product_id, exc)
-            self._prices_down_until = now + INTAKE_LOOKUP_SECONDS * 2  # spare the next requests
-            return None
-        if price is None:
-            return None
-        if len(self._prices) >= 100_000:
-            self._prices.clear()
-        self._prices[product_id] = (now + PRICE_SECONDS, price)
-        return Decimal(price)
 
     async def cancel_order(self, order_id: uuid.UUID) -> dict[str, Any]:
         """Cancel a confirmed order and give its units back; anything else is a Conflict."""

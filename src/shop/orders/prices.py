@@ -1,0 +1,75 @@
+"""Product prices as order intake last read them, to bound an order's total before a 202.
+
+Only the bound depends on them: the consumer prices the order when it stores it. A price is
+trusted for `ttl` seconds; the requests that miss it at the same moment share one read (at 800
+connections an expiry was up to 800 reads at once); a read has a short budget, and when the
+database does not answer intake goes on without it (with the last price it had, if any).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
+from typing import Any, Protocol
+
+from sqlalchemy import bindparam, select
+
+from shop.products.tables import products
+
+log = logging.getLogger(__name__)
+
+_PRICE = select(products.c.price).where(products.c.id == bindparam("pid"))
+
+
+class Reader(Protocol):
+    def read(self) -> AbstractAsyncContextManager[Any]: ...
+
+
+class Prices:
+    """A per-process cache of product prices with one read per product at a time."""
+
+    def __init__(
+        self, db: Reader, *, ttl: float = 60.0, budget: float = 0.5, max_entries: int = 100_000
+    ) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._budget = budget
+        self._max_entries = max_entries
+        self._cached: dict[int, tuple[float, Decimal]] = {}  # product id: (expires, price)
+        self._loading: dict[int, asyncio.Future[Decimal | None]] = {}
+        self._down_until = 0.0
+
+    async def get(self, product_id: int) -> Decimal | None:
+        """The price, or None when intake cannot tell (no such product, database silent)."""
+        cached = self._cached.get(product_id)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        stale = cached[1] if cached is not None else None
+        if now < self._down_until:
+            return stale
+        load = self._loading.get(product_id)
+        if load is None:
+            load = asyncio.ensure_future(self._load(product_id))
+            self._loading[product_id] = load
+            load.add_done_callback(lambda _: self._loading.pop(product_id, None))
+        price = await asyncio.shield(load)  # a caller that goes away leaves the read to others
+        return price if price is not None else stale
+
+    async def _load(self, product_id: int) -> Decimal | None:
+        try:
+            async with asyncio.timeout(self._budget), self._db.read() as conn:
+                price = await conn.scalar(_PRICE, {"pid": product_id})
+        except Exception as exc:  # intake works without the database: the consumer checks
+            log.debug("price of product %s unknown at intake: %r", product_id, exc)
+            self._down_until = time.monotonic() + self._budget * 2  # spare the next requests
+            return None
+        if price is None:
+            return None
+        if len(self._cached) >= self._max_entries:
+            self._cached.clear()
+        self._cached[product_id] = (time.monotonic() + self._ttl, Decimal(price))
+        return Decimal(price)
