@@ -613,23 +613,7 @@ def _accept_to_stored(
         accepted_ms = int.from_bytes(order_id[:6], "big")
         stored_ms = created_at.replace(tzinfo=dt.UTC).timestamp() * 1000
         delays[channel].append(max(0.0, stored_ms - accepted_ms))
-    return {ch: _percentiles(v) for ch, v in delays.items()}
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {
-        "count": len(ordered),
-        "p50": round(pick(0.5), 1),
-        "p99": round(pick(0.99), 1),
-        "max": round(ordered[-1], 1),
-    }
+    return {ch: idle.percentiles(v) for ch, v in delays.items()}
 
 
 if __name__ == "__main__":
