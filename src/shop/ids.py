@@ -1,8 +1,7 @@
-"""Identifiers made without coordination: UUIDv7 (time-ordered) and name-derived UUIDs."""
+"""Identifiers made without coordination: UUIDv7, time-ordered."""
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 import uuid
@@ -21,15 +20,4 @@ def uuid7() -> uuid.UUID:
     value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
     value |= 0b10 << 62  # variant
     value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b, 62 bits
-    return uuid.UUID(int=value)
-
-
-def derived_uuid(*parts: str) -> uuid.UUID:
-    """A UUIDv8 derived from its parts, so the same parts always name the same thing."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    value = int.from_bytes(digest[:16], "big")
-    value &= ~(0xF << 76)
-    value |= 0x8 << 76
-    value &= ~(0b11 << 62)
-    value |= 0b10 << 62
     return uuid.UUID(int=value)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from shop import jsonutil
 from shop.errors import InvalidInput
-from shop.ids import derived_uuid, uuid7
+from shop.ids import uuid7
 from shop.products.service import decode_cursor, encode_cursor
 from shop.types import Money
 
@@ -20,13 +20,6 @@ def test_uuid7_is_version_7_and_time_ordered() -> None:
     assert len(set(ids)) == len(ids)
     millis = [i.int >> 80 for i in ids]
     assert millis == sorted(millis)
-
-
-def test_derived_uuid_is_stable_and_separates_parts() -> None:
-    assert derived_uuid("1", "key") == derived_uuid("1", "key")
-    assert derived_uuid("1", "key") != derived_uuid("2", "key")
-    assert derived_uuid("1", "2key") != derived_uuid("12", "key")
-    assert derived_uuid("a").version == 8
 
 
 def test_decimals_are_written_as_exact_json_numbers() -> None:
