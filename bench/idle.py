@@ -54,7 +54,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-async def _connect(settings: Settings) -> Any:
+async def connect(settings: Settings) -> Any:
+    """An autocommit connection to the shop database (bounded wait)."""
     return await asyncio.wait_for(
         asyncmy.connect(
             host=settings.db_host,
@@ -138,7 +139,7 @@ async def measure_async(settings: Settings, orders: int = ORDERS) -> dict[str, A
         )
         created.raise_for_status()
         product_id = int(created.json()["id"])
-        db = await _connect(settings)
+        db = await connect(settings)
         try:
             channels = {
                 channel: await _one_channel(

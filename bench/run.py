@@ -25,7 +25,6 @@ from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
-import asyncmy
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench import idle, limits, report
@@ -64,20 +63,8 @@ class Plan:
 # ---------------------------------------------------------------- database helpers
 
 
-async def _db(settings: Settings) -> Any:
-    return await asyncmy.connect(
-        host=settings.db_host,
-        port=settings.db_port,
-        user=settings.db_user,
-        password=settings.db_password,
-        database=settings.db_name,
-        connect_timeout=5,
-        autocommit=True,
-    )
-
-
 async def _query(settings: Settings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-    conn = await _db(settings)
+    conn = await idle.connect(settings)
     try:
         async with conn.cursor() as cur:
             await cur.execute(sql, args)

@@ -64,6 +64,19 @@ class Tally:
             self.other.append(f"{response.status_code} {response.text[:200]}")
 
 
+async def all_pages(orders: httpx.AsyncClient, url: str) -> list[str]:
+    """The ids of every order a list returns, following its Link: rel="next" to the end."""
+    seen: list[str] = []
+    next_url: str | None = url
+    while next_url is not None:
+        page = await orders.get(next_url)
+        assert page.status_code == 200, page.text
+        seen += [o["id"] for o in page.json()]
+        link = page.headers.get("link")
+        next_url = link[link.index("<") + 1 : link.index(">")] if link else None
+    return seen
+
+
 async def stored_orders(database: AsyncEngine, product_id: int) -> list[dict[str, Any]]:
     async with database.connect() as conn:
         rows = (

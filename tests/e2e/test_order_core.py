@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shop.settings import Settings
 from tests.e2e.orders_support import (
     PATHS,
+    all_pages,
     new_product,
     place,
     stock_of,
@@ -109,15 +110,7 @@ async def test_paging_oldest_first_returns_every_order_keyed_or_not_exactly_once
         placed.append(answer.json()["id"])
     assert placed == sorted(placed, key=lambda i: uuid.UUID(i).bytes), "ids not time-ordered"
     await wait_until_stored(database, pid, set(placed))
-    seen: list[str] = []
-    url: str | None = f"/orders?user_id={user}&limit=5"
-    while url is not None:
-        answer = await orders.get(url)
-        assert answer.status_code == 200
-        seen += [o["id"] for o in answer.json()]
-        link = answer.headers.get("link")
-        url = link[link.index("<") + 1 : link.index(">")] if link else None
-    assert seen == placed
+    assert await all_pages(orders, f"/orders?user_id={user}&limit=5") == placed
 
 
 async def test_placing_cancelling_and_editing_publish_versioned_product_events(

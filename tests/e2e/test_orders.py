@@ -13,6 +13,7 @@ from shop.settings import Settings
 from tests.e2e.orders_support import (
     PATHS,
     Tally,
+    all_pages,
     assert_stock_adds_up,
     new_product,
     order_count,
@@ -167,15 +168,7 @@ async def test_list_orders_filters_and_pages(
     made = [
         (await place(orders, "sync", product_id=pid, user_id=user)).json()["id"] for _ in range(5)
     ]
-    seen: list[str] = []
-    url: str | None = f"/orders?user_id={user}&status=confirmed&limit=2"
-    while url:
-        page = await orders.get(url)
-        assert page.status_code == 200
-        seen += [o["id"] for o in page.json()]
-        link = page.headers.get("link")
-        url = link[link.index("<") + 1 : link.index(">")] if link else None
-    assert seen == made
+    assert await all_pages(orders, f"/orders?user_id={user}&status=confirmed&limit=2") == made
     assert (await orders.get(f"/orders?user_id={user}&status=rejected")).json() == []
 
 
