@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Table
 
 from shop import heap, http, logs
 from shop.db import Database
+from shop.lean import LeanRoute
 from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
 from shop.messaging.ports import D, Inbound
 from shop.messaging.rabbitmq import RabbitInbound, RabbitPublisher
@@ -182,7 +184,12 @@ class OrderRuntime(Runtime):
 
 
 def _app(
-    title: str, service: str, settings: Settings, runtime: Runtime, start: partial[None]
+    title: str,
+    service: str,
+    settings: Settings,
+    runtime: Runtime,
+    start: partial[None],
+    lean: Sequence[LeanRoute[Any]],
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -195,7 +202,11 @@ def _app(
             log.info("%s service stopped", service)
 
     app = http.new_app(
-        title, service=service, max_body_bytes=settings.max_body_bytes, lifespan=lifespan
+        title,
+        service=service,
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+        lean=lean,
     )
     app.include_router(http.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
     return app
@@ -208,16 +219,20 @@ def products_app(settings: Settings | None = None) -> FastAPI:
     runtime = Runtime(
         settings, outbox=product_outbox, events_topic=settings.kafka_product_events_topic
     )
-    app = _app("Product service", "products", settings, runtime, partial(runtime.start))
-    app.include_router(
-        product_api.router(
-            ProductService(
-                runtime.db,
-                on_event=runtime.relay.notify,
-                list_cache_seconds=settings.product_list_cache_seconds,
-            )
-        )
+    service = ProductService(
+        runtime.db,
+        on_event=runtime.relay.notify,
+        list_cache_seconds=settings.product_list_cache_seconds,
     )
+    app = _app(
+        "Product service",
+        "products",
+        settings,
+        runtime,
+        partial(runtime.start),
+        product_api.lean_routes(service),
+    )
+    app.include_router(product_api.router(service))
     return app
 
 
@@ -227,7 +242,14 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     logs.configure(settings.log_level)
     runtime = OrderRuntime(settings)
     consumers = CHANNELS if settings.consumers_enabled else ()
-    app = _app("Order service", "orders", settings, runtime, partial(runtime.start_with, consumers))
+    app = _app(
+        "Order service",
+        "orders",
+        settings,
+        runtime,
+        partial(runtime.start_with, consumers),
+        order_api.lean_routes(runtime.service),
+    )
     app.include_router(order_api.router(runtime.service))
     return app
 

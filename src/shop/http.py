@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shop import heap, jsonutil
 from shop.errors import DomainError, Unavailable
+from shop.lean import LeanRoute, LeanRoutes
 
 log = logging.getLogger(__name__)
 
@@ -262,13 +263,15 @@ def new_app(
     service: str,
     max_body_bytes: int,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    lean: Sequence[LeanRoute[Any]] = (),
 ) -> FastAPI:
     """A FastAPI app with the shared handlers and middleware, as every service (and the
     benchmark's HTTP floor) builds it.
 
     FastAPI's own OpenTelemetry hooks are off: the services export Prometheus metrics, and the
     hooks looked up the environment on every request (2 % of a request's CPU in a profile).
-    Once the app has started, the garbage collector is settled (`shop.heap`).
+    Once the app has started, the garbage collector is settled (`shop.heap`). The `lean`
+    routes answer their plain requests without FastAPI's per-request work (`shop.lean`).
     """
 
     @asynccontextmanager
@@ -284,17 +287,24 @@ def new_app(
         default_response_class=JSONResponse,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    install(app, service=service, max_body_bytes=max_body_bytes)
+    install(app, service=service, max_body_bytes=max_body_bytes, lean=lean)
     return app
 
 
-def install(app: FastAPI, *, service: str, max_body_bytes: int) -> None:
-    """Add the shared error handlers and middleware to a service's app."""
+def install(
+    app: FastAPI, *, service: str, max_body_bytes: int, lean: Sequence[LeanRoute[Any]] = ()
+) -> None:
+    """Add the shared error handlers and middleware to a service's app.
+
+    The lean routes sit inside the body limit and the metrics, in front of the router.
+    """
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(DomainError, _on_domain_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     for down in (OperationalError, InterfaceError, PoolTimeout, TimeoutError):
         app.add_exception_handler(down, _on_database_down)
     app.add_exception_handler(Exception, _on_unexpected)
+    if lean:
+        app.add_middleware(LeanRoutes, owner=app, routes=lean)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(Metrics, service=service)

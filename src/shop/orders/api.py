@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import ValidationError
+from starlette.types import Scope
 
+from shop import jsonutil
 from shop.deps import IdempotencyKey
 from shop.http import JSONResponse, next_page_link
-from shop.orders.models import Accepted, Order, OrderStatus, PlaceOrder
-from shop.orders.service import OrderQuery, OrderService
+from shop.idempotency import MAX_KEY_LENGTH
+from shop.lean import LeanRoute, Reply, is_json, single_headers
+from shop.orders.models import Accepted, AsyncChannel, Order, OrderStatus, PlaceOrder
+from shop.orders.service import OrderQuery
 
 OrderId = Annotated[uuid.UUID, Path(description="The order's id (a UUID)")]
 
 
-def router(service: OrderService) -> APIRouter:
+class Orders(Protocol):
+    """What the routes ask of the order service (`shop.orders.service.OrderService`)."""
+
+    async def list_orders(self, query: OrderQuery) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]: ...
+
+    async def place_order(
+        self, order: PlaceOrder, *, idempotency_key: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def accept_order(
+        self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def cancel_order(self, order_id: uuid.UUID) -> dict[str, Any]: ...
+
+
+def router(service: Orders) -> APIRouter:
     api = APIRouter(prefix="/orders", tags=["orders"])
 
     @api.get("", response_model=list[Order], response_class=JSONResponse)
@@ -82,6 +105,53 @@ def router(service: OrderService) -> APIRouter:
         return JSONResponse(await service.cancel_order(order_id))
 
     return api
+
+
+def lean_routes(service: Orders) -> list[LeanRoute[Any]]:
+    """The three order intakes, answered without FastAPI in the plain case (`shop.lean`)."""
+
+    async def place(_scope: Scope, plain: tuple[PlaceOrder, str | None]) -> Reply:
+        order, key = plain
+        placed = await service.place_order(order, idempotency_key=key)
+        return _reply(201, placed)
+
+    def accept(channel: AsyncChannel) -> LeanRoute[tuple[PlaceOrder, str | None]]:
+        async def answer(_scope: Scope, plain: tuple[PlaceOrder, str | None]) -> Reply:
+            order, key = plain
+            accepted = await service.accept_order(order, channel=channel, idempotency_key=key)
+            return _reply(202, accepted)
+
+        return LeanRoute("POST", f"/orders/async/{channel}", _plain_order, answer)
+
+    return [
+        LeanRoute("POST", "/orders/sync", _plain_order, place),
+        accept("kafka"),
+        accept("rabbitmq"),
+    ]
+
+
+_ORDER_HEADERS = (b"content-type", b"idempotency-key")
+
+
+def _plain_order(scope: Scope, body: bytes) -> tuple[PlaceOrder, str | None] | None:
+    """A JSON order body that validates, with at most one valid Idempotency-Key; else None."""
+    headers = single_headers(scope, _ORDER_HEADERS)
+    if headers is None or not is_json(headers.get(b"content-type")):
+        return None
+    key = None
+    if b"idempotency-key" in headers:
+        key = headers[b"idempotency-key"].decode("latin-1")
+        if not 1 <= len(key) <= MAX_KEY_LENGTH:
+            return None
+    try:
+        return PlaceOrder.model_validate_json(body), key
+    except ValidationError:
+        return None
+
+
+def _reply(status: int, answer: dict[str, Any]) -> Reply:
+    location = _at(str(answer["id"])).encode()
+    return Reply(status, jsonutil.dumps(answer), ((b"location", location),))
 
 
 def _at(order_id: str) -> str:

@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.types import Scope
 
-from shop import jsonutil
+from shop import idempotency, jsonutil
 from shop.deps import IdempotencyKey
 from shop.errors import InvalidInput
 from shop.http import JSONResponse, next_page_link
+from shop.lean import LeanRoute, Reply
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
-from shop.products.service import ProductQuery, ProductService
+from shop.products.service import ProductQuery
 
 ProductId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The product's id")]
 
 
-def router(service: ProductService) -> APIRouter:
+class Products(Protocol):
+    """What the routes ask of the product service (`shop.products.service.ProductService`)."""
+
+    async def list_products_json(self, query: ProductQuery) -> tuple[bytes, str | None]: ...
+
+    async def create_product(
+        self, data: ProductCreate, *, idempotency_key: str | None = None
+    ) -> idempotency.Answer: ...
+
+    async def get_product(self, product_id: int) -> dict[str, Any]: ...
+
+    async def update_product(self, product_id: int, changes: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_product(self, product_id: int, patch: ProductPatch) -> dict[str, Any]: ...
+
+    async def delete_product(self, product_id: int) -> None: ...
+
+
+def router(service: Products) -> APIRouter:
     api = APIRouter(prefix="/products", tags=["products"])
 
     @api.get("", response_model=list[Product], response_class=JSONResponse)
@@ -74,6 +95,38 @@ def router(service: ProductService) -> APIRouter:
         return Response(status_code=204)
 
     return api
+
+
+def lean_routes(service: Products) -> list[LeanRoute[Any]]:
+    """`GET /products` (optionally with `limit` and `cursor`) without FastAPI (`shop.lean`)."""
+
+    async def answer(scope: Scope, query: ProductQuery) -> Reply:
+        body, next_cursor = await service.list_products_json(query)
+        link = next_page_link(Request(scope), next_cursor)
+        return Reply(200, body, tuple((k.lower().encode(), v.encode()) for k, v in link.items()))
+
+    return [LeanRoute("GET", "/products", _plain_list, answer, reads_body=False)]
+
+
+_LIMIT = re.compile(rb"[1-9][0-9]{0,3}")
+_CURSOR = re.compile(rb"[A-Za-z0-9_-]{1,200}")
+
+
+def _plain_list(scope: Scope, _body: bytes) -> ProductQuery | None:
+    """A query of at most one plain `limit` (1-1000) and one plain `cursor`; else None."""
+    limit, cursor = None, None
+    query_string: bytes = scope["query_string"]
+    for part in query_string.split(b"&") if query_string else ():
+        name, _, value = part.partition(b"=")
+        if name == b"limit" and limit is None and _LIMIT.fullmatch(value):
+            limit = int(value)
+            if limit > 1000:
+                return None
+        elif name == b"cursor" and cursor is None and _CURSOR.fullmatch(value):
+            cursor = value.decode()
+        else:
+            return None
+    return ProductQuery(limit=limit or 100, cursor=cursor)
 
 
 def _location(body: bytes) -> dict[str, str]:

@@ -1,0 +1,269 @@
+"""The lean routes keep the API's contract: the same requests get the same answers.
+
+Each generated request goes to an app with the lean routes and to one without them (FastAPI
+alone), both over the same in-memory fakes of the services; status, headers and body must be
+identical, for plain requests and for every kind of refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.exc import OperationalError
+
+from shop import http, idempotency, jsonutil
+from shop.errors import IdempotencyMismatch, InvalidInput, OutOfStock, Unavailable
+from shop.orders import api as order_api
+from shop.orders.models import AsyncChannel, PlaceOrder
+from shop.orders.service import OrderQuery
+from shop.products import api as product_api
+from shop.products.models import ProductCreate, ProductPatch
+from shop.products.service import ProductQuery, encode_cursor
+
+MAX_BODY = 2048
+
+
+class FakeOrders:
+    """Answers by the quantity: some quantities stand for each way a placement fails."""
+
+    def _decide(self, order: PlaceOrder, channel: str, key: str | None) -> dict[str, Any]:
+        failures: dict[int, Exception] = {
+            13: OperationalError("INSERT", {}, Exception("gone away")),
+            14: Unavailable("Kafka did not confirm the order in time.", retry_after=2),
+            15: IdempotencyMismatch("This Idempotency-Key was first used with another order."),
+            16: RuntimeError("a bug"),
+        }
+        if order.quantity in failures:
+            raise failures[order.quantity]
+        if order.quantity >= 500:
+            raise OutOfStock(f"Only 499 left of product {order.product_id}.")
+        seed = f"{order.user_id}/{order.product_id}/{order.quantity}/{channel}/{key}"
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, seed)),
+            "status": "confirmed" if channel == "sync" else "pending",
+            "user_id": order.user_id,
+            "product_id": order.product_id,
+            "quantity": order.quantity,
+            "channel": channel,
+        }
+
+    async def place_order(
+        self, order: PlaceOrder, *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        return self._decide(order, "sync", idempotency_key)
+
+    async def accept_order(
+        self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        return self._decide(order, channel, idempotency_key)
+
+    async def list_orders(self, query: OrderQuery) -> tuple[list[dict[str, Any]], str | None]:
+        return [], None
+
+    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
+        raise AssertionError("not a lean route")
+
+    async def cancel_order(self, order_id: uuid.UUID) -> dict[str, Any]:
+        raise AssertionError("not a lean route")
+
+
+class FakeProducts:
+    """A page that names the query it was asked for; a cursor `p0` is refused as foreign."""
+
+    async def list_products_json(self, query: ProductQuery) -> tuple[bytes, str | None]:
+        if query.cursor == encode_cursor(0):
+            raise InvalidInput("not a cursor this service issued", field="cursor")
+        page = [{"limit": query.limit, "cursor": query.cursor, "name": query.name}]
+        return jsonutil.dumps(page), encode_cursor(query.limit) if query.limit < 50 else None
+
+    async def create_product(
+        self, data: ProductCreate, *, idempotency_key: str | None = None
+    ) -> idempotency.Answer:
+        raise AssertionError("not a lean route")
+
+    async def get_product(self, product_id: int) -> dict[str, Any]:
+        raise AssertionError("not a lean route")
+
+    async def update_product(self, product_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("not a lean route")
+
+    async def patch_product(self, product_id: int, patch: ProductPatch) -> dict[str, Any]:
+        raise AssertionError("not a lean route")
+
+    async def delete_product(self, product_id: int) -> None:
+        raise AssertionError("not a lean route")
+
+
+def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
+    """(lean, plain): the same routes and fakes, with and without the lean routes."""
+    orders, products = FakeOrders(), FakeProducts()
+    built = []
+    for lean in (True, False):
+        app = http.new_app(
+            "test",
+            service="lean-test",
+            max_body_bytes=MAX_BODY,
+            lean=[*order_api.lean_routes(orders), *product_api.lean_routes(products)]
+            if lean
+            else (),
+        )
+        if fastapi_routes or not lean:
+            app.include_router(order_api.router(orders))
+            app.include_router(product_api.router(products))
+        built.append(app)
+    return built[0], built[1]
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+async def _answer(app: FastAPI, request: httpx.Request) -> tuple[int, list[Any], bytes]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+        response = await client.send(request)
+    return response.status_code, response.headers.multi_items(), response.content
+
+
+def _same_answer(
+    loop: asyncio.AbstractEventLoop, apps: tuple[FastAPI, FastAPI], request: Any
+) -> Any:
+    lean, plain = (loop.run_until_complete(_answer(app, request)) for app in apps)
+    assert lean == plain
+    return lean
+
+
+APPS = _apps()
+
+ids = st.one_of(st.integers(-3, 3), st.integers(2**63 - 2, 2**63 + 1), st.integers())
+values = st.one_of(
+    ids,
+    st.integers(1, 1000),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=5),
+    st.sampled_from(["5", "1e3", [], {}]),
+)
+fields = st.sampled_from(["user_id", "product_id", "quantity", "extra", "Quantity"])
+good_order = st.fixed_dictionaries(
+    {
+        "user_id": st.integers(1, 10),
+        "product_id": st.integers(1, 10),
+        "quantity": st.integers(1, 600),
+    }
+)
+json_bodies = st.one_of(
+    good_order,
+    good_order.flatmap(lambda o: st.dictionaries(fields, values).map(lambda d: {**o, **d})),
+    st.dictionaries(fields, values),
+    values,
+).map(lambda v: json.dumps(v).encode())
+raw_bodies = st.one_of(
+    st.binary(max_size=40),
+    st.just(b""),
+    st.just(b'{"user_id": 1, "product_id": 2, "quantity": 3, "quantity": 4}'),
+    st.just(b'{"user_id": 1, "product_id": 2, "quantity": NaN}'),
+    st.just(b'\xef\xbb\xbf{"user_id": 1, "product_id": 2, "quantity": 3}'),
+    st.just(b' {"user_id": 1, "product_id": 2, "quantity": 3}\n'),
+    st.just(b'{"user_id": 1, "product_id": 2, "quantity": 3, "pad": "' + b"x" * MAX_BODY + b'"}'),
+)
+content_types = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/merge-patch+json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ]
+)
+keys: st.SearchStrategy[list[str]] = st.one_of(
+    st.just([]),
+    st.lists(st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8), max_size=2),
+    st.just(["k" * 255]),
+    st.just(["k" * 256]),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=st.sampled_from(["/orders/sync", "/orders/async/kafka", "/orders/async/rabbitmq"]),
+    body=st.one_of(json_bodies, raw_bodies),
+    content_type=content_types,
+    idempotency_keys=keys,
+)
+def test_order_intakes_answer_as_fastapi_does(
+    loop: asyncio.AbstractEventLoop,
+    path: str,
+    body: bytes,
+    content_type: str | None,
+    idempotency_keys: list[str],
+) -> None:
+    headers = [("Idempotency-Key", key) for key in idempotency_keys]
+    if content_type is not None:
+        headers.append(("Content-Type", content_type))
+    request = httpx.Request("POST", f"http://shop.test{path}", content=body, headers=headers)
+    _same_answer(loop, APPS, request)
+
+
+limits = st.sampled_from(
+    ["", "0", "1", "7", "100", "1000", "1001", "01", "+5", "5.0", "abc", "%31"]
+)
+cursors = st.sampled_from(["", encode_cursor(0), encode_cursor(7), "cD0=", "no!", "x" * 201])
+params = st.lists(
+    st.one_of(
+        limits.map(lambda v: f"limit={v}"),
+        cursors.map(lambda v: f"cursor={v}"),
+        st.sampled_from(["name=chair", "min_price=1", "max_price=0", "other=1", "limit", ""]),
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(query=params.map("&".join))
+def test_product_list_answers_as_fastapi_does(loop: asyncio.AbstractEventLoop, query: str) -> None:
+    url = f"http://shop.test/products?{query}" if query else "http://shop.test/products"
+    _same_answer(loop, APPS, httpx.Request("GET", url))
+
+
+def test_plain_requests_are_answered_by_the_lean_routes_alone(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Without FastAPI's routes, plain requests still get their answer; others find nothing."""
+    lean_only, _ = _apps(fastapi_routes=False)
+    order = {"user_id": 1, "product_id": 2, "quantity": 3}
+
+    def send(request: httpx.Request) -> int:
+        return loop.run_until_complete(_answer(lean_only, request))[0]
+
+    for path, status in (("sync", 201), ("async/kafka", 202), ("async/rabbitmq", 202)):
+        assert send(httpx.Request("POST", f"http://t/orders/{path}", json=order)) == status
+        refused = httpx.Request("POST", f"http://t/orders/{path}", json={**order, "quantity": 0})
+        assert send(refused) == 404  # not plain: FastAPI's router, which has no such route here
+    assert send(httpx.Request("GET", "http://t/products?limit=7")) == 200
+    assert send(httpx.Request("GET", "http://t/products?limit=0")) == 404
+
+
+def test_lean_answers_are_counted_under_their_route(loop: asyncio.AbstractEventLoop) -> None:
+    counter = http.HTTP_REQUESTS.labels("lean-test", "POST", "/orders/async/kafka", "202")
+    before = counter._value.get()
+    order = {"user_id": 1, "product_id": 2, "quantity": 3}
+    request = httpx.Request("POST", "http://t/orders/async/kafka", json=order)
+    assert loop.run_until_complete(_answer(APPS[0], request))[0] == 202
+    assert counter._value.get() == before + 1
