@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Table
 
-from shop import heap, http, logs
+from shop import generation, heap, http, logs
 from shop.db import Database
 from shop.lean import LeanRoute
 from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
@@ -223,6 +223,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         runtime.db,
         on_event=runtime.relay.notify,
         list_cache_seconds=settings.product_list_cache_seconds,
+        writes=generation.for_workers("product-pages"),
     )
     app = _app(
         "Product service",

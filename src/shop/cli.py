@@ -8,9 +8,11 @@ import shutil
 import signal
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from shop.children import Child, die_with_parent
+from shop.generation import WORKER_DIR_ENV
 from shop.settings import ConfigError, Settings, load_settings
 
 SERVICES = ("products", "orders")
@@ -24,13 +26,15 @@ def _serve(settings: Settings, service: str) -> None:
     logs.configure(settings.log_level)
     port = settings.product_service_port if service == "products" else settings.order_service_port
     consumers = service == "orders" and settings.consumers_enabled and settings.consumer_process
-    metrics_dir = None
+    run_dir = None
     if settings.workers > 1 or consumers:
         # Workers (and the consumers) are separate processes: Prometheus' multiprocess mode
-        # sums their counters. The variable must be set before any of them imports
-        # prometheus_client.
-        metrics_dir = tempfile.mkdtemp(prefix=f"shop-metrics-{service}-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        # sums their counters (the variable must be set before any of them imports
+        # prometheus_client), and the workers share their cache counters (shop.generation).
+        run_dir = Path(tempfile.mkdtemp(prefix=f"shop-{service}-"))
+        (run_dir / "metrics").mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")
+        os.environ[WORKER_DIR_ENV] = str(run_dir)
     child = None
     if consumers:
         child = Child(
@@ -44,8 +48,8 @@ def _serve(settings: Settings, service: str) -> None:
     finally:
         if child is not None:
             child.stop()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _stop_child_on_exit_signals(child: Child) -> None:

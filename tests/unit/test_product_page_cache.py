@@ -1,4 +1,5 @@
-"""The per-process cache of product pages: one load per expiry, and writes are seen at once.
+"""The cache of product pages: one load per expiry, and writes are seen at once, also by the
+other worker processes of the service.
 
 The database is replaced by a counting stand-in: what is tested is the cache's own logic.
 """
@@ -6,35 +7,46 @@ The database is replaced by a counting stand-in: what is tested is the cache's o
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from shop.db import Database
+from shop.generation import Generation, SharedGeneration
 from shop.products.service import ProductQuery, ProductService
 
 QUERY = ProductQuery(limit=100)
 
 
 class _Catalogue(ProductService):
-    def __init__(self) -> None:
-        super().__init__(cast(Database, None), on_event=lambda: None, list_cache_seconds=60)
+    def __init__(self, writes: Generation | None = None, shared: _Shared | None = None) -> None:
+        super().__init__(
+            cast(Database, None), on_event=lambda: None, list_cache_seconds=60, writes=writes
+        )
         self.loads = 0
-        self.version = 0
+        self.shared = shared or _Shared()
         self.fail = False
         self.gate = asyncio.Event()
 
     async def list_products(self, query: ProductQuery) -> tuple[list[dict[str, Any]], None]:
         self.loads += 1
-        seen = self.version
+        seen = self.shared.version
         await self.gate.wait()
         if self.fail:
             raise ConnectionError("database down")
         return [{"id": 1, "version": seen}], None
 
     def write(self) -> None:
-        self.version += 1
+        self.shared.version += 1
         self._changed()
+
+
+class _Shared:
+    """The stand-in's database: what every worker's catalogue reads."""
+
+    version = 0
 
 
 async def test_concurrent_readers_of_an_expired_page_share_one_load() -> None:
@@ -89,3 +101,52 @@ async def test_a_reader_that_goes_away_does_not_cancel_the_shared_load() -> None
         await leaving
     assert b'"id":1' in (await staying)[0]
     assert catalogue.loads == 1
+
+
+async def test_a_write_in_one_worker_is_seen_by_the_next_read_in_another(tmp_path: Path) -> None:
+    database = _Shared()
+    first = _Catalogue(SharedGeneration(tmp_path / "products.generation"), database)
+    second = _Catalogue(SharedGeneration(tmp_path / "products.generation"), database)
+    for catalogue in (first, second):
+        catalogue.gate.set()
+        assert b'"version":0' in (await catalogue.list_products_json(QUERY))[0]
+    first.write()
+    assert b'"version":1' in (await second.list_products_json(QUERY))[0]
+    assert second.loads == 2
+    assert b'"version":1' in (await second.list_products_json(QUERY))[0]
+    assert second.loads == 2, "cached again once loaded after the write"
+
+
+async def test_a_load_begun_before_another_workers_write_is_not_cached(tmp_path: Path) -> None:
+    database = _Shared()
+    first = _Catalogue(SharedGeneration(tmp_path / "products.generation"), database)
+    second = _Catalogue(SharedGeneration(tmp_path / "products.generation"), database)
+    before = asyncio.ensure_future(second.list_products_json(QUERY))
+    await asyncio.sleep(0.01)
+    first.write()
+    after = asyncio.ensure_future(second.list_products_json(QUERY))
+    await asyncio.sleep(0.01)
+    second.gate.set()
+    assert b'"version":0' in (await before)[0]
+    assert b'"version":1' in (await after)[0]
+    assert b'"version":1' in (await second.list_products_json(QUERY))[0]
+    assert second.loads == 2
+
+
+def _bump(path: Path, times: int) -> None:
+    counter = SharedGeneration(path)
+    for _ in range(times):
+        counter.bump()
+    counter.close()
+
+
+def test_bumps_from_concurrent_processes_are_never_lost(tmp_path: Path) -> None:
+    path = tmp_path / "writes.generation"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_bump, args=(path, 2000)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert SharedGeneration(path).value() == 8000

@@ -19,6 +19,7 @@ from shop import idempotency, jsonutil, outbox
 from shop.db import Database
 from shop.errors import InvalidInput, NotFound
 from shop.events import Event
+from shop.generation import Generation
 from shop.products.models import ProductCreate, ProductPatch
 from shop.products.tables import product_idempotency, product_outbox, products
 
@@ -77,14 +78,21 @@ class ProductService:
     """The catalogue: every change is committed together with its outbox event."""
 
     def __init__(
-        self, db: Database, *, on_event: Callable[[], None], list_cache_seconds: float = 0.0
+        self,
+        db: Database,
+        *,
+        on_event: Callable[[], None],
+        list_cache_seconds: float = 0.0,
+        writes: Generation | None = None,
     ) -> None:
         self._db = db
         self._on_event = on_event
         self._list_cache_seconds = list_cache_seconds
-        self._pages: dict[ProductQuery, tuple[float, bytes, str | None]] = {}
-        self._loading: dict[ProductQuery, asyncio.Future[tuple[bytes, str | None]]] = {}
-        self._generation = 0  # bumped by every write through this process
+        # Bumped after every write through this service, in any of its worker processes.
+        self._writes = writes or Generation()
+        # Per query: (expires, writes counter when the load began, body, next cursor).
+        self._pages: dict[ProductQuery, tuple[float, int, bytes, str | None]] = {}
+        self._loading: dict[ProductQuery, tuple[int, asyncio.Future[tuple[bytes, str | None]]]] = {}
 
     async def create_product(
         self, data: ProductCreate, *, idempotency_key: str | None = None
@@ -155,36 +163,38 @@ class ProductService:
     async def list_products_json(self, query: ProductQuery) -> tuple[bytes, str | None]:
         """A page as JSON bytes, from a short-lived per-process cache when it is fresh.
 
-        Writes through this process clear the cache; another process's writes (another
-        replica, or orders taking stock) show within `list_cache_seconds`. When a page expires,
-        the requests that want it meanwhile share one load instead of each querying the
-        database at once (a stampede every second that showed as multi-second p99 at 400 and
-        800 connections).
+        A write through this service (in any of its worker processes) makes every page cached
+        or being loaded before it stale; another service's writes (orders taking stock) show
+        within `list_cache_seconds`. When a page expires, the requests that want it meanwhile
+        share one load instead of each querying the database at once (a stampede every second
+        that showed as multi-second p99 at 400 and 800 connections).
         """
+        writes = self._writes.value()
         cached = self._pages.get(query)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1], cached[2]
+        if cached is not None and cached[0] > time.monotonic() and cached[1] == writes:
+            return cached[2], cached[3]
         if self._list_cache_seconds <= 0:
             return await self._render(query)
         loading = self._loading.get(query)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load(query, self._generation))
-            loading.add_done_callback(_retrieved)
-            self._loading[query] = loading
+        if loading is None or loading[0] != writes:
+            future = asyncio.ensure_future(self._load(query, writes))
+            future.add_done_callback(_retrieved)
+            loading = self._loading[query] = (writes, future)
         # Shielded: a caller that goes away does not cancel the load the others wait for.
-        return await asyncio.shield(loading)
+        return await asyncio.shield(loading[1])
 
-    async def _load(self, query: ProductQuery, generation: int) -> tuple[bytes, str | None]:
+    async def _load(self, query: ProductQuery, writes: int) -> tuple[bytes, str | None]:
         try:
             body, next_cursor = await self._render(query)
         finally:
-            if self._generation == generation:
-                self._loading.pop(query, None)
-        if self._generation == generation:  # no write since the load began: cache it
+            current = self._loading.get(query)
+            if current is not None and current[0] == writes:
+                del self._loading[query]
+        if self._writes.value() == writes:  # no write since the load began: cache it
             if len(self._pages) >= _MAX_CACHED_PAGES:
                 self._pages.clear()
             expires = time.monotonic() + self._list_cache_seconds
-            self._pages[query] = (expires, body, next_cursor)
+            self._pages[query] = (expires, writes, body, next_cursor)
         return body, next_cursor
 
     async def _render(self, query: ProductQuery) -> tuple[bytes, str | None]:
@@ -192,10 +202,10 @@ class ProductService:
         return jsonutil.dumps(page), next_cursor
 
     def _changed(self) -> None:
-        # Later reads must see this write: forget cached pages and loads begun before it.
-        self._generation += 1
+        # Later reads, in any worker, must see this write: the pages cached and the loads
+        # begun before it are stale from now on.
+        self._writes.bump()
         self._pages.clear()
-        self._loading.clear()
         self._on_event()
 
     async def update_product(self, product_id: int, changes: dict[str, Any]) -> dict[str, Any]:
