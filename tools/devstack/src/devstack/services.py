@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import urllib.error
@@ -18,6 +19,7 @@ from .common import (
     ensure_started,
     ensure_stopped,
     repo_root,
+    say,
     stack_dir,
 )
 
@@ -65,12 +67,31 @@ def _prepare(name: str, settings: Settings) -> Launch:
     )
 
 
+def fingerprint(settings: Settings) -> str:
+    """What a running service was started from: its source files and its settings."""
+    digest = hashlib.sha256()
+    for path in sorted((repo_root() / "src" / "shop").rglob("*.py")):
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    for field, value in sorted(_settings_env(settings).items()):
+        digest.update(f"{field}={value}\0".encode())
+    return digest.hexdigest()
+
+
 def start(name: str, settings: Settings) -> None:
-    ensure_started(
-        daemon(name, settings),
+    """Start the service unless it runs; one started from other code or settings (an edit
+    since, `WORKERS=2 make up`) is restarted, so what answers is what the checkout says."""
+    service = daemon(name, settings)
+    marker = service.directory / f"{name}.fingerprint"
+    wanted = fingerprint(settings)
+    if service.pid() is not None and marker.exists() and marker.read_text() != wanted:
+        say(f"{name}: code or settings changed since it started; restarting it")
+        ensure_stopped(service)
+    if ensure_started(
+        service,
         prepare=lambda: _prepare(name, settings),
         ready=lambda: ready(name, settings),
-    )
+    ):
+        marker.write_text(wanted)
 
 
 def stop(name: str, settings: Settings) -> None:
