@@ -49,8 +49,8 @@ test: venv lint ## set up the stack, then the whole test suite against the real 
 	$(DEVSTACK) up --no-services
 	$(VENV)/bin/pytest
 
-bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); results in bench/results/
-	$(VENV)/bin/python -m bench.run $(if $(QUICK),--quick,)
+bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); BASELINE=<commit>: that commit beside this checkout, about 17 min
+	$(if $(BASELINE),$(VENV)/bin/python -m bench.compare --base $(BASELINE),$(VENV)/bin/python -m bench.run) $(if $(QUICK),--quick,)
 
 .PHONY: bench-compare
 bench-compare: up ## BASE (default 0fc452c) beside this checkout, same servers and load, about 17 min (QUICK=1: about 2)

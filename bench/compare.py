@@ -17,8 +17,10 @@ run competes with either side's backlog. Reported per step: each side's throughp
 per second) and p99, medians over rounds; the ratio head/base (the median of the per-round
 ratios); and every non-2xx answer.
 
-Writes bench/results/<time>-compare/compare.json and compare.md, prints the table, and at the
-end stops every process it started and drops the databases, topics, groups and queues it made.
+Writes bench/results/<time>-compare/compare.json, compare.md and compare.html (a plot of both
+sides per path, with the speed-up and, against 0fc452c, issue 9's goal), prints the table, and
+at the end stops every process it started and drops the databases, topics, groups and queues
+it made.
 
     python -m bench.compare --base 0fc452c [--head REF] [--quick] [--rounds N] [--seconds S]
 """
@@ -49,7 +51,7 @@ from typing import Any
 import asyncmy
 from confluent_kafka.admin import AdminClient
 
-from bench import idle
+from bench import compare_report, idle
 from bench.loadgen import LoadResult, ensure_oha, run_load
 from shop.settings import Settings, load_settings
 
@@ -544,7 +546,7 @@ def main() -> int:
         "seconds": plan.seconds,
         "connections": plan.connections,
         "products": PRODUCTS,
-        "workers": settings.workers,
+        "workers": settings.workers,  # the head's; the base runs with its own default
         "cores": os.cpu_count(),
     }
     steps = len(PATHS) * len(plan.connections) * plan.rounds
@@ -627,8 +629,9 @@ def main() -> int:
         )
     )
     (out / "compare.md").write_text(table)
+    (out / "compare.html").write_text(compare_report.page(rows, header, PATH_LABELS, table))
     print(table, flush=True)
-    say(f"written: {out.relative_to(ROOT)}/compare.json and compare.md")
+    say(f"written: {out.relative_to(ROOT)}/compare.json, compare.md and compare.html (plot)")
     return 0
 
 
