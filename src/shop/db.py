@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
-from collections.abc import AsyncIterator, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import DateTime, text
@@ -77,20 +80,69 @@ async def insert_rows(
 ) -> None:
     """INSERT `rows` (values in `columns` order) as one statement of SQL text.
 
-    For the hot inserts (orders and outbox events, a batch at a time): SQLAlchemy's per-row
-    parameter processing of an executemany was a tenth of a consumer's CPU; the driver
-    escapes the values (bytes, str, int, Decimal, datetime, None) itself.
+    For the hot inserts (orders and outbox events, a batch at a time). SQLAlchemy's per-row
+    parameter processing of an executemany was a tenth of a consumer's CPU; after that, the
+    driver's own escaping (`literal()`, a type dispatch per value) cost 16-20 us per row, about
+    a third of the sync path's batch work. The values are written as literals here instead
+    (`sql_literal`), and the statement goes to the driver with no parameters.
     """
     if rows:
+        values = ", ".join(["(" + ", ".join(map(sql_literal, row)) + ")" for row in rows])
+        # no_parameters: the driver gets no parameter tuple, so it leaves `%` in the text alone.
         await conn.exec_driver_sql(
-            _insert_sql(table, columns, len(rows)), tuple(v for row in rows for v in row)
+            f"{_insert_head(table, columns)}{values}", execution_options={"no_parameters": True}
         )
 
 
-@functools.lru_cache(maxsize=1024)
-def _insert_sql(table: str, columns: tuple[str, ...], count: int) -> str:
-    row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * count)
+@functools.lru_cache(maxsize=64)
+def _insert_head(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+
+
+_NEEDS_ESCAPE = re.compile("[\\\\'\x00\n\r\x1a]").search
+
+
+def _string_literal(value: str) -> str:
+    # The escapes MySQL reads in a quoted string (as the driver writes parameters), with
+    # str.replace: `translate` with a table was 8 us for an event's 300-character payload.
+    if _NEEDS_ESCAPE(value) is None:
+        return f"'{value}'"
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace("'", "\\'")
+        .replace("\x00", "\\0")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\x1a", "\\Z")
+    )
+    return f"'{escaped}'"
+
+
+def _datetime_literal(value: dt.datetime) -> str:
+    if value.tzinfo is not None:
+        raise TypeError("timestamps are stored as naive UTC")
+    return f"'{value.isoformat(' ')}'"
+
+
+_LITERALS: dict[type, Callable[[Any], str]] = {
+    type(None): lambda _: "NULL",
+    bool: lambda value: "1" if value else "0",
+    int: int.__repr__,
+    Decimal: lambda value: format(value, "f"),
+    str: _string_literal,
+    bytes: lambda value: f"X'{value.hex()}'",
+    dt.datetime: _datetime_literal,
+}
+
+
+def sql_literal(value: Any) -> str:
+    """A value as MySQL SQL text: NULL, integers, decimals, quoted and escaped strings, bytes
+    as hex, naive datetimes with microseconds. Anything else is a TypeError."""
+    try:
+        literal = _LITERALS[type(value)]
+    except KeyError:
+        raise TypeError(f"no SQL literal for {type(value).__name__}") from None
+    return literal(value)
 
 
 class Database:
