@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import Table
 
 from shop import generation, heap, http, logs
+from shop.children import die_with_parent
 from shop.db import Database
 from shop.lean import LeanRoute
 from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
@@ -214,6 +215,7 @@ def _app(
 
 def products_app(settings: Settings | None = None) -> FastAPI:
     """The product service (port 8080)."""
+    die_with_parent()
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     runtime = Runtime(
@@ -239,6 +241,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
 
 def orders_app(settings: Settings | None = None) -> FastAPI:
     """The order service (port 8081), with both consumers unless CONSUMERS_ENABLED=false."""
+    die_with_parent()
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     runtime = OrderRuntime(settings)

@@ -23,10 +23,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """In a child started by `Child`: exit (SIGTERM) when the parent does, even on SIGKILL."""
+    """In a child (the consumers started by `Child`, or a uvicorn worker): exit (SIGTERM) when
+    the parent does, even when the parent was killed with SIGKILL."""
     parent = os.environ.get(PARENT_ENV)
-    if parent is None or not sys.platform.startswith("linux"):
-        return
+    if parent is None or int(parent) == os.getpid() or not sys.platform.startswith("linux"):
+        return  # not a child (one uvicorn worker runs in the parent process itself)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != int(parent):  # the parent died before prctl took effect

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shop.children import Child, die_with_parent
+from shop.children import PARENT_ENV, Child, die_with_parent
 from shop.generation import WORKER_DIR_ENV
 from shop.settings import ConfigError, Settings, load_settings
 
@@ -43,6 +43,9 @@ def _serve(settings: Settings, service: str) -> None:
         child.start()
         os.environ["CONSUMERS_ENABLED"] = "false"  # the HTTP workers leave them to the child
         _stop_child_on_exit_signals(child)
+    # uvicorn's worker processes (WORKERS > 1) end with this one, even if it is killed: an
+    # orphaned worker would go on answering, and keep the port, after its service died.
+    os.environ[PARENT_ENV] = str(os.getpid())
     try:
         _run_uvicorn(uvicorn, settings, service, port)
     finally:
