@@ -19,6 +19,11 @@ CONFIG_FILE_ENV = "SHOP_CONFIG"
 DEFAULT_CONFIG_FILE = "config.yaml"
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask), at least one."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Turn `db: {host: x}` into `{"db_host": x}`, matching the flat env names."""
     flat: dict[str, Any] = {}
@@ -94,7 +99,8 @@ class Settings(BaseSettings):
     product_service_port: int = Field(8080, ge=1, le=65535)
     order_service_port: int = Field(8081, ge=1, le=65535)
     bind_host: str = "127.0.0.1"
-    workers: int = Field(1, ge=1, le=64)
+    # Worker processes per HTTP service: by default one per core this process may run on.
+    workers: int = Field(default_factory=available_cores, ge=1, le=64)
 
     product_list_cache_seconds: float = Field(1.0, ge=0, le=60)
     consumers_enabled: bool = True
