@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, text
 from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shop.settings import Settings
@@ -70,9 +71,20 @@ async def _connection(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[A
 
 
 async def ping(engine: AsyncEngine, *, timeout: float) -> None:
-    """Raise unless the database answers a trivial query within `timeout` seconds."""
-    async with _connection(engine, timeout=timeout) as conn:
-        await conn.execute(text("SELECT 1"))
+    """Raise unless the database answers a trivial query within `timeout` seconds.
+
+    A pooled connection that a restarted server dropped fails once, and that failure empties
+    the pool: the ping then asks again on a fresh connection, so a worker that had no request
+    since the restart does not report the database down (each worker has its own pool).
+    """
+    for attempt in (1, 2):
+        try:
+            async with _connection(engine, timeout=timeout) as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
 
 
 async def insert_rows(
