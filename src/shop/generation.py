@@ -21,7 +21,7 @@ _COUNTER = struct.Struct("<Q")
 
 
 class Generation:
-    """A counter: `value()` now, `bump()` after a write."""
+    """A counter: `value()` now, `bump()` after a write; in this process only."""
 
     def __init__(self) -> None:
         self._value = 0
@@ -37,10 +37,9 @@ class Generation:
 
 
 class SharedGeneration(Generation):
-    """The counter in a file mapped by every worker of the service."""
+    """The counter in a file mapped by every worker of the service (no in-process state)."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
