@@ -13,7 +13,7 @@ from shop import jsonutil
 from shop.deps import IdempotencyKey
 from shop.http import JSONResponse, next_page_link
 from shop.idempotency import MAX_KEY_LENGTH
-from shop.lean import LeanRoute, Reply, is_json, single_headers
+from shop.lean import LeanRoute, Reply, as_response, is_json, single_headers
 from shop.orders.models import Accepted, AsyncChannel, Order, OrderStatus, PlaceOrder
 from shop.orders.service import OrderQuery
 
@@ -69,8 +69,7 @@ def router(service: Orders) -> APIRouter:
     )
     async def place_order(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
         """Place an order now: stock is reserved and the order confirmed, or 409."""
-        placed = await service.place_order(body, idempotency_key=key)
-        return JSONResponse(placed, status_code=201, headers={"Location": _at(placed["id"])})
+        return as_response(await _place(service, body, key))
 
     @api.post(
         "/async/kafka",
@@ -81,7 +80,7 @@ def router(service: Orders) -> APIRouter:
     )
     async def accept_order_kafka(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
         """Accept an order through Kafka; a consumer confirms or rejects it shortly."""
-        return _accepted(await service.accept_order(body, channel="kafka", idempotency_key=key))
+        return as_response(await _accept(service, body, "kafka", key))
 
     @api.post(
         "/async/rabbitmq",
@@ -92,7 +91,7 @@ def router(service: Orders) -> APIRouter:
     )
     async def accept_order_rabbitmq(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
         """Accept an order through RabbitMQ; a consumer confirms or rejects it shortly."""
-        return _accepted(await service.accept_order(body, channel="rabbitmq", idempotency_key=key))
+        return as_response(await _accept(service, body, "rabbitmq", key))
 
     @api.post(
         "/{order_id}/cancel",
@@ -111,15 +110,12 @@ def lean_routes(service: Orders) -> list[LeanRoute[Any]]:
     """The three order intakes, answered without FastAPI in the plain case (`shop.lean`)."""
 
     async def place(_scope: Scope, plain: tuple[PlaceOrder, str | None]) -> Reply:
-        order, key = plain
-        placed = await service.place_order(order, idempotency_key=key)
-        return _reply(201, placed)
+        return await _place(service, *plain)
 
     def accept(channel: AsyncChannel) -> LeanRoute[tuple[PlaceOrder, str | None]]:
         async def answer(_scope: Scope, plain: tuple[PlaceOrder, str | None]) -> Reply:
             order, key = plain
-            accepted = await service.accept_order(order, channel=channel, idempotency_key=key)
-            return _reply(202, accepted)
+            return await _accept(service, order, channel, key)
 
         return LeanRoute("POST", f"/orders/async/{channel}", _plain_order, answer)
 
@@ -128,6 +124,18 @@ def lean_routes(service: Orders) -> list[LeanRoute[Any]]:
         accept("kafka"),
         accept("rabbitmq"),
     ]
+
+
+async def _place(service: Orders, order: PlaceOrder, key: str | None) -> Reply:
+    """A sync order's answer, for its FastAPI route and its lean route alike."""
+    return _reply(201, await service.place_order(order, idempotency_key=key))
+
+
+async def _accept(
+    service: Orders, order: PlaceOrder, channel: AsyncChannel, key: str | None
+) -> Reply:
+    """An async order's answer, for its FastAPI route and its lean route alike."""
+    return _reply(202, await service.accept_order(order, channel=channel, idempotency_key=key))
 
 
 _ORDER_HEADERS = (b"content-type", b"idempotency-key")
@@ -156,7 +164,3 @@ def _reply(status: int, answer: dict[str, Any]) -> Reply:
 
 def _at(order_id: str) -> str:
     return f"/orders/{order_id}"
-
-
-def _accepted(accepted: dict[str, object]) -> Response:
-    return JSONResponse(accepted, status_code=202, headers={"Location": _at(str(accepted["id"]))})

@@ -13,7 +13,7 @@ from shop import idempotency, jsonutil
 from shop.deps import IdempotencyKey
 from shop.errors import InvalidInput
 from shop.http import JSONResponse, next_page_link
-from shop.lean import LeanRoute, Reply
+from shop.lean import LeanRoute, Reply, as_response
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
 from shop.products.service import ProductQuery
 
@@ -53,14 +53,10 @@ def router(service: Products) -> APIRouter:
         """List products in id order, a page at a time; the next page is in the Link header."""
         if min_price is not None and max_price is not None and min_price > max_price:
             raise InvalidInput("min_price is above max_price", field="min_price")
-        body, next_cursor = await service.list_products_json(
-            ProductQuery(
-                limit=limit, cursor=cursor, name=name, min_price=min_price, max_price=max_price
-            )
+        query = ProductQuery(
+            limit=limit, cursor=cursor, name=name, min_price=min_price, max_price=max_price
         )
-        return Response(
-            body, media_type="application/json", headers=next_page_link(request, next_cursor)
-        )
+        return as_response(await _page(service, request.scope, query))
 
     @api.post("", status_code=201, response_model=Product, response_class=JSONResponse)
     async def create_product(body: ProductCreate, key: IdempotencyKey = None) -> Response:
@@ -101,11 +97,16 @@ def lean_routes(service: Products) -> list[LeanRoute[Any]]:
     """`GET /products` (optionally with `limit` and `cursor`) without FastAPI (`shop.lean`)."""
 
     async def answer(scope: Scope, query: ProductQuery) -> Reply:
-        body, next_cursor = await service.list_products_json(query)
-        link = next_page_link(Request(scope), next_cursor)
-        return Reply(200, body, tuple((k.lower().encode(), v.encode()) for k, v in link.items()))
+        return await _page(service, scope, query)
 
     return [LeanRoute("GET", "/products", _plain_list, answer, reads_body=False)]
+
+
+async def _page(service: Products, scope: Scope, query: ProductQuery) -> Reply:
+    """A page and its next-page link, for the FastAPI route and the lean route alike."""
+    body, next_cursor = await service.list_products_json(query)
+    link = next_page_link(Request(scope), next_cursor)
+    return Reply(200, body, tuple((k.lower().encode(), v.encode()) for k, v in link.items()))
 
 
 _LIMIT = re.compile(rb"[1-9][0-9]{0,3}")
