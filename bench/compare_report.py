@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.report import _png
+from bench.report import png
 
 # The original Go design's throughput over 0fc452c's, measured side by side (issue 9).
 GOALS_OVER_0FC452C = {
@@ -69,7 +69,7 @@ def plot(rows: list[dict[str, Any]], labels: dict[str, str], goals: dict[str, An
     axes[0][0].set_ylabel("2xx answers per second (median)")
     axes[0][0].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 def page(

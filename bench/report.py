@@ -33,7 +33,8 @@ LABELS = {
 }
 
 
-def _png(fig: Any) -> str:
+def png(fig: Any) -> str:
+    """A figure as an inline PNG <img> (closed afterwards), for the reports."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -182,7 +183,7 @@ def _sweep_plots(results: dict[str, Any]) -> str:
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
     right.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def _percentile_plots(results: dict[str, Any]) -> str:
@@ -204,7 +205,7 @@ def _percentile_plots(results: dict[str, Any]) -> str:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("latency, ms")
     axes[0].legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def _open_loop_plot(results: dict[str, Any]) -> str:
@@ -227,7 +228,7 @@ def _open_loop_plot(results: dict[str, Any]) -> str:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def _depth_plot(results: dict[str, Any]) -> str:
@@ -252,7 +253,7 @@ def _depth_plot(results: dict[str, Any]) -> str:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def _limits_plot(results: dict[str, Any]) -> str:
@@ -281,7 +282,7 @@ def _limits_plot(results: dict[str, Any]) -> str:
     )
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
-    return _png(fig)
+    return png(fig)
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
