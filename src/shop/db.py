@@ -6,10 +6,10 @@ import asyncio
 import datetime as dt
 import functools
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, text
 from sqlalchemy.dialects import mysql
@@ -17,6 +17,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shop.settings import Settings
+
+T = TypeVar("T")
 
 # Microsecond timestamps, stored as naive UTC.
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
@@ -27,8 +29,8 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
 
     Every round trip counts on the hot paths, so there is no ping on checkout and no rollback
     on return: a unit of work always ends its transaction, and a connection a restarted server
-    dropped fails its first statement, which invalidates the pool (the request gets a 503 and
-    the next one a fresh connection). `autocommit` engines serve single-statement reads, which
+    dropped fails its first statement, which invalidates the pool (`Database.transact` then
+    tries once more; elsewhere the request gets a 503 and the next one a fresh connection). `autocommit` engines serve single-statement reads, which
     then need no COMMIT either.
     """
     return create_async_engine(
@@ -176,6 +178,27 @@ class Database:
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A unit of work: commits if the block finishes, rolls back otherwise."""
         return unit_of_work(self.engine, timeout=self.timeout)
+
+    async def transact(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`work` in a unit of work; once more on a fresh connection if the connection turns out
+        to be gone before the COMMIT.
+
+        That is safe: the server rolls back a transaction whose connection it lost (or never
+        knew, after a restart), so nothing of the first attempt was applied. A connection lost
+        during the COMMIT leaves the outcome unknown and is not retried. Without this the first
+        batch after a database restart failed in every worker that had not used its pool since.
+        """
+        for attempt in (1, 2):
+            committing = False
+            try:
+                async with self.transaction() as conn:
+                    result = await work(conn)
+                    committing = True
+                return result
+            except DBAPIError as exc:
+                if attempt == 2 or committing or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection for one consistent read statement (autocommit: no COMMIT round trip)."""

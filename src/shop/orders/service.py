@@ -15,10 +15,12 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import jsonutil
 from shop.coalesce import Coalescer
@@ -102,6 +104,23 @@ def _too_large(quantity: int) -> InvalidInput:
         f"({domain.MAX_TOTAL}).",
         field="quantity",
     )
+
+
+async def _decide(requests: Sequence[OrderRequest], conn: AsyncConnection) -> domain.Decision:
+    """Load what the batch's decision needs, decide, and store the decision."""
+    known = await repository.find_known(
+        conn,
+        ids=[r.order_id for r in requests if r.channel != "sync"],
+        keys={r.key for r in requests if r.key is not None},
+    )
+    todo = {
+        r.product_id for r in requests if r.order_id not in known.orders and r.key not in known.keys
+    }
+    known = dataclasses.replace(known, products=await inventory.lock_products(conn, todo))
+    decision = domain.place_orders(requests, known, now=jsonutil.utcnow())
+    await repository.insert(conn, decision)
+    await inventory.save_stock(conn, decision.products.values(), decision.events)
+    return decision
 
 
 class OrderService:
@@ -201,22 +220,7 @@ class OrderService:
             return await self._place(requests)
 
     async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
-        now = jsonutil.utcnow()
-        async with self._db.transaction() as conn:
-            known = await repository.find_known(
-                conn,
-                ids=[r.order_id for r in requests if r.channel != "sync"],
-                keys={r.key for r in requests if r.key is not None},
-            )
-            todo = {
-                r.product_id
-                for r in requests
-                if r.order_id not in known.orders and r.key not in known.keys
-            }
-            known = dataclasses.replace(known, products=await inventory.lock_products(conn, todo))
-            decision = domain.place_orders(requests, known, now=now)
-            await repository.insert(conn, decision)
-            await inventory.save_stock(conn, decision.products.values(), decision.events)
+        decision = await self._db.transact(partial(_decide, requests))
         self._stored(decision.orders)
         return decision.outcomes
 
