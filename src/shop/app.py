@@ -53,6 +53,9 @@ class Runtime:
         self.db = Database.connect(settings)
         self.kafka = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10.0)
         self.topics = [events_topic, *other_topics]
+        # Commits are counted across the service's processes, so that the process that relays
+        # sees its siblings' commits too.
+        self.commits = generation.for_workers(f"{outbox.name}-commits")
         self.relay = Relay(
             engine=self.db.engine,
             table=outbox,
@@ -61,13 +64,15 @@ class Runtime:
             poll_seconds=settings.outbox_poll_seconds,
             publish_timeout=11.0,
             retention_seconds=settings.outbox_retention_seconds,
+            commits=self.commits,
         )
         self.supervisor = Supervisor()
 
     def start(self) -> None:
         self.supervisor.start("ensure-topics", self._ensure_topics)
-        self.supervisor.start("outbox-relay", self.relay.run)
-        self.supervisor.start("outbox-purge", self.relay.purge)
+        if self.settings.outbox_relay_enabled:
+            self.supervisor.start("outbox-relay", self.relay.run)
+            self.supervisor.start("outbox-purge", self.relay.purge)
 
     async def _ensure_topics(self, stopping: asyncio.Event) -> None:
         # Best effort: the broker also creates topics on first use, and the relay retries.
@@ -86,6 +91,7 @@ class Runtime:
         await self.supervisor.stop(timeout=SHUTDOWN_SECONDS)
         await self.kafka.close(timeout=SHUTDOWN_SECONDS)
         await self.db.dispose()
+        self.commits.close()
 
 
 class OrderRuntime(Runtime):

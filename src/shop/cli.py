@@ -41,7 +41,9 @@ def _serve(settings: Settings, service: str) -> None:
             "order consumers", [sys.executable, "-m", "shop", "consume", "all"], dict(os.environ)
         )
         child.start()
-        os.environ["CONSUMERS_ENABLED"] = "false"  # the HTTP workers leave them to the child
+        # The HTTP workers leave the consumers and the outbox relay to the child.
+        os.environ["CONSUMERS_ENABLED"] = "false"
+        os.environ["OUTBOX_RELAY_ENABLED"] = "false"
         _stop_child_on_exit_signals(child)
     # uvicorn's worker processes (WORKERS > 1) end with this one, even if it is killed: an
     # orphaned worker would go on answering, and keep the port, after its service died.

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shop import jsonutil
 from shop.db import Timestamp, insert_rows, unit_of_work
 from shop.events import Event
+from shop.generation import Generation
 from shop.ids import uuid7
 from shop.messaging.ports import Outbound, Outgoing
 from shop.tasks import first_of, pause
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 PURGE_BATCH = 5000
 PURGE_SECONDS = 60.0
 BACKLOG_SECONDS = 1.0
+# After a round that emptied the table, the next one starts no sooner than this: under load the
+# commits of these milliseconds share one claim, one publish and one mark instead of a round
+# each (see docs/performance.md); an event waits this much longer at most.
+ROUND_GAP_SECONDS = 0.02
 
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published", ["table"])
 OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Failed relay rounds", ["table"])
@@ -95,6 +100,10 @@ class Relay:
     The claim is held while publishing, so a second relay (another replica) skips those rows
     instead of sending them again. A crash between publish and commit re-sends: consumers
     de-duplicate on event_id.
+
+    Writers call `notify()` after a commit; it bumps `commits`, which the relay reads every
+    `ROUND_GAP_SECONDS` while idle. Shared between processes (shop.generation), that lets one
+    process relay what its sibling HTTP workers commit.
     """
 
     def __init__(
@@ -107,6 +116,7 @@ class Relay:
         poll_seconds: float,
         publish_timeout: float,
         retention_seconds: float,
+        commits: Generation | None = None,
     ) -> None:
         self._engine = engine
         self._table = table
@@ -115,12 +125,18 @@ class Relay:
         self._poll_seconds = poll_seconds
         self._publish_timeout = publish_timeout
         self._retention = dt.timedelta(seconds=retention_seconds)
+        self._commits = commits or Generation()
+        self._seen = self._commits.value()
         self._wake = asyncio.Event()
         self._backlog_read_at = 0.0
 
     def notify(self) -> None:
         """Tell the relay that new rows were committed, so it need not wait for its next poll."""
+        self._commits.bump()
         self._wake.set()
+
+    def _notified(self) -> bool:
+        return self._wake.is_set() or self._commits.value() != self._seen
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent events; returns how many were published."""
@@ -188,6 +204,7 @@ class Relay:
         backoff = 0.0
         while not stopping.is_set():
             self._wake.clear()
+            self._seen = self._commits.value()
             try:
                 published = await self.relay_once()
                 backoff = 0.0
@@ -203,9 +220,9 @@ class Relay:
                 await pause(stopping, backoff)
                 continue
             if published < self._batch_size:
-                await self._idle(stopping)
+                await self._idle(stopping, published)
 
-    async def _idle(self, stopping: asyncio.Event) -> None:
+    async def _idle(self, stopping: asyncio.Event, published: int) -> None:
         # The gauge's COUNT is a transaction of its own: under steady load the relay idles after
         # nearly every round, so it is read at most once a second, not once a round.
         if time.monotonic() - self._backlog_read_at >= BACKLOG_SECONDS:
@@ -214,4 +231,12 @@ class Relay:
                 OUTBOX_BACKLOG.labels(self._table.name).set(await self.backlog())
             except Exception:  # the gauge is best effort; the next round reports the outage
                 log.debug("could not read the outbox backlog", exc_info=True)
-        await first_of(self._wake, stopping, timeout=self._poll_seconds)
+        if published:
+            await pause(stopping, ROUND_GAP_SECONDS)
+        # The wake event serves this process's writers at once; the counter, read every gap,
+        # the other processes'.
+        polls = max(1, round(self._poll_seconds / ROUND_GAP_SECONDS))
+        for _ in range(polls):
+            if self._notified() or stopping.is_set():
+                return
+            await first_of(self._wake, stopping, timeout=min(ROUND_GAP_SECONDS, self._poll_seconds))

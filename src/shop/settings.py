@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     broker_deadline_seconds: float = Field(2.0, gt=0, le=30)
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(0.2, gt=0, le=60)
+    # The outbox relay runs in this process. `shop serve` turns it off in the order service's
+    # HTTP workers: their consumer process relays what they commit (one relay, off their loop).
+    outbox_relay_enabled: bool = True
     outbox_retention_seconds: float = Field(3600.0, ge=0)  # published events kept this long
     max_body_bytes: int = Field(65_536, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,11 +1,14 @@
-"""Two relays on one outbox table (two replicas) never publish a row twice."""
+"""Outbox relays: two on one table (two replicas) never publish a row twice; a commit in another
+process wakes the relay; the purge deletes only what it should."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import jsonutil, outbox
 from shop.events import Event
+from shop.generation import SharedGeneration
 from shop.messaging.kafka import KafkaPublisher, KafkaTopic, ensure_topics
 from shop.messaging.ports import Outgoing
 from shop.outbox import Relay, outbox_table
@@ -155,3 +159,56 @@ async def test_purge_deletes_only_events_published_before_the_retention(
     async with database.connect() as conn:
         left = sorted((await conn.execute(select(scratch_outbox.c.id))).scalars())
     assert left == ids[10:], "published within the hour and unsent events stay"
+
+
+async def test_a_commit_in_another_process_wakes_the_relay(
+    database: AsyncEngine, scratch_outbox: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """An HTTP worker's commit is relayed by its consumer process at once, not at the next poll:
+    the worker's notify() bumps the shared commit counter that the relaying process reads."""
+    topic = f"{settings.kafka_product_events_topic}-wake-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(settings.kafka_brokers, [topic])
+    publisher = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10)
+    # Two mappings of one file, as the relaying process and a worker each hold one.
+    relaying, writing = (SharedGeneration(tmp_path / "commits") for _ in range(2))
+
+    def relay(commits: SharedGeneration) -> Relay:
+        return Relay(
+            engine=database,
+            table=scratch_outbox,
+            publisher=publisher.topic(topic),
+            batch_size=100,
+            poll_seconds=60,  # a poll would come far too late for this test
+            publish_timeout=10,
+            retention_seconds=3600,
+            commits=commits,
+        )
+
+    worker = relay(writing)  # only its notify() is used, as in an HTTP worker
+    stopping = asyncio.Event()
+    running = asyncio.create_task(relay(relaying).run(stopping))
+    try:
+        await asyncio.sleep(0.5)  # the relay has found the table empty and idles
+        async with database.begin() as conn:
+            await outbox.add_events(
+                conn, scratch_outbox, [Event("product", "test.event", "1", 1, {"id": 1})]
+            )
+        started = time.monotonic()
+        worker.notify()
+
+        async def sent() -> bool:
+            async with database.connect() as conn:
+                return bool(
+                    await conn.scalar(
+                        select(func.count()).where(scratch_outbox.c.sent_at.is_not(None))
+                    )
+                )
+
+        await eventually(sent, timeout=10, what="the event relayed")
+        assert time.monotonic() - started < 2, "relayed at a poll, not woken by the commit"
+    finally:
+        stopping.set()
+        await running
+        await publisher.close()
+        relaying.close()
+        writing.close()
