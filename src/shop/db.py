@@ -30,8 +30,8 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
     Every round trip counts on the hot paths, so there is no ping on checkout and no rollback
     on return: a unit of work always ends its transaction, and a connection a restarted server
     dropped fails its first statement, which invalidates the pool (`Database.transact` then
-    tries once more; elsewhere the request gets a 503 and the next one a fresh connection). `autocommit` engines serve single-statement reads, which
-    then need no COMMIT either.
+    tries once more; elsewhere the request gets a 503 and the next one a fresh connection).
+    `autocommit` engines serve single-statement reads, which then need no COMMIT either.
     """
     return create_async_engine(
         settings.db_url,
