@@ -102,6 +102,11 @@ class ServiceProcess:
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, f"{self.name} is not running"
+        return self._proc.pid
+
     async def start(self, *, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(

@@ -38,7 +38,9 @@ def _serve(settings: Settings, service: str) -> None:
     child = None
     if consumers:
         child = Child(
-            "order consumers", [sys.executable, "-m", "shop", "consume", "all"], dict(os.environ)
+            "order consumers",
+            [sys.executable, "-m", "shop", "consume", "all", "--nice", str(settings.consumer_nice)],
+            dict(os.environ),
         )
         child.start()
         # The HTTP workers leave the consumers and the outbox relay to the child.
@@ -92,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=SERVICES)
     consume = sub.add_parser("consume", help="run order consumers without HTTP (scale-out)")
     consume.add_argument("channel", choices=("kafka", "rabbitmq", "all"))
+    consume.add_argument(
+        "--nice", type=int, default=0, help="lower this process's CPU priority by this much"
+    )
     sub.add_parser("migrate", help="create the database if needed and migrate it to head")
     return parser
 
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         from shop import app
 
         die_with_parent()
+        os.nice(args.nice)  # before any thread starts: threads inherit it
         channels = ("kafka", "rabbitmq") if args.channel == "all" else (args.channel,)
         uvloop.run(app.consume(settings, channels))
         return

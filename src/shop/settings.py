@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # The consumers in a process of their own beside the HTTP server (the other core), not on
     # its event loop.
     consumer_process: bool = True
+    # That process's nice value: when both cores are busy, intake (the HTTP workers) goes first
+    # and the stored orders follow; an idle machine runs it at full speed anyway.
+    consumer_nice: int = Field(10, ge=0, le=19)
     # Sync orders waiting for their batch beyond this many are refused at once (503).
     sync_queue_limit: int = Field(1000, ge=1, le=100_000)
     consumer_batch_size: int = Field(500, ge=1, le=5000)

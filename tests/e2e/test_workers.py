@@ -1,4 +1,5 @@
-"""With several worker processes, /metrics counts the requests of all of them."""
+"""With several worker processes, /metrics counts the requests of all of them; the order
+consumers' process yields the CPU to the HTTP workers."""
 
 from __future__ import annotations
 
@@ -49,3 +50,29 @@ async def test_metrics_add_up_across_two_workers(
         assert after - before == 60
     finally:
         assert service.stop(timeout=20)
+
+
+def _children(pid: int) -> dict[int, tuple[str, int]]:
+    """The child processes of `pid`: their command line and nice value."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:  # ppid; nice is field 19 of stat, 16 after the name
+            found[int(stat.parent.name)] = (cmdline, int(fields[16]))
+    return found
+
+
+async def test_the_consumer_process_runs_at_a_lower_priority_than_the_http_workers(
+    order_service: ServiceProcess, settings: Settings
+) -> None:
+    children = _children(order_service.pid)
+    consumers = [nice for cmdline, nice in children.values() if " consume " in cmdline]
+    workers = [nice for cmdline, nice in children.values() if " consume " not in cmdline]
+    assert consumers == [settings.consumer_nice]
+    assert settings.consumer_nice > 0
+    assert workers
+    assert set(workers) == {0}
