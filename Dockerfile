@@ -35,7 +35,9 @@ FROM ${PYTHON_IMAGE} AS runtime
 
 RUN groupadd --system --gid 10001 shop \
     && useradd --system --uid 10001 --gid shop --no-create-home --home-dir /app \
-       --shell /usr/sbin/nologin shop
+       --shell /usr/sbin/nologin shop \
+    && mkdir -m 0700 /auth && chown shop:shop /auth
+# /auth: the development issuer's keys (docker-compose.yml's auth-keys volume takes its owner).
 
 WORKDIR /app
 COPY --from=builder /app /app

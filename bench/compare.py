@@ -52,7 +52,7 @@ import asyncmy
 from confluent_kafka.admin import AdminClient
 
 from bench import compare_report, idle
-from bench.loadgen import LoadResult, ensure_oha, run_load
+from bench.loadgen import LoadResult, ensure_oha, operator_headers, run_load
 from shop.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,7 @@ class Side:
     product_ids: list[int] = field(default_factory=list)
     body: Path | None = None
     accepted: int = 0  # 201 + 202 answers on the order paths, warm-up included
+    auth: dict[str, str] = field(default_factory=dict)  # the Authorization header it is sent
 
     @property
     def shop(self) -> str:
@@ -188,6 +189,9 @@ def side_env(side: Side) -> dict[str, str]:
             "DB_NAME": side.db_name,
             "PRODUCT_SERVICE_PORT": str(side.product_port),
             "ORDER_SERVICE_PORT": str(side.order_port),
+            # The development issuer's key of this checkout (`make up` made it), wherever the
+            # side's services run from.
+            "AUTH_PUBLIC_KEY_FILE": str(Path(load_settings().auth_public_key_file).resolve()),
         }
     )
     return env
@@ -338,9 +342,9 @@ def stop_services(sides: list[Side]) -> None:
 # ---------------------------------------------------------------- load
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **headers}
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
         result: dict[str, Any] = json.loads(response.read())
@@ -351,7 +355,7 @@ def prepare_load(side: Side, directory: Path) -> None:
     """The same products on both sides (count, price, stock) and the same order bodies."""
     url = f"http://127.0.0.1:{side.product_port}/products"
     side.product_ids = [
-        int(_post(url, {"name": f"cmp-{i}", "price": 1.5, "stock": BIG_STOCK})["id"])
+        int(_post(url, {"name": f"cmp-{i}", "price": 1.5, "stock": BIG_STOCK}, side.auth)["id"])
         for i in range(PRODUCTS)
     ]
     rng = random.Random(20261126)  # the same sequence of product indices on both sides
@@ -418,7 +422,11 @@ def drive(side: Side, path: str, connections: int, seconds: float) -> LoadResult
         result = run_load(side.url(path), connections=connections, seconds=seconds, method="GET")
     else:
         result = run_load(
-            side.url(path), connections=connections, seconds=seconds, body_lines=side.body
+            side.url(path),
+            connections=connections,
+            seconds=seconds,
+            body_lines=side.body,
+            headers=side.auth,  # a commit without access tokens ignores the header
         )
         side.accepted += result.count(201, 202)
     return result
@@ -535,8 +543,10 @@ def main() -> int:
         Side("base", base_path, base_sha, 18080, 18081, "shop_cmp_base", "bench-cmp-base-"),
         Side("head", head_path, head_label, 28080, 28081, "shop_cmp_head", "bench-cmp-head-"),
     ]
+    auth = operator_headers(load_settings())
     for side in sides:
         side.env = side_env(side)
+        side.auth = auth
     header: dict[str, Any] = {
         "started": stamp,
         "base": base_sha,

@@ -27,6 +27,7 @@ from typing import Any
 import asyncmy
 import httpx
 
+from bench.loadgen import operator_headers
 from shop.settings import Settings, load_settings
 
 CHANNELS = ("kafka", "rabbitmq")
@@ -133,7 +134,7 @@ async def measure_async(settings: Settings, orders: int = ORDERS) -> dict[str, A
     orders_url = f"http://127.0.0.1:{settings.order_service_port}/orders/async"
     rng = random.Random(20261126)
     timeout = httpx.Timeout(10.0)
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    async with httpx.AsyncClient(timeout=timeout, headers=operator_headers(settings)) as client:
         created = await client.post(
             products, json={"name": "bench-idle", "price": 1.5, "stock": None}
         )

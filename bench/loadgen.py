@@ -7,12 +7,27 @@ import os
 import resource
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shop.settings import Settings
+from shop.tokens import dev_token, ensure_dev_key
+
 OHA_VERSION = "1.16.0"
 _CARGO_BIN = Path.home() / ".cargo" / "bin"
+
+
+def operator_headers(settings: Settings) -> dict[str, str]:
+    """The Authorization header of the bench's requests: a token from the development issuer
+    (`make up` made its key) for an operator who may write products and place orders for any
+    user, as the bench's order bodies name many users."""
+    ensure_dev_key(settings)
+    token = dev_token(
+        settings, subject="bench", scopes=["products:write", "orders:admin"], ttl_seconds=6 * 3600
+    )
+    return {"Authorization": f"Bearer {token}"}
 
 
 def ensure_oha() -> str:
@@ -67,6 +82,7 @@ def run_load(
     body_lines: Path | None = None,
     rate: float | None = None,
     method: str = "POST",
+    headers: Mapping[str, str] | None = None,
 ) -> LoadResult:
     """Drive `url` for `seconds` with `connections` connections, closed loop or at `rate`/s.
 
@@ -88,6 +104,8 @@ def run_load(
     ]
     if body_lines is not None:
         cmd += ["-Z", str(body_lines), "-T", "application/json"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
     if rate is not None:
         cmd += ["-q", str(rate), "--latency-correction"]
     cmd.append(url)

@@ -28,7 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench import idle, limits, report
-from bench.loadgen import LoadResult, ensure_oha, run_load
+from bench.loadgen import LoadResult, ensure_oha, operator_headers, run_load
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
 from shop.messaging.ports import Outgoing
@@ -77,11 +77,11 @@ def query(settings: Settings, sql: str, args: Any = None) -> list[tuple[Any, ...
     return asyncio.run(_query(settings, sql, args))
 
 
-def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     request = urllib.request.Request(  # noqa: S310 (our own loopback URL)
         url,
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **headers},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
@@ -92,8 +92,9 @@ def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
 def make_products(settings: Settings, count: int, stock: int | None) -> list[int]:
     url = f"http://127.0.0.1:{settings.product_service_port}/products"
     tag = uuid.uuid4().hex[:6]
+    auth = operator_headers(settings)
     return [
-        _post_json(url, {"name": f"bench-{tag}-{i}", "price": 1.5, "stock": stock})["id"]
+        _post_json(url, {"name": f"bench-{tag}-{i}", "price": 1.5, "stock": stock}, auth)["id"]
         for i in range(count)
     ]
 
@@ -504,11 +505,13 @@ def main() -> int:
             "spread": body_file(Path(tmp), "spread", spread),
             "hot": body_file(Path(tmp), "hot", hot),
         }
+        auth = operator_headers(settings)
+        spread_orders = {"body_lines": bodies["spread"], "headers": auth}
         targets: dict[str, tuple[str, dict[str, Any]]] = {
-            "sync": (f"{orders_url}/sync", {"body_lines": bodies["spread"]}),
-            "sync_hot": (f"{orders_url}/sync", {"body_lines": bodies["hot"]}),
-            "kafka": (f"{orders_url}/async/kafka", {"body_lines": bodies["spread"]}),
-            "rabbitmq": (f"{orders_url}/async/rabbitmq", {"body_lines": bodies["spread"]}),
+            "sync": (f"{orders_url}/sync", spread_orders),
+            "sync_hot": (f"{orders_url}/sync", {"body_lines": bodies["hot"], "headers": auth}),
+            "kafka": (f"{orders_url}/async/kafka", spread_orders),
+            "rabbitmq": (f"{orders_url}/async/rabbitmq", spread_orders),
             "products": (
                 f"http://127.0.0.1:{settings.product_service_port}/products?limit=100",
                 {"method": "GET"},
@@ -521,7 +524,7 @@ def main() -> int:
                 "floor",
                 f"http://127.0.0.1:{FLOOR_PORT}/orders/async/floor",
                 plan,
-                body_lines=bodies["spread"],
+                **spread_orders,  # the same requests, token included, as the order paths
             )
         finally:
             floor.terminate()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shop.settings import Settings, load_settings
 from tests.support import ServiceProcess
+from tests.tokens import AUDIENCE, ISSUER, Issuer
 
 
 def _free_port() -> int:
@@ -36,7 +39,18 @@ def _free_port() -> int:
 
 
 RUN = uuid.uuid4().hex[:8]
+# The run's token issuer: the services trust its public key (and only it).
+TOKENS = Issuer()
+_KEYS = Path(tempfile.mkdtemp(prefix=f"shop-test-{RUN}-keys-"))
+_SIGNING_KEY, _PUBLIC_KEY = TOKENS.write(_KEYS)
+# Tokens of the suite's default clients: an operator who may write products and act on every
+# order (tests of who may do what use their own tokens).
+OPERATOR = TOKENS.bearer("test-operator", ["products:write", "orders:admin"], ttl=24 * 3600)
 TEST_ENV = {
+    "AUTH_ISSUER": ISSUER,
+    "AUTH_AUDIENCE": AUDIENCE,
+    "AUTH_PUBLIC_KEY_FILE": str(_PUBLIC_KEY),
+    "AUTH_SIGNING_KEY_FILE": str(_SIGNING_KEY),
     "DB_NAME": f"shop_test_{RUN}",
     "KAFKA_TOPIC": f"test-{RUN}-orders",
     "KAFKA_PRODUCT_EVENTS_TOPIC": f"test-{RUN}-product-events",
@@ -149,13 +163,17 @@ async def order_service(
 
 @pytest.fixture
 async def products(product_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=product_service.url, timeout=15) as client:
+    async with httpx.AsyncClient(
+        base_url=product_service.url, timeout=15, headers=OPERATOR
+    ) as client:
         yield client
 
 
 @pytest.fixture
 async def orders(order_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=order_service.url, timeout=15) as client:
+    async with httpx.AsyncClient(
+        base_url=order_service.url, timeout=15, headers=OPERATOR
+    ) as client:
         yield client
 
 
@@ -173,3 +191,7 @@ def rabbitmq_cleanup(settings: Settings) -> Iterator[None]:
             for item in listed.json():
                 if item["name"].startswith(f"test-{RUN}-"):
                     client.delete(f"{api}/{kind}/%2F/{item['name']}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_KEYS, ignore_errors=True)

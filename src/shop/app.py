@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Table
 
-from shop import generation, heap, http, logs
+from shop import auth, generation, heap, http, logs
 from shop.children import die_with_parent
 from shop.db import Database
 from shop.lean import LeanRoute
@@ -241,7 +241,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         partial(runtime.start),
         product_api.lean_routes(service),
     )
-    app.include_router(product_api.router(service))
+    app.include_router(product_api.router(service, auth.from_settings(settings)))
     return app
 
 
@@ -250,6 +250,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     die_with_parent()
     settings = settings or load_settings()
     logs.configure(settings.log_level)
+    authenticator = auth.from_settings(settings)
     runtime = OrderRuntime(settings)
     consumers = CHANNELS if settings.consumers_enabled else ()
     app = _app(
@@ -258,9 +259,9 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
         settings,
         runtime,
         partial(runtime.start_with, consumers),
-        order_api.lean_routes(runtime.service),
+        order_api.lean_routes(runtime.service, authenticator),
     )
-    app.include_router(order_api.router(runtime.service))
+    app.include_router(order_api.router(runtime.service, authenticator))
     return app
 
 

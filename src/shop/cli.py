@@ -98,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
         "--nice", type=int, default=0, help="lower this process's CPU priority by this much"
     )
     sub.add_parser("migrate", help="create the database if needed and migrate it to head")
+    token = sub.add_parser("token", help="print an access token from the development issuer")
+    who = token.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, help="the customer's user id (the token's subject)")
+    who.add_argument("--subject", help="a subject that is not a user (a service, an operator)")
+    token.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="a scope to grant (repeatable): products:write, orders:admin",
+    )
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    sub.add_parser("dev-key", help="create the development issuer's key pair if missing")
     return parser
 
 
@@ -119,6 +131,17 @@ def main(argv: list[str] | None = None) -> None:
         os.nice(args.nice)  # before any thread starts: threads inherit it
         channels = ("kafka", "rabbitmq") if args.channel == "all" else (args.channel,)
         uvloop.run(app.consume(settings, channels))
+        return
+    if args.command in ("token", "dev-key"):
+        from shop import tokens
+
+        created = tokens.ensure_dev_key(settings)
+        if args.command == "dev-key":
+            state = "created" if created else "kept"
+            print(f"{state} {settings.auth_signing_key_file} and {settings.auth_public_key_file}")
+            return
+        subject = str(args.user) if args.user is not None else args.subject
+        print(tokens.dev_token(settings, subject=subject, scopes=args.scope, ttl_seconds=args.ttl))
         return
     if args.command == "migrate":
         from shop.migrate import migrate

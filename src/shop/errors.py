@@ -16,6 +16,7 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra or {}
+        self.headers: dict[str, str] = {}
 
 
 class NotFound(DomainError):
@@ -60,3 +61,4 @@ class Unavailable(DomainError):
     def __init__(self, detail: str, *, retry_after: int = 1) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        self.headers["Retry-After"] = str(retry_after)

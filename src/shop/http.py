@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shop import heap, jsonutil
-from shop.errors import DomainError, Unavailable
+from shop.errors import DomainError
 from shop.lean import LeanRoute, LeanRoutes
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,9 @@ def _body_not_json(request: Request, errors: Sequence[Any]) -> bool:
 
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    headers = {}
-    if isinstance(exc, Unavailable):
-        headers["Retry-After"] = str(exc.retry_after)
-    return problem(exc.status, exc.title, exc.detail, type_=exc.type_, headers=headers, **exc.extra)
+    return problem(
+        exc.status, exc.title, exc.detail, type_=exc.type_, headers=exc.headers, **exc.extra
+    )
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:

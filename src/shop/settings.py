@@ -121,6 +121,19 @@ class Settings(BaseSettings):
     outbox_relay_enabled: bool = True
     outbox_retention_seconds: float = Field(3600.0, ge=0)  # published events kept this long
     max_body_bytes: int = Field(65_536, ge=1024)
+
+    # Access tokens (shop.auth): JWTs from this issuer for this audience, verified with the keys
+    # at AUTH_JWKS_URL or, without it, the PEM public key in AUTH_PUBLIC_KEY_FILE (the local
+    # stack's development issuer writes it; paths are relative to the working directory).
+    auth_issuer: str = Field("shop-dev", min_length=1)
+    auth_audience: str = Field("shop", min_length=1)
+    auth_jwks_url: str | None = None
+    auth_public_key_file: str = ".stack/auth/public.pem"
+    auth_signing_key_file: str = ".stack/auth/signing.pem"  # `shop token` only
+    auth_leeway_seconds: float = Field(30.0, ge=0, le=300)
+    auth_jwks_refresh_seconds: float = Field(60.0, ge=1)  # at most one JWKS fetch per this
+    auth_timeout_seconds: float = Field(3.0, gt=0, le=30)
+    auth_user_claim: str = Field("sub", min_length=1)  # the claim holding the user id
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("kafka_brokers")

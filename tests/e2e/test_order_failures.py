@@ -32,7 +32,7 @@ import devstack as stack
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
 from shop.settings import Settings
-from tests.conftest import RUN, TEST_ENV, _free_port
+from tests.conftest import OPERATOR, RUN, TEST_ENV, _free_port
 from tests.e2e.orders_support import (
     new_product,
     place,
@@ -415,7 +415,7 @@ async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
     service = next(processes)
     await service.start()
     try:
-        async with httpx.AsyncClient(base_url=service.url, timeout=15) as client:
+        async with httpx.AsyncClient(base_url=service.url, timeout=15, headers=OPERATOR) as client:
             warm = await _warm_up(client, database, product_id=pid, user_id=user)
             stream = await _stream(
                 client,
@@ -430,7 +430,7 @@ async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
         assert stream.cut_off > 0, "the kill came after the stream: nothing was cut off"
         service = next(processes)
         await service.start()
-        async with httpx.AsyncClient(base_url=service.url, timeout=15) as client:
+        async with httpx.AsyncClient(base_url=service.url, timeout=15, headers=OPERATOR) as client:
             after = await _send_more(client, product_id=pid, user_id=user, count=20)
         await assert_orders_add_up(
             database,
@@ -466,7 +466,7 @@ async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_
         stopped.append(asyncio.create_task(asyncio.to_thread(timed_stop, service)))
 
     try:
-        async with httpx.AsyncClient(base_url=service.url, timeout=15) as client:
+        async with httpx.AsyncClient(base_url=service.url, timeout=15, headers=OPERATOR) as client:
             warm = await _warm_up(client, database, product_id=pid, user_id=user)
             stream = await _stream(
                 client,
@@ -483,7 +483,7 @@ async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_
         assert all(o.startswith("503 ") for o in stream.other), stream.other
         service = next(processes)
         await service.start()
-        async with httpx.AsyncClient(base_url=service.url, timeout=15) as client:
+        async with httpx.AsyncClient(base_url=service.url, timeout=15, headers=OPERATOR) as client:
             after = await _send_more(client, product_id=pid, user_id=user, count=10)
         await assert_orders_add_up(
             database,

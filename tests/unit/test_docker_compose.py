@@ -16,7 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
-APP_SERVICES = ("migrate", "product-service", "order-service")
+APP_SERVICES = ("auth-key", "migrate", "product-service", "order-service")
 REQUIRED_SERVICES = {"mysql", "kafka", "rabbitmq", *APP_SERVICES}
 
 

@@ -28,6 +28,9 @@ from shop.orders.service import OrderQuery
 from shop.products import api as product_api
 from shop.products.models import ProductCreate, ProductPatch
 from shop.products.service import ProductQuery, encode_cursor
+from tests.tokens import Issuer
+
+ISSUER = Issuer()
 
 MAX_BODY = 2048
 
@@ -69,10 +72,10 @@ class FakeOrders:
     async def list_orders(self, query: OrderQuery) -> tuple[list[dict[str, Any]], str | None]:
         return [], None
 
-    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
+    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]:
         raise AssertionError("not a lean route")
 
-    async def cancel_order(self, order_id: uuid.UUID) -> dict[str, Any]:
+    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]:
         raise AssertionError("not a lean route")
 
 
@@ -86,7 +89,7 @@ class FakeProducts:
         return jsonutil.dumps(page), encode_cursor(query.limit) if query.limit < 50 else None
 
     async def create_product(
-        self, data: ProductCreate, *, idempotency_key: str | None = None
+        self, data: ProductCreate, *, owner: str, idempotency_key: str | None = None
     ) -> idempotency.Answer:
         raise AssertionError("not a lean route")
 
@@ -106,19 +109,20 @@ class FakeProducts:
 def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
     """(lean, plain): the same routes and fakes, with and without the lean routes."""
     orders, products = FakeOrders(), FakeProducts()
+    auth = ISSUER.authenticator()
     built = []
     for lean in (True, False):
         app = http.new_app(
             "test",
             service="lean-test",
             max_body_bytes=MAX_BODY,
-            lean=[*order_api.lean_routes(orders), *product_api.lean_routes(products)]
+            lean=[*order_api.lean_routes(orders, auth), *product_api.lean_routes(products)]
             if lean
             else (),
         )
         if fastapi_routes or not lean:
-            app.include_router(order_api.router(orders))
-            app.include_router(product_api.router(products))
+            app.include_router(order_api.router(orders, auth))
+            app.include_router(product_api.router(products, auth))
         built.append(app)
     return built[0], built[1]
 
@@ -146,6 +150,22 @@ def _same_answer(
 
 
 APPS = _apps()
+
+# Whose orders a request may place: user 1's (or, with orders:admin, anyone's); a token that
+# does not verify, none at all, or two Authorization headers.
+authorizations: st.SearchStrategy[list[str]] = st.sampled_from(
+    [
+        [f"Bearer {ISSUER.token(1)}"],
+        [f"Bearer {ISSUER.token(1)}"],
+        [f"Bearer {ISSUER.token('ops', ['orders:admin'])}"],
+        [f"Bearer {ISSUER.token('ops')}"],
+        [f"Bearer {ISSUER.token(2, ttl=-60)}"],
+        ["Bearer not.a.token"],
+        ["Basic dXNlcjpwYXNz"],
+        [],
+        [f"Bearer {ISSUER.token(1)}", f"Bearer {ISSUER.token(1)}"],
+    ]
+)
 
 ids = st.one_of(st.integers(-3, 3), st.integers(2**63 - 2, 2**63 + 1), st.integers())
 values = st.one_of(
@@ -206,6 +226,7 @@ keys: st.SearchStrategy[list[str]] = st.one_of(
     body=st.one_of(json_bodies, raw_bodies),
     content_type=content_types,
     idempotency_keys=keys,
+    authorization=authorizations,
 )
 def test_order_intakes_answer_as_fastapi_does(
     loop: asyncio.AbstractEventLoop,
@@ -213,8 +234,10 @@ def test_order_intakes_answer_as_fastapi_does(
     body: bytes,
     content_type: str | None,
     idempotency_keys: list[str],
+    authorization: list[str],
 ) -> None:
     headers = [("Idempotency-Key", key) for key in idempotency_keys]
+    headers += [("Authorization", value) for value in authorization]
     if content_type is not None:
         headers.append(("Content-Type", content_type))
     request = httpx.Request("POST", f"http://shop.test{path}", content=body, headers=headers)
@@ -248,13 +271,17 @@ def test_plain_requests_are_answered_by_the_lean_routes_alone(
     """Without FastAPI's routes, plain requests still get their answer; others find nothing."""
     lean_only, _ = _apps(fastapi_routes=False)
     order = {"user_id": 1, "product_id": 2, "quantity": 3}
+    token = ISSUER.bearer(1)
 
     def send(request: httpx.Request) -> int:
         return loop.run_until_complete(_answer(lean_only, request))[0]
 
     for path, status in (("sync", 201), ("async/kafka", 202), ("async/rabbitmq", 202)):
-        assert send(httpx.Request("POST", f"http://t/orders/{path}", json=order)) == status
-        refused = httpx.Request("POST", f"http://t/orders/{path}", json={**order, "quantity": 0})
+        url = f"http://t/orders/{path}"
+        assert send(httpx.Request("POST", url, json=order, headers=token)) == status
+        assert send(httpx.Request("POST", url, json=order)) == 401
+        assert send(httpx.Request("POST", url, json=order, headers=ISSUER.bearer(2))) == 403
+        refused = httpx.Request("POST", url, json={**order, "quantity": 0}, headers=token)
         assert send(refused) == 404  # not plain: FastAPI's router, which has no such route here
     assert send(httpx.Request("GET", "http://t/products?limit=7")) == 200
     assert send(httpx.Request("GET", "http://t/products?limit=0")) == 404
@@ -264,6 +291,7 @@ def test_lean_answers_are_counted_under_their_route(loop: asyncio.AbstractEventL
     counter = http.HTTP_REQUESTS.labels("lean-test", "POST", "/orders/async/kafka", "202")
     before = counter._value.get()
     order = {"user_id": 1, "product_id": 2, "quantity": 3}
-    request = httpx.Request("POST", "http://t/orders/async/kafka", json=order)
+    url = "http://t/orders/async/kafka"
+    request = httpx.Request("POST", url, json=order, headers=ISSUER.bearer(1))
     assert loop.run_until_complete(_answer(APPS[0], request))[0] == 202
     assert counter._value.get() == before + 1

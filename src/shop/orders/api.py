@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response, Security
 from pydantic import ValidationError
 from starlette.types import Scope
 
 from shop import jsonutil
+from shop.auth import Authenticator, Forbidden, Principal, caller
 from shop.deps import IdempotencyKey
 from shop.http import JSONResponse, next_page_link
 from shop.idempotency import MAX_KEY_LENGTH
@@ -25,7 +26,7 @@ class Orders(Protocol):
 
     async def list_orders(self, query: OrderQuery) -> tuple[list[dict[str, Any]], str | None]: ...
 
-    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]: ...
+    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]: ...
 
     async def place_order(
         self, order: PlaceOrder, *, idempotency_key: str | None = None
@@ -35,30 +36,54 @@ class Orders(Protocol):
         self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
     ) -> dict[str, Any]: ...
 
-    async def cancel_order(self, order_id: uuid.UUID) -> dict[str, Any]: ...
+    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]: ...
 
 
-def router(service: Orders) -> APIRouter:
+ADMIN = "orders:admin"  # lists, reads and cancels any order, and places them for any user
+
+
+def _owner(principal: Principal) -> int | None:
+    """Whose orders the caller may see: its own, or anyone's (None) with orders:admin."""
+    return None if principal.has(ADMIN) else principal.customer()
+
+
+def _check_customer(principal: Principal, order: PlaceOrder) -> None:
+    owner = _owner(principal)
+    if owner is not None and order.user_id != owner:
+        raise Forbidden("An order's user_id must be the token's user.")
+
+
+def router(service: Orders, auth: Authenticator) -> APIRouter:
     api = APIRouter(prefix="/orders", tags=["orders"])
+    verified = caller(auth)
 
     @api.get("", response_model=list[Order], response_class=JSONResponse)
     async def list_orders(
         request: Request,
+        principal: Principal = Security(verified),
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
         user_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         status: OrderStatus | None = None,
     ) -> Response:
-        """List orders oldest first, a page at a time; the next page is in the Link header."""
+        """List orders oldest first, a page at a time; the next page is in the Link header.
+
+        A customer sees their own orders; `orders:admin` sees everyone's and may filter by user.
+        """
+        owner = _owner(principal)
+        if owner is not None:
+            if user_id not in (None, owner):
+                raise Forbidden("You may list only your own orders.")
+            user_id = owner
         page, next_cursor = await service.list_orders(
             OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
         )
         return JSONResponse(page, headers=next_page_link(request, next_cursor))
 
     @api.get("/{order_id}", response_model=Order, response_class=JSONResponse)
-    async def get_order(order_id: OrderId) -> Response:
-        """Get one order."""
-        return JSONResponse(await service.get_order(order_id))
+    async def get_order(order_id: OrderId, principal: Principal = Security(verified)) -> Response:
+        """Get one of your orders (any order with `orders:admin`)."""
+        return JSONResponse(await service.get_order(order_id, owner=_owner(principal)))
 
     @api.post(
         "/sync",
@@ -67,9 +92,11 @@ def router(service: Orders) -> APIRouter:
         response_class=JSONResponse,
         responses={409: {"description": "Not enough stock"}},
     )
-    async def place_order(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
+    async def place_order(
+        body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
+    ) -> Response:
         """Place an order now: stock is reserved and the order confirmed, or 409."""
-        return as_response(await _place(service, body, key))
+        return as_response(await _place(service, principal, body, key))
 
     @api.post(
         "/async/kafka",
@@ -78,9 +105,11 @@ def router(service: Orders) -> APIRouter:
         response_class=JSONResponse,
         responses={503: {"description": "Kafka unavailable"}},
     )
-    async def accept_order_kafka(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
+    async def accept_order_kafka(
+        body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
+    ) -> Response:
         """Accept an order through Kafka; a consumer confirms or rejects it shortly."""
-        return as_response(await _accept(service, body, "kafka", key))
+        return as_response(await _accept(service, principal, body, "kafka", key))
 
     @api.post(
         "/async/rabbitmq",
@@ -89,9 +118,11 @@ def router(service: Orders) -> APIRouter:
         response_class=JSONResponse,
         responses={503: {"description": "RabbitMQ unavailable"}},
     )
-    async def accept_order_rabbitmq(body: PlaceOrder, key: IdempotencyKey = None) -> Response:
+    async def accept_order_rabbitmq(
+        body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
+    ) -> Response:
         """Accept an order through RabbitMQ; a consumer confirms or rejects it shortly."""
-        return as_response(await _accept(service, body, "rabbitmq", key))
+        return as_response(await _accept(service, principal, body, "rabbitmq", key))
 
     @api.post(
         "/{order_id}/cancel",
@@ -99,23 +130,27 @@ def router(service: Orders) -> APIRouter:
         response_class=JSONResponse,
         responses={409: {"description": "The order is not confirmed"}},
     )
-    async def cancel_order(order_id: OrderId) -> Response:
-        """Cancel a confirmed order and release its stock."""
-        return JSONResponse(await service.cancel_order(order_id))
+    async def cancel_order(
+        order_id: OrderId, principal: Principal = Security(verified)
+    ) -> Response:
+        """Cancel a confirmed order of yours (any with `orders:admin`) and release its stock."""
+        return JSONResponse(await service.cancel_order(order_id, owner=_owner(principal)))
 
     return api
 
 
-def lean_routes(service: Orders) -> list[LeanRoute[Any]]:
+def lean_routes(service: Orders, auth: Authenticator) -> list[LeanRoute[Any]]:
     """The three order intakes, answered without FastAPI in the plain case (`shop.lean`)."""
 
-    async def place(_scope: Scope, plain: tuple[PlaceOrder, str | None]) -> Reply:
-        return await _place(service, *plain)
+    async def place(_scope: Scope, plain: PlainOrder) -> Reply:
+        order, key, authorization = plain
+        return await _place(service, await auth.principal(authorization), order, key)
 
-    def accept(channel: AsyncChannel) -> LeanRoute[tuple[PlaceOrder, str | None]]:
-        async def answer(_scope: Scope, plain: tuple[PlaceOrder, str | None]) -> Reply:
-            order, key = plain
-            return await _accept(service, order, channel, key)
+    def accept(channel: AsyncChannel) -> LeanRoute[PlainOrder]:
+        async def answer(_scope: Scope, plain: PlainOrder) -> Reply:
+            order, key, authorization = plain
+            principal = await auth.principal(authorization)
+            return await _accept(service, principal, order, channel, key)
 
         return LeanRoute("POST", f"/orders/async/{channel}", _plain_order, answer)
 
@@ -126,23 +161,35 @@ def lean_routes(service: Orders) -> list[LeanRoute[Any]]:
     ]
 
 
-async def _place(service: Orders, order: PlaceOrder, key: str | None) -> Reply:
+async def _place(
+    service: Orders, principal: Principal, order: PlaceOrder, key: str | None
+) -> Reply:
     """A sync order's answer, for its FastAPI route and its lean route alike."""
+    _check_customer(principal, order)
     return _reply(201, await service.place_order(order, idempotency_key=key))
 
 
 async def _accept(
-    service: Orders, order: PlaceOrder, channel: AsyncChannel, key: str | None
+    service: Orders,
+    principal: Principal,
+    order: PlaceOrder,
+    channel: AsyncChannel,
+    key: str | None,
 ) -> Reply:
     """An async order's answer, for its FastAPI route and its lean route alike."""
+    _check_customer(principal, order)
     return _reply(202, await service.accept_order(order, channel=channel, idempotency_key=key))
 
 
-_ORDER_HEADERS = (b"content-type", b"idempotency-key")
+# An order body, its Idempotency-Key and its Authorization header.
+PlainOrder = tuple[PlaceOrder, str | None, str | None]
+
+_ORDER_HEADERS = (b"content-type", b"idempotency-key", b"authorization")
 
 
-def _plain_order(scope: Scope, body: bytes) -> tuple[PlaceOrder, str | None] | None:
-    """A JSON order body that validates, with at most one valid Idempotency-Key; else None."""
+def _plain_order(scope: Scope, body: bytes) -> PlainOrder | None:
+    """A JSON order body that validates, with at most one valid Idempotency-Key and at most one
+    Authorization header; else None."""
     headers = single_headers(scope, _ORDER_HEADERS)
     if headers is None or not is_json(headers.get(b"content-type")):
         return None
@@ -151,10 +198,12 @@ def _plain_order(scope: Scope, body: bytes) -> tuple[PlaceOrder, str | None] | N
         key = headers[b"idempotency-key"].decode("latin-1")
         if not 1 <= len(key) <= MAX_KEY_LENGTH:
             return None
+    authorization = headers.get(b"authorization")
     try:
-        return PlaceOrder.model_validate_json(body), key
+        order = PlaceOrder.model_validate_json(body)
     except ValidationError:
         return None
+    return order, key, authorization.decode("latin-1") if authorization is not None else None
 
 
 def _reply(status: int, answer: dict[str, Any]) -> Reply:

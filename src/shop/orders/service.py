@@ -281,10 +281,15 @@ class OrderService:
             raise IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
         return claim.order_id
 
-    async def cancel_order(self, order_id: uuid.UUID) -> dict[str, Any]:
-        """Cancel a confirmed order and give its units back; anything else is a Conflict."""
+    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]:
+        """Cancel a confirmed order and give its units back; anything else is a Conflict.
+
+        With an `owner`, another user's order is NotFound, exactly like an unknown id.
+        """
         async with self._db.transaction() as conn:
             order = await repository.get_for_update(conn, order_id)
+            if order is not None and owner is not None and order.user_id != owner:
+                order = None
             stock = await inventory.lock_products(conn, [order.product_id] if order else [])
             product = stock.get(order.product_id) if order else None
             decision = domain.cancel_order(order_id, order, product, now=jsonutil.utcnow())
@@ -293,11 +298,12 @@ class OrderService:
         self._on_event()
         return domain.order_view(decision.orders[0])
 
-    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any]:
-        """One order (also under the id an asynchronous retry of it was given), or NotFound."""
+    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]:
+        """One order (also under the id an asynchronous retry of it was given), or NotFound;
+        with an `owner`, another user's order is NotFound too."""
         async with self._db.read() as conn:
             order = await repository.get(conn, order_id)
-        if order is None:
+        if order is None or (owner is not None and order.user_id != owner):
             raise NotFound(f"No order with id {order_id}.")
         return domain.order_view(order)
 

@@ -6,10 +6,11 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response, Security
 from starlette.types import Scope
 
 from shop import idempotency, jsonutil
+from shop.auth import Authenticator, Principal, caller
 from shop.deps import IdempotencyKey
 from shop.errors import InvalidInput
 from shop.http import JSONResponse, next_page_link
@@ -26,7 +27,7 @@ class Products(Protocol):
     async def list_products_json(self, query: ProductQuery) -> tuple[bytes, str | None]: ...
 
     async def create_product(
-        self, data: ProductCreate, *, idempotency_key: str | None = None
+        self, data: ProductCreate, *, owner: str, idempotency_key: str | None = None
     ) -> idempotency.Answer: ...
 
     async def get_product(self, product_id: int) -> dict[str, Any]: ...
@@ -38,8 +39,12 @@ class Products(Protocol):
     async def delete_product(self, product_id: int) -> None: ...
 
 
-def router(service: Products) -> APIRouter:
+WRITE = "products:write"  # creating, changing and deleting products; reading is public
+
+
+def router(service: Products, auth: Authenticator) -> APIRouter:
     api = APIRouter(prefix="/products", tags=["products"])
+    writer = Security(caller(auth), scopes=[WRITE])
 
     @api.get("", response_model=list[Product], response_class=JSONResponse)
     async def list_products(
@@ -59,9 +64,11 @@ def router(service: Products) -> APIRouter:
         return as_response(await _page(service, request.scope, query))
 
     @api.post("", status_code=201, response_model=Product, response_class=JSONResponse)
-    async def create_product(body: ProductCreate, key: IdempotencyKey = None) -> Response:
-        """Create a product."""
-        answer = await service.create_product(body, idempotency_key=key)
+    async def create_product(
+        body: ProductCreate, principal: Principal = writer, key: IdempotencyKey = None
+    ) -> Response:
+        """Create a product (scope `products:write`)."""
+        answer = await service.create_product(body, owner=principal.subject, idempotency_key=key)
         return Response(
             answer.body,
             status_code=answer.status,
@@ -75,18 +82,22 @@ def router(service: Products) -> APIRouter:
         return JSONResponse(await service.get_product(product_id))
 
     @api.put("/{product_id}", response_model=Product, response_class=JSONResponse)
-    async def replace_product(product_id: ProductId, body: ProductReplace) -> Any:
-        """Replace every field of a product."""
+    async def replace_product(
+        product_id: ProductId, body: ProductReplace, _: Principal = writer
+    ) -> Any:
+        """Replace every field of a product (scope `products:write`)."""
         return JSONResponse(await service.update_product(product_id, body.model_dump()))
 
     @api.patch("/{product_id}", response_model=Product, response_class=JSONResponse)
-    async def patch_product(product_id: ProductId, body: ProductPatch) -> Any:
-        """Change some fields of a product."""
+    async def patch_product(
+        product_id: ProductId, body: ProductPatch, _: Principal = writer
+    ) -> Any:
+        """Change some fields of a product (scope `products:write`)."""
         return JSONResponse(await service.patch_product(product_id, body))
 
     @api.delete("/{product_id}", status_code=204)
-    async def delete_product(product_id: ProductId) -> Response:
-        """Delete a product."""
+    async def delete_product(product_id: ProductId, _: Principal = writer) -> Response:
+        """Delete a product (scope `products:write`)."""
         await service.delete_product(product_id)
         return Response(status_code=204)
 

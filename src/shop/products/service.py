@@ -95,13 +95,18 @@ class ProductService:
         self._loading: dict[ProductQuery, tuple[int, asyncio.Future[tuple[bytes, str | None]]]] = {}
 
     async def create_product(
-        self, data: ProductCreate, *, idempotency_key: str | None = None
+        self, data: ProductCreate, *, owner: str, idempotency_key: str | None = None
     ) -> idempotency.Answer:
-        """Insert a product and its `product.created` event; replays a known key's answer."""
+        """Insert a product and its `product.created` event; replays a known key's answer.
+
+        Keys are `owner`'s (the token's subject): two callers never share one.
+        """
         key = None
         if idempotency_key is not None:
             key = idempotency.Key.of(
-                idempotency_key, scope="products", request=data.model_dump(mode="json")
+                idempotency_key,
+                scope=f"products\x1f{len(owner)}:{owner}",
+                request=data.model_dump(mode="json"),
             )
         try:
             answer = await self._create_once(data, key)

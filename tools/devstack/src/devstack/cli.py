@@ -15,10 +15,13 @@ from . import SERVERS, SERVICES, StackError, down, start, start_services, status
 
 def _up(settings: Settings, *, services: bool) -> None:
     from shop.migrate import migrate
+    from shop.tokens import ensure_dev_key
 
     up_servers(settings)
     print("migrating", settings.db_name, flush=True)
     migrate(settings)
+    if ensure_dev_key(settings):  # the development issuer's key, which the services trust
+        print("created the development signing key in", settings.auth_signing_key_file)
     if services:
         start_services(settings)
 

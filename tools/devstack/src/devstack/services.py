@@ -46,7 +46,11 @@ def daemon(name: str, settings: Settings) -> Daemon:
 def _settings_env(settings: Settings) -> dict[str, str]:
     """The caller's settings as environment variables (they beat config.yaml), so the service
     runs with exactly the settings it was started with, overrides included."""
-    return {field.upper(): str(value) for field, value in settings.model_dump().items()}
+    return {
+        field.upper(): str(value)
+        for field, value in settings.model_dump().items()
+        if value is not None  # unset optional settings stay unset
+    }
 
 
 def ready(name: str, settings: Settings) -> bool:

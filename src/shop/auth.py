@@ -1,0 +1,370 @@
+"""Who calls, and what they may do: OAuth 2.0 bearer access tokens (RFC 6750) that are JWTs
+(RFC 9068), verified with PyJWT.
+
+Only asymmetric signatures are accepted (RS256, ES256, EdDSA): a token whose header says `none`
+or an HMAC algorithm is refused before any key is looked at, so a public key can never serve as
+an HMAC secret. `iss` and `aud` must match the settings; `exp` is required and `exp`/`nbf` are
+checked with a small leeway. Keys come from a JWKS URL (fetched with a timeout, cached, fetched
+again for an unknown `kid` at most once per `refresh_seconds`) or from a PEM public key file.
+
+A verified token is remembered until it expires (bounded by the bytes of the tokens held), so
+a client that sends the same token on every request pays for one signature check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from fastapi import Depends, Request
+from fastapi.security import HTTPBearer, SecurityScopes
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.utils import base64url_encode
+from starlette.types import Scope
+
+from shop.errors import DomainError
+from shop.settings import ConfigError, Settings
+
+ALGORITHMS = ("RS256", "ES256", "EdDSA")
+SCHEME = "Bearer"
+CACHE_BYTES = 4 * 1024 * 1024  # tokens remembered after their first verification
+MAX_TOKEN_BYTES = 8 * 1024
+
+
+class Unauthorized(DomainError):
+    """401: no token, or one that does not verify (RFC 6750 section 3.1)."""
+
+    status = 401
+    title = "Unauthorized"
+    type_ = "/problems/unauthorized"
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(detail)
+        challenge = SCHEME
+        if error is not None:  # no token at all: the bare challenge, no error code
+            challenge += f' error="{error}", error_description="{detail}"'
+        self.headers["WWW-Authenticate"] = challenge
+
+
+class Forbidden(DomainError):
+    """403: a valid token without the scope (or the user) the request needs."""
+
+    status = 403
+    title = "Forbidden"
+    type_ = "/problems/forbidden"
+
+    def __init__(self, detail: str, *, scope: str | None = None) -> None:
+        super().__init__(detail)
+        challenge = f'{SCHEME} error="insufficient_scope", error_description="{detail}"'
+        if scope is not None:
+            challenge += f', scope="{scope}"'
+        self.headers["WWW-Authenticate"] = challenge
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller a token names: its subject, the user id (when it is one), its scopes."""
+
+    subject: str
+    user_id: int | None
+    scopes: frozenset[str]
+
+    def has(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"This needs the scope {scope}.", scope=scope)
+
+    def customer(self) -> int:
+        """The user id this principal acts as; 403 if the token names no user."""
+        if self.user_id is None:
+            raise Forbidden("This token names no customer (its subject is not a user id).")
+        return self.user_id
+
+
+class KeySource(Protocol):
+    """The public keys tokens may be signed with."""
+
+    async def key(self, kid: str | None) -> Any:
+        """The key for `kid`; raises Unauthorized if there is none."""
+        ...
+
+
+class StaticKey:
+    """One public key (PEM, from AUTH_PUBLIC_KEY_FILE); its `kid` is its RFC 7638 thumbprint.
+    A token that names another kid is refused; one that names none is checked with this key."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._key = load_pem_public_key(pem)
+        self.kid = thumbprint(self._key)
+
+    async def key(self, kid: str | None) -> Any:
+        if kid is not None and kid != self.kid:
+            raise Unauthorized("The token's key id is not known.")
+        return self._key
+
+
+class Jwks:
+    """Keys from a JWKS document, fetched again for an unknown `kid` at most once per
+    `refresh_seconds` (so unknown ids cannot make the service hammer the identity provider)."""
+
+    def __init__(self, url: str, *, timeout: float, refresh_seconds: float) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._refresh = refresh_seconds
+        self._keys: dict[str | None, Any] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str | None) -> Any:
+        if kid in self._keys:
+            return self._keys[kid]
+        async with self._lock:
+            due = self._fetched_at is None or time.monotonic() - self._fetched_at >= self._refresh
+            if kid not in self._keys and due:
+                await self._fetch()
+        if kid not in self._keys:
+            raise Unauthorized("The token's key id is not known.")
+        return self._keys[kid]
+
+    async def _fetch(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            document = await asyncio.to_thread(self._download)
+            keys = jwt.PyJWKSet.from_dict(document).keys
+        except Exception as exc:  # the IdP is down or answers nonsense: keep the keys we have
+            raise Unauthorized("The signing keys could not be fetched; retry shortly.") from exc
+        found: dict[str | None, Any] = {k.key_id: k.key for k in keys if _usable(k)}
+        if len(found) == 1:  # a single key also serves tokens that name no kid
+            found[None] = next(iter(found.values()))
+        self._keys = found
+
+    def _download(self) -> Any:
+        request = urllib.request.Request(self._url, headers={"Accept": "application/json"})  # noqa: S310 (configured URL)
+        with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            return json.loads(response.read(1_000_000))
+
+
+def _usable(key: jwt.PyJWK) -> bool:
+    return key.algorithm_name in ALGORITHMS or key.algorithm_name == "UNKNOWN"
+
+
+class Authenticator:
+    """Turns an Authorization header into a Principal, or raises Unauthorized."""
+
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: float,
+        user_claim: str = "sub",
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+        self._user_claim = user_claim
+        self._verified: collections.OrderedDict[str, tuple[Principal, float]] = (
+            collections.OrderedDict()
+        )
+        self._cached_bytes = 0
+
+    async def principal(self, authorization: str | None) -> Principal:
+        """The caller named by `Authorization: Bearer <token>`."""
+        if authorization is None:
+            raise Unauthorized("Send an access token: Authorization: Bearer <token>.", error=None)
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized(
+                "The Authorization header must be: Bearer <token>.", error="invalid_request"
+            )
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, expires = remembered
+            if time.time() < expires + self._leeway:
+                return principal
+            self._forget(token)
+        return await self._verify(token)
+
+    async def _verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthorized("The token is too long.")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("The token is not a JWT.") from None
+        if header.get("alg") not in ALGORITHMS:
+            raise Unauthorized(f"Tokens must be signed with one of {', '.join(ALGORITHMS)}.")
+        kid = header.get("kid")
+        key = await self._keys.key(kid if isinstance(kid, str) else None)
+        if header["alg"] != algorithm_of(key):
+            raise Unauthorized("The token's algorithm does not match its key.")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[header["alg"]],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The token has expired.") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("The token is not valid yet.") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("The token is for another audience.") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("The token is from another issuer.") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("The token's signature does not verify.") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"The token is not valid ({_reason(exc)}).") from None
+        principal = self._principal_of(claims)
+        self._remember(token, principal, float(claims["exp"]))
+        return principal
+
+    def _principal_of(self, claims: Mapping[str, Any]) -> Principal:
+        subject = str(claims["sub"])
+        scopes = claims.get("scope", "")
+        if isinstance(scopes, list):  # some providers send a list (scp style)
+            scopes = " ".join(str(s) for s in scopes)
+        user = claims.get(self._user_claim)
+        return Principal(
+            subject=subject,
+            user_id=_user_id(user),
+            scopes=frozenset(str(scopes).split()),
+        )
+
+    def _remember(self, token: str, principal: Principal, expires: float) -> None:
+        self._verified[token] = (principal, expires)
+        self._cached_bytes += len(token)
+        while self._cached_bytes > CACHE_BYTES:
+            oldest = next(iter(self._verified))
+            self._forget(oldest)
+
+    def _forget(self, token: str) -> None:
+        if self._verified.pop(token, None) is not None:
+            self._cached_bytes -= len(token)
+
+
+def _user_id(value: Any) -> int | None:
+    """A positive integer user id (as a number or its decimal string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 1 <= value <= 2**63 - 1 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+        return number if 1 <= number <= 2**63 - 1 else None
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).rstrip(".")[:200] or type(exc).__name__
+
+
+def algorithm_of(public_key: Any) -> str | None:
+    """The one algorithm a key verifies: RS256 for RSA, ES256 for EC P-256, EdDSA for Ed25519."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return "ES256" if isinstance(public_key.curve, ec.SECP256R1) else None
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    return None
+
+
+def thumbprint(public_key: Any) -> str:
+    """The key's RFC 7638 JWK thumbprint (SHA-256, base64url): its `kid`."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+        members: tuple[str, ...] = ("e", "kty", "n")
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
+        members = ("crv", "kty", "x", "y")
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        jwk = OKPAlgorithm.to_jwk(public_key, as_dict=True)
+        members = ("crv", "kty", "x")
+    else:
+        raise ValueError("not an RSA, EC or Ed25519 public key")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return base64url_encode(hashlib.sha256(canonical.encode()).digest()).decode()
+
+
+def from_settings(settings: Settings) -> Authenticator:
+    """The authenticator the settings describe: JWKS if AUTH_JWKS_URL is set, else the key file."""
+    keys: KeySource
+    if settings.auth_jwks_url:
+        keys = Jwks(
+            settings.auth_jwks_url,
+            timeout=settings.auth_timeout_seconds,
+            refresh_seconds=settings.auth_jwks_refresh_seconds,
+        )
+    else:
+        path = Path(settings.auth_public_key_file)
+        try:
+            keys = StaticKey(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"AUTH_PUBLIC_KEY_FILE={path}: {exc} (`make up` or `shop dev-key` writes the "
+                "development key; or set AUTH_JWKS_URL)"
+            ) from exc
+    return Authenticator(
+        keys,
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        leeway=settings.auth_leeway_seconds,
+        user_claim=settings.auth_user_claim,
+    )
+
+
+def authorization(scope: Scope) -> str | None:
+    """The request's Authorization header; Unauthorized if it is sent more than once."""
+    found = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if found is not None:
+                raise Unauthorized("Send one Authorization header.", error="invalid_request")
+            found = value.decode("latin-1")
+    return found
+
+
+# Declares the scheme in the OpenAPI document (/docs gets "Authorize"); the header is read and
+# verified by `caller` below, with the problem+json answers of this module.
+bearer = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    description="An access token (RFC 9068 JWT); `shop token` makes one for the local stack.",
+)
+
+
+def caller(auth: Authenticator) -> Callable[..., Awaitable[Principal]]:
+    """A FastAPI security dependency: the verified caller, holding every scope the route
+    declares (`Security(caller(auth), scopes=[...])`)."""
+
+    async def verified(
+        request: Request, scopes: SecurityScopes, _declared: object = Depends(bearer)
+    ) -> Principal:
+        principal = await auth.principal(authorization(request.scope))
+        for scope in scopes.scopes:
+            principal.require(scope)
+        return principal
+
+    return verified

@@ -1,0 +1,104 @@
+"""The development issuer: a signing key in `.stack/auth/` and `shop token` to mint tokens.
+
+A production deployment points AUTH_JWKS_URL at its identity provider and never uses this;
+the services only ever see public keys.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shop.auth import thumbprint
+from shop.settings import Settings
+
+ALGORITHM = "EdDSA"  # Ed25519: the cheapest of the accepted signatures to verify
+
+
+def ensure_dev_key(settings: Settings) -> bool:
+    """Create the development signing key (mode 0600) and its public key unless they exist;
+    True if they were created."""
+    signing = Path(settings.auth_signing_key_file)
+    public = Path(settings.auth_public_key_file)
+    if signing.exists() and public.exists():
+        return False
+    for directory in {signing.parent, public.parent}:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    descriptor = os.open(signing, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(private_pem)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return True
+
+
+def issue(
+    signing_key: bytes,
+    *,
+    issuer: str,
+    audience: str,
+    subject: str,
+    scopes: Iterable[str] = (),
+    ttl_seconds: float = 3600,
+    headers: Mapping[str, Any] | None = None,
+    **claims: Any,
+) -> str:
+    """A signed access token (RFC 9068 claims) for `subject`, signed with the PEM private key
+    `signing_key`; `claims` add to or replace the standard ones."""
+    key = serialization.load_pem_private_key(signing_key, password=None)
+    now = int(time.time())
+    payload = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": subject,
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(ttl_seconds),
+        "jti": str(uuid.uuid4()),
+        "client_id": "shop-dev",
+        "scope": " ".join(scopes),
+        **claims,
+    }
+    header = {"typ": "at+jwt", "kid": thumbprint(key.public_key()), **(headers or {})}
+    return jwt.encode(payload, key, algorithm=_algorithm(key), headers=header)  # type: ignore[arg-type]
+
+
+def _algorithm(key: Any) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ES256"
+    return ALGORITHM
+
+
+def dev_token(
+    settings: Settings, *, subject: str, scopes: Iterable[str], ttl_seconds: float
+) -> str:
+    """A token from the development issuer whose key `ensure_dev_key` made."""
+    return issue(
+        Path(settings.auth_signing_key_file).read_bytes(),
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        subject=subject,
+        scopes=scopes,
+        ttl_seconds=ttl_seconds,
+    )

@@ -1,0 +1,205 @@
+"""Identity and access against the running services: every write needs a verified token, every
+customer sees only their own orders, and Idempotency-Keys belong to their caller."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import TOKENS
+from tests.e2e.orders_support import new_product
+from tests.support import ServiceProcess
+
+pytestmark = pytest.mark.e2e
+
+WRITE = ["products:write"]
+ADMIN = ["orders:admin"]
+
+
+@pytest.fixture
+async def anonymous_products(product_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=product_service.url, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+async def anonymous_orders(order_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=order_service.url, timeout=15) as client:
+        yield client
+
+
+def _user() -> int:
+    return 1_000_000 + uuid.uuid4().int % 1_000_000_000
+
+
+def _assert_refused(answer: httpx.Response, status: int, what: str) -> None:
+    assert answer.status_code == status, (what, answer.status_code, answer.text)
+    assert answer.headers["content-type"] == "application/problem+json", what
+    assert answer.json()["status"] == status, what
+    assert answer.headers["www-authenticate"].startswith("Bearer"), what
+
+
+async def _order_count(database: AsyncEngine, product_id: int) -> int:
+    async with database.connect() as conn:
+        found = await conn.execute(
+            text("SELECT COUNT(*) FROM orders WHERE product_id = :p"), {"p": product_id}
+        )
+        return int(found.scalar_one())
+
+
+async def test_product_writes_refuse_every_bad_token_and_a_token_without_the_scope(
+    products: httpx.AsyncClient, anonymous_products: httpx.AsyncClient
+) -> None:
+    pid = await new_product(products, stock=5)
+    before = (await products.get(f"/products/{pid}")).json()
+    body = {"name": "changed", "description": "", "price": 9.5, "stock": 1}
+    writes: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("POST", "/products", body),
+        ("PUT", f"/products/{pid}", body),
+        ("PATCH", f"/products/{pid}", {"price": 9.5}),
+        ("DELETE", f"/products/{pid}", None),
+    ]
+    cases = {
+        **{name: (headers, 401) for name, headers in TOKENS.refused(7, WRITE).items()},
+        "valid, without products:write": (TOKENS.bearer(7, ["orders:admin"]), 403),
+    }
+    listed = len((await anonymous_products.get("/products?limit=1000")).json())
+    for method, path, json_body in writes:
+        for case, (headers, status) in cases.items():
+            answer = await anonymous_products.request(
+                method, path, json=json_body, headers={**headers, "Idempotency-Key": case}
+            )
+            _assert_refused(answer, status, f"{method} {path}: {case}")
+    after = await anonymous_products.get(f"/products/{pid}")  # reading stays public
+    assert after.status_code == 200
+    assert after.json() == before
+    assert len((await anonymous_products.get("/products?limit=1000")).json()) == listed
+
+
+async def test_order_endpoints_refuse_every_bad_token_and_a_token_naming_no_customer(
+    products: httpx.AsyncClient,
+    orders: httpx.AsyncClient,
+    anonymous_orders: httpx.AsyncClient,
+    database: AsyncEngine,
+) -> None:
+    pid = await new_product(products, stock=50)
+    user = _user()
+    placed = await orders.post(
+        "/orders/sync", json={"user_id": user, "product_id": pid, "quantity": 1}
+    )
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    body = {"user_id": user, "product_id": pid, "quantity": 1}
+    endpoints: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "/orders", None),
+        ("GET", f"/orders/{order_id}", None),
+        ("POST", "/orders/sync", body),
+        ("POST", "/orders/async/kafka", body),
+        ("POST", "/orders/async/rabbitmq", body),
+        ("POST", f"/orders/{order_id}/cancel", None),
+    ]
+    cases = {
+        **{name: (headers, 401) for name, headers in TOKENS.refused(user, []).items()},
+        "valid, naming no customer": (TOKENS.bearer("some-service"), 403),
+    }
+    for method, path, json_body in endpoints:
+        for case, (headers, status) in cases.items():
+            answer = await anonymous_orders.request(method, path, json=json_body, headers=headers)
+            _assert_refused(answer, status, f"{method} {path}: {case}")
+    assert await _order_count(database, pid) == 1
+    assert (await orders.get(f"/orders/{order_id}")).json()["status"] == "confirmed"
+    stock = (await products.get(f"/products/{pid}")).json()["stock"]
+    assert stock == 49
+
+
+async def test_customers_see_and_cancel_only_their_own_orders(
+    products: httpx.AsyncClient, anonymous_orders: httpx.AsyncClient
+) -> None:
+    pid = await new_product(products, stock=50)
+    alice, bob = _user(), _user()
+    as_alice, as_bob = TOKENS.bearer(alice), TOKENS.bearer(bob)
+    as_admin = TOKENS.bearer("support-desk", ADMIN)
+
+    async def place(user: int, headers: dict[str, str], path: str = "sync") -> httpx.Response:
+        url = "/orders/sync" if path == "sync" else f"/orders/async/{path}"
+        body = {"user_id": user, "product_id": pid, "quantity": 1}
+        return await anonymous_orders.post(url, json=body, headers=headers)
+
+    mine = await place(alice, as_alice)
+    assert mine.status_code == 201, mine.text
+    alices = mine.json()["id"]
+    # Bob cannot read, cancel or list Alice's order: it is as if it did not exist.
+    missing = await anonymous_orders.get(f"/orders/{uuid.uuid4()}", headers=as_bob)
+    assert missing.status_code == 404
+    foreign = await anonymous_orders.get(f"/orders/{alices}", headers=as_bob)
+    assert foreign.status_code == 404
+    assert foreign.json()["detail"] == f"No order with id {alices}."
+    assert (
+        await anonymous_orders.post(f"/orders/{alices}/cancel", headers=as_bob)
+    ).status_code == 404
+    listed = await anonymous_orders.get("/orders?limit=1000", headers=as_bob)
+    assert listed.status_code == 200
+    assert all(o["user_id"] == bob for o in listed.json())
+    peek = await anonymous_orders.get(f"/orders?user_id={alice}", headers=as_bob)
+    assert peek.status_code == 403
+    # Nor place orders in her name, on any path.
+    for path in ("sync", "kafka", "rabbitmq"):
+        claimed = await place(alice, as_bob, path)
+        assert claimed.status_code == 403, (path, claimed.text)
+    # Alice sees her order; only hers are listed.
+    assert (await anonymous_orders.get(f"/orders/{alices}", headers=as_alice)).status_code == 200
+    own = (await anonymous_orders.get("/orders?limit=1000", headers=as_alice)).json()
+    assert [o["id"] for o in own] == [alices]
+    # orders:admin reads, filters, places for and cancels anyone's orders.
+    assert (await anonymous_orders.get(f"/orders/{alices}", headers=as_admin)).status_code == 200
+    filtered = await anonymous_orders.get(f"/orders?user_id={alice}", headers=as_admin)
+    assert [o["id"] for o in filtered.json()] == [alices]
+    assert (await place(bob, as_admin)).status_code == 201
+    cancelled = await anonymous_orders.post(f"/orders/{alices}/cancel", headers=as_admin)
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    # Alice may cancel her own.
+    second = (await place(alice, as_alice)).json()["id"]
+    again = await anonymous_orders.post(f"/orders/{second}/cancel", headers=as_alice)
+    assert again.status_code == 200
+
+
+async def test_idempotency_keys_belong_to_their_caller(
+    products: httpx.AsyncClient,
+    anonymous_products: httpx.AsyncClient,
+    anonymous_orders: httpx.AsyncClient,
+) -> None:
+    key = f"shared-{uuid.uuid4().hex[:8]}"
+    made = []
+    for writer in ("catalogue-a", "catalogue-b"):
+        headers = {**TOKENS.bearer(writer, WRITE), "Idempotency-Key": key}
+        body = {"name": "same", "price": 3, "stock": 10}
+        first = await anonymous_products.post("/products", json=body, headers=headers)
+        retry = await anonymous_products.post("/products", json=body, headers=headers)
+        assert first.status_code == retry.status_code == 201, first.text
+        assert first.json()["id"] == retry.json()["id"]
+        made.append(first.json()["id"])
+    assert made[0] != made[1], "two callers' keys must not collide"
+
+    pid = await new_product(products, stock=50)
+    placed = []
+    for user in (_user(), _user()):
+        headers = {**TOKENS.bearer(user), "Idempotency-Key": key}
+        body = {"user_id": user, "product_id": pid, "quantity": 1}
+        first = await anonymous_orders.post("/orders/sync", json=body, headers=headers)
+        retry = await anonymous_orders.post("/orders/sync", json=body, headers=headers)
+        assert first.status_code == retry.status_code == 201, first.text
+        assert first.json()["id"] == retry.json()["id"]
+        placed.append(first.json()["id"])
+    assert placed[0] != placed[1], "two customers' keys must not collide"
+
+
+async def test_health_and_metrics_stay_open(anonymous_orders: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await anonymous_orders.get(path)).status_code == 200, path

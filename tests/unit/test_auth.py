@@ -1,0 +1,176 @@
+"""Access tokens: what verifies, what is refused and how, and how keys are fetched."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from shop.auth import Authenticator, Forbidden, Jwks, StaticKey, Unauthorized, thumbprint
+from tests.tokens import AUDIENCE, ISSUER, Issuer
+
+issuer = Issuer()
+
+
+def _verify(auth: Authenticator, headers: dict[str, str]) -> Any:
+    return asyncio.run(auth.principal(headers.get("Authorization")))
+
+
+def test_a_valid_token_names_its_user_and_scopes() -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer(42, ["products:write"]))
+    assert principal.user_id == 42
+    assert principal.subject == "42"
+    assert principal.has("products:write")
+    assert not principal.has("orders:admin")
+
+
+def test_a_subject_that_is_not_a_user_id_is_no_customer() -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer("catalogue-importer"))
+    assert principal.user_id is None
+    with pytest.raises(Forbidden):
+        principal.customer()
+
+
+@pytest.mark.parametrize("case", sorted(issuer.refused(7, ["products:write"])))
+def test_every_bad_token_is_refused_with_a_bearer_challenge(case: str) -> None:
+    headers = issuer.refused(7, ["products:write"])[case]
+    with pytest.raises(Unauthorized) as refused:
+        _verify(issuer.authenticator(), headers)
+    assert refused.value.status == 401
+    challenge = refused.value.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer")
+    if headers:  # a token was sent: the challenge says what was wrong with it
+        assert 'error="invalid_token"' in challenge or 'error="invalid_request"' in challenge
+    else:
+        assert "error=" not in challenge
+
+
+def test_a_missing_scope_is_forbidden_and_names_the_scope() -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer(7))
+    with pytest.raises(Forbidden) as refused:
+        principal.require("products:write")
+    assert refused.value.status == 403
+    assert 'error="insufficient_scope"' in refused.value.headers["WWW-Authenticate"]
+    assert 'scope="products:write"' in refused.value.headers["WWW-Authenticate"]
+
+
+class _CountingKey(StaticKey):
+    def __init__(self, pem: bytes) -> None:
+        super().__init__(pem)
+        self.asked = 0
+
+    async def key(self, kid: str | None) -> Any:
+        self.asked += 1
+        return await super().key(kid)
+
+
+def test_a_token_is_verified_once_and_remembered_only_until_it_expires() -> None:
+    keys = _CountingKey(issuer.public_pem)
+    auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=0)
+    token = issuer.bearer(5, ttl=2)
+
+    async def twice_then_after_expiry() -> None:
+        await auth.principal(token["Authorization"])
+        await auth.principal(token["Authorization"])
+        assert keys.asked == 1
+        await asyncio.sleep(2.1)
+        with pytest.raises(Unauthorized, match="expired"):
+            await auth.principal(token["Authorization"])
+
+    asyncio.run(twice_then_after_expiry())
+
+
+def test_the_static_key_id_is_the_rfc_7638_thumbprint() -> None:
+    # RFC 7638 section 3.1's example key and thumbprint.
+    jwk = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6t"
+        "Soc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65Y"
+        "GjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdk"
+        "t-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqD"
+        "Kgw",
+        "e": "AQAB",
+    }
+    key = jwt.PyJWK(jwk).key
+    assert thumbprint(key) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    pem_key = load_pem_public_key(issuer.public_pem)
+    assert StaticKey(issuer.public_pem).kid == thumbprint(pem_key)
+
+
+@pytest.fixture
+def identity_provider() -> Iterator[dict[str, Any]]:
+    """A JWKS endpoint on loopback that counts its fetches; `keys` is what it serves."""
+    state: dict[str, Any] = {"fetches": 0, "keys": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state["fetches"] += 1
+            body = json.dumps({"keys": state["keys"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{server.server_address[1]}/jwks"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def _jwk(issuer: Issuer) -> dict[str, Any]:
+    public = load_pem_public_key(issuer.public_pem)
+    assert isinstance(public, Ed25519PublicKey)
+    jwk: dict[str, Any] = jwt.algorithms.OKPAlgorithm.to_jwk(public, as_dict=True)
+    return {**jwk, "kid": thumbprint(public), "use": "sig", "alg": "EdDSA"}
+
+
+def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_interval(
+    identity_provider: dict[str, Any],
+) -> None:
+    rotated = Issuer()
+    identity_provider["keys"] = [_jwk(issuer)]
+    keys = Jwks(identity_provider["url"], timeout=2, refresh_seconds=1.0)
+    auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=5)
+
+    async def scenario() -> None:
+        await auth.principal(issuer.bearer(1)["Authorization"])
+        await auth.principal(issuer.bearer(2)["Authorization"])
+        assert identity_provider["fetches"] == 1
+        # A token from a key the IdP does not (yet) publish: fetched once more, then refused
+        # without asking again within the interval.
+        for _ in range(5):
+            with pytest.raises(Unauthorized, match="key id"):
+                await auth.principal(rotated.bearer(3)["Authorization"])
+        assert identity_provider["fetches"] == 1
+        identity_provider["keys"] = [_jwk(issuer), _jwk(rotated)]
+        await asyncio.sleep(1.1)
+        principal = await auth.principal(rotated.bearer(3)["Authorization"])
+        assert principal.user_id == 3
+        assert identity_provider["fetches"] == 2
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_identity_provider_is_a_401_not_a_crash() -> None:
+    keys = Jwks("http://127.0.0.1:9/jwks", timeout=0.5, refresh_seconds=60)
+    auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=5)
+    started = time.monotonic()
+    with pytest.raises(Unauthorized, match="could not be fetched"):
+        asyncio.run(auth.principal(issuer.bearer(1)["Authorization"]))
+    assert time.monotonic() - started < 5
