@@ -16,6 +16,7 @@ from sqlalchemy import Table
 from shop import auth, generation, heap, http, logs
 from shop.children import die_with_parent
 from shop.db import Database
+from shop.expiry import Expiry
 from shop.lean import LeanRoute
 from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
 from shop.messaging.ports import D, Inbound
@@ -24,11 +25,11 @@ from shop.orders import api as order_api
 from shop.orders.commands import BrokerCommands, by_order, by_product
 from shop.orders.consumer import run_order_consumer, watch_depth
 from shop.orders.service import OrderService
-from shop.orders.tables import order_outbox
+from shop.orders.tables import order_keys, order_outbox
 from shop.outbox import Relay
 from shop.products import api as product_api
 from shop.products.service import ProductService
-from shop.products.tables import product_outbox
+from shop.products.tables import product_idempotency, product_outbox
 from shop.settings import Settings, load_settings
 from shop.tasks import Supervisor
 
@@ -46,6 +47,7 @@ class Runtime:
         settings: Settings,
         *,
         outbox: Table,
+        keys: Table,
         events_topic: str,
         other_topics: Collection[str] = (),
     ) -> None:
@@ -66,6 +68,12 @@ class Runtime:
             retention_seconds=settings.outbox_retention_seconds,
             commits=self.commits,
         )
+        self.expired_keys = Expiry(
+            self.db.engine,
+            keys,
+            keys.c.created_at,
+            ttl_seconds=settings.idempotency_key_ttl_seconds,
+        )
         self.supervisor = Supervisor()
 
     def start(self) -> None:
@@ -73,6 +81,8 @@ class Runtime:
         if self.settings.outbox_relay_enabled:
             self.supervisor.start("outbox-relay", self.relay.run)
             self.supervisor.start("outbox-purge", self.relay.purge)
+            # Where the relay runs, once per service: the keys' purge.
+            self.supervisor.start("expired-keys-purge", self.expired_keys.run)
 
     async def _ensure_topics(self, stopping: asyncio.Event) -> None:
         # Best effort: the broker also creates topics on first use, and the relay retries.
@@ -102,6 +112,7 @@ class OrderRuntime(Runtime):
         super().__init__(
             s,
             outbox=order_outbox,
+            keys=order_keys,
             events_topic=s.kafka_order_events_topic,
             other_topics=[s.kafka_topic, s.kafka_dlq_topic],
         )
@@ -128,6 +139,7 @@ class OrderRuntime(Runtime):
             },
             on_event=self.relay.notify,
             sync_queue_limit=s.sync_queue_limit,
+            max_quantity=s.max_order_quantity,
         )
         self._kafka_inbound: KafkaInbound | None = None
         self._rabbit_inbound: RabbitInbound | None = None
@@ -225,7 +237,10 @@ def products_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     runtime = Runtime(
-        settings, outbox=product_outbox, events_topic=settings.kafka_product_events_topic
+        settings,
+        outbox=product_outbox,
+        keys=product_idempotency,
+        events_topic=settings.kafka_product_events_topic,
     )
     service = ProductService(
         runtime.db,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import Column, LargeBinary, MetaData, SmallInteger, Table, select
+from sqlalchemy import Column, Index, LargeBinary, MetaData, SmallInteger, Table, select
 from sqlalchemy.dialects.mysql import BINARY, MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,6 +26,7 @@ def idempotency_table(name: str, metadata: MetaData) -> Table:
         Column("status", SmallInteger, nullable=False),
         Column("body", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
         Column("created_at", Timestamp, nullable=False),
+        Index(f"ix_{name}_created_at", "created_at"),  # keys expire (shop.expiry)
     )
 
 

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     # Sync orders waiting for their batch beyond this many are refused at once (503).
     sync_queue_limit: int = Field(1000, ge=1, le=100_000)
     consumer_batch_size: int = Field(500, ge=1, le=5000)
+    # The most units one order may ask for (422 above it), an abuse limit.
+    max_order_quantity: int = Field(1000, ge=1, le=1_000_000)
     broker_deadline_seconds: float = Field(2.0, gt=0, le=30)
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(0.2, gt=0, le=60)
@@ -120,6 +122,8 @@ class Settings(BaseSettings):
     # HTTP workers: their consumer process relays what they commit (one relay, off their loop).
     outbox_relay_enabled: bool = True
     outbox_retention_seconds: float = Field(3600.0, ge=0)  # published events kept this long
+    # An Idempotency-Key is remembered this long; a retry after that is a new request.
+    idempotency_key_ttl_seconds: float = Field(86_400.0, ge=60)
     max_body_bytes: int = Field(65_536, ge=1024)
 
     # Access tokens (shop.auth): JWTs from this issuer for this audience, verified with the keys

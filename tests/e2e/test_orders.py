@@ -74,6 +74,21 @@ async def test_untracked_stock_always_confirms(
     assert await stock_of(database, pid) is None
 
 
+async def test_an_order_above_the_largest_quantity_is_refused_on_every_path(
+    products: httpx.AsyncClient, orders: httpx.AsyncClient, settings: Settings, database: Any
+) -> None:
+    pid = await new_product(products, stock=None)
+    most = settings.max_order_quantity
+    for path in PATHS:
+        refused = await place(orders, path, product_id=pid, quantity=most + 1)
+        assert refused.status_code == 422, (path, refused.text)
+        assert refused.json()["errors"][0]["field"] == "quantity"
+    allowed = await place(orders, "sync", product_id=pid, quantity=most)
+    assert allowed.status_code == 201
+    stored = await wait_until_stored(database, pid, {allowed.json()["id"]})
+    assert [o["quantity"] for o in stored] == [most]  # the refused ones left nothing
+
+
 @pytest.mark.parametrize("path", ["kafka", "rabbitmq"])
 async def test_async_order_is_accepted_then_stored(
     products: httpx.AsyncClient, orders: httpx.AsyncClient, database: Any, path: str

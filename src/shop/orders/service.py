@@ -134,8 +134,10 @@ class OrderService:
         on_event: Callable[[], None],
         sync_batch_size: int = 200,
         sync_queue_limit: int = 1000,
+        max_quantity: int = 1_000_000,
     ) -> None:
         self._db = db
+        self._max_quantity = max_quantity
         self._publishers = publishers
         self._on_event = on_event
         self._sync_orders: Coalescer[OrderRequest, Outcome] = Coalescer(
@@ -153,6 +155,7 @@ class OrderService:
 
         Concurrent calls are stored together, one transaction per batch (see shop.coalesce).
         """
+        self._check_quantity(order)
         request = OrderRequest(
             order_id=uuid7(),
             user_id=order.user_id,
@@ -165,6 +168,12 @@ class OrderService:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    def _check_quantity(self, order: PlaceOrder) -> None:
+        if order.quantity > self._max_quantity:
+            raise InvalidInput(
+                f"An order may be for at most {self._max_quantity} unit(s).", field="quantity"
+            )
 
     async def run_sync_orders(self, stopping: asyncio.Event) -> None:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
@@ -238,6 +247,7 @@ class OrderService:
         self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
     ) -> dict[str, Any]:
         """Hand the order to a broker; it is stored when a consumer processes the command."""
+        self._check_quantity(order)
         price = await self._prices.get(order.product_id)
         if price is not None and domain.total_too_large(price, order.quantity):
             raise _too_large(order.quantity)

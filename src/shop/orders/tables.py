@@ -58,6 +58,7 @@ order_keys = Table(
     Column("product_id", BigInteger, nullable=False),
     Column("quantity", Integer, nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    Index("ix_order_keys_created_at", "created_at"),  # keys expire (shop.expiry)
 )
 
 # The id an asynchronous retry was given at intake, naming the order its key had placed first.

@@ -1,0 +1,58 @@
+"""Rows that expire: deleted once older than their time to live, a batch per transaction.
+
+Published outbox events (after OUTBOX_RETENTION_SECONDS) and Idempotency-Keys (after
+IDEMPOTENCY_KEY_TTL_SECONDS; a retry after that is a new request) both go this way. Each batch
+is its own short transaction, so the purge never holds many locks; a full batch means more may
+wait and the next follows at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+from sqlalchemy import Column, Table, delete
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shop import jsonutil
+from shop.db import unit_of_work
+from shop.tasks import pause
+
+log = logging.getLogger(__name__)
+
+BATCH = 5000
+EVERY_SECONDS = 60.0
+
+
+class Expiry:
+    """Deletes the rows of `table` whose `column` is older than `ttl_seconds`."""
+
+    def __init__(
+        self, engine: AsyncEngine, table: Table, column: Column[dt.datetime], *, ttl_seconds: float
+    ) -> None:
+        self._engine = engine
+        self._table = table
+        self._column = column
+        self._ttl = dt.timedelta(seconds=ttl_seconds)
+
+    async def purge_once(self) -> int:
+        """Delete up to BATCH expired rows; how many were deleted."""
+        cutoff = jsonutil.utcnow() - self._ttl
+        async with unit_of_work(self._engine, timeout=30) as conn:
+            result = await conn.execute(
+                delete(self._table)
+                .where(self._column < cutoff)
+                .with_dialect_options(mysql_limit=BATCH)
+            )
+        return int(result.rowcount)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Purge every EVERY_SECONDS until `stopping` is set; an outage waits for the next round."""
+        while not stopping.is_set():
+            try:
+                while not stopping.is_set() and await self.purge_once() == BATCH:
+                    pass
+            except Exception as exc:
+                log.warning("purge of expired %s rows failed (%s)", self._table.name, exc)
+            await pause(stopping, EVERY_SECONDS)
