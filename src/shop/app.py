@@ -30,6 +30,7 @@ from shop.outbox import Relay
 from shop.products import api as product_api
 from shop.products.service import ProductService
 from shop.products.tables import product_idempotency, product_outbox
+from shop.ratelimit import RateLimiter
 from shop.settings import Settings, load_settings
 from shop.tasks import Supervisor
 
@@ -266,6 +267,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     authenticator = auth.from_settings(settings)
+    limiter = RateLimiter(rate=settings.order_rate_per_second, burst=settings.order_burst)
     runtime = OrderRuntime(settings)
     consumers = CHANNELS if settings.consumers_enabled else ()
     app = _app(
@@ -274,9 +276,9 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
         settings,
         runtime,
         partial(runtime.start_with, consumers),
-        order_api.lean_routes(runtime.service, authenticator),
+        order_api.lean_routes(runtime.service, authenticator, limiter),
     )
-    app.include_router(order_api.router(runtime.service, authenticator))
+    app.include_router(order_api.router(runtime.service, authenticator, limiter))
     return app
 
 

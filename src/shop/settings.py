@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(500, ge=1, le=5000)
     # The most units one order may ask for (422 above it), an abuse limit.
     max_order_quantity: int = Field(1000, ge=1, le=1_000_000)
+    # A customer may place ORDER_BURST orders at once, then ORDER_RATE_PER_SECOND (429 beyond;
+    # per worker process; orders:admin is not limited).
+    order_rate_per_second: float = Field(10.0, gt=0)
+    order_burst: int = Field(20, ge=1)
     broker_deadline_seconds: float = Field(2.0, gt=0, le=30)
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(0.2, gt=0, le=60)

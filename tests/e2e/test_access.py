@@ -3,6 +3,7 @@ customer sees only their own orders, and Idempotency-Keys belong to their caller
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shop.settings import Settings
 from tests.conftest import TOKENS
 from tests.e2e.orders_support import new_product
 from tests.support import ServiceProcess
@@ -203,3 +205,37 @@ async def test_idempotency_keys_belong_to_their_caller(
 async def test_health_and_metrics_stay_open(anonymous_orders: httpx.AsyncClient) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         assert (await anonymous_orders.get(path)).status_code == 200, path
+
+
+async def test_a_customer_placing_too_fast_gets_429_with_retry_after_and_admins_do_not(
+    products: httpx.AsyncClient,
+    anonymous_orders: httpx.AsyncClient,
+    settings: Settings,
+    database: AsyncEngine,
+) -> None:
+    pid = await new_product(products, stock=None)
+    customer = _user()
+    as_customer = TOKENS.bearer(customer)
+    body = {"user_id": customer, "product_id": pid, "quantity": 1}
+    placed, started = 0, time.monotonic()
+    for _ in range(settings.order_burst * 10):  # one connection: one worker, one bucket
+        answer = await anonymous_orders.post("/orders/sync", json=body, headers=as_customer)
+        if answer.status_code == 429:
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert int(answer.headers["retry-after"]) >= 1
+            break
+        assert answer.status_code == 201, answer.text
+        placed += 1
+    else:
+        raise AssertionError(f"{placed} orders in a row and no 429")
+    elapsed = time.monotonic() - started
+    assert (
+        settings.order_burst
+        <= placed
+        <= settings.order_burst + settings.order_rate_per_second * elapsed + 1
+    )
+    assert await _order_count(database, pid) == placed
+    as_admin = TOKENS.bearer("support-desk", ADMIN)
+    for _ in range(settings.order_burst * 2):
+        answer = await anonymous_orders.post("/orders/sync", json=body, headers=as_admin)
+        assert answer.status_code == 201

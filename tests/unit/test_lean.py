@@ -8,6 +8,7 @@ identical, for plain requests and for every kind of refusal.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from shop.orders.service import OrderQuery
 from shop.products import api as product_api
 from shop.products.models import ProductCreate, ProductPatch
 from shop.products.service import ProductQuery, encode_cursor
+from shop.ratelimit import RateLimiter
 from tests.tokens import Issuer
 
 ISSUER = Issuer()
@@ -106,22 +108,30 @@ class FakeProducts:
         raise AssertionError("not a lean route")
 
 
+def _limiter() -> RateLimiter:
+    """A limiter whose clock moves 0.1 s per order: a customer's orders are refused (429) now
+    and then. Both apps see the same requests in the same order, so they decide alike."""
+    ticks = itertools.count()
+    return RateLimiter(rate=4.0, burst=2, clock=lambda: next(ticks) / 10)
+
+
 def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
     """(lean, plain): the same routes and fakes, with and without the lean routes."""
     orders, products = FakeOrders(), FakeProducts()
     auth = ISSUER.authenticator()
     built = []
     for lean in (True, False):
+        limiter = _limiter()
         app = http.new_app(
             "test",
             service="lean-test",
             max_body_bytes=MAX_BODY,
-            lean=[*order_api.lean_routes(orders, auth), *product_api.lean_routes(products)]
+            lean=[*order_api.lean_routes(orders, auth, limiter), *product_api.lean_routes(products)]
             if lean
             else (),
         )
         if fastapi_routes or not lean:
-            app.include_router(order_api.router(orders, auth))
+            app.include_router(order_api.router(orders, auth, limiter))
             app.include_router(product_api.router(products, auth))
         built.append(app)
     return built[0], built[1]
@@ -270,13 +280,14 @@ def test_plain_requests_are_answered_by_the_lean_routes_alone(
 ) -> None:
     """Without FastAPI's routes, plain requests still get their answer; others find nothing."""
     lean_only, _ = _apps(fastapi_routes=False)
-    order = {"user_id": 1, "product_id": 2, "quantity": 3}
-    token = ISSUER.bearer(1)
 
     def send(request: httpx.Request) -> int:
         return loop.run_until_complete(_answer(lean_only, request))[0]
 
-    for path, status in (("sync", 201), ("async/kafka", 202), ("async/rabbitmq", 202)):
+    paths = (("sync", 201), ("async/kafka", 202), ("async/rabbitmq", 202))
+    for user, (path, status) in enumerate(paths, start=10):  # one customer each: no 429
+        order = {"user_id": user, "product_id": 2, "quantity": 3}
+        token = ISSUER.bearer(user)
         url = f"http://t/orders/{path}"
         assert send(httpx.Request("POST", url, json=order, headers=token)) == status
         assert send(httpx.Request("POST", url, json=order)) == 401

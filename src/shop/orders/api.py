@@ -17,6 +17,7 @@ from shop.idempotency import MAX_KEY_LENGTH
 from shop.lean import LeanRoute, Reply, as_response, is_json, single_headers
 from shop.orders.models import Accepted, AsyncChannel, Order, OrderStatus, PlaceOrder
 from shop.orders.service import OrderQuery
+from shop.ratelimit import RateLimiter
 
 OrderId = Annotated[uuid.UUID, Path(description="The order's id (a UUID)")]
 
@@ -47,13 +48,17 @@ def _owner(principal: Principal) -> int | None:
     return None if principal.has(ADMIN) else principal.customer()
 
 
-def _check_customer(principal: Principal, order: PlaceOrder) -> None:
+def _admit(principal: Principal, order: PlaceOrder, limiter: RateLimiter) -> None:
+    """A customer orders as themselves, within their rate; orders:admin for anyone, unlimited."""
     owner = _owner(principal)
-    if owner is not None and order.user_id != owner:
+    if owner is None:
+        return
+    if order.user_id != owner:
         raise Forbidden("An order's user_id must be the token's user.")
+    limiter.take(owner)
 
 
-def router(service: Orders, auth: Authenticator) -> APIRouter:
+def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRouter:
     api = APIRouter(prefix="/orders", tags=["orders"])
     verified = caller(auth)
 
@@ -96,7 +101,7 @@ def router(service: Orders, auth: Authenticator) -> APIRouter:
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
     ) -> Response:
         """Place an order now: stock is reserved and the order confirmed, or 409."""
-        return as_response(await _place(service, principal, body, key))
+        return as_response(await _place(service, limiter, principal, body, key))
 
     @api.post(
         "/async/kafka",
@@ -109,7 +114,7 @@ def router(service: Orders, auth: Authenticator) -> APIRouter:
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
     ) -> Response:
         """Accept an order through Kafka; a consumer confirms or rejects it shortly."""
-        return as_response(await _accept(service, principal, body, "kafka", key))
+        return as_response(await _accept(service, limiter, principal, body, "kafka", key))
 
     @api.post(
         "/async/rabbitmq",
@@ -122,7 +127,7 @@ def router(service: Orders, auth: Authenticator) -> APIRouter:
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
     ) -> Response:
         """Accept an order through RabbitMQ; a consumer confirms or rejects it shortly."""
-        return as_response(await _accept(service, principal, body, "rabbitmq", key))
+        return as_response(await _accept(service, limiter, principal, body, "rabbitmq", key))
 
     @api.post(
         "/{order_id}/cancel",
@@ -139,18 +144,18 @@ def router(service: Orders, auth: Authenticator) -> APIRouter:
     return api
 
 
-def lean_routes(service: Orders, auth: Authenticator) -> list[LeanRoute[Any]]:
+def lean_routes(service: Orders, auth: Authenticator, limiter: RateLimiter) -> list[LeanRoute[Any]]:
     """The three order intakes, answered without FastAPI in the plain case (`shop.lean`)."""
 
     async def place(_scope: Scope, plain: PlainOrder) -> Reply:
         order, key, authorization = plain
-        return await _place(service, await auth.principal(authorization), order, key)
+        return await _place(service, limiter, await auth.principal(authorization), order, key)
 
     def accept(channel: AsyncChannel) -> LeanRoute[PlainOrder]:
         async def answer(_scope: Scope, plain: PlainOrder) -> Reply:
             order, key, authorization = plain
             principal = await auth.principal(authorization)
-            return await _accept(service, principal, order, channel, key)
+            return await _accept(service, limiter, principal, order, channel, key)
 
         return LeanRoute("POST", f"/orders/async/{channel}", _plain_order, answer)
 
@@ -162,22 +167,27 @@ def lean_routes(service: Orders, auth: Authenticator) -> list[LeanRoute[Any]]:
 
 
 async def _place(
-    service: Orders, principal: Principal, order: PlaceOrder, key: str | None
+    service: Orders,
+    limiter: RateLimiter,
+    principal: Principal,
+    order: PlaceOrder,
+    key: str | None,
 ) -> Reply:
     """A sync order's answer, for its FastAPI route and its lean route alike."""
-    _check_customer(principal, order)
+    _admit(principal, order, limiter)
     return _reply(201, await service.place_order(order, idempotency_key=key))
 
 
 async def _accept(
     service: Orders,
+    limiter: RateLimiter,
     principal: Principal,
     order: PlaceOrder,
     channel: AsyncChannel,
     key: str | None,
 ) -> Reply:
     """An async order's answer, for its FastAPI route and its lean route alike."""
-    _check_customer(principal, order)
+    _admit(principal, order, limiter)
     return _reply(202, await service.accept_order(order, channel=channel, idempotency_key=key))
 
 
