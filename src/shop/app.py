@@ -247,6 +247,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         runtime.db,
         on_event=runtime.relay.notify,
         list_cache_seconds=settings.product_list_cache_seconds,
+        list_cache_bytes=settings.product_list_cache_bytes,
         writes=generation.for_workers("product-pages"),
     )
     app = _app(

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=available_cores, ge=1, le=64)
 
     product_list_cache_seconds: float = Field(1.0, ge=0, le=60)
+    # The bytes of pages that cache may hold per worker process; expired pages go first.
+    product_list_cache_bytes: int = Field(16 * 1024 * 1024, ge=0)
     consumers_enabled: bool = True
     # The consumers in a process of their own beside the HTTP server (the other core), not on
     # its event loop.

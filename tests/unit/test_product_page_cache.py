@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import random
 from pathlib import Path
 from typing import Any, cast
 
@@ -148,3 +149,61 @@ def test_bumps_from_concurrent_processes_are_never_lost(tmp_path: Path) -> None:
         worker.join(60)
         assert worker.exitcode == 0
     assert SharedGeneration(path).value() == 8000
+
+
+class _Pages(ProductService):
+    """Pages of a chosen size, by `limit`; a clock the test moves."""
+
+    def __init__(self, *, budget: int, seconds: float) -> None:
+        super().__init__(
+            cast(Database, None),
+            on_event=lambda: None,
+            list_cache_seconds=seconds,
+            list_cache_bytes=budget,
+        )
+        self.loads = 0
+
+    async def list_products(self, query: ProductQuery) -> tuple[list[dict[str, Any]], None]:
+        self.loads += 1
+        return [{"pad": "x" * (query.limit * 10)}], None
+
+    def cached_bytes(self) -> int:
+        return sum(len(page[2]) for page in self._pages.values())
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_the_cache_holds_at_most_its_byte_budget(seed: int) -> None:
+    rng = random.Random(seed)
+    catalogue = _Pages(budget=50_000, seconds=60)
+    for _ in range(300):
+        await catalogue.list_products_json(ProductQuery(limit=rng.randint(1, 1000)))
+        assert catalogue.cached_bytes() <= 50_000
+        assert catalogue.cached_bytes() == catalogue._cached_bytes
+    huge = ProductQuery(limit=1000, name="huge")  # 10 kB: within budget, so cached
+    await catalogue.list_products_json(huge)
+    loads = catalogue.loads
+    await catalogue.list_products_json(huge)
+    assert catalogue.loads == loads, "the newest page stays cached"
+
+
+async def test_expired_pages_are_let_go_when_the_next_is_cached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("shop.products.service.time.monotonic", lambda: now[0])
+    catalogue = _Pages(budget=10_000_000, seconds=1)
+    for limit in range(1, 101):
+        await catalogue.list_products_json(ProductQuery(limit=limit))
+    assert len(catalogue._pages) == 100
+    now[0] += 2  # all of them expired
+    await catalogue.list_products_json(ProductQuery(limit=500))
+    assert list(catalogue._pages) == [ProductQuery(limit=500)]
+    assert catalogue.cached_bytes() == catalogue._cached_bytes
+
+
+async def test_a_page_larger_than_the_budget_is_served_but_not_kept() -> None:
+    catalogue = _Pages(budget=100, seconds=60)
+    body, _ = await catalogue.list_products_json(ProductQuery(limit=50))
+    assert len(body) > 100
+    assert not catalogue._pages
+    assert catalogue._cached_bytes == 0

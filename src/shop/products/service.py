@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,9 +72,6 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-_MAX_CACHED_PAGES = 1000
-
-
 class ProductService:
     """The catalogue: every change is committed together with its outbox event."""
 
@@ -83,6 +81,7 @@ class ProductService:
         *,
         on_event: Callable[[], None],
         list_cache_seconds: float = 0.0,
+        list_cache_bytes: int = 16 * 1024 * 1024,
         writes: Generation | None = None,
     ) -> None:
         self._db = db
@@ -90,8 +89,13 @@ class ProductService:
         self._list_cache_seconds = list_cache_seconds
         # Bumped after every write through this service, in any of its worker processes.
         self._writes = writes or Generation()
-        # Per query: (expires, writes counter when the load began, body, next cursor).
-        self._pages: dict[ProductQuery, tuple[float, int, bytes, str | None]] = {}
+        # Per query: (expires, writes counter when the load began, body, next cursor), oldest
+        # first (every page lives as long, so the oldest expires first); at most
+        # `list_cache_bytes` of bodies in all.
+        self._pages: collections.OrderedDict[ProductQuery, tuple[float, int, bytes, str | None]]
+        self._pages = collections.OrderedDict()
+        self._cache_bytes = list_cache_bytes
+        self._cached_bytes = 0
         self._loading: dict[ProductQuery, tuple[int, asyncio.Future[tuple[bytes, str | None]]]] = {}
 
     async def create_product(
@@ -196,11 +200,30 @@ class ProductService:
             if current is not None and current[0] == writes:
                 del self._loading[query]
         if self._writes.value() == writes:  # no write since the load began: cache it
-            if len(self._pages) >= _MAX_CACHED_PAGES:
-                self._pages.clear()
-            expires = time.monotonic() + self._list_cache_seconds
-            self._pages[query] = (expires, writes, body, next_cursor)
+            self._cache(
+                query, (time.monotonic() + self._list_cache_seconds, writes, body, next_cursor)
+            )
         return body, next_cursor
+
+    def _cache(self, query: ProductQuery, page: tuple[float, int, bytes, str | None]) -> None:
+        """Keep `page`; first let go of the expired pages, then of the oldest while the bodies
+        would exceed the byte budget (a page larger than the whole budget is not kept)."""
+        self._forget(query)
+        now = time.monotonic()
+        while self._pages and next(iter(self._pages.values()))[0] <= now:
+            self._forget(next(iter(self._pages)))
+        size = len(page[2])
+        if size > self._cache_bytes:
+            return
+        while self._pages and self._cached_bytes + size > self._cache_bytes:
+            self._forget(next(iter(self._pages)))
+        self._pages[query] = page
+        self._cached_bytes += size
+
+    def _forget(self, query: ProductQuery) -> None:
+        page = self._pages.pop(query, None)
+        if page is not None:
+            self._cached_bytes -= len(page[2])
 
     async def _render(self, query: ProductQuery) -> tuple[bytes, str | None]:
         page, next_cursor = await self.list_products(query)
@@ -211,6 +234,7 @@ class ProductService:
         # begun before it are stale from now on.
         self._writes.bump()
         self._pages.clear()
+        self._cached_bytes = 0
         self._on_event()
 
     async def update_product(self, product_id: int, changes: dict[str, Any]) -> dict[str, Any]:
