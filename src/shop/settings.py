@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -17,6 +18,15 @@ from pydantic_settings import (
 
 CONFIG_FILE_ENV = "SHOP_CONFIG"
 DEFAULT_CONFIG_FILE = "config.yaml"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def available_cores() -> int:
@@ -145,6 +155,29 @@ class Settings(BaseSettings):
     auth_timeout_seconds: float = Field(3.0, gt=0, le=30)
     auth_user_claim: str = Field("sub", min_length=1)  # the claim holding the user id
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Listening beyond loopback with the development passwords is refused unless this says so
+    # (docker-compose.yml does: its ports are published on 127.0.0.1 only).
+    allow_default_passwords: bool = False
+
+    @model_validator(mode="after")
+    def _no_default_passwords_beyond_loopback(self) -> Settings:
+        if self.allow_default_passwords or _is_loopback(self.bind_host):
+            return self
+        defaults = [
+            name
+            for name, value in (
+                ("DB_PASSWORD", self.db_password),
+                ("RABBITMQ_PASSWORD", self.rabbitmq_password),
+            )
+            if value == type(self).model_fields[name.lower()].default
+        ]
+        if defaults:
+            raise ValueError(
+                f"BIND_HOST={self.bind_host} listens beyond this machine, but "
+                f"{' and '.join(defaults)} still have their development defaults: set real "
+                "passwords (or ALLOW_DEFAULT_PASSWORDS=true for a throw-away setup)"
+            )
+        return self
 
     @field_validator("kafka_brokers")
     @classmethod

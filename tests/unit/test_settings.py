@@ -84,3 +84,18 @@ def test_repository_config_yaml_is_valid(monkeypatch: pytest.MonkeyPatch) -> Non
     repo_config = Path(__file__).resolve().parents[2] / "config.yaml"
     monkeypatch.setenv("SHOP_CONFIG", str(repo_config))
     assert load_settings().db_name == "shop"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "shop.example"])  # noqa: S104
+def test_listening_beyond_loopback_with_a_default_password_is_refused(host: str) -> None:
+    with pytest.raises(ConfigError, match="DB_PASSWORD and RABBITMQ_PASSWORD"):
+        load_settings(bind_host=host)
+    with pytest.raises(ConfigError, match="RABBITMQ_PASSWORD"):
+        load_settings(bind_host=host, db_password="a-real-one")
+    assert load_settings(bind_host=host, db_password="x1", rabbitmq_password="x2")
+    assert load_settings(bind_host=host, allow_default_passwords=True)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
+def test_loopback_may_keep_the_development_passwords(host: str) -> None:
+    assert load_settings(bind_host=host).bind_host == host

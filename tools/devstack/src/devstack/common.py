@@ -53,6 +53,7 @@ def stack_dir() -> Path:
     explicit = os.environ.get(STACK_DIR_ENV)
     path = Path(explicit).expanduser().resolve() if explicit else repo_root() / ".stack"
     path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)  # data, logs and the signing key: not for other local users
     return path
 
 
