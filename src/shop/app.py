@@ -225,6 +225,7 @@ def _app(
         title,
         service=service,
         max_body_bytes=settings.max_body_bytes,
+        body_seconds=settings.request_body_seconds,
         lifespan=lifespan,
         lean=lean,
     )

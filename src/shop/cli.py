@@ -83,6 +83,8 @@ def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> N
         http="httptools",
         access_log=False,
         log_config=None,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
         timeout_graceful_shutdown=8,
     )
 

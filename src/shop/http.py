@@ -118,9 +118,12 @@ async def _on_domain_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    title = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}.get(
-        exc.status_code, "Error"
-    )
+    title = {
+        404: "Not found",
+        405: "Method not allowed",
+        408: "Request timeout",
+        413: "Request body too large",
+    }.get(exc.status_code, "Error")
     return problem(exc.status_code, title, str(exc.detail), headers=exc.headers)
 
 
@@ -141,11 +144,15 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 class BodyLimit:
-    """Refuses request bodies over `max_bytes` with 413, before anything parses them."""
+    """Refuses request bodies over `max_bytes` with 413, before anything parses them, and bodies
+    that have not fully arrived `seconds` after the request began with 408 (a client trickling
+    a body would otherwise hold its request, and whatever it waits on, for as long as it likes).
+    """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, seconds: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,14 +163,25 @@ class BodyLimit:
                 await self._too_large(scope, receive, send)
                 return
         received = 0
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the body is in: what follows is the wait for a disconnect
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"The request body did not arrive within {self.seconds:g} s."
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise HTTPException(413, self._detail())
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -261,6 +279,7 @@ def new_app(
     *,
     service: str,
     max_body_bytes: int,
+    body_seconds: float = 10.0,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     lean: Sequence[LeanRoute[Any]] = (),
 ) -> FastAPI:
@@ -286,12 +305,19 @@ def new_app(
         default_response_class=JSONResponse,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    install(app, service=service, max_body_bytes=max_body_bytes, lean=lean)
+    install(
+        app, service=service, max_body_bytes=max_body_bytes, body_seconds=body_seconds, lean=lean
+    )
     return app
 
 
 def install(
-    app: FastAPI, *, service: str, max_body_bytes: int, lean: Sequence[LeanRoute[Any]] = ()
+    app: FastAPI,
+    *,
+    service: str,
+    max_body_bytes: int,
+    body_seconds: float = 10.0,
+    lean: Sequence[LeanRoute[Any]] = (),
 ) -> None:
     """Add the shared error handlers and middleware to a service's app.
 
@@ -305,5 +331,5 @@ def install(
     app.add_exception_handler(Exception, _on_unexpected)
     if lean:
         app.add_middleware(LeanRoutes, owner=app, routes=lean)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, seconds=body_seconds)
     app.add_middleware(Metrics, service=service)

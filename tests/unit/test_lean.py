@@ -301,8 +301,8 @@ def test_plain_requests_are_answered_by_the_lean_routes_alone(
 def test_lean_answers_are_counted_under_their_route(loop: asyncio.AbstractEventLoop) -> None:
     counter = http.HTTP_REQUESTS.labels("lean-test", "POST", "/orders/async/kafka", "202")
     before = counter._value.get()
-    order = {"user_id": 1, "product_id": 2, "quantity": 3}
+    order = {"user_id": 77, "product_id": 2, "quantity": 3}  # a customer with a full bucket
     url = "http://t/orders/async/kafka"
-    request = httpx.Request("POST", url, json=order, headers=ISSUER.bearer(1))
+    request = httpx.Request("POST", url, json=order, headers=ISSUER.bearer(77))
     assert loop.run_until_complete(_answer(APPS[0], request))[0] == 202
     assert counter._value.get() == before + 1
