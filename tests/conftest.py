@@ -62,6 +62,7 @@ TEST_ENV = {
     "ORDER_SERVICE_PORT": str(_free_port()),
     "OUTBOX_POLL_SECONDS": "0.1",
     "REQUEST_BODY_SECONDS": "2",  # short, so that test_server_limits waits little
+    "REQUEST_HEADER_SECONDS": "2",
 }
 
 

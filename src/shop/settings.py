@@ -141,7 +141,9 @@ class Settings(BaseSettings):
     # An Idempotency-Key is remembered this long; a retry after that is a new request.
     idempotency_key_ttl_seconds: float = Field(86_400.0, ge=60)
     max_body_bytes: int = Field(65_536, ge=1024)
-    # A request body must have arrived this long after the request began (408 otherwise).
+    # A request's headers must have arrived this long after its first byte (or the connection
+    # opening), and its body this long after the request began (408 otherwise).
+    request_header_seconds: float = Field(10.0, gt=0, le=300)
     request_body_seconds: float = Field(10.0, gt=0, le=300)
     # Connections (and requests in progress) one worker process takes before answering 503.
     max_connections: int = Field(4096, ge=16)

@@ -1,4 +1,5 @@
-"""The HTTP server's limits: a body that trickles in is cut off with 408."""
+"""The HTTP server's limits: headers or a body that trickle in (or never come) are cut off with
+408."""
 
 from __future__ import annotations
 
@@ -58,3 +59,32 @@ async def test_a_trickled_product_body_is_answered_408(
     status, body, _ = await _trickle(product_service, "/products", settings)
     assert status == 408
     assert body["title"] == "Request timeout"
+
+
+@pytest.mark.parametrize("trickle", [b"", b"POST /orders/sync HTTP/1.1\r\nHost: sh"])
+async def test_headers_that_do_not_arrive_in_time_close_the_connection_with_408(
+    order_service: ServiceProcess, settings: Settings, trickle: bytes
+) -> None:
+    """Nothing at all, or a byte of headers every half second (each resets no timer)."""
+    url = urlsplit(order_service.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    started = time.monotonic()
+    try:
+        answer = b""
+        async with asyncio.timeout(settings.request_header_seconds + 10):
+            for byte in trickle:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                try:
+                    async with asyncio.timeout(0.5):
+                        answer += await reader.read(1000)
+                except TimeoutError:
+                    continue
+                if answer:
+                    break
+            answer += await reader.read()  # until the server closes
+        seconds = time.monotonic() - started
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert settings.request_header_seconds - 0.5 <= seconds <= settings.request_header_seconds + 3
