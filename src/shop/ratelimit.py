@@ -18,6 +18,11 @@ from collections.abc import Callable, Hashable
 from shop.errors import DomainError
 
 
+# Refill is computed in floating point: a customer exactly at the rate must not be refused for
+# 0.9999999999 of a token.
+_EPSILON = 1e-9
+
+
 class TooManyRequests(DomainError):
     status = 429
     title = "Too many requests"
@@ -52,12 +57,12 @@ class RateLimiter:
         now = self._clock()
         tokens, counted = self._buckets.pop(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - counted) * self._rate)
-        if tokens < 1.0:
+        if tokens < 1.0 - _EPSILON:
             self._buckets[key] = (tokens, now)
             raise TooManyRequests(
                 "Too many orders from this customer; retry later.",
                 retry_after=(1.0 - tokens) / self._rate,
             )
-        self._buckets[key] = (tokens - 1.0, now)
+        self._buckets[key] = (max(0.0, tokens - 1.0), now)
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)

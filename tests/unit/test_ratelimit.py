@@ -4,7 +4,7 @@ customer who keeps to the rate, and its Retry-After is enough."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from shop.ratelimit import RateLimiter, TooManyRequests
@@ -41,6 +41,7 @@ def test_admitted_orders_never_exceed_the_burst_plus_the_rate(
 
 
 @given(rate=rates, burst=bursts, extra=st.lists(st.floats(0, 1), max_size=100))
+@example(rate=1.5, burst=1, extra=[1.0, 0.0])  # 1/1.5 s refilled 0.9999999999 of a token
 def test_a_customer_who_keeps_to_the_rate_is_never_refused(
     rate: float, burst: int, extra: list[float]
 ) -> None:
