@@ -17,7 +17,6 @@ from collections.abc import Callable, Hashable
 
 from shop.errors import DomainError
 
-
 # Refill is computed in floating point: a customer exactly at the rate must not be refused for
 # 0.9999999999 of a token.
 _EPSILON = 1e-9
