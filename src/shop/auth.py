@@ -280,6 +280,14 @@ def _reason(exc: Exception) -> str:
     return str(exc).rstrip(".")[:200] or type(exc).__name__
 
 
+# Per accepted algorithm: how its public keys become a JWK, and that JWK's RFC 7638 members.
+_JWK_OF: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
+    "RS256": (RSAAlgorithm.to_jwk, ("e", "kty", "n")),
+    "ES256": (ECAlgorithm.to_jwk, ("crv", "kty", "x", "y")),
+    "EdDSA": (OKPAlgorithm.to_jwk, ("crv", "kty", "x")),
+}
+
+
 def algorithm_of(public_key: Any) -> str | None:
     """The one algorithm a key verifies: RS256 for RSA, ES256 for EC P-256, EdDSA for Ed25519."""
     if isinstance(public_key, rsa.RSAPublicKey):
@@ -293,17 +301,11 @@ def algorithm_of(public_key: Any) -> str | None:
 
 def thumbprint(public_key: Any) -> str:
     """The key's RFC 7638 JWK thumbprint (SHA-256, base64url): its `kid`."""
-    if isinstance(public_key, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
-        members: tuple[str, ...] = ("e", "kty", "n")
-    elif isinstance(public_key, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
-        members = ("crv", "kty", "x", "y")
-    elif isinstance(public_key, ed25519.Ed25519PublicKey):
-        jwk = OKPAlgorithm.to_jwk(public_key, as_dict=True)
-        members = ("crv", "kty", "x")
-    else:
-        raise ValueError("not an RSA, EC or Ed25519 public key")
+    algorithm = algorithm_of(public_key)
+    if algorithm is None:
+        raise ValueError("not an RSA, EC P-256 or Ed25519 public key")
+    to_jwk, members = _JWK_OF[algorithm]
+    jwk = to_jwk(public_key, as_dict=True)
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
     return base64url_encode(hashlib.sha256(canonical.encode()).digest()).decode()
 

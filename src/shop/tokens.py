@@ -15,10 +15,9 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shop.auth import thumbprint
+from shop.auth import algorithm_of, thumbprint
 from shop.settings import Settings
 
 ALGORITHM = "EdDSA"  # Ed25519: the cheapest of the accepted signatures to verify
@@ -79,15 +78,8 @@ def issue(
         **claims,
     }
     header = {"typ": "at+jwt", "kid": thumbprint(key.public_key()), **(headers or {})}
-    return jwt.encode(payload, key, algorithm=_algorithm(key), headers=header)  # type: ignore[arg-type]
-
-
-def _algorithm(key: Any) -> str:
-    if isinstance(key, rsa.RSAPrivateKey):
-        return "RS256"
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return "ES256"
-    return ALGORITHM
+    algorithm = algorithm_of(key.public_key()) or ALGORITHM
+    return jwt.encode(payload, key, algorithm=algorithm, headers=header)  # type: ignore[arg-type]
 
 
 def dev_token(

@@ -178,27 +178,39 @@ async def test_idempotency_keys_belong_to_their_caller(
     anonymous_orders: httpx.AsyncClient,
 ) -> None:
     key = f"shared-{uuid.uuid4().hex[:8]}"
-    made = []
-    for writer in ("catalogue-a", "catalogue-b"):
-        headers = {**TOKENS.bearer(writer, WRITE), "Idempotency-Key": key}
-        body = {"name": "same", "price": 3, "stock": 10}
-        first = await anonymous_products.post("/products", json=body, headers=headers)
-        retry = await anonymous_products.post("/products", json=body, headers=headers)
+
+    async def created_and_replayed(
+        client: httpx.AsyncClient, url: str, body: dict[str, Any], token: dict[str, str]
+    ) -> Any:
+        """The id a keyed request created, after checking that its retry names the same."""
+        headers = {**token, "Idempotency-Key": key}
+        first = await client.post(url, json=body, headers=headers)
+        retry = await client.post(url, json=body, headers=headers)
         assert first.status_code == retry.status_code == 201, first.text
         assert first.json()["id"] == retry.json()["id"]
-        made.append(first.json()["id"])
+        return first.json()["id"]
+
+    made = [
+        await created_and_replayed(
+            anonymous_products,
+            "/products",
+            {"name": "same", "price": 3, "stock": 10},
+            TOKENS.bearer(writer, WRITE),
+        )
+        for writer in ("catalogue-a", "catalogue-b")
+    ]
     assert made[0] != made[1], "two callers' keys must not collide"
 
     pid = await new_product(products, stock=50)
-    placed = []
-    for user in (_user(), _user()):
-        headers = {**TOKENS.bearer(user), "Idempotency-Key": key}
-        body = {"user_id": user, "product_id": pid, "quantity": 1}
-        first = await anonymous_orders.post("/orders/sync", json=body, headers=headers)
-        retry = await anonymous_orders.post("/orders/sync", json=body, headers=headers)
-        assert first.status_code == retry.status_code == 201, first.text
-        assert first.json()["id"] == retry.json()["id"]
-        placed.append(first.json()["id"])
+    placed = [
+        await created_and_replayed(
+            anonymous_orders,
+            "/orders/sync",
+            {"user_id": user, "product_id": pid, "quantity": 1},
+            TOKENS.bearer(user),
+        )
+        for user in (_user(), _user())
+    ]
     assert placed[0] != placed[1], "two customers' keys must not collide"
 
 
