@@ -205,8 +205,8 @@ async def _sql(settings: Settings, sql: str, database: str | None = None) -> lis
         asyncmy.connect(
             host=settings.db_host,
             port=settings.db_port,
-            user=settings.db_user,
-            password=settings.db_password,
+            user=settings.db_migrate_user,
+            password=settings.db_migrate_password,
             database=database,
             connect_timeout=5,
             autocommit=True,
@@ -229,7 +229,7 @@ def _rabbitmq_api(settings: Settings, path: str, method: str = "GET") -> Any:
     request = urllib.request.Request(
         f"http://127.0.0.1:{settings.rabbitmq_management_port}/api/{path}", method=method
     )
-    token = b64encode(f"{settings.rabbitmq_user}:{settings.rabbitmq_password}".encode())
+    token = b64encode(f"{settings.rabbitmq_admin_user}:{settings.rabbitmq_admin_password}".encode())
     request.add_header("Authorization", f"Basic {token.decode()}")
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
         body = response.read()
@@ -281,11 +281,18 @@ def clean(settings: Settings, sides: list[Side]) -> None:
 
 def start_services(side: Side, logs: Path) -> None:
     say(f"{side.name}: migrating {side.db_name}")
+    settings = load_settings()
+    # As the migration account, also for a baseline that migrates as DB_USER (the services'
+    # account may only read and write rows).
+    migration_account = {
+        "DB_USER": settings.db_migrate_user,
+        "DB_PASSWORD": settings.db_migrate_password,
+    }
     with (logs / f"{side.name}-migrate.log").open("ab") as log:
         subprocess.run(
             [side.shop, "migrate"],
             cwd=side.checkout,
-            env=side.env,
+            env={**side.env, **migration_account},
             check=True,
             timeout=300,
             stdout=log,

@@ -113,7 +113,10 @@ async def rabbitmq_publish(
 
 async def batched_inserts(settings: Settings, *, rows: int, batch: int = 500) -> dict[str, Any]:
     """Raw inserts into a copy of the orders table, `batch` rows per transaction."""
-    engine = create_engine(settings)
+    # The migration account: the scratch table is created and dropped (the services' account
+    # may only read and write rows).
+    owner = {"db_user": settings.db_migrate_user, "db_password": settings.db_migrate_password}
+    engine = create_engine(settings.model_copy(update=owner))
     table = f"bench_orders_{uuid.uuid4().hex[:8]}"
     try:
         async with engine.begin() as conn:

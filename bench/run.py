@@ -180,7 +180,7 @@ def _queue_depth(settings: Settings, queue: str) -> float:
         f"{'%2F' if settings.rabbitmq_vhost == '/' else settings.rabbitmq_vhost}/{queue}"
     )
     request = urllib.request.Request(url)
-    token = b64encode(f"{settings.rabbitmq_user}:{settings.rabbitmq_password}".encode())
+    token = b64encode(f"{settings.rabbitmq_admin_user}:{settings.rabbitmq_admin_password}".encode())
     request.add_header("Authorization", f"Basic {token.decode()}")
     try:
         with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 (loopback)
@@ -457,7 +457,9 @@ def machine(settings: Settings) -> dict[str, Any]:
         request = urllib.request.Request(
             f"http://127.0.0.1:{settings.rabbitmq_management_port}/api/overview"
         )
-        token = b64encode(f"{settings.rabbitmq_user}:{settings.rabbitmq_password}".encode())
+        token = b64encode(
+            f"{settings.rabbitmq_admin_user}:{settings.rabbitmq_admin_password}".encode()
+        )
         request.add_header("Authorization", f"Basic {token.decode()}")
         with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
             versions["rabbitmq"] = json.loads(response.read())["rabbitmq_version"]

@@ -81,8 +81,8 @@ async def _drop_database(settings: Settings, name: str) -> None:
     conn = await asyncmy.connect(
         host=settings.db_host,
         port=settings.db_port,
-        user=settings.db_user,
-        password=settings.db_password,
+        user=settings.db_migrate_user,
+        password=settings.db_migrate_password,
         connect_timeout=5,
     )
     try:
@@ -113,8 +113,9 @@ async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
         pytest.exit(f"MariaDB is not reachable ({exc}); `make up` or `devstack up` first", 2)
     await asyncio.to_thread(migrate, TEST_ENV)
     # The suite's own engine keeps SQLAlchemy's defaults (rollback on return): tests read
-    # without ending transactions.
-    engine = create_async_engine(settings.db_url, isolation_level="READ COMMITTED")
+    # without ending transactions. It is the migration account's, as tests make scratch tables;
+    # the services run as theirs, which may only read and write rows.
+    engine = create_async_engine(settings.migrate_db_url, isolation_level="READ COMMITTED")
     yield engine
     await engine.dispose()
     await _drop_database(settings, settings.db_name)
@@ -185,7 +186,7 @@ def rabbitmq_cleanup(settings: Settings) -> Iterator[None]:
     """The run's queues and exchanges (`test-<run>-...`) are deleted at the end."""
     yield
     api = f"http://127.0.0.1:{settings.rabbitmq_management_port}/api"
-    auth = (settings.rabbitmq_user, settings.rabbitmq_password)
+    auth = (settings.rabbitmq_admin_user, settings.rabbitmq_admin_password)
     with httpx.Client(auth=auth, timeout=10) as client:
         for kind in ("queues", "exchanges"):
             listed = client.get(f"{api}/{kind}/%2F")

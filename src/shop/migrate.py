@@ -1,4 +1,7 @@
-"""Creates the database if it is missing, then runs Alembic migrations to head."""
+"""Creates the database if it is missing, then runs Alembic migrations to head.
+
+Both run as the migration account (DB_MIGRATE_USER): the services' account may only read and
+write rows."""
 
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ async def _create_database(settings: Settings) -> None:
         asyncmy.connect(
             host=settings.db_host,
             port=settings.db_port,
-            user=settings.db_user,
-            password=settings.db_password,
+            user=settings.db_migrate_user,
+            password=settings.db_migrate_password,
             connect_timeout=int(settings.db_timeout_seconds),
         ),
         timeout=settings.db_timeout_seconds * 2,
@@ -51,7 +54,7 @@ def migrate(settings: Settings) -> None:
     """Bring the configured database to the newest schema."""
     asyncio.run(_create_database(settings))
     config = Config(str(_alembic_ini()))
-    config.attributes["db_url"] = settings.db_url
+    config.attributes["db_url"] = settings.migrate_db_url
     with warnings.catch_warnings():
         # MariaDB notes that it ignores the name Alembic gives its version table's primary key.
         warnings.filterwarnings("ignore", message=".*alembic_version_pkc.*")

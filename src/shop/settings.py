@@ -6,6 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -85,8 +86,12 @@ class Settings(BaseSettings):
 
     db_host: str = "127.0.0.1"
     db_port: int = Field(3306, ge=1, le=65535)
+    # The services' account: rows only (SELECT, INSERT, UPDATE, DELETE). `shop migrate` and
+    # whatever creates or drops databases and tables use the migration account below.
     db_user: str = "shop"
     db_password: str = "shop"
+    db_migrate_user: str = "shop_migrate"
+    db_migrate_password: str = "shop_migrate"
     db_name: str = Field("shop", pattern=r"^[A-Za-z0-9_]{1,64}$")
     db_pool_size: int = Field(20, ge=1, le=500)
     db_timeout_seconds: float = Field(5.0, gt=0)
@@ -104,6 +109,10 @@ class Settings(BaseSettings):
     rabbitmq_user: str = "guest"
     rabbitmq_password: str = "guest"
     rabbitmq_vhost: str = "/"
+    # An administrator of the management API, for the local stack, the tests and the bench
+    # (queue depths, clean-up); the services never use it. RABBITMQ_USER is not an administrator.
+    rabbitmq_admin_user: str = "shop-admin"
+    rabbitmq_admin_password: str = "shop-admin"
     rabbitmq_queue: str = Field("orders", min_length=1)
 
     product_service_port: int = Field(8080, ge=1, le=65535)
@@ -196,8 +205,16 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
+        return self._db_url(self.db_user, self.db_password)
+
+    @property
+    def migrate_db_url(self) -> str:
+        """The migration account's URL: it may create, alter and drop tables."""
+        return self._db_url(self.db_migrate_user, self.db_migrate_password)
+
+    def _db_url(self, user: str, password: str) -> str:
         return (
-            f"mysql+asyncmy://{self.db_user}:{self.db_password}"
+            f"mysql+asyncmy://{quote(user, safe='')}:{quote(password, safe='')}"
             f"@{self.db_host}:{self.db_port}/{self.db_name}?charset=utf8mb4"
         )
 

@@ -113,7 +113,7 @@ async def _queue_stats(settings: Settings) -> dict[str, Any]:
         urllib.parse.quote(n, safe="") for n in (settings.rabbitmq_vhost, settings.rabbitmq_queue)
     )
     url = f"http://{settings.rabbitmq_host}:{settings.rabbitmq_management_port}/api/queues/{vhost}/{queue}"
-    auth = (settings.rabbitmq_user, settings.rabbitmq_password)
+    auth = (settings.rabbitmq_admin_user, settings.rabbitmq_admin_password)
     async with httpx.AsyncClient(auth=auth, timeout=5) as management:
         response = await management.get(url)
     response.raise_for_status()

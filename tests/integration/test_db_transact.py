@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from shop.db import Database
 from shop.settings import Settings
@@ -42,11 +43,15 @@ async def _pooled_connection_id(db: Database) -> int:
 
 
 async def test_a_connection_lost_before_commit_is_replaced_and_the_work_done_once(
-    db: Database, database: AsyncEngine, scratch: str
+    db: Database, database: AsyncEngine, settings: Settings, scratch: str
 ) -> None:
     pooled = await _pooled_connection_id(db)
-    async with database.begin() as conn:  # as a server restart would, from the outside
+    # As a server restart would, from the outside: from a connection of the same account (one
+    # may kill one's own connections without any privilege).
+    outside = create_async_engine(settings.db_url, poolclass=NullPool)
+    async with outside.connect() as conn:
         await conn.execute(text(f"KILL CONNECTION {pooled}"))
+    await outside.dispose()
     attempts = 0
 
     async def insert(conn: AsyncConnection) -> None:

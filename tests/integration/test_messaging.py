@@ -313,7 +313,9 @@ class RabbitHarness:
         """As an operator would, through the management API."""
         s = self.settings
         url = f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/api/queues/%2F/{self.queue}"
-        async with httpx.AsyncClient(auth=(s.rabbitmq_user, s.rabbitmq_password)) as client:
+        async with httpx.AsyncClient(
+            auth=(s.rabbitmq_admin_user, s.rabbitmq_admin_password)
+        ) as client:
             response = await client.delete(url, timeout=10)
         assert response.status_code == 204, response.text
 

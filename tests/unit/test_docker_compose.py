@@ -5,6 +5,7 @@ CI has no Docker engine, so this checks the files, not running containers.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
-APP_SERVICES = ("auth-key", "migrate", "product-service", "order-service")
+APP_SERVICES = ("auth-key", "rabbitmq-user", "migrate", "product-service", "order-service")
 REQUIRED_SERVICES = {"mysql", "kafka", "rabbitmq", *APP_SERVICES}
 
 
@@ -131,3 +132,39 @@ def test_mysql_syncs_the_redo_log_at_every_commit(services: dict[str, dict[str, 
         if arg.replace("_", "-").startswith("--innodb-flush-log-at-trx-commit")
     ]
     assert flags == ["--innodb-flush-log-at-trx-commit=1"]
+
+
+def test_the_services_use_accounts_without_administrative_rights(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """MySQL's MYSQL_USER owns the database: it is the migration account, and the services
+    connect as the row-only account the init script makes. RabbitMQ's default user is an
+    administrator: it is not the services' user."""
+    mysql = _environment(services["mysql"])
+    migrate = _environment(services["migrate"])
+    initdb = [
+        str(v) for v in services["mysql"]["volumes"] if "docker-entrypoint-initdb.d" in str(v)
+    ]
+    assert len(initdb) == 1, "mysql does not mount deploy/mysql/initdb"
+    script = REPO / "deploy/mysql/initdb/10-service-account.sh"
+    assert initdb[0].split(":")[0] == "./deploy/mysql/initdb"
+    assert os.access(script, os.X_OK), f"{script} is not executable (the image would source it)"
+    rabbitmq = _environment(services["rabbitmq"])
+    for name in ("product-service", "order-service"):
+        app = _environment(services[name])
+        assert app["DB_USER"] == mysql["SHOP_DB_USER"] != mysql["MYSQL_USER"]
+        assert app["DB_PASSWORD"] == mysql["SHOP_DB_PASSWORD"]
+        assert "DB_MIGRATE_PASSWORD" not in app
+        assert "RABBITMQ_ADMIN_PASSWORD" not in app
+        assert app["RABBITMQ_USER"] != rabbitmq["RABBITMQ_DEFAULT_USER"]
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        )
+    assert migrate["DB_MIGRATE_USER"] == mysql["MYSQL_USER"]
+    assert migrate["DB_MIGRATE_PASSWORD"] == mysql["MYSQL_PASSWORD"]
+    user = _environment(services["rabbitmq-user"])
+    assert user["RABBITMQ_ADMIN_USER"] == rabbitmq["RABBITMQ_DEFAULT_USER"]
+    assert user["RABBITMQ_USER"] == _environment(services["order-service"])["RABBITMQ_USER"]
+    assert services["order-service"]["depends_on"]["rabbitmq-user"]["condition"] == (
+        "service_completed_successfully"
+    )

@@ -168,22 +168,35 @@ def _db_pattern(db_name: str) -> str:
     return "`" + db_name.replace("_", "\\_").replace("`", "``") + "%`"
 
 
+# The services' account reads and writes rows; the migration account also shapes the schema
+# (and creates and drops the test and bench databases).
+SERVICE_RIGHTS = "SELECT, INSERT, UPDATE, DELETE"
+MIGRATION_RIGHTS = "ALL PRIVILEGES"
+
+
 def provision(settings: Settings) -> None:
-    """Idempotently create the app database and user; re-applies the password every time."""
-    user, password = _string(settings.db_user), _string(settings.db_password)
+    """Idempotently create the app database and both accounts, each with only its rights on
+    `shop%`; re-applies the passwords and the rights every time (so widened rights narrow)."""
     pattern = _db_pattern(settings.db_name)
     database = "`" + settings.db_name.replace("`", "``") + "`"
     statements = [
         f"CREATE DATABASE IF NOT EXISTS {database} "
         "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;",
     ]
-    for host in ("'127.0.0.1'", "'localhost'"):
-        account = f"{user}@{host}"
-        statements += [
-            f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password};",
-            f"ALTER USER {account} IDENTIFIED BY {password};",
-            f"GRANT ALL PRIVILEGES ON {pattern}.* TO {account};",
-        ]
+    accounts = (
+        (settings.db_user, settings.db_password, SERVICE_RIGHTS),
+        (settings.db_migrate_user, settings.db_migrate_password, MIGRATION_RIGHTS),
+    )
+    for name, secret, rights in accounts:
+        user, password = _string(name), _string(secret)
+        for host in ("'127.0.0.1'", "'localhost'"):
+            account = f"{user}@{host}"
+            statements += [
+                f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password};",
+                f"ALTER USER {account} IDENTIFIED BY {password};",
+                f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {account};",
+                f"GRANT {rights} ON {pattern}.* TO {account};",
+            ]
     statements.append("FLUSH PRIVILEGES;")
     _client("\n".join(statements))
 

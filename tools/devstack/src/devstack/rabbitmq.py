@@ -154,18 +154,26 @@ def _prepare(settings: Settings) -> Launch:
     return Launch(argv=[str(BIN / "rabbitmq-server")], env=_env(settings), cwd=_dir())
 
 
-def _http_get(settings: Settings, path: str) -> Any:
-    """GET a management API path with the configured credentials; None unless 200."""
+ALL_RIGHTS = ("configure", "write", "read")
+
+
+def _http_get(settings: Settings, path: str, *, user: str, password: str) -> tuple[int, Any]:
+    """GET a management API path as `user`: the status (0 if unreachable) and the JSON body."""
     url = f"http://{HOST}:{settings.rabbitmq_management_port}{path}"
-    credentials = f"{settings.rabbitmq_user}:{settings.rabbitmq_password}".encode()
+    credentials = f"{user}:{password}".encode()
     request = urllib.request.Request(
         url, headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()}
     )
     try:
         with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310 - http://127.0.0.1 only
-            return json.loads(response.read())
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as refused:
+        try:
+            return refused.code, json.loads(refused.read())
+        except ValueError:
+            return refused.code, None
     except (urllib.error.URLError, OSError, ValueError):
-        return None
+        return 0, None
 
 
 def _management_answers(settings: Settings) -> bool:
@@ -185,22 +193,35 @@ def ready(settings: Settings) -> bool:
     return port_open(settings.rabbitmq_port) and _management_answers(settings)
 
 
-def _provisioned(settings: Settings) -> bool:
-    """Cheap HTTP check, so an `up` of a running, provisioned node spawns no Erlang CLI."""
-    me = _http_get(settings, "/api/whoami")
-    if not isinstance(me, dict):
-        return False
-    tags = me.get("tags", [])
+def _tags(user: Any) -> list[str]:
+    tags = user.get("tags", []) if isinstance(user, dict) else []
     if isinstance(tags, str):  # older RabbitMQ versions: "administrator,monitoring"
-        tags = tags.split(",")
-    if "administrator" not in tags:
+        tags = [tag for tag in tags.split(",") if tag]
+    return list(tags)
+
+
+def _provisioned(settings: Settings) -> bool:
+    """Cheap HTTP checks, so an `up` of a running, provisioned node spawns no Erlang CLI:
+    the administrator logs in as one; the application user has no tags, all rights on the
+    vhost, and its password (the management API refuses it as "Not management user", not as
+    a failed login)."""
+    admin = {"user": settings.rabbitmq_admin_user, "password": settings.rabbitmq_admin_password}
+    status, me = _http_get(settings, "/api/whoami", **admin)
+    if status != 200 or "administrator" not in _tags(me):
         return False
     vhost = urllib.parse.quote(settings.rabbitmq_vhost, safe="")
-    user = urllib.parse.quote(settings.rabbitmq_user, safe="")
-    perms = _http_get(settings, f"/api/permissions/{vhost}/{user}")
-    return isinstance(perms, dict) and all(
-        perms.get(kind) == ".*" for kind in ("configure", "write", "read")
+    app = urllib.parse.quote(settings.rabbitmq_user, safe="")
+    status, user = _http_get(settings, f"/api/users/{app}", **admin)
+    if status != 200 or _tags(user):
+        return False
+    for who in (app, urllib.parse.quote(settings.rabbitmq_admin_user, safe="")):
+        status, perms = _http_get(settings, f"/api/permissions/{vhost}/{who}", **admin)
+        if status != 200 or not all(perms.get(kind) == ".*" for kind in ALL_RIGHTS):
+            return False
+    status, refusal = _http_get(
+        settings, "/api/whoami", user=settings.rabbitmq_user, password=settings.rabbitmq_password
     )
+    return status == 401 and "not management user" in str(refusal).lower()
 
 
 def _ctl(settings: Settings, *args: str, check: bool = True, stdin: str | None = None) -> str:
@@ -209,25 +230,34 @@ def _ctl(settings: Settings, *args: str, check: bool = True, stdin: str | None =
     return done.stdout + done.stderr
 
 
-def provision(settings: Settings) -> None:
-    """Configured user as administrator with full permissions on the configured vhost."""
-    if _provisioned(settings):
-        return
-    user, vhost = settings.rabbitmq_user, settings.rabbitmq_vhost
-    say(f"provisioning RabbitMQ user {user!r} on vhost {vhost!r}")
-    if vhost != "/":
-        output = _ctl(settings, "add_vhost", vhost, check=False)
-        if "already" not in output and "Adding vhost" not in output:
-            raise StackError(f"rabbitmqctl add_vhost {vhost} failed:\n{output.strip()}")
+def _user(settings: Settings, user: str, password: str, *tags: str) -> None:
+    """Create or update `user` with exactly `tags` and all rights on the configured vhost."""
     # Passwords go through stdin, never argv, where `ps` and our error messages would show them.
-    password = settings.rabbitmq_password
     output = _ctl(settings, "add_user", user, check=False, stdin=password)
     if "already exists" in output:
         _ctl(settings, "change_password", user, stdin=password)
     elif "Adding user" not in output:
         raise StackError(f"rabbitmqctl add_user {user} failed:\n{output.strip()}")
-    _ctl(settings, "set_user_tags", user, "administrator")
-    _ctl(settings, "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    _ctl(settings, "set_user_tags", user, *tags)
+    _ctl(settings, "set_permissions", "-p", settings.rabbitmq_vhost, user, ".*", ".*", ".*")
+
+
+def provision(settings: Settings) -> None:
+    """The application user (RABBITMQ_USER) without tags, so not an administrator, and an
+    administrator (RABBITMQ_ADMIN_USER) for the management API; both with all rights on the
+    configured vhost, the application's only one."""
+    if settings.rabbitmq_user == settings.rabbitmq_admin_user:
+        raise StackError("RABBITMQ_USER and RABBITMQ_ADMIN_USER must name different users")
+    if _provisioned(settings):
+        return
+    user, vhost = settings.rabbitmq_user, settings.rabbitmq_vhost
+    say(f"provisioning RabbitMQ users {user!r} and {settings.rabbitmq_admin_user!r} on {vhost!r}")
+    if vhost != "/":
+        output = _ctl(settings, "add_vhost", vhost, check=False)
+        if "already" not in output and "Adding vhost" not in output:
+            raise StackError(f"rabbitmqctl add_vhost {vhost} failed:\n{output.strip()}")
+    _user(settings, settings.rabbitmq_admin_user, settings.rabbitmq_admin_password, "administrator")
+    _user(settings, user, settings.rabbitmq_password)
 
 
 def start(settings: Settings) -> None:

@@ -43,12 +43,18 @@ def daemon(name: str, settings: Settings) -> Daemon:
     )
 
 
+# Credentials the services never use stay out of their environment.
+NOT_FOR_SERVICES = frozenset(
+    {"db_migrate_user", "db_migrate_password", "rabbitmq_admin_user", "rabbitmq_admin_password"}
+)
+
+
 def _settings_env(settings: Settings) -> dict[str, str]:
     """The caller's settings as environment variables (they beat config.yaml), so the service
     runs with exactly the settings it was started with, overrides included."""
     return {
         field.upper(): str(value)
-        for field, value in settings.model_dump().items()
+        for field, value in settings.model_dump(exclude=set(NOT_FOR_SERVICES)).items()
         if value is not None  # unset optional settings stay unset
     }
 

@@ -1,0 +1,191 @@
+"""Least privilege on the real servers: the services' database account reads and writes rows
+and nothing else; their RabbitMQ user is no administrator. Both as the local stack provisions
+them, and as the compose file's set-up scripts (deploy/) make them."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aio_pika
+import asyncmy
+import httpx
+import pytest
+from asyncmy.errors import OperationalError, ProgrammingError
+
+from devstack import mariadb
+from shop.settings import Settings
+from tests.conftest import RUN
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+# Quotes, a backslash and SQL in the secret: the set-up scripts must pass them through intact.
+AWKWARD_PASSWORD = "p'w\\d\"; DROP DATABASE x; -- $HOME"
+DENIED = (OperationalError, ProgrammingError)  # 1142/1044: command denied to user
+
+
+async def _connect(settings: Settings, user: str, password: str) -> asyncmy.Connection:
+    return await asyncio.wait_for(
+        asyncmy.connect(
+            host=settings.db_host,
+            port=settings.db_port,
+            user=user,
+            password=password,
+            database=settings.db_name,
+            connect_timeout=5,
+            autocommit=True,
+        ),
+        10,
+    )
+
+
+async def _refused(conn: asyncmy.Connection, statement: str) -> bool:
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(statement)
+    except DENIED as refusal:
+        return refusal.args[0] in (1142, 1044, 1045, 1227)
+    return False
+
+
+async def _rows_only(conn: asyncmy.Connection, database: str) -> None:
+    """Reads and writes rows; may not change the schema or make databases."""
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT COUNT(*) FROM products")
+        assert (await cur.fetchone()) is not None
+        await cur.execute("DELETE FROM products WHERE id = -1")
+    for statement in (
+        "CREATE TABLE least_privilege_probe (id INT)",
+        "ALTER TABLE products ADD COLUMN probe INT",
+        "DROP TABLE product_outbox",
+        "TRUNCATE TABLE orders",
+        f"CREATE DATABASE `{database}_probe`",
+        "CREATE USER probe IDENTIFIED BY 'x'",
+    ):
+        assert await _refused(conn, statement), f"the services' account may run: {statement}"
+
+
+async def test_the_services_database_account_may_only_read_and_write_rows(
+    settings: Settings, database: object
+) -> None:
+    conn = await _connect(settings, settings.db_user, settings.db_password)
+    try:
+        await _rows_only(conn, settings.db_name)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def compose_account(
+    settings: Settings, database: object, tmp_path: Path
+) -> AsyncIterator[str]:
+    """The account deploy/mysql/initdb makes in the MySQL container, made here by the same
+    script (its SQL run as root on our server), for this run's database."""
+    user = f"test_{RUN}_svc"
+    recorded = tmp_path / "initdb.sql"
+    stand_in = tmp_path / "mysql"  # records what the script would have the client run
+    stand_in.write_text(f"#!/bin/sh\ncat > {recorded}\n")
+    stand_in.chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "MYSQL_ROOT_PASSWORD": "unused",
+        "MYSQL_DATABASE": settings.db_name,
+        "SHOP_DB_USER": user,
+        "SHOP_DB_PASSWORD": AWKWARD_PASSWORD,
+    }
+    script = REPO / "deploy/mysql/initdb/10-service-account.sh"
+    subprocess.run([str(script)], env=env, check=True, timeout=30)
+    await asyncio.to_thread(mariadb._client, recorded.read_text())
+    yield user
+    await asyncio.to_thread(mariadb._client, f"DROP USER IF EXISTS '{user}'@'%';")
+
+
+async def test_the_compose_init_script_makes_a_rows_only_account(
+    settings: Settings, compose_account: str
+) -> None:
+    conn = await _connect(settings, compose_account, AWKWARD_PASSWORD)
+    try:
+        await _rows_only(conn, settings.db_name)
+    finally:
+        conn.close()
+
+
+def _management(settings: Settings) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"http://{settings.rabbitmq_host}:{settings.rabbitmq_management_port}/api",
+        auth=(settings.rabbitmq_admin_user, settings.rabbitmq_admin_password),
+        timeout=10,
+    )
+
+
+def _is_plain_user(settings: Settings, user: str, password: str) -> None:
+    """No tags, so not an administrator and no management API; all rights on the vhost."""
+    with _management(settings) as api:
+        found = api.get(f"/users/{user}")
+        assert found.status_code == 200, found.text
+        assert found.json()["tags"] in ([], ""), found.json()
+        rights = api.get(f"/permissions/%2F/{user}").json()
+        assert [rights[kind] for kind in ("configure", "write", "read")] == [".*"] * 3
+    as_itself = httpx.get(
+        f"http://{settings.rabbitmq_host}:{settings.rabbitmq_management_port}/api/overview",
+        auth=(user, password),
+        timeout=10,
+    )
+    assert as_itself.status_code == 401
+
+
+def test_the_services_rabbitmq_user_is_not_an_administrator(settings: Settings) -> None:
+    _is_plain_user(settings, settings.rabbitmq_user, settings.rabbitmq_password)
+
+
+@pytest.fixture
+def compose_rabbitmq_user(settings: Settings) -> Iterator[str]:
+    user = f"test-{RUN}-app"
+    yield user
+    with _management(settings) as api:
+        api.delete(f"/users/{user}")
+
+
+async def test_the_compose_user_script_makes_a_plain_user(
+    settings: Settings, compose_rabbitmq_user: str
+) -> None:
+    env = {
+        "RABBITMQ_HOST": settings.rabbitmq_host,
+        "RABBITMQ_MANAGEMENT_PORT": str(settings.rabbitmq_management_port),
+        "RABBITMQ_ADMIN_USER": settings.rabbitmq_admin_user,
+        "RABBITMQ_ADMIN_PASSWORD": settings.rabbitmq_admin_password,
+        "RABBITMQ_USER": compose_rabbitmq_user,
+        "RABBITMQ_PASSWORD": AWKWARD_PASSWORD,
+    }
+    for _ in range(2):  # idempotent: a second run changes nothing and succeeds
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, str(REPO / "deploy/rabbitmq/app_user.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    await asyncio.to_thread(_is_plain_user, settings, compose_rabbitmq_user, AWKWARD_PASSWORD)
+    # ... and it may do what the services do: publish and consume on its vhost.
+    connection = await aio_pika.connect(
+        host=settings.rabbitmq_host,
+        port=settings.rabbitmq_port,
+        login=compose_rabbitmq_user,
+        password=AWKWARD_PASSWORD,
+        timeout=10,
+    )
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"test-{RUN}-least-privilege", auto_delete=True)
+        await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue.name)
+        got = await queue.get(timeout=5, fail=False)
+        assert got is not None
+        assert got.body == b"x"
+        await got.ack()
+        await queue.delete(if_unused=False, if_empty=False)
