@@ -115,8 +115,7 @@ async def batched_inserts(settings: Settings, *, rows: int, batch: int = 500) ->
     """Raw inserts into a copy of the orders table, `batch` rows per transaction."""
     # The migration account: the scratch table is created and dropped (the services' account
     # may only read and write rows).
-    owner = {"db_user": settings.db_migrate_user, "db_password": settings.db_migrate_password}
-    engine = create_engine(settings.model_copy(update=owner))
+    engine = create_engine(settings.migration_account())
     table = f"bench_orders_{uuid.uuid4().hex[:8]}"
     try:
         async with engine.begin() as conn:

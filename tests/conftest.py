@@ -39,6 +39,10 @@ def _free_port() -> int:
 
 
 RUN = uuid.uuid4().hex[:8]
+# The servers as `make up` configured them (not this run's database and queue names): tests that
+# stop and start a server pass these to devstack, whose provisioning then grants the accounts
+# their rights on every `shop…` database again, not on this run's alone.
+STACK = load_settings()
 # The run's token issuer: the services trust its public key (and only it).
 TOKENS = Issuer()
 _KEYS = Path(tempfile.mkdtemp(prefix=f"shop-test-{RUN}-keys-"))

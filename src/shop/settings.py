@@ -205,18 +205,22 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self._db_url(self.db_user, self.db_password)
+        user, password = quote(self.db_user, safe=""), quote(self.db_password, safe="")
+        return (
+            f"mysql+asyncmy://{user}:{password}"
+            f"@{self.db_host}:{self.db_port}/{self.db_name}?charset=utf8mb4"
+        )
+
+    def migration_account(self) -> Settings:
+        """These settings with the migration account as DB_USER: it may create, alter and drop
+        tables and databases (migrations, tests' and benchmarks' scratch tables)."""
+        return self.model_copy(
+            update={"db_user": self.db_migrate_user, "db_password": self.db_migrate_password}
+        )
 
     @property
     def migrate_db_url(self) -> str:
-        """The migration account's URL: it may create, alter and drop tables."""
-        return self._db_url(self.db_migrate_user, self.db_migrate_password)
-
-    def _db_url(self, user: str, password: str) -> str:
-        return (
-            f"mysql+asyncmy://{quote(user, safe='')}:{quote(password, safe='')}"
-            f"@{self.db_host}:{self.db_port}/{self.db_name}?charset=utf8mb4"
-        )
+        return self.migration_account().db_url
 
     @property
     def rabbitmq_url(self) -> str:

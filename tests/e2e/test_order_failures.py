@@ -32,7 +32,7 @@ import devstack as stack
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
 from shop.settings import Settings
-from tests.conftest import OPERATOR, RUN, TEST_ENV, _free_port
+from tests.conftest import OPERATOR, RUN, STACK, TEST_ENV, _free_port
 from tests.e2e.orders_support import (
     new_product,
     place,
@@ -134,7 +134,7 @@ async def test_async_intake_keeps_accepting_while_mariadb_is_down(
     pid = await new_product(products, stock=20)
     user = _user()
     failures_before = await _per_channel(orders, "order_consumer_failures_total")
-    await asyncio.to_thread(stack.stop, "mariadb", settings)
+    await asyncio.to_thread(stack.stop, "mariadb", STACK)
     try:
         answers = await asyncio.gather(
             *(
@@ -159,7 +159,7 @@ async def test_async_intake_keeps_accepting_while_mariadb_is_down(
             both_consumers_hit_the_outage, timeout=20, what="consumers retrying the outage"
         )
     finally:
-        await asyncio.to_thread(stack.start, "mariadb", settings)
+        await asyncio.to_thread(stack.start, "mariadb", STACK)
     accepted = {a.json()["id"] for a in answers}
     assert len(accepted) == 30
     stored = await assert_orders_add_up(database, pid, initial=20, accepted=accepted, timeout=60)
@@ -202,7 +202,7 @@ async def _check_outage(
     unsure: set[tuple[int, str]] = (
         set()
     )  # answered 503 while it was coming back: may have got through
-    await asyncio.to_thread(stack.stop, down, settings)
+    await asyncio.to_thread(stack.stop, down, STACK)
     try:
         for i in range(3):
             key = f"{down}-down-{i}"
@@ -213,7 +213,7 @@ async def _check_outage(
                 assert answer.status_code == status, (path, answer.text)
                 accepted.add(answer.json()["id"])
     finally:
-        await asyncio.to_thread(stack.start, down, settings)
+        await asyncio.to_thread(stack.start, down, STACK)
 
     attempts = iter(range(10_000))
 
@@ -649,7 +649,7 @@ async def test_poison_held_across_a_rabbitmq_restart_does_not_wedge_the_consumer
     user = _user()
     failures_before = await _per_channel(orders, "order_consumer_failures_total")
     poison = b"\x00held poison " + uuid.uuid4().hex.encode()
-    await asyncio.to_thread(stack.stop, "mariadb", settings)
+    await asyncio.to_thread(stack.stop, "mariadb", STACK)
     try:
         first = await place(orders, "rabbitmq", product_id=pid, user_id=user)
         assert first.status_code == 202, first.text
@@ -665,10 +665,10 @@ async def test_poison_held_across_a_rabbitmq_restart_does_not_wedge_the_consumer
             return int((await _queue_stats(settings))["messages_unacknowledged"]) >= 2
 
         await eventually(both_delivered, timeout=20, what="poison delivered, unacked")
-        await asyncio.to_thread(stack.stop, "rabbitmq", settings)
+        await asyncio.to_thread(stack.stop, "rabbitmq", STACK)
     finally:
-        await asyncio.to_thread(stack.start, "mariadb", settings)
-        await asyncio.to_thread(stack.start, "rabbitmq", settings)
+        await asyncio.to_thread(stack.start, "mariadb", STACK)
+        await asyncio.to_thread(stack.start, "rabbitmq", STACK)
     await wait_until_stored(database, pid, {first.json()["id"]}, timeout=60)
 
     async def rabbit_intake_back() -> str | None:

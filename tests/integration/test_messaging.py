@@ -25,7 +25,7 @@ from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
 from shop.messaging.ports import Delivery, Inbound, Outbound, Outgoing
 from shop.messaging.rabbitmq import RabbitInbound, RabbitPublisher
 from shop.settings import Settings
-from tests.conftest import RUN
+from tests.conftest import RUN, STACK
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -233,8 +233,8 @@ class KafkaHarness:
         return found
 
     async def restart_broker(self) -> None:
-        await asyncio.to_thread(stack.stop, "kafka", self.settings)
-        await asyncio.to_thread(stack.start, "kafka", self.settings)
+        await asyncio.to_thread(stack.stop, "kafka", STACK)
+        await asyncio.to_thread(stack.start, "kafka", STACK)
 
     async def close(self) -> None:
         await self.publisher.close()
@@ -320,8 +320,8 @@ class RabbitHarness:
         assert response.status_code == 204, response.text
 
     async def restart_broker(self) -> None:
-        await asyncio.to_thread(stack.stop, "rabbitmq", self.settings)
-        await asyncio.to_thread(stack.start, "rabbitmq", self.settings)
+        await asyncio.to_thread(stack.stop, "rabbitmq", STACK)
+        await asyncio.to_thread(stack.start, "rabbitmq", STACK)
 
     async def close(self) -> None:
         for stopping, task in self._tasks.values():

@@ -55,7 +55,8 @@ def engine(
     settings: Settings, database: AsyncEngine
 ) -> Iterator[tuple[asyncio.AbstractEventLoop, AsyncEngine]]:
     loop = asyncio.new_event_loop()
-    engine = create_engine(settings)
+    # The services' engine, as the migration account: the scratch table is created and dropped.
+    engine = create_engine(settings.migration_account())
 
     async def create() -> None:
         async with engine.begin() as conn:
