@@ -49,6 +49,8 @@ unit: venv helm-tools ## the unit tests alone (no servers needed)
 test: venv lint helm-tools ## set up the stack, then the whole test suite against the real servers
 	@command -v docker-compose >/dev/null || { echo "installing docker-compose (compose-file check)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { echo "installing chromium and chromium-driver (the /docs browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 	$(DEVSTACK) up --no-services
 	$(VENV)/bin/pytest
 
