@@ -68,6 +68,7 @@ def test_kafka_nodes_are_three_voters_with_three_copies_of_every_topic(tmp_path:
         "unclean.leader.election.enable=false",
         "offsets.topic.replication.factor=3",
         "transaction.state.log.min.isr=2",
+        "broker.session.timeout.ms=3000",
     ):
         assert line + "\n" in properties
     assert len({node.cluster_id_file for node in nodes}) == 1

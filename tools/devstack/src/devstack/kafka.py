@@ -263,6 +263,13 @@ transaction.state.log.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 delete.topic.enable=true
+""" + (_CLUSTER_PROPERTIES if rf > 1 else "")
+
+
+# A cluster notices a dead broker within 3 s (KRaft's default is 9 s) and moves its partitions'
+# leadership: intake answers 503 for about that long after a leader dies.
+_CLUSTER_PROPERTIES = """broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
 """
 
 
