@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack import cluster, haproxy, kafka, mariadb
+from devstack import haproxy, kafka, mariadb
+from devstack import layout as cluster
 from shop.settings import Settings, load_settings
 
 
