@@ -7,10 +7,10 @@ SHOP := $(VENV)/bin/shop
 DEVSTACK := $(VENV)/bin/devstack
 UV := python3 -m uv
 
-.PHONY: help venv up down status run migrate test lint unit bench helm-tools
+.PHONY: help venv up down status run migrate test lint unit bench helm-tools cluster cluster-down cluster-status
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.synced: pyproject.toml uv.lock tools/devstack/pyproject.toml
 	@python3 -m uv --version >/dev/null 2>&1 || { echo "installing uv"; python3 -m pip install --quiet --disable-pip-version-check 'uv>=0.5'; }
@@ -27,6 +27,15 @@ down: venv ## stop everything `make up` started
 
 status: venv ## say what runs
 	$(DEVSTACK) status
+
+cluster: venv ## the clustered system: 3 Kafka, 3 RabbitMQ, 3 Galera nodes, HAProxy, 2 replicas per service (docs/cluster.md)
+	$(DEVSTACK) cluster up
+
+cluster-down: venv ## stop everything `make cluster` started
+	$(DEVSTACK) cluster down
+
+cluster-status: venv ## every node and replica of the cluster, with health
+	$(DEVSTACK) cluster status
 
 run: venv ## like `make up`, but run both services in the foreground (Ctrl-C stops them)
 	$(DEVSTACK) up --no-services

@@ -89,7 +89,11 @@ class Runtime:
     async def _ensure_topics(self, stopping: asyncio.Event) -> None:
         # Best effort: the broker also creates topics on first use, and the relay retries.
         try:
-            await ensure_topics(self.settings.kafka_brokers, self.topics)
+            await ensure_topics(
+                self.settings.kafka_brokers,
+                self.topics,
+                replication_factor=self.settings.kafka_replication_factor,
+            )
         except Exception as exc:
             log.warning("could not ensure kafka topics %s: %s", self.topics, exc)
 
@@ -123,7 +127,11 @@ class OrderRuntime(Runtime):
         # stalled broker already wrote: a retry after 503 is safe with an Idempotency-Key.
         self.intake = KafkaPublisher(s.kafka_brokers, delivery_timeout=s.broker_deadline_seconds)
         self.rabbit = RabbitPublisher(
-            s.rabbitmq_url, queue=s.rabbitmq_queue, timeout=s.broker_deadline_seconds
+            s.rabbitmq_url,
+            queue=s.rabbitmq_queue,
+            timeout=s.broker_deadline_seconds,
+            queue_type=s.rabbitmq_queue_type,
+            delivery_limit=s.rabbitmq_delivery_limit,
         )
         deadline = s.broker_deadline_seconds
         self.service = OrderService(
@@ -167,6 +175,8 @@ class OrderRuntime(Runtime):
                 prefetch=s.consumer_batch_size,
                 timeout=s.broker_deadline_seconds,
                 dlq=self.rabbit.to_dead_letters(),
+                queue_type=s.rabbitmq_queue_type,
+                delivery_limit=s.rabbitmq_delivery_limit,
             )
             self.supervisor.start(
                 "rabbitmq-consumer-connection", self._rabbit_inbound.consume_forever

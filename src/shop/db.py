@@ -5,23 +5,68 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, text
+from sqlalchemy import DateTime, event, text
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shop.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Microsecond timestamps, stored as naive UTC.
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
+
+# Server errors after which the transaction is known to be rolled back, so running it again is
+# safe: a deadlock victim, and on Galera a transaction refused by certification (also 1213)
+# or a statement refused by a node that is not (or no longer) part of the primary component.
+DEADLOCK = 1213
+WSREP_NOT_READY = 1047
+ROLLED_BACK = frozenset({DEADLOCK, WSREP_NOT_READY})
+# The client could not reach the server, or lost it: before COMMIT was sent the server rolled
+# the transaction back (or never saw it); during the COMMIT the outcome is unknown.
+CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 2055})
+# "Got error during COMMIT": the outcome is unknown, never retried.
+COMMIT_FAILED = 1180
+TRANSACT_ATTEMPTS = 4  # the first and at most three retries
+RETRY_DELAYS = (0.05, 0.4, 1.5)  # seconds before each retry: a fail-over takes a few seconds
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The MySQL error number of a driver error wrapped by SQLAlchemy (None if it has none)."""
+    orig = getattr(exc, "orig", exc)
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def may_run_again(exc: DBAPIError, *, committing: bool) -> bool:
+    """Whether a unit of work that failed with `exc` is known not to have committed."""
+    code = error_code(exc)
+    if code == COMMIT_FAILED:
+        return False
+    if code in ROLLED_BACK:
+        return True
+    lost = exc.connection_invalidated or code in CONNECTION_LOST
+    return lost and not committing
+
+
+def _drop_connections_of_a_node_out_of_the_cluster(context: ExceptionContext) -> None:
+    # A Galera node that left the primary component answers 1047 to everything; treating that
+    # as a disconnect empties the pool, so the next connection goes through HAProxy to the
+    # node that now takes writes.
+    if context.original_exception is not None and (
+        error_code(context.original_exception) == WSREP_NOT_READY
+    ):
+        context.is_disconnect = True
 
 
 def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngine:
@@ -33,7 +78,7 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
     tries once more; elsewhere the request gets a 503 and the next one a fresh connection).
     `autocommit` engines serve single-statement reads, which then need no COMMIT either.
     """
-    return create_async_engine(
+    engine = create_async_engine(
         settings.db_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
@@ -45,6 +90,8 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={"connect_timeout": max(1, int(settings.db_timeout_seconds))},
     )
+    event.listen(engine.sync_engine, "handle_error", _drop_connections_of_a_node_out_of_the_cluster)
+    return engine
 
 
 @asynccontextmanager
@@ -180,15 +227,17 @@ class Database:
         return unit_of_work(self.engine, timeout=self.timeout)
 
     async def transact(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """`work` in a unit of work; once more on a fresh connection if the connection turns out
-        to be gone before the COMMIT.
+        """`work` in a unit of work, run again (at most three more times, on a fresh connection)
+        when the first try is known not to have committed.
 
-        That is safe: the server rolls back a transaction whose connection it lost (or never
-        knew, after a restart), so nothing of the first attempt was applied. A connection lost
-        during the COMMIT leaves the outcome unknown and is not retried. Without this the first
-        batch after a database restart failed in every worker that had not used its pool since.
+        Known not committed: the connection was gone before the COMMIT was sent (the server
+        rolls back a transaction whose connection it lost, or never knew, after a restart or a
+        fail-over), a deadlock, or on Galera a certification conflict (1213) or a node not ready
+        (1047). A connection lost during the COMMIT, or error 1180 in it, leaves the outcome
+        unknown and is never retried. Every unit of work here is idempotent by design anyway
+        (orders are stored by their intake id, skipped if present), so a retry cannot double.
         """
-        for attempt in (1, 2):
+        for attempt in range(1, TRANSACT_ATTEMPTS + 1):
             committing = False
             try:
                 async with self.transaction() as conn:
@@ -196,8 +245,14 @@ class Database:
                     committing = True
                 return result
             except DBAPIError as exc:
-                if attempt == 2 or committing or not exc.connection_invalidated:
+                if attempt == TRANSACT_ATTEMPTS or not may_run_again(exc, committing=committing):
                     raise
+                log.warning(
+                    "unit of work failed (%s, attempt %d); running it again",
+                    error_code(exc) or type(exc.orig).__name__,
+                    attempt,
+                )
+                await asyncio.sleep(RETRY_DELAYS[attempt - 1])
         raise AssertionError("unreachable")
 
     def read(self) -> AbstractAsyncContextManager[AsyncConnection]:

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     kafka_order_events_topic: str = Field("order-events", min_length=1)
     kafka_dlq_topic: str = Field("orders.dlq", min_length=1)
     kafka_consumer_group: str = Field("order-service", min_length=1)
+    # Copies of every topic the services create (3 on the cluster); min.insync.replicas is one
+    # fewer (at least 1), so with acks=all a write survives the loss of any one broker.
+    kafka_replication_factor: int = Field(1, ge=1, le=7)
 
     rabbitmq_host: str = "127.0.0.1"
     rabbitmq_port: int = Field(5672, ge=1, le=65535)
@@ -114,6 +117,10 @@ class Settings(BaseSettings):
     rabbitmq_admin_user: str = "shop-admin"
     rabbitmq_admin_password: str = "shop-admin"
     rabbitmq_queue: str = Field("orders", min_length=1)
+    # `quorum` (the cluster): the order queue and its dead-letter queue are replicated Raft
+    # queues, and a message redelivered more than RABBITMQ_DELIVERY_LIMIT times is dead-lettered.
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
+    rabbitmq_delivery_limit: int = Field(20, ge=1, le=10_000)
 
     product_service_port: int = Field(8080, ge=1, le=65535)
     order_service_port: int = Field(8081, ge=1, le=65535)

@@ -181,16 +181,35 @@ def _settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -
             fut.set_exception(PublishError(str(err)))
 
 
+def topic_config(replication_factor: int) -> dict[str, str]:
+    """A topic's durability: with acks=all a write needs `min.insync.replicas` copies (one
+    fewer than all, so one broker may be down), and a replica that missed writes never leads."""
+    return {
+        "min.insync.replicas": str(max(1, replication_factor - 1)),
+        "unclean.leader.election.enable": "false",
+    }
+
+
 async def ensure_topics(
-    brokers: str, topics: Sequence[str], *, partitions: int = 4, timeout: float = 5.0
+    brokers: str,
+    topics: Sequence[str],
+    *,
+    partitions: int = 4,
+    replication_factor: int = 1,
+    timeout: float = 5.0,
 ) -> None:
-    """Create the topics that do not exist yet (single-node replication)."""
+    """Create the topics that do not exist yet, with `replication_factor` copies each."""
 
     def _create() -> None:
         admin = AdminClient({"bootstrap.servers": brokers, **client_logging()})
         existing = admin.list_topics(timeout=timeout).topics
         missing = [
-            NewTopic(t, num_partitions=partitions, replication_factor=1)
+            NewTopic(
+                t,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                config=topic_config(replication_factor),
+            )
             for t in topics
             if t not in existing
         ]

@@ -31,13 +31,27 @@ PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
 class Topology:
-    """The names of queue Q, its dead-letter exchange and queue, and Q's arguments."""
+    """The names of queue Q, its dead-letter exchange and queue, and both queues' arguments.
 
-    def __init__(self, queue: str) -> None:
+    Quorum queues (a cluster) are replicated and count deliveries: a message delivered more
+    than `delivery_limit` times (a consumer that keeps dying on it) is dead-lettered, not
+    redelivered forever. A queue's type is fixed when it is first declared.
+    """
+
+    def __init__(
+        self, queue: str, *, queue_type: str = "classic", delivery_limit: int = 20
+    ) -> None:
         self.queue = queue
         self.dlx = f"{queue}.dlx"
         self.dlq = f"{queue}.dlq"
+        kind: dict[str, Any] = (
+            {"x-queue-type": "quorum", "x-delivery-limit": delivery_limit}
+            if queue_type == "quorum"
+            else {}
+        )
+        self.dlq_arguments: dict[str, Any] = dict(kind)
         self.arguments: dict[str, Any] = {
+            **kind,
             "x-dead-letter-exchange": self.dlx,
             "x-dead-letter-routing-key": self.dlq,
         }
@@ -50,9 +64,17 @@ class RabbitPublisher:
     again the exchange and queues it holds references to.
     """
 
-    def __init__(self, url: str, *, queue: str, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue: str,
+        timeout: float,
+        queue_type: str = "classic",
+        delivery_limit: int = 20,
+    ) -> None:
         self._url = url
-        self.topology = Topology(queue)
+        self.topology = Topology(queue, queue_type=queue_type, delivery_limit=delivery_limit)
         self._timeout = timeout
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
@@ -92,7 +114,7 @@ class RabbitPublisher:
             dlx: AbstractExchange = await channel.declare_exchange(
                 t.dlx, aio_pika.ExchangeType.DIRECT, durable=True
             )
-            dlq = await channel.declare_queue(t.dlq, durable=True)
+            dlq = await channel.declare_queue(t.dlq, durable=True, arguments=t.dlq_arguments)
             await dlq.bind(dlx, routing_key=t.dlq)
             queue = await channel.declare_queue(t.queue, durable=True, arguments=t.arguments)
         except BaseException:
@@ -191,10 +213,18 @@ class RabbitInbound:
     """
 
     def __init__(
-        self, url: str, *, queue: str, prefetch: int, timeout: float, dlq: Outbound
+        self,
+        url: str,
+        *,
+        queue: str,
+        prefetch: int,
+        timeout: float,
+        dlq: Outbound,
+        queue_type: str = "classic",
+        delivery_limit: int = 20,
     ) -> None:
         self._url = url
-        self.topology = Topology(queue)
+        self.topology = Topology(queue, queue_type=queue_type, delivery_limit=delivery_limit)
         self._prefetch = prefetch
         self._timeout = timeout
         self._dlq = dlq
@@ -266,7 +296,7 @@ class RabbitInbound:
     async def _declare(self, channel: AbstractChannel) -> None:
         t, timeout = self.topology, self._timeout
         await channel.exchange_declare(t.dlx, exchange_type="direct", durable=True, timeout=timeout)
-        await channel.queue_declare(t.dlq, durable=True, timeout=timeout)
+        await channel.queue_declare(t.dlq, durable=True, arguments=t.dlq_arguments, timeout=timeout)
         await channel.queue_bind(t.dlq, t.dlx, routing_key=t.dlq, timeout=timeout)
         await channel.queue_declare(t.queue, durable=True, arguments=t.arguments, timeout=timeout)
 

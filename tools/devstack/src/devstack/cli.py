@@ -73,6 +73,28 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
             stop(args.name, settings)
         case "run":
             return _run_foreground(settings)
+        case "cluster":
+            return _cluster(settings, args)
+    return 0
+
+
+def _cluster(settings: Settings, args: argparse.Namespace) -> int:
+    from . import cluster
+
+    match args.cluster_action:
+        case "up":
+            cluster.up(settings)
+        case "down":
+            cluster.down(settings)
+        case "status":
+            for name, state in cluster.status(settings):
+                print(f"{name:26} {state}")
+        case "env":
+            print("\n".join(cluster.env_lines(settings)))
+        case "kill":
+            cluster.kill(settings, args.name)
+        case "revive":
+            cluster.revive(settings, args.name)
     return 0
 
 
@@ -87,6 +109,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("start", help="start one part").add_argument("name", choices=names)
     sub.add_parser("stop", help="stop one part").add_argument("name", choices=names)
     sub.add_parser("run", help="run both services in the foreground (the servers must be up)")
+    cluster = sub.add_parser("cluster", help="the clustered system (docs/cluster.md)")
+    actions = cluster.add_subparsers(dest="cluster_action", required=True)
+    actions.add_parser("up", help="install, start every node, HAProxy, migrate, the services")
+    actions.add_parser("down", help="stop everything `cluster up` started")
+    actions.add_parser("status", help="every node, replica and HAProxy server, with health")
+    actions.add_parser("env", help="export lines pointing `shop token` and tests at the cluster")
+    actions.add_parser(
+        "kill", help="SIGKILL one part (galera-1, kafka-2, orders-1, ...)"
+    ).add_argument("name")
+    actions.add_parser("revive", help="start a killed part again").add_argument("name")
     return parser
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,49 +186,95 @@ def controller_port(settings: Settings) -> int:
     return broker_port(settings) + 1
 
 
-def _dir() -> Path:
-    return stack_dir() / NAME
+@dataclass(frozen=True)
+class KafkaNode:
+    """One KRaft node (broker and controller in one process) and where its files go.
+
+    `voters` is controller.quorum.voters (every node's id@host:controller-port); all nodes of
+    one cluster share `cluster_id_file` and a replication factor.
+    """
+
+    name: str
+    node_id: int
+    broker_port: int
+    controller_port: int
+    directory: Path
+    voters: str
+    cluster_id_file: Path
+    replication_factor: int = 1
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.broker_port}"
 
 
-def daemon(settings: Settings) -> Daemon:
-    directory = _dir()
-    return Daemon(
+def single_node(settings: Settings) -> KafkaNode:
+    """`make up`'s one node, on KAFKA_BROKERS' first port (controller on the next)."""
+    directory = stack_dir() / NAME
+    return KafkaNode(
         name=NAME,
-        ports=(broker_port(settings), controller_port(settings)),
+        node_id=1,
+        broker_port=broker_port(settings),
+        controller_port=controller_port(settings),
         directory=directory,
-        log=directory / "kafka.log",
-        console=directory / "console.log",
+        voters=f"1@{HOST}:{controller_port(settings)}",
+        cluster_id_file=directory / "cluster.id",
+    )
+
+
+def node_daemon(node: KafkaNode) -> Daemon:
+    return Daemon(
+        name=node.name,
+        ports=(node.broker_port, node.controller_port),
+        directory=node.directory,
+        log=node.directory / "kafka.log",
+        console=node.directory / "console.log",
         ready_timeout=READY_TIMEOUT,
     )
 
 
-def _server_properties(settings: Settings) -> str:
-    broker, controller = broker_port(settings), controller_port(settings)
+def daemon(settings: Settings) -> Daemon:
+    return node_daemon(single_node(settings))
+
+
+def _server_properties(node: KafkaNode) -> str:
+    rf = node.replication_factor
+    min_isr = max(1, rf - 1)
     return f"""# Written by devstack on every start; edit devstack/kafka.py instead.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{HOST}:{controller}
-listeners=PLAINTEXT://{HOST}:{broker},CONTROLLER://{HOST}:{controller}
-advertised.listeners=PLAINTEXT://{HOST}:{broker}
+node.id={node.node_id}
+controller.quorum.voters={node.voters}
+listeners=PLAINTEXT://{HOST}:{node.broker_port},CONTROLLER://{HOST}:{node.controller_port}
+advertised.listeners=PLAINTEXT://{HOST}:{node.broker_port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={_dir() / "data"}
+log.dirs={node.directory / "data"}
 # Ordering is per key, so more partitions only add parallelism.
 num.partitions=4
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+# Every topic, auto-created or internal, has this many copies; with acks=all a write needs
+# all but one of them, and a replica that missed writes never becomes leader.
+default.replication.factor={rf}
+min.insync.replicas={min_isr}
+unclean.leader.election.enable=false
+offsets.topic.replication.factor={rf}
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 delete.topic.enable=true
+""" + (_CLUSTER_PROPERTIES if rf > 1 else "")
+
+
+# A cluster notices a dead broker within 3 s (KRaft's default is 9 s) and moves its partitions'
+# leadership: intake answers 503 for about that long after a leader dies.
+_CLUSTER_PROPERTIES = """broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
 """
 
 
-def _log4j_properties() -> str:
-    log = _dir() / "kafka.log"
+def _log4j_properties(node: KafkaNode) -> str:
+    log = node.directory / "kafka.log"
     return f"""# Written by devstack: everything to one rolling file, nothing to the console.
 log4j.rootLogger=INFO, file
 log4j.appender.file=org.apache.log4j.RollingFileAppender
@@ -261,7 +308,7 @@ def _java() -> str:
     return java
 
 
-def _java_argv(main: str, *args: str, heap: tuple[str, ...]) -> list[str]:
+def _java_argv(main: str, *args: str, heap: tuple[str, ...], directory: Path) -> list[str]:
     return [
         _java(),
         *heap,
@@ -269,8 +316,8 @@ def _java_argv(main: str, *args: str, heap: tuple[str, ...]) -> list[str]:
         "-XX:MaxGCPauseMillis=20",
         "-XX:+ExitOnOutOfMemoryError",
         "-Djava.awt.headless=true",
-        f"-Dlog4j.configuration=file:{_dir() / 'log4j.properties'}",
-        f"-Dkafka.logs.dir={_dir()}",
+        f"-Dlog4j.configuration=file:{directory / 'log4j.properties'}",
+        f"-Dkafka.logs.dir={directory}",
         "-cp",
         f"{libs_dir()}/*",  # the JVM expands the wildcard itself
         main,
@@ -278,16 +325,17 @@ def _java_argv(main: str, *args: str, heap: tuple[str, ...]) -> list[str]:
     ]
 
 
-def _format_storage(properties: Path) -> None:
+def _format_storage(node: KafkaNode, properties: Path) -> None:
     """Format the KRaft metadata log once; afterwards the data dir is simply reused."""
-    data = _dir() / "data"
+    data = node.directory / "data"
     if (data / "meta.properties").is_file():
         return
-    id_file = _dir() / "cluster.id"
+    id_file = node.cluster_id_file
     if not id_file.is_file():
+        id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(_new_cluster_id() + "\n")
     cluster_id = id_file.read_text().strip()
-    say(f"formatting Kafka storage (once, cluster id {cluster_id})")
+    say(f"formatting {node.name} storage (once, cluster id {cluster_id})")
     argv = _java_argv(
         "kafka.tools.StorageTool",
         "format",
@@ -297,19 +345,22 @@ def _format_storage(properties: Path) -> None:
         "-c",
         str(properties),
         heap=("-Xmx256m",),
+        directory=node.directory,
     )
     run(argv, timeout=120)
 
 
-def _prepare(settings: Settings) -> Launch:
-    directory = _dir()
+def _prepare(node: KafkaNode) -> Launch:
+    directory = node.directory
     directory.mkdir(parents=True, exist_ok=True)
     install_jars()  # returns at once when the jars are there
     properties = directory / "server.properties"
-    properties.write_text(_server_properties(settings))
-    (directory / "log4j.properties").write_text(_log4j_properties())
-    _format_storage(properties)
-    argv = _java_argv("kafka.Kafka", str(properties), heap=("-Xms256m", "-Xmx512m"))
+    properties.write_text(_server_properties(node))
+    (directory / "log4j.properties").write_text(_log4j_properties(node))
+    _format_storage(node, properties)
+    argv = _java_argv(
+        "kafka.Kafka", str(properties), heap=("-Xms256m", "-Xmx512m"), directory=directory
+    )
     return Launch(argv=argv, env=dict(os.environ), cwd=directory)
 
 
@@ -318,38 +369,55 @@ _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 
 
-def ready(settings: Settings) -> bool:
-    """The broker accepts connections and answers a metadata request naming itself."""
-    port = broker_port(settings)
-    if not port_open(port):
+def admin_client(bootstrap: str) -> Any:
+    """A confluent-kafka AdminClient that keeps librdkafka's chatter out of stderr."""
+    from confluent_kafka.admin import AdminClient
+
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "logger": _quiet,
+        "socket.timeout.ms": 2000,
+    }
+    return AdminClient(config)
+
+
+def node_ready(node: KafkaNode) -> bool:
+    """The broker accepts connections and answers a metadata request naming a broker."""
+    if not port_open(node.broker_port):
         return False
     try:
-        from confluent_kafka.admin import AdminClient
+        import confluent_kafka  # noqa: F401
     except ImportError:  # outside the venv the TCP check has to do
         return True
     try:
-        # The logger keeps librdkafka's connection chatter out of the caller's stderr.
-        config: dict[str, Any] = {
-            "bootstrap.servers": f"{HOST}:{port}",
-            "logger": _quiet,
-            "socket.timeout.ms": 2000,
-        }
-        admin = AdminClient(config)
-        metadata = admin.list_topics(timeout=2)
+        metadata = admin_client(node.bootstrap).list_topics(timeout=2)
     except Exception:  # any client error just means "not ready yet"
         return False
     return bool(metadata.brokers)
 
 
-def start(settings: Settings) -> None:
+def ready(settings: Settings) -> bool:
+    return node_ready(single_node(settings))
+
+
+def start_node(node: KafkaNode) -> None:
     ensure_started(
-        daemon(settings), prepare=lambda: _prepare(settings), ready=lambda: ready(settings)
+        node_daemon(node), prepare=lambda: _prepare(node), ready=lambda: node_ready(node)
     )
 
 
+def stop_node(node: KafkaNode) -> None:
+    ensure_stopped(node_daemon(node))
+
+
+def start(settings: Settings) -> None:
+    start_node(single_node(settings))
+
+
 def stop(settings: Settings) -> None:
-    ensure_stopped(daemon(settings))
+    stop_node(single_node(settings))
 
 
 def status(settings: Settings) -> str:
-    return describe(daemon(settings), lambda: ready(settings))
+    node = single_node(settings)
+    return describe(node_daemon(node), lambda: node_ready(node))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from shop.settings import Settings
@@ -29,6 +30,9 @@ from .common import (
 NAME = "mariadb"
 PACKAGES = ("mariadb-server", "mariadb-client")
 READY_TIMEOUT = 60.0
+GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
+# A Galera node also needs the provider, and mariabackup and socat for state transfers (SST).
+GALERA_PACKAGES = ("galera-4", "mariadb-backup", "socat")
 # sun_path in sockaddr_un is 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -39,24 +43,65 @@ def missing_packages() -> list[str]:
     return list(PACKAGES)
 
 
-def _dir() -> Path:
-    return stack_dir() / NAME
+def missing_galera_packages() -> list[str]:
+    have = Path(GALERA_PROVIDER).is_file() and find_program("mariabackup") and find_program("socat")
+    return [] if have else list(GALERA_PACKAGES)
+
+
+@dataclass(frozen=True)
+class MariaNode:
+    """One MariaDB server and where its files go; `galera` makes it a Galera cluster node."""
+
+    name: str
+    port: int
+    directory: Path
+    galera: Galera | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "mysqld.sock"
+
+
+@dataclass(frozen=True)
+class Galera:
+    """A node's place in a Galera cluster: its replication (gcomm), IST and SST ports, the
+    gcomm addresses of all nodes, and the account the donor's mariabackup uses for SST."""
+
+    node_name: str
+    cluster_name: str
+    gcomm_port: int
+    ist_port: int
+    sst_port: int
+    members: tuple[int, ...]  # every node's gcomm port
+    sst_user: str
+    sst_password: str
+
+
+def single_node(settings: Settings) -> MariaNode:
+    return MariaNode(name=NAME, port=settings.db_port, directory=stack_dir() / NAME)
 
 
 def _socket() -> Path:
-    return _dir() / "mysqld.sock"
+    return stack_dir() / NAME / "mysqld.sock"
+
+
+def node_daemon(node: MariaNode) -> Daemon:
+    ports: tuple[int, ...] = (node.port,)
+    if node.galera is not None:
+        ports += (node.galera.gcomm_port, node.galera.ist_port, node.galera.sst_port)
+    return Daemon(
+        name=node.name,
+        ports=ports,
+        directory=node.directory,
+        log=node.directory / "mariadb.log",
+        console=node.directory / "console.log",
+        # A joiner copies the whole data set from a donor (SST) before it answers.
+        ready_timeout=READY_TIMEOUT if node.galera is None else 180.0,
+    )
 
 
 def daemon(settings: Settings) -> Daemon:
-    directory = _dir()
-    return Daemon(
-        name=NAME,
-        ports=(settings.db_port,),
-        directory=directory,
-        log=directory / "mariadb.log",
-        console=directory / "console.log",
-        ready_timeout=READY_TIMEOUT,
-    )
+    return node_daemon(single_node(settings))
 
 
 def _program(name: str) -> str:
@@ -66,12 +111,12 @@ def _program(name: str) -> str:
     return found
 
 
-def _client(sql: str, *, timeout: float = 30) -> str:
+def _client(sql: str, *, timeout: float = 30, socket: Path | None = None) -> str:
     """Run SQL as root over our socket (unix_socket auth: root needs no password there)."""
     argv = [
         _program("mariadb"),
         "--no-defaults",
-        f"--socket={_socket()}",
+        f"--socket={socket or _socket()}",
         "--user=root",
         "--batch",
         "--skip-column-names",
@@ -80,7 +125,7 @@ def _client(sql: str, *, timeout: float = 30) -> str:
     return run(argv, input_text=sql, timeout=timeout).stdout
 
 
-def _init_datadir(data: Path) -> None:
+def _init_datadir(data: Path, log_dir: Path) -> None:
     """Create the system tables once; done in a scratch dir so a failed run leaves nothing."""
     if (data / "mysql").is_dir():
         return
@@ -99,7 +144,7 @@ def _init_datadir(data: Path) -> None:
     if os.geteuid() == 0:
         argv.append("--user=root")
     done = run(argv, timeout=180, check=False)
-    (_dir() / "install-db.log").write_text(done.stdout + done.stderr)
+    (log_dir / "install-db.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise StackError(
             f"mariadb-install-db failed (exit {done.returncode}):\n"
@@ -109,50 +154,123 @@ def _init_datadir(data: Path) -> None:
     scratch.rename(data)
 
 
-def _prepare(settings: Settings) -> Launch:
-    directory = _dir()
-    data = directory / "data"
-    sock = _socket()
+def _server_options(node: MariaNode) -> list[str]:
+    directory = node.directory
+    options = [
+        f"datadir={directory / 'data'}",
+        f"socket={node.socket}",
+        f"port={node.port}",
+        f"bind-address={HOST}",
+        f"pid-file={directory / 'mariadbd.pid'}",
+        f"log-error={directory / 'mariadb.log'}",
+        "skip-name-resolve",
+        "max-connections=500",
+        "innodb-buffer-pool-size=256M",
+        # The redo log is synced to disk at every commit (=1, as in production). The services
+        # answer 201, commit Kafka offsets and ack RabbitMQ messages right after a commit; with
+        # =2 a machine crash could lose the last second of such orders while the broker has
+        # already forgotten them. Benchmarks must measure this cost, not hide it.
+        "innodb-flush-log-at-trx-commit=1",
+        "character-set-server=utf8mb4",
+        "collation-server=utf8mb4_unicode_ci",
+    ]
+    if os.geteuid() == 0:
+        options.append("user=root")
+    return options
+
+
+def _galera_options(node: MariaNode, galera: Galera) -> list[str]:
+    members = ",".join(f"{HOST}:{port}" for port in galera.members)
+    return [
+        "wsrep-on=ON",
+        f"wsrep-provider={GALERA_PROVIDER}",
+        f"wsrep-cluster-name={galera.cluster_name}",
+        f"wsrep-cluster-address=gcomm://{members}",
+        f"wsrep-node-name={galera.node_name}",
+        f"wsrep-node-address={HOST}:{galera.gcomm_port}",
+        f'wsrep-provider-options="gmcast.listen_addr=tcp://{HOST}:{galera.gcomm_port};'
+        f'ist.recv_addr={HOST}:{galera.ist_port};gcache.size=128M"',
+        f"wsrep-sst-receive-address={HOST}:{galera.sst_port}",
+        "wsrep-sst-method=mariabackup",
+        f"wsrep-sst-auth={galera.sst_user}:{galera.sst_password}",
+        # Galera replicates row images; interleaved auto-increment locks never block it.
+        "binlog-format=ROW",
+        "default-storage-engine=InnoDB",
+        "innodb-autoinc-lock-mode=2",
+    ]
+
+
+def _prepare_node(node: MariaNode, *, bootstrap: bool = False) -> Launch:
+    directory = node.directory
+    sock = node.socket
     if len(str(sock)) > _MAX_SOCKET_PATH:
         raise StackError(
             f"socket path {sock} is too long for a unix socket; "
             "set SHOP_STACK_DIR to a shorter path"
         )
-    _init_datadir(data)
+    directory.mkdir(parents=True, exist_ok=True)
+    _init_datadir(directory / "data", directory)
     sock.unlink(missing_ok=True)
-    argv = [
-        _program("mariadbd"),
-        "--no-defaults",  # must be the first option
-        f"--datadir={data}",
-        f"--socket={sock}",
-        f"--port={settings.db_port}",
-        f"--bind-address={HOST}",
-        f"--pid-file={directory / 'mariadbd.pid'}",
-        f"--log-error={directory / 'mariadb.log'}",
-        "--skip-name-resolve",
-        "--max-connections=500",
-        "--innodb-buffer-pool-size=256M",
-        # The redo log is synced to disk at every commit (=1, as in production). The services
-        # answer 201, commit Kafka offsets and ack RabbitMQ messages right after a commit; with
-        # =2 a machine crash could lose the last second of such orders while the broker has
-        # already forgotten them. Benchmarks must measure this cost, not hide it.
-        "--innodb-flush-log-at-trx-commit=1",
-        "--character-set-server=utf8mb4",
-        "--collation-server=utf8mb4_unicode_ci",
-    ]
-    if os.geteuid() == 0:
-        argv.append("--user=root")
-    return Launch(argv=argv, env=dict(os.environ), cwd=directory)
+    options = _server_options(node)
+    if node.galera is None:
+        argv = [_program("mariadbd"), "--no-defaults", *(f"--{option}" for option in options)]
+        return Launch(argv=argv, env=dict(os.environ), cwd=directory)
+    # A Galera node reads a file of its own (never /etc/mysql): the SST scripts run by the
+    # server read their settings ([sst], the socket) from the same file. It holds the SST
+    # account's password, so only we may read it.
+    cnf = directory / "my.cnf"
+    lines = ["[mysqld]", *options, *_galera_options(node, node.galera), "", "[sst]"]
+    lines.append("sst-idle-timeout=120")
+    cnf.write_text("\n".join(lines) + "\n")
+    cnf.chmod(0o600)
+    argv = [_program("mariadbd"), f"--defaults-file={cnf}"]
+    if bootstrap:
+        argv.append("--wsrep-new-cluster")
+    # mariabackup and socat (the SST tools) live in sbin on some systems.
+    env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin:/sbin"}
+    return Launch(argv=argv, env=env, cwd=directory)
+
+
+def _prepare(settings: Settings) -> Launch:
+    return _prepare_node(single_node(settings))
+
+
+def wsrep_status(node: MariaNode) -> dict[str, str]:
+    """The node's wsrep status variables (empty if it does not answer)."""
+    try:
+        out = _client("SHOW GLOBAL STATUS LIKE 'wsrep%';", timeout=5, socket=node.socket)
+    except StackError:
+        return {}
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def node_ready(node: MariaNode) -> bool:
+    """The socket answers a query; a Galera node must also be Synced with its cluster."""
+    if not node.socket.exists():
+        return False
+    if node.galera is not None:
+        return wsrep_status(node).get("wsrep_local_state_comment") == "Synced"
+    try:
+        return _client("SELECT 1;", timeout=5, socket=node.socket).strip() == "1"
+    except StackError:
+        return False
+
+
+def start_node(node: MariaNode, *, bootstrap: bool = False) -> None:
+    ensure_started(
+        node_daemon(node),
+        prepare=lambda: _prepare_node(node, bootstrap=bootstrap),
+        ready=lambda: node_ready(node),
+    )
+
+
+def stop_node(node: MariaNode) -> None:
+    ensure_stopped(node_daemon(node))
 
 
 def ready(settings: Settings) -> bool:
     """The socket exists and a trivial query answers (TCP alone opens before InnoDB is ready)."""
-    if not _socket().exists():
-        return False
-    try:
-        return _client("SELECT 1;", timeout=5).strip() == "1"
-    except StackError:
-        return False
+    return node_ready(single_node(settings))
 
 
 def _string(value: str) -> str:
@@ -174,7 +292,7 @@ SERVICE_RIGHTS = "SELECT, INSERT, UPDATE, DELETE"
 MIGRATION_RIGHTS = "ALL PRIVILEGES"
 
 
-def provision(settings: Settings) -> None:
+def provision(settings: Settings, node: MariaNode | None = None) -> None:
     """Idempotently create the app database and both accounts, each with only its rights on
     `shop%`; re-applies the passwords and the rights every time (so widened rights narrow)."""
     pattern = _db_pattern(settings.db_name)
@@ -198,19 +316,18 @@ def provision(settings: Settings) -> None:
                 f"GRANT {rights} ON {pattern}.* TO {account};",
             ]
     statements.append("FLUSH PRIVILEGES;")
-    _client("\n".join(statements))
+    _client("\n".join(statements), socket=None if node is None else node.socket)
 
 
 def start(settings: Settings) -> None:
-    ensure_started(
-        daemon(settings), prepare=lambda: _prepare(settings), ready=lambda: ready(settings)
-    )
+    start_node(single_node(settings))
     provision(settings)
 
 
 def stop(settings: Settings) -> None:
-    ensure_stopped(daemon(settings))
+    stop_node(single_node(settings))
 
 
 def status(settings: Settings) -> str:
-    return describe(daemon(settings), lambda: ready(settings))
+    node = single_node(settings)
+    return describe(node_daemon(node), lambda: node_ready(node))

@@ -16,6 +16,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,32 +52,62 @@ def missing_packages() -> list[str]:
     return list(PACKAGES)
 
 
+@dataclass(frozen=True)
+class RabbitNode:
+    """One RabbitMQ node and where its files go.
+
+    Nodes of one cluster share `home` (so the same Erlang cookie) and one epmd port, and have
+    distinct node names, AMQP, management and distribution ports.
+    """
+
+    name: str  # the daemon's name in devstack (pidfile, status)
+    nodename: str  # the Erlang node name
+    amqp_port: int
+    management_port: int
+    dist_port: int
+    directory: Path
+    home: Path
+    epmd_port: int = EPMD_PORT
+
+
+def single_node(settings: Settings) -> RabbitNode:
+    directory = _dir()
+    return RabbitNode(
+        name=NAME,
+        nodename=NODE,
+        amqp_port=settings.rabbitmq_port,
+        management_port=settings.rabbitmq_management_port,
+        # RabbitMQ's own convention (AMQP port + 20000), pinned so it can be checked up front.
+        dist_port=settings.rabbitmq_port + 20000,
+        directory=directory,
+        home=directory,
+    )
+
+
 def _dir() -> Path:
     return stack_dir() / NAME
 
 
-def _dist_port(settings: Settings) -> int:
-    # RabbitMQ's own convention (AMQP port + 20000), pinned so it can be checked up front.
-    return settings.rabbitmq_port + 20000
-
-
-def daemon(settings: Settings) -> Daemon:
-    directory = _dir()
+def node_daemon(node: RabbitNode) -> Daemon:
     return Daemon(
-        name=NAME,
-        ports=(settings.rabbitmq_port, settings.rabbitmq_management_port, _dist_port(settings)),
-        directory=directory,
-        log=directory / "log" / f"{NODE}.log",
-        console=directory / "console.log",
+        name=node.name,
+        ports=(node.amqp_port, node.management_port, node.dist_port),
+        directory=node.directory,
+        log=node.directory / "log" / f"{node.nodename}.log",
+        console=node.directory / "console.log",
         ready_timeout=READY_TIMEOUT,
     )
 
 
-def _epmd_daemon() -> Daemon:
-    directory = _dir()
+def daemon(settings: Settings) -> Daemon:
+    return node_daemon(single_node(settings))
+
+
+def _epmd_daemon(home: Path | None = None, port: int = EPMD_PORT) -> Daemon:
+    directory = home or _dir()
     return Daemon(
         name="epmd",
-        ports=(EPMD_PORT,),
+        ports=(port,),
         directory=directory,
         log=directory / "epmd.log",
         console=directory / "epmd.log",
@@ -84,19 +115,19 @@ def _epmd_daemon() -> Daemon:
     )
 
 
-def _env(settings: Settings) -> dict[str, str]:
+def node_env(node: RabbitNode) -> dict[str, str]:
     """Environment for the server and for rabbitmqctl: both must agree on node, HOME, cookie."""
-    directory = _dir()
+    directory = node.directory
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
     only_loopback = "-kernel inet_dist_use_interface {127,0,0,1}"
     env.update(
         {
-            "HOME": str(directory),  # the Erlang cookie lives in $HOME/.erlang.cookie
+            "HOME": str(node.home),  # the Erlang cookie lives in $HOME/.erlang.cookie
             "LC_ALL": "C.UTF-8",  # the Elixir CLI warns (and misbehaves) under latin1
-            "RABBITMQ_NODENAME": NODE,
+            "RABBITMQ_NODENAME": node.nodename,
             "RABBITMQ_NODE_IP_ADDRESS": HOST,
-            "RABBITMQ_NODE_PORT": str(settings.rabbitmq_port),
-            "RABBITMQ_DIST_PORT": str(_dist_port(settings)),
+            "RABBITMQ_NODE_PORT": str(node.amqp_port),
+            "RABBITMQ_DIST_PORT": str(node.dist_port),
             "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
             "RABBITMQ_LOG_BASE": str(directory / "log"),
             "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
@@ -107,19 +138,19 @@ def _env(settings: Settings) -> dict[str, str]:
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": only_loopback,
             "RABBITMQ_CTL_ERL_ARGS": only_loopback,
             "ERL_EPMD_ADDRESS": HOST,
-            "ERL_EPMD_PORT": str(EPMD_PORT),
+            "ERL_EPMD_PORT": str(node.epmd_port),
         }
     )
     return env
 
 
-def _write_config(settings: Settings) -> None:
-    directory = _dir()
+def _write_config(node: RabbitNode) -> None:
+    directory = node.directory
     (directory / "log").mkdir(parents=True, exist_ok=True)
     (directory / "mnesia").mkdir(parents=True, exist_ok=True)
     (directory / "rabbitmq.conf").write_text(
         f"management.tcp.ip = {HOST}\n"
-        f"management.tcp.port = {settings.rabbitmq_management_port}\n"
+        f"management.tcp.port = {node.management_port}\n"
         # Keep the log out of the console file; the file log is what we point people at.
         "log.console = false\n"
         "log.file.level = info\n"
@@ -129,29 +160,29 @@ def _write_config(settings: Settings) -> None:
     (directory / "rabbitmq-env.conf").write_text("# devstack: everything is set by env vars\n")
 
 
-def _start_epmd() -> None:
+def _start_epmd(home: Path | None = None, port: int = EPMD_PORT) -> None:
     """Run epmd ourselves (foreground, own pidfile) so `down` can stop exactly that process.
 
     Left to Erlang, epmd daemonises outside our process group. If some other epmd already
     serves the port we simply share it.
     """
-    epmd = _epmd_daemon()
-    if port_open(EPMD_PORT):
+    epmd = _epmd_daemon(home, port)
+    if port_open(port):
         return  # ours, or a shared one: either way nothing to do (and nothing to say)
     program = find_program("epmd", "/usr/lib/erlang/bin")
     if program is None:
         raise StackError("epmd not found; install the Debian package rabbitmq-server")
-    argv = [program, "-address", HOST, "-port", str(EPMD_PORT)]
+    argv = [program, "-address", HOST, "-port", str(port)]
     ensure_started(
         epmd,
-        prepare=lambda: Launch(argv=argv, env=dict(os.environ), cwd=_dir()),
-        ready=lambda: port_open(EPMD_PORT),
+        prepare=lambda: Launch(argv=argv, env=dict(os.environ), cwd=epmd.directory),
+        ready=lambda: port_open(port),
     )
 
 
-def _prepare(settings: Settings) -> Launch:
-    _write_config(settings)
-    return Launch(argv=[str(BIN / "rabbitmq-server")], env=_env(settings), cwd=_dir())
+def _prepare_node(node: RabbitNode) -> Launch:
+    _write_config(node)
+    return Launch(argv=[str(BIN / "rabbitmq-server")], env=node_env(node), cwd=node.directory)
 
 
 ALL_RIGHTS = ("configure", "write", "read")
@@ -176,9 +207,9 @@ def _http_get(settings: Settings, path: str, *, user: str, password: str) -> tup
         return 0, None
 
 
-def _management_answers(settings: Settings) -> bool:
+def _management_answers(port: int) -> bool:
     """The management listener speaks HTTP (any status): the plugin has started."""
-    url = f"http://{HOST}:{settings.rabbitmq_management_port}/api/overview"
+    url = f"http://{HOST}:{port}/api/overview"
     try:
         with urllib.request.urlopen(url, timeout=2):
             return True
@@ -188,9 +219,13 @@ def _management_answers(settings: Settings) -> bool:
         return False
 
 
-def ready(settings: Settings) -> bool:
+def node_ready(node: RabbitNode) -> bool:
     # AMQP listeners open at the very end of boot, after the plugins.
-    return port_open(settings.rabbitmq_port) and _management_answers(settings)
+    return port_open(node.amqp_port) and _management_answers(node.management_port)
+
+
+def ready(settings: Settings) -> bool:
+    return node_ready(single_node(settings))
 
 
 def _tags(user: Any) -> list[str]:
@@ -224,25 +259,26 @@ def _provisioned(settings: Settings) -> bool:
     return status == 401 and "not management user" in str(refusal).lower()
 
 
-def _ctl(settings: Settings, *args: str, check: bool = True, stdin: str | None = None) -> str:
-    argv = [str(BIN / "rabbitmqctl"), "-n", NODE, *args]
-    done = run(argv, env=_env(settings), timeout=CTL_TIMEOUT, check=check, input_text=stdin)
+def ctl(node: RabbitNode, *args: str, check: bool = True, stdin: str | None = None) -> str:
+    """rabbitmqctl against `node`; its output (stdout and stderr)."""
+    argv = [str(BIN / "rabbitmqctl"), "-n", node.nodename, *args]
+    done = run(argv, env=node_env(node), timeout=CTL_TIMEOUT, check=check, input_text=stdin)
     return done.stdout + done.stderr
 
 
-def _user(settings: Settings, user: str, password: str, *tags: str) -> None:
+def _user(settings: Settings, node: RabbitNode, user: str, password: str, *tags: str) -> None:
     """Create or update `user` with exactly `tags` and all rights on the configured vhost."""
     # Passwords go through stdin, never argv, where `ps` and our error messages would show them.
-    output = _ctl(settings, "add_user", user, check=False, stdin=password)
+    output = ctl(node, "add_user", user, check=False, stdin=password)
     if "already exists" in output:
-        _ctl(settings, "change_password", user, stdin=password)
+        ctl(node, "change_password", user, stdin=password)
     elif "Adding user" not in output:
         raise StackError(f"rabbitmqctl add_user {user} failed:\n{output.strip()}")
-    _ctl(settings, "set_user_tags", user, *tags)
-    _ctl(settings, "set_permissions", "-p", settings.rabbitmq_vhost, user, ".*", ".*", ".*")
+    ctl(node, "set_user_tags", user, *tags)
+    ctl(node, "set_permissions", "-p", settings.rabbitmq_vhost, user, ".*", ".*", ".*")
 
 
-def provision(settings: Settings) -> None:
+def provision(settings: Settings, node: RabbitNode | None = None) -> None:
     """The application user (RABBITMQ_USER) without tags, so not an administrator, and an
     administrator (RABBITMQ_ADMIN_USER) for the management API; both with all rights on the
     configured vhost, the application's only one."""
@@ -250,26 +286,40 @@ def provision(settings: Settings) -> None:
         raise StackError("RABBITMQ_USER and RABBITMQ_ADMIN_USER must name different users")
     if _provisioned(settings):
         return
+    node = node or single_node(settings)
     user, vhost = settings.rabbitmq_user, settings.rabbitmq_vhost
     say(f"provisioning RabbitMQ users {user!r} and {settings.rabbitmq_admin_user!r} on {vhost!r}")
     if vhost != "/":
-        output = _ctl(settings, "add_vhost", vhost, check=False)
+        output = ctl(node, "add_vhost", vhost, check=False)
         if "already" not in output and "Adding vhost" not in output:
             raise StackError(f"rabbitmqctl add_vhost {vhost} failed:\n{output.strip()}")
-    _user(settings, settings.rabbitmq_admin_user, settings.rabbitmq_admin_password, "administrator")
-    _user(settings, user, settings.rabbitmq_password)
+    admin, admin_password = settings.rabbitmq_admin_user, settings.rabbitmq_admin_password
+    _user(settings, node, admin, admin_password, "administrator")
+    _user(settings, node, user, settings.rabbitmq_password)
+
+
+def start_node(node: RabbitNode) -> None:
+    _start_epmd(node.home, node.epmd_port)
+    ensure_started(
+        node_daemon(node), prepare=lambda: _prepare_node(node), ready=lambda: node_ready(node)
+    )
+
+
+def stop_node(node: RabbitNode) -> None:
+    ensure_stopped(node_daemon(node))
+
+
+def stop_epmd(home: Path, port: int) -> None:
+    ensure_stopped(_epmd_daemon(home, port))
 
 
 def start(settings: Settings) -> None:
-    _start_epmd()
-    ensure_started(
-        daemon(settings), prepare=lambda: _prepare(settings), ready=lambda: ready(settings)
-    )
+    start_node(single_node(settings))
     provision(settings)
 
 
 def stop(settings: Settings) -> None:
-    ensure_stopped(daemon(settings))
+    stop_node(single_node(settings))
     ensure_stopped(_epmd_daemon())
 
 
@@ -290,4 +340,5 @@ def stop_stray_epmd() -> None:
 
 
 def status(settings: Settings) -> str:
-    return describe(daemon(settings), lambda: ready(settings))
+    node = single_node(settings)
+    return describe(node_daemon(node), lambda: node_ready(node))

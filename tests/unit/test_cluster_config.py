@@ -1,0 +1,153 @@
+"""`devstack cluster`'s generated layout and configs, read without starting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devstack import haproxy, kafka, mariadb
+from devstack import layout as cluster
+from shop.settings import Settings, load_settings
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    monkeypatch.chdir(tmp_path)  # no config.yaml: the defaults
+    for name in ("PRODUCT_SERVICE_PORT", "ORDER_SERVICE_PORT", "SHOP_CONFIG", "DB_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return load_settings(product_service_port=18080, order_service_port=18081)
+
+
+def _all_ports(settings: Settings, base: Path) -> list[int]:
+    ports = [cluster.MYSQL_FRONT, cluster.AMQP_FRONT, cluster.EPMD_PORT, cluster.STATS_PORT]
+    for g in cluster.galera_nodes(base):
+        assert g.galera is not None
+        ports += [g.port, g.galera.gcomm_port, g.galera.ist_port, g.galera.sst_port]
+    for k in cluster.kafka_nodes(base):
+        ports += [k.broker_port, k.controller_port]
+    for r in cluster.rabbitmq_nodes(base):
+        ports += [r.amqp_port, r.management_port, r.dist_port]
+    ports += [p.port for p in cluster.processes(settings, base)]
+    return ports
+
+
+def test_every_port_is_distinct_and_clear_of_the_single_node_stack(
+    settings: Settings, tmp_path: Path
+) -> None:
+    ports = _all_ports(settings, tmp_path)
+    assert len(ports) == len(set(ports))
+    assert all(port > 13300 for port in ports)
+    single = {settings.db_port, settings.rabbitmq_port, settings.rabbitmq_management_port, 9092}
+    assert not single & set(ports)
+
+
+def test_galera_nodes_know_every_member_and_take_state_by_mariabackup(tmp_path: Path) -> None:
+    nodes = cluster.galera_nodes(tmp_path, "secret")
+    members = {f"127.0.0.1:{13320 + n}" for n in (1, 2, 3)}
+    for node in nodes:
+        assert node.galera is not None
+        options = mariadb._galera_options(node, node.galera)
+        address = next(o for o in options if o.startswith("wsrep-cluster-address="))
+        assert set(address.removeprefix("wsrep-cluster-address=gcomm://").split(",")) == members
+        assert f"wsrep-provider={mariadb.GALERA_PROVIDER}" in options
+        assert "wsrep-sst-method=mariabackup" in options
+        assert f"wsrep-node-address=127.0.0.1:{node.galera.gcomm_port}" in options
+    assert len({node.directory for node in nodes}) == 3
+
+
+def test_kafka_nodes_are_three_voters_with_three_copies_of_every_topic(tmp_path: Path) -> None:
+    nodes = cluster.kafka_nodes(tmp_path)
+    assert [node.node_id for node in nodes] == [1, 2, 3]
+    properties = kafka._server_properties(nodes[1])
+    assert "node.id=2\n" in properties
+    assert f"controller.quorum.voters={nodes[0].voters}\n" in properties
+    assert nodes[0].voters.count("@127.0.0.1:") == 3
+    for line in (
+        "default.replication.factor=3",
+        "min.insync.replicas=2",
+        "unclean.leader.election.enable=false",
+        "offsets.topic.replication.factor=3",
+        "transaction.state.log.min.isr=2",
+        "broker.session.timeout.ms=3000",
+    ):
+        assert line + "\n" in properties
+    assert len({node.cluster_id_file for node in nodes}) == 1
+
+
+def test_rabbitmq_nodes_share_a_cookie_and_epmd_but_nothing_else(tmp_path: Path) -> None:
+    nodes = cluster.rabbitmq_nodes(tmp_path)
+    assert [n.nodename for n in nodes] == [f"shop-cluster-{n}@localhost" for n in (1, 2, 3)]
+    assert len({n.home for n in nodes}) == 1
+    assert {n.epmd_port for n in nodes} == {cluster.EPMD_PORT}
+    assert len({n.directory for n in nodes}) == 3
+
+
+def test_haproxy_writes_through_one_synced_galera_node_and_fronts_the_services(
+    settings: Settings, tmp_path: Path
+) -> None:
+    config = haproxy.config(
+        cluster.fronts(settings, tmp_path), check_script=tmp_path / "check.sh"
+    ).splitlines()
+    mysql = config[config.index("listen mysql") : config.index("listen amqp")]
+    servers = [line.split() for line in mysql if line.strip().startswith("server ")]
+    assert [s[1] for s in servers] == ["galera-1", "galera-2", "galera-3"]
+    assert "backup" not in servers[0]
+    assert all("backup" in s for s in servers[1:])
+    assert all("on-marked-down" in s and "check" in s for s in servers)
+    assert "    option external-check" in mysql
+    assert f"    bind 127.0.0.1:{cluster.MYSQL_FRONT}" in mysql
+    for service, port, first in (("products", 18080, 13411), ("orders", 18081, 13421)):
+        section = config[config.index(f"listen {service}") :]
+        assert section[1] == f"    bind 127.0.0.1:{port}"
+        assert f"    server {service}-1 127.0.0.1:{first} check" in section
+        assert f"    server {service}-2 127.0.0.1:{first + 1} check" in section
+        assert "    option httpchk GET /healthz" in section
+    script = haproxy.galera_check_script("/usr/bin/mariadb")
+    assert "wsrep_local_state" in script
+    assert '[ "$state" = "4" ]' in script
+
+
+def test_replicas_and_consumers_run_with_the_cluster_settings(
+    settings: Settings, tmp_path: Path
+) -> None:
+    procs = {p.name: p for p in cluster.processes(settings, tmp_path)}
+    assert sorted(procs) == [
+        "consumer-kafka-1",
+        "consumer-kafka-2",
+        "consumer-rabbitmq-1",
+        "consumer-rabbitmq-2",
+        "orders-1",
+        "orders-2",
+        "products-1",
+        "products-2",
+    ]
+    for process in procs.values():
+        env = process.env
+        assert env["KAFKA_REPLICATION_FACTOR"] == "3"
+        assert env["RABBITMQ_QUEUE_TYPE"] == "quorum"
+        assert env["DB_PORT"] == str(cluster.MYSQL_FRONT)
+        assert env["RABBITMQ_PORT"] == str(cluster.AMQP_FRONT)
+        assert len(env["KAFKA_BROKERS"].split(",")) == 3
+        assert env["AUTH_PUBLIC_KEY_FILE"] == str(tmp_path / "auth" / "public.pem")
+        assert "DB_MIGRATE_PASSWORD" not in env  # services never get the migration account
+    assert procs["products-2"].env["PRODUCT_SERVICE_PORT"] == "13412"
+    assert procs["orders-1"].env["ORDER_SERVICE_PORT"] == "13421"
+    assert procs["orders-1"].env["CONSUMERS_ENABLED"] == "false"
+    # The order outbox is relayed by the consumer processes, not the order replicas.
+    assert procs["orders-1"].env["OUTBOX_RELAY_ENABLED"] == "false"
+    assert procs["consumer-kafka-1"].env["OUTBOX_RELAY_ENABLED"] == "True"
+    assert procs["consumer-rabbitmq-2"].argv[-4:] == (
+        "consume",
+        "rabbitmq",
+        "--health-port",
+        "13434",
+    )
+
+
+def test_the_fronts_follow_the_service_port_settings(settings: Settings, tmp_path: Path) -> None:
+    fronts = cluster.fronts(settings, tmp_path)
+    assert [(service, port) for service, port, _ in fronts.http] == [
+        ("products", 18080),
+        ("orders", 18081),
+    ]
