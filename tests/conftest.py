@@ -72,8 +72,14 @@ TEST_ENV = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that stop a server run last, so an outage never overlaps another test."""
-    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+    """Tests that stop a server run last, so an outage never overlaps another test; the cluster's
+    fault test after them, as it loads the whole machine."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("cluster") is not None,
+            item.get_closest_marker("disruptive") is not None,
+        )
+    )
 
 
 @pytest.fixture(scope="session")

@@ -281,6 +281,8 @@ def up(settings: Settings) -> None:
     if ensure_dev_key(shop):
         say(f"created the cluster's signing key in {shop.auth_signing_key_file}")
     _parallel([partial(_start_process, p, base) for p in processes(settings, base)])
+    for process in processes(settings, base):
+        _wait_in_rotation(process.name)
     say(
         f"cluster up in {time.monotonic() - began:.1f}s: products on "
         f"http://{HOST}:{settings.product_service_port}, orders on "
@@ -412,6 +414,18 @@ def revive(settings: Settings, name: str) -> None:
         if name not in procs:
             raise StackError(f"no cluster part {name!r}")
         _start_process(procs[name], base)
+    _wait_in_rotation(name)
+
+
+def _wait_in_rotation(name: str) -> None:
+    """Until HAProxy sends traffic to `name` again (its checks passed `rise` times): a part
+    that answers is not yet one HAProxy routes to. Parts HAProxy does not front pass at once."""
+
+    def in_rotation() -> bool:
+        states = [s for (_, server), s in haproxy.servers(STATS_PORT).items() if server == name]
+        return all(state.startswith("UP") for state in states)
+
+    _wait(in_rotation, f"HAProxy to route to {name}", READY_TIMEOUT)
 
 
 def galera_writer() -> str | None:
