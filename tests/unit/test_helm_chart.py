@@ -32,7 +32,6 @@ HELM = (
 )
 # Settings the chart sets that this checkout's Settings does not read yet (the broker settings'
 # branch adds them; until then they are harmless environment variables).
-PENDING_SETTINGS = {"KAFKA_REPLICATION_FACTOR", "RABBITMQ_QUEUE_TYPE"}
 MIGRATION_SECRET_KEY = "DB_MIGRATE_PASSWORD"
 SERVICE_PASSWORDS = {"DB_PASSWORD": "db-pass-8d1f", "RABBITMQ_PASSWORD": "mq-pass-51c2"}
 
@@ -231,7 +230,7 @@ def test_the_migration_job_is_a_hook_and_alone_gets_the_migration_password(
 def test_the_configmap_holds_settings_by_their_names_and_no_secret(
     renders: dict[str, list[Manifest]],
 ) -> None:
-    known = {name.upper() for name in Settings.model_fields} | PENDING_SETTINGS
+    known = {name.upper() for name in Settings.model_fields}
     for name, objects in renders.items():
         config = _of_kind(objects, "ConfigMap")["shop-config"]["data"]
         assert not [key for key in config if "PASSWORD" in key or "SECRET" in key], name
