@@ -42,7 +42,7 @@ def png(fig: Any) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{encoded}">'
 
 
-def _best(runs: list[dict[str, Any]]) -> float:
+def best(runs: list[dict[str, Any]]) -> float:
     return max((r["rps"] for r in runs if r["requests"] and not _failed(r)), default=0.0)
 
 
@@ -50,7 +50,7 @@ def _failed(run: dict[str, Any]) -> int:
     return LoadResult(**run).failed
 
 
-def _at_rate(runs: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
+def at_rate(runs: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
     return next((r for r in runs if r["rate"] == rate), None)
 
 
@@ -72,7 +72,7 @@ def sustained(runs: list[dict[str, Any]], p99_ms: float = 50.0) -> float:
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the performance issue, measured, with its verdict."""
-    floor = _best(results["floor"])
+    floor = best(results["floor"])
     sweep, loop = results["sweep"], results["open_loop"]
     inserts = results["limits"]["batched_inserts"]["per_second"]
     rows = []
@@ -90,18 +90,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     for channel in ("kafka", "rabbitmq"):
-        best = _best(sweep[channel])
-        at2000 = _at_rate(loop[channel], 2000)
+        top = best(sweep[channel])
+        at2000 = at_rate(loop[channel], 2000)
         rows += [
             {
                 "target": f"{channel} intake >= 60% of the HTTP floor",
-                "measured": f"{best:.0f}/s = {best / floor:.0%} of {floor:.0f}/s" if floor else "-",
-                "ok": floor > 0 and best >= 0.6 * floor,
+                "measured": f"{top:.0f}/s = {top / floor:.0%} of {floor:.0f}/s" if floor else "-",
+                "ok": floor > 0 and top >= 0.6 * floor,
             },
             {
                 "target": f"{channel} intake >= 2,500 accepted/s",
-                "measured": f"{best:.0f}/s",
-                "ok": best >= 2500,
+                "measured": f"{top:.0f}/s",
+                "ok": top >= 2500,
             },
             {
                 "target": f"{channel} p99 <= 25 ms at 2,000/s",
@@ -123,9 +123,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ok": rate >= 5000,
             },
         ]
-    sync_best, at1000 = _best(sweep["sync"]), _at_rate(loop["sync"], 1000)
-    hot_best = _best(sweep["sync_hot"])
-    products_best = _best(sweep["products"])
+    sync_best, at1000 = best(sweep["sync"]), at_rate(loop["sync"], 1000)
+    hot_best = best(sweep["sync_hot"])
+    products_best = best(sweep["products"])
     rows += [
         {
             "target": "sync orders (many products) >= 1,200/s",
@@ -257,13 +257,13 @@ def _depth_plot(results: dict[str, Any]) -> str:
 
 
 def _limits_plot(results: dict[str, Any]) -> str:
-    floor = _best(results["floor"])
+    floor = best(results["floor"])
     bars = {
         "HTTP floor": floor,
-        "kafka intake": _best(results["sweep"]["kafka"]),
-        "rabbitmq intake": _best(results["sweep"]["rabbitmq"]),
-        "sync (many)": _best(results["sweep"]["sync"]),
-        "sync (hot)": _best(results["sweep"]["sync_hot"]),
+        "kafka intake": best(results["sweep"]["kafka"]),
+        "rabbitmq intake": best(results["sweep"]["rabbitmq"]),
+        "sync (many)": best(results["sweep"]["sync"]),
+        "sync (hot)": best(results["sweep"]["sync_hot"]),
         "raw Kafka produce": results["limits"]["kafka_produce"]["per_second"],
         "raw RabbitMQ publish": results["limits"]["rabbitmq_publish"]["per_second"],
         "raw batched inserts": results["limits"]["batched_inserts"]["per_second"],
@@ -311,7 +311,7 @@ def render(results: dict[str, Any]) -> str:
     ]
     m = results["machine"]
     floor_gen = max((r["generator_cores"] for r in results["floor"]), default=0)
-    floor_best = _best(results["floor"])
+    floor_best = best(results["floor"])
     sweep_rows = [
         {
             "path": LABELS[name],

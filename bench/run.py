@@ -483,14 +483,21 @@ def machine(settings: Settings) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about 2 minutes instead of 7")
+    parser.add_argument("--out", type=Path, help="results directory (bench/results/<time>)")
+    parser.add_argument("--layout", default="single", help="the system's layout, for the report")
     args = parser.parse_args()
     plan = Plan(args.quick)
     settings = load_settings()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = ROOT / "bench" / "results" / stamp
+    out = args.out or ROOT / "bench" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
     ensure_oha()
-    results: dict[str, Any] = {"started": stamp, "quick": plan.quick, "machine": machine(settings)}
+    results: dict[str, Any] = {
+        "started": stamp,
+        "quick": plan.quick,
+        "layout": args.layout,
+        "machine": machine(settings),
+    }
     say(f"{'quick' if plan.quick else 'full'} run; results in {out}")
     say("idle latency: single orders, 202 -> stored (waiting for empty queues first)")
     depths = wait_idle(settings)
