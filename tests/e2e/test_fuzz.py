@@ -23,6 +23,7 @@ from schemathesis.schemas import APIOperation
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from shop.settings import Settings
 from tests.conftest import OPERATOR
 from tests.support import ServiceProcess, eventually
 
@@ -233,3 +234,12 @@ def _positive(case: Case[Any]) -> bool:
         and case.meta.generation.mode is GenerationMode.POSITIVE
         and isinstance(case.body, dict)
     )
+
+
+async def test_order_document_declares_the_configured_quantity_limit(
+    orders: httpx.AsyncClient, settings: Settings
+) -> None:
+    document = (await orders.get("/openapi.json")).json()
+    quantity = document["components"]["schemas"]["PlaceOrder"]["properties"]["quantity"]
+    assert quantity["maximum"] == settings.max_order_quantity
+    assert quantity["minimum"] == 1
