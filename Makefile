@@ -7,7 +7,7 @@ SHOP := $(VENV)/bin/shop
 DEVSTACK := $(VENV)/bin/devstack
 UV := python3 -m uv
 
-.PHONY: help venv up down status run migrate test lint unit bench
+.PHONY: help venv up down status run migrate test lint unit bench helm-tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,12 +40,17 @@ lint: venv ## ruff and mypy (strict)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-unit: venv ## the unit tests alone (no servers needed)
+helm-tools: ## build helm (for the chart's tests) from the Go module proxy, once
+	tools/install-helm
+
+unit: venv helm-tools ## the unit tests alone (no servers needed)
 	$(VENV)/bin/pytest tests/unit
 
-test: venv lint ## set up the stack, then the whole test suite against the real servers
+test: venv lint helm-tools ## set up the stack, then the whole test suite against the real servers
 	@command -v docker-compose >/dev/null || { echo "installing docker-compose (compose-file check)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { echo "installing chromium and chromium-driver (the /docs browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 	$(DEVSTACK) up --no-services
 	$(VENV)/bin/pytest
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Table
 
@@ -285,8 +286,36 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def consume(settings: Settings, channels: Collection[str]) -> None:
-    """Run consumers (and the order outbox relay) without HTTP until SIGTERM or SIGINT."""
+class _HealthServer(uvicorn.Server):
+    """uvicorn on the consumer's own loop: the consumer, not uvicorn, handles SIGTERM/SIGINT."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _health_server(settings: Settings, runtime: OrderRuntime, port: int) -> _HealthServer:
+    """`/healthz`, `/readyz` (database, Kafka, RabbitMQ) and `/metrics` of a consumer process,
+    for an orchestrator's probes (the Helm chart's consumers Deployment)."""
+    app = FastAPI(title="Order consumers", openapi_url=None, docs_url=None, redoc_url=None)
+    app.include_router(http.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
+    config = uvicorn.Config(
+        app,
+        host=settings.bind_host,
+        port=port,
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+    )
+    return _HealthServer(config)
+
+
+async def consume(
+    settings: Settings, channels: Collection[str], *, health_port: int | None = None
+) -> None:
+    """Run consumers (and the order outbox relay) without HTTP until SIGTERM or SIGINT; with a
+    `health_port`, answer health checks there."""
     logs.configure(settings.log_level)
     runtime = OrderRuntime(settings)
     stop = asyncio.Event()
@@ -294,10 +323,15 @@ async def consume(settings: Settings, channels: Collection[str]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runtime.start_with(channels)
+    health = None if health_port is None else _health_server(settings, runtime, health_port)
+    serving = None if health is None else asyncio.create_task(health.serve())
     heap.settle()
     log.info("%s consumer started", "+".join(channels))
     try:
         await stop.wait()
     finally:
+        if health is not None and serving is not None:
+            health.should_exit = True
+            await serving
         await runtime.close()
         log.info("%s consumer stopped", "+".join(channels))

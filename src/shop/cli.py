@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     consume.add_argument(
         "--nice", type=int, default=0, help="lower this process's CPU priority by this much"
     )
+    consume.add_argument(
+        "--health-port",
+        type=int,
+        help="answer /healthz, /readyz and /metrics on this port (for an orchestrator's probes)",
+    )
     sub.add_parser("migrate", help="create the database if needed and migrate it to head")
     token = sub.add_parser("token", help="print an access token from the development issuer")
     who = token.add_mutually_exclusive_group(required=True)
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         die_with_parent()
         os.nice(args.nice)  # before any thread starts: threads inherit it
         channels = ("kafka", "rabbitmq") if args.channel == "all" else (args.channel,)
-        uvloop.run(app.consume(settings, channels))
+        uvloop.run(app.consume(settings, channels, health_port=args.health_port))
         return
     if args.command in ("token", "dev-key"):
         from shop import tokens

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shop import heap, jsonutil, openapi
+from shop import docs, heap, jsonutil, openapi
 from shop.errors import DomainError
 from shop.lean import LeanRoute, LeanRoutes
 
@@ -325,11 +325,14 @@ def new_app(
         version="0.1.0",
         lifespan=settled,
         default_response_class=JSONResponse,
+        docs_url=None,  # shop.docs serves them with local assets
+        redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install(
         app, service=service, max_body_bytes=max_body_bytes, body_seconds=body_seconds, lean=lean
     )
+    docs.install(app)
     return app
 
 
