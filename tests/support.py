@@ -127,7 +127,7 @@ class ServiceProcess:
         try:
             await eventually(healthy, timeout=timeout, what=f"{self.name} service start")
         except BaseException:
-            self.stop()  # a service that did not come up in time must not outlive the run
+            self.kill()  # a service that did not come up in time must not outlive the run
             raise
 
     def stop(self, *, timeout: float = 15.0) -> bool:
