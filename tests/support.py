@@ -124,7 +124,11 @@ class ServiceProcess:
             async with httpx.AsyncClient(timeout=2) as client:
                 return (await client.get(f"{self.url}/healthz")).status_code == 200
 
-        await eventually(healthy, timeout=timeout, what=f"{self.name} service start")
+        try:
+            await eventually(healthy, timeout=timeout, what=f"{self.name} service start")
+        except BaseException:
+            self.kill()  # a service that did not come up in time must not outlive the run
+            raise
 
     def stop(self, *, timeout: float = 15.0) -> bool:
         """SIGTERM, as an orchestrator would; True if the service shut down cleanly in time."""

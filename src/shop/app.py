@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Table
 
-from shop import auth, generation, heap, http, logs
+from shop import auth, generation, heap, http, logs, openapi
 from shop.children import die_with_parent
 from shop.db import Database
 from shop.expiry import Expiry
@@ -292,6 +292,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
         order_api.lean_routes(runtime.service, authenticator, limiter),
     )
     app.include_router(order_api.router(runtime.service, authenticator, limiter))
+    openapi.amend(app, partial(order_api.document_quantity, most=settings.max_order_quantity))
     return app
 
 

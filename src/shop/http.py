@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,13 +20,15 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shop import docs, heap, jsonutil
+from shop import docs, heap, jsonutil, openapi
 from shop.errors import DomainError
 from shop.lean import LeanRoute, LeanRoutes
 
@@ -45,8 +47,11 @@ HTTP_LATENCY = Histogram(
 )
 
 
-class JSONResponse(Response):
-    """A JSON response encoded with orjson (decimals as exact numbers)."""
+class JSONResponse(StarletteJSONResponse):
+    """A JSON response encoded with orjson (decimals as exact numbers).
+
+    A Starlette JSONResponse, so that FastAPI documents a route's response model with it.
+    """
 
     media_type = "application/json"
 
@@ -223,16 +228,33 @@ class Metrics:
             HTTP_LATENCY.labels(self.service, template).observe(time.perf_counter() - start)
 
 
+class Health(BaseModel):
+    """The process answers."""
+
+    status: Literal["ok"]
+
+
+class Ready(Health):
+    """Every dependency answers: `checks` names each one."""
+
+    checks: dict[str, str]
+
+
 def health_router(checks: Callable[[], Mapping[str, HealthCheck]], *, timeout: float) -> APIRouter:
     """`/healthz` (the process answers), `/readyz` (its dependencies answer), `/metrics`."""
     router = APIRouter(tags=["operations"])
 
-    @router.get("/healthz", response_class=JSONResponse)
+    @router.get("/healthz", response_model=Health, response_class=JSONResponse)
     async def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
 
-    @router.get("/readyz", response_class=JSONResponse)
+    @router.get(
+        "/readyz",
+        response_model=Ready,
+        response_class=JSONResponse,
+        responses={503: openapi.refusal(503, "A dependency does not answer: see `checks`.")},
+    )
     async def readyz() -> Response:
         """The database and brokers this service needs answer."""
         named = checks()
@@ -249,7 +271,7 @@ def health_router(checks: Callable[[], Mapping[str, HealthCheck]], *, timeout: f
             headers={"Retry-After": "1"},
         )
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         """Prometheus metrics (of every worker process, when there are several)."""
         return Response(_metrics_text(), media_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from starlette.types import Scope
 
 from shop import jsonutil
+from shop import openapi as doc
 from shop.auth import Authenticator, Forbidden, Principal, caller
 from shop.deps import IdempotencyKey
 from shop.http import JSONResponse, next_page_link
@@ -42,6 +43,21 @@ class Orders(Protocol):
 
 ADMIN = "orders:admin"  # lists, reads and cancels any order, and places them for any user
 
+# What a client can do next with the order an answer names. Not from the asynchronous intakes:
+# their order is stored only when a consumer has taken it, so it may not be there yet.
+_BY_ID = {"order_id": "$response.body#/id"}
+_NEXT = {
+    "GetOrder": doc.link("get_order", **_BY_ID),
+    "CancelOrder": doc.link("cancel_order", **_BY_ID),
+}
+# Refusals of every order placement (a body, a token, the customer's rate, a dependency down).
+_PLACING = (*doc.BODY, *doc.TOKEN, 429, 503)
+
+
+def document_quantity(document: dict[str, Any], *, most: int) -> None:
+    """Declare MAX_ORDER_QUANTITY (as configured) as the maximum of an order's `quantity`."""
+    document["components"]["schemas"]["PlaceOrder"]["properties"]["quantity"]["maximum"] = most
+
 
 def _owner(principal: Principal) -> int | None:
     """Whose orders the caller may see: its own, or anyone's (None) with orders:admin."""
@@ -62,7 +78,13 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
     api = APIRouter(prefix="/orders", tags=["orders"])
     verified = caller(auth)
 
-    @api.get("", response_model=list[Order], response_class=JSONResponse)
+    @api.get(
+        "",
+        operation_id="list_orders",
+        response_model=list[Order],
+        response_class=JSONResponse,
+        responses={200: {"headers": doc.NEXT_PAGE}, **doc.refusals(*doc.TOKEN, 422, 503)},
+    )
     async def list_orders(
         request: Request,
         principal: Principal = Security(verified),
@@ -85,17 +107,28 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         )
         return JSONResponse(page, headers=next_page_link(request, next_cursor))
 
-    @api.get("/{order_id}", response_model=Order, response_class=JSONResponse)
+    @api.get(
+        "/{order_id}",
+        operation_id="get_order",
+        response_model=Order,
+        response_class=JSONResponse,
+        responses=doc.refusals(*doc.TOKEN, 404, 422, 503),
+    )
     async def get_order(order_id: OrderId, principal: Principal = Security(verified)) -> Response:
         """Get one of your orders (any order with `orders:admin`)."""
         return JSONResponse(await service.get_order(order_id, owner=_owner(principal)))
 
     @api.post(
         "/sync",
+        operation_id="place_order",
         status_code=201,
         response_model=Order,
         response_class=JSONResponse,
-        responses={409: {"description": "Not enough stock"}},
+        responses={
+            201: {"headers": doc.LOCATION, "links": _NEXT},
+            **doc.refusals(*_PLACING),
+            409: doc.refusal(409, "Not enough stock."),
+        },
     )
     async def place_order(
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
@@ -105,10 +138,15 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
 
     @api.post(
         "/async/kafka",
+        operation_id="accept_order_kafka",
         status_code=202,
         response_model=Accepted,
         response_class=JSONResponse,
-        responses={503: {"description": "Kafka unavailable"}},
+        responses={
+            202: {"headers": doc.LOCATION},
+            **doc.refusals(*_PLACING),
+            503: doc.refusal(503, "Kafka did not confirm in time."),
+        },
     )
     async def accept_order_kafka(
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
@@ -118,10 +156,15 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
 
     @api.post(
         "/async/rabbitmq",
+        operation_id="accept_order_rabbitmq",
         status_code=202,
         response_model=Accepted,
         response_class=JSONResponse,
-        responses={503: {"description": "RabbitMQ unavailable"}},
+        responses={
+            202: {"headers": doc.LOCATION},
+            **doc.refusals(*_PLACING),
+            503: doc.refusal(503, "RabbitMQ did not confirm in time."),
+        },
     )
     async def accept_order_rabbitmq(
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
@@ -131,9 +174,13 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
 
     @api.post(
         "/{order_id}/cancel",
+        operation_id="cancel_order",
         response_model=Order,
         response_class=JSONResponse,
-        responses={409: {"description": "The order is not confirmed"}},
+        responses={
+            **doc.refusals(*doc.TOKEN, 404, 422, 503),
+            409: doc.refusal(409, "The order is not confirmed."),
+        },
     )
     async def cancel_order(
         order_id: OrderId, principal: Principal = Security(verified)

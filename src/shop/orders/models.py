@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from shop.types import EntityId, Quantity
+from shop.types import Amount, EntityId, Quantity
 
 OrderStatus = Literal["pending", "confirmed", "rejected", "cancelled"]
 Channel = Literal["sync", "kafka", "rabbitmq"]
@@ -50,8 +49,8 @@ class Order(BaseModel):
     quantity: int
     status: OrderStatus
     reason: str | None
-    unit_price: Decimal | None
-    total_price: Decimal | None
+    unit_price: Amount | None
+    total_price: Amount | None
     channel: Channel
     created_at: dt.datetime
 

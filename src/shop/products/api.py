@@ -7,9 +7,11 @@ from decimal import Decimal
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
+from pydantic import WithJsonSchema
 from starlette.types import Scope
 
 from shop import idempotency, jsonutil
+from shop import openapi as doc
 from shop.auth import Authenticator, Principal, caller
 from shop.deps import IdempotencyKey
 from shop.errors import InvalidInput
@@ -17,8 +19,15 @@ from shop.http import JSONResponse, next_page_link
 from shop.lean import LeanRoute, Reply, as_response
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
 from shop.products.service import ProductQuery
+from shop.types import MAX_AMOUNT
 
 ProductId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The product's id")]
+# A price bound in the query: a number (pydantic would document a Decimal as number or string).
+PriceBound = Annotated[
+    Decimal | None,
+    Query(ge=0, max_digits=12, decimal_places=2),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": float(MAX_AMOUNT)}),
+]
 
 
 class Products(Protocol):
@@ -41,19 +50,34 @@ class Products(Protocol):
 
 WRITE = "products:write"  # creating, changing and deleting products; reading is public
 
+# What a client can do next with the product an answer names.
+_BY_ID = {"product_id": "$response.body#/id"}
+_NEXT = {
+    "GetProduct": doc.link("get_product", **_BY_ID),
+    "ReplaceProduct": doc.link("replace_product", **_BY_ID),
+    "PatchProduct": doc.link("patch_product", **_BY_ID),
+    "DeleteProduct": doc.link("delete_product", **_BY_ID),
+}
+
 
 def router(service: Products, auth: Authenticator) -> APIRouter:
     api = APIRouter(prefix="/products", tags=["products"])
     writer = Security(caller(auth), scopes=[WRITE])
 
-    @api.get("", response_model=list[Product], response_class=JSONResponse)
+    @api.get(
+        "",
+        operation_id="list_products",
+        response_model=list[Product],
+        response_class=JSONResponse,
+        responses={200: {"headers": doc.NEXT_PAGE}, **doc.refusals(422, 503)},
+    )
     async def list_products(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         name: Annotated[str | None, Query(max_length=200, description="substring")] = None,
-        min_price: Annotated[Decimal | None, Query(ge=0, max_digits=12, decimal_places=2)] = None,
-        max_price: Annotated[Decimal | None, Query(ge=0, max_digits=12, decimal_places=2)] = None,
+        min_price: PriceBound = None,
+        max_price: PriceBound = None,
     ) -> Response:
         """List products in id order, a page at a time; the next page is in the Link header."""
         if min_price is not None and max_price is not None and min_price > max_price:
@@ -63,7 +87,17 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
         )
         return as_response(await _page(service, request.scope, query))
 
-    @api.post("", status_code=201, response_model=Product, response_class=JSONResponse)
+    @api.post(
+        "",
+        operation_id="create_product",
+        status_code=201,
+        response_model=Product,
+        response_class=JSONResponse,
+        responses={
+            201: {"headers": doc.LOCATION, "links": _NEXT},
+            **doc.refusals(*doc.BODY, *doc.TOKEN, 503),
+        },
+    )
     async def create_product(
         body: ProductCreate, principal: Principal = writer, key: IdempotencyKey = None
     ) -> Response:
@@ -76,26 +110,49 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
             headers=_location(answer.body),
         )
 
-    @api.get("/{product_id}", response_model=Product, response_class=JSONResponse)
+    @api.get(
+        "/{product_id}",
+        operation_id="get_product",
+        response_model=Product,
+        response_class=JSONResponse,
+        responses=doc.refusals(404, 422, 503),
+    )
     async def get_product(product_id: ProductId) -> Any:
         """Get one product."""
         return JSONResponse(await service.get_product(product_id))
 
-    @api.put("/{product_id}", response_model=Product, response_class=JSONResponse)
+    @api.put(
+        "/{product_id}",
+        operation_id="replace_product",
+        response_model=Product,
+        response_class=JSONResponse,
+        responses=doc.refusals(*doc.BODY, *doc.TOKEN, 404, 503),
+    )
     async def replace_product(
         product_id: ProductId, body: ProductReplace, _: Principal = writer
     ) -> Any:
         """Replace every field of a product (scope `products:write`)."""
         return JSONResponse(await service.update_product(product_id, body.model_dump()))
 
-    @api.patch("/{product_id}", response_model=Product, response_class=JSONResponse)
+    @api.patch(
+        "/{product_id}",
+        operation_id="patch_product",
+        response_model=Product,
+        response_class=JSONResponse,
+        responses=doc.refusals(*doc.BODY, *doc.TOKEN, 404, 503),
+    )
     async def patch_product(
         product_id: ProductId, body: ProductPatch, _: Principal = writer
     ) -> Any:
         """Change some fields of a product (scope `products:write`)."""
         return JSONResponse(await service.patch_product(product_id, body))
 
-    @api.delete("/{product_id}", status_code=204)
+    @api.delete(
+        "/{product_id}",
+        operation_id="delete_product",
+        status_code=204,
+        responses=doc.refusals(*doc.TOKEN, 404, 422, 503),
+    )
     async def delete_product(product_id: ProductId, _: Principal = writer) -> Response:
         """Delete a product (scope `products:write`)."""
         await service.delete_product(product_id)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from shop.types import Description, Money, Name, Stock
+from shop.types import Amount, Description, Money, Name, Stock
 
 
 class _Input(BaseModel):
@@ -31,9 +31,10 @@ class ProductReplace(ProductCreate):
 class ProductPatch(_Input):
     """A partial update: only the fields present change; `stock: null` stops tracking stock."""
 
-    name: Name | None = None
-    description: Description | None = None
-    price: Money | None = None
+    # Null is refused for these (below), so the document does not offer it.
+    name: Name | SkipJsonSchema[None] = None
+    description: Description | SkipJsonSchema[None] = None
+    price: Money | SkipJsonSchema[None] = None
     stock: Stock | None = None
 
     @field_validator("name", "description", "price", mode="before")
@@ -53,7 +54,7 @@ class Product(BaseModel):
     id: int
     name: str
     description: str
-    price: Decimal = Field(examples=[19.99])
+    price: Amount
     stock: int | None
     created_at: dt.datetime
     updated_at: dt.datetime

@@ -1,0 +1,105 @@
+"""What the OpenAPI documents declare beyond FastAPI's defaults: every refusal an operation may
+answer (RFC 9457 problem+json, with its headers), the headers of successful answers, and the
+links between operations (docs/fuzzing.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+# The problem+json body every refusal carries (shop.http.problem). Written out rather than as a
+# component: an operation's declaration then stands on its own, whoever builds the document.
+PROBLEM: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "`about:blank` or `/problems/<kind>`"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "For invalid input: each field refused, and why.",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+        "checks": {
+            "type": "object",
+            "description": "For `/readyz`: each dependency, `ok` or why it failed.",
+            "additionalProperties": {"type": "string"},
+        },
+    },
+}
+
+
+def _header(description: str, *, required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": "string"}}
+
+
+RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying.")}
+CHALLENGE = {"WWW-Authenticate": _header("The bearer challenge (RFC 6750), with the error.")}
+LOCATION = {"Location": _header("Where the order or product can be read.")}
+NEXT_PAGE = {
+    "Link": _header('The next page, `<url>; rel="next"`, if there is one.', required=False)
+}
+
+_REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: ("The body is not valid JSON.", {}),
+    401: ("No access token, or one that does not verify.", CHALLENGE),
+    403: ("The token lacks the scope, or the customer, this needs.", CHALLENGE),
+    404: ("Not found.", {}),
+    409: ("Conflict.", {}),
+    413: ("The request body is too large.", {}),
+    415: ("The body is not sent as JSON.", {}),
+    422: ("Invalid input: `errors` names each field.", {}),
+    429: ("Over the customer's order rate.", RETRY_AFTER),
+    503: ("The database or a broker did not answer in time.", RETRY_AFTER),
+}
+
+# The refusals of every operation that reads a JSON body, and of every one that needs a token.
+BODY = (400, 413, 415, 422)
+TOKEN = (401, 403)
+
+
+def refusal(status: int, description: str | None = None) -> dict[str, Any]:
+    """One declared refusal: a problem+json body, and the headers that come with its status."""
+    default, headers = _REFUSALS[status]
+    declared: dict[str, Any] = {
+        "description": description or default,
+        "content": {"application/problem+json": {"schema": PROBLEM}},
+    }
+    if headers:
+        declared["headers"] = headers
+    return declared
+
+
+def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The declared refusals of an operation, for its route's `responses`."""
+    return {status: refusal(status) for status in sorted(set(statuses))}
+
+
+def link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to `operation_id`, its parameters taken from this answer."""
+    return {"operationId": operation_id, "parameters": parameters}
+
+
+def amend(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Apply `edit` to the app's OpenAPI document once it is built (after any earlier edits)."""
+    build = app.openapi
+    edited = False
+
+    def openapi() -> dict[str, Any]:
+        nonlocal edited
+        document = build()
+        if not edited:
+            edit(document)
+            edited = True
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
