@@ -23,9 +23,8 @@ pytestmark = [pytest.mark.cluster]
 # every fault included. Measured 2026-11-27 on this machine kind: 0.67 % (78 of 11,646; the
 # worst fault, the quorum queue leader, 5.7 % of the attempts in its window); docs/scaling.md.
 FAILED_SHARE_BOUND = 0.03
-# A fault's clients see their last failure within this many seconds of the kill (measured: at
-# most 5.7 s).
-RECOVERY_BOUND_S = 20.0
+# Each fault's clients see their last failure while the killed part is still down (it stays
+# down `hold` seconds): the system failed over without it. Measured: at most 5.7 s.
 
 
 def _free_port() -> int:
@@ -66,7 +65,7 @@ async def test_no_order_lost_duplicated_or_oversold_when_any_one_node_dies(
     assert result["unexpected_answers"] == [], report
     assert load["failed_share"] < FAILED_SHARE_BOUND, report
     for fault in result["faults"]:
-        assert fault["recovered_after_s"] < RECOVERY_BOUND_S, report
+        assert fault["recovered_after_s"] < result["hold_s"] - 1, report
     # every part is back: each node, HAProxy and each process runs and answers its check
     rows = await asyncio.to_thread(cluster.status, clustered)
     parts = {name: state for name, state in rows if not name.startswith(" ")}
