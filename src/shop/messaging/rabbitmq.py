@@ -28,6 +28,7 @@ from shop.tasks import pause
 log = logging.getLogger(__name__)
 
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+RECONNECT_SECONDS = 1.0  # between attempts of a robust connection to reconnect
 
 
 class Topology:
@@ -106,6 +107,9 @@ class RabbitPublisher:
         connection = await aio_pika.connect_robust(
             self._url,
             timeout=self._timeout,
+            # aio-pika waits 5 s before each reconnect; a node lost behind HAProxy is replaced
+            # by the next connection, so a second is enough and cuts a broker fail-over's outage
+            reconnect_interval=RECONNECT_SECONDS,
             client_properties={"connection_name": "shop-publisher"},
         )
         try:
