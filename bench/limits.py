@@ -51,7 +51,11 @@ def delete_topics(brokers: str, topics: list[str]) -> None:
 def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
     """Raw produce with acks=all (idempotent), one Python process, until every ack is in."""
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_topics(settings.kafka_brokers, [topic]))
+    asyncio.run(
+        ensure_topics(
+            settings.kafka_brokers, [topic], replication_factor=settings.kafka_replication_factor
+        )
+    )
     config = producer_config(settings.kafka_brokers, delivery_timeout=30)
     config.pop("logger", None)
     producer = Producer(config)
@@ -85,7 +89,10 @@ async def rabbitmq_publish(
     connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        queue = await channel.declare_queue(queue_name, durable=True)
+        quorum = settings.rabbitmq_queue_type == "quorum"  # the order queue's kind
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments={"x-queue-type": "quorum"} if quorum else None
+        )
         bodies = [order_command(i) for i in range(1000)]
         started = time.perf_counter()
         for start in range(0, messages, window):

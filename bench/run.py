@@ -296,7 +296,13 @@ def drain(
         "KAFKA_DLQ_TOPIC": f"{name}.dlq",
     }
     if channel == "kafka":
-        asyncio.run(ensure_topics(settings.kafka_brokers, [name]))
+        asyncio.run(
+            ensure_topics(
+                settings.kafka_brokers,
+                [name],
+                replication_factor=settings.kafka_replication_factor,
+            )
+        )
         producer = Producer(
             {"bootstrap.servers": settings.kafka_brokers, "acks": "all", "linger.ms": 5}
         )
@@ -356,7 +362,13 @@ def drain(
 
 async def _fill_queue(settings: Settings, name: str, bodies: list[bytes]) -> None:
     """Declare the queue as the service does (its dead-letter topology too) and fill it."""
-    rabbit = RabbitPublisher(settings.rabbitmq_url, queue=name, timeout=10)
+    rabbit = RabbitPublisher(
+        settings.rabbitmq_url,
+        queue=name,
+        timeout=10,
+        queue_type=settings.rabbitmq_queue_type,  # as the consumer declares it (a cluster's)
+        delivery_limit=settings.rabbitmq_delivery_limit,
+    )
     queue = rabbit.to_queue()
     try:
         async with asyncio.timeout(30):
