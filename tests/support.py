@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,3 +157,16 @@ class ServiceProcess:
             self._proc.wait(timeout=10)
         finally:
             self._proc = None
+
+
+class PageReferences(HTMLParser):
+    """Every URL a page loads: script src, link href, ReDoc's spec-url."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value is not None and name in {"src", "href", "spec-url"}:
+                self.urls.append(value)

@@ -9,7 +9,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import TOKENS
-from tests.support import ServiceProcess
+from tests.support import PageReferences, ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -34,19 +33,6 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT_SECONDS = 30
 METHODS = {"get", "put", "post", "delete", "patch"}
 CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
-
-
-class _References(HTMLParser):
-    """Every URL a page names in script src, link href or ReDoc's spec-url."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if value is not None and name in {"src", "href", "spec-url"}:
-                self.urls.append(value)
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
@@ -61,7 +47,7 @@ async def test_docs_page_and_every_asset_load_from_the_service(
         assert response.headers["content-type"].startswith("text/html")
         assert "http://" not in response.text
         assert "https://" not in response.text
-        parser = _References()
+        parser = PageReferences()
         parser.feed(response.text)
         assets = [url for url in parser.urls if url != "/openapi.json"]
         assert assets, response.text

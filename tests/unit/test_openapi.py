@@ -7,7 +7,6 @@ and order routers), over the in-memory fakes of the lean-route tests.
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from shop import docs, http
 from shop.orders import api as order_api
 from shop.products import api as product_api
 from shop.ratelimit import RateLimiter
+from tests.support import PageReferences
 from tests.tokens import Issuer
 from tests.unit.test_lean import FakeOrders, FakeProducts
 
@@ -88,21 +88,8 @@ def test_every_order_operation_needs_a_token_and_no_particular_scope() -> None:
         assert security == expected, f"{method} {path}"
 
 
-class _References(HTMLParser):
-    """Every URL a page loads: script src, link href, ReDoc's spec-url."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if value is not None and name in {"src", "href", "spec-url"}:
-                self.urls.append(value)
-
-
 def _page_urls(html: str) -> list[str]:
-    parser = _References()
+    parser = PageReferences()
     parser.feed(html)
     spec = re.search(r"url: '([^']*)'", html)  # Swagger UI's document, set in its script
     return parser.urls + ([spec.group(1)] if spec else [])
