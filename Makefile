@@ -63,7 +63,7 @@ test: venv lint helm-tools ## set up the stack, then the whole test suite agains
 	$(DEVSTACK) up --no-services
 	$(VENV)/bin/pytest
 
-bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); BASELINE=<commit>: that commit beside this checkout, about 17 min; CLUSTER=1: on `make up`'s stack and on the cluster, both layouts in one report, about 17 min (QUICK=1: about 6)
+bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); BASELINE=<commit>: that commit beside this checkout, about 17 min; CLUSTER=1: on `make up`'s stack and on the cluster, both layouts in one report, about 25 min (QUICK=1: about 10)
 	$(if $(BASELINE),$(VENV)/bin/python -m bench.compare --base $(BASELINE),$(if $(CLUSTER),$(VENV)/bin/python -m bench.layouts,$(VENV)/bin/python -m bench.run)) $(if $(QUICK),--quick,)
 
 .PHONY: bench-compare
