@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.mixed import MixedLoad, audit, make_products
+from bench.mixed import audit, start
 from devstack import cluster, layout
 from shop.settings import Settings, load_settings
 
@@ -68,16 +68,8 @@ async def drill(
     settle: float = 8.0,
 ) -> dict[str, Any]:
     """Run the load, the faults in turn, then the audit; return every figure."""
-    shop = layout.cluster_settings(settings, layout.directory())
-    products_url = f"http://127.0.0.1:{settings.product_service_port}"
-    products = await asyncio.to_thread(make_products, shop, products_url, scarce_stock)
-    load = MixedLoad(
-        shop,
-        orders_url=f"http://127.0.0.1:{settings.order_service_port}",
-        products=products,
-        clients=clients,
-    )
-    running = asyncio.create_task(load.run())
+    shop = layout.cluster_settings(settings, layout.directory())  # the fronts are settings'
+    load, running = await start(shop, clients=clients, scarce_stock=scarce_stock)
     faults: list[dict[str, Any]] = []
     try:
         await asyncio.sleep(settle)  # a baseline before the first fault

@@ -204,6 +204,22 @@ def make_products(settings: Settings, products_url: str, scarce_stock: int) -> t
     return ids[0], ids[1]
 
 
+async def start(
+    settings: Settings, *, clients: int, scarce_stock: int
+) -> tuple[MixedLoad, asyncio.Task[Tally]]:
+    """Make the load's two products through the product service, then start the clients on
+    the order service (both at the settings' service ports)."""
+    products_url = f"http://127.0.0.1:{settings.product_service_port}"
+    products = await asyncio.to_thread(make_products, settings, products_url, scarce_stock)
+    load = MixedLoad(
+        settings,
+        orders_url=f"http://127.0.0.1:{settings.order_service_port}",
+        products=products,
+        clients=clients,
+    )
+    return load, asyncio.create_task(load.run())
+
+
 def _stored(settings: Settings, users: range) -> list[tuple[str, int, int, str, int]]:
     rows = query(
         settings,
@@ -253,16 +269,7 @@ def audit(
 
 async def _main(seconds: float, clients: int, scarce_stock: int) -> int:
     settings = load_settings()
-    products = make_products(
-        settings, f"http://127.0.0.1:{settings.product_service_port}", scarce_stock
-    )
-    load = MixedLoad(
-        settings,
-        orders_url=f"http://127.0.0.1:{settings.order_service_port}",
-        products=products,
-        clients=clients,
-    )
-    running = asyncio.create_task(load.run())
+    load, running = await start(settings, clients=clients, scarce_stock=scarce_stock)
     await asyncio.sleep(seconds)
     load.stop()
     tally = await running

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,17 +25,8 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shop.settings import Settings, load_settings
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, free_port
 from tests.tokens import AUDIENCE, ISSUER, Issuer
-
-
-def _free_port() -> int:
-    """A port nothing listens on now, so two test runs on one machine never share services."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
 
 RUN = uuid.uuid4().hex[:8]
 # The servers as `make up` configured them (not this run's database and queue names): tests that
@@ -62,8 +52,8 @@ TEST_ENV = {
     "KAFKA_DLQ_TOPIC": f"test-{RUN}-orders.dlq",
     "KAFKA_CONSUMER_GROUP": f"test-{RUN}-order-service",
     "RABBITMQ_QUEUE": f"test-{RUN}-orders",
-    "PRODUCT_SERVICE_PORT": str(_free_port()),
-    "ORDER_SERVICE_PORT": str(_free_port()),
+    "PRODUCT_SERVICE_PORT": str(free_port()),
+    "ORDER_SERVICE_PORT": str(free_port()),
     "OUTBOX_POLL_SECONDS": "0.1",
     "REQUEST_BODY_SECONDS": "2",  # short, so that test_server_limits waits little
     # REQUEST_HEADER_SECONDS stays 10 s: a fresh connection's deadline runs from its accept,

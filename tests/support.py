@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,3 +171,11 @@ class PageReferences(HTMLParser):
         for name, value in attrs:
             if value is not None and name in {"src", "href", "spec-url"}:
                 self.urls.append(value)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, so two test runs on one machine never share services."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

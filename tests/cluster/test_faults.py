@@ -8,7 +8,6 @@ single-node stack the rest of the suite uses; its HTTP fronts take two free port
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from bench.faults import describe, drill, write
 
 from devstack import cluster
 from shop.settings import Settings, load_settings
+from tests.support import free_port
 
 pytestmark = [pytest.mark.cluster]
 
@@ -27,17 +27,10 @@ FAILED_SHARE_BOUND = 0.03
 # down `hold` seconds): the system failed over without it. Measured: at most 6.1 s (Galera).
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def clustered() -> Iterator[Settings]:
     settings = load_settings().model_copy(
-        update={"product_service_port": _free_port(), "order_service_port": _free_port()}
+        update={"product_service_port": free_port(), "order_service_port": free_port()}
     )
     cluster.up(settings)
     try:

@@ -32,7 +32,7 @@ import devstack as stack
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
 from shop.settings import Settings
-from tests.conftest import OPERATOR, RUN, STACK, TEST_ENV, _free_port
+from tests.conftest import OPERATOR, RUN, STACK, TEST_ENV
 from tests.e2e.orders_support import (
     new_product,
     place,
@@ -40,7 +40,7 @@ from tests.e2e.orders_support import (
     stored_orders,
     wait_until_stored,
 )
-from tests.support import ServiceProcess, eventually
+from tests.support import ServiceProcess, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -294,7 +294,7 @@ def _private_env(tag: str) -> dict[str, str]:
     name = f"test-{RUN}-{tag}-{uuid.uuid4().hex[:6]}"
     return {
         **TEST_ENV,
-        "ORDER_SERVICE_PORT": str(_free_port()),
+        "ORDER_SERVICE_PORT": str(free_port()),
         "KAFKA_TOPIC": f"{name}-orders",
         "KAFKA_DLQ_TOPIC": f"{name}-orders.dlq",
         "KAFKA_CONSUMER_GROUP": f"{name}-order-service",

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,23 +14,16 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import TEST_ENV
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 def consumer(
     database: AsyncEngine, kafka_topics: None, rabbitmq_cleanup: None, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "consumer.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
