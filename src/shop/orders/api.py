@@ -82,7 +82,6 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         "",
         operation_id="list_orders",
         response_model=list[Order],
-        response_class=JSONResponse,
         responses={200: {"headers": doc.NEXT_PAGE}, **doc.refusals(*doc.TOKEN, 422, 503)},
     )
     async def list_orders(
@@ -111,7 +110,6 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         "/{order_id}",
         operation_id="get_order",
         response_model=Order,
-        response_class=JSONResponse,
         responses=doc.refusals(*doc.TOKEN, 404, 422, 503),
     )
     async def get_order(order_id: OrderId, principal: Principal = Security(verified)) -> Response:
@@ -123,7 +121,6 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         operation_id="place_order",
         status_code=201,
         response_model=Order,
-        response_class=JSONResponse,
         responses={
             201: {"headers": doc.LOCATION, "links": _NEXT},
             **doc.refusals(*_PLACING),
@@ -141,7 +138,6 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         operation_id="accept_order_kafka",
         status_code=202,
         response_model=Accepted,
-        response_class=JSONResponse,
         responses={
             202: {"headers": doc.LOCATION},
             **doc.refusals(*_PLACING),
@@ -159,7 +155,6 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         operation_id="accept_order_rabbitmq",
         status_code=202,
         response_model=Accepted,
-        response_class=JSONResponse,
         responses={
             202: {"headers": doc.LOCATION},
             **doc.refusals(*_PLACING),
@@ -176,7 +171,6 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         "/{order_id}/cancel",
         operation_id="cancel_order",
         response_model=Order,
-        response_class=JSONResponse,
         responses={
             **doc.refusals(*doc.TOKEN, 404, 422, 503),
             409: doc.refusal(409, "The order is not confirmed."),

@@ -68,7 +68,6 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
         "",
         operation_id="list_products",
         response_model=list[Product],
-        response_class=JSONResponse,
         responses={200: {"headers": doc.NEXT_PAGE}, **doc.refusals(422, 503)},
     )
     async def list_products(
@@ -92,7 +91,6 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
         operation_id="create_product",
         status_code=201,
         response_model=Product,
-        response_class=JSONResponse,
         responses={
             201: {"headers": doc.LOCATION, "links": _NEXT},
             **doc.refusals(*doc.BODY, *doc.TOKEN, 503),
@@ -114,7 +112,6 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
         "/{product_id}",
         operation_id="get_product",
         response_model=Product,
-        response_class=JSONResponse,
         responses=doc.refusals(404, 422, 503),
     )
     async def get_product(product_id: ProductId) -> Any:
@@ -125,7 +122,6 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
         "/{product_id}",
         operation_id="replace_product",
         response_model=Product,
-        response_class=JSONResponse,
         responses=doc.refusals(*doc.BODY, *doc.TOKEN, 404, 503),
     )
     async def replace_product(
@@ -138,7 +134,6 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
         "/{product_id}",
         operation_id="patch_product",
         response_model=Product,
-        response_class=JSONResponse,
         responses=doc.refusals(*doc.BODY, *doc.TOKEN, 404, 503),
     )
     async def patch_product(
