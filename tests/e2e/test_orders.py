@@ -284,6 +284,31 @@ async def test_one_key_through_every_path_at_once_makes_one_order(
     assert await stock_of(database, pid) == 97
 
 
+async def test_many_keys_each_through_every_path_at_once_make_one_order_each(
+    products: httpx.AsyncClient, orders: httpx.AsyncClient, database: Any
+) -> None:
+    # Many keys at once widen the races between a sync batch, intake's key claims and the
+    # consumers storing the claimed orders (a sync twin can meet two committed twins in a row).
+    pid = await new_product(products, stock=1000)
+    keys = [uuid.uuid4().hex for _ in range(20)]
+    answers = await asyncio.gather(
+        *(place(orders, PATHS[i % 3], product_id=pid, key=k) for k in keys for i in range(9))
+    )
+    assert [a.text for a in answers if a.status_code not in (201, 202)] == []
+    per_key = [{a.json()["id"] for a in answers[9 * n : 9 * n + 9]} for n in range(len(keys))]
+    assert all(len(ids) == 1 for ids in per_key)
+    ids = set().union(*per_key)
+    stored = await wait_until_stored(database, pid, ids)
+
+    async def settled() -> bool:  # every queued twin has been consumed and skipped
+        return (await stock_of(database, pid)) == 1000 - len(keys) and len(
+            await stored_orders(database, pid)
+        ) == len(keys)
+
+    await eventually(settled, timeout=30, what="twins collapsed into one order per key")
+    assert {o["id"] for o in stored} == ids
+
+
 async def test_the_same_key_from_two_users_makes_two_orders(
     products: httpx.AsyncClient, orders: httpx.AsyncClient
 ) -> None:

@@ -47,6 +47,9 @@ BATCH_SIZE = Histogram(
 _TRANSIENT = (OperationalError, InterfaceError)
 PRICE_SECONDS = 60.0  # how long intake trusts a price it read, for the total's bound only
 INTAKE_LOOKUP_SECONDS = 0.5  # intake's budget for a price read or a key claim
+# Tries of one batch while committed twins surface (a request meets at most three: its id,
+# its key, its key's claimed order).
+PLACE_ATTEMPTS = 4
 
 
 class CommandPublisher(Protocol):
@@ -221,12 +224,22 @@ class OrderService:
         ]
 
     async def _place_retrying(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
-        try:
-            return await self._place(requests)
-        except IntegrityError:
-            # A twin (same id or key) was committed by another process meanwhile: now it is
-            # known, and this time it is replayed.
-            return await self._place(requests)
+        """Place a batch, deciding again while twins committed meanwhile keep surfacing.
+
+        An IntegrityError means another transaction committed a row this batch also wrote (an
+        order id, a key, a key's claim), so the next try reads it and replays instead. One
+        request can meet two in a row: a sync request loses its key to an async intake's claim,
+        then the claimed order to the consumer that stores it (CI saw that as a 500). Each
+        conflict is a commit the next try sees, so a lone request settles within
+        PLACE_ATTEMPTS; a larger batch that does not is halved by `_place_isolated`.
+        """
+        for attempt in range(1, PLACE_ATTEMPTS + 1):
+            try:
+                return await self._place(requests)
+            except IntegrityError:
+                if attempt == PLACE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
         decision = await self._db.transact(partial(_decide, requests))
