@@ -141,6 +141,8 @@ def describe(result: dict[str, Any]) -> list[str]:
         f"attempts {load['attempts']}, answered 5xx or cut {load['attempts_failed']} "
         f"({100 * load['failed_share']:.2f} %)",
     ]
+    if found["lost_orders"]:
+        lines.append(f"lost: {found['lost_orders']}")
     for fault in result["faults"]:
         c = fault["clients"]
         lines.append(
