@@ -151,6 +151,7 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"{fault['while_down']['attempts']} attempts failed while down); back and routed to "
             f"{fault['ready_after_s']}s after the kill, {fault['on_return']['failed']} attempts "
             f"failed on its return; {c['failed']} of {c['attempts']} in all"
+            + (f" (by path and status: {c['failed_by']})" if c["failed_by"] else "")
         )
     return lines
 

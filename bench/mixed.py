@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import random
 import sys
@@ -68,6 +69,7 @@ class Tally:
         return {
             "attempts": len(inside),
             "failed": len(failed),
+            "failed_by": dict(collections.Counter(f"{a.path} {a.status}" for a in failed)),
             "failed_share": round(len(failed) / len(inside), 4) if inside else 0.0,
             "last_failure_after_s": round(max(a.at for a in failed) - since, 2) if failed else 0.0,
         }

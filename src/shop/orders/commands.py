@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from shop.errors import Unavailable
@@ -9,6 +10,7 @@ from shop.messaging.ports import Outbound, Outgoing, PublishError
 from shop.orders.models import OrderCommand
 
 RETRY_AFTER_SECONDS = 2
+log = logging.getLogger(__name__)
 
 
 def by_product(command: OrderCommand) -> str:
@@ -42,6 +44,7 @@ class BrokerCommands:
         try:
             await self._outbound.publish([message], timeout=self._deadline)
         except PublishError as exc:
+            log.warning("%s did not confirm order %s: %s", self._broker, command.id, exc)
             raise Unavailable(
                 f"{self._broker} did not confirm the order in time ({exc}); nothing was accepted.",
                 retry_after=RETRY_AFTER_SECONDS,
