@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -298,11 +299,29 @@ def provision(settings: Settings, node: RabbitNode | None = None) -> None:
     _user(settings, node, user, settings.rabbitmq_password)
 
 
+# RabbitMQ 3.10 (Debian 12's) can crash a node that boots while a peer reloads its feature
+# flag registry ("incompatible_feature_flags ... badmap,undefined"; rabbitmq-server#12966 is a
+# later fix of the kind): seen when a killed node rejoins, or nodes start together. Booting it
+# again succeeds; nothing else about a start is retried.
+FEATURE_FLAG_RACE = "incompatible_feature_flags"
+START_ATTEMPTS = 3
+
+
 def start_node(node: RabbitNode) -> None:
     _start_epmd(node.home, node.epmd_port)
-    ensure_started(
-        node_daemon(node), prepare=lambda: _prepare_node(node), ready=lambda: node_ready(node)
-    )
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            ensure_started(
+                node_daemon(node),
+                prepare=lambda: _prepare_node(node),
+                ready=lambda: node_ready(node),
+            )
+            return
+        except StackError as exc:
+            if FEATURE_FLAG_RACE not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            say(f"{node.name} hit RabbitMQ's feature-flag race at boot; starting it again")
+            time.sleep(2)
 
 
 def stop_node(node: RabbitNode) -> None:
