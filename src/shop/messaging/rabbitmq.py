@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -110,7 +111,8 @@ class RabbitPublisher:
             # aio-pika waits 5 s before each reconnect; a node lost behind HAProxy is replaced
             # by the next connection, so a second is enough and cuts a broker fail-over's outage
             reconnect_interval=RECONNECT_SECONDS,
-            client_properties={"connection_name": "shop-publisher"},
+            # which process holds it, as the management UI and rabbitmqctl show it
+            client_properties={"connection_name": f"shop-publisher pid {os.getpid()}"},
         )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -260,7 +262,7 @@ class RabbitInbound:
         await self._drop_connection()
         async with asyncio.timeout(self._timeout):
             self._connection = await aiormq.connect(
-                self._url, client_properties={"connection_name": "shop-consumer"}
+                self._url, client_properties={"connection_name": f"shop-consumer pid {os.getpid()}"}
             )
             channel = await self._connection.channel(publisher_confirms=False)
             await channel.basic_qos(prefetch_count=self._prefetch)
