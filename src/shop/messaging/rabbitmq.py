@@ -12,6 +12,7 @@ made by supervised tasks that retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Coroutine, Sequence
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 RECONNECT_SECONDS = 1.0  # between attempts of a robust connection to reconnect
+RENEW_SECONDS = 1.0  # at most one new publishing channel (after nacks) per this many seconds
 
 
 class Topology:
@@ -81,6 +83,8 @@ class RabbitPublisher:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._declared: list[Any] = []  # references the robust channel restores
+        self._renewing = False
+        self._renew_after = 0.0  # loop time before which a nack renews no channel
         self.connected = asyncio.Event()
 
     def to_queue(self) -> RabbitDestination:
@@ -115,21 +119,59 @@ class RabbitPublisher:
             client_properties={"connection_name": f"shop-publisher pid {os.getpid()}"},
         )
         try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            assert isinstance(channel, AbstractRobustChannel)
-            dlx: AbstractExchange = await channel.declare_exchange(
-                t.dlx, aio_pika.ExchangeType.DIRECT, durable=True
-            )
-            dlq = await channel.declare_queue(t.dlq, durable=True, arguments=t.dlq_arguments)
-            await dlq.bind(dlx, routing_key=t.dlq)
-            queue = await channel.declare_queue(t.queue, durable=True, arguments=t.arguments)
+            channel, self._declared = await self._open_channel(connection)
         except BaseException:
             await connection.close()
             raise
-        self._declared = [dlx, dlq, queue]
         self._connection, self._channel = connection, channel
         self.connected.set()
         log.info("rabbitmq publisher connected; queue %s ready", t.queue)
+
+    async def _open_channel(
+        self, connection: AbstractRobustConnection
+    ) -> tuple[AbstractRobustChannel, list[Any]]:
+        """A confirming channel with the topology declared on it (and the declarations, which
+        the robust connection declares again after a reconnect)."""
+        t = self.topology
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        assert isinstance(channel, AbstractRobustChannel)
+        dlx: AbstractExchange = await channel.declare_exchange(
+            t.dlx, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dlq = await channel.declare_queue(t.dlq, durable=True, arguments=t.dlq_arguments)
+        await dlq.bind(dlx, routing_key=t.dlq)
+        queue = await channel.declare_queue(t.queue, durable=True, arguments=t.arguments)
+        return channel, [dlx, dlq, queue]
+
+    async def _renew_channel(self) -> None:
+        """Publish on a new channel from now on (after a nack), at most once per RENEW_SECONDS.
+
+        A channel that first published to a quorum queue while its leader's node was being lost
+        (a reconnect lands within milliseconds, before the election) keeps addressing that
+        leader and gets every publish nacked until the node returns (seen in the fault drill on
+        RabbitMQ 3.10: 12 s of 503s). A new channel finds the queue's current leader. Runs in
+        the request whose publish was nacked, bounded by the publish deadline; meanwhile other
+        requests keep publishing on the old channel.
+        """
+        loop = asyncio.get_running_loop()
+        connection = self._connection
+        if self._renewing or connection is None or loop.time() < self._renew_after:
+            return
+        self._renewing = True
+        self._renew_after = loop.time() + RENEW_SECONDS
+        try:
+            async with asyncio.timeout(self._timeout):
+                channel, declared = await self._open_channel(connection)
+            old, self._channel, self._declared = self._channel, channel, declared
+            log.warning("RabbitMQ nacked a publish: publishing on a new channel from now on")
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self._timeout):
+                        await old.close()
+        except Exception as exc:  # no new channel now: the next nack tries again
+            log.warning("could not open a new RabbitMQ channel: %r", exc)
+        finally:
+            self._renewing = False
 
     async def publish(
         self, messages: Sequence[Outgoing], *, exchange: str, routing_key: str, timeout: float
@@ -155,6 +197,10 @@ class RabbitPublisher:
         except TimeoutError as exc:
             raise PublishError(f"no confirm from RabbitMQ within {timeout:.1f}s") from exc
         except Exception as exc:  # closed channel, returned (unroutable) message, nack
+            if isinstance(exc, aiormq.exceptions.DeliveryError) and isinstance(
+                exc.frame, Basic.Nack
+            ):
+                await self._renew_channel()
             raise PublishError(f"RabbitMQ refused the message: {exc!r}") from exc
 
     async def check(self) -> None:
