@@ -135,6 +135,10 @@ def config(fronts: Fronts, *, check_script: Path) -> str:
         "    balance leastconn",
         "    timeout client 3h",
         "    timeout server 3h",
+        # A client reconnecting right after a node died would be sent to it until the checks
+        # mark it down (about 2 s): a refused connection is tried on another node instead.
+        "    retries 3",
+        "    option redispatch 1",
     ]
     for node in fronts.rabbitmq:
         lines.append(
