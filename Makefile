@@ -61,9 +61,9 @@ test: venv lint helm-tools ## set up the stack, then the whole test suite agains
 	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { echo "installing chromium and chromium-driver (the /docs browser test)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 	$(DEVSTACK) up --no-services
-	$(VENV)/bin/pytest -m 'not cluster'
+	$(VENV)/bin/pytest
 
-test-cluster: venv ## the cluster's fault test alone (starts and stops the cluster, about 5 min; not yet in make test: docs/scaling.md)
+test-cluster: venv ## the cluster's fault tests alone (they start and stop the cluster, about 6 min; make test runs them last)
 	$(VENV)/bin/pytest -m cluster
 
 bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); BASELINE=<commit>: that commit beside this checkout, about 17 min; CLUSTER=1: on `make up`'s stack and on the cluster, both layouts in one report, about 25 min (QUICK=1: about 10)
