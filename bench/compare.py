@@ -386,7 +386,7 @@ def stored(settings: Settings, side: Side) -> int:
     return int(sql(settings, "SELECT COUNT(*) FROM orders", side.db_name)[0][0])
 
 
-def _cpu_seconds(pgids: set[int]) -> float:
+def cpu_seconds(pgids: set[int]) -> float:
     """CPU time used so far by every process in these process groups (services and workers)."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -410,10 +410,10 @@ def settle(settings: Settings, sides: list[Side], timeout: float) -> dict[str, f
     for side in sides:
         started = time.monotonic()
         pgids = {p.pid for p in side.processes}
-        before = _cpu_seconds(pgids)
+        before = cpu_seconds(pgids)
         while time.monotonic() - started < timeout:
             time.sleep(0.5)
-            after = _cpu_seconds(pgids)
+            after = cpu_seconds(pgids)
             busy = (after - before) / 0.5 >= QUIET_CORES
             before = after
             if not busy and stored(settings, side) >= side.accepted:

@@ -1,0 +1,107 @@
+"""CPU per request of a base commit and this checkout, at one fixed request rate (open loop).
+
+Closed-loop throughput on a shared two-core machine moves by 10-25 % from round to round (the
+load generator competes with the services for the same cores); CPU seconds per answered request
+at a rate both sides sustain is far steadier. Both sides run as in `bench.compare` (own
+database, topics, queue and ports, same servers); each round drives every path on both sides in
+turn (who goes first alternates), `seconds` at `rate` requests/s over 50 connections, and counts
+the CPU time of each side's whole process group (HTTP workers, consumers, outbox relay) while it
+runs. Prints every run and, per path, the medians and head/base.
+
+    python -m bench.cpu --base 3fc7bee [--rate 1500] [--rounds 4] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from bench.compare import (
+    PATHS,
+    ROOT,
+    Side,
+    clean,
+    cpu_seconds,
+    prepare_load,
+    say,
+    settle,
+    side_env,
+    start_services,
+    stop_services,
+    worktree,
+)
+from bench.loadgen import LoadResult, ensure_oha, operator_headers, run_load
+from shop.settings import load_settings
+
+CONNECTIONS = 50
+
+
+def _drive(side: Side, path: str, rate: float, seconds: float) -> LoadResult:
+    if path == "products":
+        return run_load(
+            side.url(path), connections=CONNECTIONS, seconds=seconds, method="GET", rate=rate
+        )
+    return run_load(
+        side.url(path),
+        connections=CONNECTIONS,
+        seconds=seconds,
+        body_lines=side.body,
+        rate=rate,
+        headers=side.auth,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the commit to compare with")
+    parser.add_argument("--rate", type=float, default=1500.0, help="requests per second")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    settings = load_settings()
+    ensure_oha()
+    base_path, base_sha = worktree(args.base)
+    sides = [
+        Side("base", base_path, base_sha, 18080, 18081, "shop_cmp_base", "bench-cmp-base-"),
+        Side("head", ROOT, "head", 28080, 28081, "shop_cmp_head", "bench-cmp-head-"),
+    ]
+    auth = operator_headers(settings)
+    for side in sides:
+        side.env = side_env(side)
+        side.auth = auth
+    logs = ROOT / "bench" / "results" / "cpu-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    per_request: dict[tuple[str, str], list[float]] = {}
+    clean(settings, sides)
+    try:
+        for side in sides:
+            start_services(side, logs)
+            prepare_load(side, logs)
+        for round_no in range(args.rounds):
+            for path in PATHS:
+                for side in sides if round_no % 2 == 0 else sides[::-1]:
+                    settle(settings, sides, 60.0)
+                    groups = {p.pid for p in side.processes}
+                    before = cpu_seconds(groups)
+                    result = _drive(side, path, args.rate, args.seconds)
+                    used = cpu_seconds(groups) - before
+                    answered = result.count(200, 201, 202)
+                    micros = used / max(answered, 1) * 1e6
+                    per_request.setdefault((path, side.name), []).append(micros)
+                    say(
+                        f"round {round_no + 1} {path:8} {side.name}: {answered} answered, "
+                        f"{used:.2f} CPU s, {micros:.0f} us per request, p99 {result.p99_ms:.1f} ms"
+                    )
+    finally:
+        stop_services(sides)
+        clean(settings, sides)
+    for path in PATHS:
+        base = statistics.median(per_request[(path, "base")])
+        head = statistics.median(per_request[(path, "head")])
+        ratio = head / base
+        say(f"{path}: base {base:.0f} us, head {head:.0f} us per request; head/base {ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
