@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,18 @@ def test_the_fronts_follow_the_service_port_settings(settings: Settings, tmp_pat
         ("products", 18080),
         ("orders", 18081),
     ]
+
+
+def test_kafka_nodes_formatting_at_once_share_one_cluster_id(tmp_path: Path) -> None:
+    id_file = tmp_path / "kafka.cluster.id"
+    start = threading.Barrier(16)
+
+    def first_id() -> str:
+        start.wait()
+        return kafka.shared_cluster_id(id_file)
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda _: first_id(), range(16)))
+    assert len(set(ids)) == 1
+    assert ids[0] == id_file.read_text().strip()
+    assert [p.name for p in tmp_path.iterdir()] == ["kafka.cluster.id"]  # no drafts left

@@ -11,6 +11,7 @@ import base64
 import logging
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,16 +326,29 @@ def _java_argv(main: str, *args: str, heap: tuple[str, ...], directory: Path) ->
     ]
 
 
+def shared_cluster_id(id_file: Path) -> str:
+    """The cluster's id, made by whichever node gets here first: the nodes of a cluster format
+    their storage in parallel, and one that wrote its own id (check, then write) would form a
+    cluster of its own (seen: INCONSISTENT_CLUSTER_ID, kafka-1 exiting while starting)."""
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    if not id_file.is_file():
+        draft = id_file.with_name(f"{id_file.name}.{os.getpid()}.{threading.get_ident()}")
+        draft.write_text(_new_cluster_id() + "\n")
+        try:
+            os.link(draft, id_file)  # atomic, complete when seen; refused if an id is there
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return id_file.read_text().strip()
+
+
 def _format_storage(node: KafkaNode, properties: Path) -> None:
     """Format the KRaft metadata log once; afterwards the data dir is simply reused."""
     data = node.directory / "data"
     if (data / "meta.properties").is_file():
         return
-    id_file = node.cluster_id_file
-    if not id_file.is_file():
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(_new_cluster_id() + "\n")
-    cluster_id = id_file.read_text().strip()
+    cluster_id = shared_cluster_id(node.cluster_id_file)
     say(f"formatting {node.name} storage (once, cluster id {cluster_id})")
     argv = _java_argv(
         "kafka.tools.StorageTool",
