@@ -124,6 +124,20 @@ class Side:
         return f"http://127.0.0.1:{self.order_port}/orders/{suffix}"
 
 
+def make_sides(base: tuple[Path, str], head: tuple[Path, str], settings: Settings) -> list[Side]:
+    """Base and head, each (checkout, label) on its own ports, database and broker names, both
+    sent the same operator token."""
+    sides = [
+        Side("base", base[0], base[1], 18080, 18081, "shop_cmp_base", "bench-cmp-base-"),
+        Side("head", head[0], head[1], 28080, 28081, "shop_cmp_head", "bench-cmp-head-"),
+    ]
+    auth = operator_headers(settings)
+    for side in sides:
+        side.env = side_env(side)
+        side.auth = auth
+    return sides
+
+
 # ---------------------------------------------------------------- checkouts
 
 
@@ -424,18 +438,23 @@ def settle(settings: Settings, sides: list[Side], timeout: float) -> dict[str, f
     return waited
 
 
-def drive(side: Side, path: str, connections: int, seconds: float) -> LoadResult:
+def drive(
+    side: Side, path: str, connections: int, seconds: float, rate: float | None = None
+) -> LoadResult:
+    """One oha run on a side's path: closed loop, or at `rate` requests/s."""
     if path == "products":
-        result = run_load(side.url(path), connections=connections, seconds=seconds, method="GET")
-    else:
-        result = run_load(
-            side.url(path),
-            connections=connections,
-            seconds=seconds,
-            body_lines=side.body,
-            headers=side.auth,  # a commit without access tokens ignores the header
+        return run_load(
+            side.url(path), connections=connections, seconds=seconds, method="GET", rate=rate
         )
-        side.accepted += result.count(201, 202)
+    result = run_load(
+        side.url(path),
+        connections=connections,
+        seconds=seconds,
+        body_lines=side.body,
+        rate=rate,
+        headers=side.auth,  # a commit without access tokens ignores the header
+    )
+    side.accepted += result.count(201, 202)
     return result
 
 
@@ -546,14 +565,7 @@ def main() -> int:
     else:
         head_path = ROOT
         head_label = git("describe", "--always", "--dirty", "--abbrev=12")
-    sides = [
-        Side("base", base_path, base_sha, 18080, 18081, "shop_cmp_base", "bench-cmp-base-"),
-        Side("head", head_path, head_label, 28080, 28081, "shop_cmp_head", "bench-cmp-head-"),
-    ]
-    auth = operator_headers(load_settings())
-    for side in sides:
-        side.env = side_env(side)
-        side.auth = auth
+    sides = make_sides((base_path, base_sha), (head_path, head_label), settings)
     header: dict[str, Any] = {
         "started": stamp,
         "base": base_sha,

@@ -19,36 +19,21 @@ import statistics
 from bench.compare import (
     PATHS,
     ROOT,
-    Side,
     clean,
     cpu_seconds,
+    drive,
+    make_sides,
     prepare_load,
     say,
     settle,
-    side_env,
     start_services,
     stop_services,
     worktree,
 )
-from bench.loadgen import LoadResult, ensure_oha, operator_headers, run_load
+from bench.loadgen import ensure_oha
 from shop.settings import load_settings
 
 CONNECTIONS = 50
-
-
-def _drive(side: Side, path: str, rate: float, seconds: float) -> LoadResult:
-    if path == "products":
-        return run_load(
-            side.url(path), connections=CONNECTIONS, seconds=seconds, method="GET", rate=rate
-        )
-    return run_load(
-        side.url(path),
-        connections=CONNECTIONS,
-        seconds=seconds,
-        body_lines=side.body,
-        rate=rate,
-        headers=side.auth,
-    )
 
 
 def main() -> int:
@@ -60,15 +45,7 @@ def main() -> int:
     args = parser.parse_args()
     settings = load_settings()
     ensure_oha()
-    base_path, base_sha = worktree(args.base)
-    sides = [
-        Side("base", base_path, base_sha, 18080, 18081, "shop_cmp_base", "bench-cmp-base-"),
-        Side("head", ROOT, "head", 28080, 28081, "shop_cmp_head", "bench-cmp-head-"),
-    ]
-    auth = operator_headers(settings)
-    for side in sides:
-        side.env = side_env(side)
-        side.auth = auth
+    sides = make_sides(worktree(args.base), (ROOT, "head"), settings)
     logs = ROOT / "bench" / "results" / "cpu-logs"
     logs.mkdir(parents=True, exist_ok=True)
     per_request: dict[tuple[str, str], list[float]] = {}
@@ -83,7 +60,7 @@ def main() -> int:
                     settle(settings, sides, 60.0)
                     groups = {p.pid for p in side.processes}
                     before = cpu_seconds(groups)
-                    result = _drive(side, path, args.rate, args.seconds)
+                    result = drive(side, path, CONNECTIONS, args.seconds, rate=args.rate)
                     used = cpu_seconds(groups) - before
                     answered = result.count(200, 201, 202)
                     micros = used / max(answered, 1) * 1e6

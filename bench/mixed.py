@@ -263,8 +263,9 @@ def audit(
     while True:
         rows = _stored(settings, load.users)
         stored_ids = {r[0] for r in rows}
-        aliased_ids = (set(accepted) - stored_ids) & _aliases(settings, load.users)
-        missing = set(accepted) - stored_ids - aliased_ids
+        unstored = accepted.keys() - stored_ids
+        aliased_ids = unstored & _aliases(settings, load.users) if unstored else set()
+        missing = unstored - aliased_ids
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.5)

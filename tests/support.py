@@ -19,6 +19,8 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from shop import jsonutil
+from shop.messaging.ports import Outgoing, PublishError
+from shop.messaging.rabbitmq import RabbitPublisher
 
 T = TypeVar("T")
 
@@ -179,3 +181,12 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+async def confirmed(publisher: RabbitPublisher, *, timeout: float = 2.0) -> bool:
+    """Whether one message published to the publisher's queue was confirmed."""
+    try:
+        await publisher.to_queue().publish([Outgoing("probe", b"{}")], timeout=timeout)
+    except PublishError:
+        return False
+    return True

@@ -17,10 +17,9 @@ import pytest
 from bench.faults import describe, drill, write
 
 from devstack import cluster, layout
-from shop.messaging.ports import Outgoing, PublishError
 from shop.messaging.rabbitmq import RabbitPublisher
 from shop.settings import Settings, load_settings
-from tests.support import free_port
+from tests.support import confirmed, free_port
 
 pytestmark = [pytest.mark.cluster]
 
@@ -70,14 +69,6 @@ async def test_no_order_lost_duplicated_or_oversold_when_any_one_node_dies(
     assert all(state.startswith("running") for state in parts.values()), parts
 
 
-async def _confirmed(publisher: RabbitPublisher) -> bool:
-    try:
-        await publisher.to_queue().publish([Outgoing("probe", b"{}")], timeout=2.0)
-    except PublishError:
-        return False
-    return True
-
-
 async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed_again_soon(
     clustered: Settings,
 ) -> None:
@@ -104,7 +95,7 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
     killed = time.monotonic()
     try:
         await publisher.connect_forever(asyncio.Event())  # within milliseconds of the kill
-        while not await _confirmed(publisher):  # the leader stays down all along
+        while not await confirmed(publisher):  # the leader stays down all along
             assert time.monotonic() - killed < 8.0, "still refused 8 s after the leader died"
             await asyncio.sleep(0.1)
     finally:

@@ -10,8 +10,8 @@ import pytest
 from pamqp.commands import Basic
 
 from shop.messaging import rabbitmq
-from shop.messaging.ports import Outgoing, PublishError
 from shop.messaging.rabbitmq import RabbitPublisher
+from tests.support import confirmed
 
 
 class FakeUnderlay:
@@ -75,22 +75,14 @@ async def _connected(connection: FakeConnection) -> RabbitPublisher:
     return publisher
 
 
-async def _publish(publisher: RabbitPublisher) -> bool:
-    try:
-        await publisher.to_queue().publish([Outgoing("id", b"{}")], timeout=1.0)
-    except PublishError:
-        return False
-    return True
-
-
 async def test_after_a_nack_the_next_publish_goes_out_on_a_new_channel() -> None:
     connection = FakeConnection()
     publisher = await _connected(connection)
     connection.broken = False  # the queue has a leader again: new channels reach it
-    assert not await _publish(publisher)  # nacked: this request's 503
+    assert not await confirmed(publisher, timeout=1.0)  # nacked: this request's 503
     assert len(connection.channels) == 2
     assert connection.channels[0].is_closed
-    assert await _publish(publisher)
+    assert await confirmed(publisher, timeout=1.0)
     assert connection.channels[1].underlay.published == 1
 
 
@@ -100,9 +92,9 @@ async def test_a_burst_of_nacks_opens_at_most_one_channel_per_interval(
     monkeypatch.setattr(rabbitmq, "RENEW_SECONDS", 0.2)
     connection = FakeConnection()  # stays broken: every channel nacks
     publisher = await _connected(connection)
-    results = await asyncio.gather(*(_publish(publisher) for _ in range(50)))
+    results = await asyncio.gather(*(confirmed(publisher, timeout=1.0) for _ in range(50)))
     assert not any(results)
     assert len(connection.channels) == 2  # the first and one renewal
     await asyncio.sleep(0.25)
-    assert not await _publish(publisher)
+    assert not await confirmed(publisher, timeout=1.0)
     assert len(connection.channels) == 3

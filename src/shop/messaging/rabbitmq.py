@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -83,7 +84,6 @@ class RabbitPublisher:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._declared: list[Any] = []  # references the robust channel restores
-        self._renewing = False
         self._renew_after = 0.0  # loop time before which a nack renews no channel
         self.connected = asyncio.Event()
 
@@ -155,10 +155,9 @@ class RabbitPublisher:
         """
         loop = asyncio.get_running_loop()
         connection = self._connection
-        if self._renewing or connection is None or loop.time() < self._renew_after:
+        if connection is None or loop.time() < self._renew_after:
             return
-        self._renewing = True
-        self._renew_after = loop.time() + RENEW_SECONDS
+        self._renew_after = math.inf  # while this renewal runs, no other starts
         try:
             async with asyncio.timeout(self._timeout):
                 channel, declared = await self._open_channel(connection)
@@ -168,10 +167,10 @@ class RabbitPublisher:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(self._timeout):
                         await old.close()
-        except Exception as exc:  # no new channel now: the next nack tries again
+        except Exception as exc:  # no new channel now: a later nack tries again
             log.warning("could not open a new RabbitMQ channel: %r", exc)
         finally:
-            self._renewing = False
+            self._renew_after = loop.time() + RENEW_SECONDS
 
     async def publish(
         self, messages: Sequence[Outgoing], *, exchange: str, routing_key: str, timeout: float
@@ -197,9 +196,7 @@ class RabbitPublisher:
         except TimeoutError as exc:
             raise PublishError(f"no confirm from RabbitMQ within {timeout:.1f}s") from exc
         except Exception as exc:  # closed channel, returned (unroutable) message, nack
-            if isinstance(exc, aiormq.exceptions.DeliveryError) and isinstance(
-                exc.frame, Basic.Nack
-            ):
+            if isinstance(getattr(exc, "frame", None), Basic.Nack):
                 await self._renew_channel()
             raise PublishError(f"RabbitMQ refused the message: {exc!r}") from exc
 
