@@ -236,7 +236,6 @@ def _app(
         title,
         service=service,
         max_body_bytes=settings.max_body_bytes,
-        body_seconds=settings.request_body_seconds,
         lifespan=lifespan,
         lean=lean,
     )

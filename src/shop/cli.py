@@ -80,7 +80,7 @@ def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> N
         port=port,
         workers=settings.workers,
         loop="uvloop",
-        http="shop.server:HeaderDeadline",  # httptools, with a deadline on request headers
+        http="shop.server:RequestDeadline",  # httptools, with deadlines on headers and body
         access_log=False,
         log_config=None,
         limit_concurrency=settings.max_connections,

@@ -149,44 +149,37 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 class BodyLimit:
-    """Refuses request bodies over `max_bytes` with 413, before anything parses them, and bodies
-    that have not fully arrived `seconds` after the request began with 408 (a client trickling
-    a body would otherwise hold its request, and whatever it waits on, for as long as it likes).
+    """Refuses request bodies over `max_bytes` with 413, before anything parses them.
+
+    A body announced by its Content-Length is refused on that header alone (the HTTP parser
+    delivers no more than it announces); a chunked one is counted as it is read. (A body that
+    does not arrive in time is the server's to cut off: `shop.server.RequestDeadline`.)
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, seconds: float = 10.0) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._too_large(scope, receive, send)
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_bytes:
+                    await self._too_large(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)
                 return
         received = 0
-        deadline = asyncio.get_running_loop().time() + self.seconds
-        complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received, complete
-            if complete:  # the body is in: what follows is the wait for a disconnect
-                return await receive()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                raise HTTPException(
-                    408, f"The request body did not arrive within {self.seconds:g} s."
-                ) from None
+            nonlocal received
+            message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise HTTPException(413, self._detail())
-                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -301,7 +294,6 @@ def new_app(
     *,
     service: str,
     max_body_bytes: int,
-    body_seconds: float = 10.0,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     lean: Sequence[LeanRoute[Any]] = (),
 ) -> FastAPI:
@@ -329,9 +321,7 @@ def new_app(
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    install(
-        app, service=service, max_body_bytes=max_body_bytes, body_seconds=body_seconds, lean=lean
-    )
+    install(app, service=service, max_body_bytes=max_body_bytes, lean=lean)
     docs.install(app)
     return app
 
@@ -341,7 +331,6 @@ def install(
     *,
     service: str,
     max_body_bytes: int,
-    body_seconds: float = 10.0,
     lean: Sequence[LeanRoute[Any]] = (),
 ) -> None:
     """Add the shared error handlers and middleware to a service's app.
@@ -356,5 +345,5 @@ def install(
     app.add_exception_handler(Exception, _on_unexpected)
     if lean:
         app.add_middleware(LeanRoutes, owner=app, routes=lean)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, seconds=body_seconds)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(Metrics, service=service)

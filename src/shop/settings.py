@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     idempotency_key_ttl_seconds: float = Field(86_400.0, ge=60)
     max_body_bytes: int = Field(65_536, ge=1024)
     # A request's headers must have arrived this long after its first byte (or the connection
-    # opening), and its body this long after the request began (408 otherwise).
+    # opening), and its body this long after its headers (408 otherwise).
     request_header_seconds: float = Field(10.0, gt=0, le=300)
     request_body_seconds: float = Field(10.0, gt=0, le=300)
     # Connections (and requests in progress) one worker process takes before answering 503.
