@@ -23,6 +23,7 @@ at the end stops every process it started and drops the databases, topics, group
 it made.
 
     python -m bench.compare --base 0fc452c [--head REF] [--quick] [--rounds N] [--seconds S]
+        [--paths sync,kafka,rabbitmq,products] [--connections 50,200,800]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +87,17 @@ def say(message: str) -> None:
 
 
 class Plan:
-    def __init__(self, quick: bool, rounds: int | None, seconds: float | None) -> None:
+    def __init__(
+        self,
+        quick: bool,
+        rounds: int | None,
+        seconds: float | None,
+        paths: Sequence[str] = PATHS,
+        connections: Sequence[int] | None = None,
+    ) -> None:
         self.quick = quick
-        self.connections = [50, 200] if quick else [50, 200, 800]
+        self.paths = list(paths)
+        self.connections = list(connections or ([50, 200] if quick else [50, 200, 800]))
         self.rounds = rounds or (1 if quick else 3)
         self.seconds = seconds or (3.0 if quick else 10.0)
         self.warm_up = 1.0
@@ -474,7 +484,7 @@ def non_2xx(result: dict[str, Any]) -> int:
 
 def summarise(runs: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
     rows = []
-    for path in PATHS:
+    for path in plan.paths:
         for connections in plan.connections:
             step = [r for r in runs if r["path"] == path and r["connections"] == connections]
             by_side = {s: [r["result"] for r in step if r["side"] == s] for s in ("base", "head")}
@@ -549,10 +559,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="50 and 200 connections, 3 s, 1 round")
     parser.add_argument("--rounds", type=int, help="rounds (default 3; quick 1)")
     parser.add_argument("--seconds", type=float, help="seconds per run (default 10; quick 3)")
+    parser.add_argument(
+        "--paths", help=f"comma-separated, of {','.join(PATHS)} (default all)", default=""
+    )
+    parser.add_argument("--connections", help="comma-separated (default 50,200,800)", default="")
     parser.add_argument("--keep", action="store_true", help="leave databases, topics, queues")
     args = parser.parse_args()
+    paths = [p for p in args.paths.split(",") if p] or list(PATHS)
+    if unknown := set(paths) - set(PATHS):
+        parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
+    levels = [int(c) for c in args.connections.split(",") if c]
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    plan = Plan(args.quick, args.rounds, args.seconds)
+    plan = Plan(args.quick, args.rounds, args.seconds, paths, levels or None)
     settings = load_settings()
     ensure_oha()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -578,7 +596,7 @@ def main() -> int:
         "workers": settings.workers,  # the head's; the base runs with its own default
         "cores": os.cpu_count(),
     }
-    steps = len(PATHS) * len(plan.connections) * plan.rounds
+    steps = len(plan.paths) * len(plan.connections) * plan.rounds
     say(
         f"base {base_sha[:12]} on 18080/18081, head {head_label} on 28080/28081; {steps} steps "
         f"of 2 x {plan.seconds:g} s, results in {out.relative_to(ROOT)}"
@@ -605,40 +623,41 @@ def main() -> int:
             for line in idle.describe(idle_latency[side.name]):
                 say(f"{side.name}: {line}")
         say("warm-up: every path once per side, not counted")
-        for path in PATHS:
+        for path in plan.paths:
             for side in sides:
                 settle(settings, sides, plan.settle_timeout)
                 drive(side, path, plan.connections[0], plan.warm_up)
         index = 0
         for round_no in range(1, plan.rounds + 1):
-            for path in PATHS:
-                for connections in plan.connections:
-                    index += 1
-                    # Who goes first alternates from step to step, and for each step from
-                    # round to round (a round has an even number of steps).
-                    order = sides if (index + round_no) % 2 == 0 else sides[::-1]
-                    parts = []
-                    for side in order:
-                        waited = settle(settings, sides, plan.settle_timeout)
-                        result = drive(side, path, connections, plan.seconds)
-                        runs.append(
-                            {
-                                "round": round_no,
-                                "path": path,
-                                "connections": connections,
-                                "side": side.name,
-                                "settled_s": waited,
-                                "result": result.as_dict(),
-                            }
-                        )
-                        parts.append(
-                            f"{side.name} {ok_rps(result.as_dict()):7,.0f} 2xx/s "
-                            f"p99 {result.p99_ms:7.1f} ms non-2xx {non_2xx(result.as_dict())}"
-                        )
-                    say(
-                        f"[{index}/{steps}] round {round_no} {path:8} c={connections:<4} "
-                        + " | ".join(parts)
+            for position, (path, connections) in enumerate(
+                (path, connections) for path in plan.paths for connections in plan.connections
+            ):
+                index += 1
+                # Who goes first alternates from step to step, and for each step from
+                # round to round.
+                order = sides if (position + round_no) % 2 == 0 else sides[::-1]
+                parts = []
+                for side in order:
+                    waited = settle(settings, sides, plan.settle_timeout)
+                    result = drive(side, path, connections, plan.seconds)
+                    runs.append(
+                        {
+                            "round": round_no,
+                            "path": path,
+                            "connections": connections,
+                            "side": side.name,
+                            "settled_s": waited,
+                            "result": result.as_dict(),
+                        }
                     )
+                    parts.append(
+                        f"{side.name} {ok_rps(result.as_dict()):7,.0f} 2xx/s "
+                        f"p99 {result.p99_ms:7.1f} ms non-2xx {non_2xx(result.as_dict())}"
+                    )
+                say(
+                    f"[{index}/{steps}] round {round_no} {path:8} c={connections:<4} "
+                    + " | ".join(parts)
+                )
         waited = settle(settings, sides, plan.settle_timeout)
         audit = {s.name: {"accepted": s.accepted, "stored": stored(settings, s)} for s in sides}
         say(f"accepted and stored per side: {audit} (waited {waited})")
