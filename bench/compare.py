@@ -627,12 +627,10 @@ def main() -> int:
             for side in sides:
                 settle(settings, sides, plan.settle_timeout)
                 drive(side, path, plan.connections[0], plan.warm_up)
-        index = 0
+        cells = [(path, connections) for path in plan.paths for connections in plan.connections]
         for round_no in range(1, plan.rounds + 1):
-            for position, (path, connections) in enumerate(
-                (path, connections) for path in plan.paths for connections in plan.connections
-            ):
-                index += 1
+            for position, (path, connections) in enumerate(cells):
+                index = (round_no - 1) * len(cells) + position + 1
                 # Who goes first alternates from step to step, and for each step from
                 # round to round.
                 order = sides if (position + round_no) % 2 == 0 else sides[::-1]

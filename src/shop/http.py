@@ -121,15 +121,22 @@ async def _on_domain_error(request: Request, exc: Exception) -> Response:
     )
 
 
+_TITLES = {
+    404: "Not found",
+    405: "Method not allowed",
+    408: "Request timeout",
+    413: "Request body too large",
+}
+
+
+def status_problem(status: int, detail: str, headers: Mapping[str, str] | None = None) -> Response:
+    """The problem+json answer for an HTTP-level error (no domain type), titled by its status."""
+    return problem(status, _TITLES.get(status, "Error"), detail, headers=headers)
+
+
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    title = {
-        404: "Not found",
-        405: "Method not allowed",
-        408: "Request timeout",
-        413: "Request body too large",
-    }.get(exc.status_code, "Error")
-    return problem(exc.status_code, title, str(exc.detail), headers=exc.headers)
+    return status_problem(exc.status_code, str(exc.detail), exc.headers)
 
 
 async def _on_database_down(request: Request, exc: Exception) -> Response:
@@ -188,7 +195,7 @@ class BodyLimit:
         return f"The request body is larger than {self.max_bytes} bytes."
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(413, "Request body too large", self._detail())
+        response = status_problem(413, self._detail())
         await response(scope, receive, send)
 
 

@@ -14,48 +14,54 @@ request whose headers and body come in one read (nearly all of them) costs no ti
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from shop import jsonutil
+from shop.http import status_problem
 from shop.settings import load_settings
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2  # what the connection is reading
 
 
-def _response(content_type: bytes, body: bytes) -> bytes:
+def _answer_408(content_type: str, body: bytes) -> bytes:
     return (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: " + content_type + b"\r\n"
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: " + content_type.encode() + b"\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
     )
 
 
-_HEADERS_LATE = _response(
-    b"text/plain; charset=utf-8", b"The request headers did not arrive in time."
+_HEADERS_LATE = _answer_408(
+    "text/plain; charset=utf-8", b"The request headers did not arrive in time."
 )
 
 
-def _body_late(seconds: float) -> bytes:
-    detail = f"The request body did not arrive within {seconds:g} s."
-    problem = {"type": "about:blank", "title": "Request timeout", "status": 408, "detail": detail}
-    return _response(b"application/problem+json", jsonutil.dumps(problem))
+class Deadlines(NamedTuple):
+    header_seconds: float
+    body_seconds: float
+    body_late: bytes  # the answer to a late body: 408 problem+json, as the app would give it
+
+
+def make_deadlines(header_seconds: float, body_seconds: float) -> Deadlines:
+    late = status_problem(408, f"The request body did not arrive within {body_seconds:g} s.")
+    assert late.media_type is not None
+    return Deadlines(header_seconds, body_seconds, _answer_408(late.media_type, bytes(late.body)))
+
+
+@functools.cache
+def deadlines() -> Deadlines:
+    """REQUEST_HEADER_SECONDS and REQUEST_BODY_SECONDS, read once per process."""
+    settings = load_settings()
+    return make_deadlines(settings.request_header_seconds, settings.request_body_seconds)
 
 
 class RequestDeadline(HttpToolsProtocol):
     """HttpToolsProtocol, closing connections whose request headers or body are late (408)."""
 
-    header_seconds: float | None = None  # REQUEST_HEADER_SECONDS, read once per process
-    body_seconds: float = 10.0  # REQUEST_BODY_SECONDS
-    body_late: bytes = b""
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if RequestDeadline.header_seconds is None:
-            settings = load_settings()
-            RequestDeadline.body_seconds = settings.request_body_seconds
-            RequestDeadline.body_late = _body_late(settings.request_body_seconds)
-            RequestDeadline.header_seconds = settings.request_header_seconds
+        self._deadlines = deadlines()
         self._reading = _IDLE
         self._due: asyncio.TimerHandle | None = None
         self._due_for = _IDLE  # the part the timer waits for
@@ -67,8 +73,7 @@ class RequestDeadline(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self._reading == _IDLE:  # every request read in full: nothing to wait for
-            if self._due is not None:
-                self._disarm()
+            self._disarm()
         elif self._due is None or self._due_for != self._reading:
             self._arm(self._reading)
 
@@ -89,10 +94,9 @@ class RequestDeadline(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _arm(self, part: int) -> None:
-        if self._due is not None:
-            self._due.cancel()
-        assert RequestDeadline.header_seconds is not None
-        seconds = RequestDeadline.header_seconds if part == _HEADERS else self.body_seconds
+        self._disarm()
+        d = self._deadlines
+        seconds = d.header_seconds if part == _HEADERS else d.body_seconds
         self._due = self.loop.call_later(seconds, self._late)
         self._due_for = part
 
@@ -105,17 +109,16 @@ class RequestDeadline(HttpToolsProtocol):
         self._due = None
         if self.transport.is_closing():
             return
+        cycle = self.cycle
         if self._due_for == _HEADERS:
             self.transport.write(_HEADERS_LATE)
-        else:
-            cycle = self.cycle
-            if cycle is not None and cycle.response_started and not cycle.response_complete:
-                return  # the application answers already, reading no more: let it finish
-            if cycle is not None and not cycle.response_started:
-                # The application waits for the body: it is told the client left, and
-                # whatever it sends now is dropped.
-                cycle.disconnected = True
-                cycle.message_event.set()
-                self.transport.write(self.body_late)
-            # (answered already, the body still trickling in: the connection just closes)
+        elif cycle is not None and not cycle.response_started:
+            # The application waits for the body: it is told the client left, and whatever it
+            # sends now is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.write(self._deadlines.body_late)
+        elif cycle is not None and not cycle.response_complete:
+            return  # the application answers already, reading no more: let it finish
+        # (a body still trickling in after its answer, or no request: the connection just closes)
         self.transport.close()

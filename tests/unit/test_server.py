@@ -90,9 +90,7 @@ class Echo:
 
 @pytest.fixture(autouse=True)
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(RequestDeadline, "header_seconds", SECONDS)
-    monkeypatch.setattr(RequestDeadline, "body_seconds", SECONDS)
-    monkeypatch.setattr(RequestDeadline, "body_late", server._body_late(SECONDS))
+    monkeypatch.setattr(server, "deadlines", lambda: server.make_deadlines(SECONDS, SECONDS))
 
 
 def _connect(app: Echo) -> tuple[RequestDeadline, FakeTransport, SpyLoop]:
