@@ -73,7 +73,8 @@ class RequestDeadline(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self._reading == _IDLE:  # every request read in full: nothing to wait for
-            self._disarm()
+            if self._due is not None:  # (a call only when there is a timer: this is per read)
+                self._disarm()
         elif self._due is None or self._due_for != self._reading:
             self._arm(self._reading)
 
