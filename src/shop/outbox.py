@@ -25,7 +25,7 @@ from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import jsonutil
-from shop.db import Timestamp, insert_rows, unit_of_work
+from shop.db import Timestamp, insert_sql, unit_of_work
 from shop.events import Event
 from shop.expiry import Expiry
 from shop.generation import Generation
@@ -84,12 +84,20 @@ _EVENT_COLUMNS = ("event_id", "event_key", "payload", "created_at")
 
 async def add_events(conn: AsyncConnection, table: Table, events: Sequence[Event]) -> None:
     """Record events inside the caller's transaction; they are published only if it commits."""
+    if events:
+        await conn.exec_driver_sql(
+            insert_events_sql(table, events), execution_options={"no_parameters": True}
+        )
+
+
+def insert_events_sql(table: Table, events: Sequence[Event]) -> str:
+    """The INSERT of `add_events`, as SQL text for a caller that sends its own statements."""
     now = jsonutil.utcnow()
     rows = []
     for event in events:
         event_id, payload = envelope(event, now)
         rows.append((event_id, event.key, payload, now))
-    await insert_rows(conn, table.name, _EVENT_COLUMNS, rows)
+    return insert_sql(table.name, _EVENT_COLUMNS, rows)
 
 
 class Relay:

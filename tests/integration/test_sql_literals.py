@@ -1,4 +1,4 @@
-"""`insert_rows` writes values as SQL literals: whatever they hold, MariaDB stores them exactly.
+"""`insert_sql` writes values as SQL literals: whatever they hold, MariaDB stores them exactly.
 
 Generated strings (quotes, backslashes, NUL, percent signs, any Unicode), bytes, integers at
 the column limits, decimals, naive timestamps and NULLs are inserted and read back through
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shop.db import create_engine, insert_rows, sql_literal
+from shop.db import Database, Statements, create_engine, insert_sql, sql_literal
 from shop.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -83,9 +83,13 @@ def engine(
 
 async def _round_trip(engine: AsyncEngine, values: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     numbered = [(i, *row) for i, row in enumerate(values)]
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DELETE FROM {TABLE}"))
-        await insert_rows(conn, TABLE, COLUMNS, numbered)
+    # The way the order batches write: SQL text on the driver's connection (db.Statements).
+    database = Database(engine, reads=engine, timeout=30.0)
+
+    async def replace(sql: Statements) -> None:
+        await sql.run([f"DELETE FROM {TABLE}", insert_sql(TABLE, COLUMNS, numbered)], commit=True)
+
+    await database.transact_statements(replace)
     async with engine.connect() as conn:
         found = await conn.execute(text(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} ORDER BY id"))
         return [tuple(row)[1:] for row in found]

@@ -50,7 +50,7 @@ class ConflictingDb:
         self.decision = decision
         self.units = 0
 
-    async def transact(self, work: Callable[[Any], Awaitable[Any]]) -> domain.Decision:
+    async def transact_statements(self, work: Callable[[Any], Awaitable[Any]]) -> domain.Decision:
         self.units += 1
         if self.units <= self.conflicts:
             raise _duplicate()

@@ -9,12 +9,14 @@ to `product-events` like its own. CHECK (stock >= 0) guards the stock all the sa
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import outbox
+from shop.db import in_list, sql_literal
 from shop.events import Event
 from shop.orders.domain import Product
 from shop.products.tables import product_outbox, products
@@ -26,6 +28,34 @@ async def lock_products(conn: AsyncConnection, product_ids: Collection[int]) -> 
         return {}
     rows = await conn.execute(_LOCK, {"ids": sorted(product_ids)})
     return {row.id: Product(row.id, row.price, row.stock, row.version) for row in rows}
+
+
+def lock_sql(product_ids: Collection[int]) -> str:
+    """The products with these ids, locked in id order; its rows go to `products_from`."""
+    return (
+        "SELECT id, price, stock, version FROM products "
+        f"WHERE id IN {in_list(sorted(product_ids))} ORDER BY id FOR UPDATE"
+    )
+
+
+def products_from(rows: Sequence[Sequence[Any]]) -> dict[int, Product]:
+    return {row[0]: Product(row[0], row[1], row[2], row[3]) for row in rows}
+
+
+def save_stock_statements(changed: Iterable[Product], events: Iterable[Event]) -> list[str]:
+    """The decided stock and version of locked products, and their events, as SQL text: one
+    UPDATE for the whole batch (see `save_stock`)."""
+    changed = list(changed)
+    if not changed:
+        return []
+    stock = " ".join(f"WHEN {p.id} THEN {sql_literal(p.stock)}" for p in changed)
+    version = " ".join(f"WHEN {p.id} THEN {p.version}" for p in changed)
+    update = (
+        f"UPDATE products SET stock = CASE id {stock} END, version = CASE id {version} END "
+        f"WHERE id IN {in_list(p.id for p in changed)}"
+    )
+    stock_events = [e for e in events if e.aggregate == "product"]
+    return [update, outbox.insert_events_sql(product_outbox, stock_events)]
 
 
 _LOCK = (  # built once, not per batch

@@ -7,13 +7,13 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import BindParameter, Row, bindparam, select, union_all, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import jsonutil, outbox
-from shop.db import insert_rows
-from shop.orders.domain import Decision, KeyClaim, Known, Order
+from shop.db import in_list, insert_sql
+from shop.orders.domain import Decision, KeyClaim, Order
 from shop.orders.tables import order_aliases, order_keys, order_outbox, orders
 
 # The row shape is the domain's Order: one column per field (tests/unit checks the table).
@@ -21,7 +21,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(Order))
 _COLUMNS = tuple(orders.c[name] for name in FIELDS)
 
 
-def _from_row(row: Row[Any]) -> Order:
+def _from_row(row: Sequence[Any]) -> Order:
     values = dict(zip(FIELDS, row, strict=False))
     values["id"] = uuid.UUID(bytes=values["id"])
     return Order(**values)
@@ -31,29 +31,66 @@ def _as_row(order: Order) -> tuple[Any, ...]:
     return (order.id.bytes, *(getattr(order, name) for name in FIELDS[1:]))
 
 
-async def find_known(
-    conn: AsyncConnection, *, ids: Collection[uuid.UUID], keys: Collection[bytes]
-) -> Known:
-    """The stored orders (by id, an alias's id, or key) and the key claims of a batch."""
-    claims = await _claims(conn, keys)
-    wanted = {*ids, *(claim.order_id for claim in claims.values())}
-    by_id = await _orders_by_id(conn, wanted)
-    by_key = {k: by_id[c.order_id] for k, c in claims.items() if c.order_id in by_id}
-    unstored = {k: c for k, c in claims.items() if c.order_id not in by_id}
-    return Known(orders=by_id, keys=by_key, claims=unstored)
+def claims_sql(keys: Collection[bytes]) -> str:
+    """The key claims of `keys`; its rows go to `claims_from`."""
+    return (
+        "SELECT key_hash, order_id, product_id, quantity FROM order_keys "
+        f"WHERE key_hash IN {in_list(keys)}"
+    )
+
+
+def claims_from(rows: Sequence[Sequence[Any]]) -> dict[bytes, KeyClaim]:
+    return {row[0]: KeyClaim(uuid.UUID(bytes=row[1]), row[2], row[3]) for row in rows}
+
+
+def orders_by_id_sql(ids: Collection[uuid.UUID]) -> str:
+    """Orders by their own ids and by their aliases' ids; its rows go to `orders_from`."""
+    wanted = in_list(i.bytes for i in ids)
+    return (
+        f"SELECT {_OWN_COLUMNS}, o.id FROM orders o WHERE o.id IN {wanted} UNION ALL "
+        f"SELECT {_OWN_COLUMNS}, a.id FROM order_aliases a JOIN orders o ON o.id = a.order_id "
+        f"WHERE a.id IN {wanted}"
+    )
+
+
+_OWN_COLUMNS = ", ".join(f"o.{name}" for name in FIELDS)
+
+
+def orders_from(rows: Sequence[Sequence[Any]]) -> dict[uuid.UUID, Order]:
+    """Rows of `orders_by_id_sql`: each order under the id it was asked by."""
+    return {uuid.UUID(bytes=row[-1]): _from_row(row) for row in rows}
+
+
+def insert_statements(decision: Decision) -> list[str]:
+    """The decision's new orders, keys, aliases and order events as SQL text."""
+    statements: list[str] = []
+    if decision.orders:
+        statements.append(insert_sql(orders.name, FIELDS, [_as_row(o) for o in decision.orders]))
+    now = jsonutil.utcnow()
+    if decision.keys:
+        placed = {o.id: o for o in decision.orders}
+        rows = [
+            (k, i.bytes, placed[i].product_id, placed[i].quantity, now)
+            for k, i in decision.keys.items()
+        ]
+        statements.append(insert_sql(order_keys.name, _KEY_COLUMNS, rows))
+    if decision.aliases:
+        aliases = [(a.bytes, o.bytes, now) for a, o in decision.aliases.items()]
+        statements.append(insert_sql(order_aliases.name, _ALIAS_COLUMNS, aliases))
+    events = [e for e in decision.events if e.aggregate == "order"]
+    if events:
+        statements.append(outbox.insert_events_sql(order_outbox, events))
+    return statements
+
+
+_KEY_COLUMNS = ("key_hash", "order_id", "product_id", "quantity", "created_at")
+_ALIAS_COLUMNS = ("id", "order_id", "created_at")
 
 
 async def _claims(conn: AsyncConnection, keys: Collection[bytes]) -> dict[bytes, KeyClaim]:
     if not keys:
         return {}
-    k = order_keys.c
-    rows = await conn.execute(
-        select(k.key_hash, k.order_id, k.product_id, k.quantity).where(k.key_hash.in_(keys))
-    )
-    return {
-        row.key_hash: KeyClaim(uuid.UUID(bytes=row.order_id), row.product_id, row.quantity)
-        for row in rows
-    }
+    return claims_from((await _text(conn, claims_sql(keys))).all())
 
 
 async def _orders_by_id(
@@ -62,18 +99,12 @@ async def _orders_by_id(
     """Orders by their own ids and by their aliases' ids, in one round trip."""
     if not ids:
         return {}
-    rows = await conn.execute(_OWN_OR_ALIASED, {"ids": [i.bytes for i in ids]})
-    return {uuid.UUID(bytes=row.name): _from_row(row) for row in rows}
+    return orders_from((await _text(conn, orders_by_id_sql(ids))).all())
 
 
-# Built once: constructing the statement again for every batch cost more than its compile.
-_IDS: BindParameter[bytes] = bindparam("ids", expanding=True)
-_OWN_OR_ALIASED = union_all(
-    select(*_COLUMNS, orders.c.id.label("name")).where(orders.c.id.in_(_IDS)),
-    select(*_COLUMNS, order_aliases.c.id.label("name"))
-    .join_from(order_aliases, orders, orders.c.id == order_aliases.c.order_id)
-    .where(order_aliases.c.id.in_(_IDS)),
-)
+async def _text(conn: AsyncConnection, sql: str) -> CursorResult[Any]:
+    # no_parameters: the driver gets no parameter tuple, so it leaves `%` in the text alone.
+    return await conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
 
 
 async def claim_key(conn: AsyncConnection, key: bytes, claim: KeyClaim) -> KeyClaim:
@@ -92,36 +123,6 @@ async def claim_key(conn: AsyncConnection, key: bytes, claim: KeyClaim) -> KeyCl
     )
     claims = await _claims(conn, [key])
     return claims[key]
-
-
-async def insert(conn: AsyncConnection, decision: Decision) -> None:
-    """Store the decision's new orders, keys, aliases and order events."""
-    if decision.orders:
-        await insert_rows(conn, orders.name, FIELDS, [_as_row(o) for o in decision.orders])
-    if decision.keys:
-        placed = {o.id: o for o in decision.orders}
-        await conn.execute(
-            order_keys.insert(),
-            [
-                {
-                    "key_hash": k,
-                    "order_id": i.bytes,
-                    "product_id": placed[i].product_id,
-                    "quantity": placed[i].quantity,
-                    "created_at": jsonutil.utcnow(),
-                }
-                for k, i in decision.keys.items()
-            ],
-        )
-    if decision.aliases:
-        await conn.execute(
-            order_aliases.insert(),
-            [
-                {"id": a.bytes, "order_id": o.bytes, "created_at": jsonutil.utcnow()}
-                for a, o in decision.aliases.items()
-            ],
-        )
-    await _add_events(conn, decision)
 
 
 async def save_cancelled(conn: AsyncConnection, decision: Decision) -> None:

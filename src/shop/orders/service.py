@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -20,11 +19,10 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import jsonutil
 from shop.coalesce import Coalescer
-from shop.db import Database
+from shop.db import Database, Statements
 from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
 from shop.ids import uuid7
 from shop.orders import domain, inventory, repository
@@ -109,20 +107,35 @@ def _too_large(quantity: int) -> InvalidInput:
     )
 
 
-async def _decide(requests: Sequence[OrderRequest], conn: AsyncConnection) -> domain.Decision:
-    """Load what the batch's decision needs, decide, and store the decision."""
-    known = await repository.find_known(
-        conn,
-        ids=[r.order_id for r in requests if r.channel != "sync"],
-        keys={r.key for r in requests if r.key is not None},
+async def _decide(requests: Sequence[OrderRequest], sql: Statements) -> domain.Decision:
+    """Load what the batch's decision needs, decide, and store the decision: its reads in one
+    round trip, its writes and the COMMIT in another."""
+    ids = {r.order_id for r in requests if r.channel != "sync"}  # sync ids are new
+    keys = {r.key for r in requests if r.key is not None}
+    reads = [inventory.lock_sql({r.product_id for r in requests})]
+    if ids:
+        reads.insert(0, repository.orders_by_id_sql(ids))
+    if keys:
+        reads.insert(0, repository.claims_sql(keys))
+    rows = await sql.run(reads)
+    products = inventory.products_from(rows.pop())
+    by_id = repository.orders_from(rows.pop()) if ids else {}
+    claims = repository.claims_from(rows.pop()) if keys else {}
+    claimed = {c.order_id for c in claims.values()} - by_id.keys()
+    if claimed:  # orders that keys were claimed for, under ids this batch does not carry
+        by_id.update(
+            repository.orders_from((await sql.run([repository.orders_by_id_sql(claimed)]))[0])
+        )
+    known = domain.Known(
+        orders=by_id,
+        keys={k: by_id[c.order_id] for k, c in claims.items() if c.order_id in by_id},
+        products=products,
+        claims={k: c for k, c in claims.items() if c.order_id not in by_id},
     )
-    todo = {
-        r.product_id for r in requests if r.order_id not in known.orders and r.key not in known.keys
-    }
-    known = dataclasses.replace(known, products=await inventory.lock_products(conn, todo))
     decision = domain.place_orders(requests, known, now=jsonutil.utcnow())
-    await repository.insert(conn, decision)
-    await inventory.save_stock(conn, decision.products.values(), decision.events)
+    writes = repository.insert_statements(decision)
+    writes += inventory.save_stock_statements(decision.products.values(), decision.events)
+    await sql.run(writes, commit=True)
     return decision
 
 
@@ -241,7 +254,7 @@ class OrderService:
         return await self._place(requests)
 
     async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
-        decision = await self._db.transact(partial(_decide, requests))
+        decision = await self._db.transact_statements(partial(_decide, requests))
         self._stored(decision.orders)
         return decision.outcomes
 
