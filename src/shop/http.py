@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shop import docs, heap, jsonutil, openapi
 from shop.errors import DomainError
-from shop.lean import LeanRoute, LeanRoutes
+from shop.lean import Lean, LeanRoute, LeanRoutes
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,14 @@ class Metrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).inc()
-            HTTP_LATENCY.labels(self.service, template).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            observe_request(self.service, scope["method"], template, status, elapsed)
+
+
+def observe_request(service: str, method: str, template: str, status: int, seconds: float) -> None:
+    """Count and time one answered request."""
+    HTTP_REQUESTS.labels(service, method, template, str(status)).inc()
+    HTTP_LATENCY.labels(service, template).observe(seconds)
 
 
 class Health(BaseModel):
@@ -351,6 +358,8 @@ def install(
         app.add_exception_handler(down, _on_database_down)
     app.add_exception_handler(Exception, _on_unexpected)
     if lean:
-        app.add_middleware(LeanRoutes, owner=app, routes=lean)
+        routes = {(route.method, route.path): route for route in lean}
+        app.state.lean = Lean(app, routes, max_body_bytes, partial(observe_request, service))
+        app.add_middleware(LeanRoutes, lean=app.state.lean)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(Metrics, service=service)

@@ -58,18 +58,55 @@ class LeanRoute(Generic[T]):
     reads_body: bool = True
 
 
-class LeanRoutes:
-    """ASGI middleware in front of the app's router: serves the plain case of its routes."""
+ObserveRequest = Callable[[str, str, int, float], None]  # method, route template, status, seconds
 
-    def __init__(self, app: ASGIApp, *, owner: FastAPI, routes: Sequence[LeanRoute[Any]]) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Lean:
+    """An app's lean routes by method and path, and what answering them outside the app needs:
+    its exception handlers, its body limit and its request metrics."""
+
+    owner: FastAPI
+    routes: Mapping[tuple[str, str], LeanRoute[Any]]
+    max_body_bytes: int
+    observe: ObserveRequest
+
+    async def fail(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer `exc` as the app would: through its nearest exception handler."""
+        handler = _handler_for(self.owner.exception_handlers, exc)
+        if handler is None:
+            raise exc
+        response = handler(Request(scope, receive), exc)
+        if inspect.isawaitable(response):
+            response = await response
+        await response(scope, receive, send)
+
+
+def lean_of(app: object) -> Lean | None:
+    """The lean routes of an app, found through the middleware that wraps it (uvicorn's)."""
+    for _ in range(3):
+        lean = getattr(getattr(app, "state", None), "lean", None)
+        if isinstance(lean, Lean):
+            return lean
+        app = getattr(app, "app", None)
+    return None
+
+
+class LeanRoutes:
+    """ASGI middleware in front of the app's router: serves the plain case of its routes.
+
+    (The HTTP protocol serves them before any ASGI app is called: `shop.server`; this serves
+    the requests that reach the app all the same, such as those of an in-process client.)
+    """
+
+    def __init__(self, app: ASGIApp, *, lean: Lean) -> None:
         self.app = app
-        self._owner = owner
-        self._routes = {(route.method, route.path): route for route in routes}
+        self._lean = lean
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
         if scope["type"] == "http":
-            route = self._routes.get((scope["method"], scope["path"]))
+            route = self._lean.routes.get((scope["method"], scope["path"]))
         if route is None:
             await self.app(scope, receive, send)
             return
@@ -78,7 +115,7 @@ class LeanRoutes:
             try:
                 read = await _read_body(receive)
             except Exception as exc:  # a body over the limit (BodyLimit raises 413)
-                await self._fail(exc, scope, receive, send)
+                await self._lean.fail(exc, scope, receive, send)
                 return
             if read is None:  # the client went away before it sent the body
                 return
@@ -91,7 +128,7 @@ class LeanRoutes:
         try:
             reply = await route.answer(scope, parsed)
         except Exception as exc:
-            await self._fail(exc, scope, receive, send)
+            await self._lean.fail(exc, scope, receive, send)
             return
         headers = [
             *reply.headers,
@@ -100,15 +137,6 @@ class LeanRoutes:
         ]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
-
-    async def _fail(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = _handler_for(self._owner.exception_handlers, exc)
-        if handler is None:
-            raise exc
-        response = handler(Request(scope, receive), exc)
-        if inspect.isawaitable(response):
-            response = await response
-        await response(scope, receive, send)
 
 
 def _handler_for(handlers: Mapping[Any, Handler], exc: Exception) -> Handler | None:
