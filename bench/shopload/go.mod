@@ -1,0 +1,3 @@
+module shopload
+
+go 1.22
