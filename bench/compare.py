@@ -9,9 +9,10 @@ its own RabbitMQ queue (names prefixed `bench-cmp-base-` / `bench-cmp-head-`) an
 `make up` runs (8080/8081) are left alone: their database holds every earlier bench run, which
 would make the head slower for reasons that are not its code.
 
-Then, for each path and connection count, both sides get the same closed-loop oha load, one
-after the other (who goes first alternates from step to step and from round to round), for
-several rounds, so that noise on the shared machine hits both. Before every run, each side has
+Then, for each path and connection count, both sides get the same closed-loop load (shopload,
+`bench.loadgen`; the orders from 2,000 customers in turn, each with their own token), one after
+the other (who goes first alternates from step to step and from round to round), for several
+rounds, so that noise on the shared machine hits both. Before every run, each side has
 stored every order it accepted so far and its processes are quiet (or a timeout passed), so no
 run competes with either side's backlog. Reported per step: each side's throughput (2xx answers
 per second) and p99, medians over rounds; the ratio head/base (the median of the per-round
@@ -34,12 +35,13 @@ import contextlib
 import datetime as dt
 import json
 import os
-import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -54,7 +56,8 @@ import asyncmy
 from confluent_kafka.admin import AdminClient
 
 from bench import compare_report, idle
-from bench.loadgen import LoadResult, ensure_oha, operator_headers, run_load
+from bench.customers import Customers
+from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
 from shop.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,9 +122,10 @@ class Side:
     env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     product_ids: list[int] = field(default_factory=list)
-    body: Path | None = None
+    requests: Path | None = None  # the order requests, one customer's token and body a line
     accepted: int = 0  # 201 + 202 answers on the order paths, warm-up included
-    auth: dict[str, str] = field(default_factory=dict)  # the Authorization header it is sent
+    catalogue: dict[str, str] = field(default_factory=dict)  # Authorization to make products
+    customers: Customers | None = None  # who places the orders (the same on both sides)
 
     @property
     def shop(self) -> str:
@@ -135,16 +139,18 @@ class Side:
 
 
 def make_sides(base: tuple[Path, str], head: tuple[Path, str], settings: Settings) -> list[Side]:
-    """Base and head, each (checkout, label) on its own ports, database and broker names, both
-    sent the same operator token."""
+    """Base and head, each (checkout, label) on its own ports, database and broker names, with
+    the same catalogue operator (who makes the products) and the same customers (who order)."""
     sides = [
         Side("base", base[0], base[1], 18080, 18081, "shop_cmp_base", "bench-cmp-base-"),
         Side("head", head[0], head[1], 28080, 28081, "shop_cmp_head", "bench-cmp-head-"),
     ]
-    auth = operator_headers(settings)
+    catalogue = catalogue_headers(settings)
+    customers = Customers.make(settings)
     for side in sides:
         side.env = side_env(side)
-        side.auth = auth
+        side.catalogue = catalogue
+        side.customers = customers
     return sides
 
 
@@ -383,26 +389,15 @@ def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, 
 
 
 def prepare_load(side: Side, directory: Path) -> None:
-    """The same products on both sides (count, price, stock) and the same order bodies."""
+    """The same products on both sides (count, price, stock) and the same order requests: the
+    same customers in turn, the same sequence of product indices (a file in `directory`; it
+    holds the customers' tokens)."""
     url = f"http://127.0.0.1:{side.product_port}/products"
-    side.product_ids = [
-        int(_post(url, {"name": f"cmp-{i}", "price": 1.5, "stock": BIG_STOCK}, side.auth)["id"])
-        for i in range(PRODUCTS)
-    ]
-    rng = random.Random(20261126)  # the same sequence of product indices on both sides
-    side.body = directory / f"{side.name}-orders.jsonl"
-    side.body.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "user_id": rng.randint(1, 1_000_000),
-                    "product_id": side.product_ids[rng.randrange(PRODUCTS)],
-                    "quantity": 1,
-                }
-            )
-            + "\n"
-            for _ in range(5000)
-        )
+    products = ({"name": f"cmp-{i}", "price": 1.5, "stock": BIG_STOCK} for i in range(PRODUCTS))
+    side.product_ids = [int(_post(url, body, side.catalogue)["id"]) for body in products]
+    assert side.customers is not None, "make_sides gives every side its customers"
+    side.requests = side.customers.order_requests(
+        directory / f"{side.name}-orders.tsv", side.product_ids, seed=20261126
     )
 
 
@@ -451,18 +446,15 @@ def settle(settings: Settings, sides: list[Side], timeout: float) -> dict[str, f
 def drive(
     side: Side, path: str, connections: int, seconds: float, rate: float | None = None
 ) -> LoadResult:
-    """One oha run on a side's path: closed loop, or at `rate` requests/s."""
+    """One shopload run on a side's path: closed loop, or at `rate` requests/s. Orders come
+    from the side's customers, each with their own token (a commit without access tokens
+    ignores them); `GET /products` is public."""
     if path == "products":
         return run_load(
             side.url(path), connections=connections, seconds=seconds, method="GET", rate=rate
         )
     result = run_load(
-        side.url(path),
-        connections=connections,
-        seconds=seconds,
-        body_lines=side.body,
-        rate=rate,
-        headers=side.auth,  # a commit without access tokens ignores the header
+        side.url(path), connections=connections, seconds=seconds, requests=side.requests, rate=rate
     )
     side.accepted += result.count(201, 202)
     return result
@@ -509,8 +501,12 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = [
         f"base `{header['base'][:12]}` against head `{header['head']}`; "
         f"{header['rounds']} round(s) of {header['seconds']:g} s per step and side, "
-        f"oha closed loop; throughput = 2xx answers per second; head/base = median over rounds "
-        f"of the per-round ratio.",
+        f"shopload closed loop; throughput = 2xx answers per second; head/base = median over "
+        f"rounds of the per-round ratio.",
+        "",
+        f"Orders from {header['customers']:,} customers in turn, each with their own token "
+        f"(rate limit per customer: {header['order_rate']:g}/s, burst {header['order_burst']}); "
+        f"a 429 counts as non-2xx.",
         "",
         "| path | connections | base /s | head /s | head/base | base p99 ms | head p99 ms "
         "| non-2xx base / head |",
@@ -572,7 +568,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     plan = Plan(args.quick, args.rounds, args.seconds, paths, levels or None)
     settings = load_settings()
-    ensure_oha()
+    ensure_shopload()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = ROOT / "bench" / "results" / f"{stamp}-compare"
     out.mkdir(parents=True, exist_ok=True)
@@ -593,6 +589,9 @@ def main() -> int:
         "seconds": plan.seconds,
         "connections": plan.connections,
         "products": PRODUCTS,
+        "customers": len(sides[0].customers) if sides[0].customers else 0,
+        "order_rate": settings.order_rate_per_second,  # the head's; the base has its own
+        "order_burst": settings.order_burst,
         "workers": settings.workers,  # the head's; the base runs with its own default
         "cores": os.cpu_count(),
     }
@@ -601,13 +600,16 @@ def main() -> int:
         f"base {base_sha[:12]} on 18080/18081, head {head_label} on 28080/28081; {steps} steps "
         f"of 2 x {plan.seconds:g} s, results in {out.relative_to(ROOT)}"
     )
+    if customers := sides[0].customers:
+        say(f"orders from {customers.describe()}")
     runs: list[dict[str, Any]] = []
     idle_latency: dict[str, Any] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="shop-compare-"))  # the requests files (tokens)
     clean(settings, sides)  # what a killed run may have left
     try:
         for side in sides:
             start_services(side, out)
-            prepare_load(side, out)
+            prepare_load(side, scratch)
         for side in sides:
             say(f"{side.name}: idle latency, {plan.idle_orders} single orders per channel")
             side_settings = settings.model_copy(
@@ -662,6 +664,7 @@ def main() -> int:
     finally:
         say("stopping the services this run started")
         stop_services(sides)
+        shutil.rmtree(scratch, ignore_errors=True)
         if not args.keep:
             say("dropping the databases, topics, consumer groups and queues this run made")
             clean(settings, sides)

@@ -4,9 +4,10 @@ Closed-loop throughput on a shared two-core machine moves by 10-25 % from round 
 load generator competes with the services for the same cores); CPU seconds per answered request
 at a rate both sides sustain is far steadier. Both sides run as in `bench.compare` (own
 database, topics, queue and ports, same servers); each round drives every path on both sides in
-turn (who goes first alternates), `seconds` at `rate` requests/s over 50 connections, and counts
-the CPU time of each side's whole process group (HTTP workers, consumers, outbox relay) while it
-runs. Prints every run and, per path, the medians and head/base.
+turn (who goes first alternates), `seconds` at `rate` requests/s over 50 connections (orders from
+2,000 customers in turn, each with their own token, as in `bench.compare`), and counts the CPU
+time of each side's whole process group (HTTP workers, consumers, outbox relay) while it runs.
+Prints every run and, per path, the medians and head/base.
 
     python -m bench.cpu --base 3fc7bee [--rate 1500] [--rounds 4] [--seconds 8]
 """
@@ -14,7 +15,10 @@ runs. Prints every run and, per path, the medians and head/base.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
+from pathlib import Path
 
 from bench.compare import (
     PATHS,
@@ -30,7 +34,7 @@ from bench.compare import (
     stop_services,
     worktree,
 )
-from bench.loadgen import ensure_oha
+from bench.loadgen import ensure_shopload
 from shop.settings import load_settings
 
 CONNECTIONS = 50
@@ -44,16 +48,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
     settings = load_settings()
-    ensure_oha()
+    ensure_shopload()
     sides = make_sides(worktree(args.base), (ROOT, "head"), settings)
+    if customers := sides[0].customers:
+        say(f"orders from {customers.describe()}")
     logs = ROOT / "bench" / "results" / "cpu-logs"
     logs.mkdir(parents=True, exist_ok=True)
     per_request: dict[tuple[str, str], list[float]] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="shop-cpu-"))  # the requests files (tokens)
     clean(settings, sides)
     try:
         for side in sides:
             start_services(side, logs)
-            prepare_load(side, logs)
+            prepare_load(side, scratch)
         for round_no in range(args.rounds):
             for path in PATHS:
                 for side in sides if round_no % 2 == 0 else sides[::-1]:
@@ -71,6 +78,7 @@ def main() -> int:
                     )
     finally:
         stop_services(sides)
+        shutil.rmtree(scratch, ignore_errors=True)
         clean(settings, sides)
     for path in PATHS:
         base = statistics.median(per_request[(path, "base")])

@@ -1,8 +1,9 @@
 """Idle latency of the asynchronous paths: single orders, each from its 202 to its stored row.
 
-With the system idle, 100 orders are sent one at a time to each asynchronous path. After each
-202 the order's row is looked up in the database by primary key every 2 ms until it is there
-(committed by a consumer, `confirmed` or `rejected`); only then is the next order sent. The
+With the system idle, 100 orders are sent one at a time to each asynchronous path, each by a
+customer of its own with their own token (`bench.customers`). After each 202 the order's row is
+looked up in the database by primary key every 2 ms until it is there (committed by a
+consumer, `confirmed` or `rejected`); only then is the next order sent. The
 figure is "202 received -> row visible to a reader": it can overstate the true delay by one
 poll interval plus one primary-key lookup (about 2.5 ms), never understate it.
 
@@ -27,7 +28,8 @@ from typing import Any
 import asyncmy
 import httpx
 
-from bench.loadgen import operator_headers
+from bench.customers import Customers
+from bench.loadgen import catalogue_headers
 from shop.settings import Settings, load_settings
 
 CHANNELS = ("kafka", "rabbitmq")
@@ -86,16 +88,26 @@ async def _stored_after(db: Any, order_id: bytes, started: float) -> tuple[float
 
 
 async def _one_channel(
-    client: httpx.AsyncClient, db: Any, url: str, product_id: int, orders: int, rng: random.Random
+    client: httpx.AsyncClient,
+    db: Any,
+    url: str,
+    product_id: int,
+    orders: int,
+    rng: random.Random,
+    customers: Customers,
+    first: int,
 ) -> dict[str, Any]:
+    """`orders` single orders (after WARM_UP uncounted ones), each from the next customer
+    (customers[first], customers[first + 1], ...): one order per customer."""
     stored_ms: list[float] = []
     intake_ms: list[float] = []
     statuses: dict[str, int] = {}
     timed_out = refused = 0
     for i in range(-WARM_UP, orders):
-        body = {"user_id": rng.randint(1, 1_000_000), "product_id": product_id, "quantity": 1}
+        customer = first + WARM_UP + i
+        body = {"user_id": customers.user(customer), "product_id": product_id, "quantity": 1}
         sent = time.perf_counter()
-        response = await client.post(url, json=body)
+        response = await client.post(url, json=body, headers=customers.headers(customer))
         received = time.perf_counter()
         if response.status_code != 202:
             refused += i >= 0
@@ -133,10 +145,15 @@ async def measure_async(settings: Settings, orders: int = ORDERS) -> dict[str, A
     products = f"http://127.0.0.1:{settings.product_service_port}/products"
     orders_url = f"http://127.0.0.1:{settings.order_service_port}/orders/async"
     rng = random.Random(20261126)
+    per_channel = WARM_UP + orders
+    # One customer per order, each with their own token: far below any customer's rate limit.
+    customers = Customers.make(settings, count=per_channel * len(CHANNELS))
     timeout = httpx.Timeout(10.0)
-    async with httpx.AsyncClient(timeout=timeout, headers=operator_headers(settings)) as client:
+    async with httpx.AsyncClient(timeout=timeout) as client:
         created = await client.post(
-            products, json={"name": "bench-idle", "price": 1.5, "stock": None}
+            products,
+            json={"name": "bench-idle", "price": 1.5, "stock": None},
+            headers=catalogue_headers(settings),
         )
         created.raise_for_status()
         product_id = int(created.json()["id"])
@@ -144,9 +161,16 @@ async def measure_async(settings: Settings, orders: int = ORDERS) -> dict[str, A
         try:
             channels = {
                 channel: await _one_channel(
-                    client, db, f"{orders_url}/{channel}", product_id, orders, rng
+                    client,
+                    db,
+                    f"{orders_url}/{channel}",
+                    product_id,
+                    orders,
+                    rng,
+                    customers,
+                    first=n * per_channel,
                 )
-                for channel in CHANNELS
+                for n, channel in enumerate(CHANNELS)
             }
         finally:
             db.close()
@@ -154,7 +178,8 @@ async def measure_async(settings: Settings, orders: int = ORDERS) -> dict[str, A
     kafka_p99 = kafka.get("p99")
     return {
         "method": (
-            f"{orders} orders one at a time per channel (after {WARM_UP} uncounted), "
+            f"{orders} orders one at a time per channel (after {WARM_UP} uncounted), each from "
+            f"a customer of its own with their own token, "
             f"each from its 202 until its row is visible, polled every "
             f"{POLL_SECONDS * 1000:g} ms by primary key"
         ),

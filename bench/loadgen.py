@@ -1,7 +1,15 @@
-"""The load generator: oha (Rust, from crates.io), driven as a subprocess, its JSON parsed."""
+"""The load generator: shopload (Go, standard library only, source in bench/shopload/), built
+here with the installed Go on first use, run as a subprocess, its JSON parsed.
+
+shopload takes each request's Authorization header and body from a file (`-requests`), so the
+order load comes from many customers, each with their own token (`bench.customers`); oha, used
+before, could only send one header to all.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -15,39 +23,90 @@ from typing import Any
 from shop.settings import Settings
 from shop.tokens import dev_token, ensure_dev_key
 
-OHA_VERSION = "1.16.0"
-_CARGO_BIN = Path.home() / ".cargo" / "bin"
+SOURCE = Path(__file__).resolve().parent / "shopload"
+CACHE = Path.home() / ".cache" / "shop" / "bin"
+_FALLBACK_GO = Path("/usr/local/go/bin/go")
 
 
-def operator_headers(settings: Settings) -> dict[str, str]:
-    """The Authorization header of the bench's requests: a token from the development issuer
-    (`make up` made its key) for an operator who may write products and place orders for any
-    user, as the bench's order bodies name many users."""
+def catalogue_headers(settings: Settings) -> dict[str, str]:
+    """The Authorization header of the bench's catalogue operator, who creates the products
+    the customers order: a token from the development issuer (`make up` made its key) with
+    the scope products:write and nothing else. Orders are placed by customers
+    (`bench.customers`)."""
     ensure_dev_key(settings)
     token = dev_token(
-        settings, subject="bench", scopes=["products:write", "orders:admin"], ttl_seconds=6 * 3600
+        settings, subject="bench-catalogue", scopes=["products:write"], ttl_seconds=6 * 3600
     )
     return {"Authorization": f"Bearer {token}"}
 
 
-def ensure_oha() -> str:
-    """The oha binary, installed with cargo (a few minutes, once) if it is missing."""
-    found = shutil.which("oha") or (
-        str(_CARGO_BIN / "oha") if (_CARGO_BIN / "oha").exists() else None
-    )
+def source_digest() -> str:
+    """The first 12 hex digits of the sha256 of shopload's sources (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(SOURCE.iterdir()):
+        if path.is_file() and (path.suffix == ".go" or path.name in ("go.mod", "go.sum")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def go_command() -> str:
+    """Go: $GO, else `go` on PATH, else /usr/local/go/bin/go."""
+    found = os.environ.get("GO") or shutil.which("go")
     if found:
         return found
-    cargo = shutil.which("cargo") or str(_CARGO_BIN / "cargo")
-    print(f"bench: installing oha {OHA_VERSION} with cargo (once; a few minutes) ...", flush=True)
-    subprocess.run(
-        [cargo, "install", "oha", "--locked", "--version", OHA_VERSION], check=True, timeout=1800
+    if _FALLBACK_GO.exists():
+        return str(_FALLBACK_GO)
+    raise RuntimeError("shopload is built with Go: install it or name it in $GO")
+
+
+def ensure_shopload() -> Path:
+    """The shopload binary of the current sources, built (a few seconds, no network) into
+    ~/.cache/shop/bin/shopload-<digest>/ if it is not there yet. The build goes to a temporary
+    name and is renamed when complete, so an interrupted build is never taken for a binary."""
+    binary = CACHE / f"shopload-{source_digest()}" / "shopload"
+    if binary.exists():
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    partial = binary.with_name(f".shopload-{os.getpid()}.partial")
+    print(f"bench: building shopload into {binary.parent} ...", flush=True)
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOTOOLCHAIN": "local",  # never download a toolchain
+        "GOPROXY": "off",  # standard library only: nothing to fetch
+        "GOWORK": "off",
+        "GOFLAGS": "",
+    }
+    try:
+        done = subprocess.run(
+            [go_command(), "build", "-trimpath", "-o", str(partial), "."],
+            cwd=SOURCE,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"building shopload failed: {done.stderr[-2000:]}")
+        os.replace(partial, binary)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    return binary
+
+
+def shopload_version() -> str:
+    """`shopload <digest> (go<version>)`, for the reports."""
+    done = subprocess.run(
+        [str(ensure_shopload()), "-version"], capture_output=True, text=True, check=True
     )
-    return str(_CARGO_BIN / "oha")
+    return done.stdout.strip().replace("shopload", f"shopload {source_digest()}", 1)
 
 
 @dataclass
 class LoadResult:
-    """One oha run, reduced to what the report shows."""
+    """One shopload run, reduced to what the report shows."""
 
     connections: int
     rate: float | None  # requests/s asked for (open loop); None = as fast as possible
@@ -79,50 +138,54 @@ def run_load(
     *,
     connections: int,
     seconds: float,
-    body_lines: Path | None = None,
+    requests: Path | None = None,
     rate: float | None = None,
     method: str = "POST",
     headers: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> LoadResult:
     """Drive `url` for `seconds` with `connections` connections, closed loop or at `rate`/s.
 
-    At a fixed rate oha corrects latency for coordinated omission (a late request counts from
-    when it should have been sent), so the percentiles are those an open-loop client sees.
+    `requests` is a file of `<Authorization value>\\t<body>` lines (`bench.customers`), taken
+    in turn; without it every request is the same, with `headers`. At a fixed rate latency
+    counts from when each request was due (coordinated omission corrected), so the percentiles
+    are those an open-loop client sees. Requests that fail or time out are counted, and their
+    latency too.
     """
     cmd = [
-        ensure_oha(),
-        "--no-tui",
-        "--output-format",
-        "json",
-        "-z",
-        f"{seconds}s",
+        str(ensure_shopload()),
         "-c",
         str(connections),
+        "-z",
+        f"{seconds}s",
         "-m",
         method,
-        "-w",
+        "-timeout",
+        f"{timeout}s",
     ]
-    if body_lines is not None:
-        cmd += ["-Z", str(body_lines), "-T", "application/json"]
+    if requests is not None:
+        cmd += ["-requests", str(requests)]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
     if rate is not None:
-        cmd += ["-q", str(rate), "--latency-correction"]
+        cmd += ["-q", str(rate)]
     cmd.append(url)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 120,
-        env={**os.environ, "NO_COLOR": "1"},
-        check=False,
+        cmd, capture_output=True, text=True, timeout=seconds + timeout + 120, check=False
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
-        raise RuntimeError(f"oha failed ({done.returncode}): {done.stderr[-2000:]}")
-    data = json.loads(done.stdout)
+        raise RuntimeError(f"shopload failed ({done.returncode}): {done.stderr[-2000:]}")
+    return parse(done.stdout, connections=connections, rate=rate, seconds=seconds, cpu=cpu)
+
+
+def parse(
+    output: str, *, connections: int, rate: float | None, seconds: float, cpu: float
+) -> LoadResult:
+    """A LoadResult from shopload's JSON (the shape of oha's, which the bench parsed before)."""
+    data = json.loads(output)
     pct = data["latencyPercentiles"]
     statuses = {str(k): int(v) for k, v in data.get("statusCodeDistribution", {}).items()}
     errors = {str(k): int(v) for k, v in data.get("errorDistribution", {}).items()}

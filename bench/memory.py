@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.loadgen import operator_headers
+from bench.loadgen import catalogue_headers
 from shop.settings import load_settings
 
 PRODUCTS = 1500
@@ -56,7 +56,7 @@ async def probe(pages: int) -> None:
             made = await client.post(
                 f"{base}/products",
                 json={"name": f"memprobe-{i}", "description": "d" * 2000, "price": 5},
-                headers=operator_headers(settings),
+                headers=catalogue_headers(settings),
             )
             made.raise_for_status()
         print(f"resident before: {resident_mb()} MiB", flush=True)

@@ -1,11 +1,13 @@
 """A mixed order load from clients that retry, and the audit after it: lost, duplicated, oversold.
 
 Each logical order is one customer (a user id of its own, so a duplicate shows as a second row
-for that user) sent on one path (sync, Kafka, RabbitMQ, in turn) with one Idempotency-Key. A
-client retries an attempt answered 5xx, refused at the door or cut (connection error, timeout)
-with the same key, backing off, until the order is answered 201/202 (accepted) or 409 (no stock)
-or its deadline passes (abandoned). Every attempt is recorded with its time, so what a fault cost
-can be read off afterwards (`Attempts.window`).
+for that user, and a token of its own from the development issuer whose subject is that user
+and which has no scope, as `shop token --user N` prints) sent on one path (sync, Kafka,
+RabbitMQ, in turn) with one Idempotency-Key. A client retries an attempt answered 5xx, refused
+at the door or cut (connection error, timeout) with the same key, backing off, until the order
+is answered 201/202 (accepted) or 409 (no stock) or its deadline passes (abandoned). Every
+attempt is recorded with its time, so what a fault cost can be read off afterwards
+(`Attempts.window`).
 
 Used by the fault test (`tests/cluster/test_faults.py`), and by hand against any running system:
     .venv/bin/python -m bench.mixed --seconds 30
@@ -26,9 +28,11 @@ from typing import Any
 
 import httpx
 
-from bench.loadgen import operator_headers
+from bench.customers import TOKEN_TTL_SECONDS
+from bench.loadgen import catalogue_headers
 from bench.run import query
 from shop.settings import Settings, load_settings
+from shop.tokens import dev_token
 
 PATHS = ("sync", "kafka", "rabbitmq")
 ACCEPTED = {"sync": 201, "kafka": 202, "rabbitmq": 202}
@@ -112,7 +116,6 @@ class MixedLoad:
         self.first_user = 2_000_000_000 + random.randrange(1_000_000_000)
         self._next = 0
         self._stopping = asyncio.Event()
-        self._headers = operator_headers(settings)  # orders:admin: may name any customer
 
     def stop(self) -> None:
         self._stopping.set()
@@ -142,7 +145,10 @@ class MixedLoad:
             "product_id": self.scarce if number % 2 else self.plenty,
             "quantity": 1 + number % 3,
         }
-        headers = {**self._headers, "Idempotency-Key": uuid.uuid4().hex}
+        headers = {
+            "Authorization": f"Bearer {self._token(int(body['user_id']))}",
+            "Idempotency-Key": uuid.uuid4().hex,
+        }
         deadline = time.monotonic() + self.order_deadline
         pause = 0.1
         while True:
@@ -163,6 +169,10 @@ class MixedLoad:
                 return
             await asyncio.sleep(pause)
             pause = min(2.0, pause * 2)
+
+    def _token(self, user: int) -> str:
+        """The customer's own token: subject `user`, no scope (about 0.2 ms to sign)."""
+        return dev_token(self.settings, subject=str(user), scopes=[], ttl_seconds=TOKEN_TTL_SECONDS)
 
     async def _attempt(
         self, client: httpx.AsyncClient, url: str, body: dict[str, int], headers: dict[str, str]
@@ -192,7 +202,7 @@ def _outcome(path: str, status: int) -> str:
 
 def make_products(settings: Settings, products_url: str, scarce_stock: int) -> tuple[int, int]:
     """A product with `scarce_stock` units (it runs out) and one with plenty."""
-    headers = operator_headers(settings)
+    headers = catalogue_headers(settings)
     ids = []
     with httpx.Client(timeout=10) as client:
         for stock in (scarce_stock, 100_000_000):

@@ -310,6 +310,18 @@ def render(results: dict[str, Any]) -> str:
         for r in targets(results)
     ]
     m = results["machine"]
+    # Runs before shopload recorded oha's version under "oha".
+    generator = m["versions"].get("load_generator") or m["versions"].get("oha", "unknown")
+    customers = results.get("customers")
+    customers_line = (
+        f"<p>Order load: {customers['count']:,} customers in turn (users "
+        f"{customers['first_user']}-{customers['first_user'] + customers['count'] - 1}), each "
+        f"with their own token, each under the per-customer limit of "
+        f"{customers['rate_per_second']:g} orders/s (burst {customers['burst']}); a 429 counts "
+        f"as failed.</p>"
+        if customers
+        else ""
+    )
     floor_gen = max((r["generator_cores"] for r in results["floor"]), default=0)
     floor_best = best(results["floor"])
     sweep_rows = [
@@ -372,10 +384,11 @@ img {{ max-width: 100%; }}
 <p>Machine: {m["cores"]} cores, {m["memory_gib"]} GiB, {html.escape(m["platform"])}.
 Servers: MariaDB {html.escape(m["versions"]["mariadb"])}, RabbitMQ
 {html.escape(m["versions"]["rabbitmq"])}, Kafka {html.escape(str(m["versions"]["kafka"]))};
-Python {m["versions"]["python"]}; load generator {html.escape(m["versions"]["oha"])};
+Python {m["versions"]["python"]}; load generator {html.escape(generator)};
 {m["service_workers"]} worker process(es) per service. Everything (servers, services, load
 generator) shares these cores, so every figure is best read as a ratio to the limits below,
 measured in the same run.</p>
+{customers_line}
 <p>Load generator: at most {floor_gen} cores while driving the HTTP floor to
 {floor_best:,.0f} answers/s, so it is not what limits the figures.</p>
 <h2>Targets</h2>{_table(target_rows, ["target", "measured", "verdict"])}

@@ -2,7 +2,9 @@
 
 Runs against the system `make up` started (settings as usual: config.yaml < environment) and
 writes bench/results/<timestamp>/results.json and report.html. A full run takes about 7 minutes,
-`--quick` about 2 (both include about 40 s of idle latency).
+`--quick` about 2 (both include about 40 s of idle latency). The load generator is shopload
+(`bench.loadgen`); the order load comes from 2,000 customers in turn, each with their own token
+(`bench.customers`); a catalogue operator's token makes the products.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import datetime as dt
 import json
 import os
 import platform
-import random
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,8 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench import idle, limits, report
-from bench.loadgen import LoadResult, ensure_oha, operator_headers, run_load
+from bench.customers import Customers
+from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load, shopload_version
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
 from shop.messaging.ports import Outgoing
@@ -92,30 +94,11 @@ def _post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[
 def make_products(settings: Settings, count: int, stock: int | None) -> list[int]:
     url = f"http://127.0.0.1:{settings.product_service_port}/products"
     tag = uuid.uuid4().hex[:6]
-    auth = operator_headers(settings)
+    auth = catalogue_headers(settings)
     return [
         _post_json(url, {"name": f"bench-{tag}-{i}", "price": 1.5, "stock": stock}, auth)["id"]
         for i in range(count)
     ]
-
-
-def body_file(directory: Path, name: str, product_ids: list[int], lines: int = 5000) -> Path:
-    path = directory / f"{name}.jsonl"
-    rng = random.Random(name)
-    path.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "user_id": rng.randint(1, 1_000_000),
-                    "product_id": rng.choice(product_ids),
-                    "quantity": 1,
-                }
-            )
-            + "\n"
-            for _ in range(lines)
-        )
-    )
-    return path
 
 
 # ---------------------------------------------------------------- depth sampling
@@ -480,9 +463,7 @@ def machine(settings: Settings) -> dict[str, Any]:
     from devstack import kafka as stack_kafka
 
     versions["kafka"] = stack_kafka.KAFKA_VERSION
-    versions["oha"] = subprocess.run(
-        [ensure_oha(), "--version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    versions["load_generator"] = shopload_version()
     return {
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
@@ -503,14 +484,22 @@ def main() -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or ROOT / "bench" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
-    ensure_oha()
+    ensure_shopload()
+    customers = Customers.make(settings)
     results: dict[str, Any] = {
         "started": stamp,
         "quick": plan.quick,
         "layout": args.layout,
         "machine": machine(settings),
+        "customers": {
+            "count": len(customers),
+            "first_user": customers.first_user,
+            "rate_per_second": settings.order_rate_per_second,
+            "burst": settings.order_burst,
+        },
     }
     say(f"{'quick' if plan.quick else 'full'} run; results in {out}")
+    say(f"order load from {customers.describe()}")
     say("idle latency: single orders, 202 -> stored (waiting for empty queues first)")
     depths = wait_idle(settings)
     results["idle_latency"] = {"depths_before": depths, **idle.measure(settings)}
@@ -522,15 +511,14 @@ def main() -> int:
     initial = dict.fromkeys(spread + hot, BIG_STOCK)
     orders_url = f"http://127.0.0.1:{settings.order_service_port}/orders"
     with tempfile.TemporaryDirectory() as tmp:
-        bodies = {
-            "spread": body_file(Path(tmp), "spread", spread),
-            "hot": body_file(Path(tmp), "hot", hot),
+        # The order requests: the customers in turn, each with their own token.
+        spread_orders = {
+            "requests": customers.order_requests(Path(tmp) / "spread.tsv", spread, seed="spread")
         }
-        auth = operator_headers(settings)
-        spread_orders = {"body_lines": bodies["spread"], "headers": auth}
+        hot_orders = {"requests": customers.order_requests(Path(tmp) / "hot.tsv", hot, seed="hot")}
         targets: dict[str, tuple[str, dict[str, Any]]] = {
             "sync": (f"{orders_url}/sync", spread_orders),
-            "sync_hot": (f"{orders_url}/sync", {"body_lines": bodies["hot"], "headers": auth}),
+            "sync_hot": (f"{orders_url}/sync", hot_orders),
             "kafka": (f"{orders_url}/async/kafka", spread_orders),
             "rabbitmq": (f"{orders_url}/async/rabbitmq", spread_orders),
             "products": (
@@ -545,7 +533,7 @@ def main() -> int:
                 "floor",
                 f"http://127.0.0.1:{FLOOR_PORT}/orders/async/floor",
                 plan,
-                **spread_orders,  # the same requests, token included, as the order paths
+                **spread_orders,  # the same requests (customers' tokens too) as the order paths
             )
         finally:
             floor.terminate()
