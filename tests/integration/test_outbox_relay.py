@@ -1,5 +1,6 @@
-"""Outbox relays: two on one table (two replicas) never publish a row twice; a commit in another
-process wakes the relay; the purge deletes only what it should."""
+"""Outbox relays: two on one table (two replicas) never publish a row twice, whether a row
+carries one event or many; a commit in another process wakes the relay; the purge deletes only
+what it should."""
 
 from __future__ import annotations
 
@@ -59,21 +60,32 @@ async def scratch_outbox(database: AsyncEngine) -> AsyncIterator[Any]:
         await conn.run_sync(table.drop)
 
 
-async def test_two_relays_publish_every_row_exactly_once(
-    database: AsyncEngine, scratch_outbox: Any, settings: Settings
+@pytest.mark.parametrize("round_events", [outbox.MAX_ROUND_EVENTS, 25])
+async def test_two_relays_publish_every_event_exactly_once(
+    database: AsyncEngine,
+    scratch_outbox: Any,
+    settings: Settings,
+    round_events: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # 25: a round stops at the first row that would take it past 25 events.
+    monkeypatch.setattr(outbox, "MAX_ROUND_EVENTS", round_events)
     topic = f"{settings.kafka_product_events_topic}-relay-{uuid.uuid4().hex[:6]}"
     await ensure_topics(settings.kafka_brokers, [topic])
+    # Rows of 1 to 19 events, as batches of any size write them.
     async with database.begin() as conn:
-        for start in range(0, EVENTS, 500):
+        start = size = 0
+        while start < EVENTS:
+            size = size % 19 + 1
             await outbox.add_events(
                 conn,
                 scratch_outbox,
                 [
                     Event("product", "test.event", str(i), 1, {"id": i})
-                    for i in range(start, start + 500)
+                    for i in range(start, min(EVENTS, start + size))
                 ],
             )
+            start += size
     publishers = [KafkaPublisher(settings.kafka_brokers, delivery_timeout=10) for _ in range(2)]
     counting = [_Counting(p.topic(topic)) for p in publishers]
     relays = [
@@ -127,11 +139,10 @@ async def test_purge_deletes_only_events_published_before_the_retention(
     database: AsyncEngine, scratch_outbox: Any
 ) -> None:
     async with database.begin() as conn:
-        await outbox.add_events(
-            conn,
-            scratch_outbox,
-            [Event("product", "test.event", str(i), 1, {"id": i}) for i in range(30)],
-        )
+        for i in range(30):  # a row each
+            await outbox.add_events(
+                conn, scratch_outbox, [Event("product", "test.event", str(i), 1, {"id": i})]
+            )
         ids = sorted((await conn.execute(select(scratch_outbox.c.id))).scalars())
         now = jsonutil.utcnow()
         old, recent = ids[:10], ids[10:20]  # the last 10 stay unsent
