@@ -8,13 +8,13 @@ single request in flight it costs nothing but a task switch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from shop.errors import Unavailable
-from shop.tasks import first_of
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ BatchHandler = Callable[[Sequence[Req]], Awaitable[Sequence[Res | Exception]]]
 class _Entry(Generic[Req, Res]):
     request: Req
     future: asyncio.Future[Res]
+    expiry: asyncio.TimerHandle | None = None
     taken: bool = False  # in a batch: its outcome is being decided
 
 
@@ -40,6 +41,10 @@ class Coalescer(Generic[Req, Res]):
     told it failed: storing it anyway would make a retry a second order). Once taken, its
     caller waits for the batch's outcome, which the handler bounds. At most `max_pending`
     requests wait: beyond that, `submit` refuses at once.
+
+    A request costs a future and a timer, nothing more: an `asyncio.timeout` and a `shield` per
+    request, and two tasks each time the batch loop went idle, were about 5 % of a sync order's
+    CPU.
     """
 
     def __init__(
@@ -50,42 +55,65 @@ class Coalescer(Generic[Req, Res]):
         self._max_pending = max_pending
         self._timeout = timeout
         self._pending: list[_Entry[Req, Res]] = []
-        self._wake = asyncio.Event()
+        self._idle: asyncio.Future[None] | None = None  # the batch loop waits on it
 
     async def submit(self, request: Req) -> Res:
         """The outcome of `request` once its batch is stored (raises what the batch raised)."""
         if len(self._pending) >= self._max_pending:
             raise Unavailable("Too many orders are waiting to be stored; retry shortly.")
-        entry: _Entry[Req, Res] = _Entry(request, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        entry: _Entry[Req, Res] = _Entry(request, loop.create_future())
         # Retrieve the outcome even if our caller went away, so no "never retrieved" warning.
         entry.future.add_done_callback(_consume)
+        entry.expiry = loop.call_later(self._timeout, self._expire, entry)
         self._pending.append(entry)
-        self._wake.set()
+        self._wake()
         try:
-            async with asyncio.timeout(self._timeout):
-                return await asyncio.shield(entry.future)
-        except TimeoutError:
+            return await entry.future
+        except asyncio.CancelledError:  # the caller went away
             if not entry.taken:
-                raise Unavailable(
-                    f"The order was not stored within {self._timeout:g}s; it was not placed."
-                ) from None
-        finally:
-            if not entry.taken:
-                self._pending.remove(entry)
-        return await asyncio.shield(entry.future)
+                self._drop(entry)
+            raise
+
+    def _expire(self, entry: _Entry[Req, Res]) -> None:
+        if entry.taken or entry.future.done():
+            return
+        self._drop(entry)
+        entry.future.set_exception(
+            Unavailable(f"The order was not stored within {self._timeout:g}s; it was not placed.")
+        )
+
+    def _drop(self, entry: _Entry[Req, Res]) -> None:
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+        with contextlib.suppress(ValueError):
+            self._pending.remove(entry)
+
+    def _wake(self) -> None:
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Store batches until `stopping` is set and nothing is pending."""
-        while not (stopping.is_set() and not self._pending):
-            if not self._pending:
-                self._wake.clear()
-                await first_of(self._wake, stopping)
-                continue
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            for entry in batch:
-                entry.taken = True
-            await self._settle(batch)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.ensure_future(stopping.wait())
+        stop.add_done_callback(lambda _: self._wake())
+        try:
+            while not (stopping.is_set() and not self._pending):
+                if not self._pending:
+                    self._idle = loop.create_future()
+                    await self._idle
+                    continue
+                batch = [e for e in self._pending[: self._max_batch] if not e.future.done()]
+                del self._pending[: self._max_batch]
+                for entry in batch:
+                    entry.taken = True
+                    if entry.expiry is not None:
+                        entry.expiry.cancel()
+                if batch:
+                    await self._settle(batch)
+        finally:
+            stop.cancel()
 
     async def _settle(self, batch: list[_Entry[Req, Res]]) -> None:
         try:
