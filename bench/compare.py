@@ -56,7 +56,7 @@ import asyncmy
 from confluent_kafka.admin import AdminClient
 
 from bench import compare_report, idle
-from bench.customers import Customers
+from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
 from shop.settings import Settings, load_settings
 
@@ -624,6 +624,12 @@ def main() -> int:
             side.accepted = stored(settings, side)
             for line in idle.describe(idle_latency[side.name]):
                 say(f"{side.name}: {line}")
+        for side in sides:
+            if side.customers:
+                warm = warm_token_caches(
+                    f"http://127.0.0.1:{side.order_port}", side.customers, scratch
+                )
+                say(f"{side.name}: token caches warmed ({warm.requests:,} reads: {warm.statuses})")
         say("warm-up: every path once per side, not counted")
         for path in plan.paths:
             for side in sides:

@@ -34,6 +34,7 @@ from bench.compare import (
     stop_services,
     worktree,
 )
+from bench.customers import warm_token_caches
 from bench.loadgen import ensure_shopload
 from shop.settings import load_settings
 
@@ -61,6 +62,8 @@ def main() -> int:
         for side in sides:
             start_services(side, logs)
             prepare_load(side, scratch)
+            if side.customers:  # so that no round pays the first check of a token
+                warm_token_caches(f"http://127.0.0.1:{side.order_port}", side.customers, scratch)
         for round_no in range(args.rounds):
             for path in PATHS:
                 for side in sides if round_no % 2 == 0 else sides[::-1]:

@@ -143,11 +143,13 @@ def run_load(
     method: str = "POST",
     headers: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    count: int | None = None,
 ) -> LoadResult:
     """Drive `url` for `seconds` with `connections` connections, closed loop or at `rate`/s.
 
     `requests` is a file of `<Authorization value>\\t<body>` lines (`bench.customers`), taken
-    in turn; without it every request is the same, with `headers`. At a fixed rate latency
+    in turn; without it every request is the same, with `headers`. `count` stops it after that
+    many requests (or at `seconds`, whichever comes first). At a fixed rate latency
     counts from when each request was due (coordinated omission corrected), so the percentiles
     are those an open-loop client sees. Requests that fail or time out are counted, and their
     latency too.
@@ -169,6 +171,8 @@ def run_load(
         cmd += ["-H", f"{name}: {value}"]
     if rate is not None:
         cmd += ["-q", str(rate)]
+    if count is not None:
+        cmd += ["-n", str(count)]
     cmd.append(url)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(

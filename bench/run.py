@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench import idle, limits, report
-from bench.customers import Customers
+from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load, shopload_version
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
@@ -511,6 +511,14 @@ def main() -> int:
     initial = dict.fromkeys(spread + hot, BIG_STOCK)
     orders_url = f"http://127.0.0.1:{settings.order_service_port}/orders"
     with tempfile.TemporaryDirectory() as tmp:
+        warm = warm_token_caches(
+            f"http://127.0.0.1:{settings.order_service_port}", customers, Path(tmp)
+        )
+        results["token_warm_up"] = warm.as_dict()
+        say(
+            f"token caches warmed: {warm.requests:,} reads of the customers' orders in "
+            f"{warm.seconds:.1f} s, answers {warm.statuses or warm.errors}"
+        )
         # The order requests: the customers in turn, each with their own token.
         spread_orders = {
             "requests": customers.order_requests(Path(tmp) / "spread.tsv", spread, seed="spread")

@@ -7,6 +7,8 @@
 //	shopload -c 50 -z 10s -m POST -requests orders.tsv http://127.0.0.1:8081/orders/sync
 //	shopload -c 50 -z 10s -q 1500 'http://127.0.0.1:8080/products?limit=100'
 //
+// -n N stops after N requests (and at the deadline, whichever comes first).
+//
 // -c N workers, each a goroutine sending one request at a time over its own kept-alive
 // connection (opened again after an error or a "Connection: close"). Closed loop by default;
 // -q RATE sends request i when it is due (start + i/RATE) and counts its latency from then, not
@@ -73,6 +75,7 @@ type config struct {
 	head     bool     // HEAD: answers have no body
 	requests [][]byte // each request's bytes, ready to write
 	rate     float64
+	limit    uint64 // requests in all; 0: no limit
 	timeout  time.Duration
 	start    time.Time
 	deadline time.Time
@@ -85,6 +88,7 @@ func main() {
 		duration    = flag.Duration("z", 10*time.Second, "how long to start requests")
 		method      = flag.String("m", "GET", "HTTP method")
 		rate        = flag.Float64("q", 0, "requests per second in all (open loop); 0: closed loop")
+		limit       = flag.Uint64("n", 0, "stop after this many requests; 0: at the deadline only")
 		timeout     = flag.Duration("timeout", 30*time.Second, "per request: connect, send, answer")
 		file        = flag.String("requests", "", "file of requests, '<Authorization>\\t<body>' per line")
 		version     = flag.Bool("version", false, "print the version and exit")
@@ -98,7 +102,7 @@ func main() {
 	}
 	if flag.NArg() != 1 || *connections < 1 || *duration <= 0 || *rate < 0 || *timeout <= 0 {
 		fmt.Fprintln(os.Stderr, "usage: shopload [-c N] [-z 10s] [-m POST] [-q RATE] "+
-			"[-H 'Name: value']... [-requests FILE] [-timeout 30s] URL")
+			"[-n N] [-H 'Name: value']... [-requests FILE] [-timeout 30s] URL")
 		os.Exit(2)
 	}
 	target, err := url.Parse(flag.Arg(0))
@@ -134,12 +138,16 @@ func main() {
 		head:     *method == "HEAD",
 		requests: requests,
 		rate:     *rate,
+		limit:    *limit,
 		timeout:  *timeout,
 	}
 	// Room for every latency without growing, at rates above what the bench reaches.
 	expected := *rate * duration.Seconds()
 	if expected == 0 {
 		expected = 20000 * duration.Seconds()
+	}
+	if *limit > 0 {
+		expected = math.Min(expected, float64(*limit))
 	}
 	capacity := int(math.Min(expected/float64(*connections)*1.5, 4e6)) + 64
 	tallies := make([]*tally, *connections)
@@ -236,7 +244,7 @@ func work(cfg *config, t *tally) {
 			// Request i is due at start + i/rate, whichever worker is free to send it.
 			i = cfg.next.Add(1) - 1
 			from = cfg.start.Add(time.Duration(float64(i) * interval))
-			if !from.Before(cfg.deadline) {
+			if !from.Before(cfg.deadline) || (cfg.limit > 0 && i >= cfg.limit) {
 				return
 			}
 			if wait := time.Until(from); wait > 0 {
@@ -251,6 +259,9 @@ func work(cfg *config, t *tally) {
 				return
 			}
 			i = cfg.next.Add(1) - 1
+			if cfg.limit > 0 && i >= cfg.limit {
+				return
+			}
 		}
 		status, err := c.do(cfg.requests[i%count], cfg.head)
 		t.latencies = append(t.latencies, time.Since(from))
@@ -276,7 +287,11 @@ func describe(err error, timeout time.Duration) string {
 	}
 	var opErr *net.OpError
 	if errors.As(err, &opErr) && opErr.Err != nil {
-		return opErr.Op + ": " + opErr.Err.Error()
+		inner := opErr.Err.Error() // "read: connection reset by peer" already names its call
+		if strings.HasPrefix(inner, opErr.Op+": ") {
+			return inner
+		}
+		return opErr.Op + ": " + inner
 	}
 	return err.Error()
 }

@@ -17,7 +17,7 @@ from typing import ClassVar
 import jwt
 import pytest
 from bench import loadgen
-from bench.customers import FIRST_USER, Customers
+from bench.customers import FIRST_USER, Customers, warm_token_caches
 
 from shop.settings import Settings, load_settings
 
@@ -60,7 +60,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(201 if own and json_type else 403, b'{"id": "x"}')
 
     def do_GET(self) -> None:
-        if self.path == "/chunked":
+        if self.path.startswith("/orders"):
+            with self.lock:
+                self.seen.append((self.headers.get("Authorization", ""), {}))
+            self._send(200, b"[]")
+        elif self.path == "/chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -85,10 +89,16 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"x" * 40_000)
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that gave up (the timeout test) breaks the pipe: expected
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
+    httpd = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -207,3 +217,20 @@ def test_open_loop_latency_counts_from_when_a_request_was_due(server: str) -> No
     assert result.statuses.keys() == {"200"}
     assert 10 <= result.requests <= 25
     assert result.p99_ms > 500
+
+
+def test_count_stops_the_load_after_that_many_requests(server: str) -> None:
+    result = loadgen.run_load(f"{server}/big", connections=3, seconds=10, method="GET", count=7)
+    assert result.statuses == {"200": 7}
+    assert result.seconds < 5
+
+
+def test_warming_the_token_caches_sends_every_token_the_same_number_of_times(
+    settings: Settings, server: str, tmp_path: Path
+) -> None:
+    customers = Customers.make(settings, count=20)
+    Handler.seen.clear()
+    result = warm_token_caches(server, customers, tmp_path, rounds=3)
+    assert result.statuses == {"200": 60}
+    sent = collections.Counter(auth for auth, _ in Handler.seen)
+    assert sent == {f"Bearer {token}": 3 for token in customers.tokens}
