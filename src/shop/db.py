@@ -147,7 +147,7 @@ def insert_sql(table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any
     (`sql_literal`).
     """
     values = ", ".join(["(" + ", ".join(map(sql_literal, row)) + ")" for row in rows])
-    return f"{_insert_head(table, columns)}{values}"
+    return f"{insert_head(table, columns)}{values}"
 
 
 def in_list(values: Iterable[Any]) -> str:
@@ -156,7 +156,7 @@ def in_list(values: Iterable[Any]) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_head(table: str, columns: tuple[str, ...]) -> str:
+def insert_head(table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
 
 

@@ -283,8 +283,9 @@ class _State:
             return None
         if product.stock < request.quantity:
             return OUT_OF_STOCK
-        taken = dataclasses.replace(
-            product, stock=product.stock - request.quantity, version=product.version + 1
+        # (the constructor, not dataclasses.replace: this runs once per order)
+        taken = Product(
+            product.id, product.price, product.stock - request.quantity, product.version + 1
         )
         self.products[product.id] = decision.products[product.id] = taken
         return None

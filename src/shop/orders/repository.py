@@ -12,7 +12,7 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import jsonutil, outbox
-from shop.db import in_list, insert_sql
+from shop.db import in_list, insert_head, insert_sql, sql_literal
 from shop.orders.domain import Decision, KeyClaim, Order
 from shop.orders.tables import order_aliases, order_keys, order_outbox, orders
 
@@ -27,8 +27,20 @@ def _from_row(row: Sequence[Any]) -> Order:
     return Order(**values)
 
 
-def _as_row(order: Order) -> tuple[Any, ...]:
-    return (order.id.bytes, *(getattr(order, name) for name in FIELDS[1:]))
+def order_values(order: Order) -> str:
+    """`(v1, ...)`: the order's row as SQL literals, as `sql_literal` writes each field.
+
+    Spelled out for the hottest insert: the generic dispatch per value was a fifth of a sync
+    batch's CPU (tests/unit/test_order_rows.py holds the two to the same text).
+    """
+    created = sql_literal(order.created_at)
+    updated = created if order.updated_at == order.created_at else sql_literal(order.updated_at)
+    return (
+        f"(X'{order.id.hex}', {order.user_id:d}, {order.product_id:d}, {order.quantity:d}, "
+        f"{sql_literal(order.status)}, {sql_literal(order.reason)}, "
+        f"{sql_literal(order.unit_price)}, {sql_literal(order.total_price)}, "
+        f"{sql_literal(order.channel)}, {created}, {updated}, {order.version:d})"
+    )
 
 
 def claims_sql(keys: Collection[bytes]) -> str:
@@ -65,7 +77,8 @@ def insert_statements(decision: Decision) -> list[str]:
     """The decision's new orders, keys, aliases and order events as SQL text."""
     statements: list[str] = []
     if decision.orders:
-        statements.append(insert_sql(orders.name, FIELDS, [_as_row(o) for o in decision.orders]))
+        values = ", ".join([order_values(o) for o in decision.orders])
+        statements.append(f"{insert_head(orders.name, FIELDS)}{values}")
     now = jsonutil.utcnow()
     if decision.keys:
         placed = {o.id: o for o in decision.orders}
