@@ -107,6 +107,36 @@ async def unit_of_work(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[
 
 
 @asynccontextmanager
+async def statements_unit(
+    engine: AsyncEngine, *, timeout: float, on_commit: Callable[[], None] = lambda: None
+) -> AsyncIterator[Statements]:
+    """One transaction of SQL text on a pooled connection's driver connection (`Statements`),
+    rolled back unless its block commits; bounded by `timeout` seconds.
+
+    Driver errors come out as SQLAlchemy's DBAPIError (so `may_run_again` and the callers'
+    handlers read them as they read the engine's); a connection that was lost, or that a
+    node out of the cluster holds, is invalidated, never pooled again.
+    """
+    async with _connection(engine, timeout=timeout) as conn:
+        raw = await conn.get_raw_connection()
+        statements = Statements(raw.driver_connection, on_commit=on_commit)
+        try:
+            yield statements
+            await statements.rollback()  # a no-op when the block committed, as it should
+        except asyncmy_errors.Error as exc:
+            lost = _connection_gone(exc)
+            if lost or not await statements.rollback():
+                await conn.invalidate()
+            raise DBAPIError.instance(
+                statements.last, None, exc, asyncmy_errors.Error, connection_invalidated=lost
+            ) from exc
+        except Exception:
+            if not await statements.rollback():
+                await conn.invalidate()
+            raise
+
+
+@asynccontextmanager
 async def _connection(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[AsyncConnection]:
     """A pooled connection, bounded by `timeout` seconds; invalidated if cancelled or late."""
     conn = await engine.connect()
@@ -257,28 +287,8 @@ class Database:
         """
 
         async def attempt(done: Callable[[], None]) -> T:
-            async with _connection(self.engine, timeout=self.timeout) as conn:
-                raw = await conn.get_raw_connection()
-                statements = Statements(raw.driver_connection, on_commit=done)
-                try:
-                    result = await work(statements)
-                    await statements.rollback()  # a no-op when `work` committed, as it should
-                    return result
-                except asyncmy_errors.Error as exc:
-                    lost = _connection_gone(exc)
-                    if lost or not await statements.rollback():
-                        await conn.invalidate()
-                    raise DBAPIError.instance(
-                        statements.last,
-                        None,
-                        exc,
-                        asyncmy_errors.Error,
-                        connection_invalidated=lost,
-                    ) from exc
-                except Exception:
-                    if not await statements.rollback():
-                        await conn.invalidate()
-                    raise
+            async with statements_unit(self.engine, timeout=self.timeout, on_commit=done) as sql:
+                return await work(sql)
 
         return await self._retrying(attempt)
 

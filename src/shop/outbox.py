@@ -19,13 +19,12 @@ from sqlalchemy import (
     Table,
     func,
     select,
-    update,
 )
 from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import jsonutil
-from shop.db import Timestamp, insert_sql, unit_of_work
+from shop.db import Timestamp, in_list, insert_sql, sql_literal, statements_unit, unit_of_work
 from shop.events import Event
 from shop.expiry import Expiry
 from shop.generation import Generation
@@ -162,6 +161,12 @@ class Relay:
         self._seen = self._commits.value()
         self._wake = asyncio.Event()
         self._backlog_read_at = 0.0
+        # Rounds are SQL text on the driver's connection (shop.db.Statements): a round's four
+        # statements through SQLAlchemy were half of a relay's CPU per round.
+        self._claim = (
+            f"SELECT id, event_key, payload FROM {table.name} WHERE sent_at IS NULL "
+            f"ORDER BY id LIMIT {batch_size:d} FOR UPDATE SKIP LOCKED"
+        )
 
     def notify(self) -> None:
         """Tell the relay that new rows were committed, so it need not wait for its next poll."""
@@ -175,28 +180,25 @@ class Relay:
         """Publish the events of one batch of unsent rows: how many rows, and whether more may
         be waiting."""
         t = self._table
-        async with unit_of_work(self._engine, timeout=self._publish_timeout + 10) as conn:
-            claimed = (
-                await conn.execute(
-                    select(t.c.id, t.c.event_key, t.c.payload)
-                    .where(t.c.sent_at.is_(None))
-                    .order_by(t.c.id)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+        async with statements_unit(self._engine, timeout=self._publish_timeout + 10) as sql:
+            (claimed,) = await sql.run([self._claim])
             if not claimed:
+                await sql.run([], commit=True)
                 return 0, False
             sent: list[int] = []
             messages: list[Outgoing] = []
-            for row in claimed:
-                carried = _messages(row.event_key, row.payload)
+            for row_id, event_key, payload in claimed:
+                carried = _messages(event_key, payload)
                 if sent and len(messages) + len(carried) > MAX_ROUND_EVENTS:
                     break  # the rest stay unsent, for the next round
-                sent.append(row.id)
+                sent.append(row_id)
                 messages += carried
             await self._publisher.publish(messages, timeout=self._publish_timeout)
-            await conn.execute(update(t).where(t.c.id.in_(sent)).values(sent_at=jsonutil.utcnow()))
+            mark = (
+                f"UPDATE {t.name} SET sent_at = {sql_literal(jsonutil.utcnow())} "
+                f"WHERE id IN {in_list(sent)}"
+            )
+            await sql.run([mark], commit=True)
         OUTBOX_PUBLISHED.labels(t.name).inc(len(messages))
         return len(sent), len(claimed) == self._batch_size or len(sent) < len(claimed)
 
