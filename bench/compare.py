@@ -65,9 +65,10 @@ DEFAULT_BASE = "0fc452c"
 PRODUCTS = 200
 BIG_STOCK = 100_000_000
 READY_TIMEOUT = 120.0
-PATHS = ("sync", "kafka", "rabbitmq", "products")
+PATHS = ("sync", "hot", "kafka", "rabbitmq", "products")
 PATH_LABELS = {
     "sync": "POST /orders/sync",
+    "hot": "POST /orders/sync (one product)",
     "kafka": "POST /orders/async/kafka",
     "rabbitmq": "POST /orders/async/rabbitmq",
     "products": "GET /products",
@@ -123,6 +124,7 @@ class Side:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     product_ids: list[int] = field(default_factory=list)
     requests: Path | None = None  # the order requests, one customer's token and body a line
+    hot_requests: Path | None = None  # the same customers, every order for one product
     accepted: int = 0  # 201 + 202 answers on the order paths, warm-up included
     catalogue: dict[str, str] = field(default_factory=dict)  # Authorization to make products
     customers: Customers | None = None  # who places the orders (the same on both sides)
@@ -134,7 +136,7 @@ class Side:
     def url(self, path: str) -> str:
         if path == "products":
             return f"http://127.0.0.1:{self.product_port}/products?limit=100"
-        suffix = "sync" if path == "sync" else f"async/{path}"
+        suffix = "sync" if path in ("sync", "hot") else f"async/{path}"
         return f"http://127.0.0.1:{self.order_port}/orders/{suffix}"
 
 
@@ -399,6 +401,9 @@ def prepare_load(side: Side, directory: Path) -> None:
     side.requests = side.customers.order_requests(
         directory / f"{side.name}-orders.tsv", side.product_ids, seed=20261126
     )
+    side.hot_requests = side.customers.order_requests(
+        directory / f"{side.name}-hot-orders.tsv", side.product_ids[:1], seed=20261126
+    )
 
 
 def stored(settings: Settings, side: Side) -> int:
@@ -453,8 +458,9 @@ def drive(
         return run_load(
             side.url(path), connections=connections, seconds=seconds, method="GET", rate=rate
         )
+    requests = side.hot_requests if path == "hot" else side.requests
     result = run_load(
-        side.url(path), connections=connections, seconds=seconds, requests=side.requests, rate=rate
+        side.url(path), connections=connections, seconds=seconds, requests=requests, rate=rate
     )
     side.accepted += result.count(201, 202)
     return result
