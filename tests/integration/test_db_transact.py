@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from shop.db import Database
+from shop.db import Database, Statements
 from shop.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -77,3 +77,66 @@ async def test_a_refused_statement_is_not_tried_again(db: Database, scratch: str
     with pytest.raises(IntegrityError):
         await db.transact(insert_twice)
     assert attempts == 1
+
+
+# The order batches' path: SQL text on a held driver connection (Database.transact_statements).
+
+
+async def _held_connection_id(db: Database) -> int:
+    async def connection_id(sql: Statements) -> int:
+        (rows,) = await sql.run(["SELECT CONNECTION_ID()"], commit=True)
+        return int(rows[0][0])
+
+    return await db.transact_statements(connection_id)
+
+
+async def test_batches_keep_their_connection_between_units(db: Database) -> None:
+    assert await _held_connection_id(db) == await _held_connection_id(db)
+
+
+async def test_a_held_connection_lost_before_commit_is_replaced_and_the_work_done_once(
+    db: Database, database: AsyncEngine, settings: Settings, scratch: str
+) -> None:
+    held = await _held_connection_id(db)
+    outside = create_async_engine(settings.db_url, poolclass=NullPool)
+    async with outside.connect() as conn:
+        await conn.execute(text(f"KILL CONNECTION {held}"))
+    await outside.dispose()
+    attempts = 0
+
+    async def insert(sql: Statements) -> None:
+        nonlocal attempts
+        attempts += 1
+        await sql.run([f"SELECT id FROM {scratch} FOR UPDATE"])
+        await sql.run([f"INSERT INTO {scratch} (id) VALUES (1)"], commit=True)
+
+    await db.transact_statements(insert)
+    assert attempts == 2, "the first attempt should have met the dead held connection"
+    async with database.connect() as conn:
+        assert (await conn.execute(text(f"SELECT COUNT(*) FROM {scratch}"))).scalar_one() == 1
+    assert await _held_connection_id(db) != held
+
+
+async def test_a_statement_refused_in_a_packet_undoes_the_packet_and_is_not_retried(
+    db: Database, database: AsyncEngine, scratch: str
+) -> None:
+    attempts = 0
+
+    async def insert(sql: Statements) -> None:
+        nonlocal attempts
+        attempts += 1
+        await sql.run(
+            [
+                f"INSERT INTO {scratch} (id) VALUES (2)",
+                f"INSERT INTO {scratch} (id) VALUES (1), (1)",
+            ],
+            commit=True,
+        )
+
+    with pytest.raises(IntegrityError):
+        await db.transact_statements(insert)
+    assert attempts == 1
+    async with database.connect() as conn:
+        assert (await conn.execute(text(f"SELECT COUNT(*) FROM {scratch}"))).scalar_one() == 0
+    # The connection was rolled back, kept, and serves the next unit.
+    await _held_connection_id(db)

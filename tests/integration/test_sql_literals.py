@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shop.db import Database, Statements, create_engine, insert_sql, sql_literal
+from shop.db import create_engine, insert_sql, sql_literal, statements_unit
 from shop.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -84,12 +84,8 @@ def engine(
 async def _round_trip(engine: AsyncEngine, values: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     numbered = [(i, *row) for i, row in enumerate(values)]
     # The way the order batches write: SQL text on the driver's connection (db.Statements).
-    database = Database(engine, reads=engine, timeout=30.0)
-
-    async def replace(sql: Statements) -> None:
+    async with statements_unit(engine, timeout=30.0) as sql:
         await sql.run([f"DELETE FROM {TABLE}", insert_sql(TABLE, COLUMNS, numbered)], commit=True)
-
-    await database.transact_statements(replace)
     async with engine.connect() as conn:
         found = await conn.execute(text(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} ORDER BY id"))
         return [tuple(row)[1:] for row in found]
