@@ -6,8 +6,9 @@ at a rate both sides sustain is far steadier. Both sides run as in `bench.compar
 database, topics, queue and ports, same servers); each round drives every path on both sides in
 turn (who goes first alternates), `seconds` at `rate` requests/s over 50 connections (orders from
 2,000 customers in turn, each with their own token, as in `bench.compare`), and counts the CPU
-time of each side's whole process group (HTTP workers, consumers, outbox relay) while it runs.
-Prints every run and, per path, the medians and head/base.
+time of each side's process groups while it runs: both services (HTTP workers, consumers,
+outbox relays), and the order service's alone. Prints every run and, per path, the medians and
+head/base of both.
 
     python -m bench.cpu --base 3fc7bee [--rate 1500] [--rounds 4] [--seconds 8]
 """
@@ -69,15 +70,20 @@ def main() -> int:
                 for side in sides if round_no % 2 == 0 else sides[::-1]:
                     settle(settings, sides, 60.0)
                     groups = {p.pid for p in side.processes}
-                    before = cpu_seconds(groups)
+                    orders = {side.processes[-1].pid}  # the order service's process group
+                    before, before_orders = cpu_seconds(groups), cpu_seconds(orders)
                     result = drive(side, path, CONNECTIONS, args.seconds, rate=args.rate)
                     used = cpu_seconds(groups) - before
-                    answered = result.count(200, 201, 202)
-                    micros = used / max(answered, 1) * 1e6
+                    used_orders = cpu_seconds(orders) - before_orders
+                    answered = max(result.count(200, 201, 202), 1)
+                    micros = used / answered * 1e6
                     per_request.setdefault((path, side.name), []).append(micros)
+                    in_orders = used_orders / answered * 1e6
+                    per_request.setdefault((path, f"{side.name} orders"), []).append(in_orders)
                     say(
                         f"round {round_no + 1} {path:8} {side.name}: {answered} answered, "
-                        f"{used:.2f} CPU s, {micros:.0f} us per request, p99 {result.p99_ms:.1f} ms"
+                        f"{used:.2f} CPU s, {micros:.0f} us per request ({in_orders:.0f} in the "
+                        f"order service), p99 {result.p99_ms:.1f} ms"
                     )
     finally:
         stop_services(sides)
@@ -88,6 +94,12 @@ def main() -> int:
         head = statistics.median(per_request[(path, "head")])
         ratio = head / base
         say(f"{path}: base {base:.0f} us, head {head:.0f} us per request; head/base {ratio:.3f}")
+        base_orders = statistics.median(per_request[(path, "base orders")])
+        head_orders = statistics.median(per_request[(path, "head orders")])
+        say(
+            f"{path}: in the order service's processes base {base_orders:.0f} us, "
+            f"head {head_orders:.0f} us; head/base {head_orders / base_orders:.3f}"
+        )
     return 0
 
 
