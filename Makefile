@@ -66,9 +66,9 @@ test: venv lint helm-tools ## set up the stack, then the whole test suite agains
 test-cluster: venv ## the cluster's fault tests alone (they start and stop the cluster, about 6 min; make test runs them last)
 	$(VENV)/bin/pytest -m cluster
 
-bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); BASELINE=<commit>: that commit beside this checkout, about 17 min; CLUSTER=1: on `make up`'s stack and on the cluster, both layouts in one report, about 25 min (QUICK=1: about 10)
+bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); BASELINE=<commit>: that commit beside this checkout, about 22 min; CLUSTER=1: on `make up`'s stack and on the cluster, both layouts in one report, about 25 min (QUICK=1: about 10)
 	$(if $(BASELINE),$(VENV)/bin/python -m bench.compare --base $(BASELINE),$(if $(CLUSTER),$(VENV)/bin/python -m bench.layouts,$(VENV)/bin/python -m bench.run)) $(if $(QUICK),--quick,)
 
 .PHONY: bench-compare
-bench-compare: up ## BASE (default 0fc452c) beside this checkout, same servers and load, about 17 min (QUICK=1: about 2)
+bench-compare: up ## BASE (default 0fc452c) beside this checkout, same servers and load, about 22 min (QUICK=1: about 2)
 	$(VENV)/bin/python -m bench.compare --base $(or $(BASE),0fc452c) $(if $(QUICK),--quick,)
