@@ -138,7 +138,13 @@ async def statements_unit(
         raise
     except asyncmy_errors.Error as exc:
         lost = _connection_gone(exc)
-        if lost or not await statements.rollback():
+        if lost:
+            # As SQLAlchemy does on a disconnect: the pool's other connections went with this
+            # one (a restarted server, a fail-over), so the next unit anywhere gets a fresh
+            # connection instead of meeting a dead one (which a plain read answers 503).
+            await conn.invalidate()
+            await engine.dispose()
+        elif not await statements.rollback():
             await conn.invalidate()
         raise DBAPIError.instance(
             statements.last, None, exc, asyncmy_errors.Error, connection_invalidated=lost

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -42,28 +43,49 @@ async def _pooled_connection_id(db: Database) -> int:
     return await db.transact(connection_id)
 
 
-async def test_a_connection_lost_before_commit_is_replaced_and_the_work_done_once(
-    db: Database, database: AsyncEngine, settings: Settings, scratch: str
-) -> None:
-    pooled = await _pooled_connection_id(db)
-    # As a server restart would, from the outside: from a connection of the same account (one
-    # may kill one's own connections without any privilege).
+async def _held_connection_id(db: Database) -> int:
+    async def connection_id(sql: Statements) -> int:
+        (rows,) = await sql.run(["SELECT CONNECTION_ID()"], commit=True)
+        return int(rows[0][0])
+
+    return await db.transact_statements(connection_id)
+
+
+async def _kill(settings: Settings, connection_id: int) -> None:
+    """As a server restart would, from the outside: from a connection of the same account (one
+    may kill one's own connections without any privilege)."""
     outside = create_async_engine(settings.db_url, poolclass=NullPool)
     async with outside.connect() as conn:
-        await conn.execute(text(f"KILL CONNECTION {pooled}"))
+        await conn.execute(text(f"KILL CONNECTION {connection_id}"))
     await outside.dispose()
+
+
+@pytest.mark.parametrize("path", ["engine", "statements"])
+async def test_a_connection_lost_before_commit_is_replaced_and_the_work_done_once(
+    path: str, db: Database, database: AsyncEngine, settings: Settings, scratch: str
+) -> None:
+    """Through the engine (`transact`) and as SQL text on a held connection (the batches')."""
+    connection_id = _pooled_connection_id if path == "engine" else _held_connection_id
+    before = await connection_id(db)
+    await _kill(settings, before)
     attempts = 0
 
-    async def insert(conn: AsyncConnection) -> None:
+    async def on_engine(conn: AsyncConnection) -> None:
         nonlocal attempts
         attempts += 1
         await conn.execute(text(f"INSERT INTO {scratch} (id) VALUES (1)"))
 
-    await db.transact(insert)
-    assert attempts == 2, "the first attempt should have met the dead pooled connection"
+    async def as_text(sql: Statements) -> None:
+        nonlocal attempts
+        attempts += 1
+        await sql.run([f"SELECT id FROM {scratch} FOR UPDATE"])
+        await sql.run([f"INSERT INTO {scratch} (id) VALUES (1)"], commit=True)
+
+    await (db.transact(on_engine) if path == "engine" else db.transact_statements(as_text))
+    assert attempts == 2, "the first attempt should have met the dead connection"
     async with database.connect() as conn:
         assert (await conn.execute(text(f"SELECT COUNT(*) FROM {scratch}"))).scalar_one() == 1
-    assert await _pooled_connection_id(db) != pooled
+    assert await connection_id(db) != before
 
 
 async def test_a_refused_statement_is_not_tried_again(db: Database, scratch: str) -> None:
@@ -79,42 +101,8 @@ async def test_a_refused_statement_is_not_tried_again(db: Database, scratch: str
     assert attempts == 1
 
 
-# The order batches' path: SQL text on a held driver connection (Database.transact_statements).
-
-
-async def _held_connection_id(db: Database) -> int:
-    async def connection_id(sql: Statements) -> int:
-        (rows,) = await sql.run(["SELECT CONNECTION_ID()"], commit=True)
-        return int(rows[0][0])
-
-    return await db.transact_statements(connection_id)
-
-
 async def test_batches_keep_their_connection_between_units(db: Database) -> None:
     assert await _held_connection_id(db) == await _held_connection_id(db)
-
-
-async def test_a_held_connection_lost_before_commit_is_replaced_and_the_work_done_once(
-    db: Database, database: AsyncEngine, settings: Settings, scratch: str
-) -> None:
-    held = await _held_connection_id(db)
-    outside = create_async_engine(settings.db_url, poolclass=NullPool)
-    async with outside.connect() as conn:
-        await conn.execute(text(f"KILL CONNECTION {held}"))
-    await outside.dispose()
-    attempts = 0
-
-    async def insert(sql: Statements) -> None:
-        nonlocal attempts
-        attempts += 1
-        await sql.run([f"SELECT id FROM {scratch} FOR UPDATE"])
-        await sql.run([f"INSERT INTO {scratch} (id) VALUES (1)"], commit=True)
-
-    await db.transact_statements(insert)
-    assert attempts == 2, "the first attempt should have met the dead held connection"
-    async with database.connect() as conn:
-        assert (await conn.execute(text(f"SELECT COUNT(*) FROM {scratch}"))).scalar_one() == 1
-    assert await _held_connection_id(db) != held
 
 
 async def test_a_statement_refused_in_a_packet_undoes_the_packet_and_is_not_retried(
@@ -140,3 +128,36 @@ async def test_a_statement_refused_in_a_packet_undoes_the_packet_and_is_not_retr
         assert (await conn.execute(text(f"SELECT COUNT(*) FROM {scratch}"))).scalar_one() == 0
     # The connection was rolled back, kept, and serves the next unit.
     await _held_connection_id(db)
+
+
+async def test_a_connection_lost_in_a_batch_renews_the_pool_for_every_unit(
+    db: Database, settings: Settings, scratch: str
+) -> None:
+    """As SQLAlchemy does on a disconnect: after a restart, one dead connection met by a batch
+    (or a relay round) means every pooled one is dead, so none is handed out again (a
+    service's plain reads and writes are not retried: they would answer 503)."""
+    held = await _held_connection_id(db)  # kept out of the pool by the batches
+
+    async def connection_id(conn: AsyncConnection) -> int:
+        await asyncio.sleep(0.05)  # so that the five are checked out together
+        return int((await conn.execute(text("SELECT CONNECTION_ID()"))).scalar_one())
+
+    pooled = await asyncio.gather(*(db.transact(connection_id) for _ in range(5)))
+    assert len({held, *pooled}) == 6
+    for dead in (held, *pooled):  # as a restarted server leaves them
+        await _kill(settings, dead)
+
+    async def read_then_write(sql: Statements) -> None:  # a batch: its reads, then the COMMIT
+        await sql.run([f"SELECT id FROM {scratch} FOR UPDATE"])
+        await sql.run([], commit=True)
+
+    await db.transact_statements(read_then_write)  # meets the dead held connection, then a new
+    attempts = 0
+
+    async def insert(conn: AsyncConnection) -> None:
+        nonlocal attempts
+        attempts += 1
+        await conn.execute(text(f"INSERT INTO {scratch} (id) VALUES (1)"))
+
+    await db.transact(insert)
+    assert attempts == 1, "a dead pooled connection was handed out after a batch met one"
