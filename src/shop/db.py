@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
 from asyncmy import errors as asyncmy_errors
-from sqlalchemy import DateTime, event, text
+from sqlalchemy import CursorResult, DateTime, event, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
@@ -240,6 +240,12 @@ async def ping(engine: AsyncEngine, *, timeout: float) -> None:
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise
+
+
+async def run_text(conn: AsyncConnection, sql: str) -> CursorResult[Any]:
+    """Run SQL text with its values written in (`sql_literal`) on an engine connection."""
+    # no_parameters: the driver gets no parameter tuple, so it leaves `%` in the text alone.
+    return await conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
 
 
 def insert_sql(table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> str:

@@ -39,6 +39,14 @@ class Reply:
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
+    def head(self) -> tuple[tuple[bytes, bytes], ...]:
+        """Every header the reply is sent with, in the order it is sent."""
+        return (
+            *self.headers,
+            (b"content-length", str(len(self.body)).encode()),
+            (b"content-type", b"application/json"),
+        )
+
 
 def as_response(reply: Reply) -> Response:
     """The same answer as a Starlette response, for the FastAPI route of a lean one."""
@@ -130,12 +138,7 @@ class LeanRoutes:
         except Exception as exc:
             await self._lean.fail(exc, scope, receive, send)
             return
-        headers = [
-            *reply.headers,
-            (b"content-length", str(len(reply.body)).encode()),
-            (b"content-type", b"application/json"),
-        ]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.start", "status": reply.status, "headers": reply.head()})
         await send({"type": "http.response.body", "body": reply.body})
 
 

@@ -24,7 +24,15 @@ from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import jsonutil
-from shop.db import Timestamp, in_list, insert_sql, sql_literal, statements_unit, unit_of_work
+from shop.db import (
+    Timestamp,
+    in_list,
+    insert_sql,
+    run_text,
+    sql_literal,
+    statements_unit,
+    unit_of_work,
+)
 from shop.events import Event
 from shop.expiry import Expiry
 from shop.generation import Generation
@@ -84,9 +92,7 @@ _EVENT_COLUMNS = ("event_id", "event_key", "payload", "created_at")
 async def add_events(conn: AsyncConnection, table: Table, events: Sequence[Event]) -> None:
     """Record events inside the caller's transaction; they are published only if it commits."""
     if events:
-        await conn.exec_driver_sql(
-            insert_events_sql(table, events), execution_options={"no_parameters": True}
-        )
+        await run_text(conn, insert_events_sql(table, events))
 
 
 def insert_events_sql(table: Table, events: Sequence[Event]) -> str:
@@ -183,8 +189,7 @@ class Relay:
         async with statements_unit(self._engine, timeout=self._publish_timeout + 10) as sql:
             (claimed,) = await sql.run([self._claim])
             if not claimed:
-                await sql.run([], commit=True)
-                return 0, False
+                return 0, False  # (the unit ends its transaction)
             sent: list[int] = []
             messages: list[Outgoing] = []
             for row_id, event_key, payload in claimed:

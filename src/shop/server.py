@@ -35,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from shop.http import status_problem
-from shop.lean import Lean, LeanRoute, lean_of
+from shop.lean import Lean, LeanRoute, Reply, lean_of
 from shop.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
             await lean.fail(exc, scope, cast(Receive, cycle.receive), status.send)
             lean.observe(scope["method"], route.path, status.code, time.perf_counter() - start)
             return
-        _write(cycle, reply.status, reply.headers, reply.body)
+        _write(cycle, reply)
         lean.observe(scope["method"], route.path, reply.status, time.perf_counter() - start)
     except BaseException as exc:  # as uvicorn's run_asgi does for an app's exception
         log.error("Exception answering a lean route", exc_info=exc)
@@ -214,26 +214,16 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
         cycle.on_response = _nothing
 
 
-def _write(
-    cycle: RequestResponseCycle,
-    status: int,
-    headers: tuple[tuple[bytes, bytes], ...],
-    body: bytes,
-) -> None:
+def _write(cycle: RequestResponseCycle, reply: Reply) -> None:
     """The response in one write, with the bytes uvicorn's `send` would have written."""
     if cycle.disconnected:
         return
-    content = [STATUS_LINE[status]]
-    for name, value in (
-        *cycle.default_headers,
-        *headers,
-        (b"content-length", str(len(body)).encode()),
-        (b"content-type", b"application/json"),
-    ):
+    content = [STATUS_LINE[reply.status]]
+    for name, value in (*cycle.default_headers, *reply.head()):
         content += (name, b": ", value, b"\r\n")
     if not cycle.keep_alive:
         content.append(b"connection: close\r\n")
-    content += (b"\r\n", body)
+    content += (b"\r\n", reply.body)
     cycle.response_started = cycle.response_complete = True
     cycle.transport.write(b"".join(content))
     cycle.message_event.set()

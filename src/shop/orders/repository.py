@@ -7,12 +7,12 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import jsonutil, outbox
-from shop.db import in_list, insert_head, insert_sql, sql_literal
+from shop.db import in_list, insert_head, insert_sql, run_text, sql_literal
 from shop.orders.domain import Decision, KeyClaim, Order
 from shop.orders.tables import order_aliases, order_keys, order_outbox, orders
 
@@ -103,7 +103,7 @@ _ALIAS_COLUMNS = ("id", "order_id", "created_at")
 async def _claims(conn: AsyncConnection, keys: Collection[bytes]) -> dict[bytes, KeyClaim]:
     if not keys:
         return {}
-    return claims_from((await _text(conn, claims_sql(keys))).all())
+    return claims_from((await run_text(conn, claims_sql(keys))).all())
 
 
 async def _orders_by_id(
@@ -112,12 +112,7 @@ async def _orders_by_id(
     """Orders by their own ids and by their aliases' ids, in one round trip."""
     if not ids:
         return {}
-    return orders_from((await _text(conn, orders_by_id_sql(ids))).all())
-
-
-async def _text(conn: AsyncConnection, sql: str) -> CursorResult[Any]:
-    # no_parameters: the driver gets no parameter tuple, so it leaves `%` in the text alone.
-    return await conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+    return orders_from((await run_text(conn, orders_by_id_sql(ids))).all())
 
 
 async def claim_key(conn: AsyncConnection, key: bytes, claim: KeyClaim) -> KeyClaim:
