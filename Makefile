@@ -7,7 +7,7 @@ SHOP := $(VENV)/bin/shop
 DEVSTACK := $(VENV)/bin/devstack
 UV := python3 -m uv
 
-.PHONY: help venv up down status run migrate test lint unit bench helm-tools cluster cluster-down cluster-status test-cluster
+.PHONY: help venv up down status run migrate test lint unit deploy-tests bench helm-tools cluster cluster-down cluster-status test-cluster
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,8 +52,11 @@ lint: venv ## ruff and mypy (strict)
 helm-tools: ## build helm (for the chart's tests) from the Go module proxy, once
 	tools/install-helm
 
-unit: venv helm-tools ## the unit tests alone (no servers needed)
+unit: venv ## the unit tests alone (no servers, no helm)
 	$(VENV)/bin/pytest tests/unit
+
+deploy-tests: venv helm-tools ## the deployment tests alone (helm chart, compose file, cluster configs, wheel; no servers)
+	$(VENV)/bin/pytest tests/deploy
 
 test: venv lint helm-tools ## set up the stack, then the whole test suite against the real servers
 	@command -v docker-compose >/dev/null || { echo "installing docker-compose (compose-file check)"; \

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.loadgen import LoadResult, run_load
+from shop.access.dev_issuer import dev_token, ensure_dev_key
 from shop.settings import Settings
-from shop.tokens import dev_token, ensure_dev_key
 
 CUSTOMERS = 2000
 FIRST_USER = 1_000_001  # above the user ids the tests use; the mixed load's are above 2e9

@@ -10,10 +10,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from shop import http
 from shop.ids import uuid7
 from shop.orders.models import Accepted, PlaceOrder
 from shop.settings import load_settings
+from shop.web import app_factory as http
 
 
 def app() -> FastAPI:

@@ -14,12 +14,12 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import MetaData, Table, text
 
 from shop import jsonutil
-from shop.db import create_engine
 from shop.ids import uuid7
 from shop.messaging.kafka import ensure_topics, producer_config
 from shop.orders.models import AsyncChannel, OrderCommand
 from shop.orders.tables import orders
 from shop.settings import Settings
+from shop.storage.database import create_engine
 
 
 def order_command(i: int, *, product_id: int = 1, channel: AsyncChannel = "kafka") -> bytes:

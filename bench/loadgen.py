@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shop.access.dev_issuer import dev_token, ensure_dev_key
 from shop.settings import Settings
-from shop.tokens import dev_token, ensure_dev_key
 
 SOURCE = Path(__file__).resolve().parent / "shopload"
 CACHE = Path.home() / ".cache" / "shop" / "bin"

@@ -31,8 +31,8 @@ import httpx
 from bench.customers import TOKEN_TTL_SECONDS
 from bench.loadgen import catalogue_headers
 from bench.run import query
+from shop.access.dev_issuer import dev_token
 from shop.settings import Settings, load_settings
-from shop.tokens import dev_token
 
 PATHS = ("sync", "kafka", "rabbitmq")
 ACCEPTED = {"sync": 201, "kafka": 202, "rabbitmq": 202}

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shop import tokens
-from shop.auth import Authenticator, StaticKey
+from shop.access import dev_issuer as tokens
+from shop.access.verifier import Authenticator, StaticKey
 
 ISSUER = "shop-test"
 AUDIENCE = "shop"

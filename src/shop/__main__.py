@@ -1,3 +1,3 @@
-from shop.cli import main
+from shop.runtime.cli import main
 
 main()

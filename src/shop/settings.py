@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     # Connections (and requests in progress) one worker process takes before answering 503.
     max_connections: int = Field(4096, ge=16)
 
-    # Access tokens (shop.auth): JWTs from this issuer for this audience, verified with the keys
+    # Access tokens (verifier): JWTs from this issuer for this audience, verified with the keys
     # at AUTH_JWKS_URL or, without it, the PEM public key in AUTH_PUBLIC_KEY_FILE (the local
     # stack's development issuer writes it; paths are relative to the working directory).
     auth_issuer: str = Field("shop-dev", min_length=1)

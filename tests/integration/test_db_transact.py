@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from shop.db import Database, Statements
 from shop.settings import Settings
+from shop.storage.database import Database, Statements
 
 pytestmark = pytest.mark.integration
 

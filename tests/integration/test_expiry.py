@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shop import expiry, jsonutil
-from shop.expiry import Expiry
+from shop import jsonutil
 from shop.orders.tables import order_keys
 from shop.products.tables import product_idempotency
+from shop.storage import expiry
+from shop.storage.expiry import Expiry
 
 pytestmark = pytest.mark.integration
 

@@ -16,13 +16,14 @@ import pytest
 from sqlalchemy import MetaData, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shop import jsonutil, outbox
+from shop import jsonutil
 from shop.events import Event
-from shop.generation import SharedGeneration
 from shop.messaging.kafka import KafkaPublisher, KafkaTopic, ensure_topics
 from shop.messaging.ports import Outgoing
-from shop.outbox import Relay, outbox_table
 from shop.settings import Settings
+from shop.storage import outbox
+from shop.storage.outbox import Relay, outbox_table
+from shop.storage.write_counter import SharedGeneration
 from tests.support import eventually, read_events
 
 pytestmark = pytest.mark.integration

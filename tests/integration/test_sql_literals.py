@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shop.db import create_engine, insert_sql, sql_literal, statements_unit
 from shop.settings import Settings
+from shop.storage.database import create_engine, insert_sql, sql_literal, statements_unit
 
 pytestmark = pytest.mark.integration
 

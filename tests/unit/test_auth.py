@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from shop.auth import Authenticator, Forbidden, Jwks, StaticKey, Unauthorized, thumbprint
+from shop.access.verifier import Authenticator, Forbidden, Jwks, StaticKey, Unauthorized, thumbprint
 from tests.tokens import AUDIENCE, ISSUER, Issuer
 
 issuer = Issuer()

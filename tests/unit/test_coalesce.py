@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from shop.coalesce import Coalescer
 from shop.errors import Unavailable
+from shop.storage.group_commit import Coalescer
 
 
 async def test_concurrent_requests_share_batches_and_get_their_own_outcome() -> None:

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shop import db as db_module
-from shop.db import Database
+from shop.storage import database as db_module
+from shop.storage.database import Database
 
 LOST = 2013  # "Lost connection to server during query"
 

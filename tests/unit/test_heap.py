@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shop import heap
+from shop.runtime import gc_tuning as heap
 
 
 @pytest.fixture

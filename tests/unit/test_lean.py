@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import OperationalError
 
-from shop import http, idempotency, jsonutil
+from shop import jsonutil
+from shop.access.rate_limit import RateLimiter
 from shop.errors import IdempotencyMismatch, InvalidInput, OutOfStock, Unavailable
 from shop.orders import api as order_api
 from shop.orders.models import AsyncChannel, PlaceOrder
@@ -29,7 +30,8 @@ from shop.orders.service import OrderQuery
 from shop.products import api as product_api
 from shop.products.models import ProductCreate, ProductPatch
 from shop.products.service import ProductQuery, encode_cursor
-from shop.ratelimit import RateLimiter
+from shop.storage import idempotency
+from shop.web import app_factory as http
 from tests.tokens import Issuer
 
 ISSUER = Issuer()

@@ -13,10 +13,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shop import docs, http
+from shop.access.rate_limit import RateLimiter
 from shop.orders import api as order_api
 from shop.products import api as product_api
-from shop.ratelimit import RateLimiter
+from shop.web import app_factory as http
+from shop.web import docs_pages as docs
 from tests.support import PageReferences
 from tests.tokens import Issuer
 from tests.unit.test_lean import FakeOrders, FakeProducts

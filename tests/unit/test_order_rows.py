@@ -9,10 +9,10 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shop.db import sql_literal
 from shop.orders import domain, repository
 from shop.orders.models import Order as OrderModel
 from shop.orders.tables import orders
+from shop.storage.database import sql_literal
 
 
 def test_the_domain_order_has_one_field_per_column_of_the_table() -> None:

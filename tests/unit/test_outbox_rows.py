@@ -8,9 +8,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shop import outbox
 from shop.events import Event
 from shop.products.tables import product_outbox
+from shop.storage import outbox
 
 keys = st.one_of(st.integers(1, 10**12).map(str), st.uuids().map(str))
 texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=20)

@@ -14,9 +14,9 @@ from typing import Any, cast
 
 import pytest
 
-from shop.db import Database
-from shop.generation import Generation, SharedGeneration
 from shop.products.service import ProductQuery, ProductService
+from shop.storage.database import Database
+from shop.storage.write_counter import Generation, SharedGeneration
 
 QUERY = ProductQuery(limit=100)
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from shop.ratelimit import RateLimiter, TooManyRequests
+from shop.access.rate_limit import RateLimiter, TooManyRequests
 
 
 class Clock:

@@ -16,8 +16,8 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from shop import server
-from shop.server import RequestDeadline
+from shop.web.fastpath import protocol as server
+from shop.web.fastpath.protocol import RequestDeadline
 
 SECONDS = 0.2
 

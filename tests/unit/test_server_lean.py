@@ -1,7 +1,7 @@
 """The HTTP protocol answers the lean routes itself, with the bytes the app would have written.
 
 Each request goes to two connections of the same app: one whose protocol serves the lean
-routes (`shop.server`), one whose protocol hands everything to the ASGI app (the app's own
+routes (`fastpath.protocol`), one whose protocol hands everything to the ASGI app (the app's own
 `LeanRoutes` middleware then serves them). Every answer must be byte for byte the same, and a
 request that is not plain (the route's parse refuses it, no Content-Length, a body over the
 limit) must reach the app with its body.
@@ -18,10 +18,11 @@ from starlette.responses import Response
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from shop import http, server
 from shop.errors import Conflict
-from shop.lean import LeanRoute, Reply
-from shop.server import RequestDeadline
+from shop.web import app_factory as http
+from shop.web.fastpath import protocol as server
+from shop.web.fastpath.protocol import RequestDeadline
+from shop.web.fastpath.routes import LeanRoute, Reply
 from tests.unit.test_server import FakeTransport
 
 LIMIT = 64

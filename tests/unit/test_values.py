@@ -11,7 +11,7 @@ from shop import jsonutil
 from shop.errors import InvalidInput
 from shop.ids import uuid7
 from shop.products.service import decode_cursor, encode_cursor
-from shop.types import Money
+from shop.web.fields import Money
 
 
 def test_uuid7_is_version_7_and_time_ordered() -> None:

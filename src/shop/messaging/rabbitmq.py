@@ -26,7 +26,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
 from shop.messaging.ports import Outbound, Outgoing, PublishError
-from shop.tasks import pause
+from shop.runtime.supervision import pause
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,15 @@ from pydantic import ValidationError
 from starlette.types import Scope
 
 from shop import jsonutil
-from shop import openapi as doc
-from shop.auth import Authenticator, Forbidden, Principal, caller
-from shop.deps import IdempotencyKey
-from shop.http import JSONResponse, next_page_link
-from shop.idempotency import MAX_KEY_LENGTH
-from shop.lean import LeanRoute, Reply, as_response, is_json, single_headers
+from shop.access.rate_limit import RateLimiter
+from shop.access.verifier import Authenticator, Forbidden, Principal, caller
 from shop.orders.models import Accepted, AsyncChannel, Order, OrderStatus, PlaceOrder
 from shop.orders.service import OrderQuery
-from shop.ratelimit import RateLimiter
+from shop.storage.idempotency import MAX_KEY_LENGTH
+from shop.web import openapi as doc
+from shop.web.app_factory import JSONResponse, next_page_link
+from shop.web.dependencies import IdempotencyKey
+from shop.web.fastpath.routes import LeanRoute, Reply, as_response, is_json, single_headers
 
 OrderId = Annotated[uuid.UUID, Path(description="The order's id (a UUID)")]
 
@@ -186,7 +186,7 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
 
 
 def lean_routes(service: Orders, auth: Authenticator, limiter: RateLimiter) -> list[LeanRoute[Any]]:
-    """The three order intakes, answered without FastAPI in the plain case (`shop.lean`)."""
+    """The three order intakes, answered without FastAPI in the plain case (`fastpath.routes`)."""
 
     async def place(_scope: Scope, plain: PlainOrder) -> Reply:
         order, key, authorization = plain

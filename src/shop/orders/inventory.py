@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shop import outbox
-from shop.db import in_list, run_text, sql_literal
 from shop.events import Event
 from shop.orders.domain import Product
 from shop.products.tables import product_outbox
+from shop.storage import outbox
+from shop.storage.database import in_list, run_text, sql_literal
 
 
 async def lock_products(conn: AsyncConnection, product_ids: Collection[int]) -> dict[int, Product]:

@@ -11,10 +11,11 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shop import jsonutil, outbox
-from shop.db import in_list, insert_head, insert_sql, run_text, sql_literal
+from shop import jsonutil
 from shop.orders.domain import Decision, KeyClaim, Order
 from shop.orders.tables import order_aliases, order_keys, order_outbox, orders
+from shop.storage import outbox
+from shop.storage.database import in_list, insert_head, insert_sql, run_text, sql_literal
 
 # The row shape is the domain's Order: one column per field (tests/unit checks the table).
 FIELDS = tuple(f.name for f in dataclasses.fields(Order))

@@ -21,14 +21,14 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from shop import jsonutil
-from shop.coalesce import Coalescer
-from shop.db import Database, Statements
 from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
 from shop.ids import uuid7
 from shop.orders import domain, inventory, repository
 from shop.orders.domain import KeyMismatch, OrderRequest, Outcome, Placed, Refused, Replayed
 from shop.orders.models import AsyncChannel, OrderCommand, PlaceOrder
 from shop.orders.prices import Prices
+from shop.storage.database import Database, Statements
+from shop.storage.group_commit import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class OrderService:
     ) -> dict[str, Any]:
         """Reserve stock and store a confirmed order now; OutOfStock when there is too little.
 
-        Concurrent calls are stored together, one transaction per batch (see shop.coalesce).
+        Concurrent calls are stored together, one transaction per batch (see group_commit).
         """
         self._check_quantity(order)
         request = OrderRequest(

@@ -16,8 +16,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.mysql import BINARY
 
-from shop.db import Timestamp
-from shop.outbox import outbox_table
+from shop.storage.database import Timestamp
+from shop.storage.outbox import outbox_table
 
 metadata = MetaData()
 
@@ -58,7 +58,7 @@ order_keys = Table(
     Column("product_id", BigInteger, nullable=False),
     Column("quantity", Integer, nullable=False),
     Column("created_at", Timestamp, nullable=False),
-    Index("ix_order_keys_created_at", "created_at"),  # keys expire (shop.expiry)
+    Index("ix_order_keys_created_at", "created_at"),  # keys expire (shop.storage.expiry)
 )
 
 # The id an asynchronous retry was given at intake, naming the order its key had placed first.

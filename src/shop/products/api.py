@@ -10,16 +10,17 @@ from fastapi import APIRouter, Path, Query, Request, Response, Security
 from pydantic import WithJsonSchema
 from starlette.types import Scope
 
-from shop import idempotency, jsonutil
-from shop import openapi as doc
-from shop.auth import Authenticator, Principal, caller
-from shop.deps import IdempotencyKey
+from shop import jsonutil
+from shop.access.verifier import Authenticator, Principal, caller
 from shop.errors import InvalidInput
-from shop.http import JSONResponse, next_page_link
-from shop.lean import LeanRoute, Reply, as_response
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
 from shop.products.service import ProductQuery
-from shop.types import MAX_AMOUNT
+from shop.storage import idempotency
+from shop.web import openapi as doc
+from shop.web.app_factory import JSONResponse, next_page_link
+from shop.web.dependencies import IdempotencyKey
+from shop.web.fastpath.routes import LeanRoute, Reply, as_response
+from shop.web.fields import MAX_AMOUNT
 
 ProductId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The product's id")]
 # A price bound in the query: a number (pydantic would document a Decimal as number or string).
@@ -157,7 +158,7 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
 
 
 def lean_routes(service: Products) -> list[LeanRoute[Any]]:
-    """`GET /products` (optionally with `limit` and `cursor`) without FastAPI (`shop.lean`)."""
+    """`GET /products` (optionally with `limit` and `cursor`) without FastAPI (`fastpath`)."""
 
     async def answer(scope: Scope, query: ProductQuery) -> Reply:
         return await _page(service, scope, query)

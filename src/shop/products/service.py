@@ -16,13 +16,14 @@ from sqlalchemy import Row, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shop import idempotency, jsonutil, outbox
-from shop.db import Database
+from shop import jsonutil
 from shop.errors import InvalidInput, NotFound
 from shop.events import Event
-from shop.generation import Generation
 from shop.products.models import ProductCreate, ProductPatch
 from shop.products.tables import product_idempotency, product_outbox, products
+from shop.storage import idempotency, outbox
+from shop.storage.database import Database
+from shop.storage.write_counter import Generation
 
 _COLUMNS = (
     products.c.id,

@@ -13,9 +13,9 @@ from sqlalchemy import (
     Table,
 )
 
-from shop.db import Timestamp
-from shop.idempotency import idempotency_table
-from shop.outbox import outbox_table
+from shop.storage.database import Timestamp
+from shop.storage.idempotency import idempotency_table
+from shop.storage.outbox import outbox_table
 
 metadata = MetaData()
 

@@ -14,8 +14,8 @@ from . import SERVERS, SERVICES, StackError, down, start, start_services, status
 
 
 def _up(settings: Settings, *, services: bool) -> None:
-    from shop.migrate import migrate
-    from shop.tokens import ensure_dev_key
+    from shop.access.dev_issuer import ensure_dev_key
+    from shop.storage.migrations import migrate
 
     up_servers(settings)
     print("migrating", settings.db_name, flush=True)

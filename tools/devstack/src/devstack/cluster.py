@@ -256,8 +256,8 @@ def _refuse_taken_fronts(settings: Settings, base: Path) -> None:
 
 def up(settings: Settings) -> None:
     """Install what is missing, start every node, HAProxy, migrate, then the services."""
-    from shop.migrate import migrate
-    from shop.tokens import ensure_dev_key
+    from shop.access.dev_issuer import ensure_dev_key
+    from shop.storage.migrations import migrate
 
     began = time.monotonic()
     base = directory()

@@ -14,26 +14,31 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Table
 
-from shop import auth, generation, heap, http, logs, openapi
-from shop.children import die_with_parent
-from shop.db import Database
-from shop.expiry import Expiry
-from shop.lean import LeanRoute
+from shop.access import verifier as auth
+from shop.access.rate_limit import RateLimiter
 from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
 from shop.messaging.ports import D, Inbound
 from shop.messaging.rabbitmq import RabbitInbound, RabbitPublisher
 from shop.orders import api as order_api
-from shop.orders.commands import BrokerCommands, by_order, by_product
+from shop.orders.command_publisher import BrokerCommands, by_order, by_product
 from shop.orders.consumer import run_order_consumer, watch_depth
 from shop.orders.service import OrderService
 from shop.orders.tables import order_keys, order_outbox
-from shop.outbox import Relay
 from shop.products import api as product_api
 from shop.products.service import ProductService
 from shop.products.tables import product_idempotency, product_outbox
-from shop.ratelimit import RateLimiter
+from shop.runtime import gc_tuning as heap
+from shop.runtime import logs
+from shop.runtime.consumer_process import die_with_parent
+from shop.runtime.supervision import Supervisor
 from shop.settings import Settings, load_settings
-from shop.tasks import Supervisor
+from shop.storage import write_counter as generation
+from shop.storage.database import Database
+from shop.storage.expiry import Expiry
+from shop.storage.outbox import Relay
+from shop.web import app_factory as http
+from shop.web import openapi
+from shop.web.fastpath.routes import LeanRoute
 
 log = logging.getLogger(__name__)
 

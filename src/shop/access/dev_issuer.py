@@ -17,7 +17,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shop.auth import algorithm_of, thumbprint
+from shop.access.verifier import algorithm_of, thumbprint
 from shop.settings import Settings
 
 ALGORITHM = "EdDSA"  # Ed25519: the cheapest of the accepted signatures to verify

@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shop.children import PARENT_ENV, Child, die_with_parent
-from shop.generation import WORKER_DIR_ENV
+from shop.runtime.consumer_process import PARENT_ENV, Child, die_with_parent
 from shop.settings import ConfigError, Settings, load_settings
+from shop.storage.write_counter import WORKER_DIR_ENV
 
 SERVICES = ("products", "orders")
 
@@ -21,7 +21,7 @@ SERVICES = ("products", "orders")
 def _serve(settings: Settings, service: str) -> None:
     import uvicorn
 
-    from shop import logs
+    from shop.runtime import logs
 
     logs.configure(settings.log_level)
     port = settings.product_service_port if service == "products" else settings.order_service_port
@@ -30,7 +30,7 @@ def _serve(settings: Settings, service: str) -> None:
     if settings.workers > 1 or consumers:
         # Workers (and the consumers) are separate processes: Prometheus' multiprocess mode
         # sums their counters (the variable must be set before any of them imports
-        # prometheus_client), and the workers share their cache counters (shop.generation).
+        # prometheus_client), and the workers share their cache counters (write_counter).
         run_dir = Path(tempfile.mkdtemp(prefix=f"shop-{service}-"))
         (run_dir / "metrics").mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")
@@ -74,13 +74,14 @@ def _stop_child_on_exit_signals(child: Child) -> None:
 
 def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> None:
     uvicorn.run(
-        f"shop.app:{service}_app",
+        f"shop.runtime.composition:{service}_app",
         factory=True,
         host=settings.bind_host,
         port=port,
         workers=settings.workers,
         loop="uvloop",
-        http="shop.server:RequestDeadline",  # httptools, with deadlines on headers and body
+        # httptools, with deadlines on headers and body
+        http="shop.web.fastpath.protocol:RequestDeadline",
         access_log=False,
         log_config=None,
         limit_concurrency=settings.max_connections,
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "consume":
         import uvloop
 
-        from shop import app
+        from shop.runtime import composition as app
 
         die_with_parent()
         os.nice(args.nice)  # before any thread starts: threads inherit it
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.run(app.consume(settings, channels, health_port=args.health_port))
         return
     if args.command in ("token", "dev-key"):
-        from shop import tokens
+        from shop.access import dev_issuer as tokens
 
         created = tokens.ensure_dev_key(settings)
         if args.command == "dev-key":
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         print(tokens.dev_token(settings, subject=subject, scopes=args.scope, ttl_seconds=args.ttl))
         return
     if args.command == "migrate":
-        from shop.migrate import migrate
+        from shop.storage.migrations import migrate
 
         migrate(settings)
 

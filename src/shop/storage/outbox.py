@@ -24,7 +24,11 @@ from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import jsonutil
-from shop.db import (
+from shop.events import Event
+from shop.ids import uuid7
+from shop.messaging.ports import Outbound, Outgoing
+from shop.runtime.supervision import first_of, pause
+from shop.storage.database import (
     Timestamp,
     in_list,
     insert_sql,
@@ -33,12 +37,8 @@ from shop.db import (
     statements_unit,
     unit_of_work,
 )
-from shop.events import Event
-from shop.expiry import Expiry
-from shop.generation import Generation
-from shop.ids import uuid7
-from shop.messaging.ports import Outbound, Outgoing
-from shop.tasks import first_of, pause
+from shop.storage.expiry import Expiry
+from shop.storage.write_counter import Generation
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Relay:
     de-duplicate on event_id.
 
     Writers call `notify()` after a commit; it bumps `commits`, which the relay reads every
-    `ROUND_GAP_SECONDS` while idle. Shared between processes (shop.generation), that lets one
+    `ROUND_GAP_SECONDS` while idle. Shared between processes (write_counter), that lets one
     process relay what its sibling HTTP workers commit.
     """
 
@@ -167,7 +167,7 @@ class Relay:
         self._seen = self._commits.value()
         self._wake = asyncio.Event()
         self._backlog_read_at = 0.0
-        # Rounds are SQL text on the driver's connection (shop.db.Statements): a round's four
+        # Rounds are SQL text on the driver's connection (database.Statements): a round's four
         # statements through SQLAlchemy were half of a relay's CPU per round.
         self._claim = (
             f"SELECT id, event_key, payload FROM {table.name} WHERE sent_at IS NULL "
@@ -208,7 +208,7 @@ class Relay:
         return len(sent), len(claimed) == self._batch_size or len(sent) < len(claimed)
 
     async def purge_once(self) -> int:
-        """Delete up to `shop.expiry.BATCH` events published longer ago than the retention."""
+        """Delete up to `expiry.BATCH` events published longer ago than the retention."""
         return await self._published.purge_once()
 
     async def purge(self, stopping: asyncio.Event) -> None:

@@ -103,7 +103,7 @@ def lean_of(app: object) -> Lean | None:
 class LeanRoutes:
     """ASGI middleware in front of the app's router: serves the plain case of its routes.
 
-    (The HTTP protocol serves them before any ASGI app is called: `shop.server`; this serves
+    (The HTTP protocol serves them before any ASGI app is called: `fastpath.protocol`; this serves
     the requests that reach the app all the same, such as those of an in-process client.)
     """
 

@@ -17,9 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shop.cli import _parser
-from shop.http import health_router
+from shop.runtime.cli import _parser
 from shop.settings import Settings
+from shop.web.app_factory import health_router
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy/helm/shop"

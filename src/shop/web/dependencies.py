@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Header
 
-from shop.idempotency import MAX_KEY_LENGTH
+from shop.storage.idempotency import MAX_KEY_LENGTH
 
 IdempotencyKey = Annotated[
     str | None,

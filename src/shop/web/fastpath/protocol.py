@@ -11,7 +11,7 @@ within REQUEST_BODY_SECONDS of the headers; otherwise it is answered 408 and clo
 One timer per connection at most, armed only while a request is incomplete after a read: a
 request whose headers and body come in one read (nearly all of them) costs no timer at all.
 
-The lean routes (`shop.lean`) are answered here, before any ASGI app: their reply is written
+The lean routes (`fastpath.routes`) are answered here, before any ASGI app: their reply is written
 to the socket in one piece, as the ASGI path would have written it. That path (a scope's
 receive and send messages through eight middleware layers, and uvicorn's header checks) cost
 about a quarter of an order worker's CPU. A request that is not plain for its route (the route's
@@ -34,9 +34,9 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from shop.http import status_problem
-from shop.lean import Lean, LeanRoute, Reply, lean_of
 from shop.settings import load_settings
+from shop.web.app_factory import status_problem
+from shop.web.fastpath.routes import Lean, LeanRoute, Reply, lean_of
 
 log = logging.getLogger(__name__)
 

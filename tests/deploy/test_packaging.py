@@ -33,7 +33,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 
 def test_wheel_holds_the_services_and_no_stack_code(wheel: zipfile.ZipFile) -> None:
     names = wheel.namelist()
-    assert {"shop/cli.py", "shop/app.py", "shop/settings.py"} <= set(names)
+    assert {"shop/runtime/cli.py", "shop/runtime/composition.py", "shop/settings.py"} <= set(names)
     packages = {
         name.split("/", 1)[0] for name in names if not name.split("/")[0].endswith(".dist-info")
     }

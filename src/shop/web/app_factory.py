@@ -29,9 +29,12 @@ from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shop import docs, heap, jsonutil, openapi
+from shop import jsonutil
 from shop.errors import DomainError
-from shop.lean import Lean, LeanRoute, LeanRoutes
+from shop.runtime import gc_tuning as heap
+from shop.web import docs_pages as docs
+from shop.web import openapi
+from shop.web.fastpath.routes import Lean, LeanRoute, LeanRoutes
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +164,7 @@ class BodyLimit:
 
     A body announced by its Content-Length is refused on that header alone (the HTTP parser
     delivers no more than it announces); a chunked one is counted as it is read. (A body that
-    does not arrive in time is the server's to cut off: `shop.server.RequestDeadline`.)
+    does not arrive in time is the server's to cut off: `fastpath.protocol.RequestDeadline`.)
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
@@ -316,8 +319,8 @@ def new_app(
 
     FastAPI's own OpenTelemetry hooks are off: the services export Prometheus metrics, and the
     hooks looked up the environment on every request (2 % of a request's CPU in a profile).
-    Once the app has started, the garbage collector is settled (`shop.heap`). The `lean`
-    routes answer their plain requests without FastAPI's per-request work (`shop.lean`).
+    Once the app has started, the garbage collector is settled (`gc_tuning`). The `lean`
+    routes answer their plain requests without FastAPI's per-request work (`fastpath.routes`).
     """
 
     @asynccontextmanager
@@ -331,7 +334,7 @@ def new_app(
         version="0.1.0",
         lifespan=settled,
         default_response_class=JSONResponse,
-        docs_url=None,  # shop.docs serves them with local assets
+        docs_url=None,  # shop.web.docs_pages serves them with local assets
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )

@@ -10,8 +10,8 @@ from sqlalchemy.dialects.mysql import BINARY, MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import jsonutil
-from shop.db import Timestamp
 from shop.errors import IdempotencyMismatch
+from shop.storage.database import Timestamp
 
 MAX_KEY_LENGTH = 255
 
@@ -26,7 +26,7 @@ def idempotency_table(name: str, metadata: MetaData) -> Table:
         Column("status", SmallInteger, nullable=False),
         Column("body", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
         Column("created_at", Timestamp, nullable=False),
-        Index(f"ix_{name}_created_at", "created_at"),  # keys expire (shop.expiry)
+        Index(f"ix_{name}_created_at", "created_at"),  # keys expire (shop.storage.expiry)
     )
 
 
