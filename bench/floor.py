@@ -13,12 +13,15 @@ from fastapi import FastAPI
 from shop.ids import uuid7
 from shop.orders.models import Accepted, PlaceOrder
 from shop.settings import load_settings
-from shop.web import app_factory as http
+from shop.web import app_factory
+from shop.web.problems import JSONResponse
 
 
 def app() -> FastAPI:
     settings = load_settings()
-    floor = http.new_app("HTTP floor", service="floor", max_body_bytes=settings.max_body_bytes)
+    floor = app_factory.new_app(
+        "HTTP floor", service="floor", max_body_bytes=settings.max_body_bytes
+    )
 
     @floor.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -29,7 +32,7 @@ def app() -> FastAPI:
     async def accept(body: PlaceOrder) -> Any:
         """Validate, make an id, answer: the order path minus the broker."""
         order_id = str(uuid7())
-        return http.JSONResponse(
+        return JSONResponse(
             {
                 "id": order_id,
                 "status": "pending",

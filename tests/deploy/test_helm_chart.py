@@ -19,7 +19,7 @@ import yaml
 
 from shop.runtime.cli import _parser
 from shop.settings import Settings
-from shop.web.app_factory import health_router
+from shop.web.health import health_router
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy/helm/shop"

@@ -31,7 +31,7 @@ from shop.products import api as product_api
 from shop.products.models import ProductCreate, ProductPatch
 from shop.products.service import ProductQuery, encode_cursor
 from shop.storage import idempotency
-from shop.web import app_factory as http
+from shop.web import app_factory, middleware
 from tests.tokens import Issuer
 
 ISSUER = Issuer()
@@ -124,7 +124,7 @@ def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
     built = []
     for lean in (True, False):
         limiter = _limiter()
-        app = http.new_app(
+        app = app_factory.new_app(
             "test",
             service="lean-test",
             max_body_bytes=MAX_BODY,
@@ -301,7 +301,7 @@ def test_plain_requests_are_answered_by_the_lean_routes_alone(
 
 
 def test_lean_answers_are_counted_under_their_route(loop: asyncio.AbstractEventLoop) -> None:
-    counter = http.HTTP_REQUESTS.labels("lean-test", "POST", "/orders/async/kafka", "202")
+    counter = middleware.HTTP_REQUESTS.labels("lean-test", "POST", "/orders/async/kafka", "202")
     before = counter._value.get()
     order = {"user_id": 77, "product_id": 2, "quantity": 3}  # a customer with a full bucket
     url = "http://t/orders/async/kafka"

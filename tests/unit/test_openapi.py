@@ -1,6 +1,6 @@
 """The OpenAPI documents say who may call what, and `/docs` needs nothing from the internet.
 
-The apps are built as the services build them (`http.new_app`, the health router, the product
+The apps are built as the services build them (`app_factory.new_app`, the health router, the product
 and order routers), over the in-memory fakes of the lean-route tests.
 """
 
@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from shop.access.rate_limit import RateLimiter
 from shop.orders import api as order_api
 from shop.products import api as product_api
-from shop.web import app_factory as http
+from shop.web import app_factory, health
 from shop.web import docs_pages as docs
 from tests.support import PageReferences
 from tests.tokens import Issuer
@@ -27,8 +27,8 @@ METHODS = {"get", "put", "post", "delete", "patch"}
 
 
 def _service(kind: str) -> FastAPI:
-    app = http.new_app(f"{kind} test", service=f"{kind}-test", max_body_bytes=4096)
-    app.include_router(http.health_router(lambda: {}, timeout=1.0))
+    app = app_factory.new_app(f"{kind} test", service=f"{kind}-test", max_body_bytes=4096)
+    app.include_router(health.health_router(lambda: {}, timeout=1.0))
     auth = ISSUER.authenticator()
     if kind == "products":
         app.include_router(product_api.router(FakeProducts(), auth))

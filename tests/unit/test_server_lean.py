@@ -19,7 +19,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from shop.errors import Conflict
-from shop.web import app_factory as http
+from shop.web import app_factory
 from shop.web.fastpath import protocol as server
 from shop.web.fastpath.protocol import RequestDeadline
 from shop.web.fastpath.routes import LeanRoute, Reply
@@ -41,7 +41,7 @@ async def _answer(_scope: Any, body: bytes) -> Reply:
 
 
 def _app() -> FastAPI:
-    app = http.new_app(
+    app = app_factory.new_app(
         "test",
         service="test",
         max_body_bytes=LIMIT,

@@ -16,9 +16,9 @@ from shop.orders.models import Accepted, AsyncChannel, Order, OrderStatus, Place
 from shop.orders.service import OrderQuery
 from shop.storage.idempotency import MAX_KEY_LENGTH
 from shop.web import openapi as doc
-from shop.web.app_factory import JSONResponse, next_page_link
 from shop.web.dependencies import IdempotencyKey
 from shop.web.fastpath.routes import LeanRoute, Reply, as_response, is_json, single_headers
+from shop.web.problems import JSONResponse, next_page_link
 
 OrderId = Annotated[uuid.UUID, Path(description="The order's id (a UUID)")]
 

@@ -17,10 +17,10 @@ from shop.products.models import Product, ProductCreate, ProductPatch, ProductRe
 from shop.products.service import ProductQuery
 from shop.storage import idempotency
 from shop.web import openapi as doc
-from shop.web.app_factory import JSONResponse, next_page_link
 from shop.web.dependencies import IdempotencyKey
 from shop.web.fastpath.routes import LeanRoute, Reply, as_response
 from shop.web.fields import MAX_AMOUNT
+from shop.web.problems import JSONResponse, next_page_link
 
 ProductId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The product's id")]
 # A price bound in the query: a number (pydantic would document a Decimal as number or string).

@@ -36,8 +36,7 @@ from shop.storage import write_counter as generation
 from shop.storage.database import Database
 from shop.storage.expiry import Expiry
 from shop.storage.outbox import Relay
-from shop.web import app_factory as http
-from shop.web import openapi
+from shop.web import app_factory, health, openapi
 from shop.web.fastpath.routes import LeanRoute
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ class Runtime:
         except Exception as exc:
             log.warning("could not ensure kafka topics %s: %s", self.topics, exc)
 
-    def checks(self) -> Mapping[str, http.HealthCheck]:
+    def checks(self) -> Mapping[str, health.HealthCheck]:
         return {
             "database": self.db.ping,
             "kafka": partial(self.kafka.check, timeout=self.settings.db_timeout_seconds),
@@ -203,7 +202,7 @@ class OrderRuntime(Runtime):
             f"{channel}-depth", partial(watch_depth, channel=channel, depth=inbound.depth)
         )
 
-    def checks(self) -> Mapping[str, http.HealthCheck]:
+    def checks(self) -> Mapping[str, health.HealthCheck]:
         return {**super().checks(), "rabbitmq": self.rabbit.check}
 
     async def close(self) -> None:
@@ -237,14 +236,14 @@ def _app(
             await runtime.close()
             log.info("%s service stopped", service)
 
-    app = http.new_app(
+    app = app_factory.new_app(
         title,
         service=service,
         max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
         lean=lean,
     )
-    app.include_router(http.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
+    app.include_router(health.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
     return app
 
 
@@ -312,7 +311,7 @@ def _health_server(settings: Settings, runtime: OrderRuntime, port: int) -> _Hea
     """`/healthz`, `/readyz` (database, Kafka, RabbitMQ) and `/metrics` of a consumer process,
     for an orchestrator's probes (the Helm chart's consumers Deployment)."""
     app = FastAPI(title="Order consumers", openapi_url=None, docs_url=None, redoc_url=None)
-    app.include_router(http.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
+    app.include_router(health.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
     config = uvicorn.Config(
         app,
         host=settings.bind_host,

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-# The problem+json body every refusal carries (app_factory.problem). Written out rather than as a
+# The problem+json body every refusal carries (problems.problem). Written out rather than as a
 # component: an operation's declaration then stands on its own, whoever builds the document.
 PROBLEM: dict[str, Any] = {
     "title": "Problem",

@@ -35,8 +35,8 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from shop.settings import load_settings
-from shop.web.app_factory import status_problem
 from shop.web.fastpath.routes import Lean, LeanRoute, Reply, lean_of
+from shop.web.problems import status_problem
 
 log = logging.getLogger(__name__)
 
