@@ -9,9 +9,9 @@ from pydantic import BaseModel, ValidationError
 
 from shop import jsonutil
 from shop.errors import InvalidInput
+from shop.fields import Money
 from shop.ids import uuid7
 from shop.products.service import decode_cursor, encode_cursor
-from shop.web.fields import Money
 
 
 def test_uuid7_is_version_7_and_time_ordered() -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from shop.web.fields import Amount, EntityId, Quantity
+from shop.fields import Amount, EntityId, Quantity
 
 OrderStatus = Literal["pending", "confirmed", "rejected", "cancelled"]
 Channel = Literal["sync", "kafka", "rabbitmq"]

@@ -13,13 +13,13 @@ from starlette.types import Scope
 from shop import jsonutil
 from shop.access.verifier import Authenticator, Principal, caller
 from shop.errors import InvalidInput
+from shop.fields import MAX_AMOUNT
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
 from shop.products.service import ProductQuery
 from shop.storage import idempotency
 from shop.web import openapi as doc
 from shop.web.dependencies import IdempotencyKey
 from shop.web.fastpath.routes import LeanRoute, Reply, as_response
-from shop.web.fields import MAX_AMOUNT
 from shop.web.problems import JSONResponse, next_page_link
 
 ProductId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The product's id")]

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from shop.web.fields import Amount, Description, Money, Name, Stock
+from shop.fields import Amount, Description, Money, Name, Stock
 
 
 class _Input(BaseModel):
