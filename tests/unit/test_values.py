@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from shop import jsonutil
 from shop.errors import InvalidInput
 from shop.ids import uuid7
-from shop.products.service import decode_cursor, encode_cursor
+from shop.products.domain import decode_cursor, encode_cursor
 from shop.web.fields import Money
 
 
