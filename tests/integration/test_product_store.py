@@ -75,7 +75,7 @@ async def test_an_update_writes_its_columns_and_version_and_a_delete_removes(
         changes = {"price": Decimal("2.50")}
         after = current.changed(changes, jsonutil.utcnow())
         assert after is not None
-        await tx.update(after, changes)
+        await tx.update(after, changes.keys())
     async with store.transaction() as tx:
         assert await tx.lock(product.id) == after
         await tx.delete(product.id)
@@ -139,7 +139,7 @@ async def test_a_locked_product_holds_off_a_second_writer_until_the_first_commit
         assert not waiting.done(), "the second writer read past the first one's lock"
         after = current.changed({"stock": 2}, jsonutil.utcnow())
         assert after is not None
-        await tx.update(after, {"stock": 2})
+        await tx.update(after, ["stock"])
     await asyncio.wait_for(waiting, 10)
     assert second_saw == [after]
 

@@ -4,7 +4,7 @@ without I/O. A unit of work changes copies and commits them when its block finis
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -100,11 +100,10 @@ class _FakeWrites:
     async def lock(self, product_id: int) -> Versioned | None:
         return self.products.get(product_id)
 
-    async def update(self, after: Versioned, changes: Mapping[str, Any]) -> None:
+    async def update(self, after: Versioned, changed: Iterable[str]) -> None:
+        values = {name: getattr(after.product, name) for name in (*changed, "updated_at")}
         stored = self.products[after.product.id]
-        product = dataclasses.replace(
-            stored.product, **changes, updated_at=after.product.updated_at
-        )
+        product = dataclasses.replace(stored.product, **values)
         self.products[after.product.id] = Versioned(product, after.version)
 
     async def delete(self, product_id: int) -> None:

@@ -81,6 +81,16 @@ async def test_a_patch_changes_only_its_fields_and_emits_the_next_version() -> N
     assert catalogue.store.events[-1].data == dataclasses.asdict(after)
 
 
+async def test_a_price_of_minus_zero_is_answered_as_the_database_keeps_it() -> None:
+    catalogue = _Catalogue()
+    product_id = await catalogue.create()
+    after = await catalogue.service.update_product(
+        product_id, ProductPatch.model_validate_json(b'{"price": -0.0}').changes()
+    )
+    assert jsonutil.dumps(after.price) == b"0.00"
+    assert await catalogue.service.get_product(product_id) == after
+
+
 async def test_an_empty_patch_changes_nothing_and_emits_nothing() -> None:
     catalogue = _Catalogue()
     product_id = await catalogue.create()

@@ -41,6 +41,8 @@ class Versioned:
             return None
         if not changes.keys() <= EDITABLE:
             raise ValueError(f"not editable: {sorted(changes.keys() - EDITABLE)}")
+        if "price" in changes:  # as the database gives it back: -0.00 is 0.00
+            changes = {**changes, "price": changes["price"] + 0}
         return Versioned(replace(self.product, **changes, updated_at=now), self.version + 1)
 
 

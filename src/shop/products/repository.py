@@ -6,7 +6,7 @@ it in the unit tests); `SqlProductStore` answers it with SQLAlchemy Core on Mari
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
@@ -50,8 +50,8 @@ class ProductWrites(Protocol):
     async def lock(self, product_id: int) -> Versioned | None:
         """The product, which no one else changes until this unit of work ends; None if none."""
 
-    async def update(self, after: Versioned, changes: Mapping[str, Any]) -> None:
-        """Write `changes` and the time and version they left `after` at."""
+    async def update(self, after: Versioned, changed: Iterable[str]) -> None:
+        """Write the `changed` fields of `after`, its update time and its version."""
 
     async def delete(self, product_id: int) -> None: ...
 
@@ -127,12 +127,11 @@ class _SqlWrites:
         row = (await self._conn.execute(stmt.with_for_update())).first()
         return None if row is None else Versioned(ProductView(*row[:-1]), row[-1])
 
-    async def update(self, after: Versioned, changes: Mapping[str, Any]) -> None:
-        await self._conn.execute(
-            update(products)
-            .where(products.c.id == after.product.id)
-            .values(**changes, updated_at=after.product.updated_at, version=after.version)
-        )
+    async def update(self, after: Versioned, changed: Iterable[str]) -> None:
+        product = after.product
+        values = {name: getattr(product, name) for name in (*changed, "updated_at")}
+        stmt = update(products).where(products.c.id == product.id)
+        await self._conn.execute(stmt.values(**values, version=after.version))
 
     async def delete(self, product_id: int) -> None:
         await self._conn.execute(delete(products).where(products.c.id == product_id))

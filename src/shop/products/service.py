@@ -115,7 +115,7 @@ class ProductService:
             after = current.changed(changes, jsonutil.utcnow())
             if after is None:
                 return current.product
-            await tx.update(after, changes)
+            await tx.update(after, changes.keys())
             await tx.add_event(domain.updated(after))
         self._changed()
         return after.product
