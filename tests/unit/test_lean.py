@@ -8,10 +8,12 @@ identical, for plain requests and for every kind of refusal.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import json
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -21,18 +23,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import OperationalError
 
-from shop import jsonutil
 from shop.access.rate_limit import RateLimiter
-from shop.errors import IdempotencyMismatch, InvalidInput, OutOfStock, Unavailable
+from shop.errors import IdempotencyMismatch, OutOfStock, Unavailable
+from shop.fields import CENT
 from shop.orders import api as order_api
 from shop.orders.models import AsyncChannel, PlaceOrder
 from shop.orders.service import OrderQuery
 from shop.products import api as product_api
-from shop.products.models import ProductCreate, ProductPatch
-from shop.products.service import ProductQuery, encode_cursor
-from shop.storage import idempotency
+from shop.products.domain import ProductView, Versioned, encode_cursor
+from shop.products.service import ProductService
 from shop.web import app_factory, middleware
 from tests.tokens import Issuer
+from tests.unit.fake_product_store import FakeProductStore
 
 ISSUER = Issuer()
 
@@ -83,31 +85,16 @@ class FakeOrders:
         raise AssertionError("not a lean route")
 
 
-class FakeProducts:
-    """A page that names the query it was asked for; a cursor `p0` is refused as foreign."""
-
-    async def list_products_json(self, query: ProductQuery) -> tuple[bytes, str | None]:
-        if query.cursor == encode_cursor(0):
-            raise InvalidInput("not a cursor this service issued", field="cursor")
-        page = [{"limit": query.limit, "cursor": query.cursor, "name": query.name}]
-        return jsonutil.dumps(page), encode_cursor(query.limit) if query.limit < 50 else None
-
-    async def create_product(
-        self, data: ProductCreate, *, owner: str, idempotency_key: str | None = None
-    ) -> idempotency.Answer:
-        raise AssertionError("not a lean route")
-
-    async def get_product(self, product_id: int) -> dict[str, Any]:
-        raise AssertionError("not a lean route")
-
-    async def update_product(self, product_id: int, changes: dict[str, Any]) -> dict[str, Any]:
-        raise AssertionError("not a lean route")
-
-    async def patch_product(self, product_id: int, patch: ProductPatch) -> dict[str, Any]:
-        raise AssertionError("not a lean route")
-
-    async def delete_product(self, product_id: int) -> None:
-        raise AssertionError("not a lean route")
+def products_in_memory() -> ProductService:
+    """The product service over an in-memory catalogue of 60 products, so that pages differ by
+    limit, cursor, name and price; a cursor it did not issue is refused as in production."""
+    store = FakeProductStore()
+    made = dt.datetime(2026, 1, 1, 12, 0, 0, 123456)
+    for n in range(1, 61):
+        name = f"{'chair' if n % 2 else 'table'} {n}"
+        product = ProductView(n, name, "", Decimal(n).quantize(CENT), n % 7 or None, made, made)
+        store.products[n] = Versioned(product, 1)
+    return ProductService(store, on_event=lambda: None)
 
 
 def _limiter() -> RateLimiter:
@@ -119,7 +106,7 @@ def _limiter() -> RateLimiter:
 
 def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
     """(lean, plain): the same routes and fakes, with and without the lean routes."""
-    orders, products = FakeOrders(), FakeProducts()
+    orders, products = FakeOrders(), products_in_memory()
     auth = ISSUER.authenticator()
     built = []
     for lean in (True, False):

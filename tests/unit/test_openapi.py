@@ -20,7 +20,7 @@ from shop.web import app_factory, health
 from shop.web import docs_pages as docs
 from tests.support import PageReferences
 from tests.tokens import Issuer
-from tests.unit.test_lean import FakeOrders, FakeProducts
+from tests.unit.test_lean import FakeOrders, products_in_memory
 
 ISSUER = Issuer()
 METHODS = {"get", "put", "post", "delete", "patch"}
@@ -31,7 +31,7 @@ def _service(kind: str) -> FastAPI:
     app.include_router(health.health_router(lambda: {}, timeout=1.0))
     auth = ISSUER.authenticator()
     if kind == "products":
-        app.include_router(product_api.router(FakeProducts(), auth))
+        app.include_router(product_api.router(products_in_memory(), auth))
     else:
         app.include_router(order_api.router(FakeOrders(), auth, RateLimiter(rate=1, burst=1)))
     return app

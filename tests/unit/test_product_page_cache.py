@@ -1,7 +1,8 @@
-"""The cache of product pages: one load per expiry, and writes are seen at once, also by the
-other worker processes of the service.
+"""The cache of product pages: one load per expiry, writes are seen at once, also by the other
+worker processes of the service, and the bodies kept stay within their byte budget.
 
-The database is replaced by a counting stand-in: what is tested is the cache's own logic.
+The database is replaced by a counting loader, and time by a clock the tests move: what is
+tested is the cache's own logic (`shop.products.page_cache`).
 """
 
 from __future__ import annotations
@@ -10,38 +11,15 @@ import asyncio
 import multiprocessing
 import random
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
-from shop.products.service import ProductQuery, ProductService
-from shop.storage.database import Database
+from shop import jsonutil
+from shop.products.domain import ProductQuery
+from shop.products.page_cache import Page, PageCache
 from shop.storage.write_counter import Generation, SharedGeneration
 
 QUERY = ProductQuery(limit=100)
-
-
-class _Catalogue(ProductService):
-    def __init__(self, writes: Generation | None = None, shared: _Shared | None = None) -> None:
-        super().__init__(
-            cast(Database, None), on_event=lambda: None, list_cache_seconds=60, writes=writes
-        )
-        self.loads = 0
-        self.shared = shared or _Shared()
-        self.fail = False
-        self.gate = asyncio.Event()
-
-    async def list_products(self, query: ProductQuery) -> tuple[list[dict[str, Any]], None]:
-        self.loads += 1
-        seen = self.shared.version
-        await self.gate.wait()
-        if self.fail:
-            raise ConnectionError("database down")
-        return [{"id": 1, "version": seen}], None
-
-    def write(self) -> None:
-        self.shared.version += 1
-        self._changed()
 
 
 class _Shared:
@@ -50,15 +28,43 @@ class _Shared:
     version = 0
 
 
+class _Catalogue:
+    """One worker's page cache over the stand-in database; loads wait for `gate`."""
+
+    def __init__(self, writes: Generation | None = None, shared: _Shared | None = None) -> None:
+        self.pages = PageCache(
+            self._load, seconds=60, max_bytes=1 << 20, writes=writes or Generation()
+        )
+        self.loads = 0
+        self.shared = shared or _Shared()
+        self.fail = False
+        self.gate = asyncio.Event()
+
+    async def _load(self, query: ProductQuery) -> Page:
+        self.loads += 1
+        seen = self.shared.version
+        await self.gate.wait()
+        if self.fail:
+            raise ConnectionError("database down")
+        return Page(jsonutil.dumps([{"id": 1, "version": seen}]), None)
+
+    async def body(self) -> bytes:
+        return (await self.pages.get(QUERY)).body
+
+    def write(self) -> None:
+        self.shared.version += 1
+        self.pages.written()
+
+
 async def test_concurrent_readers_of_an_expired_page_share_one_load() -> None:
     catalogue = _Catalogue()
-    readers = [asyncio.ensure_future(catalogue.list_products_json(QUERY)) for _ in range(50)]
+    readers = [asyncio.ensure_future(catalogue.body()) for _ in range(50)]
     await asyncio.sleep(0.01)
     catalogue.gate.set()
     pages = await asyncio.gather(*readers)
     assert catalogue.loads == 1
-    assert len({body for body, _ in pages}) == 1
-    await catalogue.list_products_json(QUERY)
+    assert len(set(pages)) == 1
+    await catalogue.body()
     assert catalogue.loads == 1, "the page is cached afterwards"
 
 
@@ -80,16 +86,16 @@ async def test_a_read_after_a_write_does_not_join_a_load_begun_before_it(
     workers: int, tmp_path: Path
 ) -> None:
     writer, reader = _writer_and_reader(workers, tmp_path)
-    before = asyncio.ensure_future(reader.list_products_json(QUERY))
+    before = asyncio.ensure_future(reader.body())
     await asyncio.sleep(0.01)
     writer.write()
-    after = asyncio.ensure_future(reader.list_products_json(QUERY))
+    after = asyncio.ensure_future(reader.body())
     await asyncio.sleep(0.01)
     reader.gate.set()
-    assert b'"version":0' in (await before)[0]
-    assert b'"version":1' in (await after)[0]
+    assert b'"version":0' in await before
+    assert b'"version":1' in await after
     assert reader.loads == 2
-    assert b'"version":1' in (await reader.list_products_json(QUERY))[0], (
+    assert b'"version":1' in await reader.body(), (
         "the stale load must not be cached over the fresh one"
     )
 
@@ -97,26 +103,26 @@ async def test_a_read_after_a_write_does_not_join_a_load_begun_before_it(
 async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
     catalogue = _Catalogue()
     catalogue.fail = True
-    readers = [asyncio.ensure_future(catalogue.list_products_json(QUERY)) for _ in range(5)]
+    readers = [asyncio.ensure_future(catalogue.body()) for _ in range(5)]
     await asyncio.sleep(0.01)
     catalogue.gate.set()
     for outcome in await asyncio.gather(*readers, return_exceptions=True):
         assert isinstance(outcome, ConnectionError)
     catalogue.fail = False
-    assert b'"id":1' in (await catalogue.list_products_json(QUERY))[0]
+    assert b'"id":1' in await catalogue.body()
     assert catalogue.loads == 2
 
 
 async def test_a_reader_that_goes_away_does_not_cancel_the_shared_load() -> None:
     catalogue = _Catalogue()
-    leaving = asyncio.ensure_future(catalogue.list_products_json(QUERY))
-    staying = asyncio.ensure_future(catalogue.list_products_json(QUERY))
+    leaving = asyncio.ensure_future(catalogue.body())
+    staying = asyncio.ensure_future(catalogue.body())
     await asyncio.sleep(0.01)
     leaving.cancel()
     catalogue.gate.set()
     with pytest.raises(asyncio.CancelledError):
         await leaving
-    assert b'"id":1' in (await staying)[0]
+    assert b'"id":1' in await staying
     assert catalogue.loads == 1
 
 
@@ -124,11 +130,11 @@ async def test_a_write_in_one_worker_is_seen_by_the_next_read_in_another(tmp_pat
     first, second = _writer_and_reader(2, tmp_path)
     for catalogue in (first, second):
         catalogue.gate.set()
-        assert b'"version":0' in (await catalogue.list_products_json(QUERY))[0]
+        assert b'"version":0' in await catalogue.body()
     first.write()
-    assert b'"version":1' in (await second.list_products_json(QUERY))[0]
+    assert b'"version":1' in await second.body()
     assert second.loads == 2
-    assert b'"version":1' in (await second.list_products_json(QUERY))[0]
+    assert b'"version":1' in await second.body()
     assert second.loads == 2, "cached again once loaded after the write"
 
 
@@ -151,59 +157,82 @@ def test_bumps_from_concurrent_processes_are_never_lost(tmp_path: Path) -> None:
     assert SharedGeneration(path).value() == 8000
 
 
-class _Pages(ProductService):
-    """Pages of a chosen size, by `limit`; a clock the test moves."""
+class _Pages:
+    """Pages of a chosen size, by `limit`, on a clock the test moves."""
 
     def __init__(self, *, budget: int, seconds: float) -> None:
-        super().__init__(
-            cast(Database, None),
-            on_event=lambda: None,
-            list_cache_seconds=seconds,
-            list_cache_bytes=budget,
-        )
+        self.now = 1000.0
         self.loads = 0
+        self.cache = PageCache(
+            self._load,
+            seconds=seconds,
+            max_bytes=budget,
+            writes=Generation(),
+            clock=lambda: self.now,
+        )
 
-    async def list_products(self, query: ProductQuery) -> tuple[list[dict[str, Any]], None]:
+    async def _load(self, query: ProductQuery) -> Page:
         self.loads += 1
-        return [{"pad": "x" * (query.limit * 10)}], None
+        return Page(jsonutil.dumps([{"pad": "x" * (query.limit * 10)}]), None)
 
-    def cached_bytes(self) -> int:
-        return sum(len(page[2]) for page in self._pages.values())
+    async def get(self, query: ProductQuery) -> bytes:
+        return (await self.cache.get(query)).body
+
+    def kept(self) -> list[ProductQuery]:
+        return list(self.cache._pages)
+
+    def kept_bytes(self) -> int:
+        return sum(len(page.body) for _, page in self.cache._pages.values())
 
 
 @pytest.mark.parametrize("seed", range(5))
 async def test_the_cache_holds_at_most_its_byte_budget(seed: int) -> None:
     rng = random.Random(seed)
-    catalogue = _Pages(budget=50_000, seconds=60)
+    pages = _Pages(budget=50_000, seconds=60)
     for _ in range(300):
-        await catalogue.list_products_json(ProductQuery(limit=rng.randint(1, 1000)))
-        assert catalogue.cached_bytes() <= 50_000
-        assert catalogue.cached_bytes() == catalogue._cached_bytes
+        await pages.get(ProductQuery(limit=rng.randint(1, 1000)))
+        assert pages.kept_bytes() <= 50_000
+        assert pages.kept_bytes() == pages.cache._pages.currsize
     huge = ProductQuery(limit=1000, name="huge")  # 10 kB: within budget, so cached
-    await catalogue.list_products_json(huge)
-    loads = catalogue.loads
-    await catalogue.list_products_json(huge)
-    assert catalogue.loads == loads, "the newest page stays cached"
+    await pages.get(huge)
+    loads = pages.loads
+    await pages.get(huge)
+    assert pages.loads == loads, "the newest page stays cached"
 
 
-async def test_expired_pages_are_let_go_when_the_next_is_cached(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    now = [1000.0]
-    monkeypatch.setattr("shop.products.service.time.monotonic", lambda: now[0])
-    catalogue = _Pages(budget=10_000_000, seconds=1)
+async def test_a_page_is_served_from_the_cache_until_it_expires() -> None:
+    pages = _Pages(budget=10_000_000, seconds=1)
+    await pages.get(QUERY)
+    pages.now += 0.9
+    await pages.get(QUERY)
+    assert pages.loads == 1
+    pages.now += 0.2
+    await pages.get(QUERY)
+    assert pages.loads == 2
+
+
+async def test_expired_pages_are_let_go_when_the_next_is_cached() -> None:
+    pages = _Pages(budget=10_000_000, seconds=1)
     for limit in range(1, 101):
-        await catalogue.list_products_json(ProductQuery(limit=limit))
-    assert len(catalogue._pages) == 100
-    now[0] += 2  # all of them expired
-    await catalogue.list_products_json(ProductQuery(limit=500))
-    assert list(catalogue._pages) == [ProductQuery(limit=500)]
-    assert catalogue.cached_bytes() == catalogue._cached_bytes
+        await pages.get(ProductQuery(limit=limit))
+    assert len(pages.kept()) == 100
+    pages.now += 2  # all of them expired
+    await pages.get(ProductQuery(limit=500))
+    assert pages.kept() == [ProductQuery(limit=500)]
+    assert pages.kept_bytes() == pages.cache._pages.currsize
 
 
 async def test_a_page_larger_than_the_budget_is_served_but_not_kept() -> None:
-    catalogue = _Pages(budget=100, seconds=60)
-    body, _ = await catalogue.list_products_json(ProductQuery(limit=50))
+    pages = _Pages(budget=100, seconds=60)
+    body = await pages.get(ProductQuery(limit=50))
     assert len(body) > 100
-    assert not catalogue._pages
-    assert catalogue._cached_bytes == 0
+    assert not pages.kept()
+    assert pages.cache._pages.currsize == 0
+
+
+async def test_without_cache_seconds_every_read_loads() -> None:
+    pages = _Pages(budget=10_000_000, seconds=0)
+    for _ in range(3):
+        await pages.get(QUERY)
+    assert pages.loads == 3
+    assert not pages.kept()

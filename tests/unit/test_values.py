@@ -11,7 +11,7 @@ from shop import jsonutil
 from shop.errors import InvalidInput
 from shop.fields import Money
 from shop.ids import uuid7
-from shop.products.service import decode_cursor, encode_cursor
+from shop.products.domain import decode_cursor, encode_cursor
 
 
 def test_uuid7_is_version_7_and_time_ordered() -> None:

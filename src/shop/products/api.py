@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
 from pydantic import WithJsonSchema
@@ -12,11 +12,10 @@ from starlette.types import Scope
 
 from shop import jsonutil
 from shop.access.verifier import Authenticator, Principal, caller
-from shop.errors import InvalidInput
 from shop.fields import MAX_AMOUNT
+from shop.products.domain import ProductQuery
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
-from shop.products.service import ProductQuery
-from shop.storage import idempotency
+from shop.products.service import ProductService
 from shop.web import openapi as doc
 from shop.web.dependencies import IdempotencyKey
 from shop.web.fastpath.routes import LeanRoute, Reply, as_response
@@ -31,24 +30,6 @@ PriceBound = Annotated[
 ]
 
 
-class Products(Protocol):
-    """What the routes ask of the product service (`shop.products.service.ProductService`)."""
-
-    async def list_products_json(self, query: ProductQuery) -> tuple[bytes, str | None]: ...
-
-    async def create_product(
-        self, data: ProductCreate, *, owner: str, idempotency_key: str | None = None
-    ) -> idempotency.Answer: ...
-
-    async def get_product(self, product_id: int) -> dict[str, Any]: ...
-
-    async def update_product(self, product_id: int, changes: dict[str, Any]) -> dict[str, Any]: ...
-
-    async def patch_product(self, product_id: int, patch: ProductPatch) -> dict[str, Any]: ...
-
-    async def delete_product(self, product_id: int) -> None: ...
-
-
 WRITE = "products:write"  # creating, changing and deleting products; reading is public
 
 # What a client can do next with the product an answer names.
@@ -61,7 +42,7 @@ _NEXT = {
 }
 
 
-def router(service: Products, auth: Authenticator) -> APIRouter:
+def router(service: ProductService, auth: Authenticator) -> APIRouter:
     api = APIRouter(prefix="/products", tags=["products"])
     writer = Security(caller(auth), scopes=[WRITE])
 
@@ -80,8 +61,6 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
         max_price: PriceBound = None,
     ) -> Response:
         """List products in id order, a page at a time; the next page is in the Link header."""
-        if min_price is not None and max_price is not None and min_price > max_price:
-            raise InvalidInput("min_price is above max_price", field="min_price")
         query = ProductQuery(
             limit=limit, cursor=cursor, name=name, min_price=min_price, max_price=max_price
         )
@@ -141,7 +120,7 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
         product_id: ProductId, body: ProductPatch, _: Principal = writer
     ) -> Any:
         """Change some fields of a product (scope `products:write`)."""
-        return JSONResponse(await service.patch_product(product_id, body))
+        return JSONResponse(await service.update_product(product_id, body.changes()))
 
     @api.delete(
         "/{product_id}",
@@ -157,7 +136,7 @@ def router(service: Products, auth: Authenticator) -> APIRouter:
     return api
 
 
-def lean_routes(service: Products) -> list[LeanRoute[Any]]:
+def lean_routes(service: ProductService) -> list[LeanRoute[Any]]:
     """`GET /products` (optionally with `limit` and `cursor`) without FastAPI (`fastpath`)."""
 
     async def answer(scope: Scope, query: ProductQuery) -> Reply:
@@ -166,11 +145,11 @@ def lean_routes(service: Products) -> list[LeanRoute[Any]]:
     return [LeanRoute("GET", "/products", _plain_list, answer, reads_body=False)]
 
 
-async def _page(service: Products, scope: Scope, query: ProductQuery) -> Reply:
+async def _page(service: ProductService, scope: Scope, query: ProductQuery) -> Reply:
     """A page and its next-page link, for the FastAPI route and the lean route alike."""
-    body, next_cursor = await service.list_products_json(query)
-    link = next_page_link(Request(scope), next_cursor)
-    return Reply(200, body, tuple((k.lower().encode(), v.encode()) for k, v in link.items()))
+    page = await service.list_products_json(query)
+    link = next_page_link(Request(scope), page.next_cursor)
+    return Reply(200, page.body, tuple((k.lower().encode(), v.encode()) for k, v in link.items()))
 
 
 _LIMIT = re.compile(rb"[1-9][0-9]{0,3}")

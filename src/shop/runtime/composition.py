@@ -25,6 +25,7 @@ from shop.orders.consumer import run_order_consumer, watch_depth
 from shop.orders.service import OrderService
 from shop.orders.tables import order_keys, order_outbox
 from shop.products import api as product_api
+from shop.products.repository import SqlProductStore
 from shop.products.service import ProductService
 from shop.products.tables import product_idempotency, product_outbox
 from shop.runtime import gc_tuning as heap
@@ -259,7 +260,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         events_topic=settings.kafka_product_events_topic,
     )
     service = ProductService(
-        runtime.db,
+        SqlProductStore(runtime.db),
         on_event=runtime.relay.notify,
         list_cache_seconds=settings.product_list_cache_seconds,
         list_cache_bytes=settings.product_list_cache_bytes,
