@@ -8,7 +8,6 @@ identical, for plain requests and for every kind of refusal.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import uuid
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from shop.products.models import ProductCreate, ProductPatch
 from shop.products.service import ProductQuery, encode_cursor
 from shop.storage import idempotency
 from shop.web import app_factory as http
+from tests.clock import FakeClock
 from tests.tokens import Issuer
 
 ISSUER = Issuer()
@@ -110,11 +110,16 @@ class FakeProducts:
         raise AssertionError("not a lean route")
 
 
+class _Ticking(FakeClock):
+    def monotonic(self) -> float:
+        self.now += 0.1
+        return self.now
+
+
 def _limiter() -> RateLimiter:
     """A limiter whose clock moves 0.1 s per order: a customer's orders are refused (429) now
     and then. Both apps see the same requests in the same order, so they decide alike."""
-    ticks = itertools.count()
-    return RateLimiter(rate=4.0, burst=2, clock=lambda: next(ticks) / 10)
+    return RateLimiter(rate=4.0, burst=2, clock=_Ticking())
 
 
 def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
