@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from shop.clock import Clock
 
-class FakeClock:
+
+class FakeClock(Clock):
     """Monotonic time from 0; the wall clock starts at the real date (tokens carry real `exp`
     dates) and moves with it. `sleep` records the pause and moves the time by it at once."""
 

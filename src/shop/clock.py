@@ -2,9 +2,9 @@
 
 `monotonic` measures intervals (a price's time to live, a bucket's refill, a JWKS refresh);
 `wall` is the date, for what carries one (a token's `exp`); `sleep` waits between tries, or
-less once `stopping` is set. Production code defaults to `SYSTEM`; a unit test passes a clock
-whose time it sets and whose `sleep` moves that time instead of waiting. Hot paths keep a bound
-method (`SYSTEM.monotonic` is `time.monotonic` itself), so the indirection costs nothing.
+less once `stopping` is set. Production code defaults to `SYSTEM`; a unit test passes a
+subclass whose time it sets and whose `sleep` moves that time instead of waiting. Hot paths
+keep the bound method (`SYSTEM.monotonic` is `time.monotonic` itself), so it costs nothing.
 """
 
 from __future__ import annotations
@@ -12,30 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Protocol
 
 
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def wall(self) -> float: ...
-
-    async def sleep(self, seconds: float, stopping: asyncio.Event | None = None) -> None: ...
-
-
-class SystemClock:
+class Clock:
     """The process's clocks, and asyncio's timers for waiting."""
 
     monotonic = staticmethod(time.monotonic)
     wall = staticmethod(time.time)
 
     async def sleep(self, seconds: float, stopping: asyncio.Event | None = None) -> None:
-        if stopping is None:
-            await asyncio.sleep(seconds)
-            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await stopping.wait()
+                await (stopping or asyncio.Event()).wait()
 
 
-SYSTEM: Clock = SystemClock()
+SYSTEM = Clock()

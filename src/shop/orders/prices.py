@@ -4,7 +4,7 @@ Only the bound depends on them: the consumer prices the order when it stores it.
 trusted for `ttl` seconds; the requests that miss it at the same moment share one read (at 800
 connections an expiry was up to 800 reads at once); a read has a short budget, and when the
 database does not answer intake goes on without it (with the last price it had, if any). At
-most `max_entries` prices are kept, the least recently used forgotten first.
+most MAX_PRICES prices are kept, the least recently used forgotten first.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from shop.products.tables import products
 
 log = logging.getLogger(__name__)
 
+MAX_PRICES = 100_000
 _PRICE = select(products.c.price).where(products.c.id == bindparam("pid"))
 
 
@@ -34,20 +35,14 @@ class Prices:
     """A per-process cache of product prices with one read per product at a time."""
 
     def __init__(
-        self,
-        db: Reader,
-        *,
-        ttl: float = 60.0,
-        budget: float = 0.5,
-        max_entries: int = 100_000,
-        clock: Clock = SYSTEM,
+        self, db: Reader, *, ttl: float = 60.0, budget: float = 0.5, clock: Clock = SYSTEM
     ) -> None:
         self._db = db
         self._ttl = ttl
         self._budget = budget
         self._now = clock.monotonic
         # product id: (expires, price); kept past `expires` to serve while the database is down
-        self._cached: LRUCache[int, tuple[float, Decimal]] = LRUCache(max_entries)
+        self._cached: LRUCache[int, tuple[float, Decimal]] = LRUCache(MAX_PRICES)
         self._loading: dict[int, asyncio.Future[Decimal | None]] = {}
         self._down_until = 0.0
 

@@ -13,20 +13,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
+import tenacity
 from asyncmy import errors as asyncmy_errors
 from sqlalchemy import CursorResult, DateTime, event, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_chain,
-    wait_fixed,
-)
 
 from shop.clock import SYSTEM, Clock
 from shop.settings import Settings
@@ -246,8 +239,9 @@ async def ping(engine: AsyncEngine, *, timeout: float) -> None:
         async with _connection(engine, timeout=timeout) as conn:
             await conn.execute(text("SELECT 1"))
 
-    lost = retry_if_exception(lambda e: isinstance(e, DBAPIError) and e.connection_invalidated)
-    await AsyncRetrying(stop=stop_after_attempt(2), retry=lost, reraise=True)(select_1)
+    retry = tenacity.retry_if_exception(lambda e: getattr(e, "connection_invalidated", False))
+    stop = tenacity.stop_after_attempt(2)
+    await tenacity.AsyncRetrying(stop=stop, retry=retry, reraise=True)(select_1)
 
 
 async def run_text(conn: AsyncConnection, sql: str) -> CursorResult[Any]:
@@ -389,6 +383,7 @@ class Database:
 
     async def _retrying(self, attempt: Callable[[Callable[[], None]], Awaitable[T]]) -> T:
         committing = False  # whether the try under way has sent its COMMIT
+        failed: list[BaseException] = []
 
         def done() -> None:
             nonlocal committing
@@ -397,33 +392,29 @@ class Database:
         def not_committed(exc: BaseException) -> bool:
             return isinstance(exc, DBAPIError) and may_run_again(exc, committing=committing)
 
+        async def again() -> T:
+            nonlocal committing
+            if failed:  # the first try's failure, as tenacity's first attempt
+                raise failed.pop()
+            committing = False
+            return await attempt(done)
+
         # The first try goes without tenacity, whose loop costs about 20 us a call: the order
         # batches come here a thousand times a second and nearly always succeed at once.
-        first: BaseException | None = None
         try:
             return await attempt(done)
         except DBAPIError as exc:
             if not not_committed(exc):
                 raise
-            first = exc
-
-        async def again() -> T:
-            nonlocal committing, first
-            if first is not None:  # the first try's failure, as tenacity's first attempt
-                failed, first = first, None
-                raise failed
-            committing = False
-            return await attempt(done)
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(len(RETRY_DELAYS) + 1),
-            wait=wait_chain(*map(wait_fixed, RETRY_DELAYS)),
-            retry=retry_if_exception(not_committed),
+            failed.append(exc)
+        return await tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(len(RETRY_DELAYS) + 1),
+            wait=tenacity.wait_chain(*map(tenacity.wait_fixed, RETRY_DELAYS)),
+            retry=tenacity.retry_if_exception(not_committed),
             sleep=self._clock.sleep,
             before_sleep=_log_run_again,
             reraise=True,
-        )
-        return await retrying(again)
+        )(again)
 
     def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection for one consistent read statement (autocommit: no COMMIT round trip)."""
@@ -438,10 +429,9 @@ class Database:
         await self.reads.dispose()
 
 
-def _log_run_again(state: RetryCallState) -> None:
+def _log_run_again(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
-    code = error_code(exc) if exc else None
-    reason = code or type(getattr(exc, "orig", exc)).__name__
+    reason = (exc and error_code(exc)) or type(getattr(exc, "orig", exc)).__name__
     log.warning(
         "unit of work failed (%s, attempt %d); running it again", reason, state.attempt_number
     )
