@@ -41,7 +41,8 @@ ROLLED_BACK = frozenset({DEADLOCK, WSREP_NOT_READY})
 CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 2055})
 # "Got error during COMMIT": the outcome is unknown, never retried.
 COMMIT_FAILED = 1180
-# Seconds before each run again of a unit of work (so four tries): a fail-over takes a few.
+# The pause before each new try of a unit of work (so four tries at most), in seconds: a
+# fail-over takes a few.
 RETRY_DELAYS = (0.05, 0.4, 1.5)
 
 
