@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from shop.access.verifier import Authenticator, Forbidden, Jwks, StaticKey, Unauthorized, thumbprint
+from tests.clock import FakeClock
 from tests.tokens import AUDIENCE, ISSUER, Issuer
 
 issuer = Issuer()
@@ -75,18 +76,39 @@ class _CountingKey(StaticKey):
 
 def test_a_token_is_verified_once_and_remembered_only_until_it_expires() -> None:
     keys = _CountingKey(issuer.public_pem)
-    auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=0)
-    token = issuer.bearer(5, ttl=2)
+    clock = FakeClock()
+    auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=0, clock=clock)
+    token = issuer.bearer(5, ttl=60)["Authorization"]
 
-    async def twice_then_after_expiry() -> None:
-        await auth.principal(token["Authorization"])
-        await auth.principal(token["Authorization"])
+    async def until_then_after_expiry() -> None:
+        await auth.principal(token)
+        clock.now += 30
+        await auth.principal(token)
         assert keys.asked == 1
-        await asyncio.sleep(2.1)
-        with pytest.raises(Unauthorized, match="expired"):
-            await auth.principal(token["Authorization"])
+        clock.now += 40  # past `exp` on the cache's clock (PyJWT reads the real one)
+        await auth.principal(token)
+        assert keys.asked == 2
 
-    asyncio.run(twice_then_after_expiry())
+    asyncio.run(until_then_after_expiry())
+
+
+class _SlowKey(StaticKey):
+    """Answers after a turn of the event loop, as a JWKS fetch would."""
+
+    async def key(self, kid: str | None) -> Any:
+        await asyncio.sleep(0)
+        return await super().key(kid)
+
+
+def test_requests_that_verify_one_token_together_count_its_bytes_once() -> None:
+    auth = Authenticator(_SlowKey(issuer.public_pem), issuer=ISSUER, audience=AUDIENCE, leeway=5)
+    header = issuer.bearer(9)["Authorization"]
+
+    async def together() -> None:
+        await asyncio.gather(*(auth.principal(header) for _ in range(3)))
+
+    asyncio.run(together())
+    assert auth._verified.currsize == len(header.removeprefix("Bearer "))
 
 
 def test_the_static_key_id_is_the_rfc_7638_thumbprint() -> None:
@@ -145,7 +167,8 @@ def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_int
 ) -> None:
     rotated = Issuer()
     identity_provider["keys"] = [_jwk(issuer)]
-    keys = Jwks(identity_provider["url"], timeout=2, refresh_seconds=1.0)
+    clock = FakeClock()
+    keys = Jwks(identity_provider["url"], timeout=2, refresh_seconds=1.0, clock=clock)
     auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=5)
 
     async def scenario() -> None:
@@ -159,7 +182,7 @@ def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_int
                 await auth.principal(rotated.bearer(3)["Authorization"])
         assert identity_provider["fetches"] == 1
         identity_provider["keys"] = [_jwk(issuer), _jwk(rotated)]
-        await asyncio.sleep(1.1)
+        clock.now += 1.1
         principal = await auth.principal(rotated.bearer(3)["Authorization"])
         assert principal.user_id == 3
         assert identity_provider["fetches"] == 2

@@ -16,7 +16,7 @@ async def test_concurrent_requests_share_batches_and_get_their_own_outcome() -> 
 
     async def handler(requests: Sequence[int]) -> list[int | Exception]:
         batches.append(list(requests))
-        await asyncio.sleep(0.01)  # a transaction in flight: more requests arrive meanwhile
+        await asyncio.sleep(0)  # a transaction in flight: more requests arrive meanwhile
         return [ValueError(r) if r % 10 == 0 else r * 2 for r in requests]
 
     coalescer: Coalescer[int, int] = Coalescer(handler, max_batch=50, max_pending=1000, timeout=5)
@@ -82,14 +82,16 @@ async def test_a_request_that_timed_out_waiting_is_never_handed_to_the_handler()
 
     async def handler(requests: Sequence[int]) -> list[int | Exception]:
         handled.extend(requests)
+        taken.set()
         await release.wait()  # a slow transaction: the next requests wait in the queue
         return list(requests)
 
     coalescer: Coalescer[int, int] = Coalescer(handler, max_batch=1, max_pending=10, timeout=0.05)
     stopping = asyncio.Event()
     worker = asyncio.create_task(coalescer.run(stopping))
+    taken = asyncio.Event()
     first = asyncio.create_task(coalescer.submit(1))
-    await asyncio.sleep(0.01)  # 1 is taken into a batch
+    await taken.wait()  # 1 is taken into a batch
     with pytest.raises(Unavailable):
         await coalescer.submit(2)  # waits behind 1 longer than the timeout: refused
     release.set()

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop.storage import database as db_module
 from shop.storage.database import Database
+from tests.clock import FakeClock
 
 LOST = 2013  # "Lost connection to server during query"
 
@@ -34,7 +35,10 @@ class _Script:
 
 class _FakeDatabase(Database):
     def __init__(self, script: _Script) -> None:
-        super().__init__(cast(AsyncEngine, None), reads=cast(AsyncEngine, None), timeout=1.0)
+        self.clock = FakeClock()
+        super().__init__(
+            cast(AsyncEngine, None), reads=cast(AsyncEngine, None), timeout=1.0, clock=self.clock
+        )
         self.script = script
         self.attempts = 0
 
@@ -51,11 +55,6 @@ class _FakeDatabase(Database):
         if stage == "commit" and error is not None:
             raise error
         self.script.commits += 1
-
-
-@pytest.fixture(autouse=True)
-def _no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(db_module, "RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 async def _work(_conn: AsyncConnection) -> str:
@@ -84,6 +83,7 @@ async def test_work_known_not_committed_is_run_again_once_it_succeeds(
     assert result == "done"
     assert database.attempts == 2
     assert database.script.commits == 1
+    assert database.clock.slept == [0.05]
 
 
 @pytest.mark.parametrize(
@@ -103,9 +103,10 @@ async def test_work_whose_outcome_is_unknown_or_refused_is_not_run_again(
         await database.transact(_work)
     assert database.attempts == 1
     assert database.script.commits == 0
+    assert database.clock.slept == []
 
 
-async def test_retries_stop_after_three() -> None:
+async def test_retries_stop_after_three_pauses_longer_each_time() -> None:
     deadlocks: list[tuple[str, DBAPIError | None]] = [("work", _error(1213))] * 10
     database = _FakeDatabase(_Script(*deadlocks))
     with pytest.raises(DBAPIError) as raised:
@@ -113,6 +114,19 @@ async def test_retries_stop_after_three() -> None:
     assert db_module.error_code(raised.value) == 1213
     assert database.attempts == 4
     assert database.script.commits == 0
+    assert database.clock.slept == [0.05, 0.4, 1.5]
+
+
+async def test_a_failure_known_not_committed_is_judged_afresh_on_each_try() -> None:
+    steps: list[tuple[str, DBAPIError | None]] = [
+        ("commit", _error(1213)),  # certification conflict: run again
+        ("commit", _error(LOST, invalidated=True)),  # lost in COMMIT: unknown, never again
+    ]
+    database = _FakeDatabase(_Script(*steps))
+    with pytest.raises(DBAPIError) as raised:
+        await database.transact(_work)
+    assert db_module.error_code(raised.value) == LOST
+    assert database.attempts == 2
 
 
 def test_a_node_out_of_the_cluster_counts_as_a_disconnect() -> None:

@@ -9,14 +9,16 @@ from decimal import Decimal
 from typing import Any
 
 from shop.orders.prices import Prices
+from tests.clock import FakeClock
 
 
 class FakeDb:
-    """Answers price reads after `delay`, or fails when `down`."""
+    """Answers price reads after a turn of the event loop, never when `silent`, or fails when
+    `down`."""
 
-    def __init__(self, prices: dict[int, Decimal], *, delay: float = 0.01) -> None:
+    def __init__(self, prices: dict[int, Decimal], *, silent: bool = False) -> None:
         self.prices = prices
-        self.delay = delay
+        self.silent = silent
         self.down = False
         self.reads = 0
 
@@ -28,7 +30,7 @@ class FakeDb:
         yield self
 
     async def scalar(self, _statement: Any, params: dict[str, int]) -> Decimal | None:
-        await asyncio.sleep(self.delay)
+        await (asyncio.Event().wait() if self.silent else asyncio.sleep(0))
         return self.prices.get(params["pid"])
 
 
@@ -50,19 +52,37 @@ async def test_an_unknown_product_has_no_price_and_is_read_again_later() -> None
     assert await prices.get(7) == Decimal("1.00")
 
 
+async def test_a_price_is_read_again_once_its_time_to_live_is_over() -> None:
+    db = FakeDb({1: Decimal("3.00")})
+    clock = FakeClock()
+    prices = Prices(db, ttl=60, clock=clock)
+    assert await prices.get(1) == Decimal("3.00")
+    clock.now += 59
+    db.prices[1] = Decimal("4.00")
+    assert await prices.get(1) == Decimal("3.00")
+    clock.now += 2
+    assert await prices.get(1) == Decimal("4.00")
+    assert db.reads == 2
+
+
 async def test_when_the_database_is_down_intake_goes_on_with_the_last_price() -> None:
     db = FakeDb({1: Decimal("3.00")})
-    prices = Prices(db, ttl=0.0)  # every read is stale at once
+    clock = FakeClock()
+    prices = Prices(db, ttl=60, budget=0.5, clock=clock)
     assert await prices.get(1) == Decimal("3.00")
+    clock.now += 61
     db.down = True
     assert await prices.get(1) == Decimal("3.00")  # stale, not nothing
     reads = db.reads
     assert await prices.get(2) is None
-    assert db.reads == reads  # no read while it is known to be down
+    assert db.reads == reads  # no read while it is known to be down (twice the budget)
+    clock.now += 1.0
+    assert await prices.get(2) is None
+    assert db.reads == reads + 1
 
 
 async def test_a_slow_database_costs_a_request_at_most_the_budget() -> None:
-    db = FakeDb({1: Decimal("3.00")}, delay=5.0)
+    db = FakeDb({1: Decimal("3.00")}, silent=True)
     prices = Prices(db, budget=0.05)
     async with asyncio.timeout(1.0):
         assert await prices.get(1) is None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from shop.products import api as product_api
 from shop.products.domain import ProductView, Versioned, encode_cursor
 from shop.products.service import ProductService
 from shop.web import app_factory, middleware
+from tests.clock import FakeClock
 from tests.tokens import Issuer
 from tests.unit.fake_product_store import FakeProductStore
 
@@ -97,11 +97,16 @@ def products_in_memory() -> ProductService:
     return ProductService(store, on_event=lambda: None)
 
 
+class _Ticking(FakeClock):
+    def monotonic(self) -> float:
+        self.now += 0.1
+        return self.now
+
+
 def _limiter() -> RateLimiter:
     """A limiter whose clock moves 0.1 s per order: a customer's orders are refused (429) now
     and then. Both apps see the same requests in the same order, so they decide alike."""
-    ticks = itertools.count()
-    return RateLimiter(rate=4.0, burst=2, clock=lambda: next(ticks) / 10)
+    return RateLimiter(rate=4.0, burst=2, clock=_Ticking())
 
 
 def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:

@@ -8,15 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from shop.access.rate_limit import RateLimiter, TooManyRequests
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.clock import FakeClock as Clock
 
 rates = st.floats(0.5, 100)
 bursts = st.integers(1, 50)

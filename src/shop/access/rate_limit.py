@@ -10,11 +10,12 @@ bucket is a full one, so forgetting never refuses anyone.
 
 from __future__ import annotations
 
-import collections
 import math
-import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 
+from cachetools import LRUCache
+
+from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
 
 # Refill is computed in floating point: a customer exactly at the rate must not be refused for
@@ -41,20 +42,20 @@ class RateLimiter:
         rate: float,
         burst: int,
         max_keys: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._rate = rate
         self._burst = float(burst)
-        self._max_keys = max_keys
-        self._clock = clock
+        self._now = clock.monotonic
         # key -> (tokens left, when they were counted)
-        self._buckets: collections.OrderedDict[Hashable, tuple[float, float]] = (
-            collections.OrderedDict()
-        )
+        self._buckets: LRUCache[Hashable, tuple[float, float]] = LRUCache(max_keys)
 
     def take(self, key: Hashable) -> None:
-        now = self._clock()
-        tokens, counted = self._buckets.pop(key, (self._burst, now))
+        now = self._now()
+        try:
+            tokens, counted = self._buckets[key]
+        except KeyError:  # a new customer, or one forgotten: a full bucket
+            tokens, counted = self._burst, now
         tokens = min(self._burst, tokens + (now - counted) * self._rate)
         if tokens < 1.0 - _EPSILON:
             self._buckets[key] = (tokens, now)
@@ -63,5 +64,3 @@ class RateLimiter:
                 retry_after=(1.0 - tokens) / self._rate,
             )
         self._buckets[key] = (max(0.0, tokens - 1.0), now)
-        while len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)

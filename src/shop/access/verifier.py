@@ -7,24 +7,24 @@ an HMAC secret. `iss` and `aud` must match the settings; `exp` is required and `
 checked with a small leeway. Keys come from a JWKS URL (fetched with a timeout, cached, fetched
 again for an unknown `kid` at most once per `refresh_seconds`) or from a PEM public key file.
 
-A verified token is remembered until it expires (bounded by the bytes of the tokens held), so
-a client that sends the same token on every request pays for one signature check.
+A verified token is remembered until it expires (bounded by the bytes of the tokens held, the
+least recently used forgotten first), so a client that sends the same token on every request
+pays for one signature check.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import json
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jwt
+from cachetools import TLRUCache
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fastapi import Depends, Request
@@ -33,6 +33,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.utils import base64url_encode
 from starlette.types import Scope
 
+from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
 from shop.settings import ConfigError, Settings
 
@@ -120,10 +121,13 @@ class Jwks:
     """Keys from a JWKS document, fetched again for an unknown `kid` at most once per
     `refresh_seconds` (so unknown ids cannot make the service hammer the identity provider)."""
 
-    def __init__(self, url: str, *, timeout: float, refresh_seconds: float) -> None:
+    def __init__(
+        self, url: str, *, timeout: float, refresh_seconds: float, clock: Clock = SYSTEM
+    ) -> None:
         self._url = url
         self._timeout = timeout
         self._refresh = refresh_seconds
+        self._now = clock.monotonic
         self._keys: dict[str | None, Any] = {}
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
@@ -132,7 +136,7 @@ class Jwks:
         if kid in self._keys:
             return self._keys[kid]
         async with self._lock:
-            due = self._fetched_at is None or time.monotonic() - self._fetched_at >= self._refresh
+            due = self._fetched_at is None or self._now() - self._fetched_at >= self._refresh
             if kid not in self._keys and due:
                 await self._fetch()
         if kid not in self._keys:
@@ -140,7 +144,7 @@ class Jwks:
         return self._keys[kid]
 
     async def _fetch(self) -> None:
-        self._fetched_at = time.monotonic()
+        self._fetched_at = self._now()
         try:
             document = await asyncio.to_thread(self._download)
             keys = jwt.PyJWKSet.from_dict(document).keys
@@ -172,16 +176,19 @@ class Authenticator:
         audience: str,
         leeway: float,
         user_claim: str = "sub",
+        clock: Clock = SYSTEM,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
         self._user_claim = user_claim
-        self._verified: collections.OrderedDict[str, tuple[Principal, float]] = (
-            collections.OrderedDict()
+        self._verified: TLRUCache[str, _Verified] = TLRUCache(
+            CACHE_BYTES,
+            ttu=lambda _token, verified, _now: verified.expires + leeway,
+            timer=clock.wall,  # `exp` is a date
+            getsizeof=lambda verified: verified.size,
         )
-        self._cached_bytes = 0
 
     async def principal(self, authorization: str | None) -> Principal:
         """The caller named by `Authorization: Bearer <token>`."""
@@ -193,12 +200,10 @@ class Authenticator:
             raise Unauthorized(
                 "The Authorization header must be: Bearer <token>.", error="invalid_request"
             )
-        remembered = self._verified.get(token)
-        if remembered is not None:
-            principal, expires = remembered
-            if time.time() < expires + self._leeway:
-                return principal
-            self._forget(token)
+        try:
+            return self._verified[token].principal
+        except KeyError:
+            pass  # never verified, forgotten, or expired
         return await self._verify(token)
 
     async def _verify(self, token: str) -> Principal:
@@ -237,7 +242,9 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"The token is not valid ({_reason(exc)}).") from None
         principal = self._principal_of(claims)
-        self._remember(token, principal, float(claims["exp"]))
+        # Requests that missed at the same moment each verify, and each store here: the cache
+        # counts a token's bytes once however often it is stored.
+        self._verified[token] = _Verified(principal, float(claims["exp"]), len(token))
         return principal
 
     def _principal_of(self, claims: Mapping[str, Any]) -> Principal:
@@ -252,16 +259,13 @@ class Authenticator:
             scopes=frozenset(str(scopes).split()),
         )
 
-    def _remember(self, token: str, principal: Principal, expires: float) -> None:
-        self._verified[token] = (principal, expires)
-        self._cached_bytes += len(token)
-        while self._cached_bytes > CACHE_BYTES:
-            oldest = next(iter(self._verified))
-            self._forget(oldest)
 
-    def _forget(self, token: str) -> None:
-        if self._verified.pop(token, None) is not None:
-            self._cached_bytes -= len(token)
+class _Verified(NamedTuple):
+    """A verified token's caller, its `exp` and its size (what it costs the cache)."""
+
+    principal: Principal
+    expires: float
+    size: int
 
 
 def _user_id(value: Any) -> int | None:

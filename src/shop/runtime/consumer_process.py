@@ -15,6 +15,10 @@ import subprocess
 import sys
 import threading
 
+import tenacity
+
+from shop.runtime.supervision import RESTART_WAIT, failure
+
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "SHOP_PARENT_PID"
@@ -50,18 +54,29 @@ class Child:
         self._watcher.start()
 
     def _keep_running(self) -> None:
-        delay = 0.5
-        while not self._stopping.is_set():
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                self._process = subprocess.Popen(self._argv, env=self._env)
-            code = self._process.wait()
+        restarts = tenacity.Retrying(
+            wait=RESTART_WAIT, sleep=self._pause, before_sleep=self._exited
+        )
+        restarts(self._run)
+
+    def _run(self) -> None:
+        """Run the child until it exits; raise _Exited if nobody asked it to."""
+        with self._lock:
             if self._stopping.is_set():
                 return
-            log.error("%s exited with %s; starting it again in %.1fs", self._name, code, delay)
-            self._stopping.wait(delay)
-            delay = min(delay * 2, 10.0)
+            self._process = subprocess.Popen(self._argv, env=self._env)
+        code = self._process.wait()
+        if not self._stopping.is_set():
+            raise _Exited(code)
+
+    def _pause(self, seconds: float) -> None:
+        self._stopping.wait(seconds)  # ends early when the parent stops
+
+    def _exited(self, state: tenacity.RetryCallState) -> None:
+        delay = state.upcoming_sleep
+        log.error(
+            "%s exited with %s; starting it again in %.1fs", self._name, failure(state), delay
+        )
 
     def stop(self) -> None:
         """SIGTERM, then wait for it to finish its batch (SIGKILL after STOP_SECONDS)."""
@@ -77,3 +92,7 @@ class Child:
             log.warning("%s did not stop in %.0fs; killing it", self._name, STOP_SECONDS)
             process.kill()
             process.wait()
+
+
+class _Exited(Exception):
+    """The child exited (its exit code is the argument) without being asked to."""

@@ -1,19 +1,29 @@
-"""Background tasks that are restarted when they crash and stopped cleanly on shutdown."""
+"""Background tasks that are restarted when they crash and stopped cleanly on shutdown, and
+the one way to keep trying something until the service stops (`keep_trying`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
+
+import tenacity
+
+from shop.clock import SYSTEM, Clock
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Worker = Callable[[asyncio.Event], Awaitable[None]]
+# A crashed task or child process starts again after 0.5 s, doubled each time, at most 10 s.
+RESTART_WAIT = tenacity.wait_exponential(multiplier=0.5, max=10.0)
 
 
 async def pause(stopping: asyncio.Event, seconds: float) -> None:
     """Wait `seconds`, or less if `stopping` is set meanwhile."""
-    await first_of(stopping, timeout=seconds)
+    await SYSTEM.sleep(seconds, stopping)
 
 
 async def first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
@@ -24,6 +34,35 @@ async def first_of(*events: asyncio.Event, timeout: float | None = None) -> None
     finally:
         for wait in waits:
             wait.cancel()
+
+
+async def keep_trying(
+    attempt: Callable[[], Awaitable[T]],
+    stopping: asyncio.Event,
+    *,
+    wait: tenacity.wait.wait_base,
+    on_failure: Callable[[BaseException | None, float], None],
+    clock: Clock = SYSTEM,
+) -> T | None:
+    """What `attempt()` returns once a try succeeds, or None once `stopping` is set.
+
+    A try that raises is reported (`on_failure(error, pause)`) and made again after the pause
+    `wait` gives; a pause ends early when the service stops, and no try starts after that.
+    """
+
+    async def unless_stopped() -> T | None:
+        return None if stopping.is_set() else await attempt()
+
+    return await tenacity.AsyncRetrying(
+        wait=wait,
+        sleep=partial(clock.sleep, stopping=stopping),
+        before_sleep=lambda state: on_failure(failure(state), state.upcoming_sleep),
+    )(unless_stopped)
+
+
+def failure(state: tenacity.RetryCallState) -> BaseException | None:
+    """What the last try raised."""
+    return state.outcome.exception() if state.outcome else None
 
 
 class Supervisor:
@@ -40,15 +79,13 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._keep_running(name, worker), name=name))
 
     async def _keep_running(self, name: str, worker: Worker) -> None:
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                await worker(self.stopping)
-                return
-            except Exception:
-                log.exception("background task %s crashed; restarting in %.1fs", name, delay)
-                await pause(self.stopping, delay)
-                delay = min(delay * 2, 10.0)
+        def crashed(error: BaseException | None, delay: float) -> None:
+            log.error(
+                "background task %s crashed; restarting in %.1fs", name, delay, exc_info=error
+            )
+
+        run = partial(worker, self.stopping)
+        await keep_trying(run, self.stopping, wait=RESTART_WAIT, on_failure=crashed)
 
     async def stop(self, timeout: float) -> None:
         """Ask every worker to finish, wait up to `timeout`, then cancel what is left."""

@@ -22,12 +22,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import wait_exponential
 
 from shop import jsonutil
 from shop.events import Event
 from shop.ids import uuid7
 from shop.messaging.ports import Outbound, Outgoing
-from shop.runtime.supervision import first_of, pause
+from shop.runtime.supervision import first_of, keep_trying, pause
 from shop.storage.database import (
     Timestamp,
     in_list,
@@ -47,6 +48,8 @@ BACKLOG_SECONDS = 1.0
 # commits of these milliseconds share one claim, one publish and one mark instead of a round
 # each (see docs/performance.md); an event waits this much longer at most.
 ROUND_GAP_SECONDS = 0.02
+# A failed round (Kafka or the database down) is tried again after 0.2 s, doubled, at most 5 s.
+RETRY_WAIT = wait_exponential(multiplier=0.2, max=5.0)
 
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published", ["table"])
 OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Failed relay rounds", ["table"])
@@ -230,26 +233,26 @@ class Relay:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until `stopping` is set, backing off while Kafka or the database is down."""
-        backoff = 0.0
         while not stopping.is_set():
-            self._wake.clear()
-            self._seen = self._commits.value()
-            try:
-                published, more = await self.relay_once()
-                backoff = 0.0
-            except Exception as exc:  # keep relaying after any outage; the rows stay unsent
-                OUTBOX_FAILURES.labels(self._table.name).inc()
-                backoff = min(5.0, backoff * 2 or 0.2)
-                log.warning(
-                    "outbox relay of %s failed (%s); retrying in %.1fs",
-                    self._table.name,
-                    exc,
-                    backoff,
-                )
-                await pause(stopping, backoff)
-                continue
+            relayed = await keep_trying(
+                self._round, stopping, wait=RETRY_WAIT, on_failure=self._failed
+            )
+            if relayed is None:
+                return
+            published, more = relayed
             if not more:
                 await self._idle(stopping, published)
+
+    async def _round(self) -> tuple[int, bool]:
+        self._wake.clear()
+        self._seen = self._commits.value()
+        return await self.relay_once()
+
+    def _failed(self, error: BaseException | None, delay: float) -> None:
+        # After any outage the relay goes on; the rows stay unsent meanwhile.
+        OUTBOX_FAILURES.labels(self._table.name).inc()
+        name = self._table.name
+        log.warning("outbox relay of %s failed (%s); retrying in %.1fs", name, error, delay)
 
     async def _idle(self, stopping: asyncio.Event, published: int) -> None:
         # The gauge's COUNT is a transaction of its own: under steady load the relay idles after
