@@ -11,20 +11,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from shop.events import Event
 from shop.orders.domain import Product
 from shop.products.tables import product_outbox
 from shop.storage import outbox
-from shop.storage.database import in_list, run_text, sql_literal
-
-
-async def lock_products(conn: AsyncConnection, product_ids: Collection[int]) -> dict[int, Product]:
-    """The products with these ids that exist, locked until the transaction ends."""
-    if not product_ids:
-        return {}
-    return products_from((await run_text(conn, lock_sql(product_ids))).all())
+from shop.storage.database import in_list, sql_literal
 
 
 def lock_sql(product_ids: Collection[int]) -> str:
@@ -59,11 +50,3 @@ def save_stock_statements(changed: Iterable[Product], events: Iterable[Event]) -
     if not stock_events:
         return [update]
     return [update, outbox.insert_events_sql(product_outbox, stock_events)]
-
-
-async def save_stock(
-    conn: AsyncConnection, changed: Iterable[Product], events: Iterable[Event]
-) -> None:
-    """Write the decided stock and version of locked products, and their events."""
-    for statement in save_stock_statements(changed, events):
-        await run_text(conn, statement)

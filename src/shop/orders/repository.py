@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,7 +22,8 @@ FIELDS = tuple(f.name for f in dataclasses.fields(Order))
 _COLUMNS = tuple(orders.c[name] for name in FIELDS)
 
 
-def _from_row(row: Sequence[Any]) -> Order:
+def order_from(row: Sequence[Any]) -> Order:
+    """An order from its row (the columns in FIELDS order)."""
     values = dict(zip(FIELDS, row, strict=False))
     values["id"] = uuid.UUID(bytes=values["id"])
     return Order(**values)
@@ -71,11 +72,16 @@ _OWN_COLUMNS = ", ".join(f"o.{name}" for name in FIELDS)
 
 def orders_from(rows: Sequence[Sequence[Any]]) -> dict[uuid.UUID, Order]:
     """Rows of `orders_by_id_sql`: each order under the id it was asked by."""
-    return {uuid.UUID(bytes=row[-1]): _from_row(row) for row in rows}
+    return {uuid.UUID(bytes=row[-1]): order_from(row) for row in rows}
 
 
-def insert_statements(decision: Decision) -> list[str]:
-    """The decision's new orders, keys, aliases and order events as SQL text."""
+def lock_order_sql(order_id: uuid.UUID) -> str:
+    """The order with this id (not an alias), locked; its row goes to `order_from`."""
+    return f"SELECT {', '.join(FIELDS)} FROM orders WHERE id = X'{order_id.hex}' FOR UPDATE"
+
+
+def save_statements(decision: Decision) -> list[str]:
+    """The decision's new orders, keys, aliases, changed orders and order events as SQL text."""
     statements: list[str] = []
     if decision.orders:
         values = ", ".join([order_values(o) for o in decision.orders])
@@ -91,6 +97,11 @@ def insert_statements(decision: Decision) -> list[str]:
     if decision.aliases:
         aliases = [(a.bytes, o.bytes, now) for a, o in decision.aliases.items()]
         statements.append(insert_sql(order_aliases.name, _ALIAS_COLUMNS, aliases))
+    statements += [
+        f"UPDATE orders SET status = {sql_literal(o.status)}, updated_at = "
+        f"{sql_literal(o.updated_at)}, version = {o.version:d} WHERE id = X'{o.id.hex}'"
+        for o in decision.changed
+    ]
     events = [e for e in decision.events if e.aggregate == "order"]
     if events:
         statements.append(outbox.insert_events_sql(order_outbox, events))
@@ -134,31 +145,6 @@ async def claim_key(conn: AsyncConnection, key: bytes, claim: KeyClaim) -> KeyCl
     return claims[key]
 
 
-async def save_cancelled(conn: AsyncConnection, decision: Decision) -> None:
-    """Store the status and version of cancelled orders, and their events."""
-    for order in decision.orders:
-        await conn.execute(
-            update(orders)
-            .where(orders.c.id == order.id.bytes)
-            .values(status=order.status, updated_at=order.updated_at, version=order.version)
-        )
-    await _add_events(conn, decision)
-
-
-async def _add_events(conn: AsyncConnection, decision: Decision) -> None:
-    await outbox.add_events(
-        conn, order_outbox, [e for e in decision.events if e.aggregate == "order"]
-    )
-
-
-async def get_for_update(conn: AsyncConnection, order_id: uuid.UUID) -> Order | None:
-    """One order, locked until the transaction ends."""
-    row = (
-        await conn.execute(select(*_COLUMNS).where(orders.c.id == order_id.bytes).with_for_update())
-    ).first()
-    return _from_row(row) if row is not None else None
-
-
 async def get(conn: AsyncConnection, order_id: uuid.UUID) -> Order | None:
     """One order by its id, or by the id an asynchronous retry of it was given."""
     return (await _orders_by_id(conn, [order_id])).get(order_id)
@@ -180,4 +166,4 @@ async def page(
         stmt = stmt.where(orders.c.user_id == user_id)
     if status is not None:
         stmt = stmt.where(orders.c.status == status)
-    return [_from_row(row) for row in await conn.execute(stmt)]
+    return [order_from(row) for row in await conn.execute(stmt)]
