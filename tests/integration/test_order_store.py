@@ -138,8 +138,7 @@ async def test_an_order_is_found_under_its_own_id_and_under_its_aliases(
 
     known = await store.transact(load)
     assert known.orders == {first.order_id: stored, twin.order_id: stored}
-    assert known.keys == {key: stored}
-    assert known.claims == {}
+    assert known.claims == {key: KeyClaim(first.order_id, product, 2)}
     assert await _stock(database, product) == (8, 2)
 
 
@@ -159,7 +158,7 @@ async def test_the_first_claim_of_a_key_stays_and_names_the_order_stored_later(
 
     known = await store.transact(load)
     assert known.claims == {key: claimed}
-    assert known.keys == {}
+    assert known.orders == {}  # the claimed order is not stored yet
 
     await _place(store, [retry])
     stored = await store.get(claimed.order_id)
@@ -167,8 +166,8 @@ async def test_the_first_claim_of_a_key_stays_and_names_the_order_stored_later(
     assert stored.status == "confirmed"
     assert await store.get(retry.order_id) == stored  # aliased to the claimed id
     known = await store.transact(load)
-    assert known.keys == {key: stored}
-    assert known.claims == {}
+    assert known.claims == {key: claimed}
+    assert known.orders == {retry.order_id: stored, claimed.order_id: stored}
 
 
 async def test_a_cancel_locks_the_order_and_gives_its_stock_back(

@@ -116,8 +116,9 @@ class _FakeUnit:
         claims = {r.key: store.keys[r.key] for r in requests if r.key in store.keys}
         wanted = ids | {c.order_id for c in claims.values()}
         orders = {i: o for i in wanted if (o := store.find(i)) is not None}
-        products = {r.product_id: store.products.get(r.product_id) for r in requests}
-        known = Known.of(orders, claims, {i: p for i, p in products.items() if p is not None})
+        wanted_products = {r.product_id for r in requests} & store.products.keys()
+        products = {i: store.products[i] for i in wanted_products}
+        known = Known(orders=orders, products=products, claims=claims)
         self._meanwhile()
         return known
 

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shop.errors import InvalidInput, NotFound
+from shop.errors import Conflict, InvalidInput, NotFound
 from shop.events import Event
 from shop.orders import models
 from shop.orders.domain import (
@@ -31,6 +33,7 @@ from shop.orders.domain import (
     Product,
     Refused,
     Replayed,
+    Status,
     cancel_order,
     check_quantity,
     order_view,
@@ -86,13 +89,11 @@ def _apply(known: Known, decision: Decision) -> Known:
         orders[alias] = orders[order_id]
     # An alias or a key names an order by id, so it reads the order's current row.
     orders = {order_id: orders[order.id] for order_id, order in orders.items()}
-    keys = {key: orders[order.id] for key, order in known.keys.items()}
-    keys.update((key, orders[order_id]) for key, order_id in decision.keys.items())
-    # A claim whose order is now stored names it like any key; the others wait.
-    keys.update((k, orders[c.order_id]) for k, c in known.claims.items() if c.order_id in orders)
-    claims = {k: c for k, c in known.claims.items() if c.order_id not in orders}
+    claims = dict(known.claims)
+    for key, order_id in decision.keys.items():
+        claims[key] = KeyClaim(order_id, orders[order_id].product_id, orders[order_id].quantity)
     products = {**known.products, **decision.products}
-    return Known(orders=orders, keys=keys, products=products, claims=claims)
+    return Known(orders=orders, products=products, claims=claims)
 
 
 def _place(requests: Sequence[OrderRequest], known: Known) -> Decision:
@@ -317,7 +318,7 @@ def test_the_same_key_with_a_different_async_request_is_stored_rejected_as_key_r
     assert (order.unit_price, order.total_price) == (None, None)
     assert decision.keys == {}  # the key still names the first order
     assert decision.products == {}  # and no stock was taken
-    assert _apply(known, decision).keys[b"key"].id == first.order_id
+    assert _apply(known, decision).claims[b"key"].order_id == first.order_id
 
 
 @pytest.mark.parametrize("channel", ASYNC_CHANNELS)
@@ -353,7 +354,8 @@ def test_a_request_under_a_claimed_key_is_placed_under_the_claimed_id(channel: C
     assert decision.aliases == ({} if channel == "sync" else {request.order_id: claim.order_id})
     assert decision.products[1].stock == 8
     after = _apply(known, decision)
-    assert (after.keys[b"key"], after.claims) == (order, {})
+    assert after.claims == {b"key": claim}  # and the claimed order is now stored
+    assert after.orders[claim.order_id] == order
     claimed_command = _request(quantity=2, channel="kafka", key=b"key", order_id=claim.order_id)
     assert _place([request, claimed_command], after).outcomes == [Replayed(order)] * 2
 
@@ -455,12 +457,254 @@ def test_another_users_order_is_not_found_and_its_owners_cancels() -> None:
 
 def test_two_requests_are_the_same_order_when_product_and_quantity_match() -> None:
     claim = KeyClaim(uuid.uuid4(), 1, 2)
-    assert same_order(claim, models.PlaceOrder(user_id=7, product_id=1, quantity=2))
-    assert not same_order(claim, models.PlaceOrder(user_id=7, product_id=1, quantity=3))
-    assert not same_order(claim, models.PlaceOrder(user_id=7, product_id=2, quantity=2))
+    assert same_order(claim, _request(1, 2, channel="kafka"))
+    assert not same_order(claim, _request(1, 3))
+    assert not same_order(claim, _request(2, 2))
 
 
 def test_the_quantity_limit_is_inclusive() -> None:
     check_quantity(5, most=5)
     with pytest.raises(InvalidInput):
         check_quantity(6, most=5)
+
+
+@pytest.mark.parametrize("status", ["rejected", "cancelled"])
+def test_only_a_confirmed_order_cancels(status: Status) -> None:
+    order = dataclasses.replace(_confirmed_order(_product(), 1), status=status)
+
+    with pytest.raises(Conflict):
+        cancel_order(order.id, order, _product(), owner=None, now=LATER)
+
+
+def test_order_view_has_exactly_the_fields_of_the_api_model() -> None:
+    order = _confirmed_order(_product(), 2)
+
+    assert set(order_view(order)) == set(models.Order.model_fields)
+    assert models.Order.model_validate(order_view(order)).id == order.id
+
+
+# Invariants, over generated batches
+
+KEYS = [b"key-a", b"key-b", b"key-c"]
+PRICES = [Decimal("0.00"), Decimal("0.01"), Decimal("19.99"), HIGHEST_PRICE]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    known: Known
+    requests: list[OrderRequest]
+
+
+prices: st.SearchStrategy[Decimal] = st.one_of(
+    st.sampled_from(PRICES),
+    st.decimals(min_value=0, max_value=HIGHEST_PRICE, places=2),
+)
+stocks: st.SearchStrategy[int | None] = st.one_of(
+    st.none(), st.integers(0, 10), st.integers(0, 2_000_000)
+)
+quantities: st.SearchStrategy[int] = st.one_of(st.integers(1, 5), st.integers(1, 1_000_000))
+channels: st.SearchStrategy[Channel] = st.sampled_from(["sync", "kafka", "rabbitmq"])
+
+
+@st.composite
+def products(draw: st.DrawFn, product_id: int) -> Product:
+    return Product(product_id, draw(prices), draw(stocks), draw(st.integers(1, 5)))
+
+
+@st.composite
+def claims(draw: st.DrawFn) -> dict[bytes, KeyClaim]:
+    """Keys that async intake gave an order id to, whose orders are not stored yet."""
+    return {
+        key: KeyClaim(uuid.UUID(int=1000 + i), draw(st.integers(1, 4)), draw(quantities))
+        for i, key in enumerate(KEYS)
+        if draw(st.booleans())
+    }
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    """Products 1-3 (some missing), some keys claimed, and requests for products 1-4: new ones,
+    redeliveries, retries (a new id for an earlier body and key) and claimed commands."""
+    catalogue = [draw(products(pid)) for pid in (1, 2, 3) if draw(st.booleans())]
+    claimed = draw(claims())
+    kinds = ["new", "redelivery", "retry", *(["claimed"] if claimed else [])]
+    requests: list[OrderRequest] = []
+    for n in range(draw(st.integers(1, 25))):
+        kind = draw(st.sampled_from(kinds)) if requests else "new"
+        if kind == "claimed":
+            key, claim = draw(st.sampled_from(sorted(claimed.items())))
+            channel = draw(st.sampled_from(ASYNC_CHANNELS))
+            requests.append(
+                OrderRequest(claim.order_id, 7, claim.product_id, claim.quantity, channel, key)
+            )
+        elif kind == "redelivery":
+            requests.append(draw(st.sampled_from(requests)))
+        elif kind == "retry":  # a new id for an earlier body, with its key: the client retried
+            earlier = draw(st.sampled_from(requests))
+            requests.append(
+                dataclasses.replace(earlier, order_id=uuid.UUID(int=n + 1), channel=draw(channels))
+            )
+        else:
+            requests.append(
+                OrderRequest(
+                    order_id=uuid.UUID(int=n + 1),
+                    user_id=7,
+                    product_id=draw(st.integers(1, 4)),
+                    quantity=draw(quantities),
+                    channel=draw(channels),
+                    key=draw(st.none() | st.sampled_from(KEYS)),
+                )
+            )
+    known = Known(products={p.id: p for p in catalogue}, claims=claimed)
+    return Scenario(known, requests)
+
+
+def _order_summary(order: Order | None) -> tuple[object, ...]:
+    if order is None:
+        return ()
+    return (order.id, order.status, order.reason, order.unit_price, order.total_price)
+
+
+def _outcome_summary(outcome: Outcome) -> tuple[str, object]:
+    if isinstance(outcome, Refused):
+        return ("Refused", outcome.reason)
+    return (type(outcome).__name__, _order_summary(outcome.order))
+
+
+def _decide_in_batches(
+    known: Known, requests: Sequence[OrderRequest], cuts: Sequence[bool]
+) -> tuple[list[Outcome], list[Order], Known]:
+    """Decide `requests` cut after each index whose flag is set, storing each batch's decision."""
+    outcomes: list[Outcome] = []
+    orders: list[Order] = []
+    batch: list[OrderRequest] = []
+    for request, cut in zip(requests, [*cuts, True], strict=True):
+        batch.append(request)
+        if cut:
+            decision = _place(batch, known)
+            known = _apply(known, decision)
+            outcomes += decision.outcomes
+            orders += decision.orders
+            batch = []
+    return outcomes, orders, known
+
+
+FAST = settings(max_examples=100, deadline=None)
+
+
+@FAST
+@given(scenarios())
+def test_stock_never_goes_negative(scenario: Scenario) -> None:
+    decision = _place(scenario.requests, scenario.known)
+
+    after = _apply(scenario.known, decision)
+    assert all(p.stock is None or p.stock >= 0 for p in after.products.values())
+
+
+@FAST
+@given(scenarios())
+def test_units_taken_equal_units_confirmed(scenario: Scenario) -> None:
+    decision = _place(scenario.requests, scenario.known)
+
+    assert len({o.id for o in decision.orders}) == len(decision.orders)  # each stored once
+    after = _apply(scenario.known, decision)
+    for pid, before in scenario.known.products.items():
+        confirmed = [o for o in decision.orders if o.product_id == pid and o.status == "confirmed"]
+        if before.stock is None:
+            assert pid not in decision.products
+            continue
+        final = after.products[pid]
+        assert before.stock - (final.stock or 0) == sum(o.quantity for o in confirmed)
+        assert final.version - before.version == len(confirmed)
+
+
+@FAST
+@given(scenarios())
+def test_an_idempotency_key_places_at_most_one_order(scenario: Scenario) -> None:
+    decision = _place(scenario.requests, scenario.known)
+
+    keyed = [
+        (request.key, outcome.order.id)
+        for request, outcome in zip(scenario.requests, decision.outcomes, strict=True)
+        if request.key is not None
+        and isinstance(outcome, Placed)
+        and outcome.order.reason != KEY_REUSED
+    ]
+    placed = dict(keyed)
+    assert len(placed) == len(keyed)
+    for key, order_id in placed.items():
+        claim = scenario.known.claims.get(key)
+        if claim is None:
+            assert decision.keys[key] == order_id
+        else:  # intake recorded the key already, with the id its order must have
+            assert (order_id, key in decision.keys) == (claim.order_id, False)
+    assert set(decision.keys) <= set(placed)
+
+
+@FAST
+@given(scenarios())
+def test_replaying_a_batch_changes_nothing(scenario: Scenario) -> None:
+    first = _place(scenario.requests, scenario.known)
+    after = _apply(scenario.known, first)
+
+    again = _place(scenario.requests, after)
+
+    assert _stores_nothing(again)
+    for before, now in zip(first.outcomes, again.outcomes, strict=True):
+        if isinstance(before, Refused):  # a later request may have placed an order under its key
+            assert isinstance(now, Refused | Replayed | KeyMismatch)
+        elif isinstance(before, KeyMismatch):  # None: the key's claimed order was not stored
+            assert isinstance(now, KeyMismatch)
+            assert before.order is None or now.order == before.order
+        else:
+            assert now == Replayed(before.order)
+
+
+@FAST
+@given(scenarios(), st.data())
+def test_outcome_does_not_depend_on_how_requests_are_split_into_batches(
+    scenario: Scenario, data: st.DataObject
+) -> None:
+    cuts = data.draw(
+        st.lists(
+            st.booleans(), min_size=len(scenario.requests) - 1, max_size=len(scenario.requests) - 1
+        )
+    )
+
+    whole = _place(scenario.requests, scenario.known)
+    outcomes, orders, split = _decide_in_batches(scenario.known, scenario.requests, cuts)
+
+    assert list(map(_outcome_summary, outcomes)) == list(map(_outcome_summary, whole.outcomes))
+    assert list(map(_order_summary, orders)) == list(map(_order_summary, whole.orders))
+    in_one = _apply(scenario.known, whole)
+    assert split.products == in_one.products
+    assert split.claims == in_one.claims
+    assert {i: o.id for i, o in split.orders.items()} == {i: o.id for i, o in in_one.orders.items()}
+
+
+@FAST
+@given(scenarios())
+def test_every_stored_order_is_priced_within_bounds_or_rejected_with_a_reason(
+    scenario: Scenario,
+) -> None:
+    decision = _place(scenario.requests, scenario.known)
+
+    for order in decision.orders:
+        assert order.version == 1
+        if order.status == "confirmed":
+            price = scenario.known.products[order.product_id].price
+            assert order.reason is None
+            assert order.unit_price == price
+            assert order.total_price == price * order.quantity
+            assert order.total_price <= MAX_TOTAL
+        else:
+            assert order.status == "rejected"
+            assert order.channel != "sync"
+            assert order.reason in REASONS
+            assert (order.unit_price, order.total_price) == (None, None)
+    assert [(e.key, e.type) for e in decision.events if e.aggregate == "order"] == [
+        (str(o.id), f"order.{o.status}") for o in decision.orders
+    ]
+    assert [(e.version, e.data) for e in _stock_events(decision)] == [
+        (p.version, {"id": p.id, "stock": p.stock}) for p in decision.products.values()
+    ]

@@ -106,9 +106,8 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         page, next_cursor = await service.list_orders(
             OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
         )
-        return JSONResponse(
-            [order_view(o) for o in page], headers=next_page_link(request, next_cursor)
-        )
+        views = [order_view(o) for o in page]
+        return JSONResponse(views, headers=next_page_link(request, next_cursor))
 
     @api.get(
         "/{order_id}",
@@ -221,8 +220,7 @@ async def _place(
 ) -> Reply:
     """A sync order's answer, for its FastAPI route and its lean route alike."""
     _admit(principal, order, limiter)
-    placed = await service.place_order(order, idempotency_key=key)
-    return _reply(201, placed.id, order_view(placed))
+    return _reply(201, await service.place_order(order, idempotency_key=key))
 
 
 async def _accept(
@@ -235,8 +233,7 @@ async def _accept(
 ) -> Reply:
     """An async order's answer, for its FastAPI route and its lean route alike."""
     _admit(principal, order, limiter)
-    pending = await service.accept_order(order, channel=channel, idempotency_key=key)
-    return _reply(202, pending.id, pending)
+    return _reply(202, await service.accept_order(order, channel=channel, idempotency_key=key))
 
 
 # An order body, its Idempotency-Key and its Authorization header.
@@ -264,6 +261,7 @@ def _plain_order(scope: Scope, body: bytes) -> PlainOrder | None:
     return order, key, authorization.decode("latin-1") if authorization is not None else None
 
 
-def _reply(status: int, order_id: uuid.UUID, answer: object) -> Reply:
-    location = f"/orders/{order_id}".encode()
-    return Reply(status, jsonutil.dumps(answer), ((b"location", location),))
+def _reply(status: int, answer: domain.Order | Accepted) -> Reply:
+    location = f"/orders/{answer.id}".encode()
+    body = order_view(answer) if isinstance(answer, domain.Order) else answer
+    return Reply(status, jsonutil.dumps(body), ((b"location", location),))

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from shop.errors import Conflict, InvalidInput, NotFound
 from shop.events import Event
@@ -89,29 +89,12 @@ class KeyClaim:
 
 @dataclass(frozen=True, slots=True)
 class Known:
-    """What is stored already: orders by id (aliases included), by key, and the products;
-    `claims` are keys whose order is not stored yet."""
+    """What is stored already: orders by id (aliases included), the products, and the keys'
+    claims (a claim whose order is stored names that order; the others wait for theirs)."""
 
     orders: Mapping[uuid.UUID, Order] = field(default_factory=dict)
-    keys: Mapping[bytes, Order] = field(default_factory=dict)
     products: Mapping[int, Product] = field(default_factory=dict)
     claims: Mapping[bytes, KeyClaim] = field(default_factory=dict)
-
-    @classmethod
-    def of(
-        cls,
-        orders: Mapping[uuid.UUID, Order],
-        claims: Mapping[bytes, KeyClaim],
-        products: Mapping[int, Product],
-    ) -> Known:
-        """From the stored orders (by id) and key claims: a claim whose order is stored names
-        that order."""
-        return cls(
-            orders=orders,
-            keys={k: orders[c.order_id] for k, c in claims.items() if c.order_id in orders},
-            products=products,
-            claims={k: c for k, c in claims.items() if c.order_id not in orders},
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,15 +144,7 @@ class Decision:
     events: list[Event] = field(default_factory=list)
 
 
-class _Asked(Protocol):
-    @property
-    def product_id(self) -> int: ...
-
-    @property
-    def quantity(self) -> int: ...
-
-
-def same_order(first: _Asked, then: _Asked) -> bool:
+def same_order(first: Order | KeyClaim, then: OrderRequest | KeyClaim) -> bool:
     """Whether two requests under one Idempotency-Key ask for the same order (so the second
     replays the first); the rest of the body is the key's user's, or the intake's."""
     return (first.product_id, first.quantity) == (then.product_id, then.quantity)
@@ -209,7 +184,10 @@ def order_view(order: Order) -> dict[str, Any]:
 
 def place_orders(requests: Sequence[OrderRequest], known: Known, *, now: dt.datetime) -> Decision:
     """Decide each request in turn against what is stored and what earlier requests did."""
-    state = _State(dict(known.orders), dict(known.keys), dict(known.products), dict(known.claims))
+    orders, claims = dict(known.orders), known.claims
+    keys = {k: orders[c.order_id] for k, c in claims.items() if c.order_id in orders}
+    waiting = {k: c for k, c in claims.items() if c.order_id not in orders}
+    state = _State(orders, keys, dict(known.products), waiting)
     decision = Decision()
     for request in requests:
         decision.outcomes.append(state.decide(request, decision, now))

@@ -26,7 +26,7 @@ from shop import jsonutil
 from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
 from shop.ids import uuid7
 from shop.orders import domain
-from shop.orders.domain import AsyncChannel, KeyMismatch, Order, OrderRequest, Outcome, Refused
+from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome, Refused
 from shop.orders.models import Accepted, OrderCommand, PlaceOrder
 from shop.orders.prices import Prices
 from shop.orders.store import OrderStore, OrderUnit
@@ -83,14 +83,11 @@ def _cursor_id(cursor: str) -> uuid.UUID:
 
 def _answer(outcome: Outcome) -> Order | Exception:
     """What a sync caller is told."""
-    if isinstance(outcome, Refused):
-        return _refusal(outcome)
-    if isinstance(outcome, KeyMismatch):
-        return IdempotencyMismatch(_KEY_REUSED)
-    return outcome.order
-
-
-_KEY_REUSED = "This Idempotency-Key was first used with a different order."
+    if isinstance(outcome, domain.Placed | domain.Replayed):
+        return outcome.order
+    if isinstance(outcome, domain.KeyMismatch):
+        return IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
+    return _refusal(outcome)
 
 
 def _refusal(refused: Refused) -> Exception:
@@ -278,16 +275,15 @@ class OrderService:
     async def _claim(self, key: bytes, order_id: uuid.UUID, order: PlaceOrder) -> uuid.UUID:
         """The id the key was first given (so every retry names one order), or `order_id` when
         the database cannot tell now (the consumer then joins the two, see domain)."""
+        wanted = domain.KeyClaim(order_id, order.product_id, order.quantity)
         try:
             async with asyncio.timeout(INTAKE_LOOKUP_SECONDS):
-                claim = await self._store.claim_key(
-                    key, domain.KeyClaim(order_id, order.product_id, order.quantity)
-                )
+                claim = await self._store.claim_key(key, wanted)
         except Exception as exc:
             log.warning("could not claim an Idempotency-Key at intake: %r", exc)
             return order_id
-        if not domain.same_order(claim, order):
-            raise IdempotencyMismatch(_KEY_REUSED)
+        if not domain.same_order(claim, wanted):
+            raise IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
         return claim.order_id
 
     async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> Order:
