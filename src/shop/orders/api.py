@@ -220,7 +220,8 @@ async def _place(
 ) -> Reply:
     """A sync order's answer, for its FastAPI route and its lean route alike."""
     _admit(principal, order, limiter)
-    return _reply(201, await service.place_order(order, idempotency_key=key))
+    view = order_view(await service.place_order(order, idempotency_key=key))
+    return _reply(201, view["id"], view)
 
 
 async def _accept(
@@ -233,7 +234,8 @@ async def _accept(
 ) -> Reply:
     """An async order's answer, for its FastAPI route and its lean route alike."""
     _admit(principal, order, limiter)
-    return _reply(202, await service.accept_order(order, channel=channel, idempotency_key=key))
+    accepted = await service.accept_order(order, channel=channel, idempotency_key=key)
+    return _reply(202, str(accepted.id), accepted)
 
 
 # An order body, its Idempotency-Key and its Authorization header.
@@ -261,7 +263,5 @@ def _plain_order(scope: Scope, body: bytes) -> PlainOrder | None:
     return order, key, authorization.decode("latin-1") if authorization is not None else None
 
 
-def _reply(status: int, answer: domain.Order | Accepted) -> Reply:
-    location = f"/orders/{answer.id}".encode()
-    body = order_view(answer) if isinstance(answer, domain.Order) else answer
-    return Reply(status, jsonutil.dumps(body), ((b"location", location),))
+def _reply(status: int, order_id: str, answer: object) -> Reply:
+    return Reply(status, jsonutil.dumps(answer), ((b"location", f"/orders/{order_id}".encode()),))

@@ -30,14 +30,13 @@ def products_from(rows: Sequence[Sequence[Any]]) -> dict[int, Product]:
     return {row[0]: Product(row[0], row[1], row[2], row[3]) for row in rows}
 
 
-def save_stock_statements(changed: Iterable[Product], events: Iterable[Event]) -> list[str]:
+def save_stock_statements(changed: Collection[Product], events: Iterable[Event]) -> list[str]:
     """The decided stock and version of locked products, and their events, as SQL text.
 
     One UPDATE for the whole batch: an UPDATE per product was one round trip each (up to the
     batch's size), holding the batch's row locks that much longer. The values are literals:
     building and compiling a CASE expression of a new size took longer than running it.
     """
-    changed = list(changed)
     if not changed:
         return []
     stock = " ".join(f"WHEN {p.id} THEN {sql_literal(p.stock)}" for p in changed)
