@@ -16,7 +16,8 @@ from sqlalchemy import MetaData, Table, text
 from shop import jsonutil
 from shop.ids import uuid7
 from shop.messaging.kafka import ensure_topics, producer_config
-from shop.orders.models import AsyncChannel, OrderCommand
+from shop.orders.domain import AsyncChannel
+from shop.orders.models import OrderCommand
 from shop.orders.tables import orders
 from shop.settings import Settings
 from shop.storage.database import create_engine

@@ -35,7 +35,7 @@ from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
 from shop.messaging.ports import Outgoing
 from shop.messaging.rabbitmq import RabbitPublisher
-from shop.orders.models import AsyncChannel
+from shop.orders.domain import AsyncChannel
 from shop.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,8 +35,3 @@ def loads(data: bytes | str) -> Any:
 def utcnow() -> dt.datetime:
     """The current time, naive UTC with microseconds, as MySQL DATETIME(6) stores it."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """Mark a naive database timestamp as UTC for output."""
-    return value.replace(tzinfo=dt.UTC)

@@ -26,7 +26,9 @@ from shop.access.rate_limit import RateLimiter
 from shop.errors import IdempotencyMismatch, OutOfStock, Unavailable
 from shop.fields import CENT
 from shop.orders import api as order_api
-from shop.orders.models import AsyncChannel, PlaceOrder
+from shop.orders import domain
+from shop.orders.domain import AsyncChannel
+from shop.orders.models import Accepted, PlaceOrder
 from shop.orders.service import OrderQuery
 from shop.products import api as product_api
 from shop.products.domain import ProductView, Versioned, encode_cursor
@@ -44,7 +46,7 @@ MAX_BODY = 2048
 class FakeOrders:
     """Answers by the quantity: some quantities stand for each way a placement fails."""
 
-    def _decide(self, order: PlaceOrder, channel: str, key: str | None) -> dict[str, Any]:
+    def _decide(self, order: PlaceOrder, channel: AsyncChannel | None, key: str | None) -> Accepted:
         failures: dict[int, Exception] = {
             13: OperationalError("INSERT", {}, Exception("gone away")),
             14: Unavailable("Kafka did not confirm the order in time.", retry_after=2),
@@ -56,32 +58,42 @@ class FakeOrders:
         if order.quantity >= 500:
             raise OutOfStock(f"Only 499 left of product {order.product_id}.")
         seed = f"{order.user_id}/{order.product_id}/{order.quantity}/{channel}/{key}"
-        return {
-            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, seed)),
-            "status": "confirmed" if channel == "sync" else "pending",
-            "user_id": order.user_id,
-            "product_id": order.product_id,
-            "quantity": order.quantity,
-            "channel": channel,
-        }
+        order_id = uuid.uuid5(uuid.NAMESPACE_URL, seed)
+        return Accepted(
+            order_id, "pending", order.user_id, order.product_id, order.quantity, channel or "kafka"
+        )
 
     async def place_order(
         self, order: PlaceOrder, *, idempotency_key: str | None = None
-    ) -> dict[str, Any]:
-        return self._decide(order, "sync", idempotency_key)
+    ) -> domain.Order:
+        pending = self._decide(order, None, idempotency_key)
+        return domain.Order(
+            id=pending.id,
+            user_id=order.user_id,
+            product_id=order.product_id,
+            quantity=order.quantity,
+            status="confirmed",
+            reason=None,
+            unit_price=Decimal("19.90"),
+            total_price=Decimal("19.90") * order.quantity,
+            channel="sync",
+            created_at=dt.datetime(2026, 12, 6, 12, 0, 0, 123456),
+            updated_at=dt.datetime(2026, 12, 6, 12, 0, 0, 123456),
+            version=1,
+        )
 
     async def accept_order(
         self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
-    ) -> dict[str, Any]:
+    ) -> Accepted:
         return self._decide(order, channel, idempotency_key)
 
-    async def list_orders(self, query: OrderQuery) -> tuple[list[dict[str, Any]], str | None]:
+    async def list_orders(self, query: OrderQuery) -> tuple[list[domain.Order], str | None]:
         return [], None
 
-    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]:
+    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order:
         raise AssertionError("not a lean route")
 
-    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]:
+    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order:
         raise AssertionError("not a lean route")
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shop.errors import Conflict, NotFound
+from shop.errors import Conflict, InvalidInput, NotFound
 from shop.events import Event
 from shop.orders import models
 from shop.orders.domain import (
@@ -35,8 +35,10 @@ from shop.orders.domain import (
     Replayed,
     Status,
     cancel_order,
+    check_quantity,
     order_view,
     place_orders,
+    same_order,
     total_too_large,
 )
 
@@ -87,13 +89,11 @@ def _apply(known: Known, decision: Decision) -> Known:
         orders[alias] = orders[order_id]
     # An alias or a key names an order by id, so it reads the order's current row.
     orders = {order_id: orders[order.id] for order_id, order in orders.items()}
-    keys = {key: orders[order.id] for key, order in known.keys.items()}
-    keys.update((key, orders[order_id]) for key, order_id in decision.keys.items())
-    # A claim whose order is now stored names it like any key; the others wait.
-    keys.update((k, orders[c.order_id]) for k, c in known.claims.items() if c.order_id in orders)
-    claims = {k: c for k, c in known.claims.items() if c.order_id not in orders}
+    claims = dict(known.claims)
+    for key, order_id in decision.keys.items():
+        claims[key] = KeyClaim(order_id, orders[order_id].product_id, orders[order_id].quantity)
     products = {**known.products, **decision.products}
-    return Known(orders=orders, keys=keys, products=products, claims=claims)
+    return Known(orders=orders, products=products, claims=claims)
 
 
 def _place(requests: Sequence[OrderRequest], known: Known) -> Decision:
@@ -318,7 +318,7 @@ def test_the_same_key_with_a_different_async_request_is_stored_rejected_as_key_r
     assert (order.unit_price, order.total_price) == (None, None)
     assert decision.keys == {}  # the key still names the first order
     assert decision.products == {}  # and no stock was taken
-    assert _apply(known, decision).keys[b"key"].id == first.order_id
+    assert _apply(known, decision).claims[b"key"].order_id == first.order_id
 
 
 @pytest.mark.parametrize("channel", ASYNC_CHANNELS)
@@ -354,7 +354,8 @@ def test_a_request_under_a_claimed_key_is_placed_under_the_claimed_id(channel: C
     assert decision.aliases == ({} if channel == "sync" else {request.order_id: claim.order_id})
     assert decision.products[1].stock == 8
     after = _apply(known, decision)
-    assert (after.keys[b"key"], after.claims) == (order, {})
+    assert after.claims == {b"key": claim}  # and the claimed order is now stored
+    assert after.orders[claim.order_id] == order
     claimed_command = _request(quantity=2, channel="kafka", key=b"key", order_id=claim.order_id)
     assert _place([request, claimed_command], after).outcomes == [Replayed(order)] * 2
 
@@ -416,11 +417,12 @@ def test_cancelling_a_confirmed_order_gives_its_units_back_to_tracked_stock() ->
     order = _confirmed_order(_product(stock=10), 4)
     product = _product(stock=6, version=2)
 
-    decision = cancel_order(order.id, order, product, now=LATER)
+    decision = cancel_order(order.id, order, product, owner=None, now=LATER)
 
     cancelled = dataclasses.replace(order, status="cancelled", updated_at=LATER, version=2)
     assert decision.outcomes == [Placed(cancelled)]
-    assert decision.orders == [cancelled]
+    assert decision.changed == [cancelled]
+    assert decision.orders == []
     assert decision.products == {1: _product(stock=10, version=3)}
     assert decision.events == [
         Event("order", "order.cancelled", str(order.id), 2, order_view(cancelled)),
@@ -434,7 +436,7 @@ def test_cancelling_an_order_without_tracked_stock_changes_no_product(
 ) -> None:
     order = _confirmed_order(_product(stock=None), 4)
 
-    decision = cancel_order(order.id, order, product, now=LATER)
+    decision = cancel_order(order.id, order, product, owner=None, now=LATER)
 
     assert _placed(decision.outcomes[0]).status == "cancelled"
     assert decision.products == {}
@@ -443,7 +445,27 @@ def test_cancelling_an_order_without_tracked_stock_changes_no_product(
 
 def test_cancelling_no_order_is_not_found() -> None:
     with pytest.raises(NotFound):
-        cancel_order(uuid.uuid4(), None, _product(), now=LATER)
+        cancel_order(uuid.uuid4(), None, _product(), owner=None, now=LATER)
+
+
+def test_another_users_order_is_not_found_and_its_owners_cancels() -> None:
+    order = _confirmed_order(_product(), 1)  # user 7's
+    with pytest.raises(NotFound):
+        cancel_order(order.id, order, _product(), owner=8, now=LATER)
+    assert cancel_order(order.id, order, _product(), owner=7, now=LATER).changed[0].id == order.id
+
+
+def test_two_requests_are_the_same_order_when_product_and_quantity_match() -> None:
+    claim = KeyClaim(uuid.uuid4(), 1, 2)
+    assert same_order(claim, _request(1, 2, channel="kafka"))
+    assert not same_order(claim, _request(1, 3))
+    assert not same_order(claim, _request(2, 2))
+
+
+def test_the_quantity_limit_is_inclusive() -> None:
+    check_quantity(5, most=5)
+    with pytest.raises(InvalidInput):
+        check_quantity(6, most=5)
 
 
 @pytest.mark.parametrize("status", ["rejected", "cancelled"])
@@ -451,7 +473,7 @@ def test_only_a_confirmed_order_cancels(status: Status) -> None:
     order = dataclasses.replace(_confirmed_order(_product(), 1), status=status)
 
     with pytest.raises(Conflict):
-        cancel_order(order.id, order, _product(), now=LATER)
+        cancel_order(order.id, order, _product(), owner=None, now=LATER)
 
 
 def test_order_view_has_exactly_the_fields_of_the_api_model() -> None:
@@ -656,7 +678,7 @@ def test_outcome_does_not_depend_on_how_requests_are_split_into_batches(
     assert list(map(_order_summary, orders)) == list(map(_order_summary, whole.orders))
     in_one = _apply(scenario.known, whole)
     assert split.products == in_one.products
-    assert {k: o.id for k, o in split.keys.items()} == {k: o.id for k, o in in_one.keys.items()}
+    assert split.claims == in_one.claims
     assert {i: o.id for i, o in split.orders.items()} == {i: o.id for i, o in in_one.orders.items()}
 
 

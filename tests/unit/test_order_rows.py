@@ -9,7 +9,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shop.orders import domain, repository
+from shop.orders import domain, store
 from shop.orders.models import Order as OrderModel
 from shop.orders.tables import orders
 from shop.storage.database import sql_literal
@@ -17,7 +17,7 @@ from shop.storage.database import sql_literal
 
 def test_the_domain_order_has_one_field_per_column_of_the_table() -> None:
     assert [f.name for f in dataclasses.fields(domain.Order)] == list(orders.c.keys())
-    assert list(repository.FIELDS) == list(orders.c.keys())
+    assert list(store.FIELDS) == list(orders.c.keys())
 
 
 def test_the_order_view_is_the_api_model() -> None:
@@ -53,5 +53,5 @@ def test_an_orders_row_is_written_as_sql_literal_writes_each_field(
 ) -> None:
     if same_times:
         order = dataclasses.replace(order, updated_at=order.created_at)
-    fields = [order.id.bytes, *(getattr(order, f) for f in repository.FIELDS[1:])]
-    assert repository.order_values(order) == "(" + ", ".join(map(sql_literal, fields)) + ")"
+    fields = [order.id.bytes, *(getattr(order, f) for f in store.FIELDS[1:])]
+    assert store.order_values(order) == "(" + ", ".join(map(sql_literal, fields)) + ")"

@@ -12,7 +12,9 @@ from starlette.types import Scope
 from shop import jsonutil
 from shop.access.rate_limit import RateLimiter
 from shop.access.verifier import Authenticator, Forbidden, Principal, caller
-from shop.orders.models import Accepted, AsyncChannel, Order, OrderStatus, PlaceOrder
+from shop.orders import domain
+from shop.orders.domain import AsyncChannel, OrderStatus, order_view
+from shop.orders.models import Accepted, Order, PlaceOrder
 from shop.orders.service import OrderQuery
 from shop.storage.idempotency import MAX_KEY_LENGTH
 from shop.web import openapi as doc
@@ -26,19 +28,19 @@ OrderId = Annotated[uuid.UUID, Path(description="The order's id (a UUID)")]
 class Orders(Protocol):
     """What the routes ask of the order service (`shop.orders.service.OrderService`)."""
 
-    async def list_orders(self, query: OrderQuery) -> tuple[list[dict[str, Any]], str | None]: ...
+    async def list_orders(self, query: OrderQuery) -> tuple[list[domain.Order], str | None]: ...
 
-    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]: ...
+    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
 
     async def place_order(
         self, order: PlaceOrder, *, idempotency_key: str | None = None
-    ) -> dict[str, Any]: ...
+    ) -> domain.Order: ...
 
     async def accept_order(
         self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
-    ) -> dict[str, Any]: ...
+    ) -> Accepted: ...
 
-    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]: ...
+    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
 
 
 ADMIN = "orders:admin"  # lists, reads and cancels any order, and places them for any user
@@ -104,7 +106,8 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         page, next_cursor = await service.list_orders(
             OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
         )
-        return JSONResponse(page, headers=next_page_link(request, next_cursor))
+        views = [order_view(o) for o in page]
+        return JSONResponse(views, headers=next_page_link(request, next_cursor))
 
     @api.get(
         "/{order_id}",
@@ -114,7 +117,7 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
     )
     async def get_order(order_id: OrderId, principal: Principal = Security(verified)) -> Response:
         """Get one of your orders (any order with `orders:admin`)."""
-        return JSONResponse(await service.get_order(order_id, owner=_owner(principal)))
+        return JSONResponse(order_view(await service.get_order(order_id, owner=_owner(principal))))
 
     @api.post(
         "/sync",
@@ -180,7 +183,8 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         order_id: OrderId, principal: Principal = Security(verified)
     ) -> Response:
         """Cancel a confirmed order of yours (any with `orders:admin`) and release its stock."""
-        return JSONResponse(await service.cancel_order(order_id, owner=_owner(principal)))
+        order = await service.cancel_order(order_id, owner=_owner(principal))
+        return JSONResponse(order_view(order))
 
     return api
 
@@ -216,7 +220,8 @@ async def _place(
 ) -> Reply:
     """A sync order's answer, for its FastAPI route and its lean route alike."""
     _admit(principal, order, limiter)
-    return _reply(201, await service.place_order(order, idempotency_key=key))
+    view = order_view(await service.place_order(order, idempotency_key=key))
+    return _reply(201, view["id"], view)
 
 
 async def _accept(
@@ -229,7 +234,8 @@ async def _accept(
 ) -> Reply:
     """An async order's answer, for its FastAPI route and its lean route alike."""
     _admit(principal, order, limiter)
-    return _reply(202, await service.accept_order(order, channel=channel, idempotency_key=key))
+    accepted = await service.accept_order(order, channel=channel, idempotency_key=key)
+    return _reply(202, str(accepted.id), accepted)
 
 
 # An order body, its Idempotency-Key and its Authorization header.
@@ -257,10 +263,5 @@ def _plain_order(scope: Scope, body: bytes) -> PlainOrder | None:
     return order, key, authorization.decode("latin-1") if authorization is not None else None
 
 
-def _reply(status: int, answer: dict[str, Any]) -> Reply:
-    location = _at(str(answer["id"])).encode()
-    return Reply(status, jsonutil.dumps(answer), ((b"location", location),))
-
-
-def _at(order_id: str) -> str:
-    return f"/orders/{order_id}"
+def _reply(status: int, order_id: str, answer: object) -> Reply:
+    return Reply(status, jsonutil.dumps(answer), ((b"location", f"/orders/{order_id}".encode()),))

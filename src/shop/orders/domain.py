@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from shop.errors import Conflict, NotFound
+from shop.errors import Conflict, InvalidInput, NotFound
 from shop.events import Event
 
-Channel = Literal["sync", "kafka", "rabbitmq"]
-Status = Literal["confirmed", "rejected", "cancelled"]
+AsyncChannel = Literal["kafka", "rabbitmq"]
+Channel = Literal["sync", AsyncChannel]
+Status = Literal["confirmed", "rejected", "cancelled"]  # of a stored order
+OrderStatus = Literal["pending", Status]  # as the API shows it (pending: not stored yet)
 
 # The largest total an order may have: what orders.total_price (NUMERIC(14, 2)) holds.
 MAX_TOTAL = Decimal("999999999999.99")
@@ -87,11 +89,10 @@ class KeyClaim:
 
 @dataclass(frozen=True, slots=True)
 class Known:
-    """What is stored already: orders by id (aliases included), by key, and the products;
-    `claims` are keys whose order is not stored yet."""
+    """What is stored already: orders by id (aliases included), the products, and the keys'
+    claims (a claim whose order is stored names that order; the others wait for theirs)."""
 
     orders: Mapping[uuid.UUID, Order] = field(default_factory=dict)
-    keys: Mapping[bytes, Order] = field(default_factory=dict)
     products: Mapping[int, Product] = field(default_factory=dict)
     claims: Mapping[bytes, KeyClaim] = field(default_factory=dict)
 
@@ -135,11 +136,29 @@ class Decision:
     """Per request an outcome, and what to store for all of them."""
 
     outcomes: list[Outcome] = field(default_factory=list)
-    orders: list[Order] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)  # new: to insert
+    changed: list[Order] = field(default_factory=list)  # stored: their new state
     keys: dict[bytes, uuid.UUID] = field(default_factory=dict)  # new: to record
     aliases: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
     products: dict[int, Product] = field(default_factory=dict)  # changed: their new state
     events: list[Event] = field(default_factory=list)
+
+
+def same_order(first: Order | KeyClaim, then: OrderRequest | KeyClaim) -> bool:
+    """Whether two requests under one Idempotency-Key ask for the same order (so the second
+    replays the first); the rest of the body is the key's user's, or the intake's."""
+    return (first.product_id, first.quantity) == (then.product_id, then.quantity)
+
+
+def check_quantity(quantity: int, *, most: int) -> None:
+    """Refuse an order of more than `most` units (MAX_ORDER_QUANTITY)."""
+    if quantity > most:
+        raise InvalidInput(f"An order may be for at most {most} unit(s).", field="quantity")
+
+
+def visible_to(order: Order, owner: int | None) -> bool:
+    """Whether a caller may see (and cancel) `order`: its owner, or anyone's when None (admin)."""
+    return owner is None or order.user_id == owner
 
 
 def total_too_large(price: Decimal, quantity: int) -> bool:
@@ -165,7 +184,10 @@ def order_view(order: Order) -> dict[str, Any]:
 
 def place_orders(requests: Sequence[OrderRequest], known: Known, *, now: dt.datetime) -> Decision:
     """Decide each request in turn against what is stored and what earlier requests did."""
-    state = _State(dict(known.orders), dict(known.keys), dict(known.products), dict(known.claims))
+    orders, claims = dict(known.orders), known.claims
+    keys = {k: orders[c.order_id] for k, c in claims.items() if c.order_id in orders}
+    waiting = {k: c for k, c in claims.items() if c.order_id not in orders}
+    state = _State(orders, keys, dict(known.products), waiting)
     decision = Decision()
     for request in requests:
         decision.outcomes.append(state.decide(request, decision, now))
@@ -176,17 +198,23 @@ def place_orders(requests: Sequence[OrderRequest], known: Known, *, now: dt.date
 
 
 def cancel_order(
-    order_id: uuid.UUID, order: Order | None, product: Product | None, *, now: dt.datetime
+    order_id: uuid.UUID,
+    order: Order | None,
+    product: Product | None,
+    *,
+    owner: int | None,
+    now: dt.datetime,
 ) -> Decision:
-    """Cancel a confirmed order and give its units back to tracked stock."""
-    if order is None:
+    """Cancel a confirmed order and give its units back to tracked stock; to anyone but its
+    owner (or an admin: `owner` None) the order does not exist."""
+    if order is None or not visible_to(order, owner):
         raise NotFound(f"No order with id {order_id}.")
     if order.status != "confirmed":
         raise Conflict(f"Order {order.id} is {order.status}; only confirmed orders cancel.")
     cancelled = dataclasses.replace(
         order, status="cancelled", updated_at=now, version=order.version + 1
     )
-    decision = Decision(outcomes=[Placed(cancelled)], orders=[cancelled])
+    decision = Decision(outcomes=[Placed(cancelled)], changed=[cancelled])
     decision.events.append(_order_event(cancelled))
     if product is not None and product.stock is not None:
         released = dataclasses.replace(
@@ -212,14 +240,14 @@ class _State:
             return self._place(request, decision, now)
         first = self.keys.get(request.key)
         if first is not None:
-            if _same(first, request):
+            if same_order(first, request):
                 self._alias(request, first.id, decision)
                 return Replayed(first)
             return self._key_reused(request, decision, first, now)
         claim = self.claims.get(request.key)
         if claim is None:
             return self._place(request, decision, now, record_key=True)
-        if not _same(claim, request):
+        if not same_order(claim, request):
             return self._key_reused(request, decision, None, now)
         # The key was given an id at intake and its order is not stored yet: this is it.
         self._alias(request, claim.order_id, decision)
@@ -289,10 +317,6 @@ class _State:
         )
         self.products[product.id] = decision.products[product.id] = taken
         return None
-
-
-def _same(first: Order | KeyClaim, request: OrderRequest) -> bool:
-    return (first.product_id, first.quantity) == (request.product_id, request.quantity)
 
 
 def _confirmed(request: OrderRequest, price: Decimal, now: dt.datetime) -> Order:

@@ -1,7 +1,9 @@
 """Order use cases: place (sync), accept (async), process a batch of commands, cancel, read.
 
-Each use case loads what the decision needs, lets `shop.orders.domain` decide, and stores the
-decision in the same transaction; sync orders and consumer batches go through one path.
+Each use case loads what the decision needs from the order store (`shop.orders.store`), lets
+`shop.orders.domain` decide, and saves the decision in the same unit of work; sync orders and
+consumer batches go through one path. The service returns the domain's orders (and `Accepted`
+for an accepted one); the routes render them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -23,11 +25,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from shop import jsonutil
 from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
 from shop.ids import uuid7
-from shop.orders import domain, inventory, repository
-from shop.orders.domain import KeyMismatch, OrderRequest, Outcome, Placed, Refused, Replayed
-from shop.orders.models import AsyncChannel, OrderCommand, PlaceOrder
+from shop.orders import domain
+from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome, Refused
+from shop.orders.models import Accepted, OrderCommand, PlaceOrder
 from shop.orders.prices import Prices
-from shop.storage.database import Database, Statements
+from shop.orders.store import OrderStore, OrderUnit
 from shop.storage.group_commit import Coalescer
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,7 @@ BATCH_SIZE = Histogram(
 
 # Failures that say nothing about the request: the whole batch is tried again later.
 _TRANSIENT = (OperationalError, InterfaceError)
-PRICE_SECONDS = 60.0  # how long intake trusts a price it read, for the total's bound only
-INTAKE_LOOKUP_SECONDS = 0.5  # intake's budget for a price read or a key claim
+INTAKE_LOOKUP_SECONDS = 0.5  # intake's budget for a key claim
 # Tries of one batch while committed twins surface (a request meets at most three: its id,
 # its key, its key's claimed order).
 PLACE_ATTEMPTS = 4
@@ -80,11 +81,11 @@ def _cursor_id(cursor: str) -> uuid.UUID:
         raise InvalidInput("not a cursor this service issued", field="cursor") from None
 
 
-def _answer(outcome: Outcome) -> dict[str, Any] | Exception:
+def _answer(outcome: Outcome) -> Order | Exception:
     """What a sync caller is told."""
-    if isinstance(outcome, Placed | Replayed):
-        return domain.order_view(outcome.order)
-    if isinstance(outcome, KeyMismatch):
+    if isinstance(outcome, domain.Placed | domain.Replayed):
+        return outcome.order
+    if isinstance(outcome, domain.KeyMismatch):
         return IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
     return _refusal(outcome)
 
@@ -107,35 +108,17 @@ def _too_large(quantity: int) -> InvalidInput:
     )
 
 
-async def _decide(requests: Sequence[OrderRequest], sql: Statements) -> domain.Decision:
-    """Load what the batch's decision needs, decide, and store the decision: its reads in one
-    round trip, its writes and the COMMIT in another."""
-    ids = {r.order_id for r in requests if r.channel != "sync"}  # sync ids are new
-    keys = {r.key for r in requests if r.key is not None}
-    reads = [inventory.lock_sql({r.product_id for r in requests})]
-    if ids:
-        reads.insert(0, repository.orders_by_id_sql(ids))
-    if keys:
-        reads.insert(0, repository.claims_sql(keys))
-    rows = await sql.run(reads)
-    products = inventory.products_from(rows.pop())
-    by_id = repository.orders_from(rows.pop()) if ids else {}
-    claims = repository.claims_from(rows.pop()) if keys else {}
-    claimed = {c.order_id for c in claims.values()} - by_id.keys()
-    if claimed:  # orders that keys were claimed for, under ids this batch does not carry
-        by_id.update(
-            repository.orders_from((await sql.run([repository.orders_by_id_sql(claimed)]))[0])
-        )
-    known = domain.Known(
-        orders=by_id,
-        keys={k: by_id[c.order_id] for k, c in claims.items() if c.order_id in by_id},
-        products=products,
-        claims={k: c for k, c in claims.items() if c.order_id not in by_id},
-    )
-    decision = domain.place_orders(requests, known, now=jsonutil.utcnow())
-    writes = repository.insert_statements(decision)
-    writes += inventory.save_stock_statements(decision.products.values(), decision.events)
-    await sql.run(writes, commit=True)
+async def _decide(requests: Sequence[OrderRequest], unit: OrderUnit) -> domain.Decision:
+    """Load what the batch's decision needs, decide, and save the decision."""
+    decision = domain.place_orders(requests, await unit.known(requests), now=jsonutil.utcnow())
+    await unit.save(decision)
+    return decision
+
+
+async def _cancel(order_id: uuid.UUID, owner: int | None, unit: OrderUnit) -> domain.Decision:
+    order, product = await unit.lock_order(order_id)
+    decision = domain.cancel_order(order_id, order, product, owner=owner, now=jsonutil.utcnow())
+    await unit.save(decision)
     return decision
 
 
@@ -144,15 +127,16 @@ class OrderService:
 
     def __init__(
         self,
-        db: Database,
+        store: OrderStore,
         *,
+        prices: Prices,
         publishers: Mapping[str, CommandPublisher],
         on_event: Callable[[], None],
         sync_batch_size: int = 200,
         sync_queue_limit: int = 1000,
         max_quantity: int = 1_000_000,
     ) -> None:
-        self._db = db
+        self._store = store
         self._max_quantity = max_quantity
         self._publishers = publishers
         self._on_event = on_event
@@ -160,18 +144,16 @@ class OrderService:
             self._place_isolated,
             max_batch=sync_batch_size,
             max_pending=sync_queue_limit,
-            timeout=db.timeout,
+            timeout=store.timeout,
         )
-        self._prices = Prices(db, ttl=PRICE_SECONDS, budget=INTAKE_LOOKUP_SECONDS)
+        self._prices = prices
 
-    async def place_order(
-        self, order: PlaceOrder, *, idempotency_key: str | None = None
-    ) -> dict[str, Any]:
+    async def place_order(self, order: PlaceOrder, *, idempotency_key: str | None = None) -> Order:
         """Reserve stock and store a confirmed order now; OutOfStock when there is too little.
 
         Concurrent calls are stored together, one transaction per batch (see group_commit).
         """
-        self._check_quantity(order)
+        domain.check_quantity(order.quantity, most=self._max_quantity)
         request = OrderRequest(
             order_id=uuid7(),
             user_id=order.user_id,
@@ -184,12 +166,6 @@ class OrderService:
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-    def _check_quantity(self, order: PlaceOrder) -> None:
-        if order.quantity > self._max_quantity:
-            raise InvalidInput(
-                f"An order may be for at most {self._max_quantity} unit(s).", field="quantity"
-            )
 
     async def run_sync_orders(self, stopping: asyncio.Event) -> None:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
@@ -254,11 +230,11 @@ class OrderService:
         return await self._place(requests)
 
     async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
-        decision = await self._db.transact_statements(partial(_decide, requests))
+        decision = await self._store.transact(partial(_decide, requests))
         self._stored(decision.orders)
         return decision.outcomes
 
-    def _stored(self, orders: Sequence[domain.Order]) -> None:
+    def _stored(self, orders: Sequence[Order]) -> None:
         """After a commit: count the stored orders and wake the outbox relay."""
         if not orders:
             return
@@ -270,9 +246,9 @@ class OrderService:
 
     async def accept_order(
         self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
-    ) -> dict[str, Any]:
+    ) -> Accepted:
         """Hand the order to a broker; it is stored when a consumer processes the command."""
-        self._check_quantity(order)
+        domain.check_quantity(order.quantity, most=self._max_quantity)
         price = await self._prices.get(order.product_id)
         if price is not None and domain.total_too_large(price, order.quantity):
             raise _too_large(order.quantity)
@@ -292,67 +268,47 @@ class OrderService:
         )
         await self._publishers[channel].publish_command(command)
         ORDERS_ACCEPTED.labels(channel).inc()
-        return {
-            "id": str(command.id),
-            "status": "pending",
-            "user_id": order.user_id,
-            "product_id": order.product_id,
-            "quantity": order.quantity,
-            "channel": channel,
-        }
+        return Accepted(
+            order_id, "pending", order.user_id, order.product_id, order.quantity, channel
+        )
 
     async def _claim(self, key: bytes, order_id: uuid.UUID, order: PlaceOrder) -> uuid.UUID:
         """The id the key was first given (so every retry names one order), or `order_id` when
         the database cannot tell now (the consumer then joins the two, see domain)."""
+        wanted = domain.KeyClaim(order_id, order.product_id, order.quantity)
         try:
-            async with asyncio.timeout(INTAKE_LOOKUP_SECONDS), self._db.read() as conn:
-                claim = await repository.claim_key(
-                    conn, key, domain.KeyClaim(order_id, order.product_id, order.quantity)
-                )
+            async with asyncio.timeout(INTAKE_LOOKUP_SECONDS):
+                claim = await self._store.claim_key(key, wanted)
         except Exception as exc:
             log.warning("could not claim an Idempotency-Key at intake: %r", exc)
             return order_id
-        if (claim.product_id, claim.quantity) != (order.product_id, order.quantity):
+        if not domain.same_order(claim, wanted):
             raise IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
         return claim.order_id
 
-    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]:
+    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> Order:
         """Cancel a confirmed order and give its units back; anything else is a Conflict.
 
         With an `owner`, another user's order is NotFound, exactly like an unknown id.
         """
-        async with self._db.transaction() as conn:
-            order = await repository.get_for_update(conn, order_id)
-            if order is not None and owner is not None and order.user_id != owner:
-                order = None
-            stock = await inventory.lock_products(conn, [order.product_id] if order else [])
-            product = stock.get(order.product_id) if order else None
-            decision = domain.cancel_order(order_id, order, product, now=jsonutil.utcnow())
-            await repository.save_cancelled(conn, decision)
-            await inventory.save_stock(conn, decision.products.values(), decision.events)
+        decision = await self._store.transact(partial(_cancel, order_id, owner))
         self._on_event()
-        return domain.order_view(decision.orders[0])
+        return decision.changed[0]
 
-    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> dict[str, Any]:
+    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> Order:
         """One order (also under the id an asynchronous retry of it was given), or NotFound;
         with an `owner`, another user's order is NotFound too."""
-        async with self._db.read() as conn:
-            order = await repository.get(conn, order_id)
-        if order is None or (owner is not None and order.user_id != owner):
+        order = await self._store.get(order_id)
+        if order is None or not domain.visible_to(order, owner):
             raise NotFound(f"No order with id {order_id}.")
-        return domain.order_view(order)
+        return order
 
-    async def list_orders(self, query: OrderQuery) -> tuple[list[dict[str, Any]], str | None]:
+    async def list_orders(self, query: OrderQuery) -> tuple[list[Order], str | None]:
         """A page of orders and the cursor of the next page, if any."""
         after = _cursor_id(query.cursor) if query.cursor is not None else None
-        async with self._db.read() as conn:
-            found = await repository.page(
-                conn,
-                limit=query.limit + 1,
-                after=after,
-                user_id=query.user_id,
-                status=query.status,
-            )
-        page = [domain.order_view(o) for o in found[: query.limit]]
-        next_cursor = page[-1]["id"] if len(found) > query.limit else None
+        found = await self._store.page(
+            limit=query.limit + 1, after=after, user_id=query.user_id, status=query.status
+        )
+        page = list(found[: query.limit])
+        next_cursor = str(page[-1].id) if len(found) > query.limit else None
         return page, next_cursor

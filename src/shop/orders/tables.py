@@ -21,9 +21,6 @@ from shop.storage.outbox import outbox_table
 
 metadata = MetaData()
 
-STATUSES = ("pending", "confirmed", "rejected", "cancelled")
-CHANNELS = ("sync", "kafka", "rabbitmq")
-
 orders = Table(
     "orders",
     metadata,

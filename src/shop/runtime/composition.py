@@ -22,7 +22,9 @@ from shop.messaging.rabbitmq import RabbitInbound, RabbitPublisher
 from shop.orders import api as order_api
 from shop.orders.command_publisher import BrokerCommands, by_order, by_product
 from shop.orders.consumer import run_order_consumer, watch_depth
+from shop.orders.prices import Prices
 from shop.orders.service import OrderService
+from shop.orders.store import SqlOrderStore
 from shop.orders.tables import order_keys, order_outbox
 from shop.products import api as product_api
 from shop.products.repository import SqlProductStore
@@ -140,7 +142,8 @@ class OrderRuntime(Runtime):
         )
         deadline = s.broker_deadline_seconds
         self.service = OrderService(
-            self.db,
+            SqlOrderStore(self.db),
+            prices=Prices(self.db),
             publishers={
                 "kafka": BrokerCommands(
                     self.intake.topic(s.kafka_topic),
