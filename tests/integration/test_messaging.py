@@ -9,12 +9,14 @@ topic or queue of the test's own (as FastStream's per-broker test classes do). N
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aio_pika
 import httpx
@@ -389,6 +391,27 @@ class RabbitHarness:
             response = await client.delete(url, timeout=10)
         assert response.status_code == 204, response.text
 
+    async def close_connections(self, count: int) -> None:
+        """Have the broker close this process's `count` connections, as a node going away
+        does (once the management API lists them: its statistics lag a few seconds)."""
+        s = self.settings
+        api = f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/api/connections"
+        mine = f"pid {os.getpid()}"
+        auth = (s.rabbitmq_admin_user, s.rabbitmq_admin_password)
+        async with httpx.AsyncClient(auth=auth, timeout=10) as client:
+
+            async def listed() -> list[str] | None:
+                names = [
+                    c["name"]
+                    for c in (await client.get(api)).json()
+                    if str(c.get("client_properties", {}).get("connection_name")).endswith(mine)
+                ]
+                return names if len(names) == count else None
+
+            for name in await eventually(listed, timeout=30, what=f"{count} connections listed"):
+                response = await client.delete(f"{api}/{quote(name, safe='')}")
+                assert response.status_code == 204, response.text
+
     async def restart_broker(self) -> None:
         await asyncio.to_thread(stack.stop, "rabbitmq", STACK)
         await asyncio.to_thread(stack.start, "rabbitmq", STACK)
@@ -425,5 +448,20 @@ class TestRabbitMQ(MessagingContract):
         await eventually(consuming_again, timeout=30, what="consuming again after the cancel")
         (body,) = _bodies(1)
         await publish(harness.outbound, body)
+        assert await take_until(inbound, body) == [body]
+        await harness.close_consumer(inbound)
+
+    async def test_connections_the_broker_closes_are_made_again(
+        self, harness: RabbitHarness
+    ) -> None:
+        inbound = await harness.consumer()
+        await harness.close_connections(2)  # the publisher's and the consumer's
+
+        async def reconnected() -> bool:
+            return harness.reconnects(inbound) == 1 and await _passes(harness.broker)
+
+        await eventually(reconnected, timeout=30, what="both connections made again")
+        (body,) = _bodies(1)
+        await eventually(partial(_published, harness.outbound, body), timeout=30, what="publish")
         assert await take_until(inbound, body) == [body]
         await harness.close_consumer(inbound)

@@ -246,6 +246,17 @@ async def ensure_topics(
     await asyncio.to_thread(_create)
 
 
+async def ensure_topics_best_effort(
+    _stopping: asyncio.Event, *, brokers: str, topics: Sequence[str], replication_factor: int
+) -> None:
+    """`ensure_topics` as a background task that only warns: the broker also creates topics on
+    first use, and publishers retry."""
+    try:
+        await ensure_topics(brokers, topics, replication_factor=replication_factor)
+    except Exception as exc:
+        log.warning("could not ensure kafka topics %s: %s", topics, exc)
+
+
 def consumer_config(brokers: str, *, group: str) -> dict[str, Any]:
     """A group member that stores offsets only when told (after the batch is handled).
 
@@ -428,25 +439,21 @@ class KafkaBroker:
         deadline: float,
         replication_factor: int = 1,
     ) -> None:
-        self._brokers = brokers
         self._topic = topic
-        self._group = group
-        self._dead_letters = dead_letters
-        self._replication_factor = replication_factor
         self._intake = KafkaPublisher(brokers, delivery_timeout=deadline)
+        self._new_inbound = partial(KafkaInbound, brokers, topic=topic, group=group)
+        self._dead_letters = dead_letters
+        self._ensure_topics = partial(
+            ensure_topics_best_effort,
+            brokers=brokers,
+            topics=[topic, dead_letters.name],
+            replication_factor=replication_factor,
+        )
         self._inbound: list[KafkaInbound] = []
         self._tasks = Supervisor()
 
     def start(self) -> None:
         self._tasks.start("kafka-ensure-topics", self._ensure_topics)
-
-    async def _ensure_topics(self, _stopping: asyncio.Event) -> None:
-        # Best effort: the broker also creates topics on first use.
-        topics = [self._topic, self._dead_letters.name]
-        try:
-            await ensure_topics(self._brokers, topics, replication_factor=self._replication_factor)
-        except Exception as exc:
-            log.warning("could not ensure kafka topics %s: %s", topics, exc)
 
     async def check(self, timeout: float) -> None:
         await self._intake.check(timeout)
@@ -455,9 +462,7 @@ class KafkaBroker:
         return self._intake.topic(self._topic)
 
     def consumer(self, batch_size: int) -> KafkaInbound:
-        inbound = KafkaInbound(
-            self._brokers, topic=self._topic, group=self._group, dlq=self._dead_letters
-        )
+        inbound = self._new_inbound(dlq=self._dead_letters)
         self._inbound.append(inbound)
         return inbound
 

@@ -29,14 +29,13 @@ import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 from prometheus_client import Counter
-from tenacity import AsyncRetrying, RetryCallState, RetryError, wait_exponential
+from tenacity import AsyncRetrying, RetryError, before_sleep_log, wait_exponential
 
 from shop.messaging.ports import Outbound, Outgoing, PublishError
 from shop.runtime.supervision import Supervisor, first_of, pause
 
 log = logging.getLogger(__name__)
 
-PERSISTENT = 2  # AMQP delivery mode
 # A failed connection attempt is retried after 0.5 s, then every second: a node lost behind
 # HAProxy is replaced by the next connection, so a second cuts a broker fail-over's outage.
 RECONNECT_FIRST_SECONDS = 0.5
@@ -78,27 +77,16 @@ class Topology:
 
     async def declare(self, channel: AbstractChannel, timeout: float) -> int:
         """Declare the exchange and both queues; the number of messages ready in Q."""
-        await channel.exchange_declare(
-            self.dlx, exchange_type="direct", durable=True, timeout=timeout
-        )
-        await channel.queue_declare(
-            self.dlq, durable=True, arguments=self.dlq_arguments, timeout=timeout
-        )
+        declare_queue = partial(channel.queue_declare, durable=True, timeout=timeout)
+        await channel.exchange_declare(self.dlx, durable=True, timeout=timeout)  # direct
+        await declare_queue(self.dlq, arguments=self.dlq_arguments)
         await channel.queue_bind(self.dlq, self.dlx, routing_key=self.dlq, timeout=timeout)
-        declared = await channel.queue_declare(
-            self.queue, durable=True, arguments=self.arguments, timeout=timeout
-        )
+        declared = await declare_queue(self.queue, arguments=self.arguments)
         return int(declared.message_count or 0)
 
 
-def _log_retry(role: str, state: RetryCallState) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    pause_seconds = state.next_action.sleep if state.next_action else 0.0
-    log.warning("rabbitmq %s: %r; connecting again in %.1fs", role, error, pause_seconds)
-
-
 async def _reconnecting(
-    stopping: asyncio.Event, role: str, serve: Callable[[asyncio.Event], Awaitable[None]]
+    stopping: asyncio.Event, serve: Callable[[asyncio.Event], Awaitable[None]]
 ) -> None:
     """Run `serve` (connect, then serve until the connection is lost) again after each failure,
     with backoff, until `stopping` is set: the adapter's one reconnect loop."""
@@ -106,7 +94,7 @@ async def _reconnecting(
         wait=wait_exponential(multiplier=RECONNECT_FIRST_SECONDS, max=RECONNECT_MAX_SECONDS),
         stop=lambda _state: stopping.is_set(),
         sleep=partial(pause, stopping),
-        before_sleep=partial(_log_retry, role),
+        before_sleep=before_sleep_log(log, logging.WARNING),
     )
     with contextlib.suppress(RetryError):  # stopping after a failure
         async for attempt in retrying:
@@ -138,17 +126,11 @@ class RabbitBroker:
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        self._tasks.start(
-            "rabbitmq-publisher", partial(_reconnecting, role="publisher", serve=self._publish_on)
-        )
+        self._tasks.start("rabbitmq-publisher", partial(_reconnecting, serve=self._publish_on))
 
     def publisher(self) -> RabbitDestination:
         """The outbound port to the queue (through the default exchange)."""
         return RabbitDestination(self, exchange="", routing_key=self.topology.queue)
-
-    def to_dead_letters(self) -> RabbitDestination:
-        """The outbound port to the dead-letter queue (through `Q.dlx`)."""
-        return RabbitDestination(self, exchange=self.topology.dlx, routing_key=self.topology.dlq)
 
     def consumer(self, batch_size: int) -> RabbitInbound:
         """A consumer with `batch_size` deliveries in flight, on a connection of its own."""
@@ -291,7 +273,7 @@ async def _publish(
     properties = Basic.Properties(
         message_id=message.key,
         content_type="application/json",
-        delivery_mode=PERSISTENT,
+        delivery_mode=2,  # persistent
         headers=dict(message.headers) if message.headers else None,
     )
     await channel.basic_publish(
@@ -337,7 +319,8 @@ class RabbitInbound:
         self.topology = broker.topology
         self._prefetch = prefetch
         self._timeout = broker._timeout
-        self._dlq: Outbound = broker.to_dead_letters()
+        t = self.topology  # dead letters go to Q.dlq through Q.dlx
+        self._dlq: Outbound = RabbitDestination(broker, exchange=t.dlx, routing_key=t.dlq)
         self._channel: AbstractChannel | None = None
         self._unsettled: set[int] = set()  # delivery tags on `_channel` not acked yet
         self.inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
@@ -345,9 +328,7 @@ class RabbitInbound:
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        self._tasks.start(
-            "rabbitmq-consumer", partial(_reconnecting, role="consumer", serve=self._consume)
-        )
+        self._tasks.start("rabbitmq-consumer", partial(_reconnecting, serve=self._consume))
 
     async def _consume(self, stopping: asyncio.Event) -> None:
         """Connect, then consume until the connection is lost (raises) or `stopping`."""
@@ -357,7 +338,7 @@ class RabbitInbound:
             await self._consume_until_closed(channel, stopping)
         except BaseException:
             self.consuming.clear()
-            await self._drop_connection()
+            self._channel = None
             await _close(channel.connection)
             raise
         # The connection stays open until close(): the consumer loop still acks its batch.
@@ -444,13 +425,10 @@ class RabbitInbound:
             return 0
         return await self.topology.declare(channel, self._timeout)
 
-    async def _drop_connection(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await _close(channel.connection)
-
     async def close(self) -> None:
         """Stop consuming and close the connection: deliveries not acked go back to the queue."""
         await self._tasks.stop(timeout=CLOSE_SECONDS)
         self.consuming.clear()
-        await self._drop_connection()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await _close(channel.connection)

@@ -4,7 +4,6 @@ the app around it. Each service is wired in its own module (`products_service`, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -14,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Table
 
-from shop.messaging.kafka import KafkaPublisher, ensure_topics
+from shop.messaging.kafka import KafkaPublisher, ensure_topics_best_effort
 from shop.messaging.ports import Broker
 from shop.runtime.supervision import Supervisor
 from shop.settings import Settings
@@ -45,7 +44,7 @@ class Runtime:
         self.settings = settings
         self.db = Database.connect(settings)
         self.kafka = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10.0)
-        self.topics = [events_topic]
+        self.events_topic = events_topic
         # Commits are counted across the service's processes, so that the process that relays
         # sees its siblings' commits too.
         self.commits = generation.for_workers(f"{outbox.name}-commits")
@@ -69,7 +68,15 @@ class Runtime:
         self.brokers: list[Broker] = []
 
     def start(self) -> None:
-        self.supervisor.start("ensure-topics", self._ensure_topics)
+        self.supervisor.start(
+            "ensure-topics",
+            partial(
+                ensure_topics_best_effort,
+                brokers=self.settings.kafka_brokers,
+                topics=[self.events_topic],
+                replication_factor=self.settings.kafka_replication_factor,
+            ),
+        )
         if self.settings.outbox_relay_enabled:
             self.supervisor.start("outbox-relay", self.relay.run)
             self.supervisor.start("outbox-purge", self.relay.purge)
@@ -77,17 +84,6 @@ class Runtime:
             self.supervisor.start("expired-keys-purge", self.expired_keys.run)
         for broker in self.brokers:
             broker.start()
-
-    async def _ensure_topics(self, stopping: asyncio.Event) -> None:
-        # Best effort: the broker also creates topics on first use, and the relay retries.
-        try:
-            await ensure_topics(
-                self.settings.kafka_brokers,
-                self.topics,
-                replication_factor=self.settings.kafka_replication_factor,
-            )
-        except Exception as exc:
-            log.warning("could not ensure kafka topics %s: %s", self.topics, exc)
 
     def checks(self) -> Mapping[str, http.HealthCheck]:
         timeout = self.settings.db_timeout_seconds
