@@ -171,12 +171,7 @@ class MessagingContract:
         broker = harness.new_broker()
         broker.start()
         await eventually(partial(_passes, broker), timeout=30, what="the broker's check")
-        inbound = await harness.consumer(broker)
-        (body,) = _bodies(1)
-        await eventually(
-            partial(_published, broker.publisher(), body), timeout=30, what="publishing"
-        )
-        assert await take_until(inbound, body) == [body]
+        await _carries_a_message(harness, broker)
         await broker.close()
 
     async def test_close_is_idempotent_and_leaves_no_task_or_thread_running(
@@ -187,21 +182,14 @@ class MessagingContract:
         await never_started.close()
         broker = harness.new_broker()
         broker.start()
-        inbound = await harness.consumer(broker)
-        (body,) = _bodies(1)
-        await eventually(
-            partial(_published, broker.publisher(), body), timeout=30, what="publishing"
-        )
-        assert await take_until(inbound, body) == [body]
+        await _carries_a_message(harness, broker)
         await broker.close()
         await broker.close()
 
         async def no_task_left() -> bool:  # the client's own clean-up may take a moment
             return not asyncio.all_tasks() - tasks
 
-        await eventually(
-            no_task_left, timeout=5, what=f"no task left: {asyncio.all_tasks() - tasks}"
-        )
+        await eventually(no_task_left, timeout=5, what="no task left after close")
         # asyncio.to_thread's pool keeps its threads for the next call: not the broker's
         left = [t for t in set(threading.enumerate()) - threads if "asyncio" not in t.name]
         assert left == []
@@ -234,6 +222,14 @@ async def _passes(broker: Broker) -> bool:
     except Exception:
         return False
     return True
+
+
+async def _carries_a_message(harness: Harness, broker: Broker) -> None:
+    """A consumer of `broker` gets what its publisher published (once it could publish)."""
+    inbound = await harness.consumer(broker)
+    (body,) = _bodies(1)
+    await eventually(partial(_published, broker.publisher(), body), timeout=30, what="publishing")
+    assert await take_until(inbound, body) == [body]
 
 
 async def _published(outbound: Outbound, body: bytes) -> bool:
