@@ -1,4 +1,5 @@
-"""The RabbitMQ publisher's answer to nacks, with fakes of aiormq's connection and channel."""
+"""The RabbitMQ adapter without a broker: its answer to nacks (with fakes of aiormq's connection
+and channel) and its reconnect loop."""
 
 from __future__ import annotations
 
@@ -85,3 +86,34 @@ async def test_a_burst_of_nacks_opens_at_most_one_channel_per_interval(
     await asyncio.sleep(0.25)
     assert not await confirmed(broker, timeout=1.0)
     assert len(connection.channels) == 3
+
+
+async def test_a_lost_connection_is_made_again_until_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rabbitmq, "RECONNECT_FIRST_SECONDS", 0.001)
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MAX_SECONDS", 0.001)
+    stopping, sessions = asyncio.Event(), list[int]()
+
+    async def serve(stopping: asyncio.Event) -> None:
+        sessions.append(len(sessions))
+        if len(sessions) < 3:
+            raise ConnectionError("lost")  # refused, or lost after a while
+        await stopping.wait()
+
+    keeping = asyncio.create_task(rabbitmq._reconnecting(stopping, serve))
+    while len(sessions) < 3:
+        await asyncio.sleep(0.001)
+    stopping.set()
+    await asyncio.wait_for(keeping, 1)
+    assert sessions == [0, 1, 2]
+
+
+async def test_a_stop_during_an_outage_ends_the_loop_at_once() -> None:
+    stopping = asyncio.Event()
+
+    async def refused(_stopping: asyncio.Event) -> None:
+        stopping.set()  # while the broker is down, the service stops
+        raise ConnectionError("refused")
+
+    await asyncio.wait_for(rabbitmq._reconnecting(stopping, refused), 0.1)  # no 0.5 s pause
