@@ -441,8 +441,7 @@ class KafkaBroker:
     ) -> None:
         self._topic = topic
         self._intake = KafkaPublisher(brokers, delivery_timeout=deadline)
-        self._new_inbound = partial(KafkaInbound, brokers, topic=topic, group=group)
-        self._dead_letters = dead_letters
+        self._member = partial(KafkaInbound, brokers, topic=topic, group=group, dlq=dead_letters)
         self._ensure_topics = partial(
             ensure_topics_best_effort,
             brokers=brokers,
@@ -462,7 +461,7 @@ class KafkaBroker:
         return self._intake.topic(self._topic)
 
     def consumer(self, batch_size: int) -> KafkaInbound:
-        inbound = self._new_inbound(dlq=self._dead_letters)
+        inbound = self._member()
         self._inbound.append(inbound)
         return inbound
 

@@ -229,10 +229,8 @@ class RabbitBroker:
     async def check(self, timeout: float = 0.0) -> None:
         """Raise unless the publishing connection and channel are open."""
         channel = self._channel
-        if channel is None or channel.connection.is_closed:
+        if channel is None or channel.is_closed or channel.connection.is_closed:
             raise ConnectionError("not connected to RabbitMQ")
-        if channel.is_closed:
-            raise ConnectionError("RabbitMQ channel closed")
 
     async def close(self) -> None:
         """Close the consumers (what they did not ack goes back to the queue), then publishing."""

@@ -5,7 +5,7 @@ the app around it. Each service is wired in its own module (`products_service`, 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -109,7 +109,7 @@ def service_app(
     service: str,
     settings: Settings,
     runtime: Runtime,
-    start: partial[None],
+    start: Callable[[], None],
     lean: Sequence[LeanRoute[Any]],
 ) -> FastAPI:
     """A service's app: its runtime started and closed by the lifespan, health and metrics."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from fastapi import FastAPI
 
 from shop.access import verifier as auth
@@ -40,7 +38,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         "products",
         settings,
         runtime,
-        partial(runtime.start),
+        runtime.start,
         product_api.lean_routes(service),
     )
     app.include_router(product_api.router(service, auth.from_settings(settings)))
