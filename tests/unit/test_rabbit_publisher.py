@@ -117,3 +117,15 @@ async def test_a_stop_during_an_outage_ends_the_loop_at_once() -> None:
         raise ConnectionError("refused")
 
     await asyncio.wait_for(rabbitmq._reconnecting(stopping, refused), 0.1)  # no 0.5 s pause
+
+
+async def test_a_stop_during_the_pause_ends_the_loop_without_another_attempt() -> None:
+    stopping, attempts = asyncio.Event(), list[int]()
+
+    async def refused(_stopping: asyncio.Event) -> None:
+        attempts.append(len(attempts))
+        asyncio.get_running_loop().call_later(0.01, stopping.set)  # during the 0.5 s pause
+        raise ConnectionError("refused")
+
+    await asyncio.wait_for(rabbitmq._reconnecting(stopping, refused), 0.3)
+    assert attempts == [0]

@@ -90,14 +90,19 @@ async def _reconnecting(
 ) -> None:
     """Run `serve` (connect, then serve until the connection is lost) again after each failure,
     with backoff, until `stopping` is set: the adapter's one reconnect loop."""
+    # tenacity logs "Retrying <unknown> in 0.5 seconds as it raised ...": the logger's name
+    # (shop.messaging.rabbitmq._publish_on or ._consume) says which connection it is
+    which = log.getChild(getattr(serve, "__name__", "connection"))
     retrying = AsyncRetrying(
         wait=wait_exponential(multiplier=RECONNECT_FIRST_SECONDS, max=RECONNECT_MAX_SECONDS),
         stop=lambda _state: stopping.is_set(),
         sleep=partial(pause, stopping),
-        before_sleep=before_sleep_log(log, logging.WARNING),
+        before_sleep=before_sleep_log(which, logging.WARNING),
     )
     with contextlib.suppress(RetryError):  # stopping after a failure
         async for attempt in retrying:
+            if stopping.is_set():  # set during the pause: no attempt after it
+                return
             with attempt:
                 await serve(stopping)
 
