@@ -34,7 +34,7 @@ from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_lo
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
 from shop.messaging.ports import Outgoing
-from shop.messaging.rabbitmq import RabbitPublisher
+from shop.messaging.rabbitmq import RabbitBroker
 from shop.orders.domain import AsyncChannel
 from shop.settings import Settings, load_settings
 
@@ -345,17 +345,23 @@ def drain(
 
 async def _fill_queue(settings: Settings, name: str, bodies: list[bytes]) -> None:
     """Declare the queue as the service does (its dead-letter topology too) and fill it."""
-    rabbit = RabbitPublisher(
+    rabbit = RabbitBroker(
         settings.rabbitmq_url,
         queue=name,
         timeout=10,
         queue_type=settings.rabbitmq_queue_type,  # as the consumer declares it (a cluster's)
         delivery_limit=settings.rabbitmq_delivery_limit,
     )
-    queue = rabbit.to_queue()
+    queue = rabbit.publisher()
+    rabbit.start()
     try:
         async with asyncio.timeout(30):
-            await rabbit.connect_forever(asyncio.Event())
+            while True:
+                try:
+                    await rabbit.check()
+                    break
+                except ConnectionError:
+                    await asyncio.sleep(0.1)
         for start in range(0, len(bodies), 500):
             chunk = bodies[start : start + 500]
             await queue.publish(

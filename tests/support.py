@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from shop import jsonutil
 from shop.messaging.ports import Outgoing, PublishError
-from shop.messaging.rabbitmq import RabbitPublisher
+from shop.messaging.rabbitmq import RabbitBroker
 
 T = TypeVar("T")
 
@@ -183,10 +183,10 @@ def free_port() -> int:
         return port
 
 
-async def confirmed(publisher: RabbitPublisher, *, timeout: float = 2.0) -> bool:
-    """Whether one message published to the publisher's queue was confirmed."""
+async def confirmed(broker: RabbitBroker, *, timeout: float = 2.0) -> bool:
+    """Whether one message published to the broker's queue was confirmed."""
     try:
-        await publisher.to_queue().publish([Outgoing("probe", b"{}")], timeout=timeout)
+        await broker.publisher().publish([Outgoing("probe", b"{}")], timeout=timeout)
     except PublishError:
         return False
     return True

@@ -11,15 +11,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 
 import aio_pika
 import pytest
 from bench.faults import describe, drill, write
 
 from devstack import cluster, layout
-from shop.messaging.rabbitmq import RabbitPublisher
+from shop.messaging.rabbitmq import RabbitBroker
 from shop.settings import Settings, load_settings
-from tests.support import confirmed, free_port
+from tests.support import confirmed, eventually, free_port
 
 pytestmark = [pytest.mark.cluster]
 
@@ -82,19 +83,18 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
     def url(port: int) -> str:
         return f"amqp://{shop.rabbitmq_user}:{shop.rabbitmq_password}@127.0.0.1:{port}/"
 
-    declaring = RabbitPublisher(
-        url(shop.rabbitmq_port), queue=queue, timeout=5.0, queue_type="quorum"
-    )
-    await declaring.connect_forever(asyncio.Event())
+    declaring = RabbitBroker(url(shop.rabbitmq_port), queue=queue, timeout=5.0, queue_type="quorum")
+    declaring.start()
+    await eventually(partial(confirmed, declaring), timeout=30, what="the queue declared")
     await declaring.close()
     leader = await asyncio.to_thread(cluster.quorum_queue_leader, clustered, queue)
     survivor = next(name for name in nodes if name != leader)
-    publisher = RabbitPublisher(url(nodes[survivor].amqp_port), queue=queue, timeout=5.0,
-                                queue_type="quorum")  # fmt: skip
+    publisher = RabbitBroker(url(nodes[survivor].amqp_port), queue=queue, timeout=5.0,
+                             queue_type="quorum")  # fmt: skip
     await asyncio.to_thread(cluster.kill, clustered, leader)
     killed = time.monotonic()
     try:
-        await publisher.connect_forever(asyncio.Event())  # within milliseconds of the kill
+        publisher.start()  # connects within milliseconds of the kill
         while not await confirmed(publisher):  # the leader stays down all along
             assert time.monotonic() - killed < 8.0, "still refused 8 s after the leader died"
             await asyncio.sleep(0.1)

@@ -1,29 +1,34 @@
 """One contract for the messaging adapters, run against real Kafka and real RabbitMQ.
 
-`MessagingContract` holds the tests; `TestKafka` and `TestRabbitMQ` only say how to make a
-publisher, a consumer and a dead-letter reader on a topic or queue of the test's own (as
-FastStream's per-broker test classes do). Names start `test-<run>-`: the session deletes
-what a failed test leaves behind.
+`MessagingContract` holds the tests, the broker's lifecycle (start, close, a restart) among
+them; `TestKafka` and `TestRabbitMQ` only say how to make a broker and a dead-letter reader on a
+topic or queue of the test's own (as FastStream's per-broker test classes do). Names start
+`test-<run>-`: the session deletes what a failed test leaves behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aio_pika
 import httpx
 import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
+from prometheus_client import REGISTRY
 
 import devstack as stack
-from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
-from shop.messaging.ports import Delivery, Inbound, Outbound, Outgoing
-from shop.messaging.rabbitmq import RabbitInbound, RabbitPublisher
+from shop.messaging.kafka import KafkaBroker, KafkaInbound, KafkaPublisher, ensure_topics
+from shop.messaging.ports import Broker, Delivery, Inbound, Outbound, Outgoing
+from shop.messaging.rabbitmq import RabbitBroker, RabbitInbound
 from shop.settings import Settings
 from tests.conftest import RUN, STACK
 from tests.support import eventually
@@ -36,10 +41,15 @@ KEY = "k"  # one key: on Kafka every message of a test shares one partition, so 
 class Harness(Protocol):
     """How one broker's adapters are made for a test."""
 
-    outbound: Outbound
+    broker: Broker  # on the test's topic/queue, started
+    outbound: Outbound  # its publisher
 
-    async def consumer(self) -> Inbound[Any]:
-        """A new consumer on the test's topic/queue (same group), ready to take."""
+    def new_broker(self) -> Broker:
+        """Another broker on the test's topic/queue, not started."""
+        ...
+
+    async def consumer(self, broker: Broker | None = None) -> Inbound[Any]:
+        """A new consumer of `broker` (the harness's) on the test's topic/queue, ready to take."""
         ...
 
     async def close_consumer(self, inbound: Inbound[Any]) -> None: ...
@@ -155,6 +165,36 @@ class MessagingContract:
         await harness.close_consumer(again)
         assert await harness.dead_letters(1) == [(bodies[-1], "refused")]
 
+    async def test_a_started_broker_passes_its_check_and_carries_messages(
+        self, harness: Harness
+    ) -> None:
+        broker = harness.new_broker()
+        broker.start()
+        await eventually(partial(_passes, broker), timeout=30, what="the broker's check")
+        await _carries_a_message(harness, broker)
+        await broker.close()
+
+    async def test_close_is_idempotent_and_leaves_no_task_or_thread_running(
+        self, harness: Harness
+    ) -> None:
+        tasks, threads = asyncio.all_tasks(), set(threading.enumerate())
+        never_started = harness.new_broker()
+        await never_started.close()
+        broker = harness.new_broker()
+        broker.start()
+        await _carries_a_message(harness, broker)
+        await broker.close()
+        await broker.close()
+
+        async def no_task_left() -> bool:  # the client's own clean-up may take a moment
+            return not asyncio.all_tasks() - tasks
+
+        await eventually(no_task_left, timeout=5, what="no task left after close")
+        # asyncio.to_thread's pool keeps its threads for the next call: not the broker's
+        left = [t for t in set(threading.enumerate()) - threads if "asyncio" not in t.name]
+        assert left == []
+        assert not await _passes(broker), "a closed broker still passes its check"
+
     @pytest.mark.disruptive
     async def test_publishing_and_consuming_resume_after_a_broker_restart(
         self, harness: Harness
@@ -172,7 +212,29 @@ class MessagingContract:
         await eventually(published, timeout=90, interval=1.0, what="publishing again")
         bodies = await take_until(inbound, after)
         assert set(bodies) == {after}, bodies
+        await eventually(partial(_passes, harness.broker), timeout=30, what="the check again")
         await harness.close_consumer(inbound)
+
+
+async def _passes(broker: Broker) -> bool:
+    try:
+        await broker.check(timeout=5)
+    except Exception:
+        return False
+    return True
+
+
+async def _carries_a_message(harness: Harness, broker: Broker) -> None:
+    """A consumer of `broker` gets what its publisher published (once it could publish)."""
+    inbound = await harness.consumer(broker)
+    (body,) = _bodies(1)
+    await eventually(partial(_published, broker.publisher(), body), timeout=30, what="publishing")
+    assert await take_until(inbound, body) == [body]
+
+
+async def _published(outbound: Outbound, body: bytes) -> bool:
+    await publish(outbound, body)
+    return True
 
 
 # --- Kafka ----------------------------------------------------------------------------------
@@ -183,18 +245,24 @@ class KafkaHarness:
         name = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
         self.settings = settings
         self.topic, self.dlq, self.group = name, f"{name}.dlq", f"{name}-group"
-        self.publisher = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10)
-        self.outbound = self.publisher.topic(self.topic)
+        self.dead_letter_publisher = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10)
+        self.broker = self.new_broker()
+        self.broker.start()
+        self.outbound = self.broker.publisher()
 
-    async def consumer(self) -> KafkaInbound:
-        # No wait for the partitions: with no committed offset the group starts at the earliest
-        # one, so what is published before the first rebalance is delivered too.
-        return KafkaInbound(
+    def new_broker(self) -> KafkaBroker:
+        return KafkaBroker(
             self.settings.kafka_brokers,
             topic=self.topic,
             group=self.group,
-            dlq=self.publisher.topic(self.dlq),
+            dead_letters=self.dead_letter_publisher.topic(self.dlq),
+            deadline=10,
         )
+
+    async def consumer(self, broker: Broker | None = None) -> Inbound[Any]:
+        # No wait for the partitions: with no committed offset the group starts at the earliest
+        # one, so what is published before the first rebalance is delivered too.
+        return (broker or self.broker).consumer(100)
 
     def reconnects(self, inbound: Inbound[Any]) -> int:
         return 0  # librdkafka reconnects below the port; no channel state is lost with it
@@ -237,7 +305,8 @@ class KafkaHarness:
         await asyncio.to_thread(stack.start, "kafka", STACK)
 
     async def close(self) -> None:
-        await self.publisher.close()
+        await self.broker.close()
+        await self.dead_letter_publisher.close()
         admin = AdminClient({"bootstrap.servers": self.settings.kafka_brokers})
         futures = admin.delete_topics([self.topic, self.dlq], operation_timeout=10)
         for fut in futures.values():
@@ -256,41 +325,40 @@ class TestKafka(MessagingContract):
 # --- RabbitMQ -------------------------------------------------------------------------------
 
 
+def _counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 class RabbitHarness:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.queue = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
-        self.publisher = RabbitPublisher(settings.rabbitmq_url, queue=self.queue, timeout=5)
-        self.outbound = self.publisher.to_queue()
-        self.stopping = asyncio.Event()
-        self._tasks: dict[int, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+        self.broker = self.new_broker()
+        self.broker.start()
+        self.outbound = self.broker.publisher()
+        self._connections: dict[int, float] = {}  # consumer connections counted at its start
+        self.subscriptions: dict[int, float] = {}  # and subscriptions
+
+    def new_broker(self) -> RabbitBroker:
+        return RabbitBroker(self.settings.rabbitmq_url, queue=self.queue, timeout=5)
 
     async def connect(self) -> None:
-        await asyncio.wait_for(self.publisher.connect_forever(self.stopping), 30)
+        await eventually(partial(_passes, self.broker), timeout=30, what="publisher connected")
 
-    async def consumer(self) -> RabbitInbound:
-        inbound = RabbitInbound(
-            self.settings.rabbitmq_url,
-            queue=self.queue,
-            prefetch=100,
-            timeout=5,
-            dlq=self.publisher.to_dead_letters(),
-        )
-        stopping = asyncio.Event()
-        task = asyncio.create_task(inbound.consume_forever(stopping))
-        self._tasks[id(inbound)] = (stopping, task)
+    async def consumer(self, broker: Broker | None = None) -> Inbound[Any]:
+        inbound = (broker or self.broker).consumer(100)
+        assert isinstance(inbound, RabbitInbound)
         await asyncio.wait_for(inbound.consuming.wait(), 30)
+        self._connections[id(inbound)] = _counted("rabbitmq_connections_total", role="consumer")
+        self.subscriptions[id(inbound)] = _counted("rabbitmq_consumer_subscriptions_total")
         return inbound
 
     def reconnects(self, inbound: Inbound[Any]) -> int:
-        assert isinstance(inbound, RabbitInbound)
-        return inbound.connections - 1
+        now = _counted("rabbitmq_connections_total", role="consumer")
+        return int(now - self._connections[id(inbound)])
 
     async def close_consumer(self, inbound: Inbound[Any]) -> None:
         assert isinstance(inbound, RabbitInbound)
-        stopping, task = self._tasks.pop(id(inbound))
-        stopping.set()
-        await asyncio.wait_for(task, 10)
         await inbound.close()
 
     async def dead_letters(self, count: int) -> list[tuple[bytes, str]]:
@@ -319,16 +387,33 @@ class RabbitHarness:
             response = await client.delete(url, timeout=10)
         assert response.status_code == 204, response.text
 
+    async def close_connections(self, count: int) -> None:
+        """Have the broker close this process's `count` connections, as a node going away
+        does (once the management API lists them: its statistics lag a few seconds)."""
+        s = self.settings
+        api = f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/api/connections"
+        mine = f"pid {os.getpid()}"
+        auth = (s.rabbitmq_admin_user, s.rabbitmq_admin_password)
+        async with httpx.AsyncClient(auth=auth, timeout=10) as client:
+
+            async def listed() -> list[str] | None:
+                names = [
+                    c["name"]
+                    for c in (await client.get(api)).json()
+                    if str(c.get("client_properties", {}).get("connection_name")).endswith(mine)
+                ]
+                return names if len(names) == count else None
+
+            for name in await eventually(listed, timeout=30, what=f"{count} connections listed"):
+                response = await client.delete(f"{api}/{quote(name, safe='')}")
+                assert response.status_code == 204, response.text
+
     async def restart_broker(self) -> None:
         await asyncio.to_thread(stack.stop, "rabbitmq", STACK)
         await asyncio.to_thread(stack.start, "rabbitmq", STACK)
 
     async def close(self) -> None:
-        for stopping, task in self._tasks.values():
-            stopping.set()
-            await asyncio.wait_for(task, 10)
-        self.stopping.set()
-        await self.publisher.close()
+        await self.broker.close()
         connection = await aio_pika.connect(self.settings.rabbitmq_url, timeout=10)
         async with connection:
             channel = await connection.channel()
@@ -353,10 +438,26 @@ class TestRabbitMQ(MessagingContract):
         await harness.delete_queue()  # the broker cancels every consumer of the queue
 
         async def consuming_again() -> bool:
-            return inbound.subscriptions >= 2 and inbound.consuming.is_set()
+            again = _counted("rabbitmq_consumer_subscriptions_total")
+            return again > harness.subscriptions[id(inbound)] and inbound.consuming.is_set()
 
         await eventually(consuming_again, timeout=30, what="consuming again after the cancel")
         (body,) = _bodies(1)
         await publish(harness.outbound, body)
+        assert await take_until(inbound, body) == [body]
+        await harness.close_consumer(inbound)
+
+    async def test_connections_the_broker_closes_are_made_again(
+        self, harness: RabbitHarness
+    ) -> None:
+        inbound = await harness.consumer()
+        await harness.close_connections(2)  # the publisher's and the consumer's
+
+        async def reconnected() -> bool:
+            return harness.reconnects(inbound) == 1 and await _passes(harness.broker)
+
+        await eventually(reconnected, timeout=30, what="both connections made again")
+        (body,) = _bodies(1)
+        await eventually(partial(_published, harness.outbound, body), timeout=30, what="publish")
         assert await take_until(inbound, body) == [body]
         await harness.close_consumer(inbound)

@@ -1,7 +1,8 @@
 """The Kafka adapter of the messaging ports, on confluent-kafka.
 
 librdkafka's blocking calls never run on the event loop: the producer is polled by a thread of
-its own, the consumer's calls run on a dedicated thread.
+its own, the consumer's calls run on a dedicated thread. librdkafka connects and reconnects by
+itself: `KafkaBroker.start` only makes sure the topics exist.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from shop.messaging.ports import Outgoing, PublishError
+from shop.runtime.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DLQ_TIMEOUT = 10.0  # seconds for the dead-letter topic to confirm
+CLOSE_SECONDS = 2.0  # for a broker's tasks to stop and its intake producer to flush
 
 
 def producer_config(brokers: str, *, delivery_timeout: float) -> dict[str, Any]:
@@ -138,10 +141,14 @@ class KafkaPublisher:
 
     async def check(self, timeout: float) -> None:
         """Raise unless a broker answers a metadata request within `timeout` seconds."""
+        if self._stopping.is_set():
+            raise ConnectionError("the Kafka producer is closed")
         await asyncio.to_thread(self._producer.list_topics, timeout=timeout)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop the poll thread, then deliver what is queued (up to `timeout`)."""
+        """Stop the poll thread, then deliver what is queued (up to `timeout`); once."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         await asyncio.to_thread(self._poller.join, 2.0)
         remaining = await asyncio.to_thread(self._producer.flush, timeout)
@@ -239,6 +246,17 @@ async def ensure_topics(
     await asyncio.to_thread(_create)
 
 
+async def ensure_topics_best_effort(
+    _stopping: asyncio.Event, *, brokers: str, topics: Sequence[str], replication_factor: int
+) -> None:
+    """`ensure_topics` as a background task that only warns: the broker also creates topics on
+    first use, and publishers retry."""
+    try:
+        await ensure_topics(brokers, topics, replication_factor=replication_factor)
+    except Exception as exc:
+        log.warning("could not ensure kafka topics %s: %s", topics, exc)
+
+
 def consumer_config(brokers: str, *, group: str) -> dict[str, Any]:
     """A group member that stores offsets only when told (after the batch is handled).
 
@@ -285,6 +303,7 @@ class KafkaInbound:
         self._consumer = Consumer(consumer_config(brokers, group=group))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{topic}")
         self._subscribed = False
+        self._closed = False
         self._stored: dict[tuple[str, int], int] = {}  # the next offset stored, per partition
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -378,7 +397,10 @@ class KafkaInbound:
         return await self._call(_lag)
 
     async def close(self) -> None:
-        """Commit what was stored, leave the group, stop the thread."""
+        """Commit what was stored, leave the group, stop the thread; once."""
+        if self._closed:
+            return
+        self._closed = True
         await self._call(self._consumer.close)
         self._thread.shutdown(wait=True)
 
@@ -394,3 +416,58 @@ def _next_offsets(deliveries: Sequence[KafkaDelivery]) -> dict[tuple[str, int], 
         if offset + 1 > last.get((topic, partition), -1):
             last[topic, partition] = offset + 1
     return last
+
+
+class KafkaBroker:
+    """The order commands on Kafka: the `Broker` port over one intake producer, the group's
+    consumers, and a dead-letter topic published through `dead_letters`' producer.
+
+    The intake producer's delivery timeout is the intake's 503 deadline, so librdkafka stops
+    retrying about when the client is told 503. It cannot take back a message a stalled broker
+    already wrote: a retry after 503 is safe with an Idempotency-Key.
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        brokers: str,
+        *,
+        topic: str,
+        group: str,
+        dead_letters: KafkaTopic,
+        deadline: float,
+        replication_factor: int = 1,
+    ) -> None:
+        self._topic = topic
+        self._intake = KafkaPublisher(brokers, delivery_timeout=deadline)
+        self._member = partial(KafkaInbound, brokers, topic=topic, group=group, dlq=dead_letters)
+        self._ensure_topics = partial(
+            ensure_topics_best_effort,
+            brokers=brokers,
+            topics=[topic, dead_letters.name],
+            replication_factor=replication_factor,
+        )
+        self._inbound: list[KafkaInbound] = []
+        self._tasks = Supervisor()
+
+    def start(self) -> None:
+        self._tasks.start("kafka-ensure-topics", self._ensure_topics)
+
+    async def check(self, timeout: float) -> None:
+        await self._intake.check(timeout)
+
+    def publisher(self) -> KafkaTopic:
+        return self._intake.topic(self._topic)
+
+    def consumer(self, batch_size: int) -> KafkaInbound:
+        inbound = self._member()
+        self._inbound.append(inbound)
+        return inbound
+
+    async def close(self) -> None:
+        """Commit the consumers' stored offsets and leave the group, then flush the intake."""
+        await self._tasks.stop(timeout=CLOSE_SECONDS)
+        for inbound in self._inbound:
+            await inbound.close()
+        await self._intake.close(timeout=CLOSE_SECONDS)

@@ -1,14 +1,14 @@
-"""The messaging ports: batches of deliveries in, confirmed messages out.
+"""The messaging ports: a broker with a lifecycle, batches of deliveries in, confirmed messages out.
 
-The order consumer and the publishers are written against these; one adapter per broker
-(`messaging.kafka`, `messaging.rabbitmq`) owns every offset, ack, dead-letter and reconnect
-detail behind them.
+The runtime, the order consumer and the publishers are written against these; one adapter per
+broker (`messaging.kafka`, `messaging.rabbitmq`) owns every connection, offset, ack, dead-letter
+and reconnect detail behind them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 
 class PublishError(Exception):
@@ -72,3 +72,32 @@ class Outbound(Protocol):
         Raises `PublishError` when it did not within `timeout` seconds, or refused one.
         """
         ...
+
+
+class Broker(Protocol):
+    """One broker carrying the order commands (a Kafka topic or a RabbitMQ queue, with its dead
+    letters), from `start` to `close`.
+
+    The service serves its other paths while a broker is down: `start` returns at once and the
+    adapter connects (and reconnects) in the background. `close` may be called more than once
+    (and without `start`); it stops every task and thread the adapter started and closes its
+    connections, after which nothing it handed out is used again.
+    """
+
+    name: str  # the order channel it carries ("kafka", "rabbitmq") and its readiness check
+
+    def start(self) -> None: ...
+
+    async def check(self, timeout: float) -> None:
+        """Raise unless the broker answers within `timeout` seconds."""
+        ...
+
+    def publisher(self) -> Outbound:
+        """The outbound port to the order commands (usable before `start`)."""
+        ...
+
+    def consumer(self, batch_size: int) -> Inbound[Any]:
+        """A new inbound port on the order commands, `batch_size` deliveries at a time."""
+        ...
+
+    async def close(self) -> None: ...

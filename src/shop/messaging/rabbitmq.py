@@ -1,12 +1,17 @@
-"""The RabbitMQ adapter of the messaging ports: confirmed publishing, batched consumption.
+"""The RabbitMQ adapter of the ports, on aiormq: confirmed publishing, batched consumption.
+
+One client stack, aiormq (the AMQP layer under aio-pika): aio-pika's consumer wraps each delivery
+in a message object and hands it over through a task of its own, and its publisher builds and
+validates a `Message` per publish; measured with `bench/amqp_stacks.py`, see docs/messaging.md.
 
 Topology for queue Q: durable queue Q whose dead letters go through the direct exchange `Q.dlx`
-to the durable queue `Q.dlq` (with the reason in the `x-reason` header). Both sides declare it.
+to the durable queue `Q.dlq` (with the reason in the `x-reason` header). Every connection
+declares it when it opens (`_open`).
 
 Publishing and consuming use separate connections: a memory or disk alarm blocks every
 publishing connection, and must not hold back the consumer's acks (which free the queue).
-The service starts and serves its other paths while RabbitMQ is down, so both connections are
-made by supervised tasks that retry.
+The service starts and serves its other paths while RabbitMQ is down: each connection is kept
+by a task that connects, serves until the connection closes, and starts over (`_reconnecting`).
 """
 
 from __future__ import annotations
@@ -16,23 +21,32 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from functools import partial
 from typing import Any
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
+from prometheus_client import Counter
+from tenacity import AsyncRetrying, RetryError, before_sleep_log, wait_exponential
 
 from shop.messaging.ports import Outbound, Outgoing, PublishError
-from shop.runtime.supervision import pause
+from shop.runtime.supervision import Supervisor, first_of, pause
 
 log = logging.getLogger(__name__)
 
-PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
-RECONNECT_SECONDS = 1.0  # between attempts of a robust connection to reconnect
+# A failed connection attempt is retried after 0.5 s, then every second: a node lost behind
+# HAProxy is replaced by the next connection, so a second cuts a broker fail-over's outage.
+RECONNECT_FIRST_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 1.0
 RENEW_SECONDS = 1.0  # at most one new publishing channel (after nacks) per this many seconds
+CLOSE_SECONDS = 5.0  # for a connection's task to stop
+
+CONNECTIONS = Counter("rabbitmq_connections_total", "Connections opened to RabbitMQ", ["role"])
+SUBSCRIPTIONS = Counter(
+    "rabbitmq_consumer_subscriptions_total", "Times a consumer started consuming its queue"
+)
 
 
 class Topology:
@@ -61,13 +75,43 @@ class Topology:
             "x-dead-letter-routing-key": self.dlq,
         }
 
+    async def declare(self, channel: AbstractChannel, timeout: float) -> int:
+        """Declare the exchange and both queues; the number of messages ready in Q."""
+        declare_queue = partial(channel.queue_declare, durable=True, timeout=timeout)
+        await channel.exchange_declare(self.dlx, durable=True, timeout=timeout)  # direct
+        await declare_queue(self.dlq, arguments=self.dlq_arguments)
+        await channel.queue_bind(self.dlq, self.dlx, routing_key=self.dlq, timeout=timeout)
+        declared = await declare_queue(self.queue, arguments=self.arguments)
+        return int(declared.message_count or 0)
 
-class RabbitPublisher:
-    """A robust connection with one confirming channel; publishes to the order queue or DLQ.
 
-    After the first connection aio-pika's robust connection reconnects by itself and declares
-    again the exchange and queues it holds references to.
-    """
+async def _reconnecting(
+    stopping: asyncio.Event, serve: Callable[[asyncio.Event], Awaitable[None]]
+) -> None:
+    """Run `serve` (connect, then serve until the connection is lost) again after each failure,
+    with backoff, until `stopping` is set: the adapter's one reconnect loop."""
+    # tenacity logs "Retrying <unknown> in 0.5 seconds as it raised ...": the logger's name
+    # (shop.messaging.rabbitmq._publish_on or ._consume) says which connection it is
+    which = log.getChild(getattr(serve, "__name__", "connection"))
+    retrying = AsyncRetrying(
+        wait=wait_exponential(multiplier=RECONNECT_FIRST_SECONDS, max=RECONNECT_MAX_SECONDS),
+        stop=lambda _state: stopping.is_set(),
+        sleep=partial(pause, stopping),
+        before_sleep=before_sleep_log(which, logging.WARNING),
+    )
+    with contextlib.suppress(RetryError):  # stopping after a failure
+        async for attempt in retrying:
+            if stopping.is_set():  # set during the pause: no attempt after it
+                return
+            with attempt:
+                await serve(stopping)
+
+
+class RabbitBroker:
+    """The order commands on RabbitMQ: the `Broker` port over a publishing connection with one
+    confirming channel, and a connection of its own per consumer."""
+
+    name = "rabbitmq"
 
     def __init__(
         self,
@@ -81,67 +125,58 @@ class RabbitPublisher:
         self._url = url
         self.topology = Topology(queue, queue_type=queue_type, delivery_limit=delivery_limit)
         self._timeout = timeout
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
-        self._declared: list[Any] = []  # references the robust channel restores
+        self._channel: AbstractChannel | None = None  # the publishing channel
         self._renew_after = 0.0  # loop time before which a nack renews no channel
-        self.connected = asyncio.Event()
+        self._inbound: list[RabbitInbound] = []
+        self._tasks = Supervisor()
 
-    def to_queue(self) -> RabbitDestination:
+    def start(self) -> None:
+        self._tasks.start("rabbitmq-publisher", partial(_reconnecting, serve=self._publish_on))
+
+    def publisher(self) -> RabbitDestination:
         """The outbound port to the queue (through the default exchange)."""
         return RabbitDestination(self, exchange="", routing_key=self.topology.queue)
 
-    def to_dead_letters(self) -> RabbitDestination:
-        """The outbound port to the dead-letter queue (through `Q.dlx`)."""
-        return RabbitDestination(self, exchange=self.topology.dlx, routing_key=self.topology.dlq)
+    def consumer(self, batch_size: int) -> RabbitInbound:
+        """A consumer with `batch_size` deliveries in flight, on a connection of its own."""
+        inbound = RabbitInbound(self, prefetch=batch_size)
+        self._inbound.append(inbound)
+        inbound.start()
+        return inbound
 
-    async def connect_forever(self, stopping: asyncio.Event) -> None:
-        """Connect (retrying with backoff until it works) and declare the topology; from then on
-        the robust connection reconnects by itself."""
-        delay = 0.5
-        while not stopping.is_set() and self._connection is None:
-            try:
-                await self._connect()
-            except Exception as exc:  # any failure here means "try again later"
-                log.warning("rabbitmq not reachable (%s); retrying in %.1fs", exc, delay)
-                await pause(stopping, delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _connect(self) -> None:
-        t = self.topology
-        connection = await aio_pika.connect_robust(
-            self._url,
-            timeout=self._timeout,
-            # aio-pika waits 5 s before each reconnect; a node lost behind HAProxy is replaced
-            # by the next connection, so a second is enough and cuts a broker fail-over's outage
-            reconnect_interval=RECONNECT_SECONDS,
-            # which process holds it, as the management UI and rabbitmqctl show it
-            client_properties={"connection_name": f"shop-publisher pid {os.getpid()}"},
-        )
+    async def _open(self, role: str, **channel_options: Any) -> AbstractChannel:
+        """A new connection, a channel on it and the topology declared."""
+        async with asyncio.timeout(self._timeout):
+            connection = await aiormq.connect(
+                # which process holds it, as the management UI and rabbitmqctl show it
+                self._url,
+                client_properties={"connection_name": f"shop-{role} pid {os.getpid()}"},
+            )
         try:
-            channel, self._declared = await self._open_channel(connection)
+            channel = await self._open_channel(connection, **channel_options)
         except BaseException:
-            await connection.close()
+            await _close(connection)
             raise
-        self._connection, self._channel = connection, channel
-        self.connected.set()
-        log.info("rabbitmq publisher connected; queue %s ready", t.queue)
+        CONNECTIONS.labels(role).inc()
+        return channel
 
     async def _open_channel(
-        self, connection: AbstractRobustConnection
-    ) -> tuple[AbstractRobustChannel, list[Any]]:
-        """A confirming channel with the topology declared on it (and the declarations, which
-        the robust connection declares again after a reconnect)."""
-        t = self.topology
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        assert isinstance(channel, AbstractRobustChannel)
-        dlx: AbstractExchange = await channel.declare_exchange(
-            t.dlx, aio_pika.ExchangeType.DIRECT, durable=True
-        )
-        dlq = await channel.declare_queue(t.dlq, durable=True, arguments=t.dlq_arguments)
-        await dlq.bind(dlx, routing_key=t.dlq)
-        queue = await channel.declare_queue(t.queue, durable=True, arguments=t.arguments)
-        return channel, [dlx, dlq, queue]
+        self, connection: aiormq.abc.AbstractConnection, **channel_options: Any
+    ) -> AbstractChannel:
+        async with asyncio.timeout(self._timeout):
+            channel = await connection.channel(**channel_options)
+            await self.topology.declare(channel, self._timeout)
+        return channel
+
+    async def _publish_on(self, stopping: asyncio.Event) -> None:
+        """Connect, then publish on that connection until it is lost (raises) or `stopping`."""
+        channel = await self._open("publisher", publisher_confirms=True, on_return_raises=True)
+        self._channel = channel
+        log.info("rabbitmq publisher connected; queue %s ready", self.topology.queue)
+        await first_of(stopping, _closed(channel.connection.closing))
+        if not stopping.is_set():
+            self._channel = None
+            raise ConnectionError("publishing connection lost")
 
     async def _renew_channel(self) -> None:
         """Publish on a new channel from now on (after a nack), at most once per RENEW_SECONDS.
@@ -154,20 +189,19 @@ class RabbitPublisher:
         requests keep publishing on the old channel.
         """
         loop = asyncio.get_running_loop()
-        connection = self._connection
-        if connection is None or loop.time() < self._renew_after:
+        old = self._channel
+        if old is None or loop.time() < self._renew_after:
             return
         self._renew_after = math.inf  # while this renewal runs, no other starts
         try:
-            async with asyncio.timeout(self._timeout):
-                channel, declared = await self._open_channel(connection)
-            old, self._channel, self._declared = self._channel, channel, declared
-            log.warning("RabbitMQ nacked a publish: publishing on a new channel from now on")
-            if old is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(self._timeout):
-                        await old.close()
-        except Exception as exc:  # no new channel now: a later nack tries again
+            self._channel = await self._open_channel(
+                old.connection, publisher_confirms=True, on_return_raises=True
+            )
+            log.warning("RabbitMQ refused a publish: publishing on a new channel from now on")
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout):
+                    await old.close()
+        except Exception as exc:  # no new channel now: a later refusal tries again
             log.warning("could not open a new RabbitMQ channel: %r", exc)
         finally:
             self._renew_after = loop.time() + RENEW_SECONDS
@@ -175,18 +209,15 @@ class RabbitPublisher:
     async def publish(
         self, messages: Sequence[Outgoing], *, exchange: str, routing_key: str, timeout: float
     ) -> None:
-        """Publish persistent messages (mandatory) and wait for every confirm, or raise.
-
-        Straight on the robust channel's aiormq channel, as aio-pika's `Exchange.publish` does,
-        without building an aio-pika `Message` first (its validation was 5 % of a request).
-        """
-        if self._channel is None:
+        """Publish persistent messages (mandatory) and wait for every confirm, or raise."""
+        channel = self._channel
+        if channel is None:
             raise PublishError("not connected to RabbitMQ")
-        if self._channel.is_closed:
+        if channel.is_closed:  # closed by the broker (the connection is still there)
+            await self._renew_channel()
             raise PublishError("RabbitMQ channel closed")
         try:
             async with asyncio.timeout(timeout):
-                channel = await self._channel.get_underlay_channel()
                 if len(messages) == 1:
                     await _publish(channel, messages[0], exchange, routing_key)
                 else:
@@ -200,16 +231,43 @@ class RabbitPublisher:
                 await self._renew_channel()
             raise PublishError(f"RabbitMQ refused the message: {exc!r}") from exc
 
-    async def check(self) -> None:
+    async def check(self, timeout: float = 0.0) -> None:
         """Raise unless the publishing connection and channel are open."""
-        if self._connection is None or self._connection.is_closed or self._channel is None:
+        channel = self._channel
+        if channel is None or channel.is_closed or channel.connection.is_closed:
             raise ConnectionError("not connected to RabbitMQ")
-        if self._channel.is_closed:
-            raise ConnectionError("RabbitMQ channel closed")
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
+        """Close the consumers (what they did not ack goes back to the queue), then publishing."""
+        for inbound in self._inbound:
+            await inbound.close()
+        await self._tasks.stop(timeout=CLOSE_SECONDS)
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await _close(channel.connection)
+
+
+def _closed(closing: asyncio.Future[Any]) -> asyncio.Event:
+    """Set once `closing` (aiormq's observer of a channel or connection closing) is done."""
+    closed = asyncio.Event()
+
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # a close with an error is what we wait for: retrieved
+        closed.set()
+
+    closing.add_done_callback(done)
+    return closed
+
+
+async def _close(connection: aiormq.abc.AbstractConnection) -> None:
+    if connection.is_closed:
+        return
+    try:
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await connection.close()
+    except Exception as exc:
+        log.debug("rabbitmq: closing a connection: %r", exc)
 
 
 async def _publish(
@@ -218,7 +276,7 @@ async def _publish(
     properties = Basic.Properties(
         message_id=message.key,
         content_type="application/json",
-        delivery_mode=PERSISTENT,
+        delivery_mode=2,  # persistent
         headers=dict(message.headers) if message.headers else None,
     )
     await channel.basic_publish(
@@ -233,27 +291,25 @@ async def _publish(
 class RabbitDestination:
     """The outbound port to one queue, through an exchange, on the publishing connection."""
 
-    def __init__(self, publisher: RabbitPublisher, *, exchange: str, routing_key: str) -> None:
-        self._publisher = publisher
+    def __init__(self, broker: RabbitBroker, *, exchange: str, routing_key: str) -> None:
+        self._broker = broker
         self._exchange = exchange
         self._routing_key = routing_key
 
     def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> Coroutine[Any, Any, None]:
-        # The publisher's coroutine itself: no extra frame on the intake path.
-        return self._publisher.publish(
+        # The broker's coroutine itself: no extra frame on the intake path.
+        return self._broker.publish(
             messages, exchange=self._exchange, routing_key=self._routing_key, timeout=timeout
         )
 
 
 class RabbitInbound:
-    """The inbound port on a queue, on a connection of its own.
+    """The inbound port on the queue, on a connection of its own.
 
-    Deliveries go from aiormq (the AMQP layer under aio-pika) straight into one inbox:
-    aio-pika's own consumer wraps each one in a message object and a second task, 40 % of the
-    cost of receiving (9,000 against 14,000 deliveries/s, measured). `consume_forever` (a
-    supervised task) connects, declares the topology and consumes; it does all of that again
-    after a connection loss, and declares and consumes again after a broker-sent
-    `basic.cancel` (the queue was deleted, for example).
+    Deliveries go straight into one inbox: no message object, no task per delivery. A task
+    connects, declares the topology and consumes; it does all of that again after a
+    connection loss, and declares and consumes again after a broker-sent `basic.cancel` (the
+    queue was deleted, for example).
 
     Every delivery is acked exactly once: a batch is acked with one `multiple` frame only when
     no other unsettled delivery of the channel is older than its newest (a dead-lettered one
@@ -261,93 +317,56 @@ class RabbitInbound:
     unknown delivery tag); otherwise one frame per delivery.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        queue: str,
-        prefetch: int,
-        timeout: float,
-        dlq: Outbound,
-        queue_type: str = "classic",
-        delivery_limit: int = 20,
-    ) -> None:
-        self._url = url
-        self.topology = Topology(queue, queue_type=queue_type, delivery_limit=delivery_limit)
+    def __init__(self, broker: RabbitBroker, *, prefetch: int) -> None:
+        self._broker = broker
+        self.topology = broker.topology
         self._prefetch = prefetch
-        self._timeout = timeout
-        self._dlq = dlq
-        self._connection: aiormq.abc.AbstractConnection | None = None
+        self._timeout = broker._timeout
+        t = self.topology  # dead letters go to Q.dlq through Q.dlx
+        self._dlq: Outbound = RabbitDestination(broker, exchange=t.dlx, routing_key=t.dlq)
         self._channel: AbstractChannel | None = None
         self._unsettled: set[int] = set()  # delivery tags on `_channel` not acked yet
         self.inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
         self.consuming = asyncio.Event()
-        self.connections = 0  # how many times the consumer connected (tests watch these)
-        self.subscriptions = 0  # how many times consumption started
+        self._tasks = Supervisor()
 
-    async def consume_forever(self, stopping: asyncio.Event) -> None:
-        """Keep a consumer on the queue until `stopping` is set."""
-        delay = 0.5
-        while not stopping.is_set():
-            try:
-                channel = await self._open()
-                delay = 0.5
-                await self._consume_until_closed(channel, stopping)
-            except Exception as exc:  # broker down, channel closed under us: start over
-                log.warning("rabbitmq consumer: %r; connecting again in %.1fs", exc, delay)
-                self.consuming.clear()
-                await self._drop_connection()
-                await pause(stopping, delay)
-                delay = min(delay * 2, 5.0)
+    def start(self) -> None:
+        self._tasks.start("rabbitmq-consumer", partial(_reconnecting, serve=self._consume))
+
+    async def _consume(self, stopping: asyncio.Event) -> None:
+        """Connect, then consume until the connection is lost (raises) or `stopping`."""
+        channel = await self._broker._open("consumer", publisher_confirms=False)
+        try:
+            await channel.basic_qos(prefetch_count=self._prefetch, timeout=self._timeout)
+            await self._consume_until_closed(channel, stopping)
+        except BaseException:
+            self.consuming.clear()
+            self._channel = None
+            await _close(channel.connection)
+            raise
         # The connection stays open until close(): the consumer loop still acks its batch.
-
-    async def _open(self) -> AbstractChannel:
-        await self._drop_connection()
-        async with asyncio.timeout(self._timeout):
-            self._connection = await aiormq.connect(
-                self._url, client_properties={"connection_name": f"shop-consumer pid {os.getpid()}"}
-            )
-            channel = await self._connection.channel(publisher_confirms=False)
-            await channel.basic_qos(prefetch_count=self._prefetch)
-        self.connections += 1
-        return channel
 
     async def _consume_until_closed(
         self, channel: AbstractChannel, stopping: asyncio.Event
     ) -> None:
-        cancelled = asyncio.Event()
+        cancelled, closed = asyncio.Event(), _closed(channel.closing)
         channel.on_consumer_cancel_callbacks.add(lambda _frame: cancelled.set())
         while not stopping.is_set():
-            cancelled.clear()
-            await self._declare(channel)
+            if cancelled.is_set():
+                log.warning("rabbitmq consumer: cancelled by the broker; consuming again")
+                cancelled.clear()
+                await self.topology.declare(channel, self._timeout)
             self._channel, self._unsettled = channel, set()
             await channel.basic_consume(
                 self.topology.queue, self._deliver, no_ack=False, timeout=self._timeout
             )
-            self.subscriptions += 1
+            SUBSCRIPTIONS.inc()
             self.consuming.set()
             log.info("rabbitmq consumer: consuming %s", self.topology.queue)
-            waits: list[asyncio.Future[Any]] = [
-                asyncio.ensure_future(e.wait()) for e in (stopping, cancelled)
-            ]
-            waits.append(channel.closing)  # an observer of its own: cancelling it is harmless
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
+            await first_of(stopping, cancelled, closed)
             self.consuming.clear()
             if channel.is_closed:
                 raise ConnectionError("consumer channel closed")
-            if cancelled.is_set():
-                log.warning("rabbitmq consumer: cancelled by the broker; consuming again")
-
-    async def _declare(self, channel: AbstractChannel) -> None:
-        t, timeout = self.topology, self._timeout
-        await channel.exchange_declare(t.dlx, exchange_type="direct", durable=True, timeout=timeout)
-        await channel.queue_declare(t.dlq, durable=True, arguments=t.dlq_arguments, timeout=timeout)
-        await channel.queue_bind(t.dlq, t.dlx, routing_key=t.dlq, timeout=timeout)
-        await channel.queue_declare(t.queue, durable=True, arguments=t.arguments, timeout=timeout)
 
     async def _deliver(self, message: DeliveredMessage) -> None:
         self._unsettled.add(message.delivery_tag or 0)
@@ -404,24 +423,15 @@ class RabbitInbound:
 
     async def depth(self) -> int:
         """Messages ready in the queue (not counting those delivered and unacked)."""
-        channel, t = self._channel, self.topology
+        channel = self._channel
         if channel is None or channel.is_closed:
             return 0
-        declared = await channel.queue_declare(
-            t.queue, durable=True, arguments=t.arguments, timeout=self._timeout
-        )
-        return int(declared.message_count or 0)
-
-    async def _drop_connection(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and not connection.is_closed:
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await connection.close()
-            except Exception as exc:
-                log.debug("rabbitmq consumer: closing the old connection: %r", exc)
+        return await self.topology.declare(channel, self._timeout)
 
     async def close(self) -> None:
-        """Close the connection: deliveries not acked go back to the queue."""
+        """Stop consuming and close the connection: deliveries not acked go back to the queue."""
+        await self._tasks.stop(timeout=CLOSE_SECONDS)
         self.consuming.clear()
-        await self._drop_connection()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await _close(channel.connection)

@@ -74,7 +74,7 @@ def _stop_child_on_exit_signals(child: Child) -> None:
 
 def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> None:
     uvicorn.run(
-        f"shop.runtime.composition:{service}_app",
+        f"shop.runtime.{service}_service:{service}_app",
         factory=True,
         host=settings.bind_host,
         port=port,
@@ -133,12 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "consume":
         import uvloop
 
-        from shop.runtime import composition as app
+        from shop.runtime import orders_service
 
         die_with_parent()
         os.nice(args.nice)  # before any thread starts: threads inherit it
         channels = ("kafka", "rabbitmq") if args.channel == "all" else (args.channel,)
-        uvloop.run(app.consume(settings, channels, health_port=args.health_port))
+        uvloop.run(orders_service.consume(settings, channels, health_port=args.health_port))
         return
     if args.command in ("token", "dev-key"):
         from shop.access import dev_issuer as tokens

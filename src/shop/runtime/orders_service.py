@@ -1,0 +1,178 @@
+"""The order service's composition root: its app (port 8081) and its consumers without HTTP
+(`shop consume`), wired from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from functools import partial
+
+import uvicorn
+from fastapi import FastAPI
+
+from shop.access import verifier as auth
+from shop.access.rate_limit import RateLimiter
+from shop.messaging.kafka import KafkaBroker
+from shop.messaging.ports import Broker, D, Inbound
+from shop.messaging.rabbitmq import RabbitBroker
+from shop.orders import api as order_api
+from shop.orders.command_publisher import BrokerCommands, by_order, by_product
+from shop.orders.consumer import run_order_consumer, watch_depth
+from shop.orders.prices import Prices
+from shop.orders.service import OrderService
+from shop.orders.store import SqlOrderStore
+from shop.orders.tables import order_keys, order_outbox
+from shop.runtime import gc_tuning as heap
+from shop.runtime import logs
+from shop.runtime.composition import Runtime, service_app
+from shop.runtime.consumer_process import die_with_parent
+from shop.settings import Settings, load_settings
+from shop.web import health, openapi
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("kafka", "rabbitmq")
+# Per channel: the broker's name in a 503's text, and a command's key (Kafka: its partition).
+COMMANDS = {"kafka": ("Kafka", by_product), "rabbitmq": ("RabbitMQ", by_order)}
+
+
+class OrderRuntime(Runtime):
+    """The order service's extras: a broker per asynchronous channel, and the consumers."""
+
+    def __init__(self, settings: Settings) -> None:
+        s = settings
+        super().__init__(
+            s, outbox=order_outbox, keys=order_keys, events_topic=s.kafka_order_events_topic
+        )
+        deadline = s.broker_deadline_seconds
+        self.brokers = [
+            KafkaBroker(
+                s.kafka_brokers,
+                topic=s.kafka_topic,
+                group=s.kafka_consumer_group,
+                dead_letters=self.kafka.topic(s.kafka_dlq_topic),
+                deadline=deadline,
+                replication_factor=s.kafka_replication_factor,
+            ),
+            RabbitBroker(
+                s.rabbitmq_url,
+                queue=s.rabbitmq_queue,
+                timeout=deadline,
+                queue_type=s.rabbitmq_queue_type,
+                delivery_limit=s.rabbitmq_delivery_limit,
+            ),
+        ]
+        self.service = OrderService(
+            SqlOrderStore(self.db),
+            prices=Prices(self.db),
+            publishers={broker.name: _commands(broker, deadline) for broker in self.brokers},
+            on_event=self.relay.notify,
+            sync_queue_limit=s.sync_queue_limit,
+            max_quantity=s.max_order_quantity,
+        )
+
+    def start_with(self, consumers: Collection[str]) -> None:
+        """Start the relay, the brokers and the consumers of the named channels."""
+        self.start()
+        self.supervisor.start("sync-orders", self.service.run_sync_orders)
+        for broker in self.brokers:
+            if broker.name in consumers:
+                self._start_consumer(
+                    broker.name, broker.consumer(self.settings.consumer_batch_size)
+                )
+
+    def _start_consumer(self, channel: str, inbound: Inbound[D]) -> None:
+        async def consume(stopping: asyncio.Event) -> None:
+            await run_order_consumer(
+                stopping,
+                channel=channel,
+                inbound=inbound,
+                service=self.service,
+                batch_size=self.settings.consumer_batch_size,
+            )
+
+        self.supervisor.start(f"{channel}-consumer", consume)
+        self.supervisor.start(
+            f"{channel}-depth", partial(watch_depth, channel=channel, depth=inbound.depth)
+        )
+
+
+def _commands(broker: Broker, deadline: float) -> BrokerCommands:
+    title, key = COMMANDS[broker.name]
+    return BrokerCommands(broker.publisher(), broker=title, deadline=deadline, key=key)
+
+
+def orders_app(settings: Settings | None = None) -> FastAPI:
+    """The order service (port 8081), with both consumers unless CONSUMERS_ENABLED=false."""
+    die_with_parent()
+    settings = settings or load_settings()
+    logs.configure(settings.log_level)
+    authenticator = auth.from_settings(settings)
+    limiter = RateLimiter(rate=settings.order_rate_per_second, burst=settings.order_burst)
+    runtime = OrderRuntime(settings)
+    consumers = CHANNELS if settings.consumers_enabled else ()
+    app = service_app(
+        "Order service",
+        "orders",
+        settings,
+        runtime,
+        partial(runtime.start_with, consumers),
+        order_api.lean_routes(runtime.service, authenticator, limiter),
+    )
+    app.include_router(order_api.router(runtime.service, authenticator, limiter))
+    openapi.amend(app, partial(order_api.document_quantity, most=settings.max_order_quantity))
+    return app
+
+
+class _HealthServer(uvicorn.Server):
+    """uvicorn on the consumer's own loop: the consumer, not uvicorn, handles SIGTERM/SIGINT."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _health_server(settings: Settings, runtime: OrderRuntime, port: int) -> _HealthServer:
+    """`/healthz`, `/readyz` (database, Kafka, RabbitMQ) and `/metrics` of a consumer process,
+    for an orchestrator's probes (the Helm chart's consumers Deployment)."""
+    app = FastAPI(title="Order consumers", openapi_url=None, docs_url=None, redoc_url=None)
+    app.include_router(health.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
+    config = uvicorn.Config(
+        app,
+        host=settings.bind_host,
+        port=port,
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+    )
+    return _HealthServer(config)
+
+
+async def consume(
+    settings: Settings, channels: Collection[str], *, health_port: int | None = None
+) -> None:
+    """Run consumers (and the order outbox relay) without HTTP until SIGTERM or SIGINT; with a
+    `health_port`, answer health checks there."""
+    logs.configure(settings.log_level)
+    runtime = OrderRuntime(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runtime.start_with(channels)
+    health = None if health_port is None else _health_server(settings, runtime, health_port)
+    serving = None if health is None else asyncio.create_task(health.serve())
+    heap.settle()
+    log.info("%s consumer started", "+".join(channels))
+    try:
+        await stop.wait()
+    finally:
+        if health is not None and serving is not None:
+            health.should_exit = True
+            await serving
+        await runtime.close()
+        log.info("%s consumer stopped", "+".join(channels))

@@ -1,0 +1,46 @@
+"""The product service's composition root: its app (port 8080), wired from the settings."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from shop.access import verifier as auth
+from shop.products import api as product_api
+from shop.products.repository import SqlProductStore
+from shop.products.service import ProductService
+from shop.products.tables import product_idempotency, product_outbox
+from shop.runtime import logs
+from shop.runtime.composition import Runtime, service_app
+from shop.runtime.consumer_process import die_with_parent
+from shop.settings import Settings, load_settings
+from shop.storage import write_counter as generation
+
+
+def products_app(settings: Settings | None = None) -> FastAPI:
+    """The product service (port 8080)."""
+    die_with_parent()
+    settings = settings or load_settings()
+    logs.configure(settings.log_level)
+    runtime = Runtime(
+        settings,
+        outbox=product_outbox,
+        keys=product_idempotency,
+        events_topic=settings.kafka_product_events_topic,
+    )
+    service = ProductService(
+        SqlProductStore(runtime.db),
+        on_event=runtime.relay.notify,
+        list_cache_seconds=settings.product_list_cache_seconds,
+        list_cache_bytes=settings.product_list_cache_bytes,
+        writes=generation.for_workers("product-pages"),
+    )
+    app = service_app(
+        "Product service",
+        "products",
+        settings,
+        runtime,
+        runtime.start,
+        product_api.lean_routes(service),
+    )
+    app.include_router(product_api.router(service, auth.from_settings(settings)))
+    return app
