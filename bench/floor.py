@@ -20,7 +20,7 @@ from shop.web.problems import JSONResponse
 def app() -> FastAPI:
     settings = load_settings()
     floor = app_factory.new_app(
-        "HTTP floor", service="floor", max_body_bytes=settings.max_body_bytes
+        "HTTP floor", service="floor", max_body_bytes=settings.http.max_body_bytes
     )
 
     @floor.get("/healthz")

@@ -21,10 +21,10 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 import devstack as stack
+from devstack.settings import StackSettings
 from shop.messaging.kafka import KafkaInbound, KafkaPublisher, ensure_topics
 from shop.messaging.ports import Delivery, Inbound, Outbound, Outgoing
 from shop.messaging.rabbitmq import RabbitInbound, RabbitPublisher
-from shop.settings import Settings
 from tests.conftest import RUN, STACK
 from tests.support import eventually
 
@@ -179,18 +179,18 @@ class MessagingContract:
 
 
 class KafkaHarness:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: StackSettings) -> None:
         name = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
         self.settings = settings
         self.topic, self.dlq, self.group = name, f"{name}.dlq", f"{name}-group"
-        self.publisher = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10)
+        self.publisher = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10)
         self.outbound = self.publisher.topic(self.topic)
 
     async def consumer(self) -> KafkaInbound:
         # No wait for the partitions: with no committed offset the group starts at the earliest
         # one, so what is published before the first rebalance is delivered too.
         return KafkaInbound(
-            self.settings.kafka_brokers,
+            self.settings.kafka.brokers,
             topic=self.topic,
             group=self.group,
             dlq=self.publisher.topic(self.dlq),
@@ -209,7 +209,7 @@ class KafkaHarness:
     def _read_dlq(self, count: int) -> list[tuple[bytes, str]]:
         reader = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_brokers,
+                "bootstrap.servers": self.settings.kafka.brokers,
                 "group.id": f"{self.group}-dlq-reader",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -238,7 +238,7 @@ class KafkaHarness:
 
     async def close(self) -> None:
         await self.publisher.close()
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_brokers})
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka.brokers})
         futures = admin.delete_topics([self.topic, self.dlq], operation_timeout=10)
         for fut in futures.values():
             await asyncio.to_thread(fut.result, 15)
@@ -246,9 +246,9 @@ class KafkaHarness:
 
 class TestKafka(MessagingContract):
     @pytest.fixture
-    async def harness(self, settings: Settings) -> AsyncIterator[KafkaHarness]:
+    async def harness(self, settings: StackSettings) -> AsyncIterator[KafkaHarness]:
         harness = KafkaHarness(settings)
-        await ensure_topics(settings.kafka_brokers, [harness.topic, harness.dlq])
+        await ensure_topics(settings.kafka.brokers, [harness.topic, harness.dlq])
         yield harness
         await harness.close()
 
@@ -257,10 +257,10 @@ class TestKafka(MessagingContract):
 
 
 class RabbitHarness:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
         self.queue = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
-        self.publisher = RabbitPublisher(settings.rabbitmq_url, queue=self.queue, timeout=5)
+        self.publisher = RabbitPublisher(settings.rabbitmq.url, queue=self.queue, timeout=5)
         self.outbound = self.publisher.to_queue()
         self.stopping = asyncio.Event()
         self._tasks: dict[int, tuple[asyncio.Event, asyncio.Task[None]]] = {}
@@ -270,7 +270,7 @@ class RabbitHarness:
 
     async def consumer(self) -> RabbitInbound:
         inbound = RabbitInbound(
-            self.settings.rabbitmq_url,
+            self.settings.rabbitmq.url,
             queue=self.queue,
             prefetch=100,
             timeout=5,
@@ -294,7 +294,7 @@ class RabbitHarness:
         await inbound.close()
 
     async def dead_letters(self, count: int) -> list[tuple[bytes, str]]:
-        connection = await aio_pika.connect(self.settings.rabbitmq_url, timeout=10)
+        connection = await aio_pika.connect(self.settings.rabbitmq.url, timeout=10)
         found: list[tuple[bytes, str]] = []
         async with connection:
             channel = await connection.channel()
@@ -312,10 +312,8 @@ class RabbitHarness:
     async def delete_queue(self) -> None:
         """As an operator would, through the management API."""
         s = self.settings
-        url = f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/api/queues/%2F/{self.queue}"
-        async with httpx.AsyncClient(
-            auth=(s.rabbitmq_admin_user, s.rabbitmq_admin_password)
-        ) as client:
+        url = f"http://{s.rabbitmq.host}:{s.stack.management_port}/api/queues/%2F/{self.queue}"
+        async with httpx.AsyncClient(auth=(s.stack.admin_user, s.stack.admin_password)) as client:
             response = await client.delete(url, timeout=10)
         assert response.status_code == 204, response.text
 
@@ -329,7 +327,7 @@ class RabbitHarness:
             await asyncio.wait_for(task, 10)
         self.stopping.set()
         await self.publisher.close()
-        connection = await aio_pika.connect(self.settings.rabbitmq_url, timeout=10)
+        connection = await aio_pika.connect(self.settings.rabbitmq.url, timeout=10)
         async with connection:
             channel = await connection.channel()
             for name in (self.queue, f"{self.queue}.dlq"):
@@ -339,7 +337,7 @@ class RabbitHarness:
 
 class TestRabbitMQ(MessagingContract):
     @pytest.fixture
-    async def harness(self, settings: Settings) -> AsyncIterator[RabbitHarness]:
+    async def harness(self, settings: StackSettings) -> AsyncIterator[RabbitHarness]:
         harness = RabbitHarness(settings)
         await harness.connect()
         yield harness

@@ -59,7 +59,7 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.db = Database.connect(settings)
-        self.kafka = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10.0)
+        self.kafka = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10.0)
         self.topics = [events_topic, *other_topics]
         # Commits are counted across the service's processes, so that the process that relays
         # sees its siblings' commits too.
@@ -68,23 +68,23 @@ class Runtime:
             engine=self.db.engine,
             table=outbox,
             publisher=self.kafka.topic(events_topic),
-            batch_size=settings.outbox_batch_size,
-            poll_seconds=settings.outbox_poll_seconds,
+            batch_size=settings.outbox.batch_size,
+            poll_seconds=settings.outbox.poll_seconds,
             publish_timeout=11.0,
-            retention_seconds=settings.outbox_retention_seconds,
+            retention_seconds=settings.outbox.retention_seconds,
             commits=self.commits,
         )
         self.expired_keys = Expiry(
             self.db.engine,
             keys,
             keys.c.created_at,
-            ttl_seconds=settings.idempotency_key_ttl_seconds,
+            ttl_seconds=settings.outbox.key_ttl_seconds,
         )
         self.supervisor = Supervisor()
 
     def start(self) -> None:
         self.supervisor.start("ensure-topics", self._ensure_topics)
-        if self.settings.outbox_relay_enabled:
+        if self.settings.outbox.relay_enabled:
             self.supervisor.start("outbox-relay", self.relay.run)
             self.supervisor.start("outbox-purge", self.relay.purge)
             # Where the relay runs, once per service: the keys' purge.
@@ -94,9 +94,9 @@ class Runtime:
         # Best effort: the broker also creates topics on first use, and the relay retries.
         try:
             await ensure_topics(
-                self.settings.kafka_brokers,
+                self.settings.kafka.brokers,
                 self.topics,
-                replication_factor=self.settings.kafka_replication_factor,
+                replication_factor=self.settings.kafka.replication_factor,
             )
         except Exception as exc:
             log.warning("could not ensure kafka topics %s: %s", self.topics, exc)
@@ -104,7 +104,7 @@ class Runtime:
     def checks(self) -> Mapping[str, health.HealthCheck]:
         return {
             "database": self.db.ping,
-            "kafka": partial(self.kafka.check, timeout=self.settings.db_timeout_seconds),
+            "kafka": partial(self.kafka.check, timeout=self.settings.db.timeout_seconds),
         }
 
     async def close(self) -> None:
@@ -123,26 +123,28 @@ class OrderRuntime(Runtime):
             s,
             outbox=order_outbox,
             keys=order_keys,
-            events_topic=s.kafka_order_events_topic,
-            other_topics=[s.kafka_topic, s.kafka_dlq_topic],
+            events_topic=s.kafka.order_events_topic,
+            other_topics=[s.kafka.topic, s.kafka.dlq_topic],
         )
         # Intake has its own producer whose delivery timeout is the 503 deadline, so librdkafka
         # stops retrying about when the client is told 503. It cannot take back a message a
         # stalled broker already wrote: a retry after 503 is safe with an Idempotency-Key.
-        self.intake = KafkaPublisher(s.kafka_brokers, delivery_timeout=s.broker_deadline_seconds)
-        self.rabbit = RabbitPublisher(
-            s.rabbitmq_url,
-            queue=s.rabbitmq_queue,
-            timeout=s.broker_deadline_seconds,
-            queue_type=s.rabbitmq_queue_type,
-            delivery_limit=s.rabbitmq_delivery_limit,
+        self.intake = KafkaPublisher(
+            s.kafka.brokers, delivery_timeout=s.orders.broker_deadline_seconds
         )
-        deadline = s.broker_deadline_seconds
+        self.rabbit = RabbitPublisher(
+            s.rabbitmq.url,
+            queue=s.rabbitmq.queue,
+            timeout=s.orders.broker_deadline_seconds,
+            queue_type=s.rabbitmq.queue_type,
+            delivery_limit=s.rabbitmq.delivery_limit,
+        )
+        deadline = s.orders.broker_deadline_seconds
         self.service = OrderService(
             self.db,
             publishers={
                 "kafka": BrokerCommands(
-                    self.intake.topic(s.kafka_topic),
+                    self.intake.topic(s.kafka.topic),
                     broker="Kafka",
                     deadline=deadline,
                     key=by_product,
@@ -152,8 +154,8 @@ class OrderRuntime(Runtime):
                 ),
             },
             on_event=self.relay.notify,
-            sync_queue_limit=s.sync_queue_limit,
-            max_quantity=s.max_order_quantity,
+            sync_queue_limit=s.orders.sync_queue_limit,
+            max_quantity=s.orders.max_quantity,
         )
         self._kafka_inbound: KafkaInbound | None = None
         self._rabbit_inbound: RabbitInbound | None = None
@@ -166,21 +168,21 @@ class OrderRuntime(Runtime):
         self.supervisor.start("rabbitmq-publisher", self.rabbit.connect_forever)
         if "kafka" in consumers:
             self._kafka_inbound = KafkaInbound(
-                s.kafka_brokers,
-                topic=s.kafka_topic,
-                group=s.kafka_consumer_group,
-                dlq=self.kafka.topic(s.kafka_dlq_topic),
+                s.kafka.brokers,
+                topic=s.kafka.topic,
+                group=s.kafka.consumer_group,
+                dlq=self.kafka.topic(s.kafka.dlq_topic),
             )
             self._start_consumer("kafka", self._kafka_inbound)
         if "rabbitmq" in consumers:
             self._rabbit_inbound = RabbitInbound(
-                s.rabbitmq_url,
-                queue=s.rabbitmq_queue,
-                prefetch=s.consumer_batch_size,
-                timeout=s.broker_deadline_seconds,
+                s.rabbitmq.url,
+                queue=s.rabbitmq.queue,
+                prefetch=s.orders.consumer_batch_size,
+                timeout=s.orders.broker_deadline_seconds,
                 dlq=self.rabbit.to_dead_letters(),
-                queue_type=s.rabbitmq_queue_type,
-                delivery_limit=s.rabbitmq_delivery_limit,
+                queue_type=s.rabbitmq.queue_type,
+                delivery_limit=s.rabbitmq.delivery_limit,
             )
             self.supervisor.start(
                 "rabbitmq-consumer-connection", self._rabbit_inbound.consume_forever
@@ -194,7 +196,7 @@ class OrderRuntime(Runtime):
                 channel=channel,
                 inbound=inbound,
                 service=self.service,
-                batch_size=self.settings.consumer_batch_size,
+                batch_size=self.settings.orders.consumer_batch_size,
             )
 
         self.supervisor.start(f"{channel}-consumer", consume)
@@ -239,11 +241,11 @@ def _app(
     app = app_factory.new_app(
         title,
         service=service,
-        max_body_bytes=settings.max_body_bytes,
+        max_body_bytes=settings.http.max_body_bytes,
         lifespan=lifespan,
         lean=lean,
     )
-    app.include_router(health.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
+    app.include_router(health.health_router(runtime.checks, timeout=settings.db.timeout_seconds))
     return app
 
 
@@ -256,13 +258,13 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         settings,
         outbox=product_outbox,
         keys=product_idempotency,
-        events_topic=settings.kafka_product_events_topic,
+        events_topic=settings.kafka.product_events_topic,
     )
     service = ProductService(
         runtime.db,
         on_event=runtime.relay.notify,
-        list_cache_seconds=settings.product_list_cache_seconds,
-        list_cache_bytes=settings.product_list_cache_bytes,
+        list_cache_seconds=settings.products.cache_seconds,
+        list_cache_bytes=settings.products.cache_bytes,
         writes=generation.for_workers("product-pages"),
     )
     app = _app(
@@ -283,9 +285,9 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     authenticator = auth.from_settings(settings)
-    limiter = RateLimiter(rate=settings.order_rate_per_second, burst=settings.order_burst)
+    limiter = RateLimiter(rate=settings.orders.rate_per_second, burst=settings.orders.burst)
     runtime = OrderRuntime(settings)
-    consumers = CHANNELS if settings.consumers_enabled else ()
+    consumers = CHANNELS if settings.orders.consumers_enabled else ()
     app = _app(
         "Order service",
         "orders",
@@ -295,7 +297,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
         order_api.lean_routes(runtime.service, authenticator, limiter),
     )
     app.include_router(order_api.router(runtime.service, authenticator, limiter))
-    openapi.amend(app, partial(order_api.document_quantity, most=settings.max_order_quantity))
+    openapi.amend(app, partial(order_api.document_quantity, most=settings.orders.max_quantity))
     return app
 
 
@@ -311,10 +313,10 @@ def _health_server(settings: Settings, runtime: OrderRuntime, port: int) -> _Hea
     """`/healthz`, `/readyz` (database, Kafka, RabbitMQ) and `/metrics` of a consumer process,
     for an orchestrator's probes (the Helm chart's consumers Deployment)."""
     app = FastAPI(title="Order consumers", openapi_url=None, docs_url=None, redoc_url=None)
-    app.include_router(health.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
+    app.include_router(health.health_router(runtime.checks, timeout=settings.db.timeout_seconds))
     config = uvicorn.Config(
         app,
-        host=settings.bind_host,
+        host=settings.http.bind_host,
         port=port,
         loop="none",
         lifespan="off",

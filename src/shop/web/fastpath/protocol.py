@@ -71,7 +71,7 @@ def make_deadlines(header_seconds: float, body_seconds: float) -> Deadlines:
 def deadlines() -> Deadlines:
     """REQUEST_HEADER_SECONDS and REQUEST_BODY_SECONDS, read once per process."""
     settings = load_settings()
-    return make_deadlines(settings.request_header_seconds, settings.request_body_seconds)
+    return make_deadlines(settings.http.request_header_seconds, settings.http.request_body_seconds)
 
 
 class RequestDeadline(HttpToolsProtocol):
