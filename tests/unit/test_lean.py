@@ -30,6 +30,7 @@ from shop.orders.service import OrderQuery
 from shop.products import api as product_api
 from shop.products.models import ProductCreate, ProductPatch
 from shop.products.service import ProductQuery, encode_cursor
+from shop.settings import Http
 from shop.storage import idempotency
 from shop.web import app_factory, middleware
 from tests.tokens import Issuer
@@ -127,7 +128,7 @@ def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
         app = app_factory.new_app(
             "test",
             service="lean-test",
-            max_body_bytes=MAX_BODY,
+            http=Http(max_body_bytes=MAX_BODY),
             lean=[*order_api.lean_routes(orders, auth, limiter), *product_api.lean_routes(products)]
             if lean
             else (),

@@ -241,7 +241,7 @@ def _app(
     app = app_factory.new_app(
         title,
         service=service,
-        max_body_bytes=settings.http.max_body_bytes,
+        http=settings.http,
         lifespan=lifespan,
         lean=lean,
     )
