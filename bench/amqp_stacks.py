@@ -153,7 +153,7 @@ async def main() -> None:
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    url = load_settings().rabbitmq_url
+    url = load_settings().rabbitmq.url
     stacks = {
         "aio-pika": (publish_aiopika, consume_aiopika),
         "aiormq": (publish_aiormq, consume_aiormq),

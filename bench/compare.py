@@ -58,7 +58,7 @@ from confluent_kafka.admin import AdminClient
 from bench import compare_report, idle
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
-from shop.settings import Settings, load_settings
+from devstack.settings import StackSettings, load_stack_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE = "0fc452c"
@@ -140,7 +140,9 @@ class Side:
         return f"http://127.0.0.1:{self.order_port}/orders/{suffix}"
 
 
-def make_sides(base: tuple[Path, str], head: tuple[Path, str], settings: Settings) -> list[Side]:
+def make_sides(
+    base: tuple[Path, str], head: tuple[Path, str], settings: StackSettings
+) -> list[Side]:
     """Base and head, each (checkout, label) on its own ports, database and broker names, with
     the same catalogue operator (who makes the products) and the same customers (who order)."""
     sides = [
@@ -192,9 +194,10 @@ def worktree(ref: str) -> tuple[Path, str]:
 def broker_names(side: Side) -> dict[str, str]:
     """Every setting naming a topic, consumer group or queue, prefixed for this side."""
     script = (
-        "import json; from shop.settings import Settings; "
-        "print(json.dumps({n: f.default for n, f in Settings.model_fields.items() "
-        "if isinstance(f.default, str)}))"
+        "import json; from shop.settings import StackSettings as S; "
+        "d = S.model_construct().flat() if hasattr(S, 'flat') "
+        "else {n: f.default for n, f in S.model_fields.items()}; "
+        "print(json.dumps({n: v for n, v in d.items() if isinstance(v, str)}))"
     )
     names = dict(KNOWN_NAMES)
     try:
@@ -223,7 +226,7 @@ def side_env(side: Side) -> dict[str, str]:
             "ORDER_SERVICE_PORT": str(side.order_port),
             # The development issuer's key of this checkout (`make up` made it), wherever the
             # side's services run from.
-            "AUTH_PUBLIC_KEY_FILE": str(Path(load_settings().auth_public_key_file).resolve()),
+            "AUTH_PUBLIC_KEY_FILE": str(Path(load_stack_settings().auth.public_key_file).resolve()),
         }
     )
     return env
@@ -232,13 +235,15 @@ def side_env(side: Side) -> dict[str, str]:
 # ---------------------------------------------------------------- servers' state
 
 
-async def _sql(settings: Settings, sql: str, database: str | None = None) -> list[tuple[Any, ...]]:
+async def _sql(
+    settings: StackSettings, sql: str, database: str | None = None
+) -> list[tuple[Any, ...]]:
     conn = await asyncio.wait_for(
         asyncmy.connect(
-            host=settings.db_host,
-            port=settings.db_port,
-            user=settings.db_migrate_user,
-            password=settings.db_migrate_password,
+            host=settings.db.host,
+            port=settings.db.port,
+            user=settings.db.migrate_user,
+            password=settings.db.migrate_password,
             database=database,
             connect_timeout=5,
             autocommit=True,
@@ -253,29 +258,31 @@ async def _sql(settings: Settings, sql: str, database: str | None = None) -> lis
         conn.close()
 
 
-def sql(settings: Settings, statement: str, database: str | None = None) -> list[tuple[Any, ...]]:
+def sql(
+    settings: StackSettings, statement: str, database: str | None = None
+) -> list[tuple[Any, ...]]:
     return asyncio.run(_sql(settings, statement, database))
 
 
-def _rabbitmq_api(settings: Settings, path: str, method: str = "GET") -> Any:
+def _rabbitmq_api(settings: StackSettings, path: str, method: str = "GET") -> Any:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{settings.rabbitmq_management_port}/api/{path}", method=method
+        f"http://127.0.0.1:{settings.stack.management_port}/api/{path}", method=method
     )
-    token = b64encode(f"{settings.rabbitmq_admin_user}:{settings.rabbitmq_admin_password}".encode())
+    token = b64encode(f"{settings.stack.admin_user}:{settings.stack.admin_password}".encode())
     request.add_header("Authorization", f"Basic {token.decode()}")
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
         body = response.read()
     return json.loads(body) if body else None
 
 
-def clean(settings: Settings, sides: list[Side]) -> None:
+def clean(settings: StackSettings, sides: list[Side]) -> None:
     """Drop each side's database, topics, consumer groups, queues and exchanges (if any)."""
     existing = {str(row[0]) for row in sql(settings, "SHOW DATABASES")}
     for side in sides:
         if side.db_name in existing:
             sql(settings, f"DROP DATABASE `{side.db_name}`")
     prefixes = tuple(side.prefix for side in sides)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_brokers})
+    admin = AdminClient({"bootstrap.servers": settings.kafka.brokers})
     groups = [
         g.group_id
         for g in admin.list_consumer_groups(request_timeout=10).result(timeout=15).valid
@@ -300,7 +307,7 @@ def clean(settings: Settings, sides: list[Side]) -> None:
             t in admin.list_topics(timeout=10).topics for t in topics
         ):
             time.sleep(0.5)
-    vhost = urllib.parse.quote(settings.rabbitmq_vhost, safe="")
+    vhost = urllib.parse.quote(settings.rabbitmq.vhost, safe="")
     for kind in ("queues", "exchanges"):
         for item in _rabbitmq_api(settings, f"{kind}/{vhost}?columns=name"):
             if str(item["name"]).startswith(prefixes):
@@ -313,12 +320,12 @@ def clean(settings: Settings, sides: list[Side]) -> None:
 
 def start_services(side: Side, logs: Path) -> None:
     say(f"{side.name}: migrating {side.db_name}")
-    settings = load_settings()
+    settings = load_stack_settings()
     # As the migration account, also for a baseline that migrates as DB_USER (the services'
     # account may only read and write rows).
     migration_account = {
-        "DB_USER": settings.db_migrate_user,
-        "DB_PASSWORD": settings.db_migrate_password,
+        "DB_USER": settings.db.migrate_user,
+        "DB_PASSWORD": settings.db.migrate_password,
     }
     with (logs / f"{side.name}-migrate.log").open("ab") as log:
         subprocess.run(
@@ -406,7 +413,7 @@ def prepare_load(side: Side, directory: Path) -> None:
     )
 
 
-def stored(settings: Settings, side: Side) -> int:
+def stored(settings: StackSettings, side: Side) -> int:
     return int(sql(settings, "SELECT COUNT(*) FROM orders", side.db_name)[0][0])
 
 
@@ -427,7 +434,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 QUIET_CORES = 0.1  # a side is quiet below this (idle services poll: about 0.01-0.03)
 
 
-def settle(settings: Settings, sides: list[Side], timeout: float) -> dict[str, float]:
+def settle(settings: StackSettings, sides: list[Side], timeout: float) -> dict[str, float]:
     """Wait until every side has stored every order it accepted and its processes are quiet
     (its outbox relays, consumers and purges done too); seconds waited per side."""
     waited: dict[str, float] = {}
@@ -583,7 +590,7 @@ def main() -> int:
     levels = [int(c) for c in args.connections.split(",") if c]
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     plan = Plan(args.quick, args.rounds, args.seconds, paths, levels or None)
-    settings = load_settings()
+    settings = load_stack_settings()
     ensure_shopload()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = ROOT / "bench" / "results" / f"{stamp}-compare"
@@ -606,9 +613,9 @@ def main() -> int:
         "connections": plan.connections,
         "products": PRODUCTS,
         "customers": len(sides[0].customers) if sides[0].customers else 0,
-        "order_rate": settings.order_rate_per_second,  # the head's; the base has its own
-        "order_burst": settings.order_burst,
-        "workers": settings.workers,  # the head's; the base runs with its own default
+        "order_rate": settings.orders.rate_per_second,  # the head's; the base has its own
+        "order_burst": settings.orders.burst,
+        "workers": settings.http.workers,  # the head's; the base runs with its own default
         "cores": os.cpu_count(),
     }
     steps = len(plan.paths) * len(plan.connections) * plan.rounds
@@ -628,12 +635,10 @@ def main() -> int:
             prepare_load(side, scratch)
         for side in sides:
             say(f"{side.name}: idle latency, {plan.idle_orders} single orders per channel")
-            side_settings = settings.model_copy(
-                update={
-                    "db_name": side.db_name,
-                    "product_service_port": side.product_port,
-                    "order_service_port": side.order_port,
-                }
+            side_settings = settings.replace(
+                db_name=side.db_name,
+                product_service_port=side.product_port,
+                order_service_port=side.order_port,
             )
             idle_latency[side.name] = idle.measure(side_settings, plan.idle_orders)
             # Each idle order was waited for until stored (or its timeout): count what is there.

@@ -37,7 +37,7 @@ from bench.compare import (
 )
 from bench.customers import warm_token_caches
 from bench.loadgen import ensure_shopload
-from shop.settings import load_settings
+from devstack.settings import load_stack_settings
 
 CONNECTIONS = 50
 
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    settings = load_settings()
+    settings = load_stack_settings()
     ensure_shopload()
     sides = make_sides(worktree(args.base), (ROOT, "head"), settings)
     if customers := sides[0].customers:

@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.mixed import audit, start
 from devstack import cluster, layout
-from shop.settings import Settings, load_settings
+from devstack.settings import StackSettings, load_stack_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLICAS = ["products-1", "orders-1", "consumer-kafka-1", "consumer-rabbitmq-1"]
@@ -38,7 +38,7 @@ def say(message: str) -> None:
     print(f"faults: {message}", flush=True)
 
 
-def plan(settings: Settings) -> list[tuple[str, Callable[[], list[str]]]]:
+def plan(settings: StackSettings) -> list[tuple[str, Callable[[], list[str]]]]:
     """(fault, what to kill: found when the fault starts, as leaders move)."""
     shop = layout.cluster_settings(settings, layout.directory())
 
@@ -51,7 +51,7 @@ def plan(settings: Settings) -> list[tuple[str, Callable[[], list[str]]]]:
     return [
         (
             "kafka partition leader",
-            lambda: [cluster.leader_of_partition(settings, shop.kafka_topic, 0)],
+            lambda: [cluster.leader_of_partition(settings, shop.kafka.topic, 0)],
         ),
         ("quorum queue leader", lambda: [cluster.quorum_queue_leader(settings)]),
         ("galera writer", galera_writer),
@@ -60,7 +60,7 @@ def plan(settings: Settings) -> list[tuple[str, Callable[[], list[str]]]]:
 
 
 async def drill(
-    settings: Settings,
+    settings: StackSettings,
     *,
     clients: int = 8,
     scarce_stock: int = 600,
@@ -162,7 +162,7 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=12.0)
     args = parser.parse_args()
     began = time.monotonic()
-    result = asyncio.run(drill(load_settings(), clients=args.clients, hold=args.hold))
+    result = asyncio.run(drill(load_stack_settings(), clients=args.clients, hold=args.hold))
     say(f"report: {write(result)} ({time.monotonic() - began:.0f}s)")
     for line in describe(result):
         say(line)

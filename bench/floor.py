@@ -19,9 +19,7 @@ from shop.web.problems import JSONResponse
 
 def app() -> FastAPI:
     settings = load_settings()
-    floor = app_factory.new_app(
-        "HTTP floor", service="floor", max_body_bytes=settings.max_body_bytes
-    )
+    floor = app_factory.new_app("HTTP floor", service="floor", http=settings.http)
 
     @floor.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -61,11 +61,11 @@ async def connect(settings: Settings) -> Any:
     """An autocommit connection to the shop database (bounded wait)."""
     return await asyncio.wait_for(
         asyncmy.connect(
-            host=settings.db_host,
-            port=settings.db_port,
-            user=settings.db_user,
-            password=settings.db_password,
-            database=settings.db_name,
+            host=settings.db.host,
+            port=settings.db.port,
+            user=settings.db.user,
+            password=settings.db.password,
+            database=settings.db.name,
             connect_timeout=5,
             autocommit=True,  # each SELECT sees what is committed at that moment
         ),
@@ -142,8 +142,8 @@ async def _one_channel(
 
 async def measure_async(settings: Settings, orders: int = ORDERS) -> dict[str, Any]:
     """Idle latency per channel, and the Kafka p99 target's verdict."""
-    products = f"http://127.0.0.1:{settings.product_service_port}/products"
-    orders_url = f"http://127.0.0.1:{settings.order_service_port}/orders/async"
+    products = f"http://127.0.0.1:{settings.http.product_port}/products"
+    orders_url = f"http://127.0.0.1:{settings.http.order_port}/orders/async"
     rng = random.Random(20261126)
     per_channel = WARM_UP + orders
     # One customer per order, each with their own token: far below any customer's rate limit.

@@ -170,7 +170,7 @@ def main() -> int:
     single = _bench(out / "single", "single", args.quick, env)
     settings = load_settings()
     base = dict(env)
-    if str(settings.product_service_port) == "8080":  # make up's services hold the defaults
+    if str(settings.http.product_port) == "8080":  # make up's services hold the defaults
         base |= CLUSTER_FRONTS
     started = not _cluster_running(base)
     say("layout 2 of 2: the cluster (devstack cluster up)")

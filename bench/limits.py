@@ -54,10 +54,10 @@ def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     asyncio.run(
         ensure_topics(
-            settings.kafka_brokers, [topic], replication_factor=settings.kafka_replication_factor
+            settings.kafka.brokers, [topic], replication_factor=settings.kafka.replication_factor
         )
     )
-    config = producer_config(settings.kafka_brokers, delivery_timeout=30)
+    config = producer_config(settings.kafka.brokers, delivery_timeout=30)
     config.pop("logger", None)
     producer = Producer(config)
     bodies = [order_command(i) for i in range(1000)]
@@ -73,7 +73,7 @@ def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
             producer.poll(0)
     left = producer.flush(60)
     seconds = time.perf_counter() - started
-    delete_topics(settings.kafka_brokers, [topic])
+    delete_topics(settings.kafka.brokers, [topic])
     return {
         "messages": messages - left,
         "seconds": round(seconds, 3),
@@ -87,10 +87,10 @@ async def rabbitmq_publish(
 ) -> dict[str, Any]:
     """Raw persistent publishes with publisher confirms, `window` unconfirmed at a time."""
     queue_name = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        quorum = settings.rabbitmq_queue_type == "quorum"  # the order queue's kind
+        quorum = settings.rabbitmq.queue_type == "quorum"  # the order queue's kind
         queue = await channel.declare_queue(
             queue_name, durable=True, arguments={"x-queue-type": "quorum"} if quorum else None
         )

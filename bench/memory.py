@@ -49,7 +49,7 @@ def resident_mb() -> int:
 
 async def probe(pages: int) -> None:
     settings = load_settings()
-    base = f"http://127.0.0.1:{settings.product_service_port}"
+    base = f"http://127.0.0.1:{settings.http.product_port}"
     async with httpx.AsyncClient(timeout=60) as client:
         have = len((await client.get(f"{base}/products?limit=1000&name=memprobe")).json())
         for i in range(have, PRODUCTS):

@@ -31,8 +31,8 @@ import httpx
 from bench.customers import TOKEN_TTL_SECONDS
 from bench.loadgen import catalogue_headers
 from bench.run import query
+from devstack.settings import StackSettings, load_stack_settings
 from shop.access.dev_issuer import dev_token
-from shop.settings import Settings, load_settings
 
 PATHS = ("sync", "kafka", "rabbitmq")
 ACCEPTED = {"sync": 201, "kafka": 202, "rabbitmq": 202}
@@ -97,7 +97,7 @@ class MixedLoad:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: StackSettings,
         *,
         orders_url: str,
         products: tuple[int, int],
@@ -200,7 +200,7 @@ def _outcome(path: str, status: int) -> str:
     return "other"
 
 
-def make_products(settings: Settings, products_url: str, scarce_stock: int) -> tuple[int, int]:
+def make_products(settings: StackSettings, products_url: str, scarce_stock: int) -> tuple[int, int]:
     """A product with `scarce_stock` units (it runs out) and one with plenty."""
     headers = catalogue_headers(settings)
     ids = []
@@ -217,22 +217,22 @@ def make_products(settings: Settings, products_url: str, scarce_stock: int) -> t
 
 
 async def start(
-    settings: Settings, *, clients: int, scarce_stock: int
+    settings: StackSettings, *, clients: int, scarce_stock: int
 ) -> tuple[MixedLoad, asyncio.Task[Tally]]:
     """Make the load's two products through the product service, then start the clients on
     the order service (both at the settings' service ports)."""
-    products_url = f"http://127.0.0.1:{settings.product_service_port}"
+    products_url = f"http://127.0.0.1:{settings.http.product_port}"
     products = await asyncio.to_thread(make_products, settings, products_url, scarce_stock)
     load = MixedLoad(
         settings,
-        orders_url=f"http://127.0.0.1:{settings.order_service_port}",
+        orders_url=f"http://127.0.0.1:{settings.http.order_port}",
         products=products,
         clients=clients,
     )
     return load, asyncio.create_task(load.run())
 
 
-def _stored(settings: Settings, users: range) -> list[tuple[str, int, int, str, int]]:
+def _stored(settings: StackSettings, users: range) -> list[tuple[str, int, int, str, int]]:
     rows = query(
         settings,
         "SELECT id, user_id, product_id, status, quantity FROM orders "
@@ -242,7 +242,7 @@ def _stored(settings: Settings, users: range) -> list[tuple[str, int, int, str, 
     return [(str(uuid.UUID(bytes=r[0])), int(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in rows]
 
 
-def _aliases(settings: Settings, users: range) -> set[str]:
+def _aliases(settings: StackSettings, users: range) -> set[str]:
     """The ids async retries were answered under that name an order of these users (an intake
     that could not claim the key at once gives a new id; the consumer joins the two)."""
     rows = query(
@@ -255,7 +255,7 @@ def _aliases(settings: Settings, users: range) -> set[str]:
 
 
 def audit(
-    settings: Settings,
+    settings: StackSettings,
     load: MixedLoad,
     *,
     scarce_stock: int,
@@ -300,7 +300,7 @@ def audit(
 
 
 async def _main(seconds: float, clients: int, scarce_stock: int) -> int:
-    settings = load_settings()
+    settings = load_stack_settings()
     load, running = await start(settings, clients=clients, scarce_stock=scarce_stock)
     await asyncio.sleep(seconds)
     load.stop()

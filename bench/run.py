@@ -31,12 +31,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench import idle, limits, report
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load, shopload_version
+from devstack.settings import StackSettings, load_stack_settings
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
 from shop.messaging.ports import Outgoing
 from shop.messaging.rabbitmq import RabbitBroker
 from shop.orders.domain import AsyncChannel
-from shop.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR_PORT = 8090
@@ -65,7 +65,7 @@ class Plan:
 # ---------------------------------------------------------------- database helpers
 
 
-async def _query(settings: Settings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+async def _query(settings: StackSettings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
     conn = await idle.connect(settings)
     try:
         async with conn.cursor() as cur:
@@ -75,7 +75,7 @@ async def _query(settings: Settings, sql: str, args: Any = None) -> list[tuple[A
         conn.close()
 
 
-def query(settings: Settings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+def query(settings: StackSettings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
     return asyncio.run(_query(settings, sql, args))
 
 
@@ -91,8 +91,8 @@ def _post_json(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[
         return result
 
 
-def make_products(settings: Settings, count: int, stock: int | None) -> list[int]:
-    url = f"http://127.0.0.1:{settings.product_service_port}/products"
+def make_products(settings: StackSettings, count: int, stock: int | None) -> list[int]:
+    url = f"http://127.0.0.1:{settings.http.product_port}/products"
     tag = uuid.uuid4().hex[:6]
     auth = catalogue_headers(settings)
     return [
@@ -107,7 +107,7 @@ def make_products(settings: Settings, count: int, stock: int | None) -> list[int
 class DepthSampler:
     """Samples Kafka consumer lag and RabbitMQ queue depth twice a second, in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: StackSettings) -> None:
         self._settings = settings
         self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
@@ -128,7 +128,7 @@ class DepthSampler:
     def _run(self) -> None:
         s = self._settings
         consumer = Consumer(
-            {"bootstrap.servers": s.kafka_brokers, "group.id": s.kafka_consumer_group}
+            {"bootstrap.servers": s.kafka.brokers, "group.id": s.kafka.consumer_group}
         )
         try:
             while not self._stop.wait(0.5):
@@ -136,16 +136,16 @@ class DepthSampler:
                     {
                         "t": self.mark(),
                         "kafka": _lag(consumer, s),
-                        "rabbitmq": _queue_depth(s, s.rabbitmq_queue),
+                        "rabbitmq": _queue_depth(s, s.rabbitmq.queue),
                     }
                 )
         finally:
             consumer.close()
 
 
-def _lag(consumer: Consumer, settings: Settings) -> float:
+def _lag(consumer: Consumer, settings: StackSettings) -> float:
     try:
-        topic = settings.kafka_topic
+        topic = settings.kafka.topic
         meta = consumer.list_topics(topic, timeout=2).topics[topic]
         parts = [TopicPartition(topic, p) for p in meta.partitions]
         lag = 0
@@ -157,13 +157,13 @@ def _lag(consumer: Consumer, settings: Settings) -> float:
         return float("nan")
 
 
-def _queue_depth(settings: Settings, queue: str) -> float:
+def _queue_depth(settings: StackSettings, queue: str) -> float:
     url = (
-        f"http://127.0.0.1:{settings.rabbitmq_management_port}/api/queues/"
-        f"{'%2F' if settings.rabbitmq_vhost == '/' else settings.rabbitmq_vhost}/{queue}"
+        f"http://127.0.0.1:{settings.stack.management_port}/api/queues/"
+        f"{'%2F' if settings.rabbitmq.vhost == '/' else settings.rabbitmq.vhost}/{queue}"
     )
     request = urllib.request.Request(url)
-    token = b64encode(f"{settings.rabbitmq_admin_user}:{settings.rabbitmq_admin_password}".encode())
+    token = b64encode(f"{settings.stack.admin_user}:{settings.stack.admin_password}".encode())
     request.add_header("Authorization", f"Basic {token.decode()}")
     try:
         with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 (loopback)
@@ -176,18 +176,18 @@ def _queue_depth(settings: Settings, queue: str) -> float:
 # ---------------------------------------------------------------- the runs
 
 
-def wait_idle(settings: Settings, timeout: float = 120.0) -> dict[str, float]:
+def wait_idle(settings: StackSettings, timeout: float = 120.0) -> dict[str, float]:
     """Wait (up to `timeout`) until no command waits for a consumer; the depths last seen."""
     # The service's group id, to read its committed offsets; never subscribes, so never joins.
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_brokers, "group.id": settings.kafka_consumer_group}
+        {"bootstrap.servers": settings.kafka.brokers, "group.id": settings.kafka.consumer_group}
     )
     try:
         deadline = time.monotonic() + timeout
         while True:
             depths = {
                 "kafka": _lag(consumer, settings),
-                "rabbitmq": _queue_depth(settings, settings.rabbitmq_queue),
+                "rabbitmq": _queue_depth(settings, settings.rabbitmq.queue),
             }
             if all(v == 0 for v in depths.values()) or time.monotonic() > deadline:
                 return depths
@@ -263,7 +263,7 @@ def open_loop(name: str, url: str, plan: Plan, **load: Any) -> list[dict[str, An
 
 
 def drain(
-    settings: Settings, channel: AsyncChannel, orders: int, product_ids: list[int]
+    settings: StackSettings, channel: AsyncChannel, orders: int, product_ids: list[int]
 ) -> dict[str, Any]:
     """Fill a private topic/queue with commands, then time one standalone consumer emptying it."""
     name = f"bench-drain-{channel}-{uuid.uuid4().hex[:6]}"
@@ -281,13 +281,13 @@ def drain(
     if channel == "kafka":
         asyncio.run(
             ensure_topics(
-                settings.kafka_brokers,
+                settings.kafka.brokers,
                 [name],
-                replication_factor=settings.kafka_replication_factor,
+                replication_factor=settings.kafka.replication_factor,
             )
         )
         producer = Producer(
-            {"bootstrap.servers": settings.kafka_brokers, "acks": "all", "linger.ms": 5}
+            {"bootstrap.servers": settings.kafka.brokers, "acks": "all", "linger.ms": 5}
         )
         for i, body in enumerate(commands):
             producer.produce(name, key=str(product_ids[i % len(product_ids)]), value=body)
@@ -324,7 +324,7 @@ def drain(
         consumer.wait(20)
     # The consumer process declares its queues and topics whichever channel it consumes.
     asyncio.run(_delete_queues(settings, [name, f"{name}.dlq"]))
-    limits.delete_topics(settings.kafka_brokers, [name, f"{name}.dlq"])
+    limits.delete_topics(settings.kafka.brokers, [name, f"{name}.dlq"])
     # The rate is taken between the first and the last stored order (the rows' own clocks),
     # so the consumer process's start-up and group join are not counted.
     ((first_at, last_at),) = query(
@@ -343,14 +343,14 @@ def drain(
     }
 
 
-async def _fill_queue(settings: Settings, name: str, bodies: list[bytes]) -> None:
+async def _fill_queue(settings: StackSettings, name: str, bodies: list[bytes]) -> None:
     """Declare the queue as the service does (its dead-letter topology too) and fill it."""
     rabbit = RabbitBroker(
-        settings.rabbitmq_url,
+        settings.rabbitmq.url,
         queue=name,
         timeout=10,
-        queue_type=settings.rabbitmq_queue_type,  # as the consumer declares it (a cluster's)
-        delivery_limit=settings.rabbitmq_delivery_limit,
+        queue_type=settings.rabbitmq.queue_type,  # as the consumer declares it (a cluster's)
+        delivery_limit=settings.rabbitmq.delivery_limit,
     )
     queue = rabbit.publisher()
     rabbit.start()
@@ -371,10 +371,10 @@ async def _fill_queue(settings: Settings, name: str, bodies: list[bytes]) -> Non
         await rabbit.close()
 
 
-async def _delete_queues(settings: Settings, names: list[str]) -> None:
+async def _delete_queues(settings: StackSettings, names: list[str]) -> None:
     import aio_pika
 
-    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
     async with connection:
         channel = await connection.channel()
         for name in names:
@@ -386,7 +386,7 @@ async def _delete_queues(settings: Settings, names: list[str]) -> None:
 
 
 def audit(
-    settings: Settings,
+    settings: StackSettings,
     accepted: dict[str, int],
     products: dict[str, list[int]],
     since: dt.datetime,
@@ -446,7 +446,7 @@ def audit(
 # ---------------------------------------------------------------- main
 
 
-def machine(settings: Settings) -> dict[str, Any]:
+def machine(settings: StackSettings) -> dict[str, Any]:
     mem_kb = next(
         int(line.split()[1])
         for line in Path("/proc/meminfo").read_text().splitlines()
@@ -456,11 +456,9 @@ def machine(settings: Settings) -> dict[str, Any]:
     versions["mariadb"] = str(query(settings, "SELECT VERSION()")[0][0])
     try:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{settings.rabbitmq_management_port}/api/overview"
+            f"http://127.0.0.1:{settings.stack.management_port}/api/overview"
         )
-        token = b64encode(
-            f"{settings.rabbitmq_admin_user}:{settings.rabbitmq_admin_password}".encode()
-        )
+        token = b64encode(f"{settings.stack.admin_user}:{settings.stack.admin_password}".encode())
         request.add_header("Authorization", f"Basic {token.decode()}")
         with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
             versions["rabbitmq"] = json.loads(response.read())["rabbitmq_version"]
@@ -475,7 +473,7 @@ def machine(settings: Settings) -> dict[str, Any]:
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
         "platform": platform.platform(),
         "versions": versions,
-        "service_workers": settings.workers,
+        "service_workers": settings.http.workers,
     }
 
 
@@ -486,7 +484,7 @@ def main() -> int:
     parser.add_argument("--layout", default="single", help="the system's layout, for the report")
     args = parser.parse_args()
     plan = Plan(args.quick)
-    settings = load_settings()
+    settings = load_stack_settings()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or ROOT / "bench" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -500,8 +498,8 @@ def main() -> int:
         "customers": {
             "count": len(customers),
             "first_user": customers.first_user,
-            "rate_per_second": settings.order_rate_per_second,
-            "burst": settings.order_burst,
+            "rate_per_second": settings.orders.rate_per_second,
+            "burst": settings.orders.burst,
         },
     }
     say(f"{'quick' if plan.quick else 'full'} run; results in {out}")
@@ -515,10 +513,10 @@ def main() -> int:
     spread = make_products(settings, SPREAD_PRODUCTS, BIG_STOCK)
     hot = make_products(settings, 1, BIG_STOCK)
     initial = dict.fromkeys(spread + hot, BIG_STOCK)
-    orders_url = f"http://127.0.0.1:{settings.order_service_port}/orders"
+    orders_url = f"http://127.0.0.1:{settings.http.order_port}/orders"
     with tempfile.TemporaryDirectory() as tmp:
         warm = warm_token_caches(
-            f"http://127.0.0.1:{settings.order_service_port}", customers, Path(tmp)
+            f"http://127.0.0.1:{settings.http.order_port}", customers, Path(tmp)
         )
         results["token_warm_up"] = warm.as_dict()
         say(
@@ -536,12 +534,12 @@ def main() -> int:
             "kafka": (f"{orders_url}/async/kafka", spread_orders),
             "rabbitmq": (f"{orders_url}/async/rabbitmq", spread_orders),
             "products": (
-                f"http://127.0.0.1:{settings.product_service_port}/products?limit=100",
+                f"http://127.0.0.1:{settings.http.product_port}/products?limit=100",
                 {"method": "GET"},
             ),
         }
         say("limits: the HTTP floor")
-        floor = start_floor(settings.workers)
+        floor = start_floor(settings.http.workers)
         try:
             results["floor"] = sweep(
                 "floor",
@@ -611,7 +609,7 @@ def _accepted(results: dict[str, Any]) -> dict[str, int]:
 
 
 def _accept_to_stored(
-    settings: Settings, products: list[int], since: dt.datetime
+    settings: StackSettings, products: list[int], since: dt.datetime
 ) -> dict[str, Any]:
     """From the id's UUIDv7 timestamp (intake, ms) to the row's created_at (stored)."""
     marks = ",".join(["%s"] * len(products))

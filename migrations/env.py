@@ -22,7 +22,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    url = context.config.attributes.get("db_url") or load_settings().migrate_db_url
+    url = context.config.attributes.get("db_url") or load_settings().db.migration_url
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:

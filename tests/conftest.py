@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from shop.settings import Settings, load_settings
+from devstack.settings import StackSettings, load_stack_settings
 from tests.support import ServiceProcess, free_port
 from tests.tokens import AUDIENCE, ISSUER, Issuer
 
@@ -32,7 +32,7 @@ RUN = uuid.uuid4().hex[:8]
 # The servers as `make up` configured them (not this run's database and queue names): tests that
 # stop and start a server pass these to devstack, whose provisioning then grants the accounts
 # their rights on every `shop…` database again, not on this run's alone.
-STACK = load_settings()
+STACK = load_stack_settings()
 # The run's token issuer: the services trust its public key (and only it).
 TOKENS = Issuer()
 _KEYS = Path(tempfile.mkdtemp(prefix=f"shop-test-{RUN}-keys-"))
@@ -73,16 +73,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    return load_settings(**{key.lower(): value for key, value in TEST_ENV.items()})
+def settings() -> StackSettings:
+    return load_stack_settings(**{key.lower(): value for key, value in TEST_ENV.items()})
 
 
-async def _drop_database(settings: Settings, name: str) -> None:
+async def _drop_database(settings: StackSettings, name: str) -> None:
     conn = await asyncmy.connect(
-        host=settings.db_host,
-        port=settings.db_port,
-        user=settings.db_migrate_user,
-        password=settings.db_migrate_password,
+        host=settings.db.host,
+        port=settings.db.port,
+        user=settings.db.migrate_user,
+        password=settings.db.migrate_password,
         connect_timeout=5,
     )
     try:
@@ -105,28 +105,28 @@ def migrate(env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="session")
-async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
+async def database(settings: StackSettings) -> AsyncIterator[AsyncEngine]:
     """A fresh, migrated database of this run; dropped after the run."""
     try:
-        await asyncio.wait_for(_drop_database(settings, settings.db_name), 10)
+        await asyncio.wait_for(_drop_database(settings, settings.db.name), 10)
     except (OSError, TimeoutError) as exc:
         pytest.exit(f"MariaDB is not reachable ({exc}); `make up` or `devstack up` first", 2)
     await asyncio.to_thread(migrate, TEST_ENV)
     # The suite's own engine keeps SQLAlchemy's defaults (rollback on return): tests read
     # without ending transactions. It is the migration account's, as tests make scratch tables;
     # the services run as theirs, which may only read and write rows.
-    engine = create_async_engine(settings.migrate_db_url, isolation_level="READ COMMITTED")
+    engine = create_async_engine(settings.db.migration_url, isolation_level="READ COMMITTED")
     yield engine
     await engine.dispose()
-    await _drop_database(settings, settings.db_name)
+    await _drop_database(settings, settings.db.name)
 
 
 @pytest.fixture(scope="session")
-def kafka_topics(settings: Settings) -> Iterator[None]:
+def kafka_topics(settings: StackSettings) -> Iterator[None]:
     """The run's topics (the session's and any a test made under the `test-<run>-` prefix)
     are deleted at the end (the services create them)."""
     yield
-    admin = AdminClient({"bootstrap.servers": settings.kafka_brokers})
+    admin = AdminClient({"bootstrap.servers": settings.kafka.brokers})
     names = {v for k, v in TEST_ENV.items() if k.startswith("KAFKA_") and "TOPIC" in k}
     existing = admin.list_topics(timeout=10).topics
     doomed = [name for name in existing if name in names or name.startswith(f"test-{RUN}-")]
@@ -182,11 +182,11 @@ async def orders(order_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClie
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_cleanup(settings: Settings) -> Iterator[None]:
+def rabbitmq_cleanup(settings: StackSettings) -> Iterator[None]:
     """The run's queues and exchanges (`test-<run>-...`) are deleted at the end."""
     yield
-    api = f"http://127.0.0.1:{settings.rabbitmq_management_port}/api"
-    auth = (settings.rabbitmq_admin_user, settings.rabbitmq_admin_password)
+    api = f"http://127.0.0.1:{settings.stack.management_port}/api"
+    auth = (settings.stack.admin_user, settings.stack.admin_password)
     with httpx.Client(auth=auth, timeout=10) as client:
         for kind in ("queues", "exchanges"):
             listed = client.get(f"{api}/{kind}/%2F")

@@ -18,8 +18,8 @@ import pytest
 from bench.faults import describe, drill, write
 
 from devstack import cluster, layout
+from devstack.settings import StackSettings, load_stack_settings
 from shop.messaging.rabbitmq import RabbitBroker
-from shop.settings import Settings, load_settings
 from tests.support import confirmed, eventually, free_port
 
 pytestmark = [pytest.mark.cluster]
@@ -33,9 +33,9 @@ FAILED_SHARE_BOUND = 0.03
 
 
 @pytest.fixture(scope="module")
-def clustered() -> Iterator[Settings]:
-    settings = load_settings().model_copy(
-        update={"product_service_port": free_port(), "order_service_port": free_port()}
+def clustered() -> Iterator[StackSettings]:
+    settings = load_stack_settings().replace(
+        product_service_port=free_port(), order_service_port=free_port()
     )
     cluster.up(settings)
     try:
@@ -45,7 +45,7 @@ def clustered() -> Iterator[Settings]:
 
 
 async def test_no_order_lost_duplicated_or_oversold_when_any_one_node_dies(
-    clustered: Settings,
+    clustered: StackSettings,
 ) -> None:
     result = await drill(clustered)
     write(result)
@@ -71,7 +71,7 @@ async def test_no_order_lost_duplicated_or_oversold_when_any_one_node_dies(
 
 
 async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed_again_soon(
-    clustered: Settings,
+    clustered: StackSettings,
 ) -> None:
     # A channel opened between the leader's death and the election keeps addressing the dead
     # leader: on RabbitMQ 3.10 every publish on it is nacked until that node returns (the drill
@@ -81,9 +81,9 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
     queue = f"test-probe-{uuid.uuid4().hex[:8]}"
 
     def url(port: int) -> str:
-        return f"amqp://{shop.rabbitmq_user}:{shop.rabbitmq_password}@127.0.0.1:{port}/"
+        return f"amqp://{shop.rabbitmq.user}:{shop.rabbitmq.password}@127.0.0.1:{port}/"
 
-    declaring = RabbitBroker(url(shop.rabbitmq_port), queue=queue, timeout=5.0, queue_type="quorum")
+    declaring = RabbitBroker(url(shop.rabbitmq.port), queue=queue, timeout=5.0, queue_type="quorum")
     declaring.start()
     await eventually(partial(confirmed, declaring), timeout=30, what="the queue declared")
     await declaring.close()
@@ -101,7 +101,7 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
     finally:
         await publisher.close()
         await asyncio.to_thread(cluster.revive, clustered, leader)
-        connection = await aio_pika.connect(url(shop.rabbitmq_port), timeout=10)
+        connection = await aio_pika.connect(url(shop.rabbitmq.port), timeout=10)
         async with connection:
             channel = await connection.channel()
             await channel.queue_delete(queue)

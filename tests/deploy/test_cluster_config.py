@@ -10,18 +10,18 @@ import pytest
 
 from devstack import haproxy, kafka, mariadb
 from devstack import layout as cluster
-from shop.settings import Settings, load_settings
+from devstack.settings import StackSettings, load_stack_settings
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StackSettings:
     monkeypatch.chdir(tmp_path)  # no config.yaml: the defaults
     for name in ("PRODUCT_SERVICE_PORT", "ORDER_SERVICE_PORT", "SHOP_CONFIG", "DB_PORT"):
         monkeypatch.delenv(name, raising=False)
-    return load_settings(product_service_port=18080, order_service_port=18081)
+    return load_stack_settings(product_service_port=18080, order_service_port=18081)
 
 
-def _all_ports(settings: Settings, base: Path) -> list[int]:
+def _all_ports(settings: StackSettings, base: Path) -> list[int]:
     ports = [cluster.MYSQL_FRONT, cluster.AMQP_FRONT, cluster.EPMD_PORT, cluster.STATS_PORT]
     for g in cluster.galera_nodes(base):
         assert g.galera is not None
@@ -35,12 +35,12 @@ def _all_ports(settings: Settings, base: Path) -> list[int]:
 
 
 def test_every_port_is_distinct_and_clear_of_the_single_node_stack(
-    settings: Settings, tmp_path: Path
+    settings: StackSettings, tmp_path: Path
 ) -> None:
     ports = _all_ports(settings, tmp_path)
     assert len(ports) == len(set(ports))
     assert all(port > 13300 for port in ports)
-    single = {settings.db_port, settings.rabbitmq_port, settings.rabbitmq_management_port, 9092}
+    single = {settings.db.port, settings.rabbitmq.port, settings.stack.management_port, 9092}
     assert not single & set(ports)
 
 
@@ -86,7 +86,7 @@ def test_rabbitmq_nodes_share_a_cookie_and_epmd_but_nothing_else(tmp_path: Path)
 
 
 def test_haproxy_writes_through_one_synced_galera_node_and_fronts_the_services(
-    settings: Settings, tmp_path: Path
+    settings: StackSettings, tmp_path: Path
 ) -> None:
     config = haproxy.config(
         cluster.fronts(settings, tmp_path), check_script=tmp_path / "check.sh"
@@ -111,7 +111,7 @@ def test_haproxy_writes_through_one_synced_galera_node_and_fronts_the_services(
 
 
 def test_replicas_and_consumers_run_with_the_cluster_settings(
-    settings: Settings, tmp_path: Path
+    settings: StackSettings, tmp_path: Path
 ) -> None:
     procs = {p.name: p for p in cluster.processes(settings, tmp_path)}
     assert sorted(procs) == [
@@ -147,7 +147,9 @@ def test_replicas_and_consumers_run_with_the_cluster_settings(
     )
 
 
-def test_the_fronts_follow_the_service_port_settings(settings: Settings, tmp_path: Path) -> None:
+def test_the_fronts_follow_the_service_port_settings(
+    settings: StackSettings, tmp_path: Path
+) -> None:
     fronts = cluster.fronts(settings, tmp_path)
     assert [(service, port) for service, port, _ in fronts.http] == [
         ("products", 18080),

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from shop.runtime.cli import _parser
-from shop.settings import Settings
+from shop.settings import Settings, flat_names
 from shop.web.health import health_router
 
 REPO = Path(__file__).resolve().parents[2]
@@ -230,7 +230,7 @@ def test_the_migration_job_is_a_hook_and_alone_gets_the_migration_password(
 def test_the_configmap_holds_settings_by_their_names_and_no_secret(
     renders: dict[str, list[Manifest]],
 ) -> None:
-    known = {name.upper() for name in Settings.model_fields}
+    known = {name.upper() for name in flat_names(Settings)}
     for name, objects in renders.items():
         config = _of_kind(objects, "ConfigMap")["shop-config"]["data"]
         assert not [key for key in config if "PASSWORD" in key or "SECRET" in key], name

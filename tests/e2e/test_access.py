@@ -230,7 +230,7 @@ async def test_a_customer_placing_too_fast_gets_429_with_retry_after_and_admins_
     as_customer = TOKENS.bearer(customer)
     body = {"user_id": customer, "product_id": pid, "quantity": 1}
     placed, started = 0, time.monotonic()
-    for _ in range(settings.order_burst * 10):  # one connection: one worker, one bucket
+    for _ in range(settings.orders.burst * 10):  # one connection: one worker, one bucket
         answer = await anonymous_orders.post("/orders/sync", json=body, headers=as_customer)
         if answer.status_code == 429:
             assert answer.headers["content-type"] == "application/problem+json"
@@ -242,12 +242,12 @@ async def test_a_customer_placing_too_fast_gets_429_with_retry_after_and_admins_
         raise AssertionError(f"{placed} orders in a row and no 429")
     elapsed = time.monotonic() - started
     assert (
-        settings.order_burst
+        settings.orders.burst
         <= placed
-        <= settings.order_burst + settings.order_rate_per_second * elapsed + 1
+        <= settings.orders.burst + settings.orders.rate_per_second * elapsed + 1
     )
     assert await _order_count(database, pid) == placed
     as_admin = TOKENS.bearer("support-desk", ADMIN)
-    for _ in range(settings.order_burst * 2):
+    for _ in range(settings.orders.burst * 2):
         answer = await anonymous_orders.post("/orders/sync", json=body, headers=as_admin)
         assert answer.status_code == 201

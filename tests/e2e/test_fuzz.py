@@ -262,5 +262,5 @@ async def test_order_document_declares_the_configured_quantity_limit(
 ) -> None:
     document = (await orders.get("/openapi.json")).json()
     quantity = document["components"]["schemas"]["PlaceOrder"]["properties"]["quantity"]
-    assert quantity["maximum"] == settings.max_order_quantity
+    assert quantity["maximum"] == settings.orders.max_quantity
     assert quantity["minimum"] == 1

@@ -133,8 +133,8 @@ async def test_placing_cancelling_and_editing_publish_versioned_product_events(
     events = mine(
         await asyncio.to_thread(
             read_events,
-            settings.kafka_brokers,
-            settings.kafka_product_events_topic,
+            settings.kafka.brokers,
+            settings.kafka.product_events_topic,
             until=lambda evs: len(mine(evs)) >= 5,
             timeout=30,
         )
@@ -154,8 +154,8 @@ async def test_placing_cancelling_and_editing_publish_versioned_product_events(
         e
         for e in await asyncio.to_thread(
             read_events,
-            settings.kafka_brokers,
-            settings.kafka_order_events_topic,
+            settings.kafka.brokers,
+            settings.kafka.order_events_topic,
             until=lambda evs: sum(e["data"]["id"] == order_id for e in evs) >= 2,
             timeout=30,
         )

@@ -29,9 +29,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import devstack as stack
+from devstack.settings import StackSettings
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
-from shop.settings import Settings
 from tests.conftest import OPERATOR, RUN, STACK, TEST_ENV
 from tests.e2e.orders_support import (
     new_product,
@@ -107,13 +107,13 @@ async def _per_channel(orders: httpx.AsyncClient, counter: str) -> dict[str, flo
     return counts
 
 
-async def _queue_stats(settings: Settings) -> dict[str, Any]:
+async def _queue_stats(settings: StackSettings) -> dict[str, Any]:
     """The RabbitMQ management API's view of the order queue (consumers, messages, ...)."""
     vhost, queue = (
-        urllib.parse.quote(n, safe="") for n in (settings.rabbitmq_vhost, settings.rabbitmq_queue)
+        urllib.parse.quote(n, safe="") for n in (settings.rabbitmq.vhost, settings.rabbitmq.queue)
     )
-    url = f"http://{settings.rabbitmq_host}:{settings.rabbitmq_management_port}/api/queues/{vhost}/{queue}"
-    auth = (settings.rabbitmq_admin_user, settings.rabbitmq_admin_password)
+    url = f"http://{settings.rabbitmq.host}:{settings.stack.management_port}/api/queues/{vhost}/{queue}"
+    auth = (settings.stack.admin_user, settings.stack.admin_password)
     async with httpx.AsyncClient(auth=auth, timeout=5) as management:
         response = await management.get(url)
     response.raise_for_status()
@@ -129,7 +129,7 @@ async def test_async_intake_keeps_accepting_while_mariadb_is_down(
     products: httpx.AsyncClient,
     orders: httpx.AsyncClient,
     database: AsyncEngine,
-    settings: Settings,
+    settings: StackSettings,
 ) -> None:
     pid = await new_product(products, stock=20)
     user = _user()
@@ -189,7 +189,7 @@ async def _check_outage(
     products: httpx.AsyncClient,
     orders: httpx.AsyncClient,
     database: AsyncEngine,
-    settings: Settings,
+    settings: StackSettings,
     after_restart: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Stop `down`; its path refuses fast, the other two accept; after the restart it accepts
@@ -254,7 +254,7 @@ async def test_rabbitmq_outage_gives_503_and_intake_resumes(
     products: httpx.AsyncClient,
     orders: httpx.AsyncClient,
     database: AsyncEngine,
-    settings: Settings,
+    settings: StackSettings,
 ) -> None:
 
     async def consumed_again() -> None:
@@ -278,7 +278,7 @@ async def test_kafka_outage_gives_503_and_intake_resumes(
     products: httpx.AsyncClient,
     orders: httpx.AsyncClient,
     database: AsyncEngine,
-    settings: Settings,
+    settings: StackSettings,
 ) -> None:
     await _check_outage(
         "kafka", products=products, orders=orders, database=database, settings=settings
@@ -302,9 +302,9 @@ def _private_env(tag: str) -> dict[str, str]:
     }
 
 
-async def _delete_queue(settings: Settings, queue: str) -> None:
+async def _delete_queue(settings: StackSettings, queue: str) -> None:
     """Remove a private queue, its dead-letter queue and exchange."""
-    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
     async with connection:
         channel = await connection.channel()
         for name in (queue, f"{queue}.dlq"):
@@ -406,7 +406,7 @@ def _incarnations(env: dict[str, str], logs: Path) -> Iterator[ServiceProcess]:
 
 
 async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
-    products: httpx.AsyncClient, database: AsyncEngine, settings: Settings, tmp_path: Path
+    products: httpx.AsyncClient, database: AsyncEngine, settings: StackSettings, tmp_path: Path
 ) -> None:
     env = _private_env("kill")
     pid = await new_product(products, stock=150)
@@ -447,7 +447,7 @@ async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
 
 
 async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_accepted_orders(
-    products: httpx.AsyncClient, database: AsyncEngine, settings: Settings, tmp_path: Path
+    products: httpx.AsyncClient, database: AsyncEngine, settings: StackSettings, tmp_path: Path
 ) -> None:
     env = _private_env("term")
     pid = await new_product(products, stock=200)
@@ -541,29 +541,29 @@ def _publish_raw(brokers: str, topic: str, key: str, values: list[bytes]) -> Non
     assert producer.flush(15) == 0, "poison not delivered to Kafka"
 
 
-async def _publish_to_queue(settings: Settings, bodies: list[bytes]) -> None:
-    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+async def _publish_to_queue(settings: StackSettings, bodies: list[bytes]) -> None:
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         for body in bodies:
             await channel.default_exchange.publish(
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=settings.rabbitmq_queue,
+                routing_key=settings.rabbitmq.queue,
                 mandatory=True,
                 timeout=10,
             )
 
 
 async def _dead_letters_in_queue(
-    settings: Settings, wanted: set[bytes], *, timeout: float
+    settings: StackSettings, wanted: set[bytes], *, timeout: float
 ) -> dict[bytes, dict[str, Any]]:
     """The headers of each wanted body found in the dead-letter queue (which is emptied of
     them; anything else is left there)."""
     found: dict[bytes, dict[str, Any]] = {}
-    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.get_queue(f"{settings.rabbitmq_queue}.dlq", ensure=True)
+        queue = await channel.get_queue(f"{settings.rabbitmq.queue}.dlq", ensure=True)
 
         async def all_found() -> bool:
             while (message := await queue.get(fail=False, timeout=5)) is not None:
@@ -581,7 +581,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
     products: httpx.AsyncClient,
     orders: httpx.AsyncClient,
     database: AsyncEngine,
-    settings: Settings,
+    settings: StackSettings,
 ) -> None:
     pid = await new_product(products, stock=10)
     user = _user()
@@ -605,7 +605,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
     # Keyed like real commands (by product), so they sit in the same partition, before the
     # valid order sent next: that order being stored proves the consumer got past them.
     await asyncio.to_thread(
-        _publish_raw, settings.kafka_brokers, settings.kafka_topic, str(pid), poison["kafka"]
+        _publish_raw, settings.kafka.brokers, settings.kafka.topic, str(pid), poison["kafka"]
     )
     await _publish_to_queue(settings, poison["rabbitmq"])
     valid = {}
@@ -617,8 +617,8 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
 
     on_topic = await asyncio.to_thread(
         _dead_letters_on_topic,
-        settings.kafka_brokers,
-        settings.kafka_dlq_topic,
+        settings.kafka.brokers,
+        settings.kafka.dlq_topic,
         set(poison["kafka"]),
         timeout=30,
     )
@@ -640,7 +640,7 @@ async def test_poison_held_across_a_rabbitmq_restart_does_not_wedge_the_consumer
     products: httpx.AsyncClient,
     orders: httpx.AsyncClient,
     database: AsyncEngine,
-    settings: Settings,
+    settings: StackSettings,
 ) -> None:
     """A poison message delivered before a RabbitMQ restart and dead-lettered after it: its
     delivery tag belongs to the dead connection, so acking it fails. That must not keep the

@@ -41,20 +41,20 @@ def _command(product_id: int, channel: str) -> bytes:
 
 
 def _produce(settings: Settings, key: str, value: bytes, copies: int) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_brokers, "acks": "all"})
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers, "acks": "all"})
     for _ in range(copies):
-        producer.produce(settings.kafka_topic, key=key, value=value)
+        producer.produce(settings.kafka.topic, key=key, value=value)
     assert producer.flush(10) == 0
 
 
 async def _publish(settings: Settings, body: bytes, copies: int) -> None:
-    connection = await aio_pika.connect(settings.rabbitmq_url, timeout=10)
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
     async with connection:
         channel = await connection.channel()
         for _ in range(copies):
             await channel.default_exchange.publish(
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=settings.rabbitmq_queue,
+                routing_key=settings.rabbitmq.queue,
             )
 
 
@@ -103,10 +103,10 @@ async def test_a_command_delivered_twice_stores_one_order_and_takes_stock_once(
 
 def _group_caught_up(settings: Settings, group: str) -> bool:
     """Whether `group` has committed offsets up to the end of every partition of the topic."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_brokers, "group.id": group})
+    consumer = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": group})
     try:
-        meta = consumer.list_topics(settings.kafka_topic, timeout=5).topics[settings.kafka_topic]
-        parts = [TopicPartition(settings.kafka_topic, p) for p in meta.partitions]
+        meta = consumer.list_topics(settings.kafka.topic, timeout=5).topics[settings.kafka.topic]
+        parts = [TopicPartition(settings.kafka.topic, p) for p in meta.partitions]
         for tp in consumer.committed(parts, timeout=5):
             _low, high = consumer.get_watermark_offsets(tp, timeout=5)
             if high > 0 and tp.offset < high:

@@ -78,7 +78,7 @@ async def test_an_order_above_the_largest_quantity_is_refused_on_every_path(
     products: httpx.AsyncClient, orders: httpx.AsyncClient, settings: Settings, database: Any
 ) -> None:
     pid = await new_product(products, stock=None)
-    most = settings.max_order_quantity
+    most = settings.orders.max_quantity
     for path in PATHS:
         refused = await place(orders, path, product_id=pid, quantity=most + 1)
         assert refused.status_code == 422, (path, refused.text)
@@ -161,8 +161,8 @@ async def test_order_events_are_published(
 
     events = await asyncio.to_thread(
         read_events,
-        settings.kafka_brokers,
-        settings.kafka_order_events_topic,
+        settings.kafka.brokers,
+        settings.kafka.order_events_topic,
         until=lambda evs: len(mine(evs)) >= 3,
         timeout=30,
     )
@@ -355,7 +355,7 @@ async def test_bad_orders_are_refused_and_send_nothing(
     named: str,
 ) -> None:
     before_rows = await order_count(database)
-    before_kafka = await asyncio.to_thread(topic_size, settings.kafka_brokers, settings.kafka_topic)
+    before_kafka = await asyncio.to_thread(topic_size, settings.kafka.brokers, settings.kafka.topic)
     for path in PATHS:
         response = await orders.post(
             order_url(path), content=body, headers={"content-type": "application/json"}
@@ -368,7 +368,7 @@ async def test_bad_orders_are_refused_and_send_nothing(
     sentinel = (await place(orders, "rabbitmq", product_id=pid)).json()["id"]
     await wait_until_stored(database, pid, {sentinel})
     assert await order_count(database) == before_rows + 1
-    after_kafka = await asyncio.to_thread(topic_size, settings.kafka_brokers, settings.kafka_topic)
+    after_kafka = await asyncio.to_thread(topic_size, settings.kafka.brokers, settings.kafka.topic)
     assert after_kafka == before_kafka
 
 

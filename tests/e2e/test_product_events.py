@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 import devstack as stack
-from shop.settings import Settings
+from devstack.settings import StackSettings
 from tests.support import eventually, read_events
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def _for(product_id: int) -> Any:
 
 
 async def test_each_change_publishes_exactly_one_event(
-    products: httpx.AsyncClient, settings: Settings
+    products: httpx.AsyncClient, settings: StackSettings
 ) -> None:
     created = (
         await products.post("/products", json={"name": f"ev-{uuid.uuid4().hex}", "price": 2})
@@ -36,8 +36,8 @@ async def test_each_change_publishes_exactly_one_event(
     events = mine(
         await asyncio.to_thread(
             read_events,
-            settings.kafka_brokers,
-            settings.kafka_product_events_topic,
+            settings.kafka.brokers,
+            settings.kafka.product_events_topic,
             until=lambda evs: len(mine(evs)) >= 3,
             timeout=30,
         )
@@ -54,7 +54,7 @@ async def test_each_change_publishes_exactly_one_event(
 
 @pytest.mark.disruptive
 async def test_writes_succeed_while_kafka_is_down_and_events_follow(
-    products: httpx.AsyncClient, settings: Settings
+    products: httpx.AsyncClient, settings: StackSettings
 ) -> None:
     await asyncio.to_thread(stack.stop, "kafka", settings)
     try:
@@ -77,8 +77,8 @@ async def test_writes_succeed_while_kafka_is_down_and_events_follow(
     wanted = set(made)
     events = await asyncio.to_thread(
         read_events,
-        settings.kafka_brokers,
-        settings.kafka_product_events_topic,
+        settings.kafka.brokers,
+        settings.kafka.product_events_topic,
         until=lambda evs: wanted <= {e["data"]["id"] for e in evs},
         timeout=60,
     )

@@ -8,14 +8,14 @@ import httpx
 import pytest
 
 import devstack as stack
-from shop.settings import Settings
+from devstack.settings import StackSettings
 from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.disruptive]
 
 
 async def test_readyz_fails_without_mariadb_and_recovers(
-    products: httpx.AsyncClient, settings: Settings
+    products: httpx.AsyncClient, settings: StackSettings
 ) -> None:
     assert (await products.get("/readyz")).status_code == 200
     await asyncio.to_thread(stack.stop, "mariadb", settings)

@@ -44,7 +44,7 @@ async def _trickle(
     url = urlsplit(service.url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     try:
-        async with asyncio.timeout(settings.request_body_seconds + 10):
+        async with asyncio.timeout(settings.http.request_body_seconds + 10):
             if after:
                 writer.write(after)
                 await _response(reader)
@@ -64,7 +64,11 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408(
     status, body, seconds = await _trickle(order_service, path, settings)
     assert status == 408
     assert body["status"] == 408
-    assert settings.request_body_seconds - 0.5 <= seconds <= settings.request_body_seconds + 5
+    assert (
+        settings.http.request_body_seconds - 0.5
+        <= seconds
+        <= settings.http.request_body_seconds + 5
+    )
 
 
 async def test_a_trickled_product_body_is_answered_408(
@@ -85,7 +89,7 @@ async def test_headers_that_do_not_arrive_in_time_close_the_connection_with_408(
     started = time.monotonic()
     try:
         answer = b""
-        async with asyncio.timeout(settings.request_header_seconds + 10):
+        async with asyncio.timeout(settings.http.request_header_seconds + 10):
             for byte in trickle:
                 writer.write(bytes([byte]))
                 await writer.drain()
@@ -101,7 +105,11 @@ async def test_headers_that_do_not_arrive_in_time_close_the_connection_with_408(
     finally:
         writer.close()
     assert answer.startswith(b"HTTP/1.1 408 "), answer
-    assert settings.request_header_seconds - 0.5 <= seconds <= settings.request_header_seconds + 3
+    assert (
+        settings.http.request_header_seconds - 0.5
+        <= seconds
+        <= settings.http.request_header_seconds + 3
+    )
 
 
 async def test_a_body_trickled_on_a_kept_alive_connection_is_answered_408(
@@ -113,7 +121,11 @@ async def test_a_body_trickled_on_a_kept_alive_connection_is_answered_408(
     status, body, seconds = await _trickle(product_service, "/products", settings, after=first)
     assert status == 408
     assert body["title"] == "Request timeout"
-    assert settings.request_body_seconds - 0.5 <= seconds <= settings.request_body_seconds + 5
+    assert (
+        settings.http.request_body_seconds - 0.5
+        <= seconds
+        <= settings.http.request_body_seconds + 5
+    )
 
 
 async def test_a_request_in_pieces_that_arrive_in_time_is_answered(
@@ -124,9 +136,9 @@ async def test_a_request_in_pieces_that_arrive_in_time_is_answered(
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     payload = json.dumps({"name": "pieces", "price": 3, "stock": 1}).encode()
     head = _head("/products", f"Content-Length: {len(payload)}\r\n")
-    pause = settings.request_body_seconds / 4
+    pause = settings.http.request_body_seconds / 4
     try:
-        async with asyncio.timeout(settings.request_body_seconds + 10):
+        async with asyncio.timeout(settings.http.request_body_seconds + 10):
             for piece in (head[:20], head[20:] + payload[:5], payload[5:]):
                 writer.write(piece)
                 await writer.drain()
@@ -145,7 +157,7 @@ async def test_a_chunked_body_over_the_limit_is_answered_413(
     url = urlsplit(product_service.url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     chunk = b"x" * 16_384
-    chunks = settings.max_body_bytes // len(chunk) + 2
+    chunks = settings.http.max_body_bytes // len(chunk) + 2
     try:
         async with asyncio.timeout(30):
             writer.write(_head("/products", "Transfer-Encoding: chunked\r\n"))

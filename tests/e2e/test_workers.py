@@ -72,7 +72,7 @@ async def test_the_consumer_process_runs_at_a_lower_priority_than_the_http_worke
     children = _children(order_service.pid)
     consumers = [nice for cmdline, nice in children.values() if " consume " in cmdline]
     workers = [nice for cmdline, nice in children.values() if " consume " not in cmdline]
-    assert consumers == [settings.consumer_nice]
-    assert settings.consumer_nice > 0
+    assert consumers == [settings.orders.consumer_nice]
+    assert settings.orders.consumer_nice > 0
     assert workers
     assert set(workers) == {0}

@@ -54,7 +54,7 @@ async def _held_connection_id(db: Database) -> int:
 async def _kill(settings: Settings, connection_id: int) -> None:
     """As a server restart would, from the outside: from a connection of the same account (one
     may kill one's own connections without any privilege)."""
-    outside = create_async_engine(settings.db_url, poolclass=NullPool)
+    outside = create_async_engine(settings.db.url, poolclass=NullPool)
     async with outside.connect() as conn:
         await conn.execute(text(f"KILL CONNECTION {connection_id}"))
     await outside.dispose()

@@ -17,7 +17,7 @@ import pytest
 from asyncmy.errors import OperationalError, ProgrammingError
 
 from devstack import mariadb
-from shop.settings import Settings
+from devstack.settings import StackSettings
 from tests.conftest import RUN
 
 pytestmark = pytest.mark.integration
@@ -28,14 +28,14 @@ AWKWARD_PASSWORD = "p'w\\d\"; DROP DATABASE x; -- $HOME"
 DENIED = (OperationalError, ProgrammingError)  # 1142/1044: command denied to user
 
 
-async def _connect(settings: Settings, user: str, password: str) -> asyncmy.Connection:
+async def _connect(settings: StackSettings, user: str, password: str) -> asyncmy.Connection:
     return await asyncio.wait_for(
         asyncmy.connect(
-            host=settings.db_host,
-            port=settings.db_port,
+            host=settings.db.host,
+            port=settings.db.port,
             user=user,
             password=password,
-            database=settings.db_name,
+            database=settings.db.name,
             connect_timeout=5,
             autocommit=True,
         ),
@@ -70,18 +70,18 @@ async def _rows_only(conn: asyncmy.Connection, database: str) -> None:
 
 
 async def test_the_services_database_account_may_only_read_and_write_rows(
-    settings: Settings, database: object
+    settings: StackSettings, database: object
 ) -> None:
-    conn = await _connect(settings, settings.db_user, settings.db_password)
+    conn = await _connect(settings, settings.db.user, settings.db.password)
     try:
-        await _rows_only(conn, settings.db_name)
+        await _rows_only(conn, settings.db.name)
     finally:
         conn.close()
 
 
 @pytest.fixture
 async def compose_account(
-    settings: Settings, database: object, tmp_path: Path
+    settings: StackSettings, database: object, tmp_path: Path
 ) -> AsyncIterator[str]:
     """The account deploy/mysql/initdb makes in the MySQL container, made here by the same
     script (its SQL run as root on our server), for this run's database."""
@@ -93,7 +93,7 @@ async def compose_account(
     env = {
         "PATH": f"{tmp_path}:/usr/bin:/bin",
         "MYSQL_ROOT_PASSWORD": "unused",
-        "MYSQL_DATABASE": settings.db_name,
+        "MYSQL_DATABASE": settings.db.name,
         "SHOP_DB_USER": user,
         "SHOP_DB_PASSWORD": AWKWARD_PASSWORD,
     }
@@ -105,24 +105,24 @@ async def compose_account(
 
 
 async def test_the_compose_init_script_makes_a_rows_only_account(
-    settings: Settings, compose_account: str
+    settings: StackSettings, compose_account: str
 ) -> None:
     conn = await _connect(settings, compose_account, AWKWARD_PASSWORD)
     try:
-        await _rows_only(conn, settings.db_name)
+        await _rows_only(conn, settings.db.name)
     finally:
         conn.close()
 
 
-def _management(settings: Settings) -> httpx.Client:
+def _management(settings: StackSettings) -> httpx.Client:
     return httpx.Client(
-        base_url=f"http://{settings.rabbitmq_host}:{settings.rabbitmq_management_port}/api",
-        auth=(settings.rabbitmq_admin_user, settings.rabbitmq_admin_password),
+        base_url=f"http://{settings.rabbitmq.host}:{settings.stack.management_port}/api",
+        auth=(settings.stack.admin_user, settings.stack.admin_password),
         timeout=10,
     )
 
 
-def _is_plain_user(settings: Settings, user: str, password: str) -> None:
+def _is_plain_user(settings: StackSettings, user: str, password: str) -> None:
     """No tags, so not an administrator and no management API; all rights on the vhost."""
     with _management(settings) as api:
         found = api.get(f"/users/{user}")
@@ -131,19 +131,19 @@ def _is_plain_user(settings: Settings, user: str, password: str) -> None:
         rights = api.get(f"/permissions/%2F/{user}").json()
         assert [rights[kind] for kind in ("configure", "write", "read")] == [".*"] * 3
     as_itself = httpx.get(
-        f"http://{settings.rabbitmq_host}:{settings.rabbitmq_management_port}/api/overview",
+        f"http://{settings.rabbitmq.host}:{settings.stack.management_port}/api/overview",
         auth=(user, password),
         timeout=10,
     )
     assert as_itself.status_code == 401
 
 
-def test_the_services_rabbitmq_user_is_not_an_administrator(settings: Settings) -> None:
-    _is_plain_user(settings, settings.rabbitmq_user, settings.rabbitmq_password)
+def test_the_services_rabbitmq_user_is_not_an_administrator(settings: StackSettings) -> None:
+    _is_plain_user(settings, settings.rabbitmq.user, settings.rabbitmq.password)
 
 
 @pytest.fixture
-def compose_rabbitmq_user(settings: Settings) -> Iterator[str]:
+def compose_rabbitmq_user(settings: StackSettings) -> Iterator[str]:
     user = f"test-{RUN}-app"
     yield user
     with _management(settings) as api:
@@ -151,13 +151,13 @@ def compose_rabbitmq_user(settings: Settings) -> Iterator[str]:
 
 
 async def test_the_compose_user_script_makes_a_plain_user(
-    settings: Settings, compose_rabbitmq_user: str
+    settings: StackSettings, compose_rabbitmq_user: str
 ) -> None:
     env = {
-        "RABBITMQ_HOST": settings.rabbitmq_host,
-        "RABBITMQ_MANAGEMENT_PORT": str(settings.rabbitmq_management_port),
-        "RABBITMQ_ADMIN_USER": settings.rabbitmq_admin_user,
-        "RABBITMQ_ADMIN_PASSWORD": settings.rabbitmq_admin_password,
+        "RABBITMQ_HOST": settings.rabbitmq.host,
+        "RABBITMQ_MANAGEMENT_PORT": str(settings.stack.management_port),
+        "RABBITMQ_ADMIN_USER": settings.stack.admin_user,
+        "RABBITMQ_ADMIN_PASSWORD": settings.stack.admin_password,
         "RABBITMQ_USER": compose_rabbitmq_user,
         "RABBITMQ_PASSWORD": AWKWARD_PASSWORD,
     }
@@ -174,8 +174,8 @@ async def test_the_compose_user_script_makes_a_plain_user(
     await asyncio.to_thread(_is_plain_user, settings, compose_rabbitmq_user, AWKWARD_PASSWORD)
     # ... and it may do what the services do: publish and consume on its vhost.
     connection = await aio_pika.connect(
-        host=settings.rabbitmq_host,
-        port=settings.rabbitmq_port,
+        host=settings.rabbitmq.host,
+        port=settings.rabbitmq.port,
         login=compose_rabbitmq_user,
         password=AWKWARD_PASSWORD,
         timeout=10,

@@ -26,10 +26,10 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
 import devstack as stack
+from devstack.settings import StackSettings
 from shop.messaging.kafka import KafkaBroker, KafkaInbound, KafkaPublisher, ensure_topics
 from shop.messaging.ports import Broker, Delivery, Inbound, Outbound, Outgoing
 from shop.messaging.rabbitmq import RabbitBroker, RabbitInbound
-from shop.settings import Settings
 from tests.conftest import RUN, STACK
 from tests.support import eventually
 
@@ -241,18 +241,18 @@ async def _published(outbound: Outbound, body: bytes) -> bool:
 
 
 class KafkaHarness:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: StackSettings) -> None:
         name = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
         self.settings = settings
         self.topic, self.dlq, self.group = name, f"{name}.dlq", f"{name}-group"
-        self.dead_letter_publisher = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10)
+        self.dead_letter_publisher = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10)
         self.broker = self.new_broker()
         self.broker.start()
         self.outbound = self.broker.publisher()
 
     def new_broker(self) -> KafkaBroker:
         return KafkaBroker(
-            self.settings.kafka_brokers,
+            self.settings.kafka.brokers,
             topic=self.topic,
             group=self.group,
             dead_letters=self.dead_letter_publisher.topic(self.dlq),
@@ -277,7 +277,7 @@ class KafkaHarness:
     def _read_dlq(self, count: int) -> list[tuple[bytes, str]]:
         reader = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka_brokers,
+                "bootstrap.servers": self.settings.kafka.brokers,
                 "group.id": f"{self.group}-dlq-reader",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -307,7 +307,7 @@ class KafkaHarness:
     async def close(self) -> None:
         await self.broker.close()
         await self.dead_letter_publisher.close()
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_brokers})
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka.brokers})
         futures = admin.delete_topics([self.topic, self.dlq], operation_timeout=10)
         for fut in futures.values():
             await asyncio.to_thread(fut.result, 15)
@@ -315,9 +315,9 @@ class KafkaHarness:
 
 class TestKafka(MessagingContract):
     @pytest.fixture
-    async def harness(self, settings: Settings) -> AsyncIterator[KafkaHarness]:
+    async def harness(self, settings: StackSettings) -> AsyncIterator[KafkaHarness]:
         harness = KafkaHarness(settings)
-        await ensure_topics(settings.kafka_brokers, [harness.topic, harness.dlq])
+        await ensure_topics(settings.kafka.brokers, [harness.topic, harness.dlq])
         yield harness
         await harness.close()
 
@@ -330,7 +330,7 @@ def _counted(name: str, **labels: str) -> float:
 
 
 class RabbitHarness:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
         self.queue = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
         self.broker = self.new_broker()
@@ -340,7 +340,7 @@ class RabbitHarness:
         self.subscriptions: dict[int, float] = {}  # and subscriptions
 
     def new_broker(self) -> RabbitBroker:
-        return RabbitBroker(self.settings.rabbitmq_url, queue=self.queue, timeout=5)
+        return RabbitBroker(self.settings.rabbitmq.url, queue=self.queue, timeout=5)
 
     async def connect(self) -> None:
         await eventually(partial(_passes, self.broker), timeout=30, what="publisher connected")
@@ -362,7 +362,7 @@ class RabbitHarness:
         await inbound.close()
 
     async def dead_letters(self, count: int) -> list[tuple[bytes, str]]:
-        connection = await aio_pika.connect(self.settings.rabbitmq_url, timeout=10)
+        connection = await aio_pika.connect(self.settings.rabbitmq.url, timeout=10)
         found: list[tuple[bytes, str]] = []
         async with connection:
             channel = await connection.channel()
@@ -380,10 +380,8 @@ class RabbitHarness:
     async def delete_queue(self) -> None:
         """As an operator would, through the management API."""
         s = self.settings
-        url = f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/api/queues/%2F/{self.queue}"
-        async with httpx.AsyncClient(
-            auth=(s.rabbitmq_admin_user, s.rabbitmq_admin_password)
-        ) as client:
+        url = f"http://{s.rabbitmq.host}:{s.stack.management_port}/api/queues/%2F/{self.queue}"
+        async with httpx.AsyncClient(auth=(s.stack.admin_user, s.stack.admin_password)) as client:
             response = await client.delete(url, timeout=10)
         assert response.status_code == 204, response.text
 
@@ -391,9 +389,9 @@ class RabbitHarness:
         """Have the broker close this process's `count` connections, as a node going away
         does (once the management API lists them: its statistics lag a few seconds)."""
         s = self.settings
-        api = f"http://{s.rabbitmq_host}:{s.rabbitmq_management_port}/api/connections"
+        api = f"http://{s.rabbitmq.host}:{s.stack.management_port}/api/connections"
         mine = f"pid {os.getpid()}"
-        auth = (s.rabbitmq_admin_user, s.rabbitmq_admin_password)
+        auth = (s.stack.admin_user, s.stack.admin_password)
         async with httpx.AsyncClient(auth=auth, timeout=10) as client:
 
             async def listed() -> list[str] | None:
@@ -414,7 +412,7 @@ class RabbitHarness:
 
     async def close(self) -> None:
         await self.broker.close()
-        connection = await aio_pika.connect(self.settings.rabbitmq_url, timeout=10)
+        connection = await aio_pika.connect(self.settings.rabbitmq.url, timeout=10)
         async with connection:
             channel = await connection.channel()
             for name in (self.queue, f"{self.queue}.dlq"):
@@ -424,7 +422,7 @@ class RabbitHarness:
 
 class TestRabbitMQ(MessagingContract):
     @pytest.fixture
-    async def harness(self, settings: Settings) -> AsyncIterator[RabbitHarness]:
+    async def harness(self, settings: StackSettings) -> AsyncIterator[RabbitHarness]:
         harness = RabbitHarness(settings)
         await harness.connect()
         yield harness

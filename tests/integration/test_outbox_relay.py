@@ -71,8 +71,8 @@ async def test_two_relays_publish_every_event_exactly_once(
 ) -> None:
     # 25: a round stops at the first row that would take it past 25 events.
     monkeypatch.setattr(outbox, "MAX_ROUND_EVENTS", round_events)
-    topic = f"{settings.kafka_product_events_topic}-relay-{uuid.uuid4().hex[:6]}"
-    await ensure_topics(settings.kafka_brokers, [topic])
+    topic = f"{settings.kafka.product_events_topic}-relay-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(settings.kafka.brokers, [topic])
     # Rows of 1 to 19 events, as batches of any size write them.
     async with database.begin() as conn:
         start = size = 0
@@ -87,7 +87,7 @@ async def test_two_relays_publish_every_event_exactly_once(
                 ],
             )
             start += size
-    publishers = [KafkaPublisher(settings.kafka_brokers, delivery_timeout=10) for _ in range(2)]
+    publishers = [KafkaPublisher(settings.kafka.brokers, delivery_timeout=10) for _ in range(2)]
     counting = [_Counting(p.topic(topic)) for p in publishers]
     relays = [
         Relay(
@@ -122,7 +122,7 @@ async def test_two_relays_publish_every_event_exactly_once(
             await p.close()
     events = await asyncio.to_thread(
         read_events,
-        settings.kafka_brokers,
+        settings.kafka.brokers,
         topic,
         until=lambda evs: len(evs) >= EVENTS,
         timeout=60,
@@ -178,9 +178,9 @@ async def test_a_commit_in_another_process_wakes_the_relay(
 ) -> None:
     """An HTTP worker's commit is relayed by its consumer process at once, not at the next poll:
     the worker's notify() bumps the shared commit counter that the relaying process reads."""
-    topic = f"{settings.kafka_product_events_topic}-wake-{uuid.uuid4().hex[:6]}"
-    await ensure_topics(settings.kafka_brokers, [topic])
-    publisher = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10)
+    topic = f"{settings.kafka.product_events_topic}-wake-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(settings.kafka.brokers, [topic])
+    publisher = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10)
     # Two mappings of one file, as the relaying process and a worker each hold one.
     relaying, writing = (SharedGeneration(tmp_path / "commits") for _ in range(2))
 

@@ -33,6 +33,7 @@ from shop.orders.service import OrderQuery
 from shop.products import api as product_api
 from shop.products.domain import ProductView, Versioned, encode_cursor
 from shop.products.service import ProductService
+from shop.settings import Http
 from shop.web import app_factory, middleware
 from tests.clock import FakeClock
 from tests.tokens import Issuer
@@ -131,7 +132,7 @@ def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
         app = app_factory.new_app(
             "test",
             service="lean-test",
-            max_body_bytes=MAX_BODY,
+            http=Http(max_body_bytes=MAX_BODY),
             lean=[*order_api.lean_routes(orders, auth, limiter), *product_api.lean_routes(products)]
             if lean
             else (),

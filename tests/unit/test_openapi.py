@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from shop.access.rate_limit import RateLimiter
 from shop.orders import api as order_api
 from shop.products import api as product_api
+from shop.settings import Http
 from shop.web import app_factory, health
 from shop.web import docs_pages as docs
 from tests.support import PageReferences
@@ -27,7 +28,9 @@ METHODS = {"get", "put", "post", "delete", "patch"}
 
 
 def _service(kind: str) -> FastAPI:
-    app = app_factory.new_app(f"{kind} test", service=f"{kind}-test", max_body_bytes=4096)
+    app = app_factory.new_app(
+        f"{kind} test", service=f"{kind}-test", http=Http(max_body_bytes=4096)
+    )
     app.include_router(health.health_router(lambda: {}, timeout=1.0))
     auth = ISSUER.authenticator()
     if kind == "products":

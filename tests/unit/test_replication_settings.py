@@ -25,9 +25,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_the_single_node_layout_is_the_default() -> None:
     settings = load_settings()
-    assert settings.kafka_replication_factor == 1
-    assert settings.rabbitmq_queue_type == "classic"
-    assert settings.rabbitmq_delivery_limit == 20
+    assert settings.kafka.replication_factor == 1
+    assert settings.rabbitmq.queue_type == "classic"
+    assert settings.rabbitmq.delivery_limit == 20
 
 
 def test_the_environment_selects_the_cluster_layout(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,9 +35,9 @@ def test_the_environment_selects_the_cluster_layout(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RABBITMQ_QUEUE_TYPE", "quorum")
     monkeypatch.setenv("RABBITMQ_DELIVERY_LIMIT", "5")
     settings = load_settings()
-    assert settings.kafka_replication_factor == 3
-    assert settings.rabbitmq_queue_type == "quorum"
-    assert settings.rabbitmq_delivery_limit == 5
+    assert settings.kafka.replication_factor == 3
+    assert settings.rabbitmq.queue_type == "quorum"
+    assert settings.rabbitmq.delivery_limit == 5
 
 
 def test_an_unknown_queue_type_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:

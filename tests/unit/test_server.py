@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
-import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -71,6 +71,8 @@ class Echo:
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        # short deadlines, found by the protocol as it finds an app factory's
+        self.state = SimpleNamespace(deadlines=server.make_deadlines(SECONDS, SECONDS))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         size = 0
@@ -86,11 +88,6 @@ class Echo:
         headers = [(b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-@pytest.fixture(autouse=True)
-def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "deadlines", lambda: server.make_deadlines(SECONDS, SECONDS))
 
 
 def _connect(app: Echo) -> tuple[RequestDeadline, FakeTransport, SpyLoop]:

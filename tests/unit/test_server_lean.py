@@ -19,8 +19,8 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from shop.errors import Conflict
+from shop.settings import Http
 from shop.web import app_factory
-from shop.web.fastpath import protocol as server
 from shop.web.fastpath.protocol import RequestDeadline
 from shop.web.fastpath.routes import LeanRoute, Reply
 from tests.unit.test_server import FakeTransport
@@ -44,7 +44,9 @@ def _app() -> FastAPI:
     app = app_factory.new_app(
         "test",
         service="test",
-        max_body_bytes=LIMIT,
+        http=Http.model_construct(
+            max_body_bytes=LIMIT, request_header_seconds=30.0, request_body_seconds=30.0
+        ),
         lean=[LeanRoute("POST", "/t", _parse, _answer)],
     )
 
@@ -54,11 +56,6 @@ def _app() -> FastAPI:
         return Response(b"framework:" + body, status_code=200, media_type="text/plain")
 
     return app
-
-
-@pytest.fixture(autouse=True)
-def long_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "deadlines", lambda: server.make_deadlines(30.0, 30.0))
 
 
 class Counting:

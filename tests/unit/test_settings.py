@@ -27,10 +27,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_defaults_without_a_config_file() -> None:
     settings = load_settings()
-    assert settings.db_port == 3306
-    assert settings.product_service_port == 8080
-    assert settings.order_service_port == 8081
-    assert settings.kafka_topic == "orders"
+    assert settings.db.port == 3306
+    assert settings.http.product_port == 8080
+    assert settings.http.order_port == 8081
+    assert settings.kafka.topic == "orders"
 
 
 def test_config_yaml_overrides_defaults_and_env_overrides_yaml(
@@ -40,14 +40,14 @@ def test_config_yaml_overrides_defaults_and_env_overrides_yaml(
         "db:\n  host: db.internal\n  port: 3307\nproduct_service:\n  port: 9000\n"
     )
     from_file = load_settings()
-    assert (from_file.db_host, from_file.db_port, from_file.product_service_port) == (
+    assert (from_file.db.host, from_file.db.port, from_file.http.product_port) == (
         "db.internal",
         3307,
         9000,
     )
     monkeypatch.setenv("DB_PORT", "3308")
-    assert load_settings().db_port == 3308
-    assert load_settings().db_host == "db.internal"
+    assert load_settings().db.port == 3308
+    assert load_settings().db.host == "db.internal"
 
 
 def test_invalid_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,7 +83,7 @@ def test_named_config_file_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_repository_config_yaml_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     repo_config = Path(__file__).resolve().parents[2] / "config.yaml"
     monkeypatch.setenv("SHOP_CONFIG", str(repo_config))
-    assert load_settings().db_name == "shop"
+    assert load_settings().db.name == "shop"
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "shop.example"])  # noqa: S104
@@ -98,4 +98,4 @@ def test_listening_beyond_loopback_with_a_default_password_is_refused(host: str)
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
 def test_loopback_may_keep_the_development_passwords(host: str) -> None:
-    assert load_settings(bind_host=host).bind_host == host
+    assert load_settings(bind_host=host).http.bind_host == host

@@ -26,8 +26,8 @@ ALGORITHM = "EdDSA"  # Ed25519: the cheapest of the accepted signatures to verif
 def ensure_dev_key(settings: Settings) -> bool:
     """Create the development signing key (mode 0600) and its public key unless they exist;
     True if they were created."""
-    signing = Path(settings.auth_signing_key_file)
-    public = Path(settings.auth_public_key_file)
+    signing = Path(settings.auth.signing_key_file)
+    public = Path(settings.auth.public_key_file)
     if signing.exists() and public.exists():
         return False
     for directory in {signing.parent, public.parent}:
@@ -87,9 +87,9 @@ def dev_token(
 ) -> str:
     """A token from the development issuer whose key `ensure_dev_key` made."""
     return issue(
-        Path(settings.auth_signing_key_file).read_bytes(),
-        issuer=settings.auth_issuer,
-        audience=settings.auth_audience,
+        Path(settings.auth.signing_key_file).read_bytes(),
+        issuer=settings.auth.issuer,
+        audience=settings.auth.audience,
         subject=subject,
         scopes=scopes,
         ttl_seconds=ttl_seconds,

@@ -317,14 +317,14 @@ def thumbprint(public_key: Any) -> str:
 def from_settings(settings: Settings) -> Authenticator:
     """The authenticator the settings describe: JWKS if AUTH_JWKS_URL is set, else the key file."""
     keys: KeySource
-    if settings.auth_jwks_url:
+    if settings.auth.jwks_url:
         keys = Jwks(
-            settings.auth_jwks_url,
-            timeout=settings.auth_timeout_seconds,
-            refresh_seconds=settings.auth_jwks_refresh_seconds,
+            settings.auth.jwks_url,
+            timeout=settings.auth.timeout_seconds,
+            refresh_seconds=settings.auth.jwks_refresh_seconds,
         )
     else:
-        path = Path(settings.auth_public_key_file)
+        path = Path(settings.auth.public_key_file)
         try:
             keys = StaticKey(path.read_bytes())
         except (OSError, ValueError) as exc:
@@ -334,10 +334,10 @@ def from_settings(settings: Settings) -> Authenticator:
             ) from exc
     return Authenticator(
         keys,
-        issuer=settings.auth_issuer,
-        audience=settings.auth_audience,
-        leeway=settings.auth_leeway_seconds,
-        user_claim=settings.auth_user_claim,
+        issuer=settings.auth.issuer,
+        audience=settings.auth.audience,
+        leeway=settings.auth.leeway_seconds,
+        user_claim=settings.auth.user_claim,
     )
 
 

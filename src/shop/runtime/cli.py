@@ -24,10 +24,14 @@ def _serve(settings: Settings, service: str) -> None:
     from shop.runtime import logs
 
     logs.configure(settings.log_level)
-    port = settings.product_service_port if service == "products" else settings.order_service_port
-    consumers = service == "orders" and settings.consumers_enabled and settings.consumer_process
+    port = settings.http.product_port if service == "products" else settings.http.order_port
+    consumers = (
+        service == "orders"
+        and settings.orders.consumers_enabled
+        and settings.orders.consumer_process
+    )
     run_dir = None
-    if settings.workers > 1 or consumers:
+    if settings.http.workers > 1 or consumers:
         # Workers (and the consumers) are separate processes: Prometheus' multiprocess mode
         # sums their counters (the variable must be set before any of them imports
         # prometheus_client), and the workers share their cache counters (write_counter).
@@ -39,7 +43,15 @@ def _serve(settings: Settings, service: str) -> None:
     if consumers:
         child = Child(
             "order consumers",
-            [sys.executable, "-m", "shop", "consume", "all", "--nice", str(settings.consumer_nice)],
+            [
+                sys.executable,
+                "-m",
+                "shop",
+                "consume",
+                "all",
+                "--nice",
+                str(settings.orders.consumer_nice),
+            ],
             dict(os.environ),
         )
         child.start()
@@ -76,15 +88,15 @@ def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> N
     uvicorn.run(
         f"shop.runtime.{service}_service:{service}_app",
         factory=True,
-        host=settings.bind_host,
+        host=settings.http.bind_host,
         port=port,
-        workers=settings.workers,
+        workers=settings.http.workers,
         loop="uvloop",
         # httptools, with deadlines on headers and body
         http="shop.web.fastpath.protocol:RequestDeadline",
         access_log=False,
         log_config=None,
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=settings.http.max_connections,
         timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
         timeout_graceful_shutdown=8,
     )
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         created = tokens.ensure_dev_key(settings)
         if args.command == "dev-key":
             state = "created" if created else "kept"
-            print(f"{state} {settings.auth_signing_key_file} and {settings.auth_public_key_file}")
+            print(f"{state} {settings.auth.signing_key_file} and {settings.auth.public_key_file}")
             return
         subject = str(args.user) if args.user is not None else args.subject
         print(tokens.dev_token(settings, subject=subject, scopes=args.scope, ttl_seconds=args.ttl))

@@ -43,7 +43,7 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.db = Database.connect(settings)
-        self.kafka = KafkaPublisher(settings.kafka_brokers, delivery_timeout=10.0)
+        self.kafka = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10.0)
         self.events_topic = events_topic
         # Commits are counted across the service's processes, so that the process that relays
         # sees its siblings' commits too.
@@ -52,17 +52,17 @@ class Runtime:
             engine=self.db.engine,
             table=outbox,
             publisher=self.kafka.topic(events_topic),
-            batch_size=settings.outbox_batch_size,
-            poll_seconds=settings.outbox_poll_seconds,
+            batch_size=settings.outbox.batch_size,
+            poll_seconds=settings.outbox.poll_seconds,
             publish_timeout=11.0,
-            retention_seconds=settings.outbox_retention_seconds,
+            retention_seconds=settings.outbox.retention_seconds,
             commits=self.commits,
         )
         self.expired_keys = Expiry(
             self.db.engine,
             keys,
             keys.c.created_at,
-            ttl_seconds=settings.idempotency_key_ttl_seconds,
+            ttl_seconds=settings.outbox.key_ttl_seconds,
         )
         self.supervisor = Supervisor()
         self.brokers: list[Broker] = []
@@ -72,12 +72,12 @@ class Runtime:
             "ensure-topics",
             partial(
                 ensure_topics_best_effort,
-                brokers=self.settings.kafka_brokers,
+                brokers=self.settings.kafka.brokers,
                 topics=[self.events_topic],
-                replication_factor=self.settings.kafka_replication_factor,
+                replication_factor=self.settings.kafka.replication_factor,
             ),
         )
-        if self.settings.outbox_relay_enabled:
+        if self.settings.outbox.relay_enabled:
             self.supervisor.start("outbox-relay", self.relay.run)
             self.supervisor.start("outbox-purge", self.relay.purge)
             # Where the relay runs, once per service: the keys' purge.
@@ -86,7 +86,7 @@ class Runtime:
             broker.start()
 
     def checks(self) -> Mapping[str, health.HealthCheck]:
-        timeout = self.settings.db_timeout_seconds
+        timeout = self.settings.db.timeout_seconds
         return {
             "database": self.db.ping,
             "kafka": partial(self.kafka.check, timeout=timeout),
@@ -127,9 +127,9 @@ def service_app(
     app = app_factory.new_app(
         title,
         service=service,
-        max_body_bytes=settings.max_body_bytes,
+        http=settings.http,
         lifespan=lifespan,
         lean=lean,
     )
-    app.include_router(health.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
+    app.include_router(health.health_router(runtime.checks, timeout=settings.db.timeout_seconds))
     return app

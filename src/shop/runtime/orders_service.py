@@ -45,24 +45,24 @@ class OrderRuntime(Runtime):
     def __init__(self, settings: Settings) -> None:
         s = settings
         super().__init__(
-            s, outbox=order_outbox, keys=order_keys, events_topic=s.kafka_order_events_topic
+            s, outbox=order_outbox, keys=order_keys, events_topic=s.kafka.order_events_topic
         )
-        deadline = s.broker_deadline_seconds
+        deadline = s.orders.broker_deadline_seconds
         self.brokers = [
             KafkaBroker(
-                s.kafka_brokers,
-                topic=s.kafka_topic,
-                group=s.kafka_consumer_group,
-                dead_letters=self.kafka.topic(s.kafka_dlq_topic),
+                s.kafka.brokers,
+                topic=s.kafka.topic,
+                group=s.kafka.consumer_group,
+                dead_letters=self.kafka.topic(s.kafka.dlq_topic),
                 deadline=deadline,
-                replication_factor=s.kafka_replication_factor,
+                replication_factor=s.kafka.replication_factor,
             ),
             RabbitBroker(
-                s.rabbitmq_url,
-                queue=s.rabbitmq_queue,
+                s.rabbitmq.url,
+                queue=s.rabbitmq.queue,
                 timeout=deadline,
-                queue_type=s.rabbitmq_queue_type,
-                delivery_limit=s.rabbitmq_delivery_limit,
+                queue_type=s.rabbitmq.queue_type,
+                delivery_limit=s.rabbitmq.delivery_limit,
             ),
         ]
         self.service = OrderService(
@@ -70,8 +70,8 @@ class OrderRuntime(Runtime):
             prices=Prices(self.db),
             publishers={broker.name: _commands(broker, deadline) for broker in self.brokers},
             on_event=self.relay.notify,
-            sync_queue_limit=s.sync_queue_limit,
-            max_quantity=s.max_order_quantity,
+            sync_queue_limit=s.orders.sync_queue_limit,
+            max_quantity=s.orders.max_quantity,
         )
 
     def start_with(self, consumers: Collection[str]) -> None:
@@ -81,7 +81,7 @@ class OrderRuntime(Runtime):
         for broker in self.brokers:
             if broker.name in consumers:
                 self._start_consumer(
-                    broker.name, broker.consumer(self.settings.consumer_batch_size)
+                    broker.name, broker.consumer(self.settings.orders.consumer_batch_size)
                 )
 
     def _start_consumer(self, channel: str, inbound: Inbound[D]) -> None:
@@ -91,7 +91,7 @@ class OrderRuntime(Runtime):
                 channel=channel,
                 inbound=inbound,
                 service=self.service,
-                batch_size=self.settings.consumer_batch_size,
+                batch_size=self.settings.orders.consumer_batch_size,
             )
 
         self.supervisor.start(f"{channel}-consumer", consume)
@@ -111,9 +111,9 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     authenticator = auth.from_settings(settings)
-    limiter = RateLimiter(rate=settings.order_rate_per_second, burst=settings.order_burst)
+    limiter = RateLimiter(rate=settings.orders.rate_per_second, burst=settings.orders.burst)
     runtime = OrderRuntime(settings)
-    consumers = CHANNELS if settings.consumers_enabled else ()
+    consumers = CHANNELS if settings.orders.consumers_enabled else ()
     app = service_app(
         "Order service",
         "orders",
@@ -123,7 +123,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
         order_api.lean_routes(runtime.service, authenticator, limiter),
     )
     app.include_router(order_api.router(runtime.service, authenticator, limiter))
-    openapi.amend(app, partial(order_api.document_quantity, most=settings.max_order_quantity))
+    openapi.amend(app, partial(order_api.document_quantity, most=settings.orders.max_quantity))
     return app
 
 
@@ -139,10 +139,10 @@ def _health_server(settings: Settings, runtime: OrderRuntime, port: int) -> _Hea
     """`/healthz`, `/readyz` (database, Kafka, RabbitMQ) and `/metrics` of a consumer process,
     for an orchestrator's probes (the Helm chart's consumers Deployment)."""
     app = FastAPI(title="Order consumers", openapi_url=None, docs_url=None, redoc_url=None)
-    app.include_router(health.health_router(runtime.checks, timeout=settings.db_timeout_seconds))
+    app.include_router(health.health_router(runtime.checks, timeout=settings.db.timeout_seconds))
     config = uvicorn.Config(
         app,
-        host=settings.bind_host,
+        host=settings.http.bind_host,
         port=port,
         loop="none",
         lifespan="off",

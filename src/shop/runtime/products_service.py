@@ -25,13 +25,13 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         settings,
         outbox=product_outbox,
         keys=product_idempotency,
-        events_topic=settings.kafka_product_events_topic,
+        events_topic=settings.kafka.product_events_topic,
     )
     service = ProductService(
         SqlProductStore(runtime.db),
         on_event=runtime.relay.notify,
-        list_cache_seconds=settings.product_list_cache_seconds,
-        list_cache_bytes=settings.product_list_cache_bytes,
+        list_cache_seconds=settings.products.cache_seconds,
+        list_cache_bytes=settings.products.cache_bytes,
         writes=generation.for_workers("product-pages"),
     )
     app = service_app(

@@ -84,16 +84,16 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
     `autocommit` engines serve single-statement reads, which then need no COMMIT either.
     """
     engine = create_async_engine(
-        settings.db_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-        pool_timeout=settings.db_timeout_seconds,
+        settings.db.url,
+        pool_size=settings.db.pool_size,
+        max_overflow=settings.db.pool_size,
+        pool_timeout=settings.db.timeout_seconds,
         pool_recycle=1800,
         pool_reset_on_return=None,
         # READ COMMITTED takes no gap locks: the outbox relay's FOR UPDATE SKIP LOCKED claim
         # would otherwise block every insert at the end of the outbox index while it publishes.
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
-        connect_args={"connect_timeout": max(1, int(settings.db_timeout_seconds))},
+        connect_args={"connect_timeout": max(1, int(settings.db.timeout_seconds))},
     )
     event.listen(engine.sync_engine, "handle_error", _drop_connections_of_a_node_out_of_the_cluster)
     return engine
@@ -337,7 +337,7 @@ class Database:
         return cls(
             create_engine(settings),
             reads=create_engine(settings, autocommit=True),
-            timeout=settings.db_timeout_seconds,
+            timeout=settings.db.timeout_seconds,
         )
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:

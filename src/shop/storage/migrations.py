@@ -27,23 +27,23 @@ def _alembic_ini() -> Path:
 async def _create_database(settings: Settings) -> None:
     conn = await asyncio.wait_for(
         asyncmy.connect(
-            host=settings.db_host,
-            port=settings.db_port,
-            user=settings.db_migrate_user,
-            password=settings.db_migrate_password,
-            connect_timeout=int(settings.db_timeout_seconds),
+            host=settings.db.host,
+            port=settings.db.port,
+            user=settings.db.migrate_user,
+            password=settings.db.migrate_password,
+            connect_timeout=int(settings.db.timeout_seconds),
         ),
-        timeout=settings.db_timeout_seconds * 2,
+        timeout=settings.db.timeout_seconds * 2,
     )
     try:
         async with conn.cursor() as cur:
             await cur.execute(
                 "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
-                (settings.db_name,),
+                (settings.db.name,),
             )
             if await cur.fetchone() is None:
                 await cur.execute(
-                    f"CREATE DATABASE `{settings.db_name}` "  # the name is validated
+                    f"CREATE DATABASE `{settings.db.name}` "  # the name is validated
                     "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
                 )
     finally:
@@ -54,7 +54,7 @@ def migrate(settings: Settings) -> None:
     """Bring the configured database to the newest schema."""
     asyncio.run(_create_database(settings))
     config = Config(str(_alembic_ini()))
-    config.attributes["db_url"] = settings.migrate_db_url
+    config.attributes["db_url"] = settings.db.migration_url
     with warnings.catch_warnings():
         # MariaDB notes that it ignores the name Alembic gives its version table's primary key.
         warnings.filterwarnings("ignore", message=".*alembic_version_pkc.*")

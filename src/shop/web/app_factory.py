@@ -11,7 +11,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from shop.runtime import gc_tuning as heap
+from shop.settings import Http
 from shop.web import docs_pages as docs
+from shop.web.fastpath.protocol import make_deadlines
 from shop.web.fastpath.routes import Lean, LeanRoute, LeanRoutes
 from shop.web.middleware import BodyLimit, Metrics, observe_request
 from shop.web.problems import JSONResponse, install_handlers
@@ -21,7 +23,7 @@ def new_app(
     title: str,
     *,
     service: str,
-    max_body_bytes: int,
+    http: Http,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     lean: Sequence[LeanRoute[Any]] = (),
 ) -> FastAPI:
@@ -32,6 +34,7 @@ def new_app(
     hooks looked up the environment on every request (2 % of a request's CPU in a profile).
     Once the app has started, the garbage collector is settled (`gc_tuning`). The `lean`
     routes answer their plain requests without FastAPI's per-request work (`fastpath.routes`).
+    The server's protocol finds the request deadlines of `http` in `app.state.deadlines`.
     """
 
     @asynccontextmanager
@@ -49,7 +52,8 @@ def new_app(
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    install(app, service=service, max_body_bytes=max_body_bytes, lean=lean)
+    install(app, service=service, max_body_bytes=http.max_body_bytes, lean=lean)
+    app.state.deadlines = make_deadlines(http.request_header_seconds, http.request_body_seconds)
     docs.install(app)
     return app
 

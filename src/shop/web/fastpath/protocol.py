@@ -22,7 +22,6 @@ other, its body unread.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Any, NamedTuple, cast
@@ -34,8 +33,8 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from shop.settings import load_settings
-from shop.web.fastpath.routes import Lean, LeanRoute, Reply, lean_of
+from shop.settings import Http
+from shop.web.fastpath.routes import Lean, LeanRoute, Reply, lean_of, state_of
 from shop.web.problems import status_problem
 
 log = logging.getLogger(__name__)
@@ -67,11 +66,14 @@ def make_deadlines(header_seconds: float, body_seconds: float) -> Deadlines:
     return Deadlines(header_seconds, body_seconds, _answer_408(late.media_type, bytes(late.body)))
 
 
-@functools.cache
-def deadlines() -> Deadlines:
-    """REQUEST_HEADER_SECONDS and REQUEST_BODY_SECONDS, read once per process."""
-    settings = load_settings()
-    return make_deadlines(settings.request_header_seconds, settings.request_body_seconds)
+def deadlines_of(app: object) -> Deadlines:
+    """The deadlines the app was built with (`app.state.deadlines`, set by the app factory from
+    REQUEST_HEADER_SECONDS and REQUEST_BODY_SECONDS), or the settings' defaults."""
+    found = state_of(app, "deadlines")
+    return found if isinstance(found, Deadlines) else _DEFAULT
+
+
+_DEFAULT = make_deadlines(Http().request_header_seconds, Http().request_body_seconds)
 
 
 class RequestDeadline(HttpToolsProtocol):
@@ -80,7 +82,7 @@ class RequestDeadline(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lean = lean_of(self.app)
-        self._deadlines = deadlines()
+        self._deadlines = deadlines_of(self.app)
         self._reading = _IDLE
         self._due: asyncio.TimerHandle | None = None
         self._due_for = _IDLE  # the part the timer waits for

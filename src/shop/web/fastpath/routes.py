@@ -90,14 +90,20 @@ class Lean:
         await response(scope, receive, send)
 
 
-def lean_of(app: object) -> Lean | None:
-    """The lean routes of an app, found through the middleware that wraps it (uvicorn's)."""
+def state_of(app: object, name: str) -> object:
+    """`app.state.<name>`, found through the middleware that wraps the app (uvicorn's)."""
     for _ in range(3):
-        lean = getattr(getattr(app, "state", None), "lean", None)
-        if isinstance(lean, Lean):
-            return lean
+        found = getattr(getattr(app, "state", None), name, None)
+        if found is not None:
+            return found
         app = getattr(app, "app", None)
     return None
+
+
+def lean_of(app: object) -> Lean | None:
+    """The lean routes of an app, found through the middleware that wraps it."""
+    lean = state_of(app, "lean")
+    return lean if isinstance(lean, Lean) else None
 
 
 class LeanRoutes:

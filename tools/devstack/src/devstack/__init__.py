@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from shop.settings import Settings
-
 from . import kafka, mariadb, rabbitmq, services
 from .common import StackError, apt_install, say
+from .settings import StackSettings
 
 __all__ = [
     "SERVERS",
@@ -31,17 +30,17 @@ __all__ = [
 SERVERS = ("mariadb", "rabbitmq", "kafka")
 SERVICES = ("products", "orders")
 
-_START: dict[str, Callable[[Settings], None]] = {
+_START: dict[str, Callable[[StackSettings], None]] = {
     "mariadb": mariadb.start,
     "rabbitmq": rabbitmq.start,
     "kafka": kafka.start,
 }
-_STOP: dict[str, Callable[[Settings], None]] = {
+_STOP: dict[str, Callable[[StackSettings], None]] = {
     "mariadb": mariadb.stop,
     "rabbitmq": rabbitmq.stop,
     "kafka": kafka.stop,
 }
-_STATUS: dict[str, Callable[[Settings], str]] = {
+_STATUS: dict[str, Callable[[StackSettings], str]] = {
     "mariadb": mariadb.status,
     "rabbitmq": rabbitmq.status,
     "kafka": kafka.status,
@@ -65,7 +64,7 @@ def install_prerequisites() -> None:
     kafka.install_jars()
 
 
-def start(name: str, settings: Settings) -> None:
+def start(name: str, settings: StackSettings) -> None:
     """Start one server or service (and provision it) unless it already runs; wait until ready."""
     _check_name(name)
     if name in SERVICES:
@@ -74,7 +73,7 @@ def start(name: str, settings: Settings) -> None:
         _START[name](settings)
 
 
-def stop(name: str, settings: Settings) -> None:
+def stop(name: str, settings: StackSettings) -> None:
     """Stop one server or service: SIGTERM, up to 30 s grace, then SIGKILL."""
     _check_name(name)
     if name in SERVICES:
@@ -83,7 +82,7 @@ def stop(name: str, settings: Settings) -> None:
         _STOP[name](settings)
 
 
-def up_servers(settings: Settings) -> None:
+def up_servers(settings: StackSettings) -> None:
     """Install what is missing, then start and provision MariaDB, RabbitMQ and Kafka."""
     began = time.monotonic()
     install_prerequisites()
@@ -92,12 +91,12 @@ def up_servers(settings: Settings) -> None:
     say(f"servers up in {time.monotonic() - began:.1f}s")
 
 
-def start_services(settings: Settings) -> None:
+def start_services(settings: StackSettings) -> None:
     for name in SERVICES:
         start(name, settings)
 
 
-def down(settings: Settings) -> None:
+def down(settings: StackSettings) -> None:
     """Stop the services, then the servers, then epmd: afterwards nothing of the stack runs."""
     errors: list[str] = []
     for name in (*SERVICES, *reversed(SERVERS)):
@@ -110,7 +109,7 @@ def down(settings: Settings) -> None:
         raise StackError("\n".join(errors))
 
 
-def status(settings: Settings) -> list[tuple[str, str]]:
+def status(settings: StackSettings) -> list[tuple[str, str]]:
     """(name, "running pid 123 on 127.0.0.1:3306" | "stopped" | ...) for servers and services."""
     rows = [(name, _STATUS[name](settings)) for name in SERVERS]
     rows += [(name, services.status(name, settings)) for name in SERVICES]

@@ -8,25 +8,26 @@ import subprocess
 import sys
 import time
 
-from shop.settings import ConfigError, Settings, load_settings
+from shop.settings import ConfigError
 
 from . import SERVERS, SERVICES, StackError, down, start, start_services, status, stop, up_servers
+from .settings import StackSettings, load_stack_settings
 
 
-def _up(settings: Settings, *, services: bool) -> None:
+def _up(settings: StackSettings, *, services: bool) -> None:
     from shop.access.dev_issuer import ensure_dev_key
     from shop.storage.migrations import migrate
 
     up_servers(settings)
-    print("migrating", settings.db_name, flush=True)
+    print("migrating", settings.db.name, flush=True)
     migrate(settings)
     if ensure_dev_key(settings):  # the development issuer's key, which the services trust
-        print("created the development signing key in", settings.auth_signing_key_file)
+        print("created the development signing key in", settings.auth.signing_key_file)
     if services:
         start_services(settings)
 
 
-def _run_foreground(settings: Settings) -> int:
+def _run_foreground(settings: StackSettings) -> int:
     """Both services as child processes in the foreground; Ctrl-C stops both."""
     for name in SERVICES:  # `make up` may have started them in the background
         stop(name, settings)
@@ -34,8 +35,8 @@ def _run_foreground(settings: Settings) -> int:
         subprocess.Popen([sys.executable, "-m", "shop", "serve", name]) for name in SERVICES
     ]
     print(
-        f"products on http://127.0.0.1:{settings.product_service_port}, "
-        f"orders on http://127.0.0.1:{settings.order_service_port} (Ctrl-C stops both)",
+        f"products on http://127.0.0.1:{settings.http.product_port}, "
+        f"orders on http://127.0.0.1:{settings.http.order_port} (Ctrl-C stops both)",
         flush=True,
     )
 
@@ -58,7 +59,7 @@ def _run_foreground(settings: Settings) -> int:
     return max(abs(int(child.returncode or 0)) for child in children)
 
 
-def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+def _dispatch(settings: StackSettings, args: argparse.Namespace) -> int:
     match args.action:
         case "up":
             _up(settings, services=not args.no_services)
@@ -78,7 +79,7 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster(settings: Settings, args: argparse.Namespace) -> int:
+def _cluster(settings: StackSettings, args: argparse.Namespace) -> int:
     from . import cluster
 
     match args.cluster_action:
@@ -125,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_stack_settings()
     except ConfigError as exc:
         sys.exit(f"devstack: {exc}")
     try:

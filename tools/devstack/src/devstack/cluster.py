@@ -26,8 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from shop.settings import Settings
-
 from . import haproxy, kafka, mariadb, rabbitmq
 from .common import (
     HOST,
@@ -61,6 +59,7 @@ from .layout import (
     processes,
     rabbitmq_nodes,
 )
+from .settings import StackSettings
 
 # --- processes of the services ---------------------------------------------------------------
 
@@ -180,7 +179,7 @@ def _client_over_tcp(port: int, sql: str) -> str:
     return run(argv, timeout=10).stdout.strip()
 
 
-def _galera_accounts(settings: Settings, node: mariadb.MariaNode, sst_password: str) -> None:
+def _galera_accounts(settings: StackSettings, node: mariadb.MariaNode, sst_password: str) -> None:
     """The SST and HAProxy check accounts, and the services' accounts (Galera replicates them)."""
     sql = f"""
 CREATE USER IF NOT EXISTS '{SST_USER}'@'localhost' IDENTIFIED BY '{sst_password}';
@@ -192,7 +191,7 @@ CREATE USER IF NOT EXISTS '{haproxy.CHECK_USER}'@'127.0.0.1';
     mariadb.provision(settings, node)
 
 
-def _start_galera(settings: Settings, base: Path) -> None:
+def _start_galera(settings: StackSettings, base: Path) -> None:
     password = _sst_password(base)
     nodes = galera_nodes(base, password)
     running = [node for node in nodes if mariadb.node_ready(node)]
@@ -207,7 +206,7 @@ def _start_galera(settings: Settings, base: Path) -> None:
             mariadb.start_node(node)
 
 
-def _start_rabbitmq(settings: Settings, base: Path) -> None:
+def _start_rabbitmq(settings: StackSettings, base: Path) -> None:
     _cookie(base)
     nodes = rabbitmq_nodes(base)
     # All at once: a node that was clustered waits at boot for the others it knew.
@@ -239,12 +238,12 @@ def _parallel(jobs: Sequence[Callable[[], None]]) -> None:
         raise StackError("\n".join(errors))
 
 
-def _refuse_taken_fronts(settings: Settings, base: Path) -> None:
+def _refuse_taken_fronts(settings: StackSettings, base: Path) -> None:
     if haproxy.daemon(base / "haproxy", fronts(settings, base)).pid() is not None:
         return
     for setting, port in (
-        ("PRODUCT_SERVICE_PORT", settings.product_service_port),
-        ("ORDER_SERVICE_PORT", settings.order_service_port),
+        ("PRODUCT_SERVICE_PORT", settings.http.product_port),
+        ("ORDER_SERVICE_PORT", settings.http.order_port),
     ):
         if port_open(port):
             raise StackError(
@@ -254,7 +253,7 @@ def _refuse_taken_fronts(settings: Settings, base: Path) -> None:
             )
 
 
-def up(settings: Settings) -> None:
+def up(settings: StackSettings) -> None:
     """Install what is missing, start every node, HAProxy, migrate, then the services."""
     from shop.access.dev_issuer import ensure_dev_key
     from shop.storage.migrations import migrate
@@ -279,29 +278,29 @@ def up(settings: Settings) -> None:
     migrate(shop)
     _ensure_topics(shop)
     if ensure_dev_key(shop):
-        say(f"created the cluster's signing key in {shop.auth_signing_key_file}")
+        say(f"created the cluster's signing key in {shop.auth.signing_key_file}")
     _parallel([partial(_start_process, p, base) for p in processes(settings, base)])
     for process in processes(settings, base):
         _wait_in_rotation(process.name)
     say(
         f"cluster up in {time.monotonic() - began:.1f}s: products on "
-        f"http://{HOST}:{settings.product_service_port}, orders on "
-        f"http://{HOST}:{settings.order_service_port}"
+        f"http://{HOST}:{settings.http.product_port}, orders on "
+        f"http://{HOST}:{settings.http.order_port}"
     )
 
 
-def _ensure_topics(shop: Settings) -> None:
+def _ensure_topics(shop: StackSettings) -> None:
     import asyncio
 
     from shop.messaging.kafka import ensure_topics
 
     topics = [
-        shop.kafka_topic,
-        shop.kafka_dlq_topic,
-        shop.kafka_product_events_topic,
-        shop.kafka_order_events_topic,
+        shop.kafka.topic,
+        shop.kafka.dlq_topic,
+        shop.kafka.product_events_topic,
+        shop.kafka.order_events_topic,
     ]
-    asyncio.run(ensure_topics(shop.kafka_brokers, topics, replication_factor=NODES, timeout=30.0))
+    asyncio.run(ensure_topics(shop.kafka.brokers, topics, replication_factor=NODES, timeout=30.0))
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
@@ -316,7 +315,7 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def down(settings: Settings) -> None:
+def down(settings: StackSettings) -> None:
     """Stop the services, HAProxy, then the nodes (Galera's first node last, so it is the one
     marked safe to bootstrap from next time)."""
     base = directory()
@@ -344,7 +343,7 @@ def down(settings: Settings) -> None:
 # --- status and the fault-test API --------------------------------------------------------
 
 
-def _parts(settings: Settings, base: Path) -> dict[str, tuple[Daemon, Callable[[], bool]]]:
+def _parts(settings: StackSettings, base: Path) -> dict[str, tuple[Daemon, Callable[[], bool]]]:
     """Every part of the cluster by name: its daemon and its readiness check."""
     parts: dict[str, tuple[Daemon, Callable[[], bool]]] = {}
     for g in galera_nodes(base):
@@ -360,7 +359,7 @@ def _parts(settings: Settings, base: Path) -> dict[str, tuple[Daemon, Callable[[
     return parts
 
 
-def status(settings: Settings) -> list[tuple[str, str]]:
+def status(settings: StackSettings) -> list[tuple[str, str]]:
     """(name, state) for every node, HAProxy and each of its servers, and every process."""
     base = directory()
     rows = [(name, describe(d, ready)) for name, (d, ready) in _parts(settings, base).items()]
@@ -379,7 +378,7 @@ def status(settings: Settings) -> list[tuple[str, str]]:
     return rows
 
 
-def kill(settings: Settings, name: str) -> int:
+def kill(settings: StackSettings, name: str) -> int:
     """SIGKILL one part of the cluster (`galera-2`, `kafka-1`, `rabbitmq-3`, `orders-1`, ...)
     and its whole process group; returns the pid it killed."""
     parts = _parts(settings, directory())
@@ -395,7 +394,7 @@ def kill(settings: Settings, name: str) -> int:
     return pid
 
 
-def revive(settings: Settings, name: str) -> None:
+def revive(settings: StackSettings, name: str) -> None:
     """Start a part again (a killed node rejoins its cluster) and wait until it is ready."""
     base = directory()
     if name.startswith("galera-"):
@@ -437,26 +436,26 @@ def galera_writer() -> str | None:
     return name or None
 
 
-def leader_of_partition(settings: Settings, topic: str, partition: int = 0) -> str:
+def leader_of_partition(settings: StackSettings, topic: str, partition: int = 0) -> str:
     """The Kafka node (`kafka-N`) leading one partition of a topic."""
     shop = cluster_settings(settings, directory())
-    metadata = kafka.admin_client(shop.kafka_brokers).list_topics(topic, timeout=10)
+    metadata = kafka.admin_client(shop.kafka.brokers).list_topics(topic, timeout=10)
     leader: int = metadata.topics[topic].partitions[partition].leader
     if leader < 0:
         raise StackError(f"{topic}[{partition}] has no leader now")
     return f"kafka-{leader}"
 
 
-def quorum_queue_leader(settings: Settings, queue: str | None = None) -> str:
+def quorum_queue_leader(settings: StackSettings, queue: str | None = None) -> str:
     """The RabbitMQ node (`rabbitmq-N`) leading a quorum queue (the order queue by default)."""
     import base64
     import json
     import urllib.parse
 
     shop = cluster_settings(settings, directory())
-    vhost = urllib.parse.quote(shop.rabbitmq_vhost, safe="")
-    name = urllib.parse.quote(queue or shop.rabbitmq_queue, safe="")
-    credentials = f"{shop.rabbitmq_admin_user}:{shop.rabbitmq_admin_password}".encode()
+    vhost = urllib.parse.quote(shop.rabbitmq.vhost, safe="")
+    name = urllib.parse.quote(queue or shop.rabbitmq.queue, safe="")
+    credentials = f"{shop.stack.admin_user}:{shop.stack.admin_password}".encode()
     auth = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
     for node in rabbitmq_nodes(directory()):  # any live node's management API answers
         url = f"http://{HOST}:{node.management_port}/api/queues/{vhost}/{name}"
@@ -470,10 +469,10 @@ def quorum_queue_leader(settings: Settings, queue: str | None = None) -> str:
         for candidate in rabbitmq_nodes(directory()):
             if candidate.nodename == leader:
                 return candidate.name
-    raise StackError(f"no RabbitMQ node names a leader of queue {queue or shop.rabbitmq_queue}")
+    raise StackError(f"no RabbitMQ node names a leader of queue {queue or shop.rabbitmq.queue}")
 
 
-def env_lines(settings: Settings) -> list[str]:
+def env_lines(settings: StackSettings) -> list[str]:
     """`export` lines that point `shop` (token, migrate) and the tests at the cluster."""
     shop = cluster_settings(settings, directory())
     names = (

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shop.settings import Settings
-
 from .common import (
     HOST,
     Daemon,
@@ -35,6 +33,7 @@ from .common import (
     stack_dir,
     with_tail,
 )
+from .settings import StackSettings
 
 NAME = "kafka"
 KAFKA_VERSION = "3.9.1"
@@ -177,13 +176,13 @@ def install_jars() -> None:
     say(f"Kafka {KAFKA_VERSION}: {len(list(libs.glob('*.jar')))} jars in {libs}")
 
 
-def broker_port(settings: Settings) -> int:
+def broker_port(settings: StackSettings) -> int:
     """The port of the first configured broker; we always bind 127.0.0.1."""
-    first = settings.kafka_brokers.split(",")[0].strip()
+    first = settings.kafka.brokers.split(",")[0].strip()
     return int(first.rpartition(":")[2])
 
 
-def controller_port(settings: Settings) -> int:
+def controller_port(settings: StackSettings) -> int:
     return broker_port(settings) + 1
 
 
@@ -209,7 +208,7 @@ class KafkaNode:
         return f"{HOST}:{self.broker_port}"
 
 
-def single_node(settings: Settings) -> KafkaNode:
+def single_node(settings: StackSettings) -> KafkaNode:
     """`make up`'s one node, on KAFKA_BROKERS' first port (controller on the next)."""
     directory = stack_dir() / NAME
     return KafkaNode(
@@ -234,7 +233,7 @@ def node_daemon(node: KafkaNode) -> Daemon:
     )
 
 
-def daemon(settings: Settings) -> Daemon:
+def daemon(settings: StackSettings) -> Daemon:
     return node_daemon(single_node(settings))
 
 
@@ -410,7 +409,7 @@ def node_ready(node: KafkaNode) -> bool:
     return bool(metadata.brokers)
 
 
-def ready(settings: Settings) -> bool:
+def ready(settings: StackSettings) -> bool:
     return node_ready(single_node(settings))
 
 
@@ -424,14 +423,14 @@ def stop_node(node: KafkaNode) -> None:
     ensure_stopped(node_daemon(node))
 
 
-def start(settings: Settings) -> None:
+def start(settings: StackSettings) -> None:
     start_node(single_node(settings))
 
 
-def stop(settings: Settings) -> None:
+def stop(settings: StackSettings) -> None:
     stop_node(single_node(settings))
 
 
-def status(settings: Settings) -> str:
+def status(settings: StackSettings) -> str:
     node = single_node(settings)
     return describe(node_daemon(node), lambda: node_ready(node))

@@ -7,11 +7,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from shop.settings import Settings
-
 from . import haproxy, kafka, mariadb, rabbitmq
 from .common import HOST, stack_dir
 from .services import _settings_env
+from .settings import StackSettings
 
 NODES = 3
 REPLICAS = 2  # per HTTP service
@@ -97,24 +96,22 @@ class Process:
     env: dict[str, str]
 
 
-def cluster_settings(settings: Settings, base: Path) -> Settings:
+def cluster_settings(settings: StackSettings, base: Path) -> StackSettings:
     """The services' settings on the cluster: the fronts, every Kafka node, RF 3, quorum."""
     brokers = ",".join(node.bootstrap for node in kafka_nodes(base))
-    return settings.model_copy(
-        update={
-            "db_port": MYSQL_FRONT,
-            "kafka_brokers": brokers,
-            "kafka_replication_factor": NODES,
-            "rabbitmq_port": AMQP_FRONT,
-            "rabbitmq_management_port": rabbitmq_nodes(base)[0].management_port,
-            "rabbitmq_queue_type": "quorum",
-            "auth_public_key_file": str(base / "auth" / "public.pem"),
-            "auth_signing_key_file": str(base / "auth" / "signing.pem"),
-        }
+    return settings.replace(
+        db_port=MYSQL_FRONT,
+        kafka_brokers=brokers,
+        kafka_replication_factor=NODES,
+        rabbitmq_port=AMQP_FRONT,
+        rabbitmq_management_port=rabbitmq_nodes(base)[0].management_port,
+        rabbitmq_queue_type="quorum",
+        auth_public_key_file=str(base / "auth" / "public.pem"),
+        auth_signing_key_file=str(base / "auth" / "signing.pem"),
     )
 
 
-def processes(settings: Settings, base: Path) -> list[Process]:
+def processes(settings: StackSettings, base: Path) -> list[Process]:
     """Two replicas per HTTP service (one worker each), and the consumer processes."""
     shop = cluster_settings(settings, base)
     common = {**_settings_env(shop), "WORKERS": "1"}
@@ -136,7 +133,7 @@ def processes(settings: Settings, base: Path) -> list[Process]:
     return found
 
 
-def fronts(settings: Settings, base: Path) -> haproxy.Fronts:
+def fronts(settings: StackSettings, base: Path) -> haproxy.Fronts:
     procs = {p.name: p for p in processes(settings, base)}
 
     def replicas(service: str) -> list[haproxy.Backend]:
@@ -151,8 +148,8 @@ def fronts(settings: Settings, base: Path) -> haproxy.Fronts:
         amqp_port=AMQP_FRONT,
         rabbitmq=[haproxy.Backend(n.name, n.amqp_port) for n in rabbitmq_nodes(base)],
         http=[
-            ("products", settings.product_service_port, replicas("products")),
-            ("orders", settings.order_service_port, replicas("orders")),
+            ("products", settings.http.product_port, replicas("products")),
+            ("orders", settings.http.order_port, replicas("orders")),
         ],
         stats_port=STATS_PORT,
     )

@@ -11,8 +11,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from shop.settings import Settings
-
 from .common import (
     HOST,
     Daemon,
@@ -26,6 +24,7 @@ from .common import (
     say,
     stack_dir,
 )
+from .settings import StackSettings
 
 NAME = "mariadb"
 PACKAGES = ("mariadb-server", "mariadb-client")
@@ -77,8 +76,8 @@ class Galera:
     sst_password: str
 
 
-def single_node(settings: Settings) -> MariaNode:
-    return MariaNode(name=NAME, port=settings.db_port, directory=stack_dir() / NAME)
+def single_node(settings: StackSettings) -> MariaNode:
+    return MariaNode(name=NAME, port=settings.db.port, directory=stack_dir() / NAME)
 
 
 def _socket() -> Path:
@@ -100,7 +99,7 @@ def node_daemon(node: MariaNode) -> Daemon:
     )
 
 
-def daemon(settings: Settings) -> Daemon:
+def daemon(settings: StackSettings) -> Daemon:
     return node_daemon(single_node(settings))
 
 
@@ -231,7 +230,7 @@ def _prepare_node(node: MariaNode, *, bootstrap: bool = False) -> Launch:
     return Launch(argv=argv, env=env, cwd=directory)
 
 
-def _prepare(settings: Settings) -> Launch:
+def _prepare(settings: StackSettings) -> Launch:
     return _prepare_node(single_node(settings))
 
 
@@ -268,7 +267,7 @@ def stop_node(node: MariaNode) -> None:
     ensure_stopped(node_daemon(node))
 
 
-def ready(settings: Settings) -> bool:
+def ready(settings: StackSettings) -> bool:
     """The socket exists and a trivial query answers (TCP alone opens before InnoDB is ready)."""
     return node_ready(single_node(settings))
 
@@ -292,18 +291,18 @@ SERVICE_RIGHTS = "SELECT, INSERT, UPDATE, DELETE"
 MIGRATION_RIGHTS = "ALL PRIVILEGES"
 
 
-def provision(settings: Settings, node: MariaNode | None = None) -> None:
+def provision(settings: StackSettings, node: MariaNode | None = None) -> None:
     """Idempotently create the app database and both accounts, each with only its rights on
     `shop%`; re-applies the passwords and the rights every time (so widened rights narrow)."""
-    pattern = _db_pattern(settings.db_name)
-    database = "`" + settings.db_name.replace("`", "``") + "`"
+    pattern = _db_pattern(settings.db.name)
+    database = "`" + settings.db.name.replace("`", "``") + "`"
     statements = [
         f"CREATE DATABASE IF NOT EXISTS {database} "
         "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;",
     ]
     accounts = (
-        (settings.db_user, settings.db_password, SERVICE_RIGHTS),
-        (settings.db_migrate_user, settings.db_migrate_password, MIGRATION_RIGHTS),
+        (settings.db.user, settings.db.password, SERVICE_RIGHTS),
+        (settings.db.migrate_user, settings.db.migrate_password, MIGRATION_RIGHTS),
     )
     for name, secret, rights in accounts:
         user, password = _string(name), _string(secret)
@@ -319,15 +318,15 @@ def provision(settings: Settings, node: MariaNode | None = None) -> None:
     _client("\n".join(statements), socket=None if node is None else node.socket)
 
 
-def start(settings: Settings) -> None:
+def start(settings: StackSettings) -> None:
     start_node(single_node(settings))
     provision(settings)
 
 
-def stop(settings: Settings) -> None:
+def stop(settings: StackSettings) -> None:
     stop_node(single_node(settings))
 
 
-def status(settings: Settings) -> str:
+def status(settings: StackSettings) -> str:
     node = single_node(settings)
     return describe(node_daemon(node), lambda: node_ready(node))

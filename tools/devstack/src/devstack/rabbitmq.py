@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shop.settings import Settings
-
 from .common import (
     HOST,
     Daemon,
@@ -37,6 +35,7 @@ from .common import (
     say,
     stack_dir,
 )
+from .settings import StackSettings
 
 NAME = "rabbitmq"
 NODE = "shop@localhost"
@@ -71,15 +70,15 @@ class RabbitNode:
     epmd_port: int = EPMD_PORT
 
 
-def single_node(settings: Settings) -> RabbitNode:
+def single_node(settings: StackSettings) -> RabbitNode:
     directory = _dir()
     return RabbitNode(
         name=NAME,
         nodename=NODE,
-        amqp_port=settings.rabbitmq_port,
-        management_port=settings.rabbitmq_management_port,
+        amqp_port=settings.rabbitmq.port,
+        management_port=settings.stack.management_port,
         # RabbitMQ's own convention (AMQP port + 20000), pinned so it can be checked up front.
-        dist_port=settings.rabbitmq_port + 20000,
+        dist_port=settings.rabbitmq.port + 20000,
         directory=directory,
         home=directory,
     )
@@ -100,7 +99,7 @@ def node_daemon(node: RabbitNode) -> Daemon:
     )
 
 
-def daemon(settings: Settings) -> Daemon:
+def daemon(settings: StackSettings) -> Daemon:
     return node_daemon(single_node(settings))
 
 
@@ -189,9 +188,9 @@ def _prepare_node(node: RabbitNode) -> Launch:
 ALL_RIGHTS = ("configure", "write", "read")
 
 
-def _http_get(settings: Settings, path: str, *, user: str, password: str) -> tuple[int, Any]:
+def _http_get(settings: StackSettings, path: str, *, user: str, password: str) -> tuple[int, Any]:
     """GET a management API path as `user`: the status (0 if unreachable) and the JSON body."""
-    url = f"http://{HOST}:{settings.rabbitmq_management_port}{path}"
+    url = f"http://{HOST}:{settings.stack.management_port}{path}"
     credentials = f"{user}:{password}".encode()
     request = urllib.request.Request(
         url, headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()}
@@ -225,7 +224,7 @@ def node_ready(node: RabbitNode) -> bool:
     return port_open(node.amqp_port) and _management_answers(node.management_port)
 
 
-def ready(settings: Settings) -> bool:
+def ready(settings: StackSettings) -> bool:
     return node_ready(single_node(settings))
 
 
@@ -236,26 +235,26 @@ def _tags(user: Any) -> list[str]:
     return list(tags)
 
 
-def _provisioned(settings: Settings) -> bool:
+def _provisioned(settings: StackSettings) -> bool:
     """Cheap HTTP checks, so an `up` of a running, provisioned node spawns no Erlang CLI:
     the administrator logs in as one; the application user has no tags, all rights on the
     vhost, and its password (the management API refuses it as "Not management user", not as
     a failed login)."""
-    admin = {"user": settings.rabbitmq_admin_user, "password": settings.rabbitmq_admin_password}
+    admin = {"user": settings.stack.admin_user, "password": settings.stack.admin_password}
     status, me = _http_get(settings, "/api/whoami", **admin)
     if status != 200 or "administrator" not in _tags(me):
         return False
-    vhost = urllib.parse.quote(settings.rabbitmq_vhost, safe="")
-    app = urllib.parse.quote(settings.rabbitmq_user, safe="")
+    vhost = urllib.parse.quote(settings.rabbitmq.vhost, safe="")
+    app = urllib.parse.quote(settings.rabbitmq.user, safe="")
     status, user = _http_get(settings, f"/api/users/{app}", **admin)
     if status != 200 or _tags(user):
         return False
-    for who in (app, urllib.parse.quote(settings.rabbitmq_admin_user, safe="")):
+    for who in (app, urllib.parse.quote(settings.stack.admin_user, safe="")):
         status, perms = _http_get(settings, f"/api/permissions/{vhost}/{who}", **admin)
         if status != 200 or not all(perms.get(kind) == ".*" for kind in ALL_RIGHTS):
             return False
     status, refusal = _http_get(
-        settings, "/api/whoami", user=settings.rabbitmq_user, password=settings.rabbitmq_password
+        settings, "/api/whoami", user=settings.rabbitmq.user, password=settings.rabbitmq.password
     )
     return status == 401 and "not management user" in str(refusal).lower()
 
@@ -267,7 +266,7 @@ def ctl(node: RabbitNode, *args: str, check: bool = True, stdin: str | None = No
     return done.stdout + done.stderr
 
 
-def _user(settings: Settings, node: RabbitNode, user: str, password: str, *tags: str) -> None:
+def _user(settings: StackSettings, node: RabbitNode, user: str, password: str, *tags: str) -> None:
     """Create or update `user` with exactly `tags` and all rights on the configured vhost."""
     # Passwords go through stdin, never argv, where `ps` and our error messages would show them.
     output = ctl(node, "add_user", user, check=False, stdin=password)
@@ -276,27 +275,27 @@ def _user(settings: Settings, node: RabbitNode, user: str, password: str, *tags:
     elif "Adding user" not in output:
         raise StackError(f"rabbitmqctl add_user {user} failed:\n{output.strip()}")
     ctl(node, "set_user_tags", user, *tags)
-    ctl(node, "set_permissions", "-p", settings.rabbitmq_vhost, user, ".*", ".*", ".*")
+    ctl(node, "set_permissions", "-p", settings.rabbitmq.vhost, user, ".*", ".*", ".*")
 
 
-def provision(settings: Settings, node: RabbitNode | None = None) -> None:
+def provision(settings: StackSettings, node: RabbitNode | None = None) -> None:
     """The application user (RABBITMQ_USER) without tags, so not an administrator, and an
     administrator (RABBITMQ_ADMIN_USER) for the management API; both with all rights on the
     configured vhost, the application's only one."""
-    if settings.rabbitmq_user == settings.rabbitmq_admin_user:
+    if settings.rabbitmq.user == settings.stack.admin_user:
         raise StackError("RABBITMQ_USER and RABBITMQ_ADMIN_USER must name different users")
     if _provisioned(settings):
         return
     node = node or single_node(settings)
-    user, vhost = settings.rabbitmq_user, settings.rabbitmq_vhost
-    say(f"provisioning RabbitMQ users {user!r} and {settings.rabbitmq_admin_user!r} on {vhost!r}")
+    user, vhost = settings.rabbitmq.user, settings.rabbitmq.vhost
+    say(f"provisioning RabbitMQ users {user!r} and {settings.stack.admin_user!r} on {vhost!r}")
     if vhost != "/":
         output = ctl(node, "add_vhost", vhost, check=False)
         if "already" not in output and "Adding vhost" not in output:
             raise StackError(f"rabbitmqctl add_vhost {vhost} failed:\n{output.strip()}")
-    admin, admin_password = settings.rabbitmq_admin_user, settings.rabbitmq_admin_password
+    admin, admin_password = settings.stack.admin_user, settings.stack.admin_password
     _user(settings, node, admin, admin_password, "administrator")
-    _user(settings, node, user, settings.rabbitmq_password)
+    _user(settings, node, user, settings.rabbitmq.password)
 
 
 # RabbitMQ 3.10 (Debian 12's) can crash a node that boots while a peer reloads its feature
@@ -332,12 +331,12 @@ def stop_epmd(home: Path, port: int) -> None:
     ensure_stopped(_epmd_daemon(home, port))
 
 
-def start(settings: Settings) -> None:
+def start(settings: StackSettings) -> None:
     start_node(single_node(settings))
     provision(settings)
 
 
-def stop(settings: Settings) -> None:
+def stop(settings: StackSettings) -> None:
     stop_node(single_node(settings))
     ensure_stopped(_epmd_daemon())
 
@@ -358,6 +357,6 @@ def stop_stray_epmd() -> None:
             run([program, "-port", str(EPMD_PORT), "-kill"], timeout=10, check=False)
 
 
-def status(settings: Settings) -> str:
+def status(settings: StackSettings) -> str:
     node = single_node(settings)
     return describe(node_daemon(node), lambda: node_ready(node))

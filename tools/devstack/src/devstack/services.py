@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from shop.settings import Settings
+from shop.settings import Settings, flat_names
 
 from .common import (
     HOST,
@@ -27,7 +27,7 @@ READY_TIMEOUT = 60.0
 
 
 def port(name: str, settings: Settings) -> int:
-    return {"products": settings.product_service_port, "orders": settings.order_service_port}[name]
+    return {"products": settings.http.product_port, "orders": settings.http.order_port}[name]
 
 
 def daemon(name: str, settings: Settings) -> Daemon:
@@ -43,19 +43,19 @@ def daemon(name: str, settings: Settings) -> Daemon:
     )
 
 
-# Credentials the services never use stay out of their environment.
-NOT_FOR_SERVICES = frozenset(
-    {"db_migrate_user", "db_migrate_password", "rabbitmq_admin_user", "rabbitmq_admin_password"}
-)
+# Credentials the services never use stay out of their environment (and the stack's own
+# administrators are not in the services' settings at all).
+NOT_FOR_SERVICES = frozenset({"db_migrate_user", "db_migrate_password"})
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
     """The caller's settings as environment variables (they beat config.yaml), so the service
     runs with exactly the settings it was started with, overrides included."""
+    services = set(flat_names(Settings)) - NOT_FOR_SERVICES
     return {
-        field.upper(): str(value)
-        for field, value in settings.model_dump(exclude=set(NOT_FOR_SERVICES)).items()
-        if value is not None  # unset optional settings stay unset
+        name.upper(): str(value)
+        for name, value in settings.flat().items()
+        if name in services and value is not None  # unset optional settings stay unset
     }
 
 

@@ -1,0 +1,30 @@
+"""The local stack's settings: the services' tree, and the stack's own administrator accounts
+(the RabbitMQ management API's), which the services never get."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from shop.settings import Group, Settings, load
+
+
+class StackAdmin(Group):
+    prefix = "rabbitmq_"
+    # An administrator of the management API, for the local stack, the tests and the bench
+    # (queue depths, clean-up). RABBITMQ_USER is not an administrator.
+    admin_user: str = "shop-admin"
+    admin_password: str = "shop-admin"  # noqa: S105 (the local stack's, like config.yaml's)
+    management_port: int = Field(15672, ge=1, le=65535)
+
+
+class StackSettings(Settings):
+    """The services' settings and the stack's administrators (RABBITMQ_ADMIN_USER, ...)."""
+
+    stack: StackAdmin = StackAdmin()
+
+
+def load_stack_settings(**overrides: Any) -> StackSettings:
+    """`shop.settings.load_settings` with the stack's administrators."""
+    return load(StackSettings, **overrides)
