@@ -6,20 +6,30 @@ Run: uvicorn --factory bench.floor:app (the bench starts it like the services).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
 from shop.ids import uuid7
 from shop.orders.models import Accepted, PlaceOrder
+from shop.runtime import gc_tuning as heap
 from shop.settings import load_settings
 from shop.web import app_factory
 from shop.web.problems import JSONResponse
 
 
+@asynccontextmanager
+async def settled(_app: FastAPI) -> AsyncIterator[None]:
+    """The garbage collector settled once started, as the services' is."""
+    heap.settle()
+    yield
+
+
 def app() -> FastAPI:
     settings = load_settings()
-    floor = app_factory.new_app("HTTP floor", service="floor", http=settings.http)
+    floor = app_factory.new_app("HTTP floor", service="floor", http=settings.http, lifespan=settled)
 
     @floor.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from shop.runtime.supervision import RESTART_WAIT, keep_trying
+from shop.supervision import RESTART_WAIT, keep_trying
 from tests.clock import FakeClock
 
 

@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from shop.messaging.ports import Outgoing, PublishError
-from shop.runtime.supervision import Supervisor
+from shop.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 

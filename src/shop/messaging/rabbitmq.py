@@ -32,7 +32,7 @@ from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryError, before_sleep_log, wait_exponential
 
 from shop.messaging.ports import Outbound, Outgoing, PublishError
-from shop.runtime.supervision import Supervisor, first_of, pause
+from shop.supervision import Supervisor, first_of, pause
 
 log = logging.getLogger(__name__)
 

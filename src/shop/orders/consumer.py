@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from shop.messaging.ports import D, Inbound
 from shop.orders.models import OrderCommand
-from shop.runtime.supervision import pause
+from shop.supervision import pause
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,13 @@ from sqlalchemy import Table
 
 from shop.messaging.kafka import KafkaPublisher, ensure_topics_best_effort
 from shop.messaging.ports import Broker
-from shop.runtime.supervision import Supervisor
+from shop.runtime import gc_tuning as heap
 from shop.settings import Settings
 from shop.storage import write_counter as generation
 from shop.storage.database import Database
 from shop.storage.expiry import Expiry
 from shop.storage.outbox import Relay
+from shop.supervision import Supervisor
 from shop.web import app_factory, health
 from shop.web.fastpath.routes import LeanRoute
 
@@ -112,11 +113,13 @@ def service_app(
     start: Callable[[], None],
     lean: Sequence[LeanRoute[Any]],
 ) -> FastAPI:
-    """A service's app: its runtime started and closed by the lifespan, health and metrics."""
+    """A service's app: its runtime started and closed by the lifespan, health and metrics.
+    Once started, the garbage collector is settled (`gc_tuning`)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         start()
+        heap.settle()
         log.info("%s service started", service)
         try:
             yield

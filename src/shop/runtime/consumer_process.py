@@ -17,7 +17,7 @@ import threading
 
 import tenacity
 
-from shop.runtime.supervision import RESTART_WAIT, failure
+from shop.supervision import RESTART_WAIT, failure
 
 log = logging.getLogger(__name__)
 

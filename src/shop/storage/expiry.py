@@ -16,8 +16,8 @@ from sqlalchemy import Column, Table, delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import jsonutil
-from shop.runtime.supervision import pause
 from shop.storage.database import unit_of_work
+from shop.supervision import pause
 
 log = logging.getLogger(__name__)
 

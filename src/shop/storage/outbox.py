@@ -28,7 +28,6 @@ from shop import jsonutil
 from shop.events import Event
 from shop.ids import uuid7
 from shop.messaging.ports import Outbound, Outgoing
-from shop.runtime.supervision import first_of, keep_trying, pause
 from shop.storage.database import (
     Timestamp,
     in_list,
@@ -40,6 +39,7 @@ from shop.storage.database import (
 )
 from shop.storage.expiry import Expiry
 from shop.storage.write_counter import Generation
+from shop.supervision import first_of, keep_trying, pause
 
 log = logging.getLogger(__name__)
 

@@ -3,14 +3,13 @@ problem handlers, middleware, fast-path routes and local API docs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 
-from shop.runtime import gc_tuning as heap
 from shop.settings import Http
 from shop.web import docs_pages as docs
 from shop.web.fastpath.protocol import make_deadlines
@@ -32,21 +31,15 @@ def new_app(
 
     FastAPI's own OpenTelemetry hooks are off: the services export Prometheus metrics, and the
     hooks looked up the environment on every request (2 % of a request's CPU in a profile).
-    Once the app has started, the garbage collector is settled (`gc_tuning`). The `lean`
-    routes answer their plain requests without FastAPI's per-request work (`fastpath.routes`).
-    The server's protocol finds the request deadlines of `http` in `app.state.deadlines`.
+    The `lean` routes answer their plain requests without FastAPI's per-request work
+    (`fastpath.routes`). The server's protocol finds the request deadlines of `http` in
+    `app.state.deadlines`.
     """
-
-    @asynccontextmanager
-    async def settled(app: FastAPI) -> AsyncIterator[None]:
-        async with lifespan(app) if lifespan is not None else nullcontext():
-            heap.settle()
-            yield
 
     app = FastAPI(
         title=title,
         version="0.1.0",
-        lifespan=settled,
+        lifespan=lifespan,
         default_response_class=JSONResponse,
         docs_url=None,  # shop.web.docs_pages serves them with local assets
         redoc_url=None,
