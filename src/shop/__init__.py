@@ -1,0 +1,1 @@
+"""The e-commerce backend: the product and order services (docs/architecture.md)."""

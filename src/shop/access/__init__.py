@@ -1,0 +1,1 @@
+"""Who calls and how often: bearer access tokens verified, the development issuer, per-customer rate limits."""
