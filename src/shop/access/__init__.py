@@ -1,1 +1,2 @@
-"""Who calls and how often: bearer access tokens verified, the development issuer, per-customer rate limits."""
+"""Who calls and how often: bearer access tokens verified, the development issuer, per-customer
+rate limits."""

@@ -1,1 +1,2 @@
-"""The order service: routes, use cases, the pure decision core, the order store port and its SQL, the consumer loop."""
+"""The order service: routes, use cases, the pure decision core, the order store port and its SQL,
+the consumer loop."""

@@ -1,1 +1,2 @@
-"""HTTP shared by both services: problem+json, middleware, health and metrics, the app factory, the fast path."""
+"""HTTP shared by both services: problem+json, middleware, health and metrics, the app factory, the
+fast path."""
