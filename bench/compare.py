@@ -194,7 +194,7 @@ def worktree(ref: str) -> tuple[Path, str]:
 def broker_names(side: Side) -> dict[str, str]:
     """Every setting naming a topic, consumer group or queue, prefixed for this side."""
     script = (
-        "import json; from shop.settings import StackSettings as S; "
+        "import json; from shop.settings import Settings as S; "
         "d = S.model_construct().flat() if hasattr(S, 'flat') "
         "else {n: f.default for n, f in S.model_fields.items()}; "
         "print(json.dumps({n: v for n, v in d.items() if isinstance(v, str)}))"
