@@ -211,7 +211,9 @@ class MessagingContract:
 
         await eventually(published, timeout=90, interval=1.0, what="publishing again")
         bodies = await take_until(inbound, after)
-        assert set(bodies) == {after}, bodies
+        # At least once: `before` may come again if the restart beat its ack's offset commit
+        # (Kafka commits stored offsets every second); nothing else may.
+        assert set(bodies) <= {before, after}, bodies
         await eventually(partial(_passes, harness.broker), timeout=30, what="the check again")
         await harness.close_consumer(inbound)
 
