@@ -84,6 +84,7 @@ class Kafka(Group):
     # Copies of every topic the services create (3 on the cluster); min.insync.replicas is one
     # fewer (at least 1), so with acks=all a write survives the loss of any one broker.
     replication_factor: int = Field(1, ge=1, le=7)
+    delivery_timeout_seconds: float = Field(10.0, gt=0)  # the events producer's, per message
 
     @field_validator("brokers")
     @classmethod
@@ -127,6 +128,10 @@ class Http(Group):
     request_body_seconds: float = Field(10.0, gt=0, le=300)
     # Connections (and requests in progress) one worker process takes before answering 503.
     max_connections: int = Field(4096, ge=16)
+    keep_alive_seconds: int = Field(5, ge=1)  # an idle keep-alive connection is closed after it
+    graceful_shutdown_seconds: int = Field(8, ge=1)
+    # Background tasks get this long to stop, and the events producer to flush, at shutdown.
+    shutdown_seconds: float = Field(5.0, gt=0)
 
 
 class Orders(Group):
@@ -147,6 +152,8 @@ class Orders(Group):
     # That process's nice value: when both cores are busy, intake (the HTTP workers) goes first
     # and the stored orders follow; an idle machine runs it at full speed anyway.
     consumer_nice: int = Field(10, ge=0, le=19)
+    # It finishes its batch after SIGTERM; SIGKILL after this.
+    consumer_stop_seconds: float = Field(10.0, gt=0)
 
 
 class Products(Group):
@@ -172,6 +179,21 @@ class Outbox(Group):
     key_ttl_seconds: float = Field(
         86_400.0, ge=60, json_schema_extra=env("IDEMPOTENCY_KEY_TTL_SECONDS")
     )
+    publish_timeout_seconds: float = Field(11.0, gt=0)  # a relay round's publish to Kafka
+    # After a round that emptied the table, the next one starts no sooner than this: under load
+    # the commits of these milliseconds share one claim, one publish and one mark instead of a
+    # round each (see docs/performance.md); an event waits this much longer at most.
+    round_gap_seconds: float = Field(0.02, gt=0, le=1)
+    # The backlog gauge's COUNT is a transaction of its own: read at most once per this.
+    backlog_every_seconds: float = Field(1.0, gt=0)
+    backlog_timeout_seconds: float = Field(5.0, gt=0)
+    # A failed round (Kafka or the database down) is tried again after this, doubled, at most
+    # the maximum.
+    retry_seconds: float = Field(0.2, gt=0)
+    retry_max_seconds: float = Field(5.0, gt=0)
+    # Expired events and Idempotency-Keys are purged this often, a batch per transaction.
+    purge_every_seconds: float = Field(60.0, gt=0)
+    purge_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class Auth(Group):

@@ -9,7 +9,6 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from shop.runtime.consumer_process import PARENT_ENV, Child, die_with_parent
 from shop.settings import ConfigError, Settings, load_settings
@@ -41,18 +40,13 @@ def _serve(settings: Settings, service: str) -> None:
         os.environ[WORKER_DIR_ENV] = str(run_dir)
     child = None
     if consumers:
+        nice = str(settings.orders.consumer_nice)
+        argv = [sys.executable, "-m", "shop", "consume", "all", "--nice", nice]
         child = Child(
             "order consumers",
-            [
-                sys.executable,
-                "-m",
-                "shop",
-                "consume",
-                "all",
-                "--nice",
-                str(settings.orders.consumer_nice),
-            ],
+            argv,
             dict(os.environ),
+            stop_seconds=settings.orders.consumer_stop_seconds,
         )
         child.start()
         # The HTTP workers leave the consumers and the outbox relay to the child.
@@ -63,7 +57,21 @@ def _serve(settings: Settings, service: str) -> None:
     # orphaned worker would go on answering, and keep the port, after its service died.
     os.environ[PARENT_ENV] = str(os.getpid())
     try:
-        _run_uvicorn(uvicorn, settings, service, port)
+        uvicorn.run(
+            f"shop.runtime.{service}_service:{service}_app",
+            factory=True,
+            host=settings.http.bind_host,
+            port=port,
+            workers=settings.http.workers,
+            loop="uvloop",
+            # httptools, with deadlines on headers and body
+            http="shop.web.fastpath.protocol:RequestDeadline",
+            access_log=False,
+            log_config=None,
+            limit_concurrency=settings.http.max_connections,
+            timeout_keep_alive=settings.http.keep_alive_seconds,
+            timeout_graceful_shutdown=settings.http.graceful_shutdown_seconds,
+        )
     finally:
         if child is not None:
             child.stop()
@@ -82,24 +90,6 @@ def _stop_child_on_exit_signals(child: Child) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop_then_exit)
-
-
-def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> None:
-    uvicorn.run(
-        f"shop.runtime.{service}_service:{service}_app",
-        factory=True,
-        host=settings.http.bind_host,
-        port=port,
-        workers=settings.http.workers,
-        loop="uvloop",
-        # httptools, with deadlines on headers and body
-        http="shop.web.fastpath.protocol:RequestDeadline",
-        access_log=False,
-        log_config=None,
-        limit_concurrency=settings.http.max_connections,
-        timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
-        timeout_graceful_shutdown=8,
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
