@@ -284,7 +284,10 @@ class Settings(BaseSettings):
 
     def flat(self) -> dict[str, Any]:
         """Every leaf by its flat name."""
-        return {name: _leaf(self, path) for name, path in flat_names(type(self)).items()}
+        return {
+            name: functools.reduce(getattr, path, self)
+            for name, path in flat_names(type(self)).items()
+        }
 
     def migration_account(self) -> Self:
         """These settings with the migration account as the database user: it may create, alter
@@ -304,13 +307,6 @@ class Settings(BaseSettings):
 
 
 S = TypeVar("S", bound=Settings)
-
-
-def _leaf(settings: Settings, path: tuple[str, ...]) -> Any:
-    value: Any = settings
-    for part in path:
-        value = getattr(value, part)
-    return value
 
 
 @functools.cache
@@ -341,18 +337,22 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class _EnvSource(PydanticBaseSettingsSource):
-    """The environment variables named by the leaves' flat names (case-insensitive)."""
+class _FlatSource(PydanticBaseSettingsSource):
+    """A source that gives every value at once, by flat name (`__call__`)."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
+
+
+class _EnvSource(_FlatSource):
+    """The environment variables named by the leaves' flat names (case-insensitive)."""
 
     def __call__(self) -> dict[str, Any]:
         environ = {name.lower(): value for name, value in os.environ.items()}
         return {name: environ[name] for name in flat_names(self.settings_cls) if name in environ}
 
 
-class _YamlSource(PydanticBaseSettingsSource):
+class _YamlSource(_FlatSource):
     """Reads config.yaml (or the file named by SHOP_CONFIG); a missing default file is fine."""
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
@@ -371,9 +371,6 @@ class _YamlSource(PydanticBaseSettingsSource):
         unknown = sorted(set(self._data) - set(flat_names(settings_cls)))
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._data)

@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import json
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -150,7 +150,8 @@ class Jwks:
             keys = jwt.PyJWKSet.from_dict(document).keys
         except Exception as exc:  # the IdP is down or answers nonsense: keep the keys we have
             raise Unauthorized("The signing keys could not be fetched; retry shortly.") from exc
-        found: dict[str | None, Any] = {k.key_id: k.key for k in keys if _usable(k)}
+        usable = (*ALGORITHMS, "UNKNOWN")
+        found: dict[str | None, Any] = {k.key_id: k.key for k in keys if k.algorithm_name in usable}
         if len(found) == 1:  # a single key also serves tokens that name no kid
             found[None] = next(iter(found.values()))
         self._keys = found
@@ -159,10 +160,6 @@ class Jwks:
         request = urllib.request.Request(self._url, headers={"Accept": "application/json"})  # noqa: S310 (configured URL)
         with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
             return json.loads(response.read(1_000_000))
-
-
-def _usable(key: jwt.PyJWK) -> bool:
-    return key.algorithm_name in ALGORITHMS or key.algorithm_name == "UNKNOWN"
 
 
 class Authenticator:
@@ -229,35 +226,20 @@ class Authenticator:
                 leeway=self._leeway,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("The token has expired.") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthorized("The token is not valid yet.") from None
-        except jwt.InvalidAudienceError:
-            raise Unauthorized("The token is for another audience.") from None
-        except jwt.InvalidIssuerError:
-            raise Unauthorized("The token is from another issuer.") from None
-        except jwt.InvalidSignatureError:
-            raise Unauthorized("The token's signature does not verify.") from None
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"The token is not valid ({_reason(exc)}).") from None
-        principal = self._principal_of(claims)
+            reason = str(exc).rstrip(".")[:200] or type(exc).__name__
+            raise Unauthorized(
+                _REFUSED.get(type(exc), f"The token is not valid ({reason}).")
+            ) from None
+        scopes = claims.get("scope", "")
+        if isinstance(scopes, list):  # some providers send a list (scp style)
+            scopes = " ".join(str(s) for s in scopes)
+        user = _user_id(claims.get(self._user_claim))
+        principal = Principal(str(claims["sub"]), user, frozenset(str(scopes).split()))
         # Requests that missed at the same moment each verify, and each store here: the cache
         # counts a token's bytes once however often it is stored.
         self._verified[token] = _Verified(principal, float(claims["exp"]), len(token))
         return principal
-
-    def _principal_of(self, claims: Mapping[str, Any]) -> Principal:
-        subject = str(claims["sub"])
-        scopes = claims.get("scope", "")
-        if isinstance(scopes, list):  # some providers send a list (scp style)
-            scopes = " ".join(str(s) for s in scopes)
-        user = claims.get(self._user_claim)
-        return Principal(
-            subject=subject,
-            user_id=_user_id(user),
-            scopes=frozenset(str(scopes).split()),
-        )
 
 
 class _Verified(NamedTuple):
@@ -270,18 +252,20 @@ class _Verified(NamedTuple):
 
 def _user_id(value: Any) -> int | None:
     """A positive integer user id (as a number or its decimal string), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 1 <= value <= 2**63 - 1 else None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        number = int(value)
-        return number if 1 <= number <= 2**63 - 1 else None
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2**63 - 1:
+        return value
     return None
 
 
-def _reason(exc: Exception) -> str:
-    return str(exc).rstrip(".")[:200] or type(exc).__name__
+_REFUSED: dict[type[Exception], str] = {
+    jwt.ExpiredSignatureError: "The token has expired.",
+    jwt.ImmatureSignatureError: "The token is not valid yet.",
+    jwt.InvalidAudienceError: "The token is for another audience.",
+    jwt.InvalidIssuerError: "The token is from another issuer.",
+    jwt.InvalidSignatureError: "The token's signature does not verify.",
+}
 
 
 # Per accepted algorithm: how its public keys become a JWK, and that JWK's RFC 7638 members.

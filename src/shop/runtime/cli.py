@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"shop: {exc}")
     if args.command == "serve":
         _serve(settings, args.service)
-        return
-    if args.command == "consume":
+    elif args.command == "consume":
         import uvloop
 
         from shop.runtime import orders_service
@@ -141,19 +140,18 @@ def main(argv: list[str] | None = None) -> None:
         os.nice(args.nice)  # before any thread starts: threads inherit it
         channels = ("kafka", "rabbitmq") if args.channel == "all" else (args.channel,)
         uvloop.run(orders_service.consume(settings, channels, health_port=args.health_port))
-        return
-    if args.command in ("token", "dev-key"):
+    elif args.command in ("token", "dev-key"):
         from shop.access import dev_issuer as tokens
 
         created = tokens.ensure_dev_key(settings)
         if args.command == "dev-key":
             state = "created" if created else "kept"
             print(f"{state} {settings.auth.signing_key_file} and {settings.auth.public_key_file}")
-            return
-        subject = str(args.user) if args.user is not None else args.subject
-        print(tokens.dev_token(settings, subject=subject, scopes=args.scope, ttl_seconds=args.ttl))
-        return
-    if args.command == "migrate":
+        else:
+            subject = str(args.user) if args.user is not None else args.subject
+            ttl = args.ttl
+            print(tokens.dev_token(settings, subject=subject, scopes=args.scope, ttl_seconds=ttl))
+    elif args.command == "migrate":
         from shop.storage.migrations import migrate
 
         migrate(settings)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from shop.clock import SYSTEM, Clock
 from shop.settings import Settings
+from shop.supervision import failure
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ ROLLED_BACK = frozenset({DEADLOCK, WSREP_NOT_READY})
 # The client could not reach the server, or lost it: before COMMIT was sent the server rolled
 # the transaction back (or never saw it); during the COMMIT the outcome is unknown.
 CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 2055})
+_GONE = CONNECTION_LOST | {WSREP_NOT_READY}
 # "Got error during COMMIT": the outcome is unknown, never retried.
 COMMIT_FAILED = 1180
 # The pause before each new try of a unit of work (so four tries at most), in seconds: a
@@ -139,8 +141,9 @@ async def statements_unit(
     except (asyncio.CancelledError, TimeoutError):
         await conn.invalidate()
         raise
-    except asyncmy_errors.Error as exc:
-        lost = _connection_gone(exc)
+    except Exception as exc:
+        driver = isinstance(exc, asyncmy_errors.Error)
+        lost = driver and _connection_gone(exc)
         if lost:
             # As SQLAlchemy does on a disconnect: the pool's other connections went with this
             # one (a restarted server, a fail-over), so the next unit anywhere gets a fresh
@@ -149,12 +152,10 @@ async def statements_unit(
             await engine.dispose()
         elif not await statements.rollback():
             await conn.invalidate()
-        raise DBAPIError.instance(
-            statements.last, None, exc, asyncmy_errors.Error, connection_invalidated=lost
-        ) from exc
-    except Exception:
-        if not await statements.rollback():
-            await conn.invalidate()
+        if driver:
+            raise DBAPIError.instance(
+                statements.last, None, exc, asyncmy_errors.Error, connection_invalidated=lost
+            ) from exc
         raise
     finally:
         if reusable and held is not None:
@@ -431,7 +432,7 @@ class Database:
 
 
 def _log_run_again(state: tenacity.RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
+    exc = failure(state)
     reason = (exc and error_code(exc)) or type(getattr(exc, "orig", exc)).__name__
     log.warning(
         "unit of work failed (%s, attempt %d); running it again", reason, state.attempt_number
@@ -441,12 +442,7 @@ def _log_run_again(state: tenacity.RetryCallState) -> None:
 def _connection_gone(exc: BaseException) -> bool:
     """Whether a driver error leaves its connection unusable (lost, or a node out of the
     cluster, which answers 1047 to everything: see `create_engine`)."""
-    code = error_code(exc)
-    return (
-        isinstance(exc, asyncmy_errors.InterfaceError)
-        or code in CONNECTION_LOST
-        or (code == WSREP_NOT_READY)
-    )
+    return isinstance(exc, asyncmy_errors.InterfaceError) or error_code(exc) in _GONE
 
 
 class Statements:

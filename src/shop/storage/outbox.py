@@ -231,8 +231,8 @@ class Relay:
 
     def _failed(self, error: BaseException | None, delay: float) -> None:
         # After any outage the relay goes on; the rows stay unsent meanwhile.
-        OUTBOX_FAILURES.labels(self._table.name).inc()
         name = self._table.name
+        OUTBOX_FAILURES.labels(name).inc()
         log.warning("outbox relay of %s failed (%s); retrying in %.1fs", name, error, delay)
 
     async def _idle(self, stopping: asyncio.Event, published: int) -> None:
