@@ -59,6 +59,15 @@ class Database(Group):
     name: str = Field("shop", pattern=r"^[A-Za-z0-9_]{1,64}$")
     pool_size: int = Field(20, ge=1, le=500)
     timeout_seconds: float = Field(5.0, gt=0)
+    recycle_seconds: float = Field(1800.0, gt=0)  # a connection is replaced after this long
+    # The pause before each new try of a unit of work known not to have committed (so four
+    # tries at most): a fail-over takes a few seconds. Comma-separated in the environment.
+    retry_delays_seconds: tuple[float, ...] = (0.05, 0.4, 1.5)
+
+    @field_validator("retry_delays_seconds", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return value.split(",") if isinstance(value, str) else value
 
     @property
     def url(self) -> str:

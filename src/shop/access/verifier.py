@@ -35,7 +35,7 @@ from starlette.types import Scope
 
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
-from shop.settings import ConfigError, Settings
+from shop.settings import Auth, ConfigError, Settings
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 SCHEME = "Bearer"
@@ -165,24 +165,12 @@ class Jwks:
 class Authenticator:
     """Turns an Authorization header into a Principal, or raises Unauthorized."""
 
-    def __init__(
-        self,
-        keys: KeySource,
-        *,
-        issuer: str,
-        audience: str,
-        leeway: float,
-        user_claim: str = "sub",
-        clock: Clock = SYSTEM,
-    ) -> None:
+    def __init__(self, keys: KeySource, auth: Auth, *, clock: Clock = SYSTEM) -> None:
         self._keys = keys
-        self._issuer = issuer
-        self._audience = audience
-        self._leeway = leeway
-        self._user_claim = user_claim
+        self._auth = auth
         self._verified: TLRUCache[str, _Verified] = TLRUCache(
             CACHE_BYTES,
-            ttu=lambda _token, verified, _now: verified.expires + leeway,
+            ttu=lambda _token, verified, _now: verified.expires + auth.leeway_seconds,
             timer=clock.wall,  # `exp` is a date
             getsizeof=lambda verified: verified.size,
         )
@@ -221,9 +209,9 @@ class Authenticator:
                 token,
                 key,
                 algorithms=[header["alg"]],
-                audience=self._audience,
-                issuer=self._issuer,
-                leeway=self._leeway,
+                audience=self._auth.audience,
+                issuer=self._auth.issuer,
+                leeway=self._auth.leeway_seconds,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.PyJWTError as exc:
@@ -234,7 +222,7 @@ class Authenticator:
         scopes = claims.get("scope", "")
         if isinstance(scopes, list):  # some providers send a list (scp style)
             scopes = " ".join(str(s) for s in scopes)
-        user = _user_id(claims.get(self._user_claim))
+        user = _user_id(claims.get(self._auth.user_claim))
         principal = Principal(str(claims["sub"]), user, frozenset(str(scopes).split()))
         # Requests that missed at the same moment each verify, and each store here: the cache
         # counts a token's bytes once however often it is stored.
@@ -316,13 +304,7 @@ def from_settings(settings: Settings) -> Authenticator:
                 f"AUTH_PUBLIC_KEY_FILE={path}: {exc} (`make up` or `shop dev-key` writes the "
                 "development key; or set AUTH_JWKS_URL)"
             ) from exc
-    return Authenticator(
-        keys,
-        issuer=settings.auth.issuer,
-        audience=settings.auth.audience,
-        leeway=settings.auth.leeway_seconds,
-        user_claim=settings.auth.user_claim,
-    )
+    return Authenticator(keys, settings.auth)
 
 
 def authorization(scope: Scope) -> str | None:

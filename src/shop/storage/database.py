@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shop.clock import SYSTEM, Clock
+from shop.settings import Database as DbSettings
 from shop.settings import Settings
 from shop.supervision import failure
 
@@ -43,9 +44,6 @@ CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 2055})
 _GONE = CONNECTION_LOST | {WSREP_NOT_READY}
 # "Got error during COMMIT": the outcome is unknown, never retried.
 COMMIT_FAILED = 1180
-# The pause before each new try of a unit of work (so four tries at most), in seconds: a
-# fail-over takes a few.
-RETRY_DELAYS = (0.05, 0.4, 1.5)
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -90,7 +88,7 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
         pool_size=settings.db.pool_size,
         max_overflow=settings.db.pool_size,
         pool_timeout=settings.db.timeout_seconds,
-        pool_recycle=1800,
+        pool_recycle=settings.db.recycle_seconds,
         pool_reset_on_return=None,
         # READ COMMITTED takes no gap locks: the outbox relay's FOR UPDATE SKIP LOCKED claim
         # would otherwise block every insert at the end of the outbox index while it publishes.
@@ -189,7 +187,7 @@ class HeldConnections:
     handling (as `pool_recycle` would), and an invalidated one is never kept.
     """
 
-    def __init__(self, engine: AsyncEngine, *, keep: int = 2, recycle: float = 1800.0) -> None:
+    def __init__(self, engine: AsyncEngine, *, recycle: float, keep: int = 2) -> None:
         self._engine = engine
         self._keep = keep
         self._recycle = recycle
@@ -325,12 +323,13 @@ class Database:
     """Two pools: transactions, and autocommit single-statement reads; one deadline for both."""
 
     def __init__(
-        self, engine: AsyncEngine, *, reads: AsyncEngine, timeout: float, clock: Clock = SYSTEM
+        self, engine: AsyncEngine, *, reads: AsyncEngine, db: DbSettings, clock: Clock = SYSTEM
     ) -> None:
         self.engine = engine
         self.reads = reads
-        self.timeout = timeout
-        self._held = HeldConnections(engine)
+        self.timeout = db.timeout_seconds
+        self._retry_delays = db.retry_delays_seconds
+        self._held = HeldConnections(engine, recycle=db.recycle_seconds)
         self._clock = clock
 
     @classmethod
@@ -338,7 +337,7 @@ class Database:
         return cls(
             create_engine(settings),
             reads=create_engine(settings, autocommit=True),
-            timeout=settings.db.timeout_seconds,
+            db=settings.db,
         )
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
@@ -410,8 +409,8 @@ class Database:
                 raise
             failed.append(exc)
         return await tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(len(RETRY_DELAYS) + 1),
-            wait=tenacity.wait_chain(*map(tenacity.wait_fixed, RETRY_DELAYS)),
+            stop=tenacity.stop_after_attempt(len(self._retry_delays) + 1),
+            wait=tenacity.wait_chain(*map(tenacity.wait_fixed, self._retry_delays)),
             retry=tenacity.retry_if_exception(not_committed),
             sleep=self._clock.sleep,
             before_sleep=_log_run_again,
