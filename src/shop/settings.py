@@ -271,13 +271,9 @@ class Settings(BaseSettings):
     def _no_default_passwords_beyond_loopback(self) -> Settings:
         if self.allow_default_passwords or _is_loopback(self.http.bind_host):
             return self
+        groups: tuple[Database | RabbitMQ, ...] = (self.db, self.rabbitmq)
         defaults = [
-            name
-            for name, value, default in (
-                ("DB_PASSWORD", self.db.password, Database().password),
-                ("RABBITMQ_PASSWORD", self.rabbitmq.password, RabbitMQ().password),
-            )
-            if value == default
+            f"{g.prefix}password".upper() for g in groups if g.password == type(g)().password
         ]
         if defaults:
             raise ValueError(

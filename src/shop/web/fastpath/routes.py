@@ -169,14 +169,10 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
     """`receive` for the app, which reads the body again: first the body already read."""
-    replayed = False
+    first: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return first.pop() if first else await receive()
 
     return replay
 
