@@ -40,14 +40,9 @@ def _serve(settings: Settings, service: str) -> None:
         os.environ[WORKER_DIR_ENV] = str(run_dir)
     child = None
     if consumers:
-        nice = str(settings.orders.consumer_nice)
+        nice, stop = str(settings.orders.consumer_nice), settings.orders.consumer_stop_seconds
         argv = [sys.executable, "-m", "shop", "consume", "all", "--nice", nice]
-        child = Child(
-            "order consumers",
-            argv,
-            dict(os.environ),
-            stop_seconds=settings.orders.consumer_stop_seconds,
-        )
+        child = Child("order consumers", argv, dict(os.environ), stop_seconds=stop)
         child.start()
         # The HTTP workers leave the consumers and the outbox relay to the child.
         os.environ["CONSUMERS_ENABLED"] = "false"

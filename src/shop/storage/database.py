@@ -227,23 +227,6 @@ async def _connection(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[A
         await conn.close()
 
 
-async def ping(engine: AsyncEngine, *, timeout: float) -> None:
-    """Raise unless the database answers a trivial query within `timeout` seconds.
-
-    A pooled connection that a restarted server dropped fails once, and that failure empties
-    the pool: the ping then asks again on a fresh connection, so a worker that had no request
-    since the restart does not report the database down (each worker has its own pool).
-    """
-
-    async def select_1() -> None:
-        async with _connection(engine, timeout=timeout) as conn:
-            await conn.execute(text("SELECT 1"))
-
-    retry = tenacity.retry_if_exception(lambda e: getattr(e, "connection_invalidated", False))
-    stop = tenacity.stop_after_attempt(2)
-    await tenacity.AsyncRetrying(stop=stop, retry=retry, reraise=True)(select_1)
-
-
 async def run_text(conn: AsyncConnection, sql: str) -> CursorResult[Any]:
     """Run SQL text with its values written in (`sql_literal`) on an engine connection."""
     # no_parameters: the driver gets no parameter tuple, so it leaves `%` in the text alone.
@@ -422,7 +405,20 @@ class Database:
         return _connection(self.reads, timeout=self.timeout)
 
     async def ping(self) -> None:
-        await ping(self.reads, timeout=self.timeout)
+        """Raise unless the database answers a trivial query within the timeout.
+
+        A pooled connection that a restarted server dropped fails once, and that failure empties
+        the pool: the ping then asks again on a fresh connection, so a worker that had no request
+        since the restart does not report the database down (each worker has its own pool).
+        """
+
+        async def select_1() -> None:
+            async with self.read() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        retry = tenacity.retry_if_exception(lambda e: getattr(e, "connection_invalidated", False))
+        stop = tenacity.stop_after_attempt(2)
+        await tenacity.AsyncRetrying(stop=stop, retry=retry, reraise=True)(select_1)
 
     async def dispose(self) -> None:
         await self._held.close()

@@ -178,7 +178,9 @@ class Relay:
 
     async def relay_once(self) -> tuple[int, bool]:
         """Publish the events of one batch of unsent rows: how many rows, and whether more may
-        be waiting."""
+        be waiting. A commit notified from here on wakes the next round."""
+        self._wake.clear()
+        self._seen = self._commits.value()
         t, publish_timeout = self._table, self._settings.publish_timeout_seconds
         async with statements_unit(self._engine, timeout=publish_timeout + 10) as sql:
             (claimed,) = await sql.run([self._claim])
@@ -216,18 +218,13 @@ class Relay:
         """Relay until `stopping` is set, backing off while Kafka or the database is down."""
         while not stopping.is_set():
             relayed = await keep_trying(
-                self._round, stopping, wait=self._retry_wait, on_failure=self._failed
+                self.relay_once, stopping, wait=self._retry_wait, on_failure=self._failed
             )
             if relayed is None:
                 return
             published, more = relayed
             if not more:
                 await self._idle(stopping, published)
-
-    async def _round(self) -> tuple[int, bool]:
-        self._wake.clear()
-        self._seen = self._commits.value()
-        return await self.relay_once()
 
     def _failed(self, error: BaseException | None, delay: float) -> None:
         # After any outage the relay goes on; the rows stay unsent meanwhile.
