@@ -161,8 +161,7 @@ class Orders(Group):
     # That process's nice value: when both cores are busy, intake (the HTTP workers) goes first
     # and the stored orders follow; an idle machine runs it at full speed anyway.
     consumer_nice: int = Field(10, ge=0, le=19)
-    # It finishes its batch after SIGTERM; SIGKILL after this.
-    consumer_stop_seconds: float = Field(10.0, gt=0)
+    consumer_stop_seconds: float = Field(10.0, gt=0)  # to finish its batch; then SIGKILL
 
 
 class Products(Group):
@@ -193,16 +192,13 @@ class Outbox(Group):
     # the commits of these milliseconds share one claim, one publish and one mark instead of a
     # round each (see docs/performance.md); an event waits this much longer at most.
     round_gap_seconds: float = Field(0.02, gt=0, le=1)
-    # The backlog gauge's COUNT is a transaction of its own: read at most once per this.
-    backlog_every_seconds: float = Field(1.0, gt=0)
+    backlog_every_seconds: float = Field(1.0, gt=0)  # the backlog gauge's COUNT, at most once per
     backlog_timeout_seconds: float = Field(5.0, gt=0)
-    # A failed round (Kafka or the database down) is tried again after this, doubled, at most
-    # the maximum.
+    # A failed round (Kafka or the database down) is tried again after this, doubled, at most max.
     retry_seconds: float = Field(0.2, gt=0)
     retry_max_seconds: float = Field(5.0, gt=0)
-    # Expired events and Idempotency-Keys are purged this often, a batch per transaction.
-    purge_every_seconds: float = Field(60.0, gt=0)
-    purge_timeout_seconds: float = Field(30.0, gt=0)
+    purge_every_seconds: float = Field(60.0, gt=0)  # expired events and Idempotency-Keys
+    purge_timeout_seconds: float = Field(30.0, gt=0)  # a purge batch's transaction
 
 
 class Auth(Group):

@@ -104,7 +104,6 @@ class Runtime:
 def service_app(
     title: str,
     service: str,
-    settings: Settings,
     runtime: Runtime,
     start: Callable[[], None],
     lean: Sequence[LeanRoute[Any]],
@@ -126,9 +125,10 @@ def service_app(
     app = app_factory.new_app(
         title,
         service=service,
-        http=settings.http,
+        http=runtime.settings.http,
         lifespan=lifespan,
         lean=lean,
     )
-    app.include_router(health.health_router(runtime.checks, timeout=settings.db.timeout_seconds))
+    timeout = runtime.settings.db.timeout_seconds
+    app.include_router(health.health_router(runtime.checks, timeout=timeout))
     return app

@@ -106,7 +106,6 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     app = service_app(
         "Order service",
         "orders",
-        settings,
         runtime,
         partial(runtime.start_with, consumers),
         order_api.lean_routes(runtime.service, authenticator, limiter),

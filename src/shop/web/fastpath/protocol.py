@@ -26,7 +26,7 @@ import logging
 import time
 from typing import Any, NamedTuple, cast
 
-from starlette.types import Receive, Scope
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -200,9 +200,10 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
         try:
             reply = await route.answer(scope, parsed)
         except Exception as exc:
-            status = _Status(cycle)
-            await lean.fail(exc, scope, cast(Receive, cycle.receive), status.send)
-            lean.observe(scope["method"], route.path, status.code, time.perf_counter() - start)
+            status = await lean.fail(
+                exc, scope, cast(Receive, cycle.receive), cast(Send, cycle.send)
+            )
+            lean.observe(scope["method"], route.path, status, time.perf_counter() - start)
             return
         _write(cycle, reply)
         lean.observe(scope["method"], route.path, reply.status, time.perf_counter() - start)
@@ -232,19 +233,6 @@ def _write(cycle: RequestResponseCycle, reply: Reply) -> None:
     if not cycle.keep_alive:
         cycle.transport.close()
     cycle.on_response()
-
-
-class _Status:
-    """`send` of a cycle that notes the status it answers."""
-
-    def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
-        self.code = 500
-
-    async def send(self, message: Any) -> None:
-        if message["type"] == "http.response.start":
-            self.code = message["status"]
-        await self._cycle.send(message)
 
 
 def _nothing() -> None:

@@ -79,8 +79,8 @@ class Lean:
     max_body_bytes: int
     observe: ObserveRequest
 
-    async def fail(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer `exc` as the app would: through its nearest exception handler."""
+    async def fail(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer `exc` as the app would: through its nearest exception handler; the status."""
         handler = _handler_for(self.owner.exception_handlers, exc)
         if handler is None:
             raise exc
@@ -88,6 +88,7 @@ class Lean:
         if inspect.isawaitable(response):
             response = await response
         await response(scope, receive, send)
+        return int(response.status_code)
 
 
 def state_of(app: object, name: str) -> object:
