@@ -173,7 +173,9 @@ def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_int
     rotated = Issuer()
     identity_provider["keys"] = [_jwk(issuer)]
     clock = FakeClock()
-    keys = Jwks(identity_provider["url"], timeout=2, refresh_seconds=1.0, clock=clock)
+    keys = Jwks(
+        identity_provider["url"], Auth(timeout_seconds=2, jwks_refresh_seconds=1.0), clock=clock
+    )
     auth = Authenticator(keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5))
 
     async def scenario() -> None:
@@ -196,7 +198,7 @@ def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_int
 
 
 def test_an_unreachable_identity_provider_is_a_401_not_a_crash() -> None:
-    keys = Jwks("http://127.0.0.1:9/jwks", timeout=0.5, refresh_seconds=60)
+    keys = Jwks("http://127.0.0.1:9/jwks", Auth(timeout_seconds=0.5, jwks_refresh_seconds=60))
     auth = Authenticator(keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5))
     started = time.monotonic()
     with pytest.raises(Unauthorized, match="could not be fetched"):

@@ -5,7 +5,8 @@ Only asymmetric signatures are accepted (RS256, ES256, EdDSA): a token whose hea
 or an HMAC algorithm is refused before any key is looked at, so a public key can never serve as
 an HMAC secret. `iss` and `aud` must match the settings; `exp` is required and `exp`/`nbf` are
 checked with a small leeway. Keys come from a JWKS URL (fetched with a timeout, cached, fetched
-again for an unknown `kid` at most once per `refresh_seconds`) or from a PEM public key file.
+again for an unknown `kid` at most once per AUTH_JWKS_REFRESH_SECONDS) or from a PEM public
+key file.
 
 A verified token is remembered until it expires (bounded by the bytes of the tokens held, the
 least recently used forgotten first), so a client that sends the same token on every request
@@ -119,14 +120,13 @@ class StaticKey:
 
 class Jwks:
     """Keys from a JWKS document, fetched again for an unknown `kid` at most once per
-    `refresh_seconds` (so unknown ids cannot make the service hammer the identity provider)."""
+    AUTH_JWKS_REFRESH_SECONDS (so unknown ids cannot make the service hammer the identity
+    provider)."""
 
-    def __init__(
-        self, url: str, *, timeout: float, refresh_seconds: float, clock: Clock = SYSTEM
-    ) -> None:
+    def __init__(self, url: str, auth: Auth, *, clock: Clock = SYSTEM) -> None:
         self._url = url
-        self._timeout = timeout
-        self._refresh = refresh_seconds
+        self._timeout = auth.timeout_seconds
+        self._refresh = auth.jwks_refresh_seconds
         self._now = clock.monotonic
         self._keys: dict[str | None, Any] = {}
         self._fetched_at: float | None = None
@@ -290,11 +290,7 @@ def from_settings(settings: Settings) -> Authenticator:
     """The authenticator the settings describe: JWKS if AUTH_JWKS_URL is set, else the key file."""
     keys: KeySource
     if settings.auth.jwks_url:
-        keys = Jwks(
-            settings.auth.jwks_url,
-            timeout=settings.auth.timeout_seconds,
-            refresh_seconds=settings.auth.jwks_refresh_seconds,
-        )
+        keys = Jwks(settings.auth.jwks_url, settings.auth)
     else:
         path = Path(settings.auth.public_key_file)
         try:

@@ -35,9 +35,8 @@ Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
 # Server errors after which the transaction is known to be rolled back, so running it again is
 # safe: a deadlock victim, and on Galera a transaction refused by certification (also 1213)
 # or a statement refused by a node that is not (or no longer) part of the primary component.
-DEADLOCK = 1213
 WSREP_NOT_READY = 1047
-ROLLED_BACK = frozenset({DEADLOCK, WSREP_NOT_READY})
+ROLLED_BACK = frozenset({1213, WSREP_NOT_READY})  # 1213: ER_LOCK_DEADLOCK
 # The client could not reach the server, or lost it: before COMMIT was sent the server rolled
 # the transaction back (or never saw it); during the COMMIT the outcome is unknown.
 CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 2055})
