@@ -91,20 +91,15 @@ class Lean:
         return int(response.status_code)
 
 
-def state_of(app: object, name: str) -> object:
-    """`app.state.<name>`, found through the middleware that wraps the app (uvicorn's)."""
+def state_of(app: object, name: str, kind: type[T]) -> T | None:
+    """`app.state.<name>` if it is a `kind`, found through the middleware that wraps the app
+    (uvicorn's): an app's lean routes, its request deadlines."""
     for _ in range(3):
         found = getattr(getattr(app, "state", None), name, None)
-        if found is not None:
+        if isinstance(found, kind):
             return found
         app = getattr(app, "app", None)
     return None
-
-
-def lean_of(app: object) -> Lean | None:
-    """The lean routes of an app, found through the middleware that wraps it."""
-    lean = state_of(app, "lean")
-    return lean if isinstance(lean, Lean) else None
 
 
 class LeanRoutes:
