@@ -132,7 +132,7 @@ class Relay:
     de-duplicate on event_id.
 
     Writers call `notify()` after a commit; it bumps `commits`, which the relay reads every
-    `ROUND_GAP_SECONDS` while idle. Shared between processes (write_counter), that lets one
+    OUTBOX_ROUND_GAP_SECONDS while idle. Shared between processes (write_counter), that lets one
     process relay what its sibling HTTP workers commit.
     """
 
