@@ -234,14 +234,14 @@ class Relay:
 
     async def _idle(self, stopping: asyncio.Event, published: int) -> None:
         # Under steady load the relay idles after nearly every round: the gauge is read seldom.
-        every = self._settings
-        if time.monotonic() - self._backlog_read_at >= every.backlog_every_seconds:
+        outbox = self._settings
+        if time.monotonic() - self._backlog_read_at >= outbox.backlog_every_seconds:
             self._backlog_read_at = time.monotonic()
             try:
                 OUTBOX_BACKLOG.labels(self._table.name).set(await self.backlog())
             except Exception:  # the gauge is best effort; the next round reports the outage
                 log.debug("could not read the outbox backlog", exc_info=True)
-        gap, poll = every.round_gap_seconds, every.poll_seconds
+        gap, poll = outbox.round_gap_seconds, outbox.poll_seconds
         if published:
             await pause(stopping, gap)
         # The wake event serves this process's writers at once; the counter, read every gap,
