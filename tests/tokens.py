@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shop.access import dev_issuer as tokens
 from shop.access.verifier import Authenticator, StaticKey
+from shop.settings import Auth
 
 ISSUER = "shop-test"
 AUDIENCE = "shop"
@@ -58,7 +59,9 @@ class Issuer:
         return signing, public
 
     def authenticator(self) -> Authenticator:
-        return Authenticator(StaticKey(self.public_pem), issuer=ISSUER, audience=AUDIENCE, leeway=5)
+        return Authenticator(
+            StaticKey(self.public_pem), Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5)
+        )
 
     def token(
         self,

@@ -59,6 +59,15 @@ class Database(Group):
     name: str = Field("shop", pattern=r"^[A-Za-z0-9_]{1,64}$")
     pool_size: int = Field(20, ge=1, le=500)
     timeout_seconds: float = Field(5.0, gt=0)
+    recycle_seconds: float = Field(1800.0, gt=0)  # a connection is replaced after this long
+    # The pause before each new try of a unit of work known not to have committed (so four
+    # tries at most): a fail-over takes a few seconds. Comma-separated in the environment.
+    retry_delays_seconds: tuple[float, ...] = (0.05, 0.4, 1.5)
+
+    @field_validator("retry_delays_seconds", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return value.split(",") if isinstance(value, str) else value
 
     @property
     def url(self) -> str:
@@ -84,6 +93,7 @@ class Kafka(Group):
     # Copies of every topic the services create (3 on the cluster); min.insync.replicas is one
     # fewer (at least 1), so with acks=all a write survives the loss of any one broker.
     replication_factor: int = Field(1, ge=1, le=7)
+    delivery_timeout_seconds: float = Field(10.0, gt=0)  # the events producer's, per message
 
     @field_validator("brokers")
     @classmethod
@@ -127,6 +137,10 @@ class Http(Group):
     request_body_seconds: float = Field(10.0, gt=0, le=300)
     # Connections (and requests in progress) one worker process takes before answering 503.
     max_connections: int = Field(4096, ge=16)
+    keep_alive_seconds: int = Field(5, ge=1)  # an idle keep-alive connection is closed after it
+    graceful_shutdown_seconds: int = Field(8, ge=1)
+    # Background tasks get this long to stop, and the events producer to flush, at shutdown.
+    shutdown_seconds: float = Field(5.0, gt=0)
 
 
 class Orders(Group):
@@ -147,6 +161,7 @@ class Orders(Group):
     # That process's nice value: when both cores are busy, intake (the HTTP workers) goes first
     # and the stored orders follow; an idle machine runs it at full speed anyway.
     consumer_nice: int = Field(10, ge=0, le=19)
+    consumer_stop_seconds: float = Field(10.0, gt=0)  # to finish its batch; then SIGKILL
 
 
 class Products(Group):
@@ -172,6 +187,18 @@ class Outbox(Group):
     key_ttl_seconds: float = Field(
         86_400.0, ge=60, json_schema_extra=env("IDEMPOTENCY_KEY_TTL_SECONDS")
     )
+    publish_timeout_seconds: float = Field(11.0, gt=0)  # a relay round's publish to Kafka
+    # After a round that emptied the table, the next one starts no sooner than this: under load
+    # the commits of these milliseconds share one claim, one publish and one mark instead of a
+    # round each (see docs/performance.md); an event waits this much longer at most.
+    round_gap_seconds: float = Field(0.02, gt=0, le=1)
+    backlog_every_seconds: float = Field(1.0, gt=0)  # the backlog gauge's COUNT, at most once per
+    backlog_timeout_seconds: float = Field(5.0, gt=0)
+    # A failed round (Kafka or the database down) is tried again after this, doubled, at most max.
+    retry_seconds: float = Field(0.2, gt=0)
+    retry_max_seconds: float = Field(5.0, gt=0)
+    purge_every_seconds: float = Field(60.0, gt=0)  # expired events and Idempotency-Keys
+    purge_timeout_seconds: float = Field(30.0, gt=0)  # a purge batch's transaction
 
 
 class Auth(Group):
@@ -240,13 +267,9 @@ class Settings(BaseSettings):
     def _no_default_passwords_beyond_loopback(self) -> Settings:
         if self.allow_default_passwords or _is_loopback(self.http.bind_host):
             return self
+        groups: tuple[Database | RabbitMQ, ...] = (self.db, self.rabbitmq)
         defaults = [
-            name
-            for name, value, default in (
-                ("DB_PASSWORD", self.db.password, Database().password),
-                ("RABBITMQ_PASSWORD", self.rabbitmq.password, RabbitMQ().password),
-            )
-            if value == default
+            f"{g.prefix}password".upper() for g in groups if g.password == type(g)().password
         ]
         if defaults:
             raise ValueError(
@@ -262,7 +285,10 @@ class Settings(BaseSettings):
 
     def flat(self) -> dict[str, Any]:
         """Every leaf by its flat name."""
-        return {name: _leaf(self, path) for name, path in flat_names(type(self)).items()}
+        return {
+            name: functools.reduce(getattr, path, self)
+            for name, path in flat_names(type(self)).items()
+        }
 
     def migration_account(self) -> Self:
         """These settings with the migration account as the database user: it may create, alter
@@ -282,13 +308,6 @@ class Settings(BaseSettings):
 
 
 S = TypeVar("S", bound=Settings)
-
-
-def _leaf(settings: Settings, path: tuple[str, ...]) -> Any:
-    value: Any = settings
-    for part in path:
-        value = getattr(value, part)
-    return value
 
 
 @functools.cache
@@ -319,18 +338,22 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class _EnvSource(PydanticBaseSettingsSource):
-    """The environment variables named by the leaves' flat names (case-insensitive)."""
+class _FlatSource(PydanticBaseSettingsSource):
+    """A source that gives every value at once, by flat name (`__call__`)."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
+
+
+class _EnvSource(_FlatSource):
+    """The environment variables named by the leaves' flat names (case-insensitive)."""
 
     def __call__(self) -> dict[str, Any]:
         environ = {name.lower(): value for name, value in os.environ.items()}
         return {name: environ[name] for name in flat_names(self.settings_cls) if name in environ}
 
 
-class _YamlSource(PydanticBaseSettingsSource):
+class _YamlSource(_FlatSource):
     """Reads config.yaml (or the file named by SHOP_CONFIG); a missing default file is fine."""
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
@@ -349,9 +372,6 @@ class _YamlSource(PydanticBaseSettingsSource):
         unknown = sorted(set(self._data) - set(flat_names(settings_cls)))
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._data)

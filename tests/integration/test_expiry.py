@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shop import jsonutil
 from shop.orders.tables import order_keys
 from shop.products.tables import product_idempotency
+from shop.settings import Outbox
 from shop.storage import expiry
 from shop.storage.expiry import Expiry
 
@@ -44,7 +45,7 @@ async def test_expired_order_and_product_keys_are_purged_and_fresh_ones_stay(
                 )
             )
     for table in (order_keys, product_idempotency):
-        purge = Expiry(database, table, table.c.created_at, ttl_seconds=24 * 3600)
+        purge = Expiry(database, table, table.c.created_at, ttl_seconds=24 * 3600, outbox=Outbox())
         deleted = [await purge.purge_once() for _ in range(4)]
         assert deleted == [7, 7, 6, 0], table.name
         async with database.connect() as conn:

@@ -20,7 +20,7 @@ from shop import jsonutil
 from shop.events import Event
 from shop.messaging.kafka import KafkaPublisher, KafkaTopic, ensure_topics
 from shop.messaging.ports import Outgoing
-from shop.settings import Settings
+from shop.settings import Outbox, Settings
 from shop.storage import outbox
 from shop.storage.outbox import Relay, outbox_table
 from shop.storage.write_counter import SharedGeneration
@@ -94,10 +94,7 @@ async def test_two_relays_publish_every_event_exactly_once(
             engine=database,
             table=scratch_outbox,
             publisher=p,
-            batch_size=100,
-            poll_seconds=0.05,
-            publish_timeout=10,
-            retention_seconds=3600,
+            outbox=Outbox(batch_size=100, poll_seconds=0.05, publish_timeout_seconds=10),
         )
         for p in counting
     ]
@@ -161,13 +158,10 @@ async def test_purge_deletes_only_events_published_before_the_retention(
         engine=database,
         table=scratch_outbox,
         publisher=_NeverCalled(),
-        batch_size=100,
-        poll_seconds=0.05,
-        publish_timeout=10,
-        retention_seconds=3600,
+        outbox=Outbox(batch_size=100, poll_seconds=0.05, publish_timeout_seconds=10),
     )
-    assert await relay.purge_once() == 10
-    assert await relay.purge_once() == 0
+    assert await relay.published.purge_once() == 10
+    assert await relay.published.purge_once() == 0
     async with database.connect() as conn:
         left = sorted((await conn.execute(select(scratch_outbox.c.id))).scalars())
     assert left == ids[10:], "published within the hour and unsent events stay"
@@ -189,10 +183,8 @@ async def test_a_commit_in_another_process_wakes_the_relay(
             engine=database,
             table=scratch_outbox,
             publisher=publisher.topic(topic),
-            batch_size=100,
-            poll_seconds=60,  # a poll would come far too late for this test
-            publish_timeout=10,
-            retention_seconds=3600,
+            # poll_seconds: a poll would come far too late for this test
+            outbox=Outbox(batch_size=100, poll_seconds=60, publish_timeout_seconds=10),
             commits=commits,
         )
 

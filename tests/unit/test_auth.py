@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from shop.access.verifier import Authenticator, Forbidden, Jwks, StaticKey, Unauthorized, thumbprint
+from shop.settings import Auth
 from tests.clock import FakeClock
 from tests.tokens import AUDIENCE, ISSUER, Issuer
 
@@ -77,7 +78,9 @@ class _CountingKey(StaticKey):
 def test_a_token_is_verified_once_and_remembered_only_until_it_expires() -> None:
     keys = _CountingKey(issuer.public_pem)
     clock = FakeClock()
-    auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=0, clock=clock)
+    auth = Authenticator(
+        keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=0), clock=clock
+    )
     token = issuer.bearer(5, ttl=60)["Authorization"]
 
     async def until_then_after_expiry() -> None:
@@ -101,7 +104,9 @@ class _SlowKey(StaticKey):
 
 
 def test_requests_that_verify_one_token_together_count_its_bytes_once() -> None:
-    auth = Authenticator(_SlowKey(issuer.public_pem), issuer=ISSUER, audience=AUDIENCE, leeway=5)
+    auth = Authenticator(
+        _SlowKey(issuer.public_pem), Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5)
+    )
     header = issuer.bearer(9)["Authorization"]
 
     async def together() -> None:
@@ -168,8 +173,10 @@ def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_int
     rotated = Issuer()
     identity_provider["keys"] = [_jwk(issuer)]
     clock = FakeClock()
-    keys = Jwks(identity_provider["url"], timeout=2, refresh_seconds=1.0, clock=clock)
-    auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=5)
+    keys = Jwks(
+        identity_provider["url"], Auth(timeout_seconds=2, jwks_refresh_seconds=1.0), clock=clock
+    )
+    auth = Authenticator(keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5))
 
     async def scenario() -> None:
         await auth.principal(issuer.bearer(1)["Authorization"])
@@ -191,8 +198,8 @@ def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_int
 
 
 def test_an_unreachable_identity_provider_is_a_401_not_a_crash() -> None:
-    keys = Jwks("http://127.0.0.1:9/jwks", timeout=0.5, refresh_seconds=60)
-    auth = Authenticator(keys, issuer=ISSUER, audience=AUDIENCE, leeway=5)
+    keys = Jwks("http://127.0.0.1:9/jwks", Auth(timeout_seconds=0.5, jwks_refresh_seconds=60))
+    auth = Authenticator(keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5))
     started = time.monotonic()
     with pytest.raises(Unauthorized, match="could not be fetched"):
         asyncio.run(auth.principal(issuer.bearer(1)["Authorization"]))

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shop.settings import Database as DbSettings
 from shop.storage import database as db_module
 from shop.storage.database import Database
 from tests.clock import FakeClock
@@ -37,7 +38,10 @@ class _FakeDatabase(Database):
     def __init__(self, script: _Script) -> None:
         self.clock = FakeClock()
         super().__init__(
-            cast(AsyncEngine, None), reads=cast(AsyncEngine, None), timeout=1.0, clock=self.clock
+            cast(AsyncEngine, None),
+            reads=cast(AsyncEngine, None),
+            db=DbSettings(timeout_seconds=1.0),
+            clock=self.clock,
         )
         self.script = script
         self.attempts = 0

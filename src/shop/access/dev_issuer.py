@@ -6,7 +6,6 @@ the services only ever see public keys.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -39,9 +38,8 @@ def ensure_dev_key(settings: Settings) -> bool:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    descriptor = os.open(signing, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(private_pem)
+    signing.touch(mode=0o600)  # created readable by its owner only, before the key is in it
+    signing.write_bytes(private_pem)
     public.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

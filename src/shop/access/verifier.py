@@ -5,7 +5,8 @@ Only asymmetric signatures are accepted (RS256, ES256, EdDSA): a token whose hea
 or an HMAC algorithm is refused before any key is looked at, so a public key can never serve as
 an HMAC secret. `iss` and `aud` must match the settings; `exp` is required and `exp`/`nbf` are
 checked with a small leeway. Keys come from a JWKS URL (fetched with a timeout, cached, fetched
-again for an unknown `kid` at most once per `refresh_seconds`) or from a PEM public key file.
+again for an unknown `kid` at most once per AUTH_JWKS_REFRESH_SECONDS) or from a PEM public
+key file.
 
 A verified token is remembered until it expires (bounded by the bytes of the tokens held, the
 least recently used forgotten first), so a client that sends the same token on every request
@@ -18,7 +19,7 @@ import asyncio
 import hashlib
 import json
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -35,7 +36,7 @@ from starlette.types import Scope
 
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
-from shop.settings import ConfigError, Settings
+from shop.settings import Auth, ConfigError, Settings
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 SCHEME = "Bearer"
@@ -119,14 +120,13 @@ class StaticKey:
 
 class Jwks:
     """Keys from a JWKS document, fetched again for an unknown `kid` at most once per
-    `refresh_seconds` (so unknown ids cannot make the service hammer the identity provider)."""
+    AUTH_JWKS_REFRESH_SECONDS (so unknown ids cannot make the service hammer the identity
+    provider)."""
 
-    def __init__(
-        self, url: str, *, timeout: float, refresh_seconds: float, clock: Clock = SYSTEM
-    ) -> None:
+    def __init__(self, url: str, auth: Auth, *, clock: Clock = SYSTEM) -> None:
         self._url = url
-        self._timeout = timeout
-        self._refresh = refresh_seconds
+        self._timeout = auth.timeout_seconds
+        self._refresh = auth.jwks_refresh_seconds
         self._now = clock.monotonic
         self._keys: dict[str | None, Any] = {}
         self._fetched_at: float | None = None
@@ -150,7 +150,8 @@ class Jwks:
             keys = jwt.PyJWKSet.from_dict(document).keys
         except Exception as exc:  # the IdP is down or answers nonsense: keep the keys we have
             raise Unauthorized("The signing keys could not be fetched; retry shortly.") from exc
-        found: dict[str | None, Any] = {k.key_id: k.key for k in keys if _usable(k)}
+        usable = (*ALGORITHMS, "UNKNOWN")
+        found: dict[str | None, Any] = {k.key_id: k.key for k in keys if k.algorithm_name in usable}
         if len(found) == 1:  # a single key also serves tokens that name no kid
             found[None] = next(iter(found.values()))
         self._keys = found
@@ -161,31 +162,15 @@ class Jwks:
             return json.loads(response.read(1_000_000))
 
 
-def _usable(key: jwt.PyJWK) -> bool:
-    return key.algorithm_name in ALGORITHMS or key.algorithm_name == "UNKNOWN"
-
-
 class Authenticator:
     """Turns an Authorization header into a Principal, or raises Unauthorized."""
 
-    def __init__(
-        self,
-        keys: KeySource,
-        *,
-        issuer: str,
-        audience: str,
-        leeway: float,
-        user_claim: str = "sub",
-        clock: Clock = SYSTEM,
-    ) -> None:
+    def __init__(self, keys: KeySource, auth: Auth, *, clock: Clock = SYSTEM) -> None:
         self._keys = keys
-        self._issuer = issuer
-        self._audience = audience
-        self._leeway = leeway
-        self._user_claim = user_claim
+        self._auth = auth
         self._verified: TLRUCache[str, _Verified] = TLRUCache(
             CACHE_BYTES,
-            ttu=lambda _token, verified, _now: verified.expires + leeway,
+            ttu=lambda _token, verified, _now: verified.expires + auth.leeway_seconds,
             timer=clock.wall,  # `exp` is a date
             getsizeof=lambda verified: verified.size,
         )
@@ -224,40 +209,25 @@ class Authenticator:
                 token,
                 key,
                 algorithms=[header["alg"]],
-                audience=self._audience,
-                issuer=self._issuer,
-                leeway=self._leeway,
+                audience=self._auth.audience,
+                issuer=self._auth.issuer,
+                leeway=self._auth.leeway_seconds,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("The token has expired.") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthorized("The token is not valid yet.") from None
-        except jwt.InvalidAudienceError:
-            raise Unauthorized("The token is for another audience.") from None
-        except jwt.InvalidIssuerError:
-            raise Unauthorized("The token is from another issuer.") from None
-        except jwt.InvalidSignatureError:
-            raise Unauthorized("The token's signature does not verify.") from None
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"The token is not valid ({_reason(exc)}).") from None
-        principal = self._principal_of(claims)
+            reason = str(exc).rstrip(".")[:200] or type(exc).__name__
+            raise Unauthorized(
+                _REFUSED.get(type(exc), f"The token is not valid ({reason}).")
+            ) from None
+        scopes = claims.get("scope", "")
+        if isinstance(scopes, list):  # some providers send a list (scp style)
+            scopes = " ".join(str(s) for s in scopes)
+        user = _user_id(claims.get(self._auth.user_claim))
+        principal = Principal(str(claims["sub"]), user, frozenset(str(scopes).split()))
         # Requests that missed at the same moment each verify, and each store here: the cache
         # counts a token's bytes once however often it is stored.
         self._verified[token] = _Verified(principal, float(claims["exp"]), len(token))
         return principal
-
-    def _principal_of(self, claims: Mapping[str, Any]) -> Principal:
-        subject = str(claims["sub"])
-        scopes = claims.get("scope", "")
-        if isinstance(scopes, list):  # some providers send a list (scp style)
-            scopes = " ".join(str(s) for s in scopes)
-        user = claims.get(self._user_claim)
-        return Principal(
-            subject=subject,
-            user_id=_user_id(user),
-            scopes=frozenset(str(scopes).split()),
-        )
 
 
 class _Verified(NamedTuple):
@@ -270,18 +240,20 @@ class _Verified(NamedTuple):
 
 def _user_id(value: Any) -> int | None:
     """A positive integer user id (as a number or its decimal string), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 1 <= value <= 2**63 - 1 else None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        number = int(value)
-        return number if 1 <= number <= 2**63 - 1 else None
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2**63 - 1:
+        return value
     return None
 
 
-def _reason(exc: Exception) -> str:
-    return str(exc).rstrip(".")[:200] or type(exc).__name__
+_REFUSED: dict[type[Exception], str] = {
+    jwt.ExpiredSignatureError: "The token has expired.",
+    jwt.ImmatureSignatureError: "The token is not valid yet.",
+    jwt.InvalidAudienceError: "The token is for another audience.",
+    jwt.InvalidIssuerError: "The token is from another issuer.",
+    jwt.InvalidSignatureError: "The token's signature does not verify.",
+}
 
 
 # Per accepted algorithm: how its public keys become a JWK, and that JWK's RFC 7638 members.
@@ -318,11 +290,7 @@ def from_settings(settings: Settings) -> Authenticator:
     """The authenticator the settings describe: JWKS if AUTH_JWKS_URL is set, else the key file."""
     keys: KeySource
     if settings.auth.jwks_url:
-        keys = Jwks(
-            settings.auth.jwks_url,
-            timeout=settings.auth.timeout_seconds,
-            refresh_seconds=settings.auth.jwks_refresh_seconds,
-        )
+        keys = Jwks(settings.auth.jwks_url, settings.auth)
     else:
         path = Path(settings.auth.public_key_file)
         try:
@@ -332,13 +300,7 @@ def from_settings(settings: Settings) -> Authenticator:
                 f"AUTH_PUBLIC_KEY_FILE={path}: {exc} (`make up` or `shop dev-key` writes the "
                 "development key; or set AUTH_JWKS_URL)"
             ) from exc
-    return Authenticator(
-        keys,
-        issuer=settings.auth.issuer,
-        audience=settings.auth.audience,
-        leeway=settings.auth.leeway_seconds,
-        user_claim=settings.auth.user_claim,
-    )
+    return Authenticator(keys, settings.auth)
 
 
 def authorization(scope: Scope) -> str | None:

@@ -9,7 +9,6 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from shop.runtime.consumer_process import PARENT_ENV, Child, die_with_parent
 from shop.settings import ConfigError, Settings, load_settings
@@ -41,19 +40,9 @@ def _serve(settings: Settings, service: str) -> None:
         os.environ[WORKER_DIR_ENV] = str(run_dir)
     child = None
     if consumers:
-        child = Child(
-            "order consumers",
-            [
-                sys.executable,
-                "-m",
-                "shop",
-                "consume",
-                "all",
-                "--nice",
-                str(settings.orders.consumer_nice),
-            ],
-            dict(os.environ),
-        )
+        nice, stop = str(settings.orders.consumer_nice), settings.orders.consumer_stop_seconds
+        argv = [sys.executable, "-m", "shop", "consume", "all", "--nice", nice]
+        child = Child("order consumers", argv, dict(os.environ), stop_seconds=stop)
         child.start()
         # The HTTP workers leave the consumers and the outbox relay to the child.
         os.environ["CONSUMERS_ENABLED"] = "false"
@@ -63,7 +52,21 @@ def _serve(settings: Settings, service: str) -> None:
     # orphaned worker would go on answering, and keep the port, after its service died.
     os.environ[PARENT_ENV] = str(os.getpid())
     try:
-        _run_uvicorn(uvicorn, settings, service, port)
+        uvicorn.run(
+            f"shop.runtime.{service}_service:{service}_app",
+            factory=True,
+            host=settings.http.bind_host,
+            port=port,
+            workers=settings.http.workers,
+            loop="uvloop",
+            # httptools, with deadlines on headers and body
+            http="shop.web.fastpath.protocol:RequestDeadline",
+            access_log=False,
+            log_config=None,
+            limit_concurrency=settings.http.max_connections,
+            timeout_keep_alive=settings.http.keep_alive_seconds,
+            timeout_graceful_shutdown=settings.http.graceful_shutdown_seconds,
+        )
     finally:
         if child is not None:
             child.stop()
@@ -82,24 +85,6 @@ def _stop_child_on_exit_signals(child: Child) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop_then_exit)
-
-
-def _run_uvicorn(uvicorn: Any, settings: Settings, service: str, port: int) -> None:
-    uvicorn.run(
-        f"shop.runtime.{service}_service:{service}_app",
-        factory=True,
-        host=settings.http.bind_host,
-        port=port,
-        workers=settings.http.workers,
-        loop="uvloop",
-        # httptools, with deadlines on headers and body
-        http="shop.web.fastpath.protocol:RequestDeadline",
-        access_log=False,
-        log_config=None,
-        limit_concurrency=settings.http.max_connections,
-        timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
-        timeout_graceful_shutdown=8,
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,8 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"shop: {exc}")
     if args.command == "serve":
         _serve(settings, args.service)
-        return
-    if args.command == "consume":
+    elif args.command == "consume":
         import uvloop
 
         from shop.runtime import orders_service
@@ -151,19 +135,18 @@ def main(argv: list[str] | None = None) -> None:
         os.nice(args.nice)  # before any thread starts: threads inherit it
         channels = ("kafka", "rabbitmq") if args.channel == "all" else (args.channel,)
         uvloop.run(orders_service.consume(settings, channels, health_port=args.health_port))
-        return
-    if args.command in ("token", "dev-key"):
+    elif args.command in ("token", "dev-key"):
         from shop.access import dev_issuer as tokens
 
         created = tokens.ensure_dev_key(settings)
         if args.command == "dev-key":
             state = "created" if created else "kept"
             print(f"{state} {settings.auth.signing_key_file} and {settings.auth.public_key_file}")
-            return
-        subject = str(args.user) if args.user is not None else args.subject
-        print(tokens.dev_token(settings, subject=subject, scopes=args.scope, ttl_seconds=args.ttl))
-        return
-    if args.command == "migrate":
+        else:
+            subject = str(args.user) if args.user is not None else args.subject
+            ttl = args.ttl
+            print(tokens.dev_token(settings, subject=subject, scopes=args.scope, ttl_seconds=ttl))
+    elif args.command == "migrate":
         from shop.storage.migrations import migrate
 
         migrate(settings)

@@ -27,8 +27,6 @@ from shop.web.fastpath.routes import LeanRoute
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_SECONDS = 5.0
-
 
 class Runtime:
     """What a service process holds open: database, Kafka events producer, outbox relay, tasks,
@@ -44,7 +42,9 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.db = Database.connect(settings)
-        self.kafka = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10.0)
+        self.kafka = KafkaPublisher(
+            settings.kafka.brokers, delivery_timeout=settings.kafka.delivery_timeout_seconds
+        )
         self.events_topic = events_topic
         # Commits are counted across the service's processes, so that the process that relays
         # sees its siblings' commits too.
@@ -53,17 +53,12 @@ class Runtime:
             engine=self.db.engine,
             table=outbox,
             publisher=self.kafka.topic(events_topic),
-            batch_size=settings.outbox.batch_size,
-            poll_seconds=settings.outbox.poll_seconds,
-            publish_timeout=11.0,
-            retention_seconds=settings.outbox.retention_seconds,
+            outbox=settings.outbox,
             commits=self.commits,
         )
+        ttl = settings.outbox.key_ttl_seconds
         self.expired_keys = Expiry(
-            self.db.engine,
-            keys,
-            keys.c.created_at,
-            ttl_seconds=settings.outbox.key_ttl_seconds,
+            self.db.engine, keys, keys.c.created_at, ttl_seconds=ttl, outbox=settings.outbox
         )
         self.supervisor = Supervisor()
         self.brokers: list[Broker] = []
@@ -80,7 +75,7 @@ class Runtime:
         )
         if self.settings.outbox.relay_enabled:
             self.supervisor.start("outbox-relay", self.relay.run)
-            self.supervisor.start("outbox-purge", self.relay.purge)
+            self.supervisor.start("outbox-purge", self.relay.published.run)
             # Where the relay runs, once per service: the keys' purge.
             self.supervisor.start("expired-keys-purge", self.expired_keys.run)
         for broker in self.brokers:
@@ -97,10 +92,11 @@ class Runtime:
     async def close(self) -> None:
         # Consumers finish their batch and stop first; then offsets are committed, connections
         # closed and producers flushed.
-        await self.supervisor.stop(timeout=SHUTDOWN_SECONDS)
+        shutdown = self.settings.http.shutdown_seconds
+        await self.supervisor.stop(timeout=shutdown)
         for broker in self.brokers:
             await broker.close()
-        await self.kafka.close(timeout=SHUTDOWN_SECONDS)
+        await self.kafka.close(timeout=shutdown)
         await self.db.dispose()
         self.commits.close()
 
@@ -108,7 +104,6 @@ class Runtime:
 def service_app(
     title: str,
     service: str,
-    settings: Settings,
     runtime: Runtime,
     start: Callable[[], None],
     lean: Sequence[LeanRoute[Any]],
@@ -130,9 +125,10 @@ def service_app(
     app = app_factory.new_app(
         title,
         service=service,
-        http=settings.http,
+        http=runtime.settings.http,
         lifespan=lifespan,
         lean=lean,
     )
-    app.include_router(health.health_router(runtime.checks, timeout=settings.db.timeout_seconds))
+    timeout = runtime.settings.db.timeout_seconds
+    app.include_router(health.health_router(runtime.checks, timeout=timeout))
     return app

@@ -22,7 +22,6 @@ from shop.supervision import RESTART_WAIT, failure
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "SHOP_PARENT_PID"
-STOP_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -41,8 +40,11 @@ def die_with_parent() -> None:
 class Child:
     """`argv` as a supervised child process: started, restarted if it exits, stopped."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], *, stop_seconds: float
+    ) -> None:
         self._name = name
+        self._stop_seconds = stop_seconds
         self._argv = argv
         self._env = {**env, PARENT_ENV: str(os.getpid())}
         self._stopping = threading.Event()
@@ -54,10 +56,8 @@ class Child:
         self._watcher.start()
 
     def _keep_running(self) -> None:
-        restarts = tenacity.Retrying(
-            wait=RESTART_WAIT, sleep=self._pause, before_sleep=self._exited
-        )
-        restarts(self._run)
+        pause = self._pause
+        tenacity.Retrying(wait=RESTART_WAIT, sleep=pause, before_sleep=self._exited)(self._run)
 
     def _run(self) -> None:
         """Run the child until it exits; raise _Exited if nobody asked it to."""
@@ -79,7 +79,7 @@ class Child:
         )
 
     def stop(self) -> None:
-        """SIGTERM, then wait for it to finish its batch (SIGKILL after STOP_SECONDS)."""
+        """SIGTERM, then wait for it to finish its batch (SIGKILL after `stop_seconds`)."""
         with self._lock:
             self._stopping.set()
             process = self._process
@@ -87,9 +87,9 @@ class Child:
             return
         process.terminate()
         try:
-            process.wait(STOP_SECONDS)
+            process.wait(self._stop_seconds)
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0fs; killing it", self._name, STOP_SECONDS)
+            log.warning("%s did not stop in %.0fs; killing it", self._name, self._stop_seconds)
             process.kill()
             process.wait()
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from shop.access import verifier as auth
 from shop.access.rate_limit import RateLimiter
 from shop.messaging.kafka import KafkaBroker
-from shop.messaging.ports import Broker, D, Inbound
+from shop.messaging.ports import Broker
 from shop.messaging.rabbitmq import RabbitBroker
 from shop.orders import api as order_api
 from shop.orders.command_publisher import BrokerCommands, by_order, by_product
@@ -78,26 +78,15 @@ class OrderRuntime(Runtime):
         """Start the relay, the brokers and the consumers of the named channels."""
         self.start()
         self.supervisor.start("sync-orders", self.service.run_sync_orders)
+        batch = self.settings.orders.consumer_batch_size
+        consume = partial(run_order_consumer, service=self.service, batch_size=batch)
         for broker in self.brokers:
             if broker.name in consumers:
-                self._start_consumer(
-                    broker.name, broker.consumer(self.settings.orders.consumer_batch_size)
-                )
-
-    def _start_consumer(self, channel: str, inbound: Inbound[D]) -> None:
-        async def consume(stopping: asyncio.Event) -> None:
-            await run_order_consumer(
-                stopping,
-                channel=channel,
-                inbound=inbound,
-                service=self.service,
-                batch_size=self.settings.orders.consumer_batch_size,
-            )
-
-        self.supervisor.start(f"{channel}-consumer", consume)
-        self.supervisor.start(
-            f"{channel}-depth", partial(watch_depth, channel=channel, depth=inbound.depth)
-        )
+                inbound, channel = broker.consumer(batch), broker.name
+                orders = partial(consume, channel=channel, inbound=inbound)
+                self.supervisor.start(f"{channel}-consumer", orders)
+                depth = partial(watch_depth, channel=channel, depth=inbound.depth)
+                self.supervisor.start(f"{channel}-depth", depth)
 
 
 def _commands(broker: Broker, deadline: float) -> BrokerCommands:
@@ -117,7 +106,6 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     app = service_app(
         "Order service",
         "orders",
-        settings,
         runtime,
         partial(runtime.start_with, consumers),
         order_api.lean_routes(runtime.service, authenticator, limiter),

@@ -37,7 +37,6 @@ def products_app(settings: Settings | None = None) -> FastAPI:
     app = service_app(
         "Product service",
         "products",
-        settings,
         runtime,
         runtime.start,
         product_api.lean_routes(service),

@@ -22,7 +22,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shop.clock import SYSTEM, Clock
+from shop.settings import Database as DbSettings
 from shop.settings import Settings
+from shop.supervision import failure
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -33,17 +35,14 @@ Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
 # Server errors after which the transaction is known to be rolled back, so running it again is
 # safe: a deadlock victim, and on Galera a transaction refused by certification (also 1213)
 # or a statement refused by a node that is not (or no longer) part of the primary component.
-DEADLOCK = 1213
 WSREP_NOT_READY = 1047
-ROLLED_BACK = frozenset({DEADLOCK, WSREP_NOT_READY})
+ROLLED_BACK = frozenset({1213, WSREP_NOT_READY})  # 1213: ER_LOCK_DEADLOCK
 # The client could not reach the server, or lost it: before COMMIT was sent the server rolled
 # the transaction back (or never saw it); during the COMMIT the outcome is unknown.
 CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 2055})
+_GONE = CONNECTION_LOST | {WSREP_NOT_READY}
 # "Got error during COMMIT": the outcome is unknown, never retried.
 COMMIT_FAILED = 1180
-# The pause before each new try of a unit of work (so four tries at most), in seconds: a
-# fail-over takes a few.
-RETRY_DELAYS = (0.05, 0.4, 1.5)
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -88,7 +87,7 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
         pool_size=settings.db.pool_size,
         max_overflow=settings.db.pool_size,
         pool_timeout=settings.db.timeout_seconds,
-        pool_recycle=1800,
+        pool_recycle=settings.db.recycle_seconds,
         pool_reset_on_return=None,
         # READ COMMITTED takes no gap locks: the outbox relay's FOR UPDATE SKIP LOCKED claim
         # would otherwise block every insert at the end of the outbox index while it publishes.
@@ -139,8 +138,9 @@ async def statements_unit(
     except (asyncio.CancelledError, TimeoutError):
         await conn.invalidate()
         raise
-    except asyncmy_errors.Error as exc:
-        lost = _connection_gone(exc)
+    except Exception as exc:
+        driver = isinstance(exc, asyncmy_errors.Error)
+        lost = driver and _connection_gone(exc)
         if lost:
             # As SQLAlchemy does on a disconnect: the pool's other connections went with this
             # one (a restarted server, a fail-over), so the next unit anywhere gets a fresh
@@ -149,12 +149,10 @@ async def statements_unit(
             await engine.dispose()
         elif not await statements.rollback():
             await conn.invalidate()
-        raise DBAPIError.instance(
-            statements.last, None, exc, asyncmy_errors.Error, connection_invalidated=lost
-        ) from exc
-    except Exception:
-        if not await statements.rollback():
-            await conn.invalidate()
+        if driver:
+            raise DBAPIError.instance(
+                statements.last, None, exc, asyncmy_errors.Error, connection_invalidated=lost
+            ) from exc
         raise
     finally:
         if reusable and held is not None:
@@ -188,7 +186,7 @@ class HeldConnections:
     handling (as `pool_recycle` would), and an invalidated one is never kept.
     """
 
-    def __init__(self, engine: AsyncEngine, *, keep: int = 2, recycle: float = 1800.0) -> None:
+    def __init__(self, engine: AsyncEngine, *, recycle: float, keep: int = 2) -> None:
         self._engine = engine
         self._keep = keep
         self._recycle = recycle
@@ -226,23 +224,6 @@ async def _connection(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[A
         raise
     finally:
         await conn.close()
-
-
-async def ping(engine: AsyncEngine, *, timeout: float) -> None:
-    """Raise unless the database answers a trivial query within `timeout` seconds.
-
-    A pooled connection that a restarted server dropped fails once, and that failure empties
-    the pool: the ping then asks again on a fresh connection, so a worker that had no request
-    since the restart does not report the database down (each worker has its own pool).
-    """
-
-    async def select_1() -> None:
-        async with _connection(engine, timeout=timeout) as conn:
-            await conn.execute(text("SELECT 1"))
-
-    retry = tenacity.retry_if_exception(lambda e: getattr(e, "connection_invalidated", False))
-    stop = tenacity.stop_after_attempt(2)
-    await tenacity.AsyncRetrying(stop=stop, retry=retry, reraise=True)(select_1)
 
 
 async def run_text(conn: AsyncConnection, sql: str) -> CursorResult[Any]:
@@ -324,12 +305,13 @@ class Database:
     """Two pools: transactions, and autocommit single-statement reads; one deadline for both."""
 
     def __init__(
-        self, engine: AsyncEngine, *, reads: AsyncEngine, timeout: float, clock: Clock = SYSTEM
+        self, engine: AsyncEngine, *, reads: AsyncEngine, db: DbSettings, clock: Clock = SYSTEM
     ) -> None:
         self.engine = engine
         self.reads = reads
-        self.timeout = timeout
-        self._held = HeldConnections(engine)
+        self.timeout = db.timeout_seconds
+        self._retry_delays = db.retry_delays_seconds
+        self._held = HeldConnections(engine, recycle=db.recycle_seconds)
         self._clock = clock
 
     @classmethod
@@ -337,7 +319,7 @@ class Database:
         return cls(
             create_engine(settings),
             reads=create_engine(settings, autocommit=True),
-            timeout=settings.db.timeout_seconds,
+            db=settings.db,
         )
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
@@ -409,8 +391,8 @@ class Database:
                 raise
             failed.append(exc)
         return await tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(len(RETRY_DELAYS) + 1),
-            wait=tenacity.wait_chain(*map(tenacity.wait_fixed, RETRY_DELAYS)),
+            stop=tenacity.stop_after_attempt(len(self._retry_delays) + 1),
+            wait=tenacity.wait_chain(*map(tenacity.wait_fixed, self._retry_delays)),
             retry=tenacity.retry_if_exception(not_committed),
             sleep=self._clock.sleep,
             before_sleep=_log_run_again,
@@ -422,7 +404,20 @@ class Database:
         return _connection(self.reads, timeout=self.timeout)
 
     async def ping(self) -> None:
-        await ping(self.reads, timeout=self.timeout)
+        """Raise unless the database answers a trivial query within the timeout.
+
+        A pooled connection that a restarted server dropped fails once, and that failure empties
+        the pool: the ping then asks again on a fresh connection, so a worker that had no request
+        since the restart does not report the database down (each worker has its own pool).
+        """
+
+        async def select_1() -> None:
+            async with self.read() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        retry = tenacity.retry_if_exception(lambda e: getattr(e, "connection_invalidated", False))
+        stop = tenacity.stop_after_attempt(2)
+        await tenacity.AsyncRetrying(stop=stop, retry=retry, reraise=True)(select_1)
 
     async def dispose(self) -> None:
         await self._held.close()
@@ -431,7 +426,7 @@ class Database:
 
 
 def _log_run_again(state: tenacity.RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
+    exc = failure(state)
     reason = (exc and error_code(exc)) or type(getattr(exc, "orig", exc)).__name__
     log.warning(
         "unit of work failed (%s, attempt %d); running it again", reason, state.attempt_number
@@ -441,12 +436,7 @@ def _log_run_again(state: tenacity.RetryCallState) -> None:
 def _connection_gone(exc: BaseException) -> bool:
     """Whether a driver error leaves its connection unusable (lost, or a node out of the
     cluster, which answers 1047 to everything: see `create_engine`)."""
-    code = error_code(exc)
-    return (
-        isinstance(exc, asyncmy_errors.InterfaceError)
-        or code in CONNECTION_LOST
-        or (code == WSREP_NOT_READY)
-    )
+    return isinstance(exc, asyncmy_errors.InterfaceError) or error_code(exc) in _GONE
 
 
 class Statements:

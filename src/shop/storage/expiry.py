@@ -16,30 +16,38 @@ from sqlalchemy import Column, Table, delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import jsonutil
+from shop.settings import Outbox
 from shop.storage.database import unit_of_work
 from shop.supervision import pause
 
 log = logging.getLogger(__name__)
 
 BATCH = 5000
-EVERY_SECONDS = 60.0
 
 
 class Expiry:
     """Deletes the rows of `table` whose `column` is older than `ttl_seconds`."""
 
     def __init__(
-        self, engine: AsyncEngine, table: Table, column: Column[dt.datetime], *, ttl_seconds: float
+        self,
+        engine: AsyncEngine,
+        table: Table,
+        column: Column[dt.datetime],
+        *,
+        ttl_seconds: float,
+        outbox: Outbox,
     ) -> None:
         self._engine = engine
         self._table = table
         self._column = column
         self._ttl = dt.timedelta(seconds=ttl_seconds)
+        self._every = outbox.purge_every_seconds
+        self._timeout = outbox.purge_timeout_seconds
 
     async def purge_once(self) -> int:
         """Delete up to BATCH expired rows; how many were deleted."""
         cutoff = jsonutil.utcnow() - self._ttl
-        async with unit_of_work(self._engine, timeout=30) as conn:
+        async with unit_of_work(self._engine, timeout=self._timeout) as conn:
             result = await conn.execute(
                 delete(self._table)
                 .where(self._column < cutoff)
@@ -48,11 +56,12 @@ class Expiry:
         return int(result.rowcount)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Purge every EVERY_SECONDS until `stopping` is set; an outage waits for the next round."""
+        """Purge every OUTBOX_PURGE_EVERY_SECONDS until `stopping` is set; an outage waits for
+        the next round."""
         while not stopping.is_set():
             try:
                 while not stopping.is_set() and await self.purge_once() == BATCH:
                     pass
             except Exception as exc:
                 log.warning("purge of expired %s rows failed (%s)", self._table.name, exc)
-            await pause(stopping, EVERY_SECONDS)
+            await pause(stopping, self._every)

@@ -55,13 +55,8 @@ class Key:
 
 async def recall(conn: AsyncConnection, table: Table, key: Key) -> Answer | None:
     """The answer first given under this key, or None; a different request is refused."""
-    row = (
-        await conn.execute(
-            select(table.c.request_hash, table.c.status, table.c.body).where(
-                table.c.key_hash == key.key_hash
-            )
-        )
-    ).first()
+    query = select(table.c.request_hash, table.c.status, table.c.body)
+    row = (await conn.execute(query.where(table.c.key_hash == key.key_hash))).first()
     if row is None:
         return None
     if row.request_hash != key.request_hash:

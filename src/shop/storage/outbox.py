@@ -28,6 +28,7 @@ from shop import jsonutil
 from shop.events import Event
 from shop.ids import uuid7
 from shop.messaging.ports import Outbound, Outgoing
+from shop.settings import Outbox
 from shop.storage.database import (
     Timestamp,
     in_list,
@@ -42,14 +43,6 @@ from shop.storage.write_counter import Generation
 from shop.supervision import first_of, keep_trying, pause
 
 log = logging.getLogger(__name__)
-
-BACKLOG_SECONDS = 1.0
-# After a round that emptied the table, the next one starts no sooner than this: under load the
-# commits of these milliseconds share one claim, one publish and one mark instead of a round
-# each (see docs/performance.md); an event waits this much longer at most.
-ROUND_GAP_SECONDS = 0.02
-# A failed round (Kafka or the database down) is tried again after 0.2 s, doubled, at most 5 s.
-RETRY_WAIT = wait_exponential(multiplier=0.2, max=5.0)
 
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published", ["table"])
 OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Failed relay rounds", ["table"])
@@ -127,11 +120,8 @@ def _messages(event_key: str, payload: bytes) -> list[Outgoing]:
     """The events an outbox row carries, as messages in the order they were written."""
     if event_key != MANY:
         return [Outgoing(event_key, payload)]
-    messages = []
-    for line in payload.splitlines():
-        key, _, body = line.partition(b"\t")
-        messages.append(Outgoing(key.decode(), body))
-    return messages
+    lines = (line.partition(b"\t") for line in payload.splitlines())
+    return [Outgoing(key.decode(), body) for key, _, body in lines]
 
 
 class Relay:
@@ -142,7 +132,7 @@ class Relay:
     de-duplicate on event_id.
 
     Writers call `notify()` after a commit; it bumps `commits`, which the relay reads every
-    `ROUND_GAP_SECONDS` while idle. Shared between processes (write_counter), that lets one
+    OUTBOX_ROUND_GAP_SECONDS while idle. Shared between processes (write_counter), that lets one
     process relay what its sibling HTTP workers commit.
     """
 
@@ -152,20 +142,21 @@ class Relay:
         engine: AsyncEngine,
         table: Table,
         publisher: Outbound,
-        batch_size: int,
-        poll_seconds: float,
-        publish_timeout: float,
-        retention_seconds: float,
+        outbox: Outbox,
         commits: Generation | None = None,
     ) -> None:
         self._engine = engine
         self._table = table
         self._publisher = publisher
-        self._batch_size = batch_size
-        self._poll_seconds = poll_seconds
-        self._publish_timeout = publish_timeout
+        self._settings = outbox
+        self._retry_wait = wait_exponential(
+            multiplier=outbox.retry_seconds, max=outbox.retry_max_seconds
+        )
+        # Without a purge the table grows forever (a few benchmark runs left 1.1 GB of sent rows);
         # sent_at < cutoff: a NULL (unsent) row never matches.
-        self._published = Expiry(engine, table, table.c.sent_at, ttl_seconds=retention_seconds)
+        self.published = Expiry(
+            engine, table, table.c.sent_at, ttl_seconds=outbox.retention_seconds, outbox=outbox
+        )
         self._commits = commits or Generation()
         self._seen = self._commits.value()
         self._wake = asyncio.Event()
@@ -174,7 +165,7 @@ class Relay:
         # statements through SQLAlchemy were half of a relay's CPU per round.
         self._claim = (
             f"SELECT id, event_key, payload FROM {table.name} WHERE sent_at IS NULL "
-            f"ORDER BY id LIMIT {batch_size:d} FOR UPDATE SKIP LOCKED"
+            f"ORDER BY id LIMIT {outbox.batch_size:d} FOR UPDATE SKIP LOCKED"
         )
 
     def notify(self) -> None:
@@ -187,9 +178,11 @@ class Relay:
 
     async def relay_once(self) -> tuple[int, bool]:
         """Publish the events of one batch of unsent rows: how many rows, and whether more may
-        be waiting."""
-        t = self._table
-        async with statements_unit(self._engine, timeout=self._publish_timeout + 10) as sql:
+        be waiting. A commit notified from here on wakes the next round."""
+        self._wake.clear()
+        self._seen = self._commits.value()
+        t, publish_timeout = self._table, self._settings.publish_timeout_seconds
+        async with statements_unit(self._engine, timeout=publish_timeout + 10) as sql:
             (claimed,) = await sql.run([self._claim])
             if not claimed:
                 return 0, False  # (the unit ends its transaction)
@@ -201,31 +194,21 @@ class Relay:
                     break  # the rest stay unsent, for the next round
                 sent.append(row_id)
                 messages += carried
-            await self._publisher.publish(messages, timeout=self._publish_timeout)
+            await self._publisher.publish(messages, timeout=publish_timeout)
             mark = (
                 f"UPDATE {t.name} SET sent_at = {sql_literal(jsonutil.utcnow())} "
                 f"WHERE id IN {in_list(sent)}"
             )
             await sql.run([mark], commit=True)
         OUTBOX_PUBLISHED.labels(t.name).inc(len(messages))
-        return len(sent), len(claimed) == self._batch_size or len(sent) < len(claimed)
-
-    async def purge_once(self) -> int:
-        """Delete up to `expiry.BATCH` events published longer ago than the retention."""
-        return await self._published.purge_once()
-
-    async def purge(self, stopping: asyncio.Event) -> None:
-        """Keep published events for the retention (to look into), then delete them.
-
-        Without this the table grows forever: a few benchmark runs left 2.3 million sent rows
-        (1.1 GB). Unsent rows are never touched (their sent_at is NULL).
-        """
-        await self._published.run(stopping)
+        return len(sent), len(claimed) == self._settings.batch_size or len(sent) < len(claimed)
 
     async def backlog(self) -> int:
         """How many events wait to be published."""
         t = self._table
-        async with unit_of_work(self._engine, timeout=5) as conn:
+        async with unit_of_work(
+            self._engine, timeout=self._settings.backlog_timeout_seconds
+        ) as conn:
             count = await conn.scalar(
                 select(func.count()).select_from(t).where(t.c.sent_at.is_(None))
             )
@@ -235,7 +218,7 @@ class Relay:
         """Relay until `stopping` is set, backing off while Kafka or the database is down."""
         while not stopping.is_set():
             relayed = await keep_trying(
-                self._round, stopping, wait=RETRY_WAIT, on_failure=self._failed
+                self.relay_once, stopping, wait=self._retry_wait, on_failure=self._failed
             )
             if relayed is None:
                 return
@@ -243,32 +226,27 @@ class Relay:
             if not more:
                 await self._idle(stopping, published)
 
-    async def _round(self) -> tuple[int, bool]:
-        self._wake.clear()
-        self._seen = self._commits.value()
-        return await self.relay_once()
-
     def _failed(self, error: BaseException | None, delay: float) -> None:
         # After any outage the relay goes on; the rows stay unsent meanwhile.
-        OUTBOX_FAILURES.labels(self._table.name).inc()
         name = self._table.name
+        OUTBOX_FAILURES.labels(name).inc()
         log.warning("outbox relay of %s failed (%s); retrying in %.1fs", name, error, delay)
 
     async def _idle(self, stopping: asyncio.Event, published: int) -> None:
-        # The gauge's COUNT is a transaction of its own: under steady load the relay idles after
-        # nearly every round, so it is read at most once a second, not once a round.
-        if time.monotonic() - self._backlog_read_at >= BACKLOG_SECONDS:
+        # Under steady load the relay idles after nearly every round: the gauge is read seldom.
+        outbox = self._settings
+        if time.monotonic() - self._backlog_read_at >= outbox.backlog_every_seconds:
             self._backlog_read_at = time.monotonic()
             try:
                 OUTBOX_BACKLOG.labels(self._table.name).set(await self.backlog())
             except Exception:  # the gauge is best effort; the next round reports the outage
                 log.debug("could not read the outbox backlog", exc_info=True)
+        gap, poll = outbox.round_gap_seconds, outbox.poll_seconds
         if published:
-            await pause(stopping, ROUND_GAP_SECONDS)
+            await pause(stopping, gap)
         # The wake event serves this process's writers at once; the counter, read every gap,
         # the other processes'.
-        polls = max(1, round(self._poll_seconds / ROUND_GAP_SECONDS))
-        for _ in range(polls):
+        for _ in range(max(1, round(poll / gap))):
             if self._notified() or stopping.is_set():
                 return
-            await first_of(self._wake, stopping, timeout=min(ROUND_GAP_SECONDS, self._poll_seconds))
+            await first_of(self._wake, stopping, timeout=min(gap, poll))

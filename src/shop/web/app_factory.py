@@ -45,27 +45,13 @@ def new_app(
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    install(app, service=service, max_body_bytes=http.max_body_bytes, lean=lean)
+    install_handlers(app)
+    if lean:  # inside the body limit and the metrics, in front of the router
+        routes = {(route.method, route.path): route for route in lean}
+        app.state.lean = Lean(app, routes, http.max_body_bytes, partial(observe_request, service))
+        app.add_middleware(LeanRoutes, lean=app.state.lean)
+    app.add_middleware(BodyLimit, max_bytes=http.max_body_bytes)
+    app.add_middleware(Metrics, service=service)
     app.state.deadlines = make_deadlines(http.request_header_seconds, http.request_body_seconds)
     docs.install(app)
     return app
-
-
-def install(
-    app: FastAPI,
-    *,
-    service: str,
-    max_body_bytes: int,
-    lean: Sequence[LeanRoute[Any]] = (),
-) -> None:
-    """Add the shared error handlers and middleware to a service's app.
-
-    The lean routes sit inside the body limit and the metrics, in front of the router.
-    """
-    install_handlers(app)
-    if lean:
-        routes = {(route.method, route.path): route for route in lean}
-        app.state.lean = Lean(app, routes, max_body_bytes, partial(observe_request, service))
-        app.add_middleware(LeanRoutes, lean=app.state.lean)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(Metrics, service=service)

@@ -50,9 +50,9 @@ def health_router(checks: Callable[[], Mapping[str, HealthCheck]], *, timeout: f
         named = checks()
         outcomes = await asyncio.gather(*(_run_check(check, timeout) for check in named.values()))
         results = dict(zip(named, outcomes, strict=True))
-        if all(result == "ok" for result in results.values()):
-            return JSONResponse({"status": "ok", "checks": results})
         failing = ", ".join(name for name, result in results.items() if result != "ok")
+        if not failing:
+            return JSONResponse({"status": "ok", "checks": results})
         return problem(
             503,
             "Not ready",

@@ -40,7 +40,7 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.max_bytes:
-                    await self._too_large(scope, receive, send)
+                    await status_problem(413, self._detail())(scope, receive, send)
                     return
                 await self.app(scope, receive, send)
                 return
@@ -59,10 +59,6 @@ class BodyLimit:
 
     def _detail(self) -> str:
         return f"The request body is larger than {self.max_bytes} bytes."
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = status_problem(413, self._detail())
-        await response(scope, receive, send)
 
 
 class Metrics:

@@ -4,6 +4,7 @@ links between operations (docs/fuzzing.md)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -92,14 +93,11 @@ def link(operation_id: str, **parameters: str) -> dict[str, Any]:
 def amend(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:
     """Apply `edit` to the app's OpenAPI document once it is built (after any earlier edits)."""
     build = app.openapi
-    edited = False
 
+    @functools.cache
     def openapi() -> dict[str, Any]:
-        nonlocal edited
         document = build()
-        if not edited:
-            edit(document)
-            edited = True
+        edit(document)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -26,7 +26,7 @@ import logging
 import time
 from typing import Any, NamedTuple, cast
 
-from starlette.types import Receive, Scope
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -34,7 +34,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from shop.settings import Http
-from shop.web.fastpath.routes import Lean, LeanRoute, Reply, lean_of, state_of
+from shop.web.fastpath.routes import Lean, LeanRoute, Reply, state_of
 from shop.web.problems import status_problem
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,7 @@ def make_deadlines(header_seconds: float, body_seconds: float) -> Deadlines:
     return Deadlines(header_seconds, body_seconds, _answer_408(late.media_type, bytes(late.body)))
 
 
-def deadlines_of(app: object) -> Deadlines:
-    """The deadlines the app was built with (`app.state.deadlines`, set by the app factory from
-    REQUEST_HEADER_SECONDS and REQUEST_BODY_SECONDS), or the settings' defaults."""
-    found = state_of(app, "deadlines")
-    return found if isinstance(found, Deadlines) else _DEFAULT
-
-
+# Without deadlines from the app factory (`app.state.deadlines`): the settings' defaults.
 _DEFAULT = make_deadlines(Http().request_header_seconds, Http().request_body_seconds)
 
 
@@ -81,8 +75,8 @@ class RequestDeadline(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._lean = lean_of(self.app)
-        self._deadlines = deadlines_of(self.app)
+        self._lean = state_of(self.app, "lean", Lean)
+        self._deadlines = state_of(self.app, "deadlines", Deadlines) or _DEFAULT
         self._reading = _IDLE
         self._due: asyncio.TimerHandle | None = None
         self._due_for = _IDLE  # the part the timer waits for
@@ -200,9 +194,10 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
         try:
             reply = await route.answer(scope, parsed)
         except Exception as exc:
-            status = _Status(cycle)
-            await lean.fail(exc, scope, cast(Receive, cycle.receive), status.send)
-            lean.observe(scope["method"], route.path, status.code, time.perf_counter() - start)
+            status = await lean.fail(
+                exc, scope, cast(Receive, cycle.receive), cast(Send, cycle.send)
+            )
+            lean.observe(scope["method"], route.path, status, time.perf_counter() - start)
             return
         _write(cycle, reply)
         lean.observe(scope["method"], route.path, reply.status, time.perf_counter() - start)
@@ -232,19 +227,6 @@ def _write(cycle: RequestResponseCycle, reply: Reply) -> None:
     if not cycle.keep_alive:
         cycle.transport.close()
     cycle.on_response()
-
-
-class _Status:
-    """`send` of a cycle that notes the status it answers."""
-
-    def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
-        self.code = 500
-
-    async def send(self, message: Any) -> None:
-        if message["type"] == "http.response.start":
-            self.code = message["status"]
-        await self._cycle.send(message)
 
 
 def _nothing() -> None:

@@ -79,8 +79,8 @@ class Lean:
     max_body_bytes: int
     observe: ObserveRequest
 
-    async def fail(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer `exc` as the app would: through its nearest exception handler."""
+    async def fail(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer `exc` as the app would: through its nearest exception handler; the status."""
         handler = _handler_for(self.owner.exception_handlers, exc)
         if handler is None:
             raise exc
@@ -88,22 +88,18 @@ class Lean:
         if inspect.isawaitable(response):
             response = await response
         await response(scope, receive, send)
+        return int(response.status_code)
 
 
-def state_of(app: object, name: str) -> object:
-    """`app.state.<name>`, found through the middleware that wraps the app (uvicorn's)."""
+def state_of(app: object, name: str, kind: type[T]) -> T | None:
+    """`app.state.<name>` if it is a `kind`, found through the middleware that wraps the app
+    (uvicorn's): an app's lean routes, its request deadlines."""
     for _ in range(3):
         found = getattr(getattr(app, "state", None), name, None)
-        if found is not None:
+        if isinstance(found, kind):
             return found
         app = getattr(app, "app", None)
     return None
-
-
-def lean_of(app: object) -> Lean | None:
-    """The lean routes of an app, found through the middleware that wraps it."""
-    lean = state_of(app, "lean")
-    return lean if isinstance(lean, Lean) else None
 
 
 class LeanRoutes:
@@ -169,14 +165,10 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
     """`receive` for the app, which reads the body again: first the body already read."""
-    replayed = False
+    first: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return first.pop() if first else await receive()
 
     return replay
 
