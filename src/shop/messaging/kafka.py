@@ -21,14 +21,12 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from shop.messaging.ports import Outgoing, PublishError
+from shop.settings import Kafka
 from shop.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-DLQ_TIMEOUT = 10.0  # seconds for the dead-letter topic to confirm
-CLOSE_SECONDS = 2.0  # for a broker's tasks to stop and its intake producer to flush
 
 
 def producer_config(brokers: str, *, delivery_timeout: float) -> dict[str, Any]:
@@ -297,9 +295,12 @@ class KafkaInbound:
     delivery is acked or dead-lettered; a dead letter is confirmed by the DLQ topic first.
     """
 
-    def __init__(self, brokers: str, *, topic: str, group: str, dlq: KafkaTopic) -> None:
+    def __init__(
+        self, brokers: str, *, topic: str, group: str, dlq: KafkaTopic, dlq_timeout: float
+    ) -> None:
         self._topic = topic
         self._dlq = dlq
+        self._dlq_timeout = dlq_timeout
         self._consumer = Consumer(consumer_config(brokers, group=group))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{topic}")
         self._subscribed = False
@@ -361,7 +362,7 @@ class KafkaInbound:
                     {"reason": reason, "source": source},
                 )
             ],
-            timeout=DLQ_TIMEOUT,
+            timeout=self._dlq_timeout,
         )
         await self._store([delivery])
 
@@ -429,24 +430,22 @@ class KafkaBroker:
 
     name = "kafka"
 
-    def __init__(
-        self,
-        brokers: str,
-        *,
-        topic: str,
-        group: str,
-        dead_letters: KafkaTopic,
-        deadline: float,
-        replication_factor: int = 1,
-    ) -> None:
-        self._topic = topic
-        self._intake = KafkaPublisher(brokers, delivery_timeout=deadline)
-        self._member = partial(KafkaInbound, brokers, topic=topic, group=group, dlq=dead_letters)
+    def __init__(self, settings: Kafka, *, dead_letters: KafkaTopic, deadline: float) -> None:
+        s = self._settings = settings
+        self._intake = KafkaPublisher(s.brokers, delivery_timeout=deadline)
+        self._member = partial(
+            KafkaInbound,
+            s.brokers,
+            topic=s.topic,
+            group=s.consumer_group,
+            dlq=dead_letters,
+            dlq_timeout=s.dlq_timeout_seconds,
+        )
         self._ensure_topics = partial(
             ensure_topics_best_effort,
-            brokers=brokers,
-            topics=[topic, dead_letters.name],
-            replication_factor=replication_factor,
+            brokers=s.brokers,
+            topics=[s.topic, dead_letters.name],
+            replication_factor=s.replication_factor,
         )
         self._inbound: list[KafkaInbound] = []
         self._tasks = Supervisor()
@@ -458,7 +457,7 @@ class KafkaBroker:
         await self._intake.check(timeout)
 
     def publisher(self) -> KafkaTopic:
-        return self._intake.topic(self._topic)
+        return self._intake.topic(self._settings.topic)
 
     def consumer(self, batch_size: int) -> KafkaInbound:
         inbound = self._member()
@@ -467,7 +466,7 @@ class KafkaBroker:
 
     async def close(self) -> None:
         """Commit the consumers' stored offsets and leave the group, then flush the intake."""
-        await self._tasks.stop(timeout=CLOSE_SECONDS)
+        await self._tasks.stop(timeout=self._settings.close_seconds)
         for inbound in self._inbound:
             await inbound.close()
-        await self._intake.close(timeout=CLOSE_SECONDS)
+        await self._intake.close(timeout=self._settings.close_seconds)

@@ -9,7 +9,6 @@ from shop.errors import Unavailable
 from shop.messaging.ports import Outbound, Outgoing, PublishError
 from shop.orders.models import OrderCommand
 
-RETRY_AFTER_SECONDS = 2
 log = logging.getLogger(__name__)
 
 
@@ -32,11 +31,13 @@ class BrokerCommands:
         *,
         broker: str,
         deadline: float,
+        retry_after: int,
         key: Callable[[OrderCommand], str],
     ) -> None:
         self._outbound = outbound
         self._broker = broker
         self._deadline = deadline
+        self._retry_after = retry_after
         self._key = key
 
     async def publish_command(self, command: OrderCommand) -> None:
@@ -47,5 +48,5 @@ class BrokerCommands:
             log.warning("%s did not confirm order %s: %s", self._broker, command.id, exc)
             raise Unavailable(
                 f"{self._broker} did not confirm the order in time ({exc}); nothing was accepted.",
-                retry_after=RETRY_AFTER_SECONDS,
+                retry_after=self._retry_after,
             ) from exc

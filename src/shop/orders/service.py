@@ -30,6 +30,7 @@ from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome, Refus
 from shop.orders.models import Accepted, OrderCommand, PlaceOrder
 from shop.orders.prices import Prices
 from shop.orders.store import OrderStore, OrderUnit
+from shop.settings import Orders
 from shop.storage.group_commit import Coalescer
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ BATCH_SIZE = Histogram(
 
 # Failures that say nothing about the request: the whole batch is tried again later.
 _TRANSIENT = (OperationalError, InterfaceError)
-INTAKE_LOOKUP_SECONDS = 0.5  # intake's budget for a key claim
 # Tries of one batch while committed twins surface (a request meets at most three: its id,
 # its key, its key's claimed order).
 PLACE_ATTEMPTS = 4
@@ -132,18 +132,18 @@ class OrderService:
         prices: Prices,
         publishers: Mapping[str, CommandPublisher],
         on_event: Callable[[], None],
+        settings: Orders,
         sync_batch_size: int = 200,
-        sync_queue_limit: int = 1000,
-        max_quantity: int = 1_000_000,
     ) -> None:
         self._store = store
-        self._max_quantity = max_quantity
+        self._max_quantity = settings.max_quantity
+        self._lookup_seconds = settings.intake_lookup_seconds
         self._publishers = publishers
         self._on_event = on_event
         self._sync_orders: Coalescer[OrderRequest, Outcome] = Coalescer(
             self._place_isolated,
             max_batch=sync_batch_size,
-            max_pending=sync_queue_limit,
+            max_pending=settings.sync_queue_limit,
             timeout=store.timeout,
         )
         self._prices = prices
@@ -277,7 +277,7 @@ class OrderService:
         the database cannot tell now (the consumer then joins the two, see domain)."""
         wanted = domain.KeyClaim(order_id, order.product_id, order.quantity)
         try:
-            async with asyncio.timeout(INTAKE_LOOKUP_SECONDS):
+            async with asyncio.timeout(self._lookup_seconds):
                 claim = await self._store.claim_key(key, wanted)
         except Exception as exc:
             log.warning("could not claim an Idempotency-Key at intake: %r", exc)

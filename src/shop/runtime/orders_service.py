@@ -50,28 +50,20 @@ class OrderRuntime(Runtime):
         deadline = s.orders.broker_deadline_seconds
         self.brokers = [
             KafkaBroker(
-                s.kafka.brokers,
-                topic=s.kafka.topic,
-                group=s.kafka.consumer_group,
-                dead_letters=self.kafka.topic(s.kafka.dlq_topic),
-                deadline=deadline,
-                replication_factor=s.kafka.replication_factor,
+                s.kafka, dead_letters=self.kafka.topic(s.kafka.dlq_topic), deadline=deadline
             ),
-            RabbitBroker(
-                s.rabbitmq.url,
-                queue=s.rabbitmq.queue,
-                timeout=deadline,
-                queue_type=s.rabbitmq.queue_type,
-                delivery_limit=s.rabbitmq.delivery_limit,
-            ),
+            RabbitBroker(s.rabbitmq, timeout=deadline),
         ]
         self.service = OrderService(
             SqlOrderStore(self.db),
-            prices=Prices(self.db),
-            publishers={broker.name: _commands(broker, deadline) for broker in self.brokers},
+            prices=Prices(
+                self.db,
+                ttl=s.orders.intake_price_seconds,
+                budget=s.orders.intake_price_budget_seconds,
+            ),
+            publishers={broker.name: _commands(broker, s) for broker in self.brokers},
             on_event=self.relay.notify,
-            sync_queue_limit=s.orders.sync_queue_limit,
-            max_quantity=s.orders.max_quantity,
+            settings=s.orders,
         )
 
     def start_with(self, consumers: Collection[str]) -> None:
@@ -91,18 +83,27 @@ class OrderRuntime(Runtime):
                 channel=channel,
                 inbound=inbound,
                 service=self.service,
-                batch_size=self.settings.orders.consumer_batch_size,
+                settings=self.settings.orders,
             )
 
         self.supervisor.start(f"{channel}-consumer", consume)
         self.supervisor.start(
-            f"{channel}-depth", partial(watch_depth, channel=channel, depth=inbound.depth)
+            f"{channel}-depth",
+            partial(
+                watch_depth,
+                channel=channel,
+                depth=inbound.depth,
+                every=self.settings.orders.consumer_depth_seconds,
+            ),
         )
 
 
-def _commands(broker: Broker, deadline: float) -> BrokerCommands:
+def _commands(broker: Broker, s: Settings) -> BrokerCommands:
     title, key = COMMANDS[broker.name]
-    return BrokerCommands(broker.publisher(), broker=title, deadline=deadline, key=key)
+    deadline, retry_after = s.orders.broker_deadline_seconds, s.orders.broker_retry_after_seconds
+    return BrokerCommands(
+        broker.publisher(), broker=title, deadline=deadline, retry_after=retry_after, key=key
+    )
 
 
 def orders_app(settings: Settings | None = None) -> FastAPI:
