@@ -295,13 +295,11 @@ class KafkaInbound:
     delivery is acked or dead-lettered; a dead letter is confirmed by the DLQ topic first.
     """
 
-    def __init__(
-        self, brokers: str, *, topic: str, group: str, dlq: KafkaTopic, dlq_timeout: float
-    ) -> None:
-        self._topic = topic
+    def __init__(self, settings: Kafka, *, dlq: KafkaTopic) -> None:
+        self._topic = topic = settings.topic
         self._dlq = dlq
-        self._dlq_timeout = dlq_timeout
-        self._consumer = Consumer(consumer_config(brokers, group=group))
+        self._dlq_timeout = settings.dlq_timeout_seconds
+        self._consumer = Consumer(consumer_config(settings.brokers, group=settings.consumer_group))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{topic}")
         self._subscribed = False
         self._closed = False
@@ -431,27 +429,18 @@ class KafkaBroker:
     name = "kafka"
 
     def __init__(self, settings: Kafka, *, dead_letters: KafkaTopic, deadline: float) -> None:
-        s = self._settings = settings
-        self._intake = KafkaPublisher(s.brokers, delivery_timeout=deadline)
-        self._member = partial(
-            KafkaInbound,
-            s.brokers,
-            topic=s.topic,
-            group=s.consumer_group,
-            dlq=dead_letters,
-            dlq_timeout=s.dlq_timeout_seconds,
-        )
-        self._ensure_topics = partial(
-            ensure_topics_best_effort,
-            brokers=s.brokers,
-            topics=[s.topic, dead_letters.name],
-            replication_factor=s.replication_factor,
-        )
+        self._settings, self._dead_letters = settings, dead_letters
+        self._intake = KafkaPublisher(settings.brokers, delivery_timeout=deadline)
         self._inbound: list[KafkaInbound] = []
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        self._tasks.start("kafka-ensure-topics", self._ensure_topics)
+        s = self._settings
+        topics = [s.topic, self._dead_letters.name]
+        ensure = partial(ensure_topics_best_effort, topics=topics, brokers=s.brokers)
+        self._tasks.start(
+            "kafka-ensure-topics", partial(ensure, replication_factor=s.replication_factor)
+        )
 
     async def check(self, timeout: float) -> None:
         await self._intake.check(timeout)
@@ -460,7 +449,7 @@ class KafkaBroker:
         return self._intake.topic(self._settings.topic)
 
     def consumer(self, batch_size: int) -> KafkaInbound:
-        inbound = self._member()
+        inbound = KafkaInbound(self._settings, dlq=self._dead_letters)
         self._inbound.append(inbound)
         return inbound
 
