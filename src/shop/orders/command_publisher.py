@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from shop.errors import Unavailable
 from shop.messaging.ports import Outbound, Outgoing, PublishError
@@ -22,31 +23,23 @@ def by_order(command: OrderCommand) -> str:
     return str(command.id)
 
 
+@dataclass(frozen=True, slots=True)
 class BrokerCommands:
     """Publishes order commands through an outbound port; a missing confirm is a 503."""
 
-    def __init__(
-        self,
-        outbound: Outbound,
-        *,
-        broker: str,
-        deadline: float,
-        retry_after: int,
-        key: Callable[[OrderCommand], str],
-    ) -> None:
-        self._outbound = outbound
-        self._broker = broker
-        self._deadline = deadline
-        self._retry_after = retry_after
-        self._key = key
+    outbound: Outbound
+    broker: str  # its name in a 503's text
+    deadline: float
+    retry_after: int
+    key: Callable[[OrderCommand], str]
 
     async def publish_command(self, command: OrderCommand) -> None:
-        message = Outgoing(self._key(command), command.model_dump_json().encode())
+        message = Outgoing(self.key(command), command.model_dump_json().encode())
         try:
-            await self._outbound.publish([message], timeout=self._deadline)
+            await self.outbound.publish([message], timeout=self.deadline)
         except PublishError as exc:
-            log.warning("%s did not confirm order %s: %s", self._broker, command.id, exc)
+            log.warning("%s did not confirm order %s: %s", self.broker, command.id, exc)
             raise Unavailable(
-                f"{self._broker} did not confirm the order in time ({exc}); nothing was accepted.",
-                retry_after=self._retry_after,
+                f"{self.broker} did not confirm the order in time ({exc}); nothing was accepted.",
+                retry_after=self.retry_after,
             ) from exc
