@@ -367,12 +367,16 @@ class KafkaInbound:
     async def _store(self, deliveries: Sequence[KafkaDelivery]) -> None:
         # Never lower a stored offset: a dead letter may be settled before the older
         # deliveries of its partition are acked.
-        offsets = []
-        for tp, offset in _next_offsets(deliveries).items():
-            if offset > self._stored.get(tp, -1):
-                self._stored[tp] = offset
-                offsets.append(TopicPartition(tp[0], tp[1], offset))
-        if offsets:
+        stored, changed = self._stored, {}
+        for delivery in deliveries:
+            message = delivery.message
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            if offset + 1 > stored.get((topic, partition), -1):
+                stored[topic, partition] = changed[topic, partition] = offset + 1
+        if changed:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in changed.items()]
             try:
                 await self._call(self._consumer.store_offsets, offsets=offsets)
             except KafkaException as exc:
@@ -402,19 +406,6 @@ class KafkaInbound:
         self._closed = True
         await self._call(self._consumer.close)
         self._thread.shutdown(wait=True)
-
-
-def _next_offsets(deliveries: Sequence[KafkaDelivery]) -> dict[tuple[str, int], int]:
-    """Per partition, the offset after the newest of `deliveries`."""
-    last: dict[tuple[str, int], int] = {}
-    for delivery in deliveries:
-        message = delivery.message
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        if topic is None or partition is None or offset is None:
-            continue
-        if offset + 1 > last.get((topic, partition), -1):
-            last[topic, partition] = offset + 1
-    return last
 
 
 class KafkaBroker:

@@ -51,15 +51,13 @@ class Topology:
     redelivered forever. A queue's type is fixed when it is first declared.
     """
 
-    def __init__(
-        self, queue: str, *, queue_type: str = "classic", delivery_limit: int = 20
-    ) -> None:
-        self.queue = queue
+    def __init__(self, settings: RabbitMQ) -> None:
+        self.queue = queue = settings.queue
         self.dlx = f"{queue}.dlx"
         self.dlq = f"{queue}.dlq"
         kind: dict[str, Any] = (
-            {"x-queue-type": "quorum", "x-delivery-limit": delivery_limit}
-            if queue_type == "quorum"
+            {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+            if settings.queue_type == "quorum"
             else {}
         )
         self.dlq_arguments: dict[str, Any] = dict(kind)
@@ -110,8 +108,8 @@ class RabbitBroker:
     name = "rabbitmq"
 
     def __init__(self, settings: RabbitMQ, *, timeout: float) -> None:
-        s = self._settings = settings
-        self.topology = Topology(s.queue, queue_type=s.queue_type, delivery_limit=s.delivery_limit)
+        self._settings = settings
+        self.topology = Topology(settings)
         self._timeout = timeout
         self._channel: AbstractChannel | None = None  # the publishing channel
         self._renew_after = 0.0  # loop time before which a nack renews no channel

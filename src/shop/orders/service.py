@@ -26,7 +26,7 @@ from shop import jsonutil
 from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
 from shop.ids import uuid7
 from shop.orders import domain
-from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome, Refused
+from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome
 from shop.orders.models import Accepted, OrderCommand, PlaceOrder
 from shop.orders.prices import Prices
 from shop.orders.store import OrderStore, OrderUnit
@@ -44,8 +44,6 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
 
-# Failures that say nothing about the request: the whole batch is tried again later.
-_TRANSIENT = (OperationalError, InterfaceError)
 # Tries of one batch while committed twins surface (a request meets at most three: its id,
 # its key, its key's claimed order).
 PLACE_ATTEMPTS = 4
@@ -87,17 +85,13 @@ def _answer(outcome: Outcome) -> Order | Exception:
         return outcome.order
     if isinstance(outcome, domain.KeyMismatch):
         return IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
-    return _refusal(outcome)
-
-
-def _refusal(refused: Refused) -> Exception:
-    if refused.reason == domain.OUT_OF_STOCK:
+    if outcome.reason == domain.OUT_OF_STOCK:
         return OutOfStock(
-            f"Product {refused.product_id} has too little stock for {refused.quantity} unit(s)."
+            f"Product {outcome.product_id} has too little stock for {outcome.quantity} unit(s)."
         )
-    if refused.reason == domain.TOTAL_TOO_LARGE:
-        return _too_large(refused.quantity)
-    return InvalidInput(f"No product with id {refused.product_id}.", field="product_id")
+    if outcome.reason == domain.TOTAL_TOO_LARGE:
+        return _too_large(outcome.quantity)
+    return InvalidInput(f"No product with id {outcome.product_id}.", field="product_id")
 
 
 def _too_large(quantity: int) -> InvalidInput:
@@ -200,7 +194,7 @@ class OrderService:
         alone, so that one request never fails its neighbours."""
         try:
             return list(await self._place_retrying(requests))
-        except _TRANSIENT:
+        except (OperationalError, InterfaceError):  # not the request's fault: retried later
             raise
         except DBAPIError as exc:
             if len(requests) == 1:

@@ -86,7 +86,7 @@ def router(service: ProductService, auth: Authenticator) -> APIRouter:
             answer.body,
             status_code=answer.status,
             media_type="application/json",
-            headers=_location(answer.body),
+            headers={"Location": f"/products/{jsonutil.loads(answer.body)['id']}"},
         )
 
     @api.get(
@@ -169,7 +169,3 @@ def _plain_list(scope: Scope, _body: bytes) -> ProductQuery | None:
         else:
             return None
     return ProductQuery(limit=limit or 100, cursor=cursor)
-
-
-def _location(body: bytes) -> dict[str, str]:
-    return {"Location": f"/products/{jsonutil.loads(body)['id']}"}
