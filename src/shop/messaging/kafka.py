@@ -49,26 +49,24 @@ def producer_config(brokers: str, *, delivery_timeout: float) -> dict[str, Any]:
     }
 
 
-class _OncePer(logging.Filter):
-    """Lets a repeated librdkafka line through once per `seconds`: during a broker outage it
-    reports every reconnect attempt, several a second."""
+def _once_per(seconds: float) -> Callable[[logging.LogRecord], bool]:
+    """A log filter that lets a repeated librdkafka line through once per `seconds`: during a
+    broker outage it reports every reconnect attempt, several a second."""
+    last: dict[str, float] = {}
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self._seconds = seconds
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
+    def once(record: logging.LogRecord) -> bool:
         head = record.getMessage()[:80]
         now = time.monotonic()
-        if now - self._last.get(head, -self._seconds) < self._seconds:
+        if now - last.get(head, -seconds) < seconds:
             return False
-        self._last[head] = now
+        last[head] = now
         return True
+
+    return once
 
 
 _rdkafka_log = logging.getLogger("librdkafka")
-_rdkafka_log.addFilter(_OncePer(30.0))
+_rdkafka_log.addFilter(_once_per(30.0))
 
 
 def client_logging() -> dict[str, Any]:
@@ -345,9 +343,6 @@ class KafkaInbound:
                 messages.extend(self._consumer.consume(max_messages - 1, 0))
         return messages
 
-    async def ack(self, deliveries: Sequence[KafkaDelivery]) -> None:
-        await self._store(deliveries)
-
     async def dead_letter(self, delivery: KafkaDelivery, reason: str) -> None:
         message = delivery.message
         source = f"{message.topic()}:{message.partition()}:{message.offset()}"
@@ -362,9 +357,9 @@ class KafkaInbound:
             ],
             timeout=self._dlq_timeout,
         )
-        await self._store([delivery])
+        await self.ack([delivery])
 
-    async def _store(self, deliveries: Sequence[KafkaDelivery]) -> None:
+    async def ack(self, deliveries: Sequence[KafkaDelivery]) -> None:
         # Never lower a stored offset: a dead letter may be settled before the older
         # deliveries of its partition are acked.
         stored, changed = self._stored, {}

@@ -401,14 +401,9 @@ class RabbitInbound:
         await self._dlq.publish(
             [Outgoing(message_id, delivery.body, {"x-reason": reason})], timeout=self._timeout
         )
-        channel, tag = self._channel, delivery.delivery_tag or 0
-        if delivery.channel is not channel or channel is None or tag not in self._unsettled:
-            return  # its channel closed: it comes again, and goes to the DLQ again
-        self._unsettled.discard(tag)
-        try:
-            await channel.basic_ack(tag)
-        except Exception as exc:
-            log.info("rabbitmq consumer: ack failed (%r); it will be redelivered", exc)
+        # If its channel closed meanwhile, there is nothing to ack: it comes again, and goes to
+        # the DLQ again.
+        await self.ack([delivery])
 
     async def depth(self) -> int:
         """Messages ready in the queue (not counting those delivered and unacked)."""
