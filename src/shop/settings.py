@@ -164,11 +164,9 @@ class Orders(Group):
     intake_price_budget_seconds: float = Field(0.5, gt=0)
     # How long an idle consumer waits for a delivery before it looks at `stopping` again.
     consumer_take_seconds: float = Field(0.25, gt=0)
-    # Under load (more than one delivery waiting) a batch fills a little longer, so that one
-    # transaction stores more orders: in steps of CONSUMER_LINGER_SECONDS while each step brings
-    # a busy stream's deliveries, up to CONSUMER_LINGER_MAX_SECONDS. At 600 orders/s RabbitMQ
-    # batches averaged 7 without it, and the per-batch statements were most of the consumer's
-    # CPU. A lone order at idle does not wait, and a slow trickle waits one step at most.
+    # Under load a batch fills a little longer, in steps while they bring a busy stream's
+    # deliveries: at 600 orders/s RabbitMQ batches averaged 7 without it, and the per-batch
+    # statements were most of the consumer's CPU. A lone order does not wait, a trickle one step.
     consumer_linger_seconds: float = Field(0.01, ge=0)
     consumer_linger_max_seconds: float = Field(0.25, ge=0)
     # A batch that failed (database down) is retried after this, doubling up to the maximum.
