@@ -45,7 +45,6 @@ class OrderBatchProcessor(Protocol):
     async def process_order_batch(self, commands: Sequence[OrderCommand]) -> Sequence[str | None]:
         """Per command, in order: None when done (stored now or before), else the reason to
         dead-letter it. Raises only for transient failures."""
-        ...
 
 
 def decode(body: bytes) -> OrderCommand | str:

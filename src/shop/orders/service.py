@@ -79,19 +79,19 @@ def _cursor_id(cursor: str) -> uuid.UUID:
         raise InvalidInput("not a cursor this service issued", field="cursor") from None
 
 
-def _answer(outcome: Outcome) -> Order | Exception:
-    """What a sync caller is told."""
+def _answer(outcome: Outcome) -> Order:
+    """What a sync caller is told: its order, or the refusal raised."""
     if isinstance(outcome, domain.Placed | domain.Replayed):
         return outcome.order
     if isinstance(outcome, domain.KeyMismatch):
-        return IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
+        raise IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
     if outcome.reason == domain.OUT_OF_STOCK:
-        return OutOfStock(
+        raise OutOfStock(
             f"Product {outcome.product_id} has too little stock for {outcome.quantity} unit(s)."
         )
     if outcome.reason == domain.TOTAL_TOO_LARGE:
-        return _too_large(outcome.quantity)
-    return InvalidInput(f"No product with id {outcome.product_id}.", field="product_id")
+        raise _too_large(outcome.quantity)
+    raise InvalidInput(f"No product with id {outcome.product_id}.", field="product_id")
 
 
 def _too_large(quantity: int) -> InvalidInput:
@@ -156,10 +156,7 @@ class OrderService:
             channel="sync",
             key=order_key(order.user_id, idempotency_key),
         )
-        answer = _answer(await self._sync_orders.submit(request))
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        return _answer(await self._sync_orders.submit(request))
 
     async def run_sync_orders(self, stopping: asyncio.Event) -> None:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
