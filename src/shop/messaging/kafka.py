@@ -85,7 +85,6 @@ class KafkaPublisher:
 
     def __init__(self, brokers: str, *, delivery_timeout: float) -> None:
         self._producer = Producer(producer_config(brokers, delivery_timeout=delivery_timeout))
-        self._delivery_timeout = delivery_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
         self._stopping = threading.Event()
@@ -107,7 +106,7 @@ class KafkaPublisher:
         return KafkaTopic(self, name)
 
     async def publish_many(
-        self, topic: str, messages: Sequence[Outgoing], *, timeout: float | None = None
+        self, topic: str, messages: Sequence[Outgoing], *, timeout: float
     ) -> None:
         """Send messages (in order, per key) and wait until every one is acknowledged.
 
@@ -128,12 +127,11 @@ class KafkaPublisher:
             except (BufferError, KafkaException) as exc:
                 delivery.future.cancel()
                 raise PublishError(f"could not queue message for {topic}: {exc}") from exc
-        wait = timeout if timeout is not None else self._delivery_timeout + 1
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout(timeout):
                 await delivery.future
         except TimeoutError as exc:
-            raise PublishError(f"no acknowledgement from Kafka within {wait:.1f}s") from exc
+            raise PublishError(f"no acknowledgement from Kafka within {timeout:.1f}s") from exc
 
     async def check(self, timeout: float) -> None:
         """Raise unless a broker answers a metadata request within `timeout` seconds."""
