@@ -56,11 +56,7 @@ class OrderRuntime(Runtime):
         ]
         self.service = OrderService(
             SqlOrderStore(self.db),
-            prices=Prices(
-                self.db,
-                ttl=s.orders.intake_price_seconds,
-                budget=s.orders.intake_price_budget_seconds,
-            ),
+            prices=Prices(self.db, s.orders),
             publishers={broker.name: _commands(broker, s) for broker in self.brokers},
             on_event=self.relay.notify,
             settings=s.orders,
@@ -87,14 +83,10 @@ class OrderRuntime(Runtime):
             )
 
         self.supervisor.start(f"{channel}-consumer", consume)
+        every = self.settings.orders.consumer_depth_seconds
         self.supervisor.start(
             f"{channel}-depth",
-            partial(
-                watch_depth,
-                channel=channel,
-                depth=inbound.depth,
-                every=self.settings.orders.consumer_depth_seconds,
-            ),
+            partial(watch_depth, channel=channel, depth=inbound.depth, every=every),
         )
 
 
