@@ -420,11 +420,13 @@ class KafkaBroker:
 
     def start(self) -> None:
         s = self._settings
-        topics = [s.topic, self._dead_letters.name]
-        ensure = partial(ensure_topics_best_effort, topics=topics, brokers=s.brokers)
-        self._tasks.start(
-            "kafka-ensure-topics", partial(ensure, replication_factor=s.replication_factor)
+        ensure = partial(
+            ensure_topics_best_effort,
+            brokers=s.brokers,
+            topics=[s.topic, self._dead_letters.name],
+            replication_factor=s.replication_factor,
         )
+        self._tasks.start("kafka-ensure-topics", ensure)
 
     async def check(self, timeout: float) -> None:
         await self._intake.check(timeout)
