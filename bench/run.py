@@ -345,13 +345,8 @@ def drain(
 
 async def _fill_queue(settings: StackSettings, name: str, bodies: list[bytes]) -> None:
     """Declare the queue as the service does (its dead-letter topology too) and fill it."""
-    rabbit = RabbitBroker(
-        settings.rabbitmq.url,
-        queue=name,
-        timeout=10,
-        queue_type=settings.rabbitmq.queue_type,  # as the consumer declares it (a cluster's)
-        delivery_limit=settings.rabbitmq.delivery_limit,
-    )
+    # Declared as the consumer declares it (a cluster's queue type and delivery limit).
+    rabbit = RabbitBroker(settings.rabbitmq.model_copy(update={"queue": name}), timeout=10)
     queue = rabbit.publisher()
     rabbit.start()
     try:

@@ -94,6 +94,9 @@ class Kafka(Group):
     # fewer (at least 1), so with acks=all a write survives the loss of any one broker.
     replication_factor: int = Field(1, ge=1, le=7)
     delivery_timeout_seconds: float = Field(10.0, gt=0)  # the events producer's, per message
+    dlq_timeout_seconds: float = Field(10.0, gt=0)  # for the dead-letter topic to confirm
+    # For a broker's tasks to stop and its intake producer to flush.
+    close_seconds: float = Field(2.0, gt=0)
 
     @field_validator("brokers")
     @classmethod
@@ -117,6 +120,13 @@ class RabbitMQ(Group):
     # queues, and a message redelivered more than RABBITMQ_DELIVERY_LIMIT times is dead-lettered.
     queue_type: Literal["classic", "quorum"] = "classic"
     delivery_limit: int = Field(20, ge=1, le=10_000)
+    # A failed connection attempt is retried after 0.5 s, then every second: a node lost behind
+    # HAProxy is replaced by the next connection, so a second cuts a broker fail-over's outage.
+    reconnect_first_seconds: float = Field(0.5, gt=0)
+    reconnect_max_seconds: float = Field(1.0, gt=0)
+    # At most one new publishing channel (after nacks) per this many seconds.
+    renew_channel_seconds: float = Field(1.0, ge=0)
+    close_seconds: float = Field(5.0, gt=0)  # for a connection's task to stop
 
     @property
     def url(self) -> str:
@@ -162,6 +172,22 @@ class Orders(Group):
     # and the stored orders follow; an idle machine runs it at full speed anyway.
     consumer_nice: int = Field(10, ge=0, le=19)
     consumer_stop_seconds: float = Field(10.0, gt=0)  # to finish its batch; then SIGKILL
+    broker_retry_after_seconds: int = Field(2, ge=0)  # the Retry-After of a broker's 503
+    intake_lookup_seconds: float = Field(0.5, gt=0)  # intake's budget for a key claim
+    # Intake trusts a product's price this long, and gives a price read this long.
+    intake_price_seconds: float = Field(60.0, ge=0)
+    intake_price_budget_seconds: float = Field(0.5, gt=0)
+    # How long an idle consumer waits for a delivery before it looks at `stopping` again.
+    consumer_take_seconds: float = Field(0.25, gt=0)
+    # Under load a batch fills a little longer, in steps while they bring a busy stream's
+    # deliveries: at 600 orders/s RabbitMQ batches averaged 7 without it, and the per-batch
+    # statements were most of the consumer's CPU. A lone order does not wait, a trickle one step.
+    consumer_linger_seconds: float = Field(0.01, ge=0)
+    consumer_linger_max_seconds: float = Field(0.25, ge=0)
+    # A batch that failed (database down) is retried after this, doubling up to the maximum.
+    consumer_retry_first_seconds: float = Field(0.1, gt=0)
+    consumer_retry_max_seconds: float = Field(5.0, gt=0)
+    consumer_depth_seconds: float = Field(5.0, gt=0)  # how often the queue depth gauge is read
 
 
 class Products(Group):

@@ -20,6 +20,7 @@ from bench.faults import describe, drill, write
 from devstack import cluster, layout
 from devstack.settings import StackSettings, load_stack_settings
 from shop.messaging.rabbitmq import RabbitBroker
+from shop.settings import RabbitMQ
 from tests.support import confirmed, eventually, free_port
 
 pytestmark = [pytest.mark.cluster]
@@ -80,17 +81,17 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
     nodes = {n.name: n for n in layout.rabbitmq_nodes(layout.directory())}
     queue = f"test-probe-{uuid.uuid4().hex[:8]}"
 
-    def url(port: int) -> str:
-        return f"amqp://{shop.rabbitmq.user}:{shop.rabbitmq.password}@127.0.0.1:{port}/"
+    def at(port: int) -> RabbitMQ:
+        update = {"host": "127.0.0.1", "port": port, "vhost": "/", "queue": queue}
+        return shop.rabbitmq.model_copy(update={**update, "queue_type": "quorum"})
 
-    declaring = RabbitBroker(url(shop.rabbitmq.port), queue=queue, timeout=5.0, queue_type="quorum")
+    declaring = RabbitBroker(at(shop.rabbitmq.port), timeout=5.0)
     declaring.start()
     await eventually(partial(confirmed, declaring), timeout=30, what="the queue declared")
     await declaring.close()
     leader = await asyncio.to_thread(cluster.quorum_queue_leader, clustered, queue)
     survivor = next(name for name in nodes if name != leader)
-    publisher = RabbitBroker(url(nodes[survivor].amqp_port), queue=queue, timeout=5.0,
-                             queue_type="quorum")  # fmt: skip
+    publisher = RabbitBroker(at(nodes[survivor].amqp_port), timeout=5.0)
     await asyncio.to_thread(cluster.kill, clustered, leader)
     killed = time.monotonic()
     try:
@@ -101,7 +102,7 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
     finally:
         await publisher.close()
         await asyncio.to_thread(cluster.revive, clustered, leader)
-        connection = await aio_pika.connect(url(shop.rabbitmq.port), timeout=10)
+        connection = await aio_pika.connect(at(shop.rabbitmq.port).url, timeout=10)
         async with connection:
             channel = await connection.channel()
             await channel.queue_delete(queue)

@@ -253,12 +253,11 @@ class KafkaHarness:
         self.outbound = self.broker.publisher()
 
     def new_broker(self) -> KafkaBroker:
+        kafka = self.settings.kafka.model_copy(
+            update={"topic": self.topic, "consumer_group": self.group}
+        )
         return KafkaBroker(
-            self.settings.kafka.brokers,
-            topic=self.topic,
-            group=self.group,
-            dead_letters=self.dead_letter_publisher.topic(self.dlq),
-            deadline=10,
+            kafka, dead_letters=self.dead_letter_publisher.topic(self.dlq), deadline=10
         )
 
     async def consumer(self, broker: Broker | None = None) -> Inbound[Any]:
@@ -342,7 +341,9 @@ class RabbitHarness:
         self.subscriptions: dict[int, float] = {}  # and subscriptions
 
     def new_broker(self) -> RabbitBroker:
-        return RabbitBroker(self.settings.rabbitmq.url, queue=self.queue, timeout=5)
+        return RabbitBroker(
+            self.settings.rabbitmq.model_copy(update={"queue": self.queue}), timeout=5
+        )
 
     async def connect(self) -> None:
         await eventually(partial(_passes, self.broker), timeout=30, what="publisher connected")

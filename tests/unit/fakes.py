@@ -21,6 +21,7 @@ from shop.events import Event
 from shop.orders.domain import Decision, KeyClaim, Known, Order, OrderRequest, Product
 from shop.orders.models import OrderCommand
 from shop.orders.prices import Prices
+from shop.settings import Orders
 
 T = TypeVar("T")
 
@@ -163,4 +164,4 @@ class _PriceReads:
 
 
 def fake_prices(store: FakeOrderStore) -> Prices:
-    return Prices(_PriceReads(store))
+    return Prices(_PriceReads(store), Orders())

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from shop.orders.prices import Prices
+from shop.settings import Orders
 from tests.clock import FakeClock
 
 
@@ -36,7 +37,7 @@ class FakeDb:
 
 async def test_requests_that_miss_together_share_one_read() -> None:
     db = FakeDb({1: Decimal("2.50")})
-    prices = Prices(db)
+    prices = Prices(db, Orders())
     found = await asyncio.gather(*(prices.get(1) for _ in range(100)))
     assert found == [Decimal("2.50")] * 100
     assert db.reads == 1
@@ -46,7 +47,7 @@ async def test_requests_that_miss_together_share_one_read() -> None:
 
 async def test_an_unknown_product_has_no_price_and_is_read_again_later() -> None:
     db = FakeDb({})
-    prices = Prices(db)
+    prices = Prices(db, Orders())
     assert await prices.get(7) is None
     db.prices[7] = Decimal("1.00")
     assert await prices.get(7) == Decimal("1.00")
@@ -55,7 +56,7 @@ async def test_an_unknown_product_has_no_price_and_is_read_again_later() -> None
 async def test_a_price_is_read_again_once_its_time_to_live_is_over() -> None:
     db = FakeDb({1: Decimal("3.00")})
     clock = FakeClock()
-    prices = Prices(db, ttl=60, clock=clock)
+    prices = Prices(db, Orders(intake_price_seconds=60), clock=clock)
     assert await prices.get(1) == Decimal("3.00")
     clock.now += 59
     db.prices[1] = Decimal("4.00")
@@ -68,7 +69,9 @@ async def test_a_price_is_read_again_once_its_time_to_live_is_over() -> None:
 async def test_when_the_database_is_down_intake_goes_on_with_the_last_price() -> None:
     db = FakeDb({1: Decimal("3.00")})
     clock = FakeClock()
-    prices = Prices(db, ttl=60, budget=0.5, clock=clock)
+    prices = Prices(
+        db, Orders(intake_price_seconds=60, intake_price_budget_seconds=0.5), clock=clock
+    )
     assert await prices.get(1) == Decimal("3.00")
     clock.now += 61
     db.down = True
@@ -83,6 +86,6 @@ async def test_when_the_database_is_down_intake_goes_on_with_the_last_price() ->
 
 async def test_a_slow_database_costs_a_request_at_most_the_budget() -> None:
     db = FakeDb({1: Decimal("3.00")}, silent=True)
-    prices = Prices(db, budget=0.05)
+    prices = Prices(db, Orders(intake_price_budget_seconds=0.05))
     async with asyncio.timeout(1.0):
         assert await prices.get(1) is None

@@ -33,7 +33,7 @@ from shop.orders.service import OrderQuery
 from shop.products import api as product_api
 from shop.products.domain import ProductView, Versioned, encode_cursor
 from shop.products.service import ProductService
-from shop.settings import Http
+from shop.settings import Http, Products
 from shop.web import app_factory, middleware
 from tests.clock import FakeClock
 from tests.tokens import Issuer
@@ -107,7 +107,7 @@ def products_in_memory() -> ProductService:
         name = f"{'chair' if n % 2 else 'table'} {n}"
         product = ProductView(n, name, "", Decimal(n).quantize(CENT), n % 7 or None, made, made)
         store.products[n] = Versioned(product, 1)
-    return ProductService(store, on_event=lambda: None)
+    return ProductService(store, on_event=lambda: None, settings=Products(cache_seconds=0))
 
 
 class _Ticking(FakeClock):

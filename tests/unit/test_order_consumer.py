@@ -8,12 +8,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import pytest
-
 from shop.messaging.ports import PublishError
 from shop.orders import consumer
 from shop.orders.consumer import run_order_consumer
 from shop.orders.models import OrderCommand
+from shop.settings import Orders
+
+TEN = Orders(consumer_batch_size=10)
 
 
 def _command(product_id: int = 1) -> OrderCommand:
@@ -96,11 +97,13 @@ class FakeService:
         return verdicts
 
 
-async def _run_until_drained(inbound: FakeInbound, service: FakeService) -> None:
+async def _run_until_drained(
+    inbound: FakeInbound, service: FakeService, settings: Orders = TEN
+) -> None:
     stopping = asyncio.Event()
     loop = asyncio.create_task(
         run_order_consumer(
-            stopping, channel="kafka", inbound=inbound, service=service, batch_size=10
+            stopping, channel="kafka", inbound=inbound, service=service, settings=settings
         )
     )
     await asyncio.wait_for(inbound.emptied.wait(), 5)
@@ -176,7 +179,11 @@ async def test_stopping_mid_retry_returns_without_settling_anything() -> None:
     service.on_call = lambda: stopping.set() if service.calls == 2 else None
     loop = asyncio.create_task(
         run_order_consumer(
-            stopping, channel="kafka", inbound=inbound, service=service, batch_size=10
+            stopping,
+            channel="kafka",
+            inbound=inbound,
+            service=service,
+            settings=Orders(consumer_batch_size=10),
         )
     )
     # The second attempt comes after the first 0.1 s pause; stopping cuts the next pause short.
@@ -191,7 +198,7 @@ async def test_under_load_a_batch_waits_briefly_for_more_and_stores_them_togethe
     service = FakeService()
 
     async def more_arrive() -> None:
-        await asyncio.sleep(consumer.LINGER_SECONDS / 4)
+        await asyncio.sleep(TEN.consumer_linger_seconds / 4)
         inbound.put(*(_command().model_dump_json().encode() for _ in range(3)))
 
     arrivals = asyncio.create_task(more_arrive())
@@ -200,10 +207,12 @@ async def test_under_load_a_batch_waits_briefly_for_more_and_stores_them_togethe
     assert (service.calls, len(service.stored)) == (1, 5)
 
 
-async def test_a_lone_order_is_stored_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(consumer, "LINGER_SECONDS", 60.0)  # a linger would outlast the test
+async def test_a_lone_order_is_stored_without_waiting() -> None:
     inbound = FakeInbound()
     inbound.put(_command().model_dump_json().encode())
     service = FakeService()
-    await _run_until_drained(inbound, service)
+    # A linger would outlast the test.
+    await _run_until_drained(
+        inbound, service, TEN.model_copy(update={"consumer_linger_seconds": 60.0})
+    )
     assert (service.calls, len(service.stored)) == (1, 1)

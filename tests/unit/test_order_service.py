@@ -18,6 +18,7 @@ from shop.orders import domain
 from shop.orders.domain import Order, Product
 from shop.orders.models import OrderCommand, PlaceOrder
 from shop.orders.service import PLACE_ATTEMPTS, OrderQuery, OrderService, order_key
+from shop.settings import Orders
 from tests.unit.fakes import FakeOrderStore, FakePublisher, fake_prices
 
 PRICE = Decimal("2.50")
@@ -41,7 +42,7 @@ class Shop:
             prices=fake_prices(store),
             publishers={"kafka": self.kafka, "rabbitmq": FakePublisher()},
             on_event=self._wake,
-            max_quantity=MOST,
+            settings=Orders(max_quantity=MOST),
         )
 
     def _wake(self) -> None:

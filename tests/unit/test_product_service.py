@@ -20,6 +20,7 @@ from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
 from shop.products.domain import ProductQuery, ProductView
 from shop.products.models import ProductCreate, ProductPatch, ProductReplace
 from shop.products.service import ProductService
+from shop.settings import Products
 from tests.unit.fake_product_store import FakeProductStore
 
 
@@ -30,7 +31,7 @@ class _Catalogue:
         self.store = FakeProductStore()
         self.notified = 0
         self.service = ProductService(
-            self.store, on_event=self._notify, list_cache_seconds=cache_seconds
+            self.store, on_event=self._notify, settings=Products(cache_seconds=cache_seconds)
         )
 
     def _notify(self) -> None:

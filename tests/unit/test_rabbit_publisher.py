@@ -8,11 +8,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiormq
-import pytest
 from pamqp.commands import Basic
 
 from shop.messaging import rabbitmq
 from shop.messaging.rabbitmq import RabbitBroker
+from shop.settings import RabbitMQ
 from tests.support import confirmed
 
 
@@ -57,8 +57,8 @@ class FakeConnection:
         return channel
 
 
-async def _connected(connection: FakeConnection) -> RabbitBroker:
-    broker = RabbitBroker("amqp://unused", queue="orders", timeout=1.0)
+async def _connected(connection: FakeConnection, **settings: float) -> RabbitBroker:
+    broker = RabbitBroker(RabbitMQ(host="unused", **settings), timeout=1.0)
     broker._channel = await broker._open_channel(connection)  # type: ignore[arg-type]
     return broker
 
@@ -74,12 +74,9 @@ async def test_after_a_nack_the_next_publish_goes_out_on_a_new_channel() -> None
     assert connection.channels[1].published == 1
 
 
-async def test_a_burst_of_nacks_opens_at_most_one_channel_per_interval(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(rabbitmq, "RENEW_SECONDS", 0.2)
+async def test_a_burst_of_nacks_opens_at_most_one_channel_per_interval() -> None:
     connection = FakeConnection()  # stays broken: every channel nacks
-    broker = await _connected(connection)
+    broker = await _connected(connection, renew_channel_seconds=0.2)
     results = await asyncio.gather(*(confirmed(broker, timeout=1.0) for _ in range(50)))
     assert not any(results)
     assert len(connection.channels) == 2  # the first and one renewal
@@ -88,11 +85,8 @@ async def test_a_burst_of_nacks_opens_at_most_one_channel_per_interval(
     assert len(connection.channels) == 3
 
 
-async def test_a_lost_connection_is_made_again_until_stopping(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(rabbitmq, "RECONNECT_FIRST_SECONDS", 0.001)
-    monkeypatch.setattr(rabbitmq, "RECONNECT_MAX_SECONDS", 0.001)
+async def test_a_lost_connection_is_made_again_until_stopping() -> None:
+    fast = RabbitMQ(reconnect_first_seconds=0.001, reconnect_max_seconds=0.001)
     stopping, sessions = asyncio.Event(), list[int]()
 
     async def serve(stopping: asyncio.Event) -> None:
@@ -101,7 +95,7 @@ async def test_a_lost_connection_is_made_again_until_stopping(
             raise ConnectionError("lost")  # refused, or lost after a while
         await stopping.wait()
 
-    keeping = asyncio.create_task(rabbitmq._reconnecting(stopping, serve))
+    keeping = asyncio.create_task(rabbitmq._reconnecting(stopping, serve, fast))
     while len(sessions) < 3:
         await asyncio.sleep(0.001)
     stopping.set()
@@ -116,7 +110,9 @@ async def test_a_stop_during_an_outage_ends_the_loop_at_once() -> None:
         stopping.set()  # while the broker is down, the service stops
         raise ConnectionError("refused")
 
-    await asyncio.wait_for(rabbitmq._reconnecting(stopping, refused), 0.1)  # no 0.5 s pause
+    await asyncio.wait_for(
+        rabbitmq._reconnecting(stopping, refused, RabbitMQ()), 0.1
+    )  # no 0.5 s pause
 
 
 async def test_a_stop_during_the_pause_ends_the_loop_without_another_attempt() -> None:
@@ -127,5 +123,5 @@ async def test_a_stop_during_the_pause_ends_the_loop_without_another_attempt() -
         asyncio.get_running_loop().call_later(0.01, stopping.set)  # during the 0.5 s pause
         raise ConnectionError("refused")
 
-    await asyncio.wait_for(rabbitmq._reconnecting(stopping, refused), 0.3)
+    await asyncio.wait_for(rabbitmq._reconnecting(stopping, refused, RabbitMQ()), 0.3)
     assert attempts == [0]

@@ -8,7 +8,7 @@ import pytest
 
 from shop.messaging.kafka import producer_config, topic_config
 from shop.messaging.rabbitmq import Topology
-from shop.settings import ConfigError, load_settings
+from shop.settings import ConfigError, RabbitMQ, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +60,7 @@ def test_producers_wait_for_every_in_sync_replica_and_are_idempotent() -> None:
 
 
 def test_quorum_queues_carry_their_type_and_delivery_limit_on_both_queues() -> None:
-    topology = Topology("orders", queue_type="quorum", delivery_limit=7)
+    topology = Topology(RabbitMQ(queue_type="quorum", delivery_limit=7))
     for arguments in (topology.arguments, topology.dlq_arguments):
         assert arguments["x-queue-type"] == "quorum"
         assert arguments["x-delivery-limit"] == 7
@@ -68,7 +68,7 @@ def test_quorum_queues_carry_their_type_and_delivery_limit_on_both_queues() -> N
 
 
 def test_classic_queues_keep_their_arguments_unchanged() -> None:
-    topology = Topology("orders")
+    topology = Topology(RabbitMQ())
     assert topology.arguments == {
         "x-dead-letter-exchange": "orders.dlx",
         "x-dead-letter-routing-key": "orders.dlq",

@@ -21,14 +21,12 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from shop.messaging.ports import Outgoing, PublishError
+from shop.settings import Kafka
 from shop.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-DLQ_TIMEOUT = 10.0  # seconds for the dead-letter topic to confirm
-CLOSE_SECONDS = 2.0  # for a broker's tasks to stop and its intake producer to flush
 
 
 def producer_config(brokers: str, *, delivery_timeout: float) -> dict[str, Any]:
@@ -51,26 +49,24 @@ def producer_config(brokers: str, *, delivery_timeout: float) -> dict[str, Any]:
     }
 
 
-class _OncePer(logging.Filter):
-    """Lets a repeated librdkafka line through once per `seconds`: during a broker outage it
-    reports every reconnect attempt, several a second."""
+def _once_per(seconds: float) -> Callable[[logging.LogRecord], bool]:
+    """A log filter that lets a repeated librdkafka line through once per `seconds`: during a
+    broker outage it reports every reconnect attempt, several a second."""
+    last: dict[str, float] = {}
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self._seconds = seconds
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
+    def once(record: logging.LogRecord) -> bool:
         head = record.getMessage()[:80]
         now = time.monotonic()
-        if now - self._last.get(head, -self._seconds) < self._seconds:
+        if now - last.get(head, -seconds) < seconds:
             return False
-        self._last[head] = now
+        last[head] = now
         return True
+
+    return once
 
 
 _rdkafka_log = logging.getLogger("librdkafka")
-_rdkafka_log.addFilter(_OncePer(30.0))
+_rdkafka_log.addFilter(_once_per(30.0))
 
 
 def client_logging() -> dict[str, Any]:
@@ -89,7 +85,6 @@ class KafkaPublisher:
 
     def __init__(self, brokers: str, *, delivery_timeout: float) -> None:
         self._producer = Producer(producer_config(brokers, delivery_timeout=delivery_timeout))
-        self._delivery_timeout = delivery_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
         self._stopping = threading.Event()
@@ -111,7 +106,7 @@ class KafkaPublisher:
         return KafkaTopic(self, name)
 
     async def publish_many(
-        self, topic: str, messages: Sequence[Outgoing], *, timeout: float | None = None
+        self, topic: str, messages: Sequence[Outgoing], *, timeout: float
     ) -> None:
         """Send messages (in order, per key) and wait until every one is acknowledged.
 
@@ -132,12 +127,11 @@ class KafkaPublisher:
             except (BufferError, KafkaException) as exc:
                 delivery.future.cancel()
                 raise PublishError(f"could not queue message for {topic}: {exc}") from exc
-        wait = timeout if timeout is not None else self._delivery_timeout + 1
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout(timeout):
                 await delivery.future
         except TimeoutError as exc:
-            raise PublishError(f"no acknowledgement from Kafka within {wait:.1f}s") from exc
+            raise PublishError(f"no acknowledgement from Kafka within {timeout:.1f}s") from exc
 
     async def check(self, timeout: float) -> None:
         """Raise unless a broker answers a metadata request within `timeout` seconds."""
@@ -297,10 +291,11 @@ class KafkaInbound:
     delivery is acked or dead-lettered; a dead letter is confirmed by the DLQ topic first.
     """
 
-    def __init__(self, brokers: str, *, topic: str, group: str, dlq: KafkaTopic) -> None:
-        self._topic = topic
+    def __init__(self, settings: Kafka, *, dlq: KafkaTopic) -> None:
+        self._topic = topic = settings.topic
         self._dlq = dlq
-        self._consumer = Consumer(consumer_config(brokers, group=group))
+        self._dlq_timeout = settings.dlq_timeout_seconds
+        self._consumer = Consumer(consumer_config(settings.brokers, group=settings.consumer_group))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{topic}")
         self._subscribed = False
         self._closed = False
@@ -346,9 +341,6 @@ class KafkaInbound:
                 messages.extend(self._consumer.consume(max_messages - 1, 0))
         return messages
 
-    async def ack(self, deliveries: Sequence[KafkaDelivery]) -> None:
-        await self._store(deliveries)
-
     async def dead_letter(self, delivery: KafkaDelivery, reason: str) -> None:
         message = delivery.message
         source = f"{message.topic()}:{message.partition()}:{message.offset()}"
@@ -361,19 +353,23 @@ class KafkaInbound:
                     {"reason": reason, "source": source},
                 )
             ],
-            timeout=DLQ_TIMEOUT,
+            timeout=self._dlq_timeout,
         )
-        await self._store([delivery])
+        await self.ack([delivery])
 
-    async def _store(self, deliveries: Sequence[KafkaDelivery]) -> None:
+    async def ack(self, deliveries: Sequence[KafkaDelivery]) -> None:
         # Never lower a stored offset: a dead letter may be settled before the older
         # deliveries of its partition are acked.
-        offsets = []
-        for tp, offset in _next_offsets(deliveries).items():
-            if offset > self._stored.get(tp, -1):
-                self._stored[tp] = offset
-                offsets.append(TopicPartition(tp[0], tp[1], offset))
-        if offsets:
+        stored, changed = self._stored, {}
+        for delivery in deliveries:
+            message = delivery.message
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            if offset + 1 > stored.get((topic, partition), -1):
+                stored[topic, partition] = changed[topic, partition] = offset + 1
+        if changed:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in changed.items()]
             try:
                 await self._call(self._consumer.store_offsets, offsets=offsets)
             except KafkaException as exc:
@@ -405,19 +401,6 @@ class KafkaInbound:
         self._thread.shutdown(wait=True)
 
 
-def _next_offsets(deliveries: Sequence[KafkaDelivery]) -> dict[tuple[str, int], int]:
-    """Per partition, the offset after the newest of `deliveries`."""
-    last: dict[tuple[str, int], int] = {}
-    for delivery in deliveries:
-        message = delivery.message
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        if topic is None or partition is None or offset is None:
-            continue
-        if offset + 1 > last.get((topic, partition), -1):
-            last[topic, partition] = offset + 1
-    return last
-
-
 class KafkaBroker:
     """The order commands on Kafka: the `Broker` port over one intake producer, the group's
     consumers, and a dead-letter topic published through `dead_letters`' producer.
@@ -429,45 +412,36 @@ class KafkaBroker:
 
     name = "kafka"
 
-    def __init__(
-        self,
-        brokers: str,
-        *,
-        topic: str,
-        group: str,
-        dead_letters: KafkaTopic,
-        deadline: float,
-        replication_factor: int = 1,
-    ) -> None:
-        self._topic = topic
-        self._intake = KafkaPublisher(brokers, delivery_timeout=deadline)
-        self._member = partial(KafkaInbound, brokers, topic=topic, group=group, dlq=dead_letters)
-        self._ensure_topics = partial(
-            ensure_topics_best_effort,
-            brokers=brokers,
-            topics=[topic, dead_letters.name],
-            replication_factor=replication_factor,
-        )
+    def __init__(self, settings: Kafka, *, dead_letters: KafkaTopic, deadline: float) -> None:
+        self._settings, self._dead_letters = settings, dead_letters
+        self._intake = KafkaPublisher(settings.brokers, delivery_timeout=deadline)
         self._inbound: list[KafkaInbound] = []
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        self._tasks.start("kafka-ensure-topics", self._ensure_topics)
+        s = self._settings
+        ensure = partial(
+            ensure_topics_best_effort,
+            brokers=s.brokers,
+            topics=[s.topic, self._dead_letters.name],
+            replication_factor=s.replication_factor,
+        )
+        self._tasks.start("kafka-ensure-topics", ensure)
 
     async def check(self, timeout: float) -> None:
         await self._intake.check(timeout)
 
     def publisher(self) -> KafkaTopic:
-        return self._intake.topic(self._topic)
+        return self._intake.topic(self._settings.topic)
 
     def consumer(self, batch_size: int) -> KafkaInbound:
-        inbound = self._member()
+        inbound = KafkaInbound(self._settings, dlq=self._dead_letters)
         self._inbound.append(inbound)
         return inbound
 
     async def close(self) -> None:
         """Commit the consumers' stored offsets and leave the group, then flush the intake."""
-        await self._tasks.stop(timeout=CLOSE_SECONDS)
+        await self._tasks.stop(timeout=self._settings.close_seconds)
         for inbound in self._inbound:
             await inbound.close()
-        await self._intake.close(timeout=CLOSE_SECONDS)
+        await self._intake.close(timeout=self._settings.close_seconds)

@@ -36,11 +36,9 @@ class Inbound(Protocol[D]):
 
     async def take(self, max_messages: int, timeout: float) -> Sequence[D]:
         """Up to `max_messages` deliveries; as soon as one is there, empty after `timeout`."""
-        ...
 
     async def ack(self, deliveries: Sequence[D]) -> None:
         """The deliveries are done with: never deliver them again."""
-        ...
 
     async def dead_letter(self, delivery: D, reason: str) -> None:
         """Put the delivery on the dead-letter queue with `reason` (confirmed), then settle it.
@@ -48,11 +46,9 @@ class Inbound(Protocol[D]):
         Raises `PublishError` when the dead-letter queue did not confirm; the delivery stays
         unsettled.
         """
-        ...
 
     async def depth(self) -> int:
         """Messages waiting: consumer lag (Kafka) or ready messages (RabbitMQ)."""
-        ...
 
 
 class Outgoing(NamedTuple):
@@ -71,7 +67,6 @@ class Outbound(Protocol):
 
         Raises `PublishError` when it did not within `timeout` seconds, or refused one.
         """
-        ...
 
 
 class Broker(Protocol):
@@ -90,14 +85,11 @@ class Broker(Protocol):
 
     async def check(self, timeout: float) -> None:
         """Raise unless the broker answers within `timeout` seconds."""
-        ...
 
     def publisher(self) -> Outbound:
         """The outbound port to the order commands (usable before `start`)."""
-        ...
 
     def consumer(self, batch_size: int) -> Inbound[Any]:
         """A new inbound port on the order commands, `batch_size` deliveries at a time."""
-        ...
 
     async def close(self) -> None: ...

@@ -32,16 +32,10 @@ from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryError, before_sleep_log, wait_exponential
 
 from shop.messaging.ports import Outbound, Outgoing, PublishError
+from shop.settings import RabbitMQ
 from shop.supervision import Supervisor, first_of, pause
 
 log = logging.getLogger(__name__)
-
-# A failed connection attempt is retried after 0.5 s, then every second: a node lost behind
-# HAProxy is replaced by the next connection, so a second cuts a broker fail-over's outage.
-RECONNECT_FIRST_SECONDS = 0.5
-RECONNECT_MAX_SECONDS = 1.0
-RENEW_SECONDS = 1.0  # at most one new publishing channel (after nacks) per this many seconds
-CLOSE_SECONDS = 5.0  # for a connection's task to stop
 
 CONNECTIONS = Counter("rabbitmq_connections_total", "Connections opened to RabbitMQ", ["role"])
 SUBSCRIPTIONS = Counter(
@@ -57,15 +51,13 @@ class Topology:
     redelivered forever. A queue's type is fixed when it is first declared.
     """
 
-    def __init__(
-        self, queue: str, *, queue_type: str = "classic", delivery_limit: int = 20
-    ) -> None:
-        self.queue = queue
+    def __init__(self, settings: RabbitMQ) -> None:
+        self.queue = queue = settings.queue
         self.dlx = f"{queue}.dlx"
         self.dlq = f"{queue}.dlq"
         kind: dict[str, Any] = (
-            {"x-queue-type": "quorum", "x-delivery-limit": delivery_limit}
-            if queue_type == "quorum"
+            {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+            if settings.queue_type == "quorum"
             else {}
         )
         self.dlq_arguments: dict[str, Any] = dict(kind)
@@ -86,7 +78,7 @@ class Topology:
 
 
 async def _reconnecting(
-    stopping: asyncio.Event, serve: Callable[[asyncio.Event], Awaitable[None]]
+    stopping: asyncio.Event, serve: Callable[[asyncio.Event], Awaitable[None]], settings: RabbitMQ
 ) -> None:
     """Run `serve` (connect, then serve until the connection is lost) again after each failure,
     with backoff, until `stopping` is set: the adapter's one reconnect loop."""
@@ -94,7 +86,9 @@ async def _reconnecting(
     # (shop.messaging.rabbitmq._publish_on or ._consume) says which connection it is
     which = log.getChild(getattr(serve, "__name__", "connection"))
     retrying = AsyncRetrying(
-        wait=wait_exponential(multiplier=RECONNECT_FIRST_SECONDS, max=RECONNECT_MAX_SECONDS),
+        wait=wait_exponential(
+            multiplier=settings.reconnect_first_seconds, max=settings.reconnect_max_seconds
+        ),
         stop=lambda _state: stopping.is_set(),
         sleep=partial(pause, stopping),
         before_sleep=before_sleep_log(which, logging.WARNING),
@@ -113,17 +107,9 @@ class RabbitBroker:
 
     name = "rabbitmq"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        queue: str,
-        timeout: float,
-        queue_type: str = "classic",
-        delivery_limit: int = 20,
-    ) -> None:
-        self._url = url
-        self.topology = Topology(queue, queue_type=queue_type, delivery_limit=delivery_limit)
+    def __init__(self, settings: RabbitMQ, *, timeout: float) -> None:
+        self._settings = settings
+        self.topology = Topology(settings)
         self._timeout = timeout
         self._channel: AbstractChannel | None = None  # the publishing channel
         self._renew_after = 0.0  # loop time before which a nack renews no channel
@@ -131,7 +117,8 @@ class RabbitBroker:
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        self._tasks.start("rabbitmq-publisher", partial(_reconnecting, serve=self._publish_on))
+        serve = partial(_reconnecting, serve=self._publish_on, settings=self._settings)
+        self._tasks.start("rabbitmq-publisher", serve)
 
     def publisher(self) -> RabbitDestination:
         """The outbound port to the queue (through the default exchange)."""
@@ -149,13 +136,13 @@ class RabbitBroker:
         async with asyncio.timeout(self._timeout):
             connection = await aiormq.connect(
                 # which process holds it, as the management UI and rabbitmqctl show it
-                self._url,
+                self._settings.url,
                 client_properties={"connection_name": f"shop-{role} pid {os.getpid()}"},
             )
         try:
             channel = await self._open_channel(connection, **channel_options)
         except BaseException:
-            await _close(connection)
+            await _close(connection, self._settings.close_seconds)
             raise
         CONNECTIONS.labels(role).inc()
         return channel
@@ -179,7 +166,8 @@ class RabbitBroker:
             raise ConnectionError("publishing connection lost")
 
     async def _renew_channel(self) -> None:
-        """Publish on a new channel from now on (after a nack), at most once per RENEW_SECONDS.
+        """Publish on a new channel from now on (after a nack), at most once per
+        RABBITMQ_RENEW_CHANNEL_SECONDS.
 
         A channel that first published to a quorum queue while its leader's node was being lost
         (a reconnect lands within milliseconds, before the election) keeps addressing that
@@ -204,7 +192,7 @@ class RabbitBroker:
         except Exception as exc:  # no new channel now: a later refusal tries again
             log.warning("could not open a new RabbitMQ channel: %r", exc)
         finally:
-            self._renew_after = loop.time() + RENEW_SECONDS
+            self._renew_after = loop.time() + self._settings.renew_channel_seconds
 
     async def publish(
         self, messages: Sequence[Outgoing], *, exchange: str, routing_key: str, timeout: float
@@ -241,10 +229,10 @@ class RabbitBroker:
         """Close the consumers (what they did not ack goes back to the queue), then publishing."""
         for inbound in self._inbound:
             await inbound.close()
-        await self._tasks.stop(timeout=CLOSE_SECONDS)
+        await self._tasks.stop(timeout=self._settings.close_seconds)
         channel, self._channel = self._channel, None
         if channel is not None:
-            await _close(channel.connection)
+            await _close(channel.connection, self._settings.close_seconds)
 
 
 def _closed(closing: asyncio.Future[Any]) -> asyncio.Event:
@@ -260,11 +248,11 @@ def _closed(closing: asyncio.Future[Any]) -> asyncio.Event:
     return closed
 
 
-async def _close(connection: aiormq.abc.AbstractConnection) -> None:
+async def _close(connection: aiormq.abc.AbstractConnection, timeout: float) -> None:
     if connection.is_closed:
         return
     try:
-        async with asyncio.timeout(CLOSE_SECONDS):
+        async with asyncio.timeout(timeout):
             await connection.close()
     except Exception as exc:
         log.debug("rabbitmq: closing a connection: %r", exc)
@@ -331,7 +319,8 @@ class RabbitInbound:
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        self._tasks.start("rabbitmq-consumer", partial(_reconnecting, serve=self._consume))
+        serve = partial(_reconnecting, serve=self._consume, settings=self._broker._settings)
+        self._tasks.start("rabbitmq-consumer", serve)
 
     async def _consume(self, stopping: asyncio.Event) -> None:
         """Connect, then consume until the connection is lost (raises) or `stopping`."""
@@ -342,7 +331,7 @@ class RabbitInbound:
         except BaseException:
             self.consuming.clear()
             self._channel = None
-            await _close(channel.connection)
+            await _close(channel.connection, self._broker._settings.close_seconds)
             raise
         # The connection stays open until close(): the consumer loop still acks its batch.
 
@@ -412,14 +401,9 @@ class RabbitInbound:
         await self._dlq.publish(
             [Outgoing(message_id, delivery.body, {"x-reason": reason})], timeout=self._timeout
         )
-        channel, tag = self._channel, delivery.delivery_tag or 0
-        if delivery.channel is not channel or channel is None or tag not in self._unsettled:
-            return  # its channel closed: it comes again, and goes to the DLQ again
-        self._unsettled.discard(tag)
-        try:
-            await channel.basic_ack(tag)
-        except Exception as exc:
-            log.info("rabbitmq consumer: ack failed (%r); it will be redelivered", exc)
+        # If its channel closed meanwhile, there is nothing to ack: it comes again, and goes to
+        # the DLQ again.
+        await self.ack([delivery])
 
     async def depth(self) -> int:
         """Messages ready in the queue (not counting those delivered and unacked)."""
@@ -430,8 +414,8 @@ class RabbitInbound:
 
     async def close(self) -> None:
         """Stop consuming and close the connection: deliveries not acked go back to the queue."""
-        await self._tasks.stop(timeout=CLOSE_SECONDS)
+        await self._tasks.stop(timeout=self._broker._settings.close_seconds)
         self.consuming.clear()
         channel, self._channel = self._channel, None
         if channel is not None:
-            await _close(channel.connection)
+            await _close(channel.connection, self._broker._settings.close_seconds)

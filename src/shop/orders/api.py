@@ -13,7 +13,7 @@ from shop import jsonutil
 from shop.access.rate_limit import RateLimiter
 from shop.access.verifier import Authenticator, Forbidden, Principal, caller
 from shop.orders import domain
-from shop.orders.domain import AsyncChannel, OrderStatus, order_view
+from shop.orders.domain import AsyncChannel, Channel, OrderStatus, order_view
 from shop.orders.models import Accepted, Order, PlaceOrder
 from shop.orders.service import OrderQuery
 from shop.storage.idempotency import MAX_KEY_LENGTH
@@ -64,16 +64,6 @@ def document_quantity(document: dict[str, Any], *, most: int) -> None:
 def _owner(principal: Principal) -> int | None:
     """Whose orders the caller may see: its own, or anyone's (None) with orders:admin."""
     return None if principal.has(ADMIN) else principal.customer()
-
-
-def _admit(principal: Principal, order: PlaceOrder, limiter: RateLimiter) -> None:
-    """A customer orders as themselves, within their rate; orders:admin for anyone, unlimited."""
-    owner = _owner(principal)
-    if owner is None:
-        return
-    if order.user_id != owner:
-        raise Forbidden("An order's user_id must be the token's user.")
-    limiter.take(owner)
 
 
 def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRouter:
@@ -134,41 +124,31 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
     ) -> Response:
         """Place an order now: stock is reserved and the order confirmed, or 409."""
-        return as_response(await _place(service, limiter, principal, body, key))
+        return as_response(await _intake(service, limiter, principal, body, "sync", key))
 
-    @api.post(
-        "/async/kafka",
-        operation_id="accept_order_kafka",
-        status_code=202,
-        response_model=Accepted,
-        responses={
-            202: {"headers": doc.LOCATION},
-            **doc.refusals(*_PLACING),
-            503: doc.refusal(503, "Kafka did not confirm in time."),
-        },
-    )
-    async def accept_order_kafka(
-        body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
-    ) -> Response:
-        """Accept an order through Kafka; a consumer confirms or rejects it shortly."""
-        return as_response(await _accept(service, limiter, principal, body, "kafka", key))
+    def accepting(channel: AsyncChannel, broker: str) -> None:
+        async def accept_order(
+            body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
+        ) -> Response:
+            return as_response(await _intake(service, limiter, principal, body, channel, key))
 
-    @api.post(
-        "/async/rabbitmq",
-        operation_id="accept_order_rabbitmq",
-        status_code=202,
-        response_model=Accepted,
-        responses={
-            202: {"headers": doc.LOCATION},
-            **doc.refusals(*_PLACING),
-            503: doc.refusal(503, "RabbitMQ did not confirm in time."),
-        },
-    )
-    async def accept_order_rabbitmq(
-        body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
-    ) -> Response:
-        """Accept an order through RabbitMQ; a consumer confirms or rejects it shortly."""
-        return as_response(await _accept(service, limiter, principal, body, "rabbitmq", key))
+        api.post(
+            f"/async/{channel}",
+            operation_id=f"accept_order_{channel}",
+            summary=f"Accept Order {channel.title()}",
+            description=f"Accept an order through {broker}; a consumer confirms or rejects it "
+            "shortly.",
+            status_code=202,
+            response_model=Accepted,
+            responses={
+                202: {"headers": doc.LOCATION},
+                **doc.refusals(*_PLACING),
+                503: doc.refusal(503, f"{broker} did not confirm in time."),
+            },
+        )(accept_order)
+
+    accepting("kafka", "Kafka")
+    accepting("rabbitmq", "RabbitMQ")
 
     @api.post(
         "/{order_id}/cancel",
@@ -192,48 +172,36 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
 def lean_routes(service: Orders, auth: Authenticator, limiter: RateLimiter) -> list[LeanRoute[Any]]:
     """The three order intakes, answered without FastAPI in the plain case (`fastpath.routes`)."""
 
-    async def place(_scope: Scope, plain: PlainOrder) -> Reply:
-        order, key, authorization = plain
-        return await _place(service, limiter, await auth.principal(authorization), order, key)
-
-    def accept(channel: AsyncChannel) -> LeanRoute[PlainOrder]:
+    def intake(channel: Channel) -> LeanRoute[PlainOrder]:
         async def answer(_scope: Scope, plain: PlainOrder) -> Reply:
             order, key, authorization = plain
             principal = await auth.principal(authorization)
-            return await _accept(service, limiter, principal, order, channel, key)
+            return await _intake(service, limiter, principal, order, channel, key)
 
-        return LeanRoute("POST", f"/orders/async/{channel}", _plain_order, answer)
+        path = "/orders/sync" if channel == "sync" else f"/orders/async/{channel}"
+        return LeanRoute("POST", path, _plain_order, answer)
 
-    return [
-        LeanRoute("POST", "/orders/sync", _plain_order, place),
-        accept("kafka"),
-        accept("rabbitmq"),
-    ]
+    return [intake("sync"), intake("kafka"), intake("rabbitmq")]
 
 
-async def _place(
+async def _intake(
     service: Orders,
     limiter: RateLimiter,
     principal: Principal,
     order: PlaceOrder,
+    channel: Channel,
     key: str | None,
 ) -> Reply:
-    """A sync order's answer, for its FastAPI route and its lean route alike."""
-    _admit(principal, order, limiter)
-    view = order_view(await service.place_order(order, idempotency_key=key))
-    return _reply(201, view["id"], view)
-
-
-async def _accept(
-    service: Orders,
-    limiter: RateLimiter,
-    principal: Principal,
-    order: PlaceOrder,
-    channel: AsyncChannel,
-    key: str | None,
-) -> Reply:
-    """An async order's answer, for its FastAPI route and its lean route alike."""
-    _admit(principal, order, limiter)
+    """An order's answer (sync: placed now; else accepted), for its FastAPI and lean routes."""
+    # A customer orders as themselves, within their rate; orders:admin for anyone, unlimited.
+    owner = _owner(principal)
+    if owner is not None:
+        if order.user_id != owner:
+            raise Forbidden("An order's user_id must be the token's user.")
+        limiter.take(owner)
+    if channel == "sync":
+        view = order_view(await service.place_order(order, idempotency_key=key))
+        return _reply(201, view["id"], view)
     accepted = await service.accept_order(order, channel=channel, idempotency_key=key)
     return _reply(202, str(accepted.id), accepted)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from shop.errors import Unavailable
 from shop.messaging.ports import Outbound, Outgoing, PublishError
 from shop.orders.models import OrderCommand
 
-RETRY_AFTER_SECONDS = 2
 log = logging.getLogger(__name__)
 
 
@@ -23,29 +23,23 @@ def by_order(command: OrderCommand) -> str:
     return str(command.id)
 
 
+@dataclass(frozen=True, slots=True)
 class BrokerCommands:
     """Publishes order commands through an outbound port; a missing confirm is a 503."""
 
-    def __init__(
-        self,
-        outbound: Outbound,
-        *,
-        broker: str,
-        deadline: float,
-        key: Callable[[OrderCommand], str],
-    ) -> None:
-        self._outbound = outbound
-        self._broker = broker
-        self._deadline = deadline
-        self._key = key
+    outbound: Outbound
+    broker: str  # its name in a 503's text
+    deadline: float
+    retry_after: int
+    key: Callable[[OrderCommand], str]
 
     async def publish_command(self, command: OrderCommand) -> None:
-        message = Outgoing(self._key(command), command.model_dump_json().encode())
+        message = Outgoing(self.key(command), command.model_dump_json().encode())
         try:
-            await self._outbound.publish([message], timeout=self._deadline)
+            await self.outbound.publish([message], timeout=self.deadline)
         except PublishError as exc:
-            log.warning("%s did not confirm order %s: %s", self._broker, command.id, exc)
+            log.warning("%s did not confirm order %s: %s", self.broker, command.id, exc)
             raise Unavailable(
-                f"{self._broker} did not confirm the order in time ({exc}); nothing was accepted.",
-                retry_after=RETRY_AFTER_SECONDS,
+                f"{self.broker} did not confirm the order in time ({exc}); nothing was accepted.",
+                retry_after=self.retry_after,
             ) from exc

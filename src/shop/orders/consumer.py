@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from shop.messaging.ports import D, Inbound
 from shop.orders.models import OrderCommand
+from shop.settings import Orders
 from shop.supervision import pause
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,7 @@ QUEUE_DEPTH = Gauge(
     multiprocess_mode="max",
 )
 
-TAKE_TIMEOUT = 0.25  # how long an idle loop waits before it looks at `stopping` again
-# Under load (more than one delivery waiting) a batch fills a little longer, so that one
-# transaction stores more orders: in steps of LINGER_SECONDS, for as long as each step brings at
-# least LINGER_MORE deliveries (a busy stream), up to LINGER_MAX_SECONDS. At 600 orders/s
-# RabbitMQ batches averaged 7 without it, and the per-batch statements were most of the
-# consumer's CPU, taken from the event loop that also serves intake. A lone order at idle does
-# not wait, and a slow trickle waits one step at most.
-LINGER_SECONDS = 0.01
-LINGER_MORE = 10
-LINGER_MAX_SECONDS = 0.25
-FIRST_DELAY, MAX_DELAY = 0.1, 5.0
+LINGER_MORE = 10  # deliveries a linger step must bring to take another (Orders.consumer_linger_*)
 
 
 class OrderBatchProcessor(Protocol):
@@ -54,7 +45,6 @@ class OrderBatchProcessor(Protocol):
     async def process_order_batch(self, commands: Sequence[OrderCommand]) -> Sequence[str | None]:
         """Per command, in order: None when done (stored now or before), else the reason to
         dead-letter it. Raises only for transient failures."""
-        ...
 
 
 def decode(body: bytes) -> OrderCommand | str:
@@ -73,25 +63,26 @@ async def run_order_consumer(
     channel: str,
     inbound: Inbound[D],
     service: OrderBatchProcessor,
-    batch_size: int,
+    settings: Orders,
 ) -> None:
     """Consume order commands until `stopping` is set."""
+    batch_size = settings.consumer_batch_size
     while not stopping.is_set():
-        batch = await inbound.take(batch_size, TAKE_TIMEOUT)
+        batch = await inbound.take(batch_size, settings.consumer_take_seconds)
         if 1 < len(batch) < batch_size:
-            batch = await _fill(batch, inbound, batch_size, stopping)
-        if batch and not await _handle(batch, channel, inbound, service, stopping):
+            batch = await _fill(batch, inbound, settings, stopping)
+        if batch and not await _handle(batch, channel, inbound, service, settings, stopping):
             return  # stopping mid-retry: nothing settled, so all of it is delivered again
 
 
 async def _fill(
-    batch: Sequence[D], inbound: Inbound[D], batch_size: int, stopping: asyncio.Event
+    batch: Sequence[D], inbound: Inbound[D], settings: Orders, stopping: asyncio.Event
 ) -> list[D]:
-    """Let a batch grow while deliveries keep arriving fast (see LINGER_SECONDS)."""
-    filled = list(batch)
-    deadline = asyncio.get_running_loop().time() + LINGER_MAX_SECONDS
+    """Let a batch grow while deliveries keep arriving fast (see Orders.consumer_linger_seconds)."""
+    filled, batch_size = list(batch), settings.consumer_batch_size
+    deadline = asyncio.get_running_loop().time() + settings.consumer_linger_max_seconds
     while len(filled) < batch_size and not stopping.is_set():
-        await pause(stopping, LINGER_SECONDS)
+        await pause(stopping, settings.consumer_linger_seconds)
         more = await inbound.take(batch_size - len(filled), 0)
         filled += more
         if len(more) < LINGER_MORE or asyncio.get_running_loop().time() >= deadline:
@@ -104,6 +95,7 @@ async def _handle(
     channel: str,
     inbound: Inbound[D],
     service: OrderBatchProcessor,
+    settings: Orders,
     stopping: asyncio.Event,
 ) -> bool:
     """Process and settle one batch; False when the service stopped before it was done."""
@@ -118,7 +110,7 @@ async def _handle(
             if len(verdicts) != len(commands):
                 raise RuntimeError(f"{len(verdicts)} verdicts for {len(commands)} commands")
 
-        if not await _until_done("storing a batch", channel, stopping, process):
+        if not await _until_done("storing a batch", channel, settings, stopping, process):
             return False
     reasons = iter(verdicts)
     done: list[D] = []
@@ -129,7 +121,7 @@ async def _handle(
             continue
         log.warning("%s consumer: dead-lettering a message: %s", channel, reason)
         settle = partial(inbound.dead_letter, delivery, reason)
-        if not await _until_done("dead-lettering", channel, stopping, settle):
+        if not await _until_done("dead-lettering", channel, settings, stopping, settle):
             return False
         DEAD_LETTERS.labels(channel).inc()
     if done:
@@ -138,10 +130,14 @@ async def _handle(
 
 
 async def _until_done(
-    what: str, channel: str, stopping: asyncio.Event, attempt: Callable[[], Awaitable[None]]
+    what: str,
+    channel: str,
+    settings: Orders,
+    stopping: asyncio.Event,
+    attempt: Callable[[], Awaitable[None]],
 ) -> bool:
     """Retry `attempt` with backoff until it succeeds (True) or the service stops (False)."""
-    delay = FIRST_DELAY
+    delay = settings.consumer_retry_first_seconds
     while True:
         try:
             await attempt()
@@ -154,16 +150,16 @@ async def _until_done(
         await pause(stopping, delay)
         if stopping.is_set():
             return False
-        delay = min(delay * 2, MAX_DELAY)
+        delay = min(delay * 2, settings.consumer_retry_max_seconds)
 
 
 async def watch_depth(
-    stopping: asyncio.Event, channel: str, depth: Callable[[], Awaitable[int]]
+    stopping: asyncio.Event, channel: str, depth: Callable[[], Awaitable[int]], every: float
 ) -> None:
-    """Publish the queue depth / consumer lag as a gauge every few seconds."""
+    """Publish the queue depth / consumer lag as a gauge every `every` seconds."""
     while not stopping.is_set():
         try:
             QUEUE_DEPTH.labels(channel).set(await depth())
         except Exception as exc:  # a gauge is best effort
             log.debug("could not read %s depth: %s", channel, exc)
-        await pause(stopping, 5.0)
+        await pause(stopping, every)

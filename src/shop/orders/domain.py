@@ -270,11 +270,11 @@ class _State:
         reason = self._take_stock(request, decision)
         if reason is None:
             price = self.products[request.product_id].price
-            order = _confirmed(request, price, now)
+            order = _order(request, now, price=price)
         elif request.channel == "sync":
             return Refused(reason, request.product_id, request.quantity)
         else:
-            order = _rejected(request, reason, now)
+            order = _order(request, now, reason)
         decision.orders.append(order)
         self.orders[order.id] = order
         if record_key and request.key is not None:
@@ -295,7 +295,7 @@ class _State:
         if request.channel == "sync":
             return KeyMismatch(first)
         # Its client holds a 202 for this id: store the refusal under it, for them to read.
-        order = _rejected(request, KEY_REUSED, now)
+        order = _order(request, now, KEY_REUSED)
         decision.orders.append(order)
         self.orders[order.id] = order
         return Placed(order)
@@ -319,32 +319,19 @@ class _State:
         return None
 
 
-def _confirmed(request: OrderRequest, price: Decimal, now: dt.datetime) -> Order:
-    return _order(request, "confirmed", None, price, price * request.quantity, now)
-
-
-def _rejected(request: OrderRequest, reason: str, now: dt.datetime) -> Order:
-    # A rejected order took nothing, so it carries no price.
-    return _order(request, "rejected", reason, None, None, now)
-
-
 def _order(
-    request: OrderRequest,
-    status: Status,
-    reason: str | None,
-    unit_price: Decimal | None,
-    total_price: Decimal | None,
-    now: dt.datetime,
+    request: OrderRequest, now: dt.datetime, reason: str | None = None, price: Decimal | None = None
 ) -> Order:
+    """Confirmed at `price`; or rejected for `reason`, without a price: it took nothing."""
     return Order(
         id=request.order_id,
         user_id=request.user_id,
         product_id=request.product_id,
         quantity=request.quantity,
-        status=status,
+        status="confirmed" if reason is None else "rejected",
         reason=reason,
-        unit_price=unit_price,
-        total_price=total_price,
+        unit_price=price,
+        total_price=None if price is None else price * request.quantity,
         channel=request.channel,
         created_at=now,
         updated_at=now,

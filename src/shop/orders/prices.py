@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, select
 
 from shop.clock import SYSTEM, Clock
 from shop.products.tables import products
+from shop.settings import Orders
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,10 @@ class Reader(Protocol):
 class Prices:
     """A per-process cache of product prices with one read per product at a time."""
 
-    def __init__(
-        self, db: Reader, *, ttl: float = 60.0, budget: float = 0.5, clock: Clock = SYSTEM
-    ) -> None:
+    def __init__(self, db: Reader, settings: Orders, *, clock: Clock = SYSTEM) -> None:
         self._db = db
-        self._ttl = ttl
-        self._budget = budget
+        self._ttl = settings.intake_price_seconds
+        self._budget = settings.intake_price_budget_seconds
         self._now = clock.monotonic
         # product id: (expires, price); kept past `expires` to serve while the database is down
         self._cached: LRUCache[int, tuple[float, Decimal]] = LRUCache(MAX_PRICES)

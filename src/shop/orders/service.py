@@ -26,10 +26,11 @@ from shop import jsonutil
 from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
 from shop.ids import uuid7
 from shop.orders import domain
-from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome, Refused
+from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome
 from shop.orders.models import Accepted, OrderCommand, PlaceOrder
 from shop.orders.prices import Prices
 from shop.orders.store import OrderStore, OrderUnit
+from shop.settings import Orders
 from shop.storage.group_commit import Coalescer
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,6 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
 
-# Failures that say nothing about the request: the whole batch is tried again later.
-_TRANSIENT = (OperationalError, InterfaceError)
-INTAKE_LOOKUP_SECONDS = 0.5  # intake's budget for a key claim
 # Tries of one batch while committed twins surface (a request meets at most three: its id,
 # its key, its key's claimed order).
 PLACE_ATTEMPTS = 4
@@ -81,23 +79,19 @@ def _cursor_id(cursor: str) -> uuid.UUID:
         raise InvalidInput("not a cursor this service issued", field="cursor") from None
 
 
-def _answer(outcome: Outcome) -> Order | Exception:
-    """What a sync caller is told."""
+def _answer(outcome: Outcome) -> Order:
+    """What a sync caller is told: its order, or the refusal raised."""
     if isinstance(outcome, domain.Placed | domain.Replayed):
         return outcome.order
     if isinstance(outcome, domain.KeyMismatch):
-        return IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
-    return _refusal(outcome)
-
-
-def _refusal(refused: Refused) -> Exception:
-    if refused.reason == domain.OUT_OF_STOCK:
-        return OutOfStock(
-            f"Product {refused.product_id} has too little stock for {refused.quantity} unit(s)."
+        raise IdempotencyMismatch("This Idempotency-Key was first used with a different order.")
+    if outcome.reason == domain.OUT_OF_STOCK:
+        raise OutOfStock(
+            f"Product {outcome.product_id} has too little stock for {outcome.quantity} unit(s)."
         )
-    if refused.reason == domain.TOTAL_TOO_LARGE:
-        return _too_large(refused.quantity)
-    return InvalidInput(f"No product with id {refused.product_id}.", field="product_id")
+    if outcome.reason == domain.TOTAL_TOO_LARGE:
+        raise _too_large(outcome.quantity)
+    raise InvalidInput(f"No product with id {outcome.product_id}.", field="product_id")
 
 
 def _too_large(quantity: int) -> InvalidInput:
@@ -132,18 +126,18 @@ class OrderService:
         prices: Prices,
         publishers: Mapping[str, CommandPublisher],
         on_event: Callable[[], None],
+        settings: Orders,
         sync_batch_size: int = 200,
-        sync_queue_limit: int = 1000,
-        max_quantity: int = 1_000_000,
     ) -> None:
         self._store = store
-        self._max_quantity = max_quantity
+        self._max_quantity = settings.max_quantity
+        self._lookup_seconds = settings.intake_lookup_seconds
         self._publishers = publishers
         self._on_event = on_event
         self._sync_orders: Coalescer[OrderRequest, Outcome] = Coalescer(
             self._place_isolated,
             max_batch=sync_batch_size,
-            max_pending=sync_queue_limit,
+            max_pending=settings.sync_queue_limit,
             timeout=store.timeout,
         )
         self._prices = prices
@@ -162,10 +156,7 @@ class OrderService:
             channel="sync",
             key=order_key(order.user_id, idempotency_key),
         )
-        answer = _answer(await self._sync_orders.submit(request))
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        return _answer(await self._sync_orders.submit(request))
 
     async def run_sync_orders(self, stopping: asyncio.Event) -> None:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
@@ -200,7 +191,7 @@ class OrderService:
         alone, so that one request never fails its neighbours."""
         try:
             return list(await self._place_retrying(requests))
-        except _TRANSIENT:
+        except (OperationalError, InterfaceError):  # not the request's fault: retried later
             raise
         except DBAPIError as exc:
             if len(requests) == 1:
@@ -277,7 +268,7 @@ class OrderService:
         the database cannot tell now (the consumer then joins the two, see domain)."""
         wanted = domain.KeyClaim(order_id, order.product_id, order.quantity)
         try:
-            async with asyncio.timeout(INTAKE_LOOKUP_SECONDS):
+            async with asyncio.timeout(self._lookup_seconds):
                 claim = await self._store.claim_key(key, wanted)
         except Exception as exc:
             log.warning("could not claim an Idempotency-Key at intake: %r", exc)

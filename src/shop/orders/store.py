@@ -236,7 +236,3 @@ def save_statements(decision: Decision) -> list[str]:
 
 _KEY_COLUMNS = ("key_hash", "order_id", "product_id", "quantity", "created_at")
 _ALIAS_COLUMNS = ("id", "order_id", "created_at")
-
-
-_KEY_COLUMNS = ("key_hash", "order_id", "product_id", "quantity", "created_at")
-_ALIAS_COLUMNS = ("id", "order_id", "created_at")

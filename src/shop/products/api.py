@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
@@ -85,7 +86,7 @@ def router(service: ProductService, auth: Authenticator) -> APIRouter:
             answer.body,
             status_code=answer.status,
             media_type="application/json",
-            headers=_location(answer.body),
+            headers={"Location": f"/products/{jsonutil.loads(answer.body)['id']}"},
         )
 
     @api.get(
@@ -139,10 +140,7 @@ def router(service: ProductService, auth: Authenticator) -> APIRouter:
 def lean_routes(service: ProductService) -> list[LeanRoute[Any]]:
     """`GET /products` (optionally with `limit` and `cursor`) without FastAPI (`fastpath`)."""
 
-    async def answer(scope: Scope, query: ProductQuery) -> Reply:
-        return await _page(service, scope, query)
-
-    return [LeanRoute("GET", "/products", _plain_list, answer, reads_body=False)]
+    return [LeanRoute("GET", "/products", _plain_list, partial(_page, service), reads_body=False)]
 
 
 async def _page(service: ProductService, scope: Scope, query: ProductQuery) -> Reply:
@@ -171,7 +169,3 @@ def _plain_list(scope: Scope, _body: bytes) -> ProductQuery | None:
         else:
             return None
     return ProductQuery(limit=limit or 100, cursor=cursor)
-
-
-def _location(body: bytes) -> dict[str, str]:
-    return {"Location": f"/products/{jsonutil.loads(body)['id']}"}

@@ -6,6 +6,7 @@ it in the unit tests); `SqlProductStore` answers it with SQLAlchemy Core on Mari
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
@@ -20,16 +21,9 @@ from shop.products.tables import product_idempotency, product_outbox, products
 from shop.storage import idempotency, outbox
 from shop.storage.database import Database
 
-_COLUMNS = (
-    products.c.id,
-    products.c.name,
-    products.c.description,
-    products.c.price,
-    products.c.stock,
-    products.c.created_at,
-    products.c.updated_at,
-)
-_KEYS = tuple(str(column.name) for column in _COLUMNS)  # plain str: orjson wants no subclass
+# The row shape is the domain's ProductView: one column per field.
+_KEYS = tuple(f.name for f in dataclasses.fields(ProductView))
+_COLUMNS = tuple(products.c[name] for name in _KEYS)
 
 
 class KeyTaken(Exception):

@@ -14,6 +14,7 @@ from shop.products.domain import ProductQuery, ProductView, Versioned
 from shop.products.models import ProductCreate
 from shop.products.page_cache import Page, PageCache
 from shop.products.repository import KeyTaken, ProductStore, ProductWrites
+from shop.settings import Products
 from shop.storage import idempotency
 from shop.storage.write_counter import Generation
 
@@ -26,8 +27,7 @@ class ProductService:
         store: ProductStore,
         *,
         on_event: Callable[[], None],
-        list_cache_seconds: float = 0.0,
-        list_cache_bytes: int = 16 * 1024 * 1024,
+        settings: Products,
         writes: Generation | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -35,8 +35,8 @@ class ProductService:
         self._on_event = on_event
         self._pages = PageCache(
             self._render,
-            seconds=list_cache_seconds,
-            max_bytes=list_cache_bytes,
+            seconds=settings.cache_seconds,
+            max_bytes=settings.cache_bytes,
             writes=writes or Generation(),
             clock=clock,
         )

@@ -50,48 +50,40 @@ class OrderRuntime(Runtime):
         deadline = s.orders.broker_deadline_seconds
         self.brokers = [
             KafkaBroker(
-                s.kafka.brokers,
-                topic=s.kafka.topic,
-                group=s.kafka.consumer_group,
-                dead_letters=self.kafka.topic(s.kafka.dlq_topic),
-                deadline=deadline,
-                replication_factor=s.kafka.replication_factor,
+                s.kafka, dead_letters=self.kafka.topic(s.kafka.dlq_topic), deadline=deadline
             ),
-            RabbitBroker(
-                s.rabbitmq.url,
-                queue=s.rabbitmq.queue,
-                timeout=deadline,
-                queue_type=s.rabbitmq.queue_type,
-                delivery_limit=s.rabbitmq.delivery_limit,
-            ),
+            RabbitBroker(s.rabbitmq, timeout=deadline),
         ]
         self.service = OrderService(
             SqlOrderStore(self.db),
-            prices=Prices(self.db),
-            publishers={broker.name: _commands(broker, deadline) for broker in self.brokers},
+            prices=Prices(self.db, s.orders),
+            publishers={broker.name: _commands(broker, s) for broker in self.brokers},
             on_event=self.relay.notify,
-            sync_queue_limit=s.orders.sync_queue_limit,
-            max_quantity=s.orders.max_quantity,
+            settings=s.orders,
         )
 
     def start_with(self, consumers: Collection[str]) -> None:
         """Start the relay, the brokers and the consumers of the named channels."""
         self.start()
         self.supervisor.start("sync-orders", self.service.run_sync_orders)
-        batch = self.settings.orders.consumer_batch_size
-        consume = partial(run_order_consumer, service=self.service, batch_size=batch)
+        orders = self.settings.orders
+        consume = partial(run_order_consumer, service=self.service, settings=orders)
         for broker in self.brokers:
             if broker.name in consumers:
-                inbound, channel = broker.consumer(batch), broker.name
-                orders = partial(consume, channel=channel, inbound=inbound)
-                self.supervisor.start(f"{channel}-consumer", orders)
-                depth = partial(watch_depth, channel=channel, depth=inbound.depth)
+                inbound, channel = broker.consumer(orders.consumer_batch_size), broker.name
+                run = partial(consume, channel=channel, inbound=inbound)
+                self.supervisor.start(f"{channel}-consumer", run)
+                every = orders.consumer_depth_seconds
+                depth = partial(watch_depth, channel=channel, depth=inbound.depth, every=every)
                 self.supervisor.start(f"{channel}-depth", depth)
 
 
-def _commands(broker: Broker, deadline: float) -> BrokerCommands:
+def _commands(broker: Broker, s: Settings) -> BrokerCommands:
     title, key = COMMANDS[broker.name]
-    return BrokerCommands(broker.publisher(), broker=title, deadline=deadline, key=key)
+    deadline, retry_after = s.orders.broker_deadline_seconds, s.orders.broker_retry_after_seconds
+    return BrokerCommands(
+        broker.publisher(), broker=title, deadline=deadline, retry_after=retry_after, key=key
+    )
 
 
 def orders_app(settings: Settings | None = None) -> FastAPI:

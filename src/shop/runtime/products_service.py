@@ -30,8 +30,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
     service = ProductService(
         SqlProductStore(runtime.db),
         on_event=runtime.relay.notify,
-        list_cache_seconds=settings.products.cache_seconds,
-        list_cache_bytes=settings.products.cache_bytes,
+        settings=settings.products,
         writes=generation.for_workers("product-pages"),
     )
     app = service_app(
