@@ -11,6 +11,7 @@ import pytest
 
 import devstack as stack
 from devstack.settings import StackSettings
+from tests.conftest import STACK
 from tests.support import eventually, read_events
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +57,7 @@ async def test_each_change_publishes_exactly_one_event(
 async def test_writes_succeed_while_kafka_is_down_and_events_follow(
     products: httpx.AsyncClient, settings: StackSettings
 ) -> None:
-    await asyncio.to_thread(stack.stop, "kafka", settings)
+    await asyncio.to_thread(stack.stop, "kafka", STACK)
     try:
         tag = f"outage-{uuid.uuid4().hex}"
         made = []
@@ -68,7 +69,7 @@ async def test_writes_succeed_while_kafka_is_down_and_events_follow(
         assert not_ready.status_code == 503
         assert "kafka" in not_ready.json()["detail"]
     finally:
-        await asyncio.to_thread(stack.start, "kafka", settings)
+        await asyncio.to_thread(stack.start, "kafka", STACK)
 
     async def ready() -> bool:
         return (await products.get("/readyz")).status_code == 200

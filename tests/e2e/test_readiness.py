@@ -9,6 +9,7 @@ import pytest
 
 import devstack as stack
 from devstack.settings import StackSettings
+from tests.conftest import STACK
 from tests.support import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.disruptive]
@@ -18,7 +19,7 @@ async def test_readyz_fails_without_mariadb_and_recovers(
     products: httpx.AsyncClient, settings: StackSettings
 ) -> None:
     assert (await products.get("/readyz")).status_code == 200
-    await asyncio.to_thread(stack.stop, "mariadb", settings)
+    await asyncio.to_thread(stack.stop, "mariadb", STACK)
     try:
 
         async def not_ready() -> bool:
@@ -31,7 +32,7 @@ async def test_readyz_fails_without_mariadb_and_recovers(
         assert failed_write.headers["retry-after"]
         assert (await products.get("/healthz")).status_code == 200
     finally:
-        await asyncio.to_thread(stack.start, "mariadb", settings)
+        await asyncio.to_thread(stack.start, "mariadb", STACK)
 
     async def ready() -> bool:
         return (await products.get("/readyz")).status_code == 200
