@@ -217,13 +217,9 @@ async def ensure_topics(
     def _create() -> None:
         admin = AdminClient({"bootstrap.servers": brokers, **client_logging()})
         existing = admin.list_topics(timeout=timeout).topics
+        config = topic_config(replication_factor)
         missing = [
-            NewTopic(
-                t,
-                num_partitions=partitions,
-                replication_factor=replication_factor,
-                config=topic_config(replication_factor),
-            )
+            NewTopic(t, partitions, replication_factor, config=config)
             for t in topics
             if t not in existing
         ]
@@ -306,14 +302,6 @@ class KafkaInbound:
         return await loop.run_in_executor(self._thread, partial(fn, *args, **kwargs))
 
     async def take(self, max_messages: int, timeout: float) -> list[KafkaDelivery]:
-        if not self._subscribed:
-            await self._call(
-                self._consumer.subscribe,
-                [self._topic],
-                on_revoke=self._forget,
-                on_lost=self._forget,
-            )
-            self._subscribed = True
         messages = await self._call(self._take, max_messages, timeout)
         batch = []
         for message in messages:
@@ -331,6 +319,9 @@ class KafkaInbound:
             self._stored.pop((tp.topic, tp.partition), None)
 
     def _take(self, max_messages: int, timeout: float) -> list[Message]:
+        if not self._subscribed:
+            self._consumer.subscribe([self._topic], on_revoke=self._forget, on_lost=self._forget)
+            self._subscribed = True
         # consume(n, t) waits for n messages or the whole of t: at idle a lone order would
         # wait out the timeout. So: what is already fetched; else the first message as soon
         # as it comes, plus whatever arrived with it.
@@ -344,17 +335,9 @@ class KafkaInbound:
     async def dead_letter(self, delivery: KafkaDelivery, reason: str) -> None:
         message = delivery.message
         source = f"{message.topic()}:{message.partition()}:{message.offset()}"
-        key = message.key()
-        await self._dlq.publish(
-            [
-                Outgoing(
-                    key.decode(errors="replace") if key else "",
-                    delivery.body,
-                    {"reason": reason, "source": source},
-                )
-            ],
-            timeout=self._dlq_timeout,
-        )
+        key = (message.key() or b"").decode(errors="replace")
+        dead = Outgoing(key, delivery.body, {"reason": reason, "source": source})
+        await self._dlq.publish([dead], timeout=self._dlq_timeout)
         await self.ack([delivery])
 
     async def ack(self, deliveries: Sequence[KafkaDelivery]) -> None:

@@ -31,7 +31,7 @@ from pamqp.commands import Basic
 from prometheus_client import Counter
 from tenacity import AsyncRetrying, RetryError, before_sleep_log, wait_exponential
 
-from shop.messaging.ports import Outbound, Outgoing, PublishError
+from shop.messaging.ports import Outgoing, PublishError
 from shop.settings import RabbitMQ
 from shop.supervision import Supervisor, first_of, pause
 
@@ -310,8 +310,6 @@ class RabbitInbound:
         self.topology = broker.topology
         self._prefetch = prefetch
         self._timeout = broker._timeout
-        t = self.topology  # dead letters go to Q.dlq through Q.dlx
-        self._dlq: Outbound = RabbitDestination(broker, exchange=t.dlx, routing_key=t.dlq)
         self._channel: AbstractChannel | None = None
         self._unsettled: set[int] = set()  # delivery tags on `_channel` not acked yet
         self.inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
@@ -398,9 +396,9 @@ class RabbitInbound:
 
     async def dead_letter(self, delivery: DeliveredMessage, reason: str) -> None:
         message_id = delivery.header.properties.message_id or ""
-        await self._dlq.publish(
-            [Outgoing(message_id, delivery.body, {"x-reason": reason})], timeout=self._timeout
-        )
+        dead = Outgoing(message_id, delivery.body, {"x-reason": reason})
+        t = self.topology  # to Q.dlq through Q.dlx
+        await self._broker.publish([dead], exchange=t.dlx, routing_key=t.dlq, timeout=self._timeout)
         # If its channel closed meanwhile, there is nothing to ack: it comes again, and goes to
         # the DLQ again.
         await self.ack([delivery])
