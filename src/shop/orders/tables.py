@@ -20,12 +20,12 @@ from shop.storage.database import Timestamp
 from shop.storage.outbox import outbox_table
 
 metadata = MetaData()
+BinaryUuid = LargeBinary(16).with_variant(BINARY(16), "mysql")  # a UUID in 16 bytes
 
 orders = Table(
     "orders",
     metadata,
-    # A UUIDv7 made at intake (time-ordered on every path), stored in 16 bytes.
-    Column("id", LargeBinary(16).with_variant(BINARY(16), "mysql"), primary_key=True),
+    Column("id", BinaryUuid, primary_key=True),  # a UUIDv7 made at intake: time-ordered
     Column("user_id", BigInteger, nullable=False),
     # No foreign key: products belong to another service (see docs/architecture.md).
     Column("product_id", BigInteger, nullable=False),
@@ -51,7 +51,7 @@ order_keys = Table(
     "order_keys",
     metadata,
     Column("key_hash", LargeBinary(32).with_variant(BINARY(32), "mysql"), primary_key=True),
-    Column("order_id", LargeBinary(16).with_variant(BINARY(16), "mysql"), nullable=False),
+    Column("order_id", BinaryUuid, nullable=False),
     Column("product_id", BigInteger, nullable=False),
     Column("quantity", Integer, nullable=False),
     Column("created_at", Timestamp, nullable=False),
@@ -62,8 +62,8 @@ order_keys = Table(
 order_aliases = Table(
     "order_aliases",
     metadata,
-    Column("id", LargeBinary(16).with_variant(BINARY(16), "mysql"), primary_key=True),
-    Column("order_id", LargeBinary(16).with_variant(BINARY(16), "mysql"), nullable=False),
+    Column("id", BinaryUuid, primary_key=True),
+    Column("order_id", BinaryUuid, nullable=False),
     Column("created_at", Timestamp, nullable=False),
 )
 
