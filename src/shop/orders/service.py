@@ -72,13 +72,6 @@ def order_key(user_id: int, idempotency_key: str | None) -> bytes | None:
     return hashlib.sha256(f"order\x1f{user_id}\x1f{idempotency_key}".encode()).digest()
 
 
-def _cursor_id(cursor: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(cursor)
-    except ValueError:
-        raise InvalidInput("not a cursor this service issued", field="cursor") from None
-
-
 def _answer(outcome: Outcome) -> Order:
     """What a sync caller is told: its order, or the refusal raised."""
     if isinstance(outcome, domain.Placed | domain.Replayed):
@@ -127,7 +120,6 @@ class OrderService:
         publishers: Mapping[str, CommandPublisher],
         on_event: Callable[[], None],
         settings: Orders,
-        sync_batch_size: int = 200,
     ) -> None:
         self._store = store
         self._max_quantity = settings.max_quantity
@@ -136,7 +128,7 @@ class OrderService:
         self._on_event = on_event
         self._sync_orders: Coalescer[OrderRequest, Outcome] = Coalescer(
             self._place_isolated,
-            max_batch=sync_batch_size,
+            max_batch=200,
             max_pending=settings.sync_queue_limit,
             timeout=store.timeout,
         )
@@ -148,13 +140,9 @@ class OrderService:
         Concurrent calls are stored together, one transaction per batch (see group_commit).
         """
         domain.check_quantity(order.quantity, most=self._max_quantity)
+        key = order_key(order.user_id, idempotency_key)
         request = OrderRequest(
-            order_id=uuid7(),
-            user_id=order.user_id,
-            product_id=order.product_id,
-            quantity=order.quantity,
-            channel="sync",
-            key=order_key(order.user_id, idempotency_key),
+            uuid7(), order.user_id, order.product_id, order.quantity, "sync", key
         )
         return _answer(await self._sync_orders.submit(request))
 
@@ -229,9 +217,8 @@ class OrderService:
         """After a commit: count the stored orders and wake the outbox relay."""
         if not orders:
             return
-        for (channel, status), n in collections.Counter(
-            (o.channel, o.status) for o in orders
-        ).items():
+        counts = collections.Counter((o.channel, o.status) for o in orders)
+        for (channel, status), n in counts.items():
             ORDERS_STORED.labels(channel, status).inc(n)
         self._on_event()
 
@@ -296,7 +283,10 @@ class OrderService:
 
     async def list_orders(self, query: OrderQuery) -> tuple[list[Order], str | None]:
         """A page of orders and the cursor of the next page, if any."""
-        after = _cursor_id(query.cursor) if query.cursor is not None else None
+        try:
+            after = None if query.cursor is None else uuid.UUID(query.cursor)
+        except ValueError:
+            raise InvalidInput("not a cursor this service issued", field="cursor") from None
         found = await self._store.page(
             limit=query.limit + 1, after=after, user_id=query.user_id, status=query.status
         )
