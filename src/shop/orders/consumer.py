@@ -67,90 +67,75 @@ async def run_order_consumer(
 ) -> None:
     """Consume order commands until `stopping` is set."""
     batch_size = settings.consumer_batch_size
+
+    async def fill(batch: Sequence[D]) -> list[D]:
+        """Let a batch grow while deliveries keep arriving fast (Orders.consumer_linger_seconds)."""
+        filled = list(batch)
+        deadline = asyncio.get_running_loop().time() + settings.consumer_linger_max_seconds
+        while len(filled) < batch_size and not stopping.is_set():
+            await pause(stopping, settings.consumer_linger_seconds)
+            more = await inbound.take(batch_size - len(filled), 0)
+            filled += more
+            if len(more) < LINGER_MORE or asyncio.get_running_loop().time() >= deadline:
+                break
+        return filled
+
+    async def handle(batch: Sequence[D]) -> bool:
+        """Process and settle one batch; False when the service stopped before it was done."""
+        decoded = [decode(delivery.body) for delivery in batch]
+        commands = [d for d in decoded if isinstance(d, OrderCommand)]
+        verdicts: Sequence[str | None] = ()
+        if commands:
+
+            async def process() -> None:
+                nonlocal verdicts
+                verdicts = await service.process_order_batch(commands)
+                if len(verdicts) != len(commands):
+                    raise RuntimeError(f"{len(verdicts)} verdicts for {len(commands)} commands")
+
+            if not await until_done("storing a batch", process):
+                return False
+        reasons = iter(verdicts)
+        done: list[D] = []
+        for delivery, item in zip(batch, decoded, strict=True):
+            reason = next(reasons) if isinstance(item, OrderCommand) else item
+            if reason is None:
+                done.append(delivery)
+                continue
+            log.warning("%s consumer: dead-lettering a message: %s", channel, reason)
+            settle = partial(inbound.dead_letter, delivery, reason)
+            if not await until_done("dead-lettering", settle):
+                return False
+            DEAD_LETTERS.labels(channel).inc()
+        if done:
+            await inbound.ack(done)
+        return True
+
+    async def until_done(what: str, attempt: Callable[[], Awaitable[None]]) -> bool:
+        """Retry `attempt` with backoff until it succeeds (True) or the service stops (False)."""
+        delay = settings.consumer_retry_first_seconds
+        while True:
+            try:
+                await attempt()
+                return True
+            except Exception as exc:
+                CONSUMER_FAILURES.labels(channel).inc()
+                log.warning(
+                    "%s consumer: %s failed (%r); retrying in %.1fs", channel, what, exc, delay
+                )
+            if stopping.is_set():
+                return False
+            await pause(stopping, delay)
+            if stopping.is_set():
+                return False
+            delay = min(delay * 2, settings.consumer_retry_max_seconds)
+
     while not stopping.is_set():
         batch = await inbound.take(batch_size, settings.consumer_take_seconds)
         if 1 < len(batch) < batch_size:
-            batch = await _fill(batch, inbound, settings, stopping)
-        if batch and not await _handle(batch, channel, inbound, service, settings, stopping):
+            batch = await fill(batch)
+        if batch and not await handle(batch):
             return  # stopping mid-retry: nothing settled, so all of it is delivered again
-
-
-async def _fill(
-    batch: Sequence[D], inbound: Inbound[D], settings: Orders, stopping: asyncio.Event
-) -> list[D]:
-    """Let a batch grow while deliveries keep arriving fast (see Orders.consumer_linger_seconds)."""
-    filled, batch_size = list(batch), settings.consumer_batch_size
-    deadline = asyncio.get_running_loop().time() + settings.consumer_linger_max_seconds
-    while len(filled) < batch_size and not stopping.is_set():
-        await pause(stopping, settings.consumer_linger_seconds)
-        more = await inbound.take(batch_size - len(filled), 0)
-        filled += more
-        if len(more) < LINGER_MORE or asyncio.get_running_loop().time() >= deadline:
-            break
-    return filled
-
-
-async def _handle(
-    batch: Sequence[D],
-    channel: str,
-    inbound: Inbound[D],
-    service: OrderBatchProcessor,
-    settings: Orders,
-    stopping: asyncio.Event,
-) -> bool:
-    """Process and settle one batch; False when the service stopped before it was done."""
-    decoded = [decode(delivery.body) for delivery in batch]
-    commands = [d for d in decoded if isinstance(d, OrderCommand)]
-    verdicts: Sequence[str | None] = ()
-    if commands:
-
-        async def process() -> None:
-            nonlocal verdicts
-            verdicts = await service.process_order_batch(commands)
-            if len(verdicts) != len(commands):
-                raise RuntimeError(f"{len(verdicts)} verdicts for {len(commands)} commands")
-
-        if not await _until_done("storing a batch", channel, settings, stopping, process):
-            return False
-    reasons = iter(verdicts)
-    done: list[D] = []
-    for delivery, item in zip(batch, decoded, strict=True):
-        reason = next(reasons) if isinstance(item, OrderCommand) else item
-        if reason is None:
-            done.append(delivery)
-            continue
-        log.warning("%s consumer: dead-lettering a message: %s", channel, reason)
-        settle = partial(inbound.dead_letter, delivery, reason)
-        if not await _until_done("dead-lettering", channel, settings, stopping, settle):
-            return False
-        DEAD_LETTERS.labels(channel).inc()
-    if done:
-        await inbound.ack(done)
-    return True
-
-
-async def _until_done(
-    what: str,
-    channel: str,
-    settings: Orders,
-    stopping: asyncio.Event,
-    attempt: Callable[[], Awaitable[None]],
-) -> bool:
-    """Retry `attempt` with backoff until it succeeds (True) or the service stops (False)."""
-    delay = settings.consumer_retry_first_seconds
-    while True:
-        try:
-            await attempt()
-            return True
-        except Exception as exc:
-            CONSUMER_FAILURES.labels(channel).inc()
-            log.warning("%s consumer: %s failed (%r); retrying in %.1fs", channel, what, exc, delay)
-        if stopping.is_set():
-            return False
-        await pause(stopping, delay)
-        if stopping.is_set():
-            return False
-        delay = min(delay * 2, settings.consumer_retry_max_seconds)
 
 
 async def watch_depth(
