@@ -4,7 +4,7 @@ Only the bound depends on them: the consumer prices the order when it stores it.
 trusted for `ttl` seconds; the requests that miss it at the same moment share one read (at 800
 connections an expiry was up to 800 reads at once); a read has a short budget, and when the
 database does not answer intake goes on without it (with the last price it had, if any). At
-most MAX_PRICES prices are kept, the least recently used forgotten first.
+most 100,000 prices are kept, the least recently used forgotten first.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from shop.settings import Orders
 
 log = logging.getLogger(__name__)
 
-MAX_PRICES = 100_000
 _PRICE = select(products.c.price).where(products.c.id == bindparam("pid"))
 
 
@@ -41,7 +40,7 @@ class Prices:
         self._budget = settings.intake_price_budget_seconds
         self._now = clock.monotonic
         # product id: (expires, price); kept past `expires` to serve while the database is down
-        self._cached: LRUCache[int, tuple[float, Decimal]] = LRUCache(MAX_PRICES)
+        self._cached: LRUCache[int, tuple[float, Decimal]] = LRUCache(100_000)
         self._loading: dict[int, asyncio.Future[Decimal | None]] = {}
         self._down_until = 0.0
 

@@ -75,17 +75,9 @@ class SqlOrderStore:
 
     async def claim_key(self, key: bytes, claim: KeyClaim) -> KeyClaim:
         async with self._db.read() as conn:
-            await conn.execute(
-                mysql_insert(order_keys)
-                .values(
-                    key_hash=key,
-                    order_id=claim.order_id.bytes,
-                    product_id=claim.product_id,
-                    quantity=claim.quantity,
-                    created_at=jsonutil.utcnow(),
-                )
-                .on_duplicate_key_update(key_hash=order_keys.c.key_hash)  # the first claim stays
-            )
+            row = (key, claim.order_id.bytes, claim.product_id, claim.quantity, jsonutil.utcnow())
+            insert = mysql_insert(order_keys).values(row)  # table order; the first claim stays
+            await conn.execute(insert.on_duplicate_key_update(key_hash=order_keys.c.key_hash))
             return claims_from((await run_text(conn, claims_sql([key]))).all())[key]
 
     async def get(self, order_id: uuid.UUID) -> Order | None:
