@@ -41,6 +41,8 @@ CONNECTIONS = Counter("rabbitmq_connections_total", "Connections opened to Rabbi
 SUBSCRIPTIONS = Counter(
     "rabbitmq_consumer_subscriptions_total", "Times a consumer started consuming its queue"
 )
+# The publishing channel's: the broker confirms each message, and returns one it cannot route.
+_CONFIRMING = {"publisher_confirms": True, "on_return_raises": True}
 
 
 class Topology:
@@ -60,12 +62,9 @@ class Topology:
             if settings.queue_type == "quorum"
             else {}
         )
+        dead_letters = {"x-dead-letter-exchange": self.dlx, "x-dead-letter-routing-key": self.dlq}
         self.dlq_arguments: dict[str, Any] = dict(kind)
-        self.arguments: dict[str, Any] = {
-            **kind,
-            "x-dead-letter-exchange": self.dlx,
-            "x-dead-letter-routing-key": self.dlq,
-        }
+        self.arguments: dict[str, Any] = {**kind, **dead_letters}
 
     async def declare(self, channel: AbstractChannel, timeout: float) -> int:
         """Declare the exchange and both queues; the number of messages ready in Q."""
@@ -157,7 +156,7 @@ class RabbitBroker:
 
     async def _publish_on(self, stopping: asyncio.Event) -> None:
         """Connect, then publish on that connection until it is lost (raises) or `stopping`."""
-        channel = await self._open("publisher", publisher_confirms=True, on_return_raises=True)
+        channel = await self._open("publisher", **_CONFIRMING)
         self._channel = channel
         log.info("rabbitmq publisher connected; queue %s ready", self.topology.queue)
         await first_of(stopping, _closed(channel.connection.closing))
@@ -182,9 +181,7 @@ class RabbitBroker:
             return
         self._renew_after = math.inf  # while this renewal runs, no other starts
         try:
-            self._channel = await self._open_channel(
-                old.connection, publisher_confirms=True, on_return_raises=True
-            )
+            self._channel = await self._open_channel(old.connection, **_CONFIRMING)
             log.warning("RabbitMQ refused a publish: publishing on a new channel from now on")
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._timeout):
@@ -325,35 +322,30 @@ class RabbitInbound:
         channel = await self._broker._open("consumer", publisher_confirms=False)
         try:
             await channel.basic_qos(prefetch_count=self._prefetch, timeout=self._timeout)
-            await self._consume_until_closed(channel, stopping)
+            cancelled, closed = asyncio.Event(), _closed(channel.closing)
+            channel.on_consumer_cancel_callbacks.add(lambda _frame: cancelled.set())
+            while not stopping.is_set():
+                if cancelled.is_set():
+                    log.warning("rabbitmq consumer: cancelled by the broker; consuming again")
+                    cancelled.clear()
+                    await self.topology.declare(channel, self._timeout)
+                self._channel, self._unsettled = channel, set()
+                await channel.basic_consume(
+                    self.topology.queue, self._deliver, no_ack=False, timeout=self._timeout
+                )
+                SUBSCRIPTIONS.inc()
+                self.consuming.set()
+                log.info("rabbitmq consumer: consuming %s", self.topology.queue)
+                await first_of(stopping, cancelled, closed)
+                self.consuming.clear()
+                if channel.is_closed:
+                    raise ConnectionError("consumer channel closed")
         except BaseException:
             self.consuming.clear()
             self._channel = None
             await _close(channel.connection, self._broker._settings.close_seconds)
             raise
         # The connection stays open until close(): the consumer loop still acks its batch.
-
-    async def _consume_until_closed(
-        self, channel: AbstractChannel, stopping: asyncio.Event
-    ) -> None:
-        cancelled, closed = asyncio.Event(), _closed(channel.closing)
-        channel.on_consumer_cancel_callbacks.add(lambda _frame: cancelled.set())
-        while not stopping.is_set():
-            if cancelled.is_set():
-                log.warning("rabbitmq consumer: cancelled by the broker; consuming again")
-                cancelled.clear()
-                await self.topology.declare(channel, self._timeout)
-            self._channel, self._unsettled = channel, set()
-            await channel.basic_consume(
-                self.topology.queue, self._deliver, no_ack=False, timeout=self._timeout
-            )
-            SUBSCRIPTIONS.inc()
-            self.consuming.set()
-            log.info("rabbitmq consumer: consuming %s", self.topology.queue)
-            await first_of(stopping, cancelled, closed)
-            self.consuming.clear()
-            if channel.is_closed:
-                raise ConnectionError("consumer channel closed")
 
     async def _deliver(self, message: DeliveredMessage) -> None:
         self._unsettled.add(message.delivery_tag or 0)
