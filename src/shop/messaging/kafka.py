@@ -367,11 +367,9 @@ class KafkaInbound:
             assigned = self._consumer.assignment()
             if not assigned:
                 return 0
-            total = 0
-            for tp in self._consumer.position(assigned):
-                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                total += max(0, high - max(tp.offset, 0))
-            return total
+            watermarks = partial(self._consumer.get_watermark_offsets, cached=True)
+            positions = self._consumer.position(assigned)
+            return sum(max(0, watermarks(tp)[1] - max(tp.offset, 0)) for tp in positions)
 
         return await self._call(_lag)
 

@@ -209,13 +209,11 @@ async def _intake(
 # An order body, its Idempotency-Key and its Authorization header.
 PlainOrder = tuple[PlaceOrder, str | None, str | None]
 
-_ORDER_HEADERS = (b"content-type", b"idempotency-key", b"authorization")
-
 
 def _plain_order(scope: Scope, body: bytes) -> PlainOrder | None:
     """A JSON order body that validates, with at most one valid Idempotency-Key and at most one
     Authorization header; else None."""
-    headers = single_headers(scope, _ORDER_HEADERS)
+    headers = single_headers(scope, (b"content-type", b"idempotency-key", b"authorization"))
     if headers is None or not is_json(headers.get(b"content-type")):
         return None
     key = None

@@ -202,8 +202,7 @@ def save_statements(decision: Decision) -> list[str]:
     """The decision's new orders, keys, aliases, changed orders and order events as SQL text."""
     statements: list[str] = []
     if decision.orders:
-        values = ", ".join([order_values(o) for o in decision.orders])
-        statements.append(_INSERT_ORDERS + values)
+        statements.append(_INSERT_ORDERS + ", ".join([order_values(o) for o in decision.orders]))
     now = jsonutil.utcnow()
     if decision.keys:
         placed = {o.id: o for o in decision.orders}
