@@ -99,24 +99,20 @@ def router(service: ProductService, auth: Authenticator) -> APIRouter:
         """Get one product."""
         return JSONResponse(await service.get_product(product_id))
 
-    @api.put(
-        "/{product_id}",
-        operation_id="replace_product",
-        response_model=Product,
-        responses=doc.refusals(*doc.BODY, *doc.TOKEN, 404, 503),
-    )
+    # PUT and PATCH answer alike: the product after the change.
+    updating: dict[str, Any] = {
+        "response_model": Product,
+        "responses": doc.refusals(*doc.BODY, *doc.TOKEN, 404, 503),
+    }
+
+    @api.put("/{product_id}", operation_id="replace_product", **updating)
     async def replace_product(
         product_id: ProductId, body: ProductReplace, _: Principal = writer
     ) -> Any:
         """Replace every field of a product (scope `products:write`)."""
         return JSONResponse(await service.update_product(product_id, body.model_dump()))
 
-    @api.patch(
-        "/{product_id}",
-        operation_id="patch_product",
-        response_model=Product,
-        responses=doc.refusals(*doc.BODY, *doc.TOKEN, 404, 503),
-    )
+    @api.patch("/{product_id}", operation_id="patch_product", **updating)
     async def patch_product(
         product_id: ProductId, body: ProductPatch, _: Principal = writer
     ) -> Any:
