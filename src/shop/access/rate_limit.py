@@ -18,10 +18,6 @@ from cachetools import LRUCache
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
 
-# Refill is computed in floating point: a customer exactly at the rate must not be refused for
-# 0.9999999999 of a token.
-_EPSILON = 1e-9
-
 
 class TooManyRequests(DomainError):
     status = 429
@@ -57,7 +53,9 @@ class RateLimiter:
         except KeyError:  # a new customer, or one forgotten: a full bucket
             tokens, counted = self._burst, now
         tokens = min(self._burst, tokens + (now - counted) * self._rate)
-        if tokens < 1.0 - _EPSILON:
+        # Refill is computed in floating point: a customer exactly at the rate must not be
+        # refused for 0.9999999999 of a token.
+        if tokens < 1.0 - 1e-9:
             self._buckets[key] = (tokens, now)
             raise TooManyRequests(
                 "Too many orders from this customer; retry later.",

@@ -5,7 +5,7 @@ the app around it. Each service is wired in its own module (`products_service`, 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -105,7 +105,6 @@ def service_app(
     title: str,
     service: str,
     runtime: Runtime,
-    start: Callable[[], None],
     lean: Sequence[LeanRoute[Any]],
 ) -> FastAPI:
     """A service's app: its runtime started and closed by the lifespan, health and metrics.
@@ -113,7 +112,7 @@ def service_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        start()
+        runtime.start()
         heap.settle()
         log.info("%s service started", service)
         try:

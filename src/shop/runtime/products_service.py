@@ -37,7 +37,6 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         "Product service",
         "products",
         runtime,
-        runtime.start,
         product_api.lean_routes(service),
     )
     app.include_router(product_api.router(service, auth.from_settings(settings)))

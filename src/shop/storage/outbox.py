@@ -173,9 +173,6 @@ class Relay:
         self._commits.bump()
         self._wake.set()
 
-    def _notified(self) -> bool:
-        return self._wake.is_set() or self._commits.value() != self._seen
-
     async def relay_once(self) -> tuple[int, bool]:
         """Publish the events of one batch of unsent rows: how many rows, and whether more may
         be waiting. A commit notified from here on wakes the next round."""
@@ -247,6 +244,6 @@ class Relay:
         # The wake event serves this process's writers at once; the counter, read every gap,
         # the other processes'.
         for _ in range(max(1, round(poll / gap))):
-            if self._notified() or stopping.is_set():
+            if self._wake.is_set() or self._commits.value() != self._seen or stopping.is_set():
                 return
             await first_of(self._wake, stopping, timeout=min(gap, poll))
