@@ -58,7 +58,7 @@ class Runtime:
         )
         ttl = settings.outbox.key_ttl_seconds
         self.expired_keys = Expiry(
-            self.db.engine, keys, keys.c.created_at, ttl_seconds=ttl, outbox=settings.outbox
+            self.db.engine, keys.c.created_at, ttl_seconds=ttl, outbox=settings.outbox
         )
         self.supervisor = Supervisor()
         self.brokers: list[Broker] = []

@@ -155,7 +155,7 @@ class Relay:
         # Without a purge the table grows forever (a few benchmark runs left 1.1 GB of sent rows);
         # sent_at < cutoff: a NULL (unsent) row never matches.
         self.published = Expiry(
-            engine, table, table.c.sent_at, ttl_seconds=outbox.retention_seconds, outbox=outbox
+            engine, table.c.sent_at, ttl_seconds=outbox.retention_seconds, outbox=outbox
         )
         self._commits = commits or Generation()
         self._seen = self._commits.value()
