@@ -32,9 +32,7 @@ def ensure_dev_key(settings: Settings) -> bool:
         directory.chmod(0o700)
     key = Ed25519PrivateKey.generate()  # the cheapest of the accepted signatures to verify
     private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     signing.touch(mode=0o600)  # created readable by its owner only, before the key is in it
     signing.write_bytes(private_pem)

@@ -33,12 +33,7 @@ class RateLimiter:
     """`take(key)` spends one token of `key`'s bucket or raises TooManyRequests."""
 
     def __init__(
-        self,
-        *,
-        rate: float,
-        burst: int,
-        max_keys: int = 100_000,
-        clock: Clock = SYSTEM,
+        self, *, rate: float, burst: int, max_keys: int = 100_000, clock: Clock = SYSTEM
     ) -> None:
         self._rate = rate
         self._burst = float(burst)

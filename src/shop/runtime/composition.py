@@ -33,12 +33,7 @@ class Runtime:
     and the brokers its subclass adds (started, checked and closed in turn)."""
 
     def __init__(
-        self,
-        settings: Settings,
-        *,
-        outbox: Table,
-        keys: Table,
-        events_topic: str,
+        self, settings: Settings, *, outbox: Table, keys: Table, events_topic: str
     ) -> None:
         self.settings = settings
         self.db = Database.connect(settings)
@@ -102,10 +97,7 @@ class Runtime:
 
 
 def service_app(
-    title: str,
-    service: str,
-    runtime: Runtime,
-    lean: Sequence[LeanRoute[Any]],
+    title: str, service: str, runtime: Runtime, lean: Sequence[LeanRoute[Any]]
 ) -> FastAPI:
     """A service's app: its runtime started and closed by the lifespan, health and metrics.
     Once started, the garbage collector is settled (`gc_tuning`)."""
@@ -122,11 +114,7 @@ def service_app(
             log.info("%s service stopped", service)
 
     app = app_factory.new_app(
-        title,
-        service=service,
-        http=runtime.settings.http,
-        lifespan=lifespan,
-        lean=lean,
+        title, service=service, http=runtime.settings.http, lifespan=lifespan, lean=lean
     )
     timeout = runtime.settings.db.timeout_seconds
     app.include_router(health.health_router(runtime.checks, timeout=timeout))

@@ -9,17 +9,7 @@ import time
 from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Index,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    func,
-    select,
-)
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, MetaData, String, Table, func, select
 from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import wait_exponential
