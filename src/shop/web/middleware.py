@@ -93,8 +93,7 @@ class Metrics(_HttpMiddleware):
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = getattr(scope.get("route"), "path", "unmatched")
             elapsed = time.perf_counter() - start
             observe_request(self.service, scope["method"], template, status, elapsed)
 
