@@ -27,9 +27,7 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=_OPTIONS)
 
 
-def loads(data: bytes | str) -> Any:
-    """Decode JSON bytes."""
-    return orjson.loads(data)
+loads = orjson.loads
 
 
 def utcnow() -> dt.datetime:

@@ -22,16 +22,10 @@ from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_FILE_ENV = "SHOP_CONFIG"
-DEFAULT_CONFIG_FILE = "config.yaml"
 
 
 class ConfigError(Exception):
     """Configuration that the services refuse to start with."""
-
-
-def available_cores() -> int:
-    """The CPUs this process may run on (its affinity mask), at least one."""
-    return max(1, len(os.sched_getaffinity(0)))
 
 
 def env(name: str) -> JsonDict:
@@ -139,7 +133,7 @@ class Http(Group):
     product_port: int = Field(8080, ge=1, le=65535, json_schema_extra=env("PRODUCT_SERVICE_PORT"))
     order_port: int = Field(8081, ge=1, le=65535, json_schema_extra=env("ORDER_SERVICE_PORT"))
     # Worker processes per HTTP service: by default one per core this process may run on.
-    workers: int = Field(default_factory=available_cores, ge=1, le=64)
+    workers: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))), ge=1, le=64)
     max_body_bytes: int = Field(65_536, ge=1024)
     # A request's headers must have arrived this long after its first byte (or the connection
     # opening), and its body this long after its headers (408 otherwise).
@@ -385,7 +379,7 @@ class _YamlSource(_FlatSource):
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
         explicit = os.environ.get(CONFIG_FILE_ENV)
-        path = Path(explicit or DEFAULT_CONFIG_FILE)
+        path = Path(explicit or "config.yaml")
         self._data: dict[str, Any] = {}
         if not path.is_file():
             if explicit:

@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Worker = Callable[[asyncio.Event], Awaitable[None]]
-# A crashed task or child process starts again after 0.5 s, doubled each time, at most 10 s.
 RESTART_WAIT = tenacity.wait_exponential(multiplier=0.5, max=10.0)
 
 

@@ -45,7 +45,7 @@ async def test_expired_order_and_product_keys_are_purged_and_fresh_ones_stay(
                 )
             )
     for table in (order_keys, product_idempotency):
-        purge = Expiry(database, table, table.c.created_at, ttl_seconds=24 * 3600, outbox=Outbox())
+        purge = Expiry(database, table.c.created_at, ttl_seconds=24 * 3600, outbox=Outbox())
         deleted = [await purge.purge_once() for _ in range(4)]
         assert deleted == [7, 7, 6, 0], table.name
         async with database.connect() as conn:

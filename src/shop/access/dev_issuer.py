@@ -19,8 +19,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shop.access.verifier import algorithm_of, thumbprint
 from shop.settings import Settings
 
-ALGORITHM = "EdDSA"  # Ed25519: the cheapest of the accepted signatures to verify
-
 
 def ensure_dev_key(settings: Settings) -> bool:
     """Create the development signing key (mode 0600) and its public key unless they exist;
@@ -32,11 +30,9 @@ def ensure_dev_key(settings: Settings) -> bool:
     for directory in {signing.parent, public.parent}:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
-    key = Ed25519PrivateKey.generate()
+    key = Ed25519PrivateKey.generate()  # the cheapest of the accepted signatures to verify
     private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     signing.touch(mode=0o600)  # created readable by its owner only, before the key is in it
     signing.write_bytes(private_pem)
@@ -76,7 +72,7 @@ def issue(
         **claims,
     }
     header = {"typ": "at+jwt", "kid": thumbprint(key.public_key()), **(headers or {})}
-    algorithm = algorithm_of(key.public_key()) or ALGORITHM
+    algorithm = algorithm_of(key.public_key())  # (known: `thumbprint` refuses any other key)
     return jwt.encode(payload, key, algorithm=algorithm, headers=header)  # type: ignore[arg-type]
 
 

@@ -18,10 +18,6 @@ from cachetools import LRUCache
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
 
-# Refill is computed in floating point: a customer exactly at the rate must not be refused for
-# 0.9999999999 of a token.
-_EPSILON = 1e-9
-
 
 class TooManyRequests(DomainError):
     status = 429
@@ -37,12 +33,7 @@ class RateLimiter:
     """`take(key)` spends one token of `key`'s bucket or raises TooManyRequests."""
 
     def __init__(
-        self,
-        *,
-        rate: float,
-        burst: int,
-        max_keys: int = 100_000,
-        clock: Clock = SYSTEM,
+        self, *, rate: float, burst: int, max_keys: int = 100_000, clock: Clock = SYSTEM
     ) -> None:
         self._rate = rate
         self._burst = float(burst)
@@ -57,7 +48,9 @@ class RateLimiter:
         except KeyError:  # a new customer, or one forgotten: a full bucket
             tokens, counted = self._burst, now
         tokens = min(self._burst, tokens + (now - counted) * self._rate)
-        if tokens < 1.0 - _EPSILON:
+        # Refill is computed in floating point: a customer exactly at the rate must not be
+        # refused for 0.9999999999 of a token.
+        if tokens < 1.0 - 1e-9:
             self._buckets[key] = (tokens, now)
             raise TooManyRequests(
                 "Too many orders from this customer; retry later.",

@@ -40,8 +40,6 @@ from shop.settings import Auth, ConfigError, Settings
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 SCHEME = "Bearer"
-CACHE_BYTES = 4 * 1024 * 1024  # tokens remembered after their first verification
-MAX_TOKEN_BYTES = 8 * 1024
 
 
 class Unauthorized(DomainError):
@@ -169,7 +167,7 @@ class Authenticator:
         self._keys = keys
         self._auth = auth
         self._verified: TLRUCache[str, _Verified] = TLRUCache(
-            CACHE_BYTES,
+            4 * 1024 * 1024,  # the bytes of the tokens remembered after their first verification
             ttu=lambda _token, verified, _now: verified.expires + auth.leeway_seconds,
             timer=clock.wall,  # `exp` is a date
             getsizeof=lambda verified: verified.size,
@@ -192,7 +190,7 @@ class Authenticator:
         return await self._verify(token)
 
     async def _verify(self, token: str) -> Principal:
-        if len(token) > MAX_TOKEN_BYTES:
+        if len(token) > 8 * 1024:
             raise Unauthorized("The token is too long.")
         try:
             header = jwt.get_unverified_header(token)

@@ -14,8 +14,6 @@ from shop.runtime.consumer_process import PARENT_ENV, Child, die_with_parent
 from shop.settings import ConfigError, Settings, load_settings
 from shop.storage.write_counter import WORKER_DIR_ENV
 
-SERVICES = ("products", "orders")
-
 
 def _serve(settings: Settings, service: str) -> None:
     import uvicorn
@@ -59,7 +57,6 @@ def _serve(settings: Settings, service: str) -> None:
             port=port,
             workers=settings.http.workers,
             loop="uvloop",
-            # httptools, with deadlines on headers and body
             http="shop.web.fastpath.protocol:RequestDeadline",
             access_log=False,
             log_config=None,
@@ -91,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run one HTTP service in the foreground")
-    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("service", choices=("products", "orders"))
     consume = sub.add_parser("consume", help="run order consumers without HTTP (scale-out)")
     consume.add_argument("channel", choices=("kafka", "rabbitmq", "all"))
     consume.add_argument(

@@ -5,7 +5,7 @@ the app around it. Each service is wired in its own module (`products_service`, 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -33,12 +33,7 @@ class Runtime:
     and the brokers its subclass adds (started, checked and closed in turn)."""
 
     def __init__(
-        self,
-        settings: Settings,
-        *,
-        outbox: Table,
-        keys: Table,
-        events_topic: str,
+        self, settings: Settings, *, outbox: Table, keys: Table, events_topic: str
     ) -> None:
         self.settings = settings
         self.db = Database.connect(settings)
@@ -58,7 +53,7 @@ class Runtime:
         )
         ttl = settings.outbox.key_ttl_seconds
         self.expired_keys = Expiry(
-            self.db.engine, keys, keys.c.created_at, ttl_seconds=ttl, outbox=settings.outbox
+            self.db.engine, keys.c.created_at, ttl_seconds=ttl, outbox=settings.outbox
         )
         self.supervisor = Supervisor()
         self.brokers: list[Broker] = []
@@ -102,18 +97,14 @@ class Runtime:
 
 
 def service_app(
-    title: str,
-    service: str,
-    runtime: Runtime,
-    start: Callable[[], None],
-    lean: Sequence[LeanRoute[Any]],
+    title: str, service: str, runtime: Runtime, lean: Sequence[LeanRoute[Any]]
 ) -> FastAPI:
     """A service's app: its runtime started and closed by the lifespan, health and metrics.
     Once started, the garbage collector is settled (`gc_tuning`)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        start()
+        runtime.start()
         heap.settle()
         log.info("%s service started", service)
         try:
@@ -123,11 +114,7 @@ def service_app(
             log.info("%s service stopped", service)
 
     app = app_factory.new_app(
-        title,
-        service=service,
-        http=runtime.settings.http,
-        lifespan=lifespan,
-        lean=lean,
+        title, service=service, http=runtime.settings.http, lifespan=lifespan, lean=lean
     )
     timeout = runtime.settings.db.timeout_seconds
     app.include_router(health.health_router(runtime.checks, timeout=timeout))

@@ -40,9 +40,10 @@ COMMANDS = {"kafka": ("Kafka", by_product), "rabbitmq": ("RabbitMQ", by_order)}
 
 
 class OrderRuntime(Runtime):
-    """The order service's extras: a broker per asynchronous channel, and the consumers."""
+    """The order service's extras: a broker per asynchronous channel, and the consumers of
+    the channels named in `consumers`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, consumers: Collection[str]) -> None:
         s = settings
         super().__init__(
             s, outbox=order_outbox, keys=order_keys, events_topic=s.kafka.order_events_topic
@@ -61,15 +62,15 @@ class OrderRuntime(Runtime):
             on_event=self.relay.notify,
             settings=s.orders,
         )
+        self.consumers = consumers
 
-    def start_with(self, consumers: Collection[str]) -> None:
-        """Start the relay, the brokers and the consumers of the named channels."""
-        self.start()
+    def start(self) -> None:
+        super().start()
         self.supervisor.start("sync-orders", self.service.run_sync_orders)
         orders = self.settings.orders
         consume = partial(run_order_consumer, service=self.service, settings=orders)
         for broker in self.brokers:
-            if broker.name in consumers:
+            if broker.name in self.consumers:
                 inbound, channel = broker.consumer(orders.consumer_batch_size), broker.name
                 run = partial(consume, channel=channel, inbound=inbound)
                 self.supervisor.start(f"{channel}-consumer", run)
@@ -93,13 +94,11 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     logs.configure(settings.log_level)
     authenticator = auth.from_settings(settings)
     limiter = RateLimiter(rate=settings.orders.rate_per_second, burst=settings.orders.burst)
-    runtime = OrderRuntime(settings)
-    consumers = CHANNELS if settings.orders.consumers_enabled else ()
+    runtime = OrderRuntime(settings, CHANNELS if settings.orders.consumers_enabled else ())
     app = service_app(
         "Order service",
         "orders",
         runtime,
-        partial(runtime.start_with, consumers),
         order_api.lean_routes(runtime.service, authenticator, limiter),
     )
     app.include_router(order_api.router(runtime.service, authenticator, limiter))
@@ -138,12 +137,12 @@ async def consume(
     """Run consumers (and the order outbox relay) without HTTP until SIGTERM or SIGINT; with a
     `health_port`, answer health checks there."""
     logs.configure(settings.log_level)
-    runtime = OrderRuntime(settings)
+    runtime = OrderRuntime(settings, channels)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runtime.start_with(channels)
+    runtime.start()
     health = None if health_port is None else _health_server(settings, runtime, health_port)
     serving = None if health is None else asyncio.create_task(health.serve())
     heap.settle()

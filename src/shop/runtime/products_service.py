@@ -33,12 +33,6 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         settings=settings.products,
         writes=generation.for_workers("product-pages"),
     )
-    app = service_app(
-        "Product service",
-        "products",
-        runtime,
-        runtime.start,
-        product_api.lean_routes(service),
-    )
+    app = service_app("Product service", "products", runtime, product_api.lean_routes(service))
     app.include_router(product_api.router(service, auth.from_settings(settings)))
     return app

@@ -317,9 +317,7 @@ class Database:
     @classmethod
     def connect(cls, settings: Settings) -> Database:
         return cls(
-            create_engine(settings),
-            reads=create_engine(settings, autocommit=True),
-            db=settings.db,
+            create_engine(settings), reads=create_engine(settings, autocommit=True), db=settings.db
         )
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:

@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 
-from sqlalchemy import Column, Table, delete
+from sqlalchemy import Column, delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import jsonutil
@@ -26,19 +26,18 @@ BATCH = 5000
 
 
 class Expiry:
-    """Deletes the rows of `table` whose `column` is older than `ttl_seconds`."""
+    """Deletes the rows of `column`'s table whose `column` is older than `ttl_seconds`."""
 
     def __init__(
         self,
         engine: AsyncEngine,
-        table: Table,
         column: Column[dt.datetime],
         *,
         ttl_seconds: float,
         outbox: Outbox,
     ) -> None:
         self._engine = engine
-        self._table = table
+        self._table = column.table
         self._column = column
         self._ttl = dt.timedelta(seconds=ttl_seconds)
         self._every = outbox.purge_every_seconds

@@ -9,17 +9,7 @@ import time
 from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Index,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    func,
-    select,
-)
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, MetaData, String, Table, func, select
 from sqlalchemy.dialects.mysql import MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import wait_exponential
@@ -155,7 +145,7 @@ class Relay:
         # Without a purge the table grows forever (a few benchmark runs left 1.1 GB of sent rows);
         # sent_at < cutoff: a NULL (unsent) row never matches.
         self.published = Expiry(
-            engine, table, table.c.sent_at, ttl_seconds=outbox.retention_seconds, outbox=outbox
+            engine, table.c.sent_at, ttl_seconds=outbox.retention_seconds, outbox=outbox
         )
         self._commits = commits or Generation()
         self._seen = self._commits.value()
@@ -172,9 +162,6 @@ class Relay:
         """Tell the relay that new rows were committed, so it need not wait for its next poll."""
         self._commits.bump()
         self._wake.set()
-
-    def _notified(self) -> bool:
-        return self._wake.is_set() or self._commits.value() != self._seen
 
     async def relay_once(self) -> tuple[int, bool]:
         """Publish the events of one batch of unsent rows: how many rows, and whether more may
@@ -247,6 +234,6 @@ class Relay:
         # The wake event serves this process's writers at once; the counter, read every gap,
         # the other processes'.
         for _ in range(max(1, round(poll / gap))):
-            if self._notified() or stopping.is_set():
+            if self._wake.is_set() or self._commits.value() != self._seen or stopping.is_set():
                 return
             await first_of(self._wake, stopping, timeout=min(gap, poll))

@@ -9,22 +9,17 @@ path on this service (under the ASGI root path), never an `http(s)://` one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import (
-    get_redoc_html,
-    get_swagger_ui_html,
-    swagger_ui_default_parameters,
-)
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, swagger_ui_default_parameters
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 
 DOCS = "/docs"
 REDOC = "/redoc"
 ASSETS = "/docs/assets"
-_PACKAGE_ASSETS = ("fastapi_offline", "static")
-
-# FastAPI's defaults, and no call to the public validator (Swagger UI's `validatorUrl`).
-SWAGGER_UI_PARAMETERS = {**swagger_ui_default_parameters, "validatorUrl": None}
 
 
 def install(app: FastAPI) -> None:
@@ -34,32 +29,33 @@ def install(app: FastAPI) -> None:
         raise ValueError("build the app with docs_url=None and redoc_url=None")
     openapi_url = app.openapi_url or "/openapi.json"
     # Raises at start if the package folder is missing, rather than a blank page later.
-    assets = StaticFiles(packages=[_PACKAGE_ASSETS])
+    assets = StaticFiles(packages=[("fastapi_offline", "static")])
     app.mount(ASSETS, assets, name="docs-assets")
 
-    @app.get(DOCS, include_in_schema=False)
-    async def swagger_ui(request: Request) -> HTMLResponse:
-        root = _root(request)
-        return get_swagger_ui_html(
-            openapi_url=root + openapi_url,
-            title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
-            swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
-        )
+    def serve(path: str, title: str, page: Callable[..., HTMLResponse], **files: str) -> None:
+        """`page` at `path`: its OpenAPI and asset URLs (`files`) under the request's root path."""
 
-    @app.get(REDOC, include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
-        root = _root(request)
-        return get_redoc_html(
-            openapi_url=root + openapi_url,
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS}/favicon.png",
-            with_google_fonts=False,
-        )
+        async def html(request: Request) -> HTMLResponse:
+            root = str(request.scope.get("root_path", "")).rstrip("/")
+            urls = {argument: f"{root}{ASSETS}/{file}" for argument, file in files.items()}
+            return page(openapi_url=root + openapi_url, title=f"{app.title} - {title}", **urls)
 
+        app.add_api_route(path, html, include_in_schema=False)
 
-def _root(request: Request) -> str:
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    # FastAPI's defaults, and no call to the public validator (Swagger UI's `validatorUrl`).
+    swagger_ui_parameters = {**swagger_ui_default_parameters, "validatorUrl": None}
+    serve(
+        DOCS,
+        "Swagger UI",
+        partial(get_swagger_ui_html, swagger_ui_parameters=swagger_ui_parameters),
+        swagger_js_url="swagger-ui-bundle.js",
+        swagger_css_url="swagger-ui.css",
+        swagger_favicon_url="favicon.png",
+    )
+    serve(
+        REDOC,
+        "ReDoc",
+        partial(get_redoc_html, with_google_fonts=False),
+        redoc_js_url="redoc.standalone.js",
+        redoc_favicon_url="favicon.png",
+    )

@@ -50,16 +50,11 @@ def health_router(checks: Callable[[], Mapping[str, HealthCheck]], *, timeout: f
         named = checks()
         outcomes = await asyncio.gather(*(_run_check(check, timeout) for check in named.values()))
         results = dict(zip(named, outcomes, strict=True))
-        failing = ", ".join(name for name, result in results.items() if result != "ok")
+        failing = [name for name, result in results.items() if result != "ok"]
         if not failing:
             return JSONResponse({"status": "ok", "checks": results})
-        return problem(
-            503,
-            "Not ready",
-            f"Unreachable: {failing}",
-            checks=results,
-            headers={"Retry-After": "1"},
-        )
+        detail = f"Unreachable: {', '.join(failing)}"
+        return problem(503, "Not ready", detail, checks=results, headers={"Retry-After": "1"})
 
     @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:

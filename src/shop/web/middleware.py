@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from fastapi import HTTPException
 from prometheus_client import Counter, Histogram
@@ -21,7 +22,24 @@ HTTP_LATENCY = Histogram(
 )
 
 
-class BodyLimit:
+@dataclass
+class _HttpMiddleware:
+    """ASGI middleware whose `http` handles HTTP requests; other scopes (lifespan) pass on."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class BodyLimit(_HttpMiddleware):
     """Refuses request bodies over `max_bytes` with 413, before anything parses them.
 
     A body announced by its Content-Length is refused on that header alone (the HTTP parser
@@ -29,14 +47,9 @@ class BodyLimit:
     does not arrive in time is the server's to cut off: `fastpath.protocol.RequestDeadline`.)
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    max_bytes: int
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.max_bytes:
@@ -61,17 +74,13 @@ class BodyLimit:
         return f"The request body is larger than {self.max_bytes} bytes."
 
 
-class Metrics:
+@dataclass
+class Metrics(_HttpMiddleware):
     """Counts and times every request by its route template (not its raw path)."""
 
-    def __init__(self, app: ASGIApp, *, service: str) -> None:
-        self.app = app
-        self.service = service
+    service: str
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         status = 500
 
@@ -84,8 +93,7 @@ class Metrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = getattr(scope.get("route"), "path", "unmatched")
             elapsed = time.perf_counter() - start
             observe_request(self.service, scope["method"], template, status, elapsed)
 

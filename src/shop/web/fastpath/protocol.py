@@ -66,7 +66,6 @@ def make_deadlines(header_seconds: float, body_seconds: float) -> Deadlines:
     return Deadlines(header_seconds, body_seconds, _answer_408(late.media_type, bytes(late.body)))
 
 
-# Without deadlines from the app factory (`app.state.deadlines`): the settings' defaults.
 _DEFAULT = make_deadlines(Http().request_header_seconds, Http().request_body_seconds)
 
 

@@ -66,9 +66,6 @@ class LeanRoute(Generic[T]):
     reads_body: bool = True
 
 
-ObserveRequest = Callable[[str, str, int, float], None]  # method, route template, status, seconds
-
-
 @dataclass(frozen=True, slots=True)
 class Lean:
     """An app's lean routes by method and path, and what answering them outside the app needs:
@@ -77,7 +74,7 @@ class Lean:
     owner: FastAPI
     routes: Mapping[tuple[str, str], LeanRoute[Any]]
     max_body_bytes: int
-    observe: ObserveRequest
+    observe: Callable[[str, str, int, float], None]  # method, route template, status, seconds
 
     async def fail(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> int:
         """Answer `exc` as the app would: through its nearest exception handler; the status."""
