@@ -112,13 +112,8 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
     @api.post(
         "/sync",
         operation_id="place_order",
-        status_code=201,
         response_model=Order,
-        responses={
-            201: {"headers": doc.LOCATION, "links": _NEXT},
-            **doc.refusals(*_PLACING),
-            409: doc.refusal(409, "Not enough stock."),
-        },
+        **doc.created(_NEXT, *_PLACING, also={409: doc.refusal(409, "Not enough stock.")}),
     )
     async def place_order(
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None

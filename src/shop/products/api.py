@@ -70,12 +70,8 @@ def router(service: ProductService, auth: Authenticator) -> APIRouter:
     @api.post(
         "",
         operation_id="create_product",
-        status_code=201,
         response_model=Product,
-        responses={
-            201: {"headers": doc.LOCATION, "links": _NEXT},
-            **doc.refusals(*doc.BODY, *doc.TOKEN, 503),
-        },
+        **doc.created(_NEXT, *doc.BODY, *doc.TOKEN, 503),
     )
     async def create_product(
         body: ProductCreate, principal: Principal = writer, key: IdempotencyKey = None

@@ -5,7 +5,7 @@ links between operations (docs/fuzzing.md)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -83,6 +83,15 @@ def refusal(status: int, description: str | None = None) -> dict[str, Any]:
 def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The declared refusals of an operation, for its route's `responses`."""
     return {status: refusal(status) for status in sorted(set(statuses))}
+
+
+def created(
+    links: dict[str, Any], *statuses: int, also: Mapping[int, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """What a POST that creates declares: 201 with the new resource's Location and `links`,
+    then its refusals (`statuses`) and the `also` responses."""
+    created = {201: {"headers": LOCATION, "links": links}}
+    return {"status_code": 201, "responses": {**created, **refusals(*statuses), **(also or {})}}
 
 
 def link(operation_id: str, **parameters: str) -> dict[str, Any]:
