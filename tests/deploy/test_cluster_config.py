@@ -11,6 +11,7 @@ import pytest
 from devstack import haproxy, kafka, mariadb
 from devstack import layout as cluster
 from devstack.settings import StackSettings, load_stack_settings
+from shop.settings import load_settings
 
 
 @pytest.fixture
@@ -145,6 +146,21 @@ def test_replicas_and_consumers_run_with_the_cluster_settings(
         "--health-port",
         "13434",
     )
+
+
+def test_every_process_environment_loads_back_into_its_settings(
+    settings: StackSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What devstack writes into a service's environment is what the service reads: every
+    leaf, tuples included (comma-separated), survives the round trip."""
+    for process in cluster.processes(settings, tmp_path):
+        for name, value in process.env.items():
+            monkeypatch.setenv(name, value)
+        loaded = load_settings()
+        assert loaded.db.retry_delays_seconds == settings.db.retry_delays_seconds
+        assert loaded.db.port == cluster.MYSQL_FRONT
+        for name in process.env:
+            monkeypatch.delenv(name)
 
 
 def test_the_fronts_follow_the_service_port_settings(

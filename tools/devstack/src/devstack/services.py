@@ -53,7 +53,7 @@ def _settings_env(settings: Settings) -> dict[str, str]:
     runs with exactly the settings it was started with, overrides included."""
     services = set(flat_names(Settings)) - NOT_FOR_SERVICES
     return {
-        name.upper(): str(value)
+        name.upper(): ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         for name, value in settings.flat().items()
         if name in services and value is not None  # unset optional settings stay unset
     }
