@@ -52,13 +52,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncmy
 from confluent_kafka.admin import AdminClient
 
 from bench import compare_report, idle
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
 from devstack.settings import StackSettings, load_stack_settings
+from shop.storage.migrations import connect_as_migrator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE = "0fc452c"
@@ -238,18 +238,7 @@ def side_env(side: Side) -> dict[str, str]:
 async def _sql(
     settings: StackSettings, sql: str, database: str | None = None
 ) -> list[tuple[Any, ...]]:
-    conn = await asyncio.wait_for(
-        asyncmy.connect(
-            host=settings.db.host,
-            port=settings.db.port,
-            user=settings.db.migrate_user,
-            password=settings.db.migrate_password,
-            database=database,
-            connect_timeout=5,
-            autocommit=True,
-        ),
-        timeout=10,
-    )
+    conn = await connect_as_migrator(settings, database, autocommit=True)
     try:
         async with conn.cursor() as cur:
             await asyncio.wait_for(cur.execute(sql), timeout=60)

@@ -24,17 +24,26 @@ def _alembic_ini() -> Path:
     raise FileNotFoundError("alembic.ini not found in the working directory or the checkout")
 
 
-async def _create_database(settings: Settings) -> None:
-    conn = await asyncio.wait_for(
+async def connect_as_migrator(
+    settings: Settings, database: str | None = None, *, autocommit: bool = False
+) -> asyncmy.Connection:
+    """A driver connection as the migration account, which may create and drop databases."""
+    return await asyncio.wait_for(
         asyncmy.connect(
             host=settings.db.host,
             port=settings.db.port,
             user=settings.db.migrate_user,
             password=settings.db.migrate_password,
+            database=database,
             connect_timeout=int(settings.db.timeout_seconds),
+            autocommit=autocommit,
         ),
         timeout=settings.db.timeout_seconds * 2,
     )
+
+
+async def _create_database(settings: Settings) -> None:
+    conn = await connect_as_migrator(settings)
     try:
         async with conn.cursor() as cur:
             await cur.execute(
