@@ -7,12 +7,15 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS builder
 
 ARG UV_VERSION=0.13.9
-RUN pip install --no-cache-dir "uv==${UV_VERSION}"
+# uv in a venv of its own: Debian's Python (the local stand-in) refuses `pip install` into the
+# system (PEP 668), the official image would allow it.
+RUN python3.11 -m venv /opt/uv && /opt/uv/bin/pip install --no-cache-dir "uv==${UV_VERSION}"
 
 # The base image's Python, never a downloaded one; compiled bytecode so the non-root runtime
 # never needs to write next to the sources; copies, not hard links, out of uv's cache.
-ENV UV_PYTHON_DOWNLOADS=never \
-    UV_PYTHON=/usr/local/bin/python3.11 \
+ENV PATH=/opt/uv/bin:$PATH \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PYTHON=python3.11 \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_NO_CACHE=1
@@ -36,8 +39,10 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 shop \
     && useradd --system --uid 10001 --gid shop --no-create-home --home-dir /app \
        --shell /usr/sbin/nologin shop \
-    && mkdir -m 0700 /auth && chown shop:shop /auth
-# /auth: the development issuer's keys (docker-compose.yml's auth-keys volume takes its owner).
+    && mkdir -m 0700 /auth && mkdir -m 0755 /auth-public /run/shop-secrets \
+    && chown shop:shop /auth /auth-public /run/shop-secrets
+# Mount points whose owner and mode docker-compose.yml's volumes take when they are new: /auth the
+# development issuer's signing key, /auth-public its public key, /run/shop-secrets the passwords.
 
 WORKDIR /app
 COPY --from=builder /app /app

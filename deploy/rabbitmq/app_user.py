@@ -3,8 +3,8 @@ administrator: no tags (so no management access and not an administrator), all r
 application's vhost only. Idempotent; run once by docker-compose.yml's `rabbitmq-user` service.
 
 Reads RABBITMQ_HOST, RABBITMQ_MANAGEMENT_PORT (15672), RABBITMQ_VHOST (/), RABBITMQ_ADMIN_USER,
-RABBITMQ_ADMIN_PASSWORD, RABBITMQ_USER, RABBITMQ_PASSWORD. The standard library only, so that it
-runs in any image with Python.
+RABBITMQ_ADMIN_PASSWORD, RABBITMQ_USER, RABBITMQ_PASSWORD; a password may instead be in the file
+that <NAME>_FILE names. The standard library only, so that it runs in any image with Python.
 """
 
 from __future__ import annotations
@@ -72,5 +72,15 @@ def provision(env: dict[str, str]) -> None:
     raise SystemExit(f"the management API at {base} did not answer")
 
 
+def _with_files(env: dict[str, str]) -> dict[str, str]:
+    """`env` with each password whose <NAME>_FILE is set read from that file."""
+    for name in ("RABBITMQ_PASSWORD", "RABBITMQ_ADMIN_PASSWORD"):
+        path = env.get(f"{name}_FILE")
+        if path and name not in env:
+            with open(path, encoding="utf-8") as secret:
+                env[name] = secret.read().removesuffix("\n")
+    return env
+
+
 if __name__ == "__main__":
-    provision(dict(os.environ))
+    provision(_with_files(dict(os.environ)))

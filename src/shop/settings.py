@@ -366,11 +366,22 @@ class _FlatSource(PydanticBaseSettingsSource):
 
 
 class _EnvSource(_FlatSource):
-    """The environment variables named by the leaves' flat names (case-insensitive)."""
+    """The environment variables named by the leaves' flat names (case-insensitive); a leaf's
+    `<NAME>_FILE` names a file that holds its value instead (Docker's convention for secrets,
+    as in `DB_PASSWORD_FILE=/run/secrets/db_password`)."""
 
     def __call__(self) -> dict[str, Any]:
         environ = {name.lower(): value for name, value in os.environ.items()}
-        return {name: environ[name] for name in flat_names(self.settings_cls) if name in environ}
+        values = {}
+        for name in flat_names(self.settings_cls):
+            if name in environ:
+                values[name] = environ[name]
+            elif (path := environ.get(f"{name}_file")) is not None:
+                try:
+                    values[name] = Path(path).read_text().removesuffix("\n")
+                except OSError as exc:
+                    raise ConfigError(f"{name.upper()}_FILE={path}: {exc.strerror}") from None
+        return values
 
 
 class _YamlSource(_FlatSource):

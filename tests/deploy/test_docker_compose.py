@@ -1,11 +1,12 @@
 """The `docker compose up -d` path: the compose file is valid and wires the system as documented.
 
-CI has no Docker engine, so this checks the files, not running containers.
+These check the files without an engine; tests/compose/ runs the containers (`make test-compose`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
-APP_SERVICES = ("auth-key", "rabbitmq-user", "migrate", "product-service", "order-service")
+APP_SERVICES = (
+    "secrets",
+    "auth-key",
+    "token",
+    "rabbitmq-user",
+    "migrate",
+    "product-service",
+    "order-service",
+)
+API_SERVICES = ("product-service", "order-service")
+# `${NAME:-default}` as compose reads it when NAME is unset.
+_DEFAULTED = re.compile(r"\$\{[A-Za-z0-9_]+:-([^}]*)\}")
 REQUIRED_SERVICES = {"mysql", "kafka", "rabbitmq", *APP_SERVICES}
 
 
@@ -36,9 +48,9 @@ def _published_host_ports(service: dict[str, Any]) -> set[int]:
     ports: set[int] = set()
     for entry in service.get("ports", []):
         if isinstance(entry, dict):
-            ports.add(int(entry["published"]))
+            ports.add(int(_DEFAULTED.sub(r"\1", str(entry["published"]))))
             continue
-        parts = str(entry).split("/")[0].split(":")
+        parts = _DEFAULTED.sub(r"\1", str(entry)).split("/")[0].split(":")
         if len(parts) >= 2:
             ports.add(int(parts[-2]))
     return ports
@@ -89,6 +101,40 @@ def test_compose_defines_the_whole_system(services: dict[str, dict[str, Any]]) -
 def test_services_publish_their_documented_ports(services: dict[str, dict[str, Any]]) -> None:
     assert 8080 in _published_host_ports(services["product-service"])
     assert 8081 in _published_host_ports(services["order-service"])
+
+
+def test_every_published_port_listens_on_loopback_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        for entry in service.get("ports", []):
+            address = entry.get("host_ip") if isinstance(entry, dict) else str(entry).split(":")[0]
+            assert address == "127.0.0.1", f"{name} publishes {entry} beyond loopback"
+
+
+def test_no_password_is_written_into_the_compose_file(services: dict[str, dict[str, Any]]) -> None:
+    """Passwords come from files in the `secrets` volume (random unless the shell gives one)."""
+    for name, service in services.items():
+        for key, value in _environment(service).items():
+            if key.endswith(("PASSWORD", "PASS")) and key != "MYSQL_RANDOM_ROOT_PASSWORD":
+                assert _DEFAULTED.sub(r"\1", value) == "", f"{name}: {key}={value}"
+
+
+def test_the_api_containers_get_only_the_issuers_public_key(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in API_SERVICES:
+        volumes = [str(volume).split(":")[0] for volume in services[name]["volumes"]]
+        assert "auth-public" in volumes
+        assert "auth-signing" not in volumes, f"{name} mounts the private signing key"
+
+
+def test_app_containers_are_locked_down(services: dict[str, dict[str, Any]]) -> None:
+    for name in APP_SERVICES:
+        service = services[name]
+        assert service.get("read_only") is True, f"{name} has a writable root filesystem"
+        assert service.get("cap_drop") == ["ALL"], f"{name} keeps capabilities"
+        assert "user" not in service, f"{name} overrides the image's non-root user"
 
 
 def test_kafka_runs_in_kraft_mode_without_zookeeper(services: dict[str, dict[str, Any]]) -> None:
@@ -150,10 +196,10 @@ def test_the_services_use_accounts_without_administrative_rights(
     assert initdb[0].split(":")[0] == "./deploy/mysql/initdb"
     assert os.access(script, os.X_OK), f"{script} is not executable (the image would source it)"
     rabbitmq = _environment(services["rabbitmq"])
-    for name in ("product-service", "order-service"):
+    for name in API_SERVICES:
         app = _environment(services[name])
         assert app["DB_USER"] == mysql["SHOP_DB_USER"] != mysql["MYSQL_USER"]
-        assert app["DB_PASSWORD"] == mysql["SHOP_DB_PASSWORD"]
+        assert app["DB_PASSWORD_FILE"] == mysql["SHOP_DB_PASSWORD_FILE"]
         assert "DB_MIGRATE_PASSWORD" not in app
         assert "RABBITMQ_ADMIN_PASSWORD" not in app
         assert app["RABBITMQ_USER"] != rabbitmq["RABBITMQ_DEFAULT_USER"]
@@ -161,7 +207,7 @@ def test_the_services_use_accounts_without_administrative_rights(
             "service_completed_successfully"
         )
     assert migrate["DB_MIGRATE_USER"] == mysql["MYSQL_USER"]
-    assert migrate["DB_MIGRATE_PASSWORD"] == mysql["MYSQL_PASSWORD"]
+    assert migrate["DB_MIGRATE_PASSWORD_FILE"] == mysql["MYSQL_PASSWORD_FILE"]
     user = _environment(services["rabbitmq-user"])
     assert user["RABBITMQ_ADMIN_USER"] == rabbitmq["RABBITMQ_DEFAULT_USER"]
     assert user["RABBITMQ_USER"] == _environment(services["order-service"])["RABBITMQ_USER"]

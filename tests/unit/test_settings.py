@@ -99,3 +99,22 @@ def test_listening_beyond_loopback_with_a_default_password_is_refused(host: str)
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "localhost"])
 def test_loopback_may_keep_the_development_passwords(host: str) -> None:
     assert load_settings(bind_host=host).http.bind_host == host
+
+
+def test_a_leaf_may_come_from_the_file_its_name_FILE_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "db_password"
+    secret.write_text("from-a-file\n")
+    monkeypatch.setenv("DB_PASSWORD_FILE", str(secret))
+    monkeypatch.delenv("DB_PASSWORD", raising=False)
+    assert load_settings().db.password == "from-a-file"
+    monkeypatch.setenv("DB_PASSWORD", "from-the-environment")  # the variable itself wins
+    assert load_settings().db.password == "from-the-environment"
+
+
+def test_a_missing_secret_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("RABBITMQ_PASSWORD", raising=False)
+    monkeypatch.setenv("RABBITMQ_PASSWORD_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match="RABBITMQ_PASSWORD_FILE=.*absent"):
+        load_settings()
