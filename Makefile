@@ -7,7 +7,7 @@ SHOP := $(VENV)/bin/shop
 DEVSTACK := $(VENV)/bin/devstack
 UV := python3 -m uv
 
-.PHONY: help venv up down status run migrate test lint unit deploy-tests bench helm-tools cluster cluster-down cluster-status test-cluster
+.PHONY: help venv up down status run migrate test lint unit deploy-tests bench helm-tools cluster cluster-down cluster-status test-cluster compose-images test-compose
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,7 +64,20 @@ test: venv lint helm-tools ## set up the stack, then the whole test suite agains
 	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { echo "installing chromium and chromium-driver (the /docs browser test)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 	$(DEVSTACK) up --no-services
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not compose"
+	$(MAKE) test-compose
+
+compose-images: venv ## the local stand-ins for the official images and the app image (deploy/docker; a registry-less machine), about 3 min once
+	tools/dockerd start
+	tools/install-compose >/dev/null
+	tools/compose-images
+
+test-compose: venv ## docker compose for real: build, up --wait, the README's examples, SIGKILL under load, broker restarts, down -v (about 3 min after the first build)
+	tools/dockerd start
+	tools/install-compose >/dev/null
+	$(if $(filter official,$(COMPOSE_IMAGES)),,tools/compose-images)
+	status=0; $(if $(filter official,$(COMPOSE_IMAGES)),,COMPOSE_ENV_FILES=deploy/compose/local-images.env) \
+	  $(VENV)/bin/pytest -m compose tests/compose -s || status=$$?; tools/dockerd stop; exit $$status
 
 test-cluster: venv ## the cluster's fault tests alone (they start and stop the cluster, about 6 min; make test runs them last)
 	$(VENV)/bin/pytest -m cluster

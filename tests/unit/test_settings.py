@@ -116,5 +116,5 @@ def test_a_leaf_may_come_from_the_file_its_name_FILE_names(
 def test_a_missing_secret_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("RABBITMQ_PASSWORD", raising=False)
     monkeypatch.setenv("RABBITMQ_PASSWORD_FILE", str(tmp_path / "absent"))
-    with pytest.raises(ConfigError, match="RABBITMQ_PASSWORD_FILE=.*absent"):
+    with pytest.raises(ConfigError, match=r"RABBITMQ_PASSWORD_FILE=.*absent"):
         load_settings()
