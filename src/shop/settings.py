@@ -104,10 +104,10 @@ class Kafka(Group):
 
 class RabbitMQ(Group):
     prefix = "rabbitmq_"
-    host: str = "127.0.0.1"
-    port: int = Field(5672, ge=1, le=65535)
     user: str = "guest"
     password: str = "guest"
+    host: str = "127.0.0.1"
+    port: int = Field(5672, ge=1, le=65535)
     vhost: str = "/"
     queue: str = Field("orders", min_length=1)
     # `quorum` (the cluster): the order queue and its dead-letter queue are replicated Raft
