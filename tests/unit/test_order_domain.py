@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shop.access.verifier import Forbidden
 from shop.errors import Conflict, InvalidInput, NotFound
 from shop.events import Event
 from shop.orders import models
@@ -36,6 +37,7 @@ from shop.orders.domain import (
     Status,
     cancel_order,
     check_quantity,
+    listed_user,
     order_view,
     place_orders,
     same_order,
@@ -453,6 +455,18 @@ def test_another_users_order_is_not_found_and_its_owners_cancels() -> None:
     with pytest.raises(NotFound):
         cancel_order(order.id, order, _product(), owner=8, now=LATER)
     assert cancel_order(order.id, order, _product(), owner=7, now=LATER).changed[0].id == order.id
+
+
+def test_a_customer_lists_only_their_own_orders() -> None:
+    assert listed_user(7, None) == 7
+    assert listed_user(7, 7) == 7
+    with pytest.raises(Forbidden):
+        listed_user(7, 8)
+
+
+@pytest.mark.parametrize("user_id", [None, 7, 8])
+def test_an_admin_lists_the_orders_it_asks_for(user_id: int | None) -> None:
+    assert listed_user(None, user_id) == user_id
 
 
 def test_two_requests_are_the_same_order_when_product_and_quantity_match() -> None:

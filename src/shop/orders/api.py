@@ -88,11 +88,7 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
 
         A customer sees their own orders; `orders:admin` sees everyone's and may filter by user.
         """
-        owner = _owner(principal)
-        if owner is not None:
-            if user_id not in (None, owner):
-                raise Forbidden("You may list only your own orders.")
-            user_id = owner
+        user_id = domain.listed_user(_owner(principal), user_id)
         page, next_cursor = await service.list_orders(
             OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from shop.access.verifier import Forbidden
 from shop.errors import Conflict, InvalidInput, NotFound
 from shop.events import Event
 
@@ -159,6 +160,16 @@ def check_quantity(quantity: int, *, most: int) -> None:
 def visible_to(order: Order, owner: int | None) -> bool:
     """Whether a caller may see (and cancel) `order`: its owner, or anyone's when None (admin)."""
     return owner is None or order.user_id == owner
+
+
+def listed_user(owner: int | None, user_id: int | None) -> int | None:
+    """Whose orders a caller lists when it asks for `user_id`'s (None: anyone's): a customer
+    (`owner`) only their own, refused for another's; an admin (`owner` None) whoever it asks."""
+    if owner is None:
+        return user_id
+    if user_id not in (None, owner):
+        raise Forbidden("You may list only your own orders.")
+    return owner
 
 
 def total_too_large(price: Decimal, quantity: int) -> bool:
