@@ -237,12 +237,12 @@ async def ensure_topics(
 
 
 async def ensure_topics_best_effort(
-    _stopping: asyncio.Event, *, brokers: str, topics: Sequence[str], replication_factor: int
+    _stopping: asyncio.Event, *, kafka: Kafka, topics: Sequence[str]
 ) -> None:
     """`ensure_topics` as a background task that only warns: the broker also creates topics on
     first use, and publishers retry."""
     try:
-        await ensure_topics(brokers, topics, replication_factor=replication_factor)
+        await ensure_topics(kafka.brokers, topics, replication_factor=kafka.replication_factor)
     except Exception as exc:
         log.warning("could not ensure kafka topics %s: %s", topics, exc)
 
@@ -400,13 +400,8 @@ class KafkaBroker:
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        s = self._settings
-        ensure = partial(
-            ensure_topics_best_effort,
-            brokers=s.brokers,
-            topics=[s.topic, self._dead_letters.name],
-            replication_factor=s.replication_factor,
-        )
+        topics = [self._settings.topic, self._dead_letters.name]
+        ensure = partial(ensure_topics_best_effort, kafka=self._settings, topics=topics)
         self._tasks.start("kafka-ensure-topics", ensure)
 
     async def check(self, timeout: float) -> None:
