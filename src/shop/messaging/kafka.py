@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -155,12 +155,9 @@ class KafkaTopic:
     """The outbound port on one Kafka topic; a message's key picks its partition."""
 
     def __init__(self, publisher: KafkaPublisher, name: str) -> None:
-        self._publisher = publisher
         self.name = name
-
-    def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> Coroutine[Any, Any, None]:
-        # The publisher's coroutine itself: no extra frame on the intake path.
-        return self._publisher.publish_many(self.name, messages, timeout=timeout)
+        # `publish` is the publisher's coroutine itself: no extra frame on the intake path.
+        self.publish = partial(publisher.publish_many, name)
 
 
 class _Delivery:
