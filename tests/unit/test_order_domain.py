@@ -42,6 +42,7 @@ from shop.orders.domain import (
     place_orders,
     same_order,
     total_too_large,
+    visible,
 )
 
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -455,6 +456,14 @@ def test_another_users_order_is_not_found_and_its_owners_cancels() -> None:
     with pytest.raises(NotFound):
         cancel_order(order.id, order, _product(), owner=8, now=LATER)
     assert cancel_order(order.id, order, _product(), owner=7, now=LATER).changed[0].id == order.id
+
+
+def test_an_order_is_visible_to_its_owner_and_an_admin_only() -> None:
+    order = _confirmed_order(_product(), 1)  # user 7's
+    assert visible(order.id, order, 7) is visible(order.id, order, None) is order
+    for owner, found in ((8, order), (7, None), (None, None)):
+        with pytest.raises(NotFound):
+            visible(order.id, found, owner)
 
 
 def test_a_customer_lists_only_their_own_orders() -> None:
