@@ -89,9 +89,8 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         A customer sees their own orders; `orders:admin` sees everyone's and may filter by user.
         """
         user_id = domain.listed_user(_owner(principal), user_id)
-        page, next_cursor = await service.list_orders(
-            OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
-        )
+        query = OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
+        page, next_cursor = await service.list_orders(query)
         views = [order_view(o) for o in page]
         return JSONResponse(views, headers=next_page_link(request, next_cursor))
 
