@@ -33,7 +33,7 @@ from tenacity import AsyncRetrying, RetryError, before_sleep_log, wait_exponenti
 
 from shop.messaging.ports import Outgoing, PublishError
 from shop.settings import RabbitMQ
-from shop.supervision import Supervisor, first_of, pause
+from shop.supervision import Supervisor, first_of, pause, retrieve
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ def _closed(closing: asyncio.Future[Any]) -> asyncio.Event:
     closed = asyncio.Event()
 
     def done(future: asyncio.Future[Any]) -> None:
-        if not future.cancelled():
-            future.exception()  # a close with an error is what we wait for: retrieved
+        retrieve(future)  # a close with an error is what we wait for
         closed.set()
 
     closing.add_done_callback(done)
