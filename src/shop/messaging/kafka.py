@@ -393,6 +393,7 @@ class KafkaBroker:
     def __init__(self, settings: Kafka, *, dead_letters: KafkaTopic, deadline: float) -> None:
         self._settings, self._dead_letters = settings, dead_letters
         self._intake = KafkaPublisher(settings.brokers, delivery_timeout=deadline)
+        self.check = self._intake.check  # readiness: the intake producer reaches a broker
         self._inbound: list[KafkaInbound] = []
         self._tasks = Supervisor()
 
@@ -400,9 +401,6 @@ class KafkaBroker:
         topics = [self._settings.topic, self._dead_letters.name]
         ensure = partial(ensure_topics_best_effort, kafka=self._settings, topics=topics)
         self._tasks.start("kafka-ensure-topics", ensure)
-
-    async def check(self, timeout: float) -> None:
-        await self._intake.check(timeout)
 
     def publisher(self) -> KafkaTopic:
         return self._intake.topic(self._settings.topic)
