@@ -13,12 +13,13 @@ import functools
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.config import JsonDict
+from pydantic.functional_validators import AfterValidator, BeforeValidator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_FILE_ENV = "SHOP_CONFIG"
@@ -56,12 +57,9 @@ class Database(Group):
     recycle_seconds: float = Field(1800.0, gt=0)  # a connection is replaced after this long
     # The pause before each new try of a unit of work known not to have committed (so four
     # tries at most): a fail-over takes a few seconds. Comma-separated in the environment.
-    retry_delays_seconds: tuple[float, ...] = (0.05, 0.4, 1.5)
-
-    @field_validator("retry_delays_seconds", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        return value.split(",") if isinstance(value, str) else value
+    retry_delays_seconds: Annotated[
+        tuple[float, ...], BeforeValidator(lambda v: v.split(",") if isinstance(v, str) else v)
+    ] = (0.05, 0.4, 1.5)
 
     @property
     def url(self) -> str:
@@ -76,9 +74,17 @@ class Database(Group):
         return f"mysql+asyncmy://{account}@{self.host}:{self.port}/{self.name}?charset=utf8mb4"
 
 
+def _host_ports(value: str) -> str:
+    for broker in value.split(","):
+        host, _, port = broker.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+    return value
+
+
 class Kafka(Group):
     prefix = "kafka_"
-    brokers: str = "127.0.0.1:9092"
+    brokers: Annotated[str, AfterValidator(_host_ports)] = "127.0.0.1:9092"
     topic: str = Field("orders", min_length=1)
     product_events_topic: str = Field("product-events", min_length=1)
     order_events_topic: str = Field("order-events", min_length=1)
@@ -92,22 +98,13 @@ class Kafka(Group):
     # For a broker's tasks to stop and its intake producer to flush.
     close_seconds: float = Field(2.0, gt=0)
 
-    @field_validator("brokers")
-    @classmethod
-    def _brokers_have_ports(cls, value: str) -> str:
-        for broker in value.split(","):
-            host, _, port = broker.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
-        return value
-
 
 class RabbitMQ(Group):
     prefix = "rabbitmq_"
-    host: str = "127.0.0.1"
-    port: int = Field(5672, ge=1, le=65535)
     user: str = "guest"
     password: str = "guest"
+    host: str = "127.0.0.1"
+    port: int = Field(5672, ge=1, le=65535)
     vhost: str = "/"
     queue: str = Field("orders", min_length=1)
     # `quorum` (the cluster): the order queue and its dead-letter queue are replicated Raft

@@ -1,5 +1,6 @@
-"""Background tasks that are restarted when they crash and stopped cleanly on shutdown, and
-the one way to keep trying something until the service stops (`keep_trying`)."""
+"""Background tasks that are restarted when they crash and stopped cleanly on shutdown, the one
+way to keep trying something until the service stops (`keep_trying`), and the small waits and
+callbacks around them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tenacity
 
@@ -57,6 +58,13 @@ async def keep_trying(
         sleep=partial(clock.sleep, stopping=stopping),
         before_sleep=lambda state: on_failure(failure(state), state.upcoming_sleep),
     )(unless_stopped)
+
+
+def retrieve(future: asyncio.Future[Any]) -> None:
+    """A done callback that marks the future's failure as seen (no "never retrieved" warning):
+    for a future whose waiters may all have gone, or that no one awaits."""
+    if not future.cancelled():
+        future.exception()
 
 
 def failure(state: tenacity.RetryCallState) -> BaseException | None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shop.access.verifier import Forbidden
 from shop.errors import Conflict, InvalidInput, NotFound
 from shop.events import Event
 from shop.orders import models
@@ -36,10 +37,12 @@ from shop.orders.domain import (
     Status,
     cancel_order,
     check_quantity,
+    listed_user,
     order_view,
     place_orders,
     same_order,
     total_too_large,
+    visible,
 )
 
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -453,6 +456,26 @@ def test_another_users_order_is_not_found_and_its_owners_cancels() -> None:
     with pytest.raises(NotFound):
         cancel_order(order.id, order, _product(), owner=8, now=LATER)
     assert cancel_order(order.id, order, _product(), owner=7, now=LATER).changed[0].id == order.id
+
+
+def test_an_order_is_visible_to_its_owner_and_an_admin_only() -> None:
+    order = _confirmed_order(_product(), 1)  # user 7's
+    assert visible(order.id, order, 7) is visible(order.id, order, None) is order
+    for owner, found in ((8, order), (7, None), (None, None)):
+        with pytest.raises(NotFound):
+            visible(order.id, found, owner)
+
+
+def test_a_customer_lists_only_their_own_orders() -> None:
+    assert listed_user(7, None) == 7
+    assert listed_user(7, 7) == 7
+    with pytest.raises(Forbidden):
+        listed_user(7, 8)
+
+
+@pytest.mark.parametrize("user_id", [None, 7, 8])
+def test_an_admin_lists_the_orders_it_asks_for(user_id: int | None) -> None:
+    assert listed_user(None, user_id) == user_id
 
 
 def test_two_requests_are_the_same_order_when_product_and_quantity_match() -> None:

@@ -99,7 +99,6 @@ class KeySource(Protocol):
 
     async def key(self, kid: str | None) -> Any:
         """The key for `kid`; raises Unauthorized if there is none."""
-        ...
 
 
 class StaticKey:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -155,12 +155,9 @@ class KafkaTopic:
     """The outbound port on one Kafka topic; a message's key picks its partition."""
 
     def __init__(self, publisher: KafkaPublisher, name: str) -> None:
-        self._publisher = publisher
         self.name = name
-
-    def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> Coroutine[Any, Any, None]:
-        # The publisher's coroutine itself: no extra frame on the intake path.
-        return self._publisher.publish_many(self.name, messages, timeout=timeout)
+        # `publish` is the publisher's coroutine itself: no extra frame on the intake path.
+        self.publish = partial(publisher.publish_many, name)
 
 
 class _Delivery:
@@ -237,12 +234,12 @@ async def ensure_topics(
 
 
 async def ensure_topics_best_effort(
-    _stopping: asyncio.Event, *, brokers: str, topics: Sequence[str], replication_factor: int
+    _stopping: asyncio.Event, *, kafka: Kafka, topics: Sequence[str]
 ) -> None:
     """`ensure_topics` as a background task that only warns: the broker also creates topics on
     first use, and publishers retry."""
     try:
-        await ensure_topics(brokers, topics, replication_factor=replication_factor)
+        await ensure_topics(kafka.brokers, topics, replication_factor=kafka.replication_factor)
     except Exception as exc:
         log.warning("could not ensure kafka topics %s: %s", topics, exc)
 
@@ -396,21 +393,14 @@ class KafkaBroker:
     def __init__(self, settings: Kafka, *, dead_letters: KafkaTopic, deadline: float) -> None:
         self._settings, self._dead_letters = settings, dead_letters
         self._intake = KafkaPublisher(settings.brokers, delivery_timeout=deadline)
+        self.check = self._intake.check  # readiness: the intake producer reaches a broker
         self._inbound: list[KafkaInbound] = []
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        s = self._settings
-        ensure = partial(
-            ensure_topics_best_effort,
-            brokers=s.brokers,
-            topics=[s.topic, self._dead_letters.name],
-            replication_factor=s.replication_factor,
-        )
+        topics = [self._settings.topic, self._dead_letters.name]
+        ensure = partial(ensure_topics_best_effort, kafka=self._settings, topics=topics)
         self._tasks.start("kafka-ensure-topics", ensure)
-
-    async def check(self, timeout: float) -> None:
-        await self._intake.check(timeout)
 
     def publisher(self) -> KafkaTopic:
         return self._intake.topic(self._settings.topic)

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -33,7 +33,7 @@ from tenacity import AsyncRetrying, RetryError, before_sleep_log, wait_exponenti
 
 from shop.messaging.ports import Outgoing, PublishError
 from shop.settings import RabbitMQ
-from shop.supervision import Supervisor, first_of, pause
+from shop.supervision import Supervisor, first_of, pause, retrieve
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class RabbitBroker:
         serve = partial(_reconnecting, serve=self._publish_on, settings=self._settings)
         self._tasks.start("rabbitmq-publisher", serve)
 
-    def publisher(self) -> RabbitDestination:
-        """The outbound port to the queue (through the default exchange)."""
-        return RabbitDestination(self, exchange="", routing_key=self.topology.queue)
+    def publisher(self) -> RabbitBroker:
+        """The outbound port to the queue (through the default exchange): the broker itself."""
+        return self
 
     def consumer(self, batch_size: int) -> RabbitInbound:
         """A consumer with `batch_size` deliveries in flight, on a connection of its own."""
@@ -192,9 +192,12 @@ class RabbitBroker:
             self._renew_after = loop.time() + self._settings.renew_channel_seconds
 
     async def publish(
-        self, messages: Sequence[Outgoing], *, exchange: str, routing_key: str, timeout: float
+        self, messages: Sequence[Outgoing], *, timeout: float, dead_letters: bool = False
     ) -> None:
-        """Publish persistent messages (mandatory) and wait for every confirm, or raise."""
+        """Publish persistent messages (mandatory) to the queue, or with `dead_letters` to its
+        dead-letter queue, and wait for every confirm, or raise."""
+        t = self.topology  # Q through the default exchange, or Q.dlq through Q.dlx
+        exchange, routing_key = (t.dlx, t.dlq) if dead_letters else ("", t.queue)
         channel = self._channel
         if channel is None:
             raise PublishError("not connected to RabbitMQ")
@@ -237,8 +240,7 @@ def _closed(closing: asyncio.Future[Any]) -> asyncio.Event:
     closed = asyncio.Event()
 
     def done(future: asyncio.Future[Any]) -> None:
-        if not future.cancelled():
-            future.exception()  # a close with an error is what we wait for: retrieved
+        retrieve(future)  # a close with an error is what we wait for
         closed.set()
 
     closing.add_done_callback(done)
@@ -271,21 +273,6 @@ async def _publish(
         properties=properties,
         mandatory=True,
     )
-
-
-class RabbitDestination:
-    """The outbound port to one queue, through an exchange, on the publishing connection."""
-
-    def __init__(self, broker: RabbitBroker, *, exchange: str, routing_key: str) -> None:
-        self._broker = broker
-        self._exchange = exchange
-        self._routing_key = routing_key
-
-    def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> Coroutine[Any, Any, None]:
-        # The broker's coroutine itself: no extra frame on the intake path.
-        return self._broker.publish(
-            messages, exchange=self._exchange, routing_key=self._routing_key, timeout=timeout
-        )
 
 
 class RabbitInbound:
@@ -389,8 +376,7 @@ class RabbitInbound:
     async def dead_letter(self, delivery: DeliveredMessage, reason: str) -> None:
         message_id = delivery.header.properties.message_id or ""
         dead = Outgoing(message_id, delivery.body, {"x-reason": reason})
-        t = self.topology  # to Q.dlq through Q.dlx
-        await self._broker.publish([dead], exchange=t.dlx, routing_key=t.dlq, timeout=self._timeout)
+        await self._broker.publish([dead], timeout=self._timeout, dead_letters=True)
         # If its channel closed meanwhile, there is nothing to ack: it comes again, and goes to
         # the DLQ again.
         await self.ack([delivery])

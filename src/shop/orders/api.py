@@ -88,14 +88,9 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
 
         A customer sees their own orders; `orders:admin` sees everyone's and may filter by user.
         """
-        owner = _owner(principal)
-        if owner is not None:
-            if user_id not in (None, owner):
-                raise Forbidden("You may list only your own orders.")
-            user_id = owner
-        page, next_cursor = await service.list_orders(
-            OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
-        )
+        user_id = domain.listed_user(_owner(principal), user_id)
+        query = OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
+        page, next_cursor = await service.list_orders(query)
         views = [order_view(o) for o in page]
         return JSONResponse(views, headers=next_page_link(request, next_cursor))
 

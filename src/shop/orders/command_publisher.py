@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from shop.errors import Unavailable
 from shop.messaging.ports import Outbound, Outgoing, PublishError
 from shop.orders.models import OrderCommand
+from shop.settings import Orders
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +30,16 @@ class BrokerCommands:
 
     outbound: Outbound
     broker: str  # its name in a 503's text
-    deadline: float
-    retry_after: int
     key: Callable[[OrderCommand], str]
+    settings: Orders  # the confirm's deadline, and the Retry-After of a 503
 
     async def publish_command(self, command: OrderCommand) -> None:
         message = Outgoing(self.key(command), command.model_dump_json().encode())
         try:
-            await self.outbound.publish([message], timeout=self.deadline)
+            await self.outbound.publish([message], timeout=self.settings.broker_deadline_seconds)
         except PublishError as exc:
             log.warning("%s did not confirm order %s: %s", self.broker, command.id, exc)
             raise Unavailable(
                 f"{self.broker} did not confirm the order in time ({exc}); nothing was accepted.",
-                retry_after=self.retry_after,
+                retry_after=self.settings.broker_retry_after_seconds,
             ) from exc

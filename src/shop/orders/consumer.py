@@ -122,9 +122,7 @@ async def run_order_consumer(
                 log.warning(
                     "%s consumer: %s failed (%r); retrying in %.1fs", channel, what, exc, delay
                 )
-            if stopping.is_set():
-                return False
-            await pause(stopping, delay)
+            await pause(stopping, delay)  # none when stopping is set already
             if stopping.is_set():
                 return False
             delay = min(delay * 2, settings.consumer_retry_max_seconds)

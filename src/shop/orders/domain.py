@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from shop.access.verifier import Forbidden
 from shop.errors import Conflict, InvalidInput, NotFound
 from shop.events import Event
 
@@ -156,9 +157,22 @@ def check_quantity(quantity: int, *, most: int) -> None:
         raise InvalidInput(f"An order may be for at most {most} unit(s).", field="quantity")
 
 
-def visible_to(order: Order, owner: int | None) -> bool:
-    """Whether a caller may see (and cancel) `order`: its owner, or anyone's when None (admin)."""
-    return owner is None or order.user_id == owner
+def visible(order_id: uuid.UUID, order: Order | None, owner: int | None) -> Order:
+    """The order with this id, if the caller may see (and cancel) it: its owner, or anyone when
+    `owner` is None (admin). To anyone else, as when there is none, it does not exist."""
+    if order is None or (owner is not None and order.user_id != owner):
+        raise NotFound(f"No order with id {order_id}.")
+    return order
+
+
+def listed_user(owner: int | None, user_id: int | None) -> int | None:
+    """Whose orders a caller lists when it asks for `user_id`'s (None: anyone's): a customer
+    (`owner`) only their own, refused for another's; an admin (`owner` None) whoever it asks."""
+    if owner is None:
+        return user_id
+    if user_id not in (None, owner):
+        raise Forbidden("You may list only your own orders.")
+    return owner
 
 
 def total_too_large(price: Decimal, quantity: int) -> bool:
@@ -207,8 +221,7 @@ def cancel_order(
 ) -> Decision:
     """Cancel a confirmed order and give its units back to tracked stock; to anyone but its
     owner (or an admin: `owner` None) the order does not exist."""
-    if order is None or not visible_to(order, owner):
-        raise NotFound(f"No order with id {order_id}.")
+    order = visible(order_id, order, owner)
     if order.status != "confirmed":
         raise Conflict(f"Order {order.id} is {order.status}; only confirmed orders cancel.")
     cancelled = dataclasses.replace(

@@ -23,7 +23,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from shop import jsonutil
-from shop.errors import IdempotencyMismatch, InvalidInput, NotFound, OutOfStock
+from shop.errors import IdempotencyMismatch, InvalidInput, OutOfStock
 from shop.ids import uuid7
 from shop.orders import domain
 from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome
@@ -276,10 +276,7 @@ class OrderService:
     async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> Order:
         """One order (also under the id an asynchronous retry of it was given), or NotFound;
         with an `owner`, another user's order is NotFound too."""
-        order = await self._store.get(order_id)
-        if order is None or not domain.visible_to(order, owner):
-            raise NotFound(f"No order with id {order_id}.")
-        return order
+        return domain.visible(order_id, await self._store.get(order_id), owner)
 
     async def list_orders(self, query: OrderQuery) -> tuple[list[Order], str | None]:
         """A page of orders and the cursor of the next page, if any."""

@@ -78,12 +78,8 @@ def router(service: ProductService, auth: Authenticator) -> APIRouter:
     ) -> Response:
         """Create a product (scope `products:write`)."""
         answer = await service.create_product(body, owner=principal.subject, idempotency_key=key)
-        return Response(
-            answer.body,
-            status_code=answer.status,
-            media_type="application/json",
-            headers={"Location": f"/products/{jsonutil.loads(answer.body)['id']}"},
-        )
+        location = f"/products/{jsonutil.loads(answer.body)['id']}".encode()
+        return as_response(Reply(answer.status, answer.body, ((b"location", location),)))
 
     @api.get(
         "/{product_id}",

@@ -15,12 +15,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from cachetools import TTLCache
 
 from shop.products.domain import ProductQuery
 from shop.storage.write_counter import Generation
+from shop.supervision import retrieve
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ class PageCache:
         loading = self._loading.get(query)
         if loading is None or loading[0] != writes:
             future = asyncio.ensure_future(self._load_shared(query, writes))
-            future.add_done_callback(_retrieved)
+            future.add_done_callback(retrieve)  # a failure went to every waiter left, if any
             loading = self._loading[query] = (writes, future)
         # Shielded: a caller that goes away does not cancel the load the others wait for.
         return await asyncio.shield(loading[1])
@@ -87,9 +87,3 @@ class PageCache:
         """A product changed: pages cached or being loaded before now are stale, in every worker."""
         self._writes.bump()
         self._pages.clear()
-
-
-def _retrieved(load: asyncio.Future[Any]) -> None:
-    """Mark a shared load's failure as seen; every waiter got it already, if any was left."""
-    if not load.cancelled():
-        load.exception()

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from shop import jsonutil
 from shop.errors import NotFound
 from shop.products import domain
-from shop.products.domain import ProductQuery, ProductView, Versioned
+from shop.products.domain import ProductQuery, ProductView
 from shop.products.models import ProductCreate
 from shop.products.page_cache import Page, PageCache
-from shop.products.repository import KeyTaken, ProductStore, ProductWrites
+from shop.products.repository import KeyTaken, ProductStore
 from shop.settings import Products
 from shop.storage import idempotency
 from shop.storage.write_counter import Generation
+
+T = TypeVar("T")
 
 
 class ProductService:
@@ -88,10 +90,7 @@ class ProductService:
 
     async def get_product(self, product_id: int) -> ProductView:
         """One product, or NotFound."""
-        product = await self._store.get(product_id)
-        if product is None:
-            raise NotFound(f"No product with id {product_id}.")
-        return product
+        return _found(product_id, await self._store.get(product_id))
 
     def list_products_json(self, query: ProductQuery) -> Coroutine[Any, Any, Page]:
         """A page as JSON, from a short-lived per-process cache when it is fresh."""
@@ -111,7 +110,7 @@ class ProductService:
     async def update_product(self, product_id: int, changes: Mapping[str, Any]) -> ProductView:
         """Apply `changes` (a PATCH or a full PUT) and emit `product.updated`."""
         async with self._store.transaction() as tx:
-            current = await _locked(tx, product_id)
+            current = _found(product_id, await tx.lock(product_id))
             after = current.changed(changes, jsonutil.utcnow())
             if after is None:
                 return current.product
@@ -123,14 +122,14 @@ class ProductService:
     async def delete_product(self, product_id: int) -> None:
         """Remove a product and emit `product.deleted`; orders keep their own copy of the price."""
         async with self._store.transaction() as tx:
-            current = await _locked(tx, product_id)
+            current = _found(product_id, await tx.lock(product_id))
             await tx.delete(product_id)
             await tx.add_event(domain.deleted(current))
         self._changed()
 
 
-async def _locked(tx: ProductWrites, product_id: int) -> Versioned:
-    product = await tx.lock(product_id)
+def _found(product_id: int, product: T | None) -> T:
+    """The product (read, or locked), or NotFound when there is none."""
     if product is None:
         raise NotFound(f"No product with id {product_id}.")
     return product

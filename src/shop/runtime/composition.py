@@ -59,15 +59,10 @@ class Runtime:
         self.brokers: list[Broker] = []
 
     def start(self) -> None:
-        self.supervisor.start(
-            "ensure-topics",
-            partial(
-                ensure_topics_best_effort,
-                brokers=self.settings.kafka.brokers,
-                topics=[self.events_topic],
-                replication_factor=self.settings.kafka.replication_factor,
-            ),
+        ensure = partial(
+            ensure_topics_best_effort, kafka=self.settings.kafka, topics=[self.events_topic]
         )
+        self.supervisor.start("ensure-topics", ensure)
         if self.settings.outbox.relay_enabled:
             self.supervisor.start("outbox-relay", self.relay.run)
             self.supervisor.start("outbox-purge", self.relay.published.run)

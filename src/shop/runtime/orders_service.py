@@ -81,10 +81,7 @@ class OrderRuntime(Runtime):
 
 def _commands(broker: Broker, s: Settings) -> BrokerCommands:
     title, key = COMMANDS[broker.name]
-    deadline, retry_after = s.orders.broker_deadline_seconds, s.orders.broker_retry_after_seconds
-    return BrokerCommands(
-        broker.publisher(), broker=title, deadline=deadline, retry_after=retry_after, key=key
-    )
+    return BrokerCommands(broker.publisher(), broker=title, key=key, settings=s.orders)
 
 
 def orders_app(settings: Settings | None = None) -> FastAPI:

@@ -12,9 +12,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from shop.errors import Unavailable
+from shop.supervision import retrieve
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Coalescer(Generic[Req, Res]):
         loop = asyncio.get_running_loop()
         entry: _Entry[Req, Res] = _Entry(request, loop.create_future())
         # Retrieve the outcome even if our caller went away, so no "never retrieved" warning.
-        entry.future.add_done_callback(_consume)
+        entry.future.add_done_callback(retrieve)
         entry.expiry = loop.call_later(self._timeout, self._expire, entry)
         self._pending.append(entry)
         self._wake()
@@ -130,8 +131,3 @@ class Coalescer(Generic[Req, Res]):
                 entry.future.set_exception(outcome)
             else:
                 entry.future.set_result(outcome)
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

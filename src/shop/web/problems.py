@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 
 from shop import jsonutil
-from shop.errors import DomainError
+from shop.errors import DomainError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,8 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 async def _on_database_down(request: Request, exc: Exception) -> Response:
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return problem(
-        503,
-        "Service unavailable",
-        "The database did not answer; retry shortly.",
-        type_="/problems/unavailable",
-        headers={"Retry-After": "2"},
-    )
+    unavailable = Unavailable("The database did not answer; retry shortly.", retry_after=2)
+    return await _on_domain_error(request, unavailable)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
