@@ -177,6 +177,24 @@ async def test_more_than_the_quantity_limit_is_refused_on_every_intake(shop: Sho
     assert (await shop.place(2, MOST)).quantity == MOST
 
 
+async def test_a_command_over_the_quantity_limit_is_refused_for_the_dead_letters(
+    shop: Shop,
+) -> None:
+    # Put straight on the broker, not through intake: checked as intake checks a body.
+    over, valid, at_most = _command(2, MOST + 1), _command(2, 1), _command(2, MOST)
+    verdicts = await shop.consume([over, valid, at_most])
+    assert verdicts[1:] == [None, None]
+    assert verdicts[0] == (
+        f"invalid order command: quantity: An order may be for at most {MOST} unit(s)."
+    )
+    assert set(shop.store.orders) == {valid.id, at_most.id}
+    assert all(e.data["id"] != str(over.id) for e in shop.store.events)
+    # Alone, nothing is stored at all (no unit of work).
+    units = shop.store.units
+    assert await shop.consume([_command(1, MOST + 1, key="k")]) == [verdicts[0]]
+    assert (shop.store.units, shop.store.keys) == (units, {})
+
+
 async def test_a_consumer_batch_stores_confirmed_and_rejected_orders(shop: Shop) -> None:
     batch = [_command(1, 4), _command(1, 4), _command(99, 1), _command(2, 1)]
     assert await shop.consume(batch) == [None] * 4

@@ -16,7 +16,7 @@ from shop.orders import domain
 from shop.orders.domain import AsyncChannel, Channel, OrderStatus, order_view
 from shop.orders.models import Accepted, Order, PlaceOrder
 from shop.orders.service import OrderQuery
-from shop.storage.idempotency import MAX_KEY_LENGTH
+from shop.storage.idempotency import is_key
 from shop.web import openapi as doc
 from shop.web.dependencies import IdempotencyKey
 from shop.web.fastpath.routes import LeanRoute, Reply, as_response, is_json, single_headers
@@ -209,7 +209,7 @@ def _plain_order(scope: Scope, body: bytes) -> PlainOrder | None:
     key = None
     if b"idempotency-key" in headers:
         key = headers[b"idempotency-key"].decode("latin-1")
-        if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        if not is_key(key):
             return None
     authorization = headers.get(b"authorization")
     try:

@@ -139,7 +139,7 @@ class OrderService:
 
         Concurrent calls are stored together, one transaction per batch (see group_commit).
         """
-        domain.check_quantity(order.quantity, most=self._max_quantity)
+        self._check(order)
         key = order_key(order.user_id, idempotency_key)
         request = OrderRequest(
             uuid7(), order.user_id, order.product_id, order.quantity, "sync", key
@@ -150,13 +150,29 @@ class OrderService:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
         await self._sync_orders.run(stopping)
 
+    def _check(self, order: PlaceOrder) -> None:
+        """What an order must meet beyond its fields' types, checked at intake and again for
+        every command a consumer reads: at most MAX_ORDER_QUANTITY units. InvalidInput if not."""
+        domain.check_quantity(order.quantity, most=self._max_quantity)
+
+    def _refusal(self, command: OrderCommand) -> str | None:
+        """Why a command may not be placed (as its body would have been refused at intake), to
+        dead-letter it with; None when it may."""
+        try:
+            self._check(command)
+        except InvalidInput as exc:
+            return f"invalid order command: {exc.field}: {exc.detail}"[:500]
+        return None
+
     async def process_order_batch(self, commands: Sequence[OrderCommand]) -> list[str | None]:
         """Store a batch of commands: per command None (stored, now or before) or the reason to
-        dead-letter it (the database refuses it). Raises only when the database is unreachable.
+        dead-letter it (intake would have refused it, or the database refuses it); a refused
+        command is not stored. Raises only when the database is unreachable.
         """
         if not commands:
             return []
         BATCH_SIZE.labels(commands[0].channel).observe(len(commands))
+        verdicts = [self._refusal(c) for c in commands]
         requests = [
             OrderRequest(
                 order_id=c.id,
@@ -166,13 +182,16 @@ class OrderService:
                 channel=c.channel,
                 key=order_key(c.user_id, c.idempotency_key),
             )
-            for c in commands
+            for c, refused in zip(commands, verdicts, strict=True)
+            if refused is None
         ]
-        outcomes = await self._place_isolated(requests)
-        return [
-            f"refused by the database: {o}"[:500] if isinstance(o, Exception) else None
-            for o in outcomes
-        ]
+        outcomes = iter(await self._place_isolated(requests) if requests else ())
+        for i, refused in enumerate(verdicts):
+            if refused is None:
+                outcome = next(outcomes)
+                if isinstance(outcome, Exception):
+                    verdicts[i] = f"refused by the database: {outcome}"[:500]
+        return verdicts
 
     async def _place_isolated(self, requests: Sequence[OrderRequest]) -> list[Outcome | Exception]:
         """Place a batch; if the database refuses it, halve it until the refused requests are
@@ -226,7 +245,7 @@ class OrderService:
         self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
     ) -> Accepted:
         """Hand the order to a broker; it is stored when a consumer processes the command."""
-        domain.check_quantity(order.quantity, most=self._max_quantity)
+        self._check(order)
         price = await self._prices.get(order.product_id)
         if price is not None and domain.total_too_large(price, order.quantity):
             raise _too_large(order.quantity)
