@@ -4,7 +4,7 @@ The invariants (ARCHITECTURE.md section 6) are checked after each failure: every
 201/202 is stored exactly once, nothing is stored that nobody sent, and for the product
 `initial stock == current stock + units in confirmed orders` with stock never below zero.
 Requests carry an Idempotency-Key, so the test knows the id of every order it *tried* (the id
-is derived from user and key), not only of those it was told were accepted.
+is derived from caller, user and key), not only of those it was told were accepted.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import devstack as stack
 from devstack.settings import StackSettings
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
-from tests.conftest import OPERATOR, RUN, STACK, TEST_ENV
+from tests.conftest import OPERATOR, OPERATOR_SUBJECT, RUN, STACK, TEST_ENV
 from tests.e2e.orders_support import (
     dead_letters_in_queue,
     dead_letters_on_topic,
@@ -57,10 +57,11 @@ def _user() -> int:
 
 
 async def _ids_for(database: AsyncEngine, keys: set[tuple[int, str]]) -> set[str]:
-    """The order ids that these (user, Idempotency-Key) pairs were given at intake."""
+    """The order ids that these (user, Idempotency-Key) pairs, sent by the operator, were given
+    at intake."""
     if not keys:
         return set()
-    hashes = [order_key(user_id, key) for user_id, key in keys]
+    hashes = [order_key(OPERATOR_SUBJECT, user_id, key) for user_id, key in keys]
     async with database.connect() as conn:
         rows = await conn.execute(
             select(order_keys.c.order_id).where(order_keys.c.key_hash.in_(hashes))

@@ -47,7 +47,9 @@ MAX_BODY = 2048
 class FakeOrders:
     """Answers by the quantity: some quantities stand for each way a placement fails."""
 
-    def _decide(self, order: PlaceOrder, channel: AsyncChannel | None, key: str | None) -> Accepted:
+    def _decide(
+        self, order: PlaceOrder, channel: AsyncChannel | None, caller: str, key: str | None
+    ) -> Accepted:
         failures: dict[int, Exception] = {
             13: OperationalError("INSERT", {}, Exception("gone away")),
             14: Unavailable("Kafka did not confirm the order in time.", retry_after=2),
@@ -58,16 +60,16 @@ class FakeOrders:
             raise failures[order.quantity]
         if order.quantity >= 500:
             raise OutOfStock(f"Only 499 left of product {order.product_id}.")
-        seed = f"{order.user_id}/{order.product_id}/{order.quantity}/{channel}/{key}"
+        seed = f"{order.user_id}/{order.product_id}/{order.quantity}/{channel}/{caller}/{key}"
         order_id = uuid.uuid5(uuid.NAMESPACE_URL, seed)
         return Accepted(
             order_id, "pending", order.user_id, order.product_id, order.quantity, channel or "kafka"
         )
 
     async def place_order(
-        self, order: PlaceOrder, *, idempotency_key: str | None = None
+        self, order: PlaceOrder, *, caller: str, idempotency_key: str | None = None
     ) -> domain.Order:
-        pending = self._decide(order, None, idempotency_key)
+        pending = self._decide(order, None, caller, idempotency_key)
         return domain.Order(
             id=pending.id,
             user_id=order.user_id,
@@ -84,9 +86,14 @@ class FakeOrders:
         )
 
     async def accept_order(
-        self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
+        self,
+        order: PlaceOrder,
+        *,
+        channel: AsyncChannel,
+        caller: str,
+        idempotency_key: str | None = None,
     ) -> Accepted:
-        return self._decide(order, channel, idempotency_key)
+        return self._decide(order, channel, caller, idempotency_key)
 
     async def list_orders(self, query: OrderQuery) -> tuple[list[domain.Order], str | None]:
         return [], None

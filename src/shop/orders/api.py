@@ -33,11 +33,16 @@ class Orders(Protocol):
     async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
 
     async def place_order(
-        self, order: PlaceOrder, *, idempotency_key: str | None = None
+        self, order: PlaceOrder, *, caller: str, idempotency_key: str | None = None
     ) -> domain.Order: ...
 
     async def accept_order(
-        self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
+        self,
+        order: PlaceOrder,
+        *,
+        channel: AsyncChannel,
+        caller: str,
+        idempotency_key: str | None = None,
     ) -> Accepted: ...
 
     async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
@@ -182,17 +187,21 @@ async def _intake(
     channel: Channel,
     key: str | None,
 ) -> Reply:
-    """An order's answer (sync: placed now; else accepted), for its FastAPI and lean routes."""
+    """An order's answer (sync: placed now; else accepted), for its FastAPI and lean routes.
+    The key is the caller's (the token's subject) for the order's user."""
     # A customer orders as themselves, within their rate; orders:admin for anyone, unlimited.
     owner = _owner(principal)
     if owner is not None:
         if order.user_id != owner:
             raise Forbidden("An order's user_id must be the token's user.")
         limiter.take(owner)
+    caller = principal.subject
     if channel == "sync":
-        view = order_view(await service.place_order(order, idempotency_key=key))
+        view = order_view(await service.place_order(order, caller=caller, idempotency_key=key))
         return _reply(201, view["id"], view)
-    accepted = await service.accept_order(order, channel=channel, idempotency_key=key)
+    accepted = await service.accept_order(
+        order, channel=channel, caller=caller, idempotency_key=key
+    )
     return _reply(202, str(accepted.id), accepted)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from shop.access.verifier import MAX_TOKEN_LENGTH
 from shop.fields import Amount, EntityId, Quantity
 from shop.orders.domain import AsyncChannel, Channel, OrderStatus
 from shop.storage.idempotency import KeyText
@@ -41,6 +42,9 @@ class OrderCommand(PlaceOrder):
     accepted_at: dt.datetime
     # The client's Idempotency-Key: a retry under it collapses into the first order.
     idempotency_key: KeyText | None = None
+    # Who sent it (the token's subject): a key is the caller's for the order's user. None: an
+    # intake that did not say yet published it (its key is the user's alone, as it then was).
+    caller: Annotated[str, StringConstraints(max_length=MAX_TOKEN_LENGTH)] | None = None
 
 
 class Order(BaseModel):

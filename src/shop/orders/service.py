@@ -65,11 +65,22 @@ class OrderQuery:
     status: str | None = None
 
 
-def order_key(user_id: int, idempotency_key: str | None) -> bytes | None:
-    """A user's Idempotency-Key as stored: hashed with the user (two users may pick one key)."""
+def order_key(caller: str | None, user_id: int, idempotency_key: str | None) -> bytes | None:
+    """An Idempotency-Key as stored: hashed with the caller who sent it (the token's subject)
+    and the order's user, so that keys never meet across callers, nor across the users one
+    caller orders for (an admin ordering for user 5 and user 5 themselves never share one).
+
+    A `caller` of None is a command published before intake named its caller: its key was
+    claimed under the user alone, and is looked up so.
+    """
     if idempotency_key is None:
         return None
-    return hashlib.sha256(f"order\x1f{user_id}\x1f{idempotency_key}".encode()).digest()
+    if caller is None:
+        scope = f"order\x1f{user_id}"
+    else:  # the caller's length first: a subject may hold any character
+        scope = f"order\x1f{len(caller)}:{caller}\x1f{user_id}"
+    text = f"{scope}\x1f{idempotency_key}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def _answer(outcome: Outcome) -> Order:
@@ -134,13 +145,16 @@ class OrderService:
         )
         self._prices = prices
 
-    async def place_order(self, order: PlaceOrder, *, idempotency_key: str | None = None) -> Order:
+    async def place_order(
+        self, order: PlaceOrder, *, caller: str, idempotency_key: str | None = None
+    ) -> Order:
         """Reserve stock and store a confirmed order now; OutOfStock when there is too little.
+        `caller` (the token's subject) and the order's user scope the key.
 
         Concurrent calls are stored together, one transaction per batch (see group_commit).
         """
         self._check(order)
-        key = order_key(order.user_id, idempotency_key)
+        key = order_key(caller, order.user_id, idempotency_key)
         request = OrderRequest(
             uuid7(), order.user_id, order.product_id, order.quantity, "sync", key
         )
@@ -180,7 +194,7 @@ class OrderService:
                 product_id=c.product_id,
                 quantity=c.quantity,
                 channel=c.channel,
-                key=order_key(c.user_id, c.idempotency_key),
+                key=order_key(c.caller, c.user_id, c.idempotency_key),
             )
             for c, refused in zip(commands, verdicts, strict=True)
             if refused is None
@@ -242,15 +256,21 @@ class OrderService:
         self._on_event()
 
     async def accept_order(
-        self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
+        self,
+        order: PlaceOrder,
+        *,
+        channel: AsyncChannel,
+        caller: str,
+        idempotency_key: str | None = None,
     ) -> Accepted:
-        """Hand the order to a broker; it is stored when a consumer processes the command."""
+        """Hand the order to a broker; it is stored when a consumer processes the command.
+        `caller` (the token's subject) and the order's user scope the key."""
         self._check(order)
         price = await self._prices.get(order.product_id)
         if price is not None and domain.total_too_large(price, order.quantity):
             raise _too_large(order.quantity)
         order_id = uuid7()
-        key = order_key(order.user_id, idempotency_key)
+        key = order_key(caller, order.user_id, idempotency_key)
         if key is not None:
             order_id = await self._claim(key, order_id, order)
         # Built without validating again: `order` was validated on the way in (2.2 us a request).
@@ -262,6 +282,7 @@ class OrderService:
             channel=channel,
             accepted_at=dt.datetime.now(dt.UTC),
             idempotency_key=idempotency_key,
+            caller=caller,
         )
         await self._publishers[channel].publish_command(command)
         ORDERS_ACCEPTED.labels(channel).inc()
