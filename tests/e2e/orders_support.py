@@ -79,6 +79,7 @@ async def all_pages(orders: httpx.AsyncClient, url: str) -> list[str]:
         seen += [o["id"] for o in page.json()]
         link = page.headers.get("link")
         next_url = link[link.index("<") + 1 : link.index(">")] if link else None
+        assert next_url is None or next_url.startswith("/orders?"), "not a relative link"
     return seen
 
 

@@ -97,7 +97,7 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         query = OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
         page, next_cursor = await service.list_orders(query)
         views = [order_view(o) for o in page]
-        return JSONResponse(views, headers=next_page_link(request, next_cursor))
+        return JSONResponse(views, headers=next_page_link(request.scope, next_cursor))
 
     @api.get(
         "/{order_id}",

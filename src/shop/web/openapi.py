@@ -47,7 +47,10 @@ RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying.")}
 CHALLENGE = {"WWW-Authenticate": _header("The bearer challenge (RFC 6750), with the error.")}
 LOCATION = {"Location": _header("Where the order or product can be read.")}
 NEXT_PAGE = {
-    "Link": _header('The next page, `<url>; rel="next"`, if there is one.', required=False)
+    "Link": _header(
+        'The next page, `</path?query>; rel="next"` (relative to this request\'s URL), if any.',
+        required=False,
+    )
 }
 
 _REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {

@@ -1,0 +1,72 @@
+"""Details of the HTTP answers both services share (issue 22): next-page links are relative,
+a 405 says what is allowed, and `/readyz` names what fails without the exception's text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from shop.access.rate_limit import RateLimiter
+from shop.orders import api as order_api
+from shop.products import api as product_api
+from shop.settings import Http
+from shop.web import app_factory, health
+from shop.web.problems import next_page_link
+from tests.tokens import Issuer
+from tests.unit.test_lean import FakeOrders, products_in_memory
+
+ISSUER = Issuer()
+
+
+def _app(checks: Mapping[str, health.HealthCheck] | None = None) -> FastAPI:
+    """Both services' routes in one app as the services build theirs: the lean routes in
+    front of the FastAPI routes, the health routes beside them."""
+    orders, products, auth = FakeOrders(), products_in_memory(), ISSUER.authenticator()
+    limiter = RateLimiter(rate=1000, burst=1000)
+    app = app_factory.new_app(
+        "test",
+        service="answers-test",
+        http=Http(),
+        lean=[*order_api.lean_routes(orders, auth, limiter), *product_api.lean_routes(products)],
+    )
+    app.include_router(health.health_router(lambda: checks or {}, timeout=1.0))
+    app.include_router(order_api.router(orders, auth, limiter))
+    app.include_router(product_api.router(products, auth))
+    return app
+
+
+async def _send(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+        return await client.request(method, url, **kwargs)
+
+
+# --- Link: rel="next" ------------------------------------------------------------------------
+
+
+def test_the_next_page_link_is_the_requests_path_and_query_with_the_cursor() -> None:
+    scope = {
+        "path": "/products",
+        "query_string": b"limit=2&name=a%20b&cursor=old",
+        "headers": [(b"host", b"evil.example:8443")],
+    }
+    link = next_page_link(scope, "cDI")
+    assert link == {"Link": '</products?limit=2&name=a+b&cursor=cDI>; rel="next"'}
+    assert next_page_link(scope, None) == {}
+
+
+@pytest.mark.parametrize("host", ["shop.test", "evil.example:8443", "x/../y"])
+async def test_a_list_links_its_next_page_relatively_whatever_the_host(host: str) -> None:
+    app = _app()
+    # The lean route (limit alone) and FastAPI's (with a name filter) alike.
+    for query in ("limit=2", "limit=2&name=chair"):
+        answer = await _send(app, "GET", f"/products?{query}", headers={"Host": host})
+        assert answer.status_code == 200, answer.text
+        link = answer.headers["link"]
+        assert link.startswith(f"</products?{query}&cursor="), link
+        assert link.endswith('>; rel="next"')
+        assert host not in link
