@@ -70,3 +70,58 @@ async def test_a_list_links_its_next_page_relatively_whatever_the_host(host: str
         assert link.startswith(f"</products?{query}&cursor="), link
         assert link.endswith('>; rel="next"')
         assert host not in link
+
+
+# --- 405 Method Not Allowed: Allow ----------------------------------------------------------
+
+# (method, path, what Allow lists): every method some route answers on the path, not only the
+# first route's; the lean routes' paths (/orders/sync, /orders/async/*, /products) included.
+NOT_ALLOWED = [
+    ("DELETE", "/products", "GET, POST"),
+    ("HEAD", "/products", "GET, POST"),
+    ("POST", "/products/7", "DELETE, GET, PATCH, PUT"),
+    ("PUT", "/orders/sync", "GET, POST"),  # GET: /orders/{order_id} takes "sync" (then 422)
+    ("DELETE", "/orders/async/kafka", "POST"),
+    ("PATCH", "/orders/async/rabbitmq", "POST"),
+    ("POST", "/orders", "GET"),
+    ("GET", "/orders/0191e0a8-0000-7000-8000-000000000000/cancel", "POST"),
+    ("POST", "/readyz", "GET"),
+    ("DELETE", "/openapi.json", "GET, HEAD"),
+    ("POST", "/docs/assets/swagger-ui.css", "GET, HEAD"),  # the mounted StaticFiles
+]
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), NOT_ALLOWED)
+async def test_a_405_lists_every_method_the_path_answers(
+    method: str, path: str, allow: str
+) -> None:
+    answer = await _send(_app(), method, path, json={})
+    assert answer.status_code == 405, answer.text
+    assert answer.headers["allow"] == allow
+    assert answer.headers["content-type"] == "application/problem+json"
+    if method != "HEAD":
+        assert answer.json()["status"] == 405
+
+
+async def test_a_path_only_a_lean_route_answers_is_405_for_another_method() -> None:
+    """Without FastAPI's twin of a lean route, its path is known all the same: 405, not 404."""
+    auth, limiter = ISSUER.authenticator(), RateLimiter(rate=1000, burst=1000)
+    lean_only = app_factory.new_app(
+        "test",
+        service="answers-test",
+        http=Http(),
+        lean=order_api.lean_routes(FakeOrders(), auth, limiter),
+    )
+    answer = await _send(lean_only, "GET", "/orders/async/kafka")
+    assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
+    assert (await _send(lean_only, "GET", "/orders/async/other")).status_code == 404
+    # The lean route's own method, not plain for it, still finds no route: 404 as before.
+    refused = await _send(lean_only, "POST", "/orders/async/kafka", json={"quantity": 0})
+    assert refused.status_code == 404
+    assert "allow" not in refused.headers
+
+
+async def test_a_path_no_route_answers_is_still_404_without_allow() -> None:
+    answer = await _send(_app(), "DELETE", "/nowhere")
+    assert answer.status_code == 404
+    assert "allow" not in answer.headers

@@ -23,6 +23,7 @@ from starlette.types import Scope
 
 from shop import jsonutil
 from shop.errors import DomainError, Unavailable
+from shop.web.fastpath.routes import allowed_methods
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,16 @@ def status_problem(status: int, detail: str, headers: Mapping[str, str] | None =
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return status_problem(exc.status_code, str(exc.detail), exc.headers)
+    status, detail, headers = exc.status_code, str(exc.detail), exc.headers
+    if status in (404, 405):
+        # Allow lists every method answered on the path, not only the first route's (the
+        # router's), lean routes included; a path only a lean route answers, asked with another
+        # method, is a 405 too, not a 404 (RFC 9110 sections 10.2.1 and 15.5.6).
+        allowed = allowed_methods(request.scope)
+        if status == 405 or (allowed and request.method not in allowed):
+            status, detail = 405, "Method Not Allowed"
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    return status_problem(status, detail, headers)
 
 
 async def _on_database_down(request: Request, exc: Exception) -> Response:
