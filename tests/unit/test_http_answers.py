@@ -3,12 +3,15 @@ a 405 says what is allowed, and `/readyz` names what fails without the exception
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 
 from shop.access.rate_limit import RateLimiter
 from shop.orders import api as order_api
@@ -22,7 +25,7 @@ from tests.unit.test_lean import FakeOrders, products_in_memory
 ISSUER = Issuer()
 
 
-def _app(checks: Mapping[str, health.HealthCheck] | None = None) -> FastAPI:
+def _app(checks: Mapping[str, health.HealthCheck] | None = None, timeout: float = 1.0) -> FastAPI:
     """Both services' routes in one app as the services build theirs: the lean routes in
     front of the FastAPI routes, the health routes beside them."""
     orders, products, auth = FakeOrders(), products_in_memory(), ISSUER.authenticator()
@@ -33,7 +36,7 @@ def _app(checks: Mapping[str, health.HealthCheck] | None = None) -> FastAPI:
         http=Http(),
         lean=[*order_api.lean_routes(orders, auth, limiter), *product_api.lean_routes(products)],
     )
-    app.include_router(health.health_router(lambda: checks or {}, timeout=1.0))
+    app.include_router(health.health_router(lambda: checks or {}, timeout=timeout))
     app.include_router(order_api.router(orders, auth, limiter))
     app.include_router(product_api.router(products, auth))
     return app
@@ -125,3 +128,46 @@ async def test_a_path_no_route_answers_is_still_404_without_allow() -> None:
     answer = await _send(_app(), "DELETE", "/nowhere")
     assert answer.status_code == 404
     assert "allow" not in answer.headers
+
+
+# --- /readyz --------------------------------------------------------------------------------
+
+SECRET = "host db-7.internal:3306 user shop_admin (Access denied)"
+
+
+async def _refused() -> None:
+    raise OperationalError("SELECT 1", {}, Exception(1045, SECRET))
+
+
+async def _slow() -> None:
+    await asyncio.sleep(5)
+
+
+async def _fine() -> None:
+    pass
+
+
+async def test_readyz_names_what_fails_and_logs_why_instead_of_answering_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = _app({"database": _refused, "kafka": _fine, "rabbitmq": _slow}, timeout=0.05)
+    with caplog.at_level(logging.WARNING, logger="shop.web.health"):
+        answer = await _send(app, "GET", "/readyz")
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["retry-after"] == "1"
+    problem = answer.json()
+    assert problem["detail"] == "Unreachable: database, rabbitmq"
+    assert problem["checks"] == {"database": "failed", "kafka": "ok", "rabbitmq": "timed out"}
+    assert SECRET not in answer.text
+    assert "OperationalError" not in answer.text
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "database failed: OperationalError" in logged
+    assert SECRET in logged
+    assert "rabbitmq did not answer within" in logged
+
+
+async def test_readyz_answers_ok_with_every_check_named() -> None:
+    answer = await _send(_app({"database": _fine, "kafka": _fine}), "GET", "/readyz")
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok", "checks": {"database": "ok", "kafka": "ok"}}

@@ -32,7 +32,8 @@ PROBLEM: dict[str, Any] = {
         },
         "checks": {
             "type": "object",
-            "description": "For `/readyz`: each dependency, `ok` or why it failed.",
+            "description": "For `/readyz`: each dependency, `ok`, `failed` or `timed out` "
+            "(why is in the service's log).",
             "additionalProperties": {"type": "string"},
         },
     },
