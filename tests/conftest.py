@@ -39,7 +39,8 @@ _KEYS = Path(tempfile.mkdtemp(prefix=f"shop-test-{RUN}-keys-"))
 _SIGNING_KEY, _PUBLIC_KEY = TOKENS.write(_KEYS)
 # Tokens of the suite's default clients: an operator who may write products and act on every
 # order (tests of who may do what use their own tokens).
-OPERATOR = TOKENS.bearer("test-operator", ["products:write", "orders:admin"], ttl=24 * 3600)
+OPERATOR_SUBJECT = "test-operator"
+OPERATOR = TOKENS.bearer(OPERATOR_SUBJECT, ["products:write", "orders:admin"], ttl=24 * 3600)
 TEST_ENV = {
     "AUTH_ISSUER": ISSUER,
     "AUTH_AUDIENCE": AUDIENCE,

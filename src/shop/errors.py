@@ -49,6 +49,7 @@ class InvalidInput(DomainError):
 
     def __init__(self, detail: str, *, field: str) -> None:
         super().__init__(detail, extra={"errors": [{"field": field, "message": detail}]})
+        self.field = field
 
 
 class Unavailable(DomainError):

@@ -1,15 +1,20 @@
-"""What the order tests share: making products, placing orders, checking the invariants."""
+"""What the order tests share: making products, placing orders, checking the invariants,
+putting messages straight on the brokers and reading their dead letters."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 import httpx
+from confluent_kafka import Consumer, Producer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack.settings import StackSettings
 from shop.orders.tables import orders as orders_table
 from shop.products.tables import products as products_table
 from tests.support import eventually
@@ -74,6 +79,7 @@ async def all_pages(orders: httpx.AsyncClient, url: str) -> list[str]:
         seen += [o["id"] for o in page.json()]
         link = page.headers.get("link")
         next_url = link[link.index("<") + 1 : link.index(">")] if link else None
+        assert next_url is None or next_url.startswith("/orders?"), "not a relative link"
     return seen
 
 
@@ -154,3 +160,79 @@ async def assert_stock_adds_up(
     assert current >= 0
     assert initial == current + confirmed_units, (initial, current, confirmed_units)
     return stored
+
+
+# --- Messages put straight on the brokers, and their dead letters ------------------------------
+
+
+def dead_letters_on_topic(
+    brokers: str, topic: str, wanted: set[bytes], *, timeout: float
+) -> dict[bytes, dict[str, str | bytes | None]]:
+    """The headers of each wanted value found on `topic` (read from the beginning).
+    Blocking: call via to_thread."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    found: dict[bytes, dict[str, str | bytes | None]] = {}
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not wanted <= found.keys():
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() or msg.value() not in wanted:
+                continue
+            value = msg.value()
+            assert value is not None
+            headers = msg.headers() or []
+            found[value] = dict(headers.items() if isinstance(headers, dict) else headers)
+    finally:
+        consumer.close()
+    return found
+
+
+def publish_to_topic(brokers: str, topic: str, key: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
+    for value in values:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(15) == 0, "poison not delivered to Kafka"
+
+
+async def publish_to_queue(settings: StackSettings, bodies: list[bytes]) -> None:
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for body in bodies:
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=settings.rabbitmq.queue,
+                mandatory=True,
+                timeout=10,
+            )
+
+
+async def dead_letters_in_queue(
+    settings: StackSettings, wanted: set[bytes], *, timeout: float
+) -> dict[bytes, dict[str, Any]]:
+    """The headers of each wanted body found in the dead-letter queue (which is emptied of
+    them; anything else is left there)."""
+    found: dict[bytes, dict[str, Any]] = {}
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(f"{settings.rabbitmq.queue}.dlq", ensure=True)
+
+        async def all_found() -> bool:
+            while (message := await queue.get(fail=False, timeout=5)) is not None:
+                if message.body in wanted:
+                    found[message.body] = dict(message.headers)
+                    await message.ack()
+                # others stay unacked: closing the channel puts them back
+            return wanted <= found.keys()
+
+        await eventually(all_found, timeout=timeout, what="poison in the RabbitMQ dead letters")
+    return found

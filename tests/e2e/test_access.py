@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop.settings import Settings
 from tests.conftest import TOKENS
-from tests.e2e.orders_support import new_product
+from tests.e2e.orders_support import new_product, order_url, wait_until_stored
 from tests.support import ServiceProcess
 
 pytestmark = pytest.mark.e2e
@@ -212,6 +212,41 @@ async def test_idempotency_keys_belong_to_their_caller(
         for user in (_user(), _user())
     ]
     assert placed[0] != placed[1], "two customers' keys must not collide"
+
+
+@pytest.mark.parametrize("path", ["sync", "kafka", "rabbitmq"])
+async def test_an_admin_ordering_for_a_customer_never_shares_the_customers_key(
+    products: httpx.AsyncClient,
+    anonymous_orders: httpx.AsyncClient,
+    database: AsyncEngine,
+    path: str,
+) -> None:
+    """A key is the caller's (the token's subject) for the order's user: customer 5 and an
+    admin ordering for customer 5 under one key place two orders; each of them gets their own
+    order again for the same body, and 422 for another."""
+    pid = await new_product(products, stock=None)
+    customer = _user()
+    key = f"same-key-{uuid.uuid4().hex[:8]}"
+    url = order_url(path)
+    body = {"user_id": customer, "product_id": pid, "quantity": 1}
+    callers = {"customer": TOKENS.bearer(customer), "admin": TOKENS.bearer("help-desk", ADMIN)}
+    placed = {}
+    for who, token in callers.items():
+        headers = {**token, "Idempotency-Key": key}
+        first = await anonymous_orders.post(url, json=body, headers=headers)
+        retry = await anonymous_orders.post(url, json=body, headers=headers)
+        assert first.status_code == retry.status_code == (201 if path == "sync" else 202), (
+            who,
+            first.text,
+        )
+        assert first.json()["id"] == retry.json()["id"], who
+        assert first.json()["user_id"] == customer
+        other = await anonymous_orders.post(url, json={**body, "quantity": 2}, headers=headers)
+        assert other.status_code == 422, (who, other.text)
+        placed[who] = first.json()["id"]
+    assert placed["customer"] != placed["admin"], "an admin's key met the customer's"
+    stored = await wait_until_stored(database, pid, set(placed.values()), timeout=30)
+    assert sorted(o["id"] for o in stored) == sorted(placed.values())
 
 
 async def test_health_and_metrics_stay_open(anonymous_orders: httpx.AsyncClient) -> None:

@@ -4,7 +4,7 @@ The invariants (ARCHITECTURE.md section 6) are checked after each failure: every
 201/202 is stored exactly once, nothing is stored that nobody sent, and for the product
 `initial stock == current stock + units in confirmed orders` with stock never below zero.
 Requests carry an Idempotency-Key, so the test knows the id of every order it *tried* (the id
-is derived from user and key), not only of those it was told were accepted.
+is derived from caller, user and key), not only of those it was told were accepted.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 import aio_pika
 import httpx
 import pytest
-from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,10 +31,14 @@ import devstack as stack
 from devstack.settings import StackSettings
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
-from tests.conftest import OPERATOR, RUN, STACK, TEST_ENV
+from tests.conftest import OPERATOR, OPERATOR_SUBJECT, RUN, STACK, TEST_ENV
 from tests.e2e.orders_support import (
+    dead_letters_in_queue,
+    dead_letters_on_topic,
     new_product,
     place,
+    publish_to_queue,
+    publish_to_topic,
     stock_and_confirmed_units,
     stored_orders,
     wait_until_stored,
@@ -54,10 +57,11 @@ def _user() -> int:
 
 
 async def _ids_for(database: AsyncEngine, keys: set[tuple[int, str]]) -> set[str]:
-    """The order ids that these (user, Idempotency-Key) pairs were given at intake."""
+    """The order ids that these (user, Idempotency-Key) pairs, sent by the operator, were given
+    at intake."""
     if not keys:
         return set()
-    hashes = [order_key(user_id, key) for user_id, key in keys]
+    hashes = [order_key(OPERATOR_SUBJECT, user_id, key) for user_id, key in keys]
     async with database.connect() as conn:
         rows = await conn.execute(
             select(order_keys.c.order_id).where(order_keys.c.key_hash.in_(hashes))
@@ -504,79 +508,6 @@ async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_
 # --- 5. Poison: dead-lettered with the reason, never stored, never blocking -------------------
 
 
-def _dead_letters_on_topic(
-    brokers: str, topic: str, wanted: set[bytes], *, timeout: float
-) -> dict[bytes, dict[str, str | bytes | None]]:
-    """The headers of each wanted value found on `topic` (read from the beginning).
-    Blocking: call via to_thread."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": f"test-reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    found: dict[bytes, dict[str, str | bytes | None]] = {}
-    try:
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not wanted <= found.keys():
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error() or msg.value() not in wanted:
-                continue
-            value = msg.value()
-            assert value is not None
-            headers = msg.headers() or []
-            found[value] = dict(headers.items() if isinstance(headers, dict) else headers)
-    finally:
-        consumer.close()
-    return found
-
-
-def _publish_raw(brokers: str, topic: str, key: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
-    for value in values:
-        producer.produce(topic, key=key, value=value)
-    assert producer.flush(15) == 0, "poison not delivered to Kafka"
-
-
-async def _publish_to_queue(settings: StackSettings, bodies: list[bytes]) -> None:
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        for body in bodies:
-            await channel.default_exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=settings.rabbitmq.queue,
-                mandatory=True,
-                timeout=10,
-            )
-
-
-async def _dead_letters_in_queue(
-    settings: StackSettings, wanted: set[bytes], *, timeout: float
-) -> dict[bytes, dict[str, Any]]:
-    """The headers of each wanted body found in the dead-letter queue (which is emptied of
-    them; anything else is left there)."""
-    found: dict[bytes, dict[str, Any]] = {}
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.get_queue(f"{settings.rabbitmq.queue}.dlq", ensure=True)
-
-        async def all_found() -> bool:
-            while (message := await queue.get(fail=False, timeout=5)) is not None:
-                if message.body in wanted:
-                    found[message.body] = dict(message.headers)
-                    await message.ack()
-                # others stay unacked: closing the channel puts them back
-            return wanted <= found.keys()
-
-        await eventually(all_found, timeout=timeout, what="poison in the RabbitMQ dead letters")
-    return found
-
-
 async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
     products: httpx.AsyncClient,
     orders: httpx.AsyncClient,
@@ -605,9 +536,9 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
     # Keyed like real commands (by product), so they sit in the same partition, before the
     # valid order sent next: that order being stored proves the consumer got past them.
     await asyncio.to_thread(
-        _publish_raw, settings.kafka.brokers, settings.kafka.topic, str(pid), poison["kafka"]
+        publish_to_topic, settings.kafka.brokers, settings.kafka.topic, str(pid), poison["kafka"]
     )
-    await _publish_to_queue(settings, poison["rabbitmq"])
+    await publish_to_queue(settings, poison["rabbitmq"])
     valid = {}
     for channel in ASYNC_PATHS:
         answer = await place(orders, channel, product_id=pid, user_id=user)
@@ -616,7 +547,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
     await assert_orders_add_up(database, pid, initial=10, accepted=set(valid), timeout=30)
 
     on_topic = await asyncio.to_thread(
-        _dead_letters_on_topic,
+        dead_letters_on_topic,
         settings.kafka.brokers,
         settings.kafka.dlq_topic,
         set(poison["kafka"]),
@@ -624,7 +555,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
     )
     assert on_topic.keys() == set(poison["kafka"]), "Kafka poison missing from the dead letters"
     assert all(headers.get("reason") for headers in on_topic.values()), on_topic
-    in_queue = await _dead_letters_in_queue(settings, set(poison["rabbitmq"]), timeout=30)
+    in_queue = await dead_letters_in_queue(settings, set(poison["rabbitmq"]), timeout=30)
     assert all(headers.get("x-reason") for headers in in_queue.values()), in_queue
 
     dead = await _per_channel(orders, "order_dead_letters_total")
@@ -659,7 +590,7 @@ async def test_poison_held_across_a_rabbitmq_restart_does_not_wedge_the_consumer
             return failures.get("rabbitmq", 0) > failures_before.get("rabbitmq", 0)
 
         await eventually(stuck_on_the_database, timeout=20, what="rabbitmq consumer retrying")
-        await _publish_to_queue(settings, [poison])
+        await publish_to_queue(settings, [poison])
 
         async def both_delivered() -> bool:
             return int((await _queue_stats(settings))["messages_unacknowledged"]) >= 2
@@ -679,5 +610,5 @@ async def test_poison_held_across_a_rabbitmq_restart_does_not_wedge_the_consumer
     await assert_orders_add_up(
         database, pid, initial=10, accepted={first.json()["id"], later}, timeout=60
     )
-    in_queue = await _dead_letters_in_queue(settings, {poison}, timeout=30)
+    in_queue = await dead_letters_in_queue(settings, {poison}, timeout=30)
     assert in_queue[poison].get("x-reason")

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from shop.orders.domain import AsyncChannel
 from shop.orders.models import OrderCommand
 from shop.settings import Settings
 from tests.conftest import TEST_ENV
@@ -25,7 +26,7 @@ from tests.support import eventually
 pytestmark = pytest.mark.e2e
 
 
-def _command(product_id: int, channel: str) -> bytes:
+def _command(product_id: int, channel: AsyncChannel) -> bytes:
     return (
         OrderCommand(
             id=uuid.uuid4(),
@@ -72,7 +73,7 @@ async def test_a_command_delivered_twice_stores_one_order_and_takes_stock_once(
     orders: httpx.AsyncClient,
     database: Any,
     settings: Settings,
-    channel: str,
+    channel: AsyncChannel,
 ) -> None:
     pid = await new_product(products, stock=10)
     body = _command(pid, channel)

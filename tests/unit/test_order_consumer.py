@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
 
 from shop.messaging.ports import PublishError
 from shop.orders import consumer
-from shop.orders.consumer import run_order_consumer
+from shop.orders.consumer import OrderBatchProcessor, run_order_consumer
+from shop.orders.domain import Product
 from shop.orders.models import OrderCommand
+from shop.orders.service import OrderService
 from shop.settings import Orders
+from tests.unit.fakes import FakeOrderStore, FakePublisher, fake_prices
 
 TEN = Orders(consumer_batch_size=10)
 
@@ -98,7 +106,7 @@ class FakeService:
 
 
 async def _run_until_drained(
-    inbound: FakeInbound, service: FakeService, settings: Orders = TEN
+    inbound: FakeInbound, service: OrderBatchProcessor, settings: Orders = TEN
 ) -> None:
     stopping = asyncio.Event()
     loop = asyncio.create_task(
@@ -216,3 +224,61 @@ async def test_a_lone_order_is_stored_without_waiting() -> None:
         inbound, service, TEN.model_copy(update={"consumer_linger_seconds": 60.0})
     )
     assert (service.calls, len(service.stored)) == (1, 1)
+
+
+def _raw(**changes: Any) -> bytes:
+    """A command as intake would publish it for user 7 (1 unit of product 1 through Kafka),
+    with `changes` made to its JSON."""
+    command = json.loads(_command().model_dump_json())
+    command.update(changes)
+    return json.dumps({k: v for k, v in command.items() if v is not ...}).encode()
+
+
+# Commands put straight on the broker that intake would have refused, and the field refused.
+REFUSED = [
+    (
+        _raw(quantity=TEN.max_quantity + 1),
+        f"quantity: An order may be for at most {TEN.max_quantity}",
+    ),
+    (_raw(quantity=0), "quantity"),
+    (_raw(quantity="5"), "quantity"),
+    (_raw(quantity=2.0), "quantity"),
+    (_raw(quantity=True), "quantity"),
+    (_raw(quantity=...), "quantity"),
+    (_raw(user_id=0), "user_id"),
+    (_raw(user_id=2**63), "user_id"),
+    (_raw(product_id=-1), "product_id"),
+    (_raw(idempotency_key=""), "idempotency_key"),
+    (_raw(idempotency_key="k" * 256), "idempotency_key"),
+    (_raw(idempotency_key="line\nbreak"), "idempotency_key"),
+    (_raw(idempotency_key="snow\u2603man"), "idempotency_key"),
+    (_raw(idempotency_key=7), "idempotency_key"),
+    (_raw(id="not-a-uuid"), "id"),
+    (_raw(channel="sync"), "channel"),
+    (_raw(channel="rabbitmq"), "channel: 'rabbitmq' read from kafka"),
+]
+
+
+@pytest.mark.parametrize(("body", "refused"), REFUSED, ids=[r[1][:40] for r in REFUSED])
+async def test_a_command_intake_would_refuse_is_dead_lettered_with_why_and_not_stored(
+    body: bytes, refused: str
+) -> None:
+    store = FakeOrderStore([Product(1, Decimal("2.50"), 10_000, 1)])
+    service = OrderService(
+        store,
+        prices=fake_prices(store),
+        publishers={"kafka": FakePublisher()},
+        on_event=lambda: None,
+        settings=TEN,
+    )
+    inbound = FakeInbound()
+    valid = _raw(quantity=TEN.max_quantity, idempotency_key="a key\tof \u00e9 latin-1")
+    inbound.put(body, valid)
+    await _run_until_drained(inbound, service)  # the real service, over the in-memory store
+    [reason] = inbound.settled[0]
+    assert reason.startswith("dlq: invalid order command:"), reason
+    assert refused in reason, reason
+    assert inbound.settled[1] == ["ack"]
+    [stored] = store.orders.values()
+    assert (str(stored.id), stored.quantity) == (json.loads(valid)["id"], TEN.max_quantity)
+    assert store.stock(1) == 10_000 - TEN.max_quantity

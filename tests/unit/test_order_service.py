@@ -49,10 +49,18 @@ class Shop:
         self.wakeups += 1
 
     async def place(
-        self, product_id: int, quantity: int, *, user: int = 7, key: str | None = None
+        self,
+        product_id: int,
+        quantity: int,
+        *,
+        user: int = 7,
+        key: str | None = None,
+        caller: str | None = None,
     ) -> Order:
+        """A sync order for `user`, by `caller` (a token's subject; by default the user)."""
         order = PlaceOrder(user_id=user, product_id=product_id, quantity=quantity)
-        return await self.service.place_order(order, idempotency_key=key)
+        who = str(user) if caller is None else caller
+        return await self.service.place_order(order, caller=who, idempotency_key=key)
 
     async def place_all(self, *wanted: tuple[int, int]) -> list[Order | Exception]:
         """Sync orders of (product, quantity) placed at once: the worker stores them together."""
@@ -92,6 +100,7 @@ def _command(
     key: str | None = None,
     user: int = 7,
     order_id: uuid.UUID | None = None,
+    caller: str | None = "7",
 ) -> OrderCommand:
     return OrderCommand(
         id=order_id or uuid.uuid4(),
@@ -101,6 +110,7 @@ def _command(
         channel="kafka",
         accepted_at=dt.datetime.now(dt.UTC),
         idempotency_key=key,
+        caller=caller,
     )
 
 
@@ -170,11 +180,29 @@ async def test_more_than_the_quantity_limit_is_refused_on_every_intake(shop: Sho
         await shop.place(2, MOST + 1)
     with pytest.raises(InvalidInput):
         await shop.service.accept_order(
-            PlaceOrder(user_id=7, product_id=2, quantity=MOST + 1), channel="kafka"
+            PlaceOrder(user_id=7, product_id=2, quantity=MOST + 1), channel="kafka", caller="7"
         )
     assert shop.store.units == 0
     assert shop.kafka.commands == []
     assert (await shop.place(2, MOST)).quantity == MOST
+
+
+async def test_a_command_over_the_quantity_limit_is_refused_for_the_dead_letters(
+    shop: Shop,
+) -> None:
+    # Put straight on the broker, not through intake: checked as intake checks a body.
+    over, valid, at_most = _command(2, MOST + 1), _command(2, 1), _command(2, MOST)
+    verdicts = await shop.consume([over, valid, at_most])
+    assert verdicts[1:] == [None, None]
+    assert verdicts[0] == (
+        f"invalid order command: quantity: An order may be for at most {MOST} unit(s)."
+    )
+    assert set(shop.store.orders) == {valid.id, at_most.id}
+    assert all(e.data["id"] != str(over.id) for e in shop.store.events)
+    # Alone, nothing is stored at all (no unit of work).
+    units = shop.store.units
+    assert await shop.consume([_command(1, MOST + 1, key="k")]) == [verdicts[0]]
+    assert (shop.store.units, shop.store.keys) == (units, {})
 
 
 async def test_a_consumer_batch_stores_confirmed_and_rejected_orders(shop: Shop) -> None:
@@ -251,15 +279,89 @@ async def test_a_sync_retry_under_its_key_replays_the_order(shop: Shop) -> None:
 
 async def test_async_retries_under_one_key_are_one_order(shop: Shop) -> None:
     body = PlaceOrder(user_id=7, product_id=1, quantity=2)
-    first = await shop.service.accept_order(body, channel="kafka", idempotency_key="k")
-    again = await shop.service.accept_order(body, channel="kafka", idempotency_key="k")
+    first = await shop.service.accept_order(body, channel="kafka", caller="7", idempotency_key="k")
+    again = await shop.service.accept_order(body, channel="kafka", caller="7", idempotency_key="k")
     assert again == first
     other = PlaceOrder(user_id=7, product_id=1, quantity=3)
     with pytest.raises(IdempotencyMismatch):
-        await shop.service.accept_order(other, channel="kafka", idempotency_key="k")
+        await shop.service.accept_order(other, channel="kafka", caller="7", idempotency_key="k")
     assert await shop.consume(shop.kafka.commands) == [None, None]
     assert list(shop.store.orders) == [first.id]
     assert shop.store.stock(1) == 3
+
+
+async def test_a_key_is_the_callers_for_the_orders_user(shop: Shop) -> None:
+    # User 7 and an admin ordering for user 7 pick the same key: two orders, each replayed.
+    own = await shop.place(2, 1, key="k")
+    by_admin = await shop.place(2, 1, key="k", caller="support")
+    assert own.id != by_admin.id
+    assert own.user_id == by_admin.user_id == 7
+    assert await shop.place(2, 1, key="k") == own
+    assert await shop.place(2, 1, key="k", caller="support") == by_admin
+    # The admin's key for user 7 is not theirs for user 8 either.
+    for_8 = await shop.place(2, 1, key="k", user=8, caller="support")
+    assert for_8.id not in (own.id, by_admin.id)
+    # Same key, another body: refused for that caller and user alone.
+    with pytest.raises(IdempotencyMismatch):
+        await shop.place(2, 2, key="k", caller="support")
+    assert (await shop.place(2, 2, key="k", caller="another-admin")).quantity == 2
+    assert len(shop.store.orders) == 4
+
+
+async def test_async_keys_are_the_callers_for_the_orders_user_through_the_broker(
+    shop: Shop,
+) -> None:
+    body = PlaceOrder(user_id=7, product_id=1, quantity=2)
+
+    async def accept(caller: str, order: PlaceOrder = body) -> uuid.UUID:
+        accepted = await shop.service.accept_order(
+            order, channel="kafka", caller=caller, idempotency_key="k"
+        )
+        return accepted.id
+
+    own, by_admin = await accept("7"), await accept("support")
+    assert own != by_admin
+    assert await accept("7") == own  # a retry is given the first id
+    with pytest.raises(IdempotencyMismatch):
+        await accept("support", PlaceOrder(user_id=7, product_id=1, quantity=3))
+    # Through the broker's bytes: the consumer scopes the key as intake did.
+    sent = [OrderCommand.model_validate_json(c.model_dump_json()) for c in shop.kafka.commands]
+    assert [c.caller for c in sent] == ["7", "support", "7"]
+    assert await shop.consume(sent) == [None, None, None]
+    assert set(shop.store.orders) == {own, by_admin}
+    assert shop.store.stock(1) == 1
+
+
+async def test_a_command_without_a_caller_finds_the_key_an_older_intake_claimed(
+    shop: Shop,
+) -> None:
+    """Published before intake named the caller: its key was claimed for the user alone."""
+    claimed = uuid.uuid4()
+    old_key = order_key(None, 7, "k")
+    assert old_key is not None
+    shop.store.keys[old_key] = domain.KeyClaim(claimed, 1, 2)
+    old, retry = _command(1, 2, key="k", caller=None), _command(1, 2, key="k", caller=None)
+    assert await shop.consume([old, retry]) == [None, None]
+    assert list(shop.store.orders) == [claimed]
+    assert await shop.service.get_order(old.id, owner=7) == shop.store.orders[claimed]
+    # The same key sent now by user 7 is another key: theirs, for user 7.
+    assert (await shop.place(1, 2, key="k")).id != claimed
+
+
+@given(
+    first=st.tuples(st.one_of(st.none(), st.text(max_size=4)), st.integers(1, 30), st.text()),
+    second=st.tuples(st.one_of(st.none(), st.text(max_size=4)), st.integers(1, 30), st.text()),
+)
+def test_keys_of_different_callers_users_or_texts_never_meet(
+    first: tuple[str | None, int, str], second: tuple[str | None, int, str]
+) -> None:
+    assert (order_key(*first) == order_key(*second)) == (first == second)
+
+
+def test_a_caller_any_text_at_all_scopes_a_key() -> None:
+    assert order_key("1", 23, "k") != order_key("12", 3, "k")
+    assert order_key("\ud800", 1, "k") != order_key("\udc00", 1, "k")  # lone surrogates too
+    assert order_key("7", 7, None) is None
 
 
 async def test_an_async_twin_that_missed_the_claim_is_stored_as_an_alias(shop: Shop) -> None:
@@ -284,7 +386,7 @@ def _twin_commits(order_id: uuid.UUID, key: str | None) -> Callable[[FakeOrderSt
     """A hook: another process stores order `order_id` (under `key`) between load and save."""
 
     def commit(store: FakeOrderStore) -> None:
-        request = domain.OrderRequest(order_id, 7, 1, 1, "kafka", order_key(7, key))
+        request = domain.OrderRequest(order_id, 7, 1, 1, "kafka", order_key("7", 7, key))
         known = domain.Known(products={1: store.products[1]})
         store.commit(domain.place_orders([request], known, now=dt.datetime(2026, 12, 6)))
 

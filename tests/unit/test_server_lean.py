@@ -122,6 +122,7 @@ CASES = {
     ),
     "http 1.0": ([b"POST /t HTTP/1.0\r\nContent-Length: 3\r\n\r\n{1}"], 1),
     "another path": ([b"POST /u HTTP/1.1\r\nHost: shop\r\nContent-Length: 3\r\n\r\n{1}"], 1),
+    "another method": ([b"PUT /t HTTP/1.1\r\nHost: shop\r\nContent-Length: 3\r\n\r\n{1}"], 1),
 }
 
 
@@ -152,3 +153,15 @@ async def test_a_plain_request_is_answered_by_the_route_and_others_reach_the_app
     assert failed.startswith(b"HTTP/1.1 409 Conflict\r\n")
     assert b"content-type: application/problem+json" in failed
     assert failed_calls == 0  # the app's handler answered, called by the protocol
+
+
+async def test_another_method_on_a_lean_route_is_405_naming_what_is_allowed() -> None:
+    app = _app()
+    async with app.router.lifespan_context(app):
+        for method in (b"GET", b"PUT", b"DELETE"):
+            request = method + b" /t HTTP/1.1\r\nHost: shop\r\nContent-Length: 0\r\n\r\n"
+            answer, calls = await _exchange(app, [request], 1, lean=True)
+            assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"), answer
+            assert b"\r\nallow: POST\r\n" in answer, answer
+            assert b"content-type: application/problem+json" in answer
+            assert calls == 1

@@ -16,7 +16,7 @@ from shop.orders import domain
 from shop.orders.domain import AsyncChannel, Channel, OrderStatus, order_view
 from shop.orders.models import Accepted, Order, PlaceOrder
 from shop.orders.service import OrderQuery
-from shop.storage.idempotency import MAX_KEY_LENGTH
+from shop.storage.idempotency import is_key
 from shop.web import openapi as doc
 from shop.web.dependencies import IdempotencyKey
 from shop.web.fastpath.routes import LeanRoute, Reply, as_response, is_json, single_headers
@@ -33,11 +33,16 @@ class Orders(Protocol):
     async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
 
     async def place_order(
-        self, order: PlaceOrder, *, idempotency_key: str | None = None
+        self, order: PlaceOrder, *, caller: str, idempotency_key: str | None = None
     ) -> domain.Order: ...
 
     async def accept_order(
-        self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
+        self,
+        order: PlaceOrder,
+        *,
+        channel: AsyncChannel,
+        caller: str,
+        idempotency_key: str | None = None,
     ) -> Accepted: ...
 
     async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
@@ -92,7 +97,7 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         query = OrderQuery(limit=limit, cursor=cursor, user_id=user_id, status=status)
         page, next_cursor = await service.list_orders(query)
         views = [order_view(o) for o in page]
-        return JSONResponse(views, headers=next_page_link(request, next_cursor))
+        return JSONResponse(views, headers=next_page_link(request.scope, next_cursor))
 
     @api.get(
         "/{order_id}",
@@ -182,17 +187,21 @@ async def _intake(
     channel: Channel,
     key: str | None,
 ) -> Reply:
-    """An order's answer (sync: placed now; else accepted), for its FastAPI and lean routes."""
+    """An order's answer (sync: placed now; else accepted), for its FastAPI and lean routes.
+    The key is the caller's (the token's subject) for the order's user."""
     # A customer orders as themselves, within their rate; orders:admin for anyone, unlimited.
     owner = _owner(principal)
     if owner is not None:
         if order.user_id != owner:
             raise Forbidden("An order's user_id must be the token's user.")
         limiter.take(owner)
+    caller = principal.subject
     if channel == "sync":
-        view = order_view(await service.place_order(order, idempotency_key=key))
+        view = order_view(await service.place_order(order, caller=caller, idempotency_key=key))
         return _reply(201, view["id"], view)
-    accepted = await service.accept_order(order, channel=channel, idempotency_key=key)
+    accepted = await service.accept_order(
+        order, channel=channel, caller=caller, idempotency_key=key
+    )
     return _reply(202, str(accepted.id), accepted)
 
 
@@ -209,7 +218,7 @@ def _plain_order(scope: Scope, body: bytes) -> PlainOrder | None:
     key = None
     if b"idempotency-key" in headers:
         key = headers[b"idempotency-key"].decode("latin-1")
-        if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        if not is_key(key):
             return None
     authorization = headers.get(b"authorization")
     try:

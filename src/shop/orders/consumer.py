@@ -1,8 +1,10 @@
 """The order consumer: one thin loop for both brokers, through the inbound port.
 
 Take a batch, decode it, hand the commands to `process_order_batch` (one transaction), then
-settle every delivery exactly once: dead-letter what can never be placed (undecodable, or
-refused by the service with a reason), ack the rest. Nothing is settled before the service
+settle every delivery exactly once: dead-letter what can never be placed (undecodable, invalid
+as intake would have found its body, or refused by the service with a reason), ack the rest.
+Nothing read is trusted: a command put on the broker by anyone but intake is checked as
+intake checks a request. Nothing is settled before the service
 returned, so a crash or a stop redelivers the whole batch, which the service skips as stored.
 A transient failure (database down) is retried with backoff, holding the batch unsettled.
 """
@@ -46,14 +48,19 @@ class OrderBatchProcessor(Protocol):
         dead-letter it. Raises only for transient failures."""
 
 
-def decode(body: bytes) -> OrderCommand | str:
-    """The command in `body`, or why there is none."""
+def decode(body: bytes, channel: str) -> OrderCommand | str:
+    """The command in `body`, read from `channel`'s broker, or why there is none: its fields
+    as intake validates a body and its key (`OrderCommand`), and the channel it was accepted
+    for. (The service checks the rest, as at intake.)"""
     try:
         if not body:
             raise ValueError("empty message")
-        return OrderCommand.model_validate_json(body)
+        command = OrderCommand.model_validate_json(body)
     except ValueError as exc:  # pydantic's ValidationError is one
         return f"invalid order command: {exc}"[:500]
+    if command.channel != channel:
+        return f"invalid order command: channel: {command.channel!r} read from {channel}"
+    return command
 
 
 async def run_order_consumer(
@@ -81,7 +88,7 @@ async def run_order_consumer(
 
     async def handle(batch: Sequence[D]) -> bool:
         """Process and settle one batch; False when the service stopped before it was done."""
-        decoded = [decode(delivery.body) for delivery in batch]
+        decoded = [decode(delivery.body, channel) for delivery in batch]
         commands = [d for d in decoded if isinstance(d, OrderCommand)]
         verdicts: Sequence[str | None] = ()
         if commands:

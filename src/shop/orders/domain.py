@@ -47,7 +47,7 @@ class OrderRequest:
     product_id: int
     quantity: int
     channel: Channel
-    key: bytes | None = None  # the hash of (user, Idempotency-Key), when one was sent
+    key: bytes | None = None  # the hash of (caller, user, Idempotency-Key), when one was sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from shop.access.verifier import MAX_TOKEN_LENGTH
 from shop.fields import Amount, EntityId, Quantity
 from shop.orders.domain import AsyncChannel, Channel, OrderStatus
+from shop.storage.idempotency import KeyText
 
 
 class PlaceOrder(BaseModel):
@@ -23,19 +25,26 @@ class PlaceOrder(BaseModel):
     quantity: Quantity
 
 
-class OrderCommand(BaseModel):
-    """An accepted order travelling through a broker to a consumer."""
+class OrderCommand(PlaceOrder):
+    """An accepted order travelling through a broker to a consumer.
+
+    A consumer trusts nothing it reads: the order's fields are `PlaceOrder`'s, with its types
+    (strict, the same bounds), the key is `KeyText` as the header was, and the service checks
+    the rest (MAX_ORDER_QUANTITY) as at intake; anything else is dead-lettered. Fields it does
+    not know are ignored (not refused as in a body): a newer intake may add some while an older
+    consumer still runs.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: uuid.UUID
-    user_id: EntityId
-    product_id: EntityId
-    quantity: Quantity
     channel: AsyncChannel
     accepted_at: dt.datetime
     # The client's Idempotency-Key: a retry under it collapses into the first order.
-    idempotency_key: str | None = None
+    idempotency_key: KeyText | None = None
+    # Who sent it (the token's subject): a key is the caller's for the order's user. None: an
+    # intake that did not say yet published it (its key is the user's alone, as it then was).
+    caller: Annotated[str, StringConstraints(max_length=MAX_TOKEN_LENGTH)] | None = None
 
 
 class Order(BaseModel):

@@ -65,11 +65,22 @@ class OrderQuery:
     status: str | None = None
 
 
-def order_key(user_id: int, idempotency_key: str | None) -> bytes | None:
-    """A user's Idempotency-Key as stored: hashed with the user (two users may pick one key)."""
+def order_key(caller: str | None, user_id: int, idempotency_key: str | None) -> bytes | None:
+    """An Idempotency-Key as stored: hashed with the caller who sent it (the token's subject)
+    and the order's user, so that keys never meet across callers, nor across the users one
+    caller orders for (an admin ordering for user 5 and user 5 themselves never share one).
+
+    A `caller` of None is a command published before intake named its caller: its key was
+    claimed under the user alone, and is looked up so.
+    """
     if idempotency_key is None:
         return None
-    return hashlib.sha256(f"order\x1f{user_id}\x1f{idempotency_key}".encode()).digest()
+    if caller is None:
+        scope = f"order\x1f{user_id}"
+    else:  # the caller's length first: a subject may hold any character
+        scope = f"order\x1f{len(caller)}:{caller}\x1f{user_id}"
+    text = f"{scope}\x1f{idempotency_key}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def _answer(outcome: Outcome) -> Order:
@@ -134,13 +145,16 @@ class OrderService:
         )
         self._prices = prices
 
-    async def place_order(self, order: PlaceOrder, *, idempotency_key: str | None = None) -> Order:
+    async def place_order(
+        self, order: PlaceOrder, *, caller: str, idempotency_key: str | None = None
+    ) -> Order:
         """Reserve stock and store a confirmed order now; OutOfStock when there is too little.
+        `caller` (the token's subject) and the order's user scope the key.
 
         Concurrent calls are stored together, one transaction per batch (see group_commit).
         """
-        domain.check_quantity(order.quantity, most=self._max_quantity)
-        key = order_key(order.user_id, idempotency_key)
+        self._check(order)
+        key = order_key(caller, order.user_id, idempotency_key)
         request = OrderRequest(
             uuid7(), order.user_id, order.product_id, order.quantity, "sync", key
         )
@@ -150,13 +164,29 @@ class OrderService:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
         await self._sync_orders.run(stopping)
 
+    def _check(self, order: PlaceOrder) -> None:
+        """What an order must meet beyond its fields' types, checked at intake and again for
+        every command a consumer reads: at most MAX_ORDER_QUANTITY units. InvalidInput if not."""
+        domain.check_quantity(order.quantity, most=self._max_quantity)
+
+    def _refusal(self, command: OrderCommand) -> str | None:
+        """Why a command may not be placed (as its body would have been refused at intake), to
+        dead-letter it with; None when it may."""
+        try:
+            self._check(command)
+        except InvalidInput as exc:
+            return f"invalid order command: {exc.field}: {exc.detail}"[:500]
+        return None
+
     async def process_order_batch(self, commands: Sequence[OrderCommand]) -> list[str | None]:
         """Store a batch of commands: per command None (stored, now or before) or the reason to
-        dead-letter it (the database refuses it). Raises only when the database is unreachable.
+        dead-letter it (intake would have refused it, or the database refuses it); a refused
+        command is not stored. Raises only when the database is unreachable.
         """
         if not commands:
             return []
         BATCH_SIZE.labels(commands[0].channel).observe(len(commands))
+        verdicts = [self._refusal(c) for c in commands]
         requests = [
             OrderRequest(
                 order_id=c.id,
@@ -164,15 +194,18 @@ class OrderService:
                 product_id=c.product_id,
                 quantity=c.quantity,
                 channel=c.channel,
-                key=order_key(c.user_id, c.idempotency_key),
+                key=order_key(c.caller, c.user_id, c.idempotency_key),
             )
-            for c in commands
+            for c, refused in zip(commands, verdicts, strict=True)
+            if refused is None
         ]
-        outcomes = await self._place_isolated(requests)
-        return [
-            f"refused by the database: {o}"[:500] if isinstance(o, Exception) else None
-            for o in outcomes
-        ]
+        outcomes = iter(await self._place_isolated(requests) if requests else ())
+        for i, refused in enumerate(verdicts):
+            if refused is None:
+                outcome = next(outcomes)
+                if isinstance(outcome, Exception):
+                    verdicts[i] = f"refused by the database: {outcome}"[:500]
+        return verdicts
 
     async def _place_isolated(self, requests: Sequence[OrderRequest]) -> list[Outcome | Exception]:
         """Place a batch; if the database refuses it, halve it until the refused requests are
@@ -223,15 +256,21 @@ class OrderService:
         self._on_event()
 
     async def accept_order(
-        self, order: PlaceOrder, *, channel: AsyncChannel, idempotency_key: str | None = None
+        self,
+        order: PlaceOrder,
+        *,
+        channel: AsyncChannel,
+        caller: str,
+        idempotency_key: str | None = None,
     ) -> Accepted:
-        """Hand the order to a broker; it is stored when a consumer processes the command."""
-        domain.check_quantity(order.quantity, most=self._max_quantity)
+        """Hand the order to a broker; it is stored when a consumer processes the command.
+        `caller` (the token's subject) and the order's user scope the key."""
+        self._check(order)
         price = await self._prices.get(order.product_id)
         if price is not None and domain.total_too_large(price, order.quantity):
             raise _too_large(order.quantity)
         order_id = uuid7()
-        key = order_key(order.user_id, idempotency_key)
+        key = order_key(caller, order.user_id, idempotency_key)
         if key is not None:
             order_id = await self._claim(key, order_id, order)
         # Built without validating again: `order` was validated on the way in (2.2 us a request).
@@ -243,6 +282,7 @@ class OrderService:
             channel=channel,
             accepted_at=dt.datetime.now(dt.UTC),
             idempotency_key=idempotency_key,
+            caller=caller,
         )
         await self._publishers[channel].publish_command(command)
         ORDERS_ACCEPTED.labels(channel).inc()

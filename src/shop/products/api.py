@@ -134,7 +134,7 @@ def lean_routes(service: ProductService) -> list[LeanRoute[Any]]:
 async def _page(service: ProductService, scope: Scope, query: ProductQuery) -> Reply:
     """A page and its next-page link, for the FastAPI route and the lean route alike."""
     page = await service.list_products_json(query)
-    link = next_page_link(Request(scope), page.next_cursor)
+    link = next_page_link(scope, page.next_cursor)
     return Reply(200, page.body, tuple((k.lower().encode(), v.encode()) for k, v in link.items()))
 
 

@@ -1,10 +1,14 @@
-"""Idempotency-Key records: the first answer to a request, replayed for its retries."""
+"""Idempotency-Keys: what one may be, and their records (the first answer to a request,
+replayed for its retries)."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+from typing import Annotated
 
+from pydantic import AfterValidator, StringConstraints
 from sqlalchemy import Column, Index, LargeBinary, MetaData, SmallInteger, Table, select
 from sqlalchemy.dialects.mysql import BINARY, MEDIUMBLOB
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,6 +18,37 @@ from shop.errors import IdempotencyMismatch
 from shop.storage.database import Timestamp
 
 MAX_KEY_LENGTH = 255
+# What an HTTP header's value can carry (RFC 9110 field-value, its bytes read as latin-1, as the
+# servers read them): tab, space, visible ASCII and the octets 0x80-0xFF. No other control
+# character, nothing beyond U+00FF.
+_HEADER_TEXT = r"[\t\x20-\x7e\x80-\xff]"
+_KEY = re.compile(f"{_HEADER_TEXT}{{1,{MAX_KEY_LENGTH}}}")
+_KEY_CHARACTERS = re.compile(f"{_HEADER_TEXT}*")
+KEY_CHARACTERS_REFUSED = (
+    "may hold only tab, space, visible ASCII and the characters U+0080-U+00FF "
+    "(what an HTTP header carries)"
+)
+
+
+def is_key(text: str) -> bool:
+    """Whether `text` is an Idempotency-Key: 1 to MAX_KEY_LENGTH characters an HTTP header can
+    carry. The one rule, for the fast path's parse; `KeyText` is the same rule for pydantic (as
+    a header, and in an order command a consumer reads)."""
+    return _KEY.fullmatch(text) is not None
+
+
+def _header_characters(text: str) -> str:
+    if _KEY_CHARACTERS.fullmatch(text) is None:
+        raise ValueError(KEY_CHARACTERS_REFUSED)
+    return text
+
+
+# An Idempotency-Key as a pydantic type: `is_key`, with pydantic's messages for the length.
+KeyText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH),
+    AfterValidator(_header_characters),
+]
 
 
 def idempotency_table(name: str, metadata: MetaData) -> Table:

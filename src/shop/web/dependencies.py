@@ -6,14 +6,12 @@ from typing import Annotated
 
 from fastapi import Header
 
-from shop.storage.idempotency import MAX_KEY_LENGTH
+from shop.storage.idempotency import KeyText
 
 IdempotencyKey = Annotated[
-    str | None,
+    KeyText | None,
     Header(
         alias="Idempotency-Key",
-        min_length=1,
-        max_length=MAX_KEY_LENGTH,
         description="Retries with the same key and body get the first answer.",
     ),
 ]

@@ -32,7 +32,8 @@ PROBLEM: dict[str, Any] = {
         },
         "checks": {
             "type": "object",
-            "description": "For `/readyz`: each dependency, `ok` or why it failed.",
+            "description": "For `/readyz`: each dependency, `ok`, `failed` or `timed out` "
+            "(why is in the service's log).",
             "additionalProperties": {"type": "string"},
         },
     },
@@ -47,7 +48,10 @@ RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying.")}
 CHALLENGE = {"WWW-Authenticate": _header("The bearer challenge (RFC 6750), with the error.")}
 LOCATION = {"Location": _header("Where the order or product can be read.")}
 NEXT_PAGE = {
-    "Link": _header('The next page, `<url>; rel="next"`, if there is one.', required=False)
+    "Link": _header(
+        'The next page, `</path?query>; rel="next"` (relative to this request\'s URL), if any.',
+        required=False,
+    )
 }
 
 _REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {

@@ -9,17 +9,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.datastructures import URL
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
+from starlette.types import Scope
 
 from shop import jsonutil
 from shop.errors import DomainError, Unavailable
+from shop.web.fastpath.routes import allowed_methods
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +40,16 @@ class JSONResponse(StarletteJSONResponse):
         return jsonutil.dumps(content)
 
 
-def next_page_link(request: Request, cursor: str | None) -> dict[str, str]:
-    """The `Link: <...>; rel="next"` header of a keyset-paginated list, if there is a next page."""
+def next_page_link(scope: Scope, cursor: str | None) -> dict[str, str]:
+    """The `Link: <...>; rel="next"` header of a keyset-paginated list, if there is a next page:
+    the request's path and query with the next cursor, as a relative reference (RFC 3986
+    section 4.2, resolved against the request's URL: RFC 8288 section 3.2). No scheme or host:
+    nothing a client sent in `Host` is echoed, and a proxy in front changes nothing."""
     if cursor is None:
         return {}
-    return {"Link": f'<{request.url.include_query_params(cursor=cursor)}>; rel="next"'}
+    query = scope["query_string"].decode("latin-1")
+    url = URL(path=quote(scope["path"]), query=query).include_query_params(cursor=cursor)
+    return {"Link": f'<{url}>; rel="next"'}
 
 
 def problem(
@@ -113,7 +122,16 @@ def status_problem(status: int, detail: str, headers: Mapping[str, str] | None =
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return status_problem(exc.status_code, str(exc.detail), exc.headers)
+    status, detail, headers = exc.status_code, str(exc.detail), exc.headers
+    if status in (404, 405):
+        # Allow lists every method answered on the path, not only the first route's (the
+        # router's), lean routes included; a path only a lean route answers, asked with another
+        # method, is a 405 too, not a 404 (RFC 9110 sections 10.2.1 and 15.5.6).
+        allowed = allowed_methods(request.scope)
+        if status == 405 or (allowed and request.method not in allowed):
+            status, detail = 405, "Method Not Allowed"
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    return status_problem(status, detail, headers)
 
 
 async def _on_database_down(request: Request, exc: Exception) -> Response:

@@ -24,6 +24,8 @@ from typing import Any, Generic, TypeVar
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Mount
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
@@ -97,6 +99,44 @@ def state_of(app: object, name: str, kind: type[T]) -> T | None:
             return found
         app = getattr(app, "app", None)
     return None
+
+
+# The methods a 405's Allow header may list (RFC 9110's, and PATCH): each is tried in turn.
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+_STATIC_METHODS = {"GET", "HEAD"}  # what a mounted StaticFiles answers (the docs' assets)
+
+
+def allowed_methods(scope: Scope) -> list[str]:
+    """The methods some route of the request's app answers on its path, sorted: its router's
+    routes (FastAPI's included routers among them) that take the path with the method, and its
+    lean routes on the path. What a 405's `Allow` header lists (RFC 9110 section 10.2.1);
+    empty for a path no route takes. Only called for a 404 or 405: each method is tried."""
+    app = scope.get("app")
+    routes = getattr(getattr(app, "router", None), "routes", ())
+    methods: set[str] = set()
+    # The app's root path: a mount (the docs' assets) answers with its own in `root_path`.
+    root_path = scope.get("app_root_path", scope.get("root_path", ""))
+    for method in METHODS:
+        # Only the keys routing reads: a route's matching may note things in the scope.
+        probe = {
+            "type": "http",
+            "method": method,
+            "path": scope["path"],
+            "root_path": root_path,
+            "headers": scope.get("headers", []),
+            "query_string": scope.get("query_string", b""),
+        }
+        for route in routes:
+            if isinstance(route, Mount):  # any method reaches its app; StaticFiles takes two
+                if isinstance(route.app, StaticFiles) and route.matches(probe)[0] != Match.NONE:
+                    methods |= _STATIC_METHODS
+            elif route.matches(probe)[0] == Match.FULL:
+                methods.add(method)
+                break
+    lean = state_of(app, "lean", Lean)
+    if lean is not None:
+        methods |= {method for method, path in lean.routes if path == scope["path"]}
+    return sorted(methods)
 
 
 class LeanRoutes:

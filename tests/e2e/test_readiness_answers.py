@@ -1,0 +1,58 @@
+"""`/readyz` of a running service whose broker does not answer: 503 naming the part that
+fails (`kafka`, `rabbitmq`), without the exception's text; that goes to the service's log.
+(`test_readiness.py` stops MariaDB itself; these point a private service at a closed port.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import TEST_ENV
+from tests.support import ServiceProcess, eventually, free_port
+
+pytestmark = pytest.mark.e2e
+
+CASES = {
+    # service, the setting pointed at a closed port, the part /readyz must name
+    "products": ("PRODUCT_SERVICE_PORT", {"KAFKA_BROKERS": "127.0.0.1:{closed}"}, "kafka"),
+    "orders": ("ORDER_SERVICE_PORT", {"RABBITMQ_PORT": "{closed}"}, "rabbitmq"),
+}
+
+
+@pytest.mark.parametrize("service", CASES)
+async def test_readyz_names_the_part_that_fails_and_logs_why(
+    database: AsyncEngine, tmp_path: Path, service: str
+) -> None:
+    port_setting, broken, failing = CASES[service]
+    closed = free_port()  # nothing listens there
+    env = {
+        **TEST_ENV,
+        port_setting: str(free_port()),
+        "CONSUMERS_ENABLED": "false",  # (orders) not a second consumer of the session's queues
+        **{name: value.format(closed=closed) for name, value in broken.items()},
+    }
+    process = ServiceProcess(
+        service, port=int(env[port_setting]), env=env, log_path=tmp_path / f"{service}.log"
+    )
+    await process.start()
+    try:
+        async with httpx.AsyncClient(base_url=process.url, timeout=15) as client:
+
+            async def not_ready() -> httpx.Response | None:
+                answer = await client.get("/readyz")
+                return answer if answer.status_code == 503 else None
+
+            answer = await eventually(not_ready, timeout=30, what=f"/readyz naming {failing}")
+    finally:
+        process.stop()
+    problem = answer.json()
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert problem["detail"] == f"Unreachable: {failing}"
+    assert problem["checks"][failing] in ("failed", "timed out")
+    assert problem["checks"]["database"] == "ok"
+    assert set(problem["checks"].values()) <= {"ok", "failed", "timed out"}
+    assert str(closed) not in answer.text, "the exception's text is in the answer"
+    assert f"readiness: {failing}" in process.log_path.read_text(errors="replace")
