@@ -234,6 +234,9 @@ class Auth(Group):
     jwks_refresh_seconds: float = Field(60.0, ge=1)  # at most one JWKS fetch per this
     timeout_seconds: float = Field(3.0, gt=0, le=30)
     user_claim: str = Field("sub", min_length=1)  # the claim holding the user id
+    # Only RFC 9068 access tokens (header `typ` at+jwt): an OIDC ID token for the same audience
+    # is refused. Off (false) only for a provider that cannot mark its access tokens.
+    require_at_jwt: bool = True
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from shop.access.verifier import Authenticator, Forbidden, Jwks, StaticKey, Unauthorized, thumbprint
-from shop.settings import Auth
+from shop.settings import Auth, ConfigError, load_settings
 from tests.clock import FakeClock
 from tests.tokens import AUDIENCE, ISSUER, Issuer
 
@@ -54,6 +55,43 @@ def test_every_bad_token_is_refused_with_a_bearer_challenge(case: str) -> None:
         assert 'error="invalid_token"' in challenge or 'error="invalid_request"' in challenge
     else:
         assert "error=" not in challenge
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/AT+JWT"])
+def test_the_access_token_type_is_compared_without_regard_to_case(typ: str) -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer(3, headers={"typ": typ}))
+    assert principal.user_id == 3
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "", "id_token+jwt", "at+jwt2", "application/jwt"])
+def test_a_token_that_is_not_typed_as_an_access_token_is_refused(typ: str) -> None:
+    with pytest.raises(Unauthorized, match="at\\+jwt") as refused:
+        _verify(issuer.authenticator(), issuer.bearer(3, headers={"typ": typ}))
+    assert 'error="invalid_token"' in refused.value.headers["WWW-Authenticate"]
+
+
+def test_an_id_token_for_the_shops_audience_is_refused_unless_the_type_check_is_off() -> None:
+    id_token = {"Authorization": f"Bearer {issuer.id_token(4)}"}
+    with pytest.raises(Unauthorized, match="at\\+jwt"):
+        _verify(issuer.authenticator(), id_token)
+    lenient = Authenticator(
+        StaticKey(issuer.public_pem),
+        Auth(issuer=ISSUER, audience=AUDIENCE, require_at_jwt=False),
+    )
+    assert _verify(lenient, id_token).user_id == 4
+
+
+def test_the_access_token_type_is_required_unless_it_is_turned_off_explicitly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.yaml
+    monkeypatch.delenv("AUTH_REQUIRE_AT_JWT", raising=False)
+    assert load_settings().auth.require_at_jwt
+    monkeypatch.setenv("AUTH_REQUIRE_AT_JWT", "false")
+    assert not load_settings().auth.require_at_jwt
+    monkeypatch.setenv("AUTH_REQUIRE_AT_JWT", "")
+    with pytest.raises(ConfigError, match="AUTH_REQUIRE_AT_JWT"):
+        load_settings()
 
 
 def test_a_missing_scope_is_forbidden_and_names_the_scope() -> None:

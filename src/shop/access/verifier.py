@@ -3,7 +3,9 @@
 
 Only asymmetric signatures are accepted (RS256, ES256, EdDSA): a token whose header says `none`
 or an HMAC algorithm is refused before any key is looked at, so a public key can never serve as
-an HMAC secret. `iss` and `aud` must match the settings; `exp` is required and `exp`/`nbf` are
+an HMAC secret. The header's `typ` must be `at+jwt` (RFC 9068 section 4) unless
+AUTH_REQUIRE_AT_JWT=false, so that an OIDC ID token for the same audience is not taken for an
+access token. `iss` and `aud` must match the settings; `exp` is required and `exp`/`nbf` are
 checked with a small leeway. Keys come from a JWKS URL (fetched with a timeout, cached, fetched
 again for an unknown `kid` at most once per AUTH_JWKS_REFRESH_SECONDS) or from a PEM public
 key file.
@@ -197,6 +199,8 @@ class Authenticator:
             raise Unauthorized("The token is not a JWT.") from None
         if header.get("alg") not in ALGORITHMS:
             raise Unauthorized(f"Tokens must be signed with one of {', '.join(ALGORITHMS)}.")
+        if self._auth.require_at_jwt and not _is_access_token(header.get("typ")):
+            raise Unauthorized("Send an access token: its header's typ must be at+jwt (RFC 9068).")
         kid = header.get("kid")
         key = await self._keys.key(kid if isinstance(kid, str) else None)
         if header["alg"] != algorithm_of(key):
@@ -225,6 +229,12 @@ class Authenticator:
         # counts a token's bytes once however often it is stored.
         self._verified[token] = _Verified(principal, float(claims["exp"]), len(token))
         return principal
+
+
+def _is_access_token(typ: Any) -> bool:
+    """Whether a header's `typ` names an RFC 9068 access token (section 4: `at+jwt`, or the full
+    media type `application/at+jwt`; media types compare without regard to case)."""
+    return isinstance(typ, str) and typ.lower() in ("at+jwt", "application/at+jwt")
 
 
 class _Verified(NamedTuple):
