@@ -82,6 +82,13 @@ def _host_ports(value: str) -> str:
     return value
 
 
+def _names(value: Any) -> Any:
+    """A comma-separated list of names as a tuple (blanks around and between commas dropped)."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
 class Kafka(Group):
     prefix = "kafka_"
     brokers: Annotated[str, AfterValidator(_host_ports)] = "127.0.0.1:9092"
@@ -237,6 +244,9 @@ class Auth(Group):
     # Only RFC 9068 access tokens (header `typ` at+jwt): an OIDC ID token for the same audience
     # is refused. Off (false) only for a provider that cannot mark its access tokens.
     require_at_jwt: bool = True
+    # The clients whose tokens are accepted (`client_id`, or `azp` where a token has no
+    # client_id), comma-separated; empty: any client of the issuer.
+    allowed_clients: Annotated[tuple[str, ...], BeforeValidator(_names)] = ()
 
 
 def _is_loopback(host: str) -> bool:

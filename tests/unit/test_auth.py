@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -92,6 +93,46 @@ def test_the_access_token_type_is_required_unless_it_is_turned_off_explicitly(
     monkeypatch.setenv("AUTH_REQUIRE_AT_JWT", "")
     with pytest.raises(ConfigError, match="AUTH_REQUIRE_AT_JWT"):
         load_settings()
+
+
+def _with(**auth: Any) -> Authenticator:
+    """An authenticator trusting the test issuer's key, with these AUTH settings."""
+    settings = Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5, **auth)
+    return Authenticator(StaticKey(issuer.public_pem), settings)
+
+
+def test_listed_clients_are_accepted_by_client_id_or_else_azp_and_others_refused() -> None:
+    auth = _with(allowed_clients="shop-web, shop-mobile")  # as the environment gives it
+    assert auth._auth.allowed_clients == ("shop-web", "shop-mobile")
+    assert _verify(auth, issuer.bearer(1, client_id="shop-web")).user_id == 1
+    azp_only = _without(issuer.token(2, azp="shop-mobile"), "client_id")
+    assert _verify(auth, {"Authorization": f"Bearer {azp_only}"}).user_id == 2
+    refused = {
+        "another client": issuer.bearer(3, client_id="reporting"),
+        "client_id wins over azp": issuer.bearer(3, client_id="reporting", azp="shop-web"),
+        "no client at all": {"Authorization": f"Bearer {_without(issuer.token(3), 'client_id')}"},
+        "a client that is no string": issuer.bearer(3, client_id=["shop-web"]),
+        "a differently spelled client": issuer.bearer(3, client_id="Shop-Web"),
+    }
+    for case, headers in refused.items():
+        with pytest.raises(Unauthorized, match="client") as refusal:
+            _verify(auth, headers)
+        assert 'error="invalid_token"' in refusal.value.headers["WWW-Authenticate"], case
+
+
+def test_without_a_client_list_any_client_is_accepted() -> None:
+    assert _verify(_with(), issuer.bearer(1, client_id="anything")).user_id == 1
+    assert _verify(_with(allowed_clients=""), issuer.bearer(1, client_id="x")).user_id == 1
+
+
+def _without(token: str, *names: str) -> str:
+    """`token` re-signed by the test issuer without the claims `names`."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    header = jwt.get_unverified_header(token)
+    for name in names:
+        claims.pop(name, None)
+    key = serialization.load_pem_private_key(issuer.signing_pem, password=None)
+    return jwt.encode(claims, key, algorithm=header["alg"], headers=header)  # type: ignore[arg-type]
 
 
 def test_a_missing_scope_is_forbidden_and_names_the_scope() -> None:

@@ -5,10 +5,11 @@ Only asymmetric signatures are accepted (RS256, ES256, EdDSA): a token whose hea
 or an HMAC algorithm is refused before any key is looked at, so a public key can never serve as
 an HMAC secret. The header's `typ` must be `at+jwt` (RFC 9068 section 4) unless
 AUTH_REQUIRE_AT_JWT=false, so that an OIDC ID token for the same audience is not taken for an
-access token. `iss` and `aud` must match the settings; `exp` is required and `exp`/`nbf` are
-checked with a small leeway. Keys come from a JWKS URL (fetched with a timeout, cached, fetched
-again for an unknown `kid` at most once per AUTH_JWKS_REFRESH_SECONDS) or from a PEM public
-key file.
+access token. `iss` and `aud` must match the settings, and the client the token was issued to
+(`client_id`, else `azp`) must be one of AUTH_ALLOWED_CLIENTS when that lists any; `exp` is
+required and `exp`/`nbf` are checked with a small leeway. Keys come from a JWKS URL (fetched
+with a timeout, cached, fetched again for an unknown `kid` at most once per
+AUTH_JWKS_REFRESH_SECONDS) or from a PEM public key file.
 
 A verified token is remembered until it expires (bounded by the bytes of the tokens held, the
 least recently used forgotten first), so a client that sends the same token on every request
@@ -220,6 +221,10 @@ class Authenticator:
             raise Unauthorized(
                 _REFUSED.get(type(exc), f"The token is not valid ({reason}).")
             ) from None
+        if self._auth.allowed_clients:
+            client = claims["client_id"] if "client_id" in claims else claims.get("azp")
+            if not isinstance(client, str) or client not in self._auth.allowed_clients:
+                raise Unauthorized("The token was issued to a client this service does not accept.")
         scopes = claims.get("scope", "")
         if isinstance(scopes, list):  # some providers send a list (scp style)
             scopes = " ".join(str(s) for s in scopes)
