@@ -135,6 +135,28 @@ def _without(token: str, *names: str) -> str:
     return jwt.encode(claims, key, algorithm=header["alg"], headers=header)  # type: ignore[arg-type]
 
 
+BOTH = {"products:write", "orders:admin"}
+
+
+@pytest.mark.parametrize(
+    ("claims", "granted"),
+    [
+        ({"scope": "products:write orders:admin"}, BOTH),
+        ({"scope": ["products:write", "orders:admin"]}, BOTH),
+        ({"scope": "", "scp": "products:write orders:admin"}, BOTH),
+        ({"scope": "", "scp": ["products:write", "orders:admin"]}, BOTH),
+        ({"scope": "products:write", "scp": ["orders:admin"]}, BOTH),
+        ({"scope": "", "scp": ["products:write", 7, None, {"a": 1}]}, {"products:write"}),
+        ({"scope": 7, "scp": {"products:write": True}}, set()),
+    ],
+)
+def test_scopes_are_read_from_scope_and_scp_as_a_string_or_a_list(
+    claims: dict[str, Any], granted: set[str]
+) -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer(5, **claims))
+    assert principal.scopes == granted
+
+
 def test_a_missing_scope_is_forbidden_and_names_the_scope() -> None:
     principal = _verify(issuer.authenticator(), issuer.bearer(7))
     with pytest.raises(Forbidden) as refused:

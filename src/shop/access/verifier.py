@@ -225,11 +225,9 @@ class Authenticator:
             client = claims["client_id"] if "client_id" in claims else claims.get("azp")
             if not isinstance(client, str) or client not in self._auth.allowed_clients:
                 raise Unauthorized("The token was issued to a client this service does not accept.")
-        scopes = claims.get("scope", "")
-        if isinstance(scopes, list):  # some providers send a list (scp style)
-            scopes = " ".join(str(s) for s in scopes)
+        scopes = _words(claims.get("scope")) | _words(claims.get("scp"))
         user = _user_id(claims.get(self._auth.user_claim))
-        principal = Principal(str(claims["sub"]), user, frozenset(str(scopes).split()))
+        principal = Principal(str(claims["sub"]), user, scopes)
         # Requests that missed at the same moment each verify, and each store here: the cache
         # counts a token's bytes once however often it is stored.
         self._verified[token] = _Verified(principal, float(claims["exp"]), len(token))
@@ -240,6 +238,16 @@ def _is_access_token(typ: Any) -> bool:
     """Whether a header's `typ` names an RFC 9068 access token (section 4: `at+jwt`, or the full
     media type `application/at+jwt`; media types compare without regard to case)."""
     return isinstance(typ, str) and typ.lower() in ("at+jwt", "application/at+jwt")
+
+
+def _words(value: Any) -> frozenset[str]:
+    """The scopes a `scope` or `scp` claim grants: a space-separated string (RFC 8693 section
+    4.2) or a list of them (as Entra ID and Okta send `scp`); anything else grants none."""
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list):
+        return frozenset(word for item in value if isinstance(item, str) for word in item.split())
+    return frozenset()
 
 
 class _Verified(NamedTuple):
