@@ -247,6 +247,11 @@ class Auth(Group):
     # The clients whose tokens are accepted (`client_id`, or `azp` where a token has no
     # client_id), comma-separated; empty: any client of the issuer.
     allowed_clients: Annotated[tuple[str, ...], BeforeValidator(_names)] = ()
+    # A role or group claim that makes a caller an administrator (what the scope orders:admin
+    # grants): the claim's path, dotted for a nested one (Keycloak's realm roles are
+    # `realm_access.roles`), and the value it must hold (or be). Empty: scopes only.
+    admin_claim: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+    admin_role: str = Field("shop-admin", min_length=1)
 
 
 def _is_loopback(host: str) -> bool:

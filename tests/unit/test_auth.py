@@ -17,7 +17,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from shop.access.verifier import Authenticator, Forbidden, Jwks, StaticKey, Unauthorized, thumbprint
+from shop.access.verifier import (
+    ADMIN_SCOPE,
+    Authenticator,
+    Forbidden,
+    Jwks,
+    StaticKey,
+    Unauthorized,
+    thumbprint,
+)
 from shop.settings import Auth, ConfigError, load_settings
 from tests.clock import FakeClock
 from tests.tokens import AUDIENCE, ISSUER, Issuer
@@ -155,6 +163,53 @@ def test_scopes_are_read_from_scope_and_scp_as_a_string_or_a_list(
 ) -> None:
     principal = _verify(issuer.authenticator(), issuer.bearer(5, **claims))
     assert principal.scopes == granted
+
+
+NAMESPACED = "https://shop.example/roles"
+
+
+@pytest.mark.parametrize(
+    ("settings", "claims"),
+    [
+        ({"admin_claim": "realm_access.roles"}, {"realm_access": {"roles": ["x", "shop-admin"]}}),
+        ({"admin_claim": "groups"}, {"groups": ["/staff", "shop-admin"]}),
+        ({"admin_claim": "role"}, {"role": "shop-admin"}),
+        (
+            {"admin_claim": "https://shop.example/roles"},
+            {"https://shop.example/roles": ["shop-admin"]},
+        ),
+        (
+            {"admin_claim": "resource_access.shop.roles", "admin_role": "support"},
+            {"resource_access": {"shop": {"roles": ["support"]}}},
+        ),
+    ],
+)
+def test_the_admin_role_or_group_grants_what_orders_admin_grants(
+    settings: dict[str, str], claims: dict[str, Any]
+) -> None:
+    principal = _verify(_with(**settings), issuer.bearer(12, **claims))
+    assert principal.has(ADMIN_SCOPE)
+    assert principal.user_id == 12  # still the customer its subject names
+
+
+@pytest.mark.parametrize(
+    ("settings", "claims"),
+    [
+        ({}, {"realm_access": {"roles": ["shop-admin"]}}),  # no admin claim configured
+        ({"admin_claim": ""}, {"realm_access": {"roles": ["shop-admin"]}}),
+        ({"admin_claim": "realm_access.roles"}, {"realm_access": {"roles": ["shop-admins"]}}),
+        ({"admin_claim": "realm_access.roles"}, {"realm_access": {"roles": "shop-admin-x"}}),
+        ({"admin_claim": "realm_access.roles"}, {"realm_access": ["shop-admin"]}),
+        ({"admin_claim": "realm_access.roles"}, {"realm_access.role": ["shop-admin"]}),
+        ({"admin_claim": "realm_access.roles"}, {"roles": ["shop-admin"]}),
+        ({"admin_claim": "groups"}, {"groups": {"shop-admin": True}}),
+        ({"admin_claim": "groups", "admin_role": "ops"}, {"groups": ["shop-admin"]}),
+    ],
+)
+def test_no_other_claim_or_value_makes_an_admin(
+    settings: dict[str, str], claims: dict[str, Any]
+) -> None:
+    assert not _verify(_with(**settings), issuer.bearer(12, **claims)).has(ADMIN_SCOPE)
 
 
 def test_a_missing_scope_is_forbidden_and_names_the_scope() -> None:

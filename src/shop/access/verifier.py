@@ -7,7 +7,9 @@ an HMAC secret. The header's `typ` must be `at+jwt` (RFC 9068 section 4) unless
 AUTH_REQUIRE_AT_JWT=false, so that an OIDC ID token for the same audience is not taken for an
 access token. `iss` and `aud` must match the settings, and the client the token was issued to
 (`client_id`, else `azp`) must be one of AUTH_ALLOWED_CLIENTS when that lists any; `exp` is
-required and `exp`/`nbf` are checked with a small leeway. Keys come from a JWKS URL (fetched
+required and `exp`/`nbf` are checked with a small leeway. Scopes are read from `scope` and
+`scp`; a role or group claim (AUTH_ADMIN_CLAIM) holding AUTH_ADMIN_ROLE grants what the scope
+orders:admin grants. Keys come from a JWKS URL (fetched
 with a timeout, cached, fetched again for an unknown `kid` at most once per
 AUTH_JWKS_REFRESH_SECONDS) or from a PEM public key file.
 
@@ -42,6 +44,9 @@ from shop.errors import DomainError
 from shop.settings import Auth, ConfigError, Settings
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
+# Lists, reads and cancels any order, and places orders for any user; the role or group named
+# by AUTH_ADMIN_CLAIM and AUTH_ADMIN_ROLE grants it too.
+ADMIN_SCOPE = "orders:admin"
 SCHEME = "Bearer"
 
 
@@ -226,6 +231,9 @@ class Authenticator:
             if not isinstance(client, str) or client not in self._auth.allowed_clients:
                 raise Unauthorized("The token was issued to a client this service does not accept.")
         scopes = _words(claims.get("scope")) | _words(claims.get("scp"))
+        admin = self._auth.admin_claim
+        if admin is not None and _holds(_claim(claims, admin), self._auth.admin_role):
+            scopes |= {ADMIN_SCOPE}
         user = _user_id(claims.get(self._auth.user_claim))
         principal = Principal(str(claims["sub"]), user, scopes)
         # Requests that missed at the same moment each verify, and each store here: the cache
@@ -248,6 +256,25 @@ def _words(value: Any) -> frozenset[str]:
     if isinstance(value, list):
         return frozenset(word for item in value if isinstance(item, str) for word in item.split())
     return frozenset()
+
+
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    """The claim named `path`: a top-level claim of that very name (a namespaced one such as
+    `https://shop.example/roles` has dots), else the path's parts one object inside another
+    (`realm_access.roles`); None if there is no such claim."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _holds(value: Any, role: str) -> bool:
+    """Whether a role or group claim grants `role`: a list holding it, or that very string."""
+    return value == role or (isinstance(value, list) and role in value)
 
 
 class _Verified(NamedTuple):
