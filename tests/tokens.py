@@ -111,6 +111,7 @@ class Issuer:
             "not a bearer token": {"Authorization": f"Basic {good}"},
             "an OIDC ID token": _header(self.id_token(subject)),
             "no typ in the header": self.bearer(subject, scopes, headers={"typ": ""}),
+            "a user id with leading zeros": self.bearer("007", scopes),
         }
 
     def id_token(self, subject: str | int, **claims: Any) -> str:

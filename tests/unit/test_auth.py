@@ -37,6 +37,12 @@ def _verify(auth: Authenticator, headers: dict[str, str]) -> Any:
     return asyncio.run(auth.principal(headers.get("Authorization")))
 
 
+def _with(**auth: Any) -> Authenticator:
+    """An authenticator trusting the test issuer's key, with these AUTH settings."""
+    settings = Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5, **auth)
+    return Authenticator(StaticKey(issuer.public_pem), settings)
+
+
 def test_a_valid_token_names_its_user_and_scopes() -> None:
     principal = _verify(issuer.authenticator(), issuer.bearer(42, ["products:write"]))
     assert principal.user_id == 42
@@ -45,11 +51,46 @@ def test_a_valid_token_names_its_user_and_scopes() -> None:
     assert not principal.has("orders:admin")
 
 
-def test_a_subject_that_is_not_a_user_id_is_no_customer() -> None:
-    principal = _verify(issuer.authenticator(), issuer.bearer("catalogue-importer"))
+@pytest.mark.parametrize("subject", ["catalogue-importer", "7abc", "abc7", "f81d4fae-7dec", ""])
+def test_a_subject_that_is_not_a_user_id_is_no_customer(subject: str) -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer(subject))
     assert principal.user_id is None
     with pytest.raises(Forbidden):
         principal.customer()
+
+
+@pytest.mark.parametrize(
+    ("value", "user"),
+    [("7", 7), (7, 7), ("9223372036854775807", 2**63 - 1), (2**63 - 1, 2**63 - 1)],
+)
+def test_a_user_id_is_a_canonical_decimal_or_an_integer_in_range(value: Any, user: int) -> None:
+    auth = _with(user_claim="uid")
+    assert _verify(auth, issuer.bearer("someone", uid=value)).user_id == user
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "007", "07", "0", "00", "+7", "-7", " 7", "7 ", "\t7", "7\n", "7.0", "7.", ".7", "7e0",
+        "1_000", "\u0667", "\uff17", "9223372036854775808", "99999999999999999999", 0, -7,
+        2**63, 7.0,
+    ],
+)  # fmt: skip
+def test_a_user_id_spelled_any_other_way_is_refused(value: Any) -> None:
+    with pytest.raises(Unauthorized, match="user id") as refused:
+        _verify(_with(user_claim="uid"), issuer.bearer("someone", uid=value))
+    assert 'error="invalid_token"' in refused.value.headers["WWW-Authenticate"]
+
+
+def test_007_and_7_are_never_the_same_customer() -> None:
+    assert _verify(issuer.authenticator(), issuer.bearer("7")).customer() == 7
+    with pytest.raises(Unauthorized):
+        _verify(issuer.authenticator(), issuer.bearer("007"))
+
+
+@pytest.mark.parametrize("value", [True, None, ["7"], {"id": 7}])
+def test_a_user_id_claim_of_another_type_names_no_customer(value: Any) -> None:
+    assert _verify(_with(user_claim="uid"), issuer.bearer("x", uid=value)).user_id is None
 
 
 @pytest.mark.parametrize("case", sorted(issuer.refused(7, ["products:write"])))
@@ -101,12 +142,6 @@ def test_the_access_token_type_is_required_unless_it_is_turned_off_explicitly(
     monkeypatch.setenv("AUTH_REQUIRE_AT_JWT", "")
     with pytest.raises(ConfigError, match="AUTH_REQUIRE_AT_JWT"):
         load_settings()
-
-
-def _with(**auth: Any) -> Authenticator:
-    """An authenticator trusting the test issuer's key, with these AUTH settings."""
-    settings = Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5, **auth)
-    return Authenticator(StaticKey(issuer.public_pem), settings)
 
 
 def test_listed_clients_are_accepted_by_client_id_or_else_azp_and_others_refused() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -285,13 +286,34 @@ class _Verified(NamedTuple):
     size: int
 
 
+MAX_USER_ID = 2**63 - 1
+_CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
+# What some reader could take for a number: signs, blanks, leading zeros, `_` separators,
+# decimals, exponents, digits of other scripts.
+_NUMBER_LIKE = re.compile(r"\s*[+-]?[\d_.]*\d[\d_.]*(?:[eE][+-]?\d+)?\s*")
+
+
 def _user_id(value: Any) -> int | None:
-    """A positive integer user id (as a number or its decimal string), else None."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2**63 - 1:
+    """The user id a claim names: a JSON integer, or a canonical decimal string (ASCII digits,
+    no sign, blanks or leading zeros), from 1 to 2**63-1. A value that reads as a number in any
+    other spelling ("007", "+7", " 7", "7.0", "0", a number out of range) is refused, so that two
+    spellings never name one customer; anything else (a service's name, a UUID) names no
+    customer (None)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        if _CANONICAL_ID.fullmatch(value) and int(value) <= MAX_USER_ID:
+            return int(value)
+        if _NUMBER_LIKE.fullmatch(value) is None:
+            return None
+    elif isinstance(value, int) and 1 <= value <= MAX_USER_ID:
         return value
-    return None
+    elif not isinstance(value, int | float):
+        return None
+    raise Unauthorized(
+        f"The token's user id must be a decimal from 1 to {MAX_USER_ID} without sign, blanks "
+        "or leading zeros."
+    )
 
 
 _REFUSED: dict[type[Exception], str] = {
