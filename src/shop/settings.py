@@ -14,7 +14,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -79,6 +79,19 @@ def _host_ports(value: str) -> str:
         host, _, port = broker.strip().rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+    return value
+
+
+def _https_url(value: str | None) -> str | None:
+    """An https:// URL with a host, or None for an empty value."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(
+            f"must be an https:// URL, got {value!r} (the signing keys decide who may do what: "
+            "they are not fetched over plain HTTP)"
+        )
     return value
 
 
@@ -234,7 +247,10 @@ class Auth(Group):
     prefix = "auth_"
     issuer: str = Field("shop-dev", min_length=1)
     audience: str = Field("shop", min_length=1)
-    jwks_url: str | None = None
+    # Fetched over https only (a redirect is not followed), trusting the CA certificates (PEM)
+    # in AUTH_JWKS_CA_FILE, or the system's without it.
+    jwks_url: Annotated[str | None, AfterValidator(_https_url)] = None
+    jwks_ca_file: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
     public_key_file: str = ".stack/auth/public.pem"
     signing_key_file: str = ".stack/auth/signing.pem"  # `shop token` only
     leeway_seconds: float = Field(30.0, ge=0, le=300)

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from shop.access.verifier import (
     ADMIN_SCOPE,
     Authenticator,
     Forbidden,
-    Jwks,
     StaticKey,
     Unauthorized,
     thumbprint,
@@ -322,76 +315,3 @@ def test_the_static_key_id_is_the_rfc_7638_thumbprint() -> None:
     assert thumbprint(key) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
     pem_key = load_pem_public_key(issuer.public_pem)
     assert StaticKey(issuer.public_pem).kid == thumbprint(pem_key)
-
-
-@pytest.fixture
-def identity_provider() -> Iterator[dict[str, Any]]:
-    """A JWKS endpoint on loopback that counts its fetches; `keys` is what it serves."""
-    state: dict[str, Any] = {"fetches": 0, "keys": []}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state["fetches"] += 1
-            body = json.dumps({"keys": state["keys"]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{server.server_address[1]}/jwks"
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-def _jwk(issuer: Issuer) -> dict[str, Any]:
-    public = load_pem_public_key(issuer.public_pem)
-    assert isinstance(public, Ed25519PublicKey)
-    jwk: dict[str, Any] = jwt.algorithms.OKPAlgorithm.to_jwk(public, as_dict=True)
-    return {**jwk, "kid": thumbprint(public), "use": "sig", "alg": "EdDSA"}
-
-
-def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_interval(
-    identity_provider: dict[str, Any],
-) -> None:
-    rotated = Issuer()
-    identity_provider["keys"] = [_jwk(issuer)]
-    clock = FakeClock()
-    keys = Jwks(
-        identity_provider["url"], Auth(timeout_seconds=2, jwks_refresh_seconds=1.0), clock=clock
-    )
-    auth = Authenticator(keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5))
-
-    async def scenario() -> None:
-        await auth.principal(issuer.bearer(1)["Authorization"])
-        await auth.principal(issuer.bearer(2)["Authorization"])
-        assert identity_provider["fetches"] == 1
-        # A token from a key the IdP does not (yet) publish: fetched once more, then refused
-        # without asking again within the interval.
-        for _ in range(5):
-            with pytest.raises(Unauthorized, match="key id"):
-                await auth.principal(rotated.bearer(3)["Authorization"])
-        assert identity_provider["fetches"] == 1
-        identity_provider["keys"] = [_jwk(issuer), _jwk(rotated)]
-        clock.now += 1.1
-        principal = await auth.principal(rotated.bearer(3)["Authorization"])
-        assert principal.user_id == 3
-        assert identity_provider["fetches"] == 2
-
-    asyncio.run(scenario())
-
-
-def test_an_unreachable_identity_provider_is_a_401_not_a_crash() -> None:
-    keys = Jwks("http://127.0.0.1:9/jwks", Auth(timeout_seconds=0.5, jwks_refresh_seconds=60))
-    auth = Authenticator(keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5))
-    started = time.monotonic()
-    with pytest.raises(Unauthorized, match="could not be fetched"):
-        asyncio.run(auth.principal(issuer.bearer(1)["Authorization"]))
-    assert time.monotonic() - started < 5

@@ -23,12 +23,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
+import ssl
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http.client import HTTPMessage
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import IO, Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
 
 import jwt
 from cachetools import TLRUCache
@@ -43,6 +49,8 @@ from starlette.types import Scope
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
 from shop.settings import Auth, ConfigError, Settings
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA")
 # Lists, reads and cancels any order, and places orders for any user; the role or group named
@@ -127,10 +135,19 @@ class StaticKey:
 class Jwks:
     """Keys from a JWKS document, fetched again for an unknown `kid` at most once per
     AUTH_JWKS_REFRESH_SECONDS (so unknown ids cannot make the service hammer the identity
-    provider)."""
+    provider). `download` fetches the document (blocking, run in a worker thread); by default
+    an `HttpsDownload` of `url`."""
 
-    def __init__(self, url: str, auth: Auth, *, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        url: str,
+        auth: Auth,
+        *,
+        clock: Clock = SYSTEM,
+        download: Callable[[], Any] | None = None,
+    ) -> None:
         self._url = url
+        self._download = download or HttpsDownload(url, auth)
         self._timeout = auth.timeout_seconds
         self._refresh = auth.jwks_refresh_seconds
         self._now = clock.monotonic
@@ -152,9 +169,12 @@ class Jwks:
     async def _fetch(self) -> None:
         self._fetched_at = self._now()
         try:
-            document = await asyncio.to_thread(self._download)
+            # The thread may outlive this deadline, until its socket's own timeouts end it.
+            async with asyncio.timeout(self._timeout):
+                document = await asyncio.to_thread(self._download)
             keys = jwt.PyJWKSet.from_dict(document).keys
         except Exception as exc:  # the IdP is down or answers nonsense: keep the keys we have
+            log.warning("the signing keys at %s could not be fetched: %r", self._url, exc)
             raise Unauthorized("The signing keys could not be fetched; retry shortly.") from exc
         usable = (*ALGORITHMS, "UNKNOWN")
         found: dict[str | None, Any] = {k.key_id: k.key for k in keys if k.algorithm_name in usable}
@@ -162,10 +182,58 @@ class Jwks:
             found[None] = next(iter(found.values()))
         self._keys = found
 
-    def _download(self) -> Any:
-        request = urllib.request.Request(self._url, headers={"Accept": "application/json"})  # noqa: S310 (configured URL)
-        with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
-            return json.loads(response.read(1_000_000))
+
+class HttpsDownload:
+    """GET a JWKS document over HTTPS only, trusting AUTH_JWKS_CA_FILE's certificates (or the
+    system's), without following redirects (the keys come from the configured URL or not at
+    all), within AUTH_TIMEOUT_SECONDS, and at most 1 MB of it. Blocking: call it in a
+    worker thread."""
+
+    MAX_BYTES = 1_000_000
+
+    def __init__(self, url: str, auth: Auth) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"not an https:// URL: {url}")
+        self._url = url
+        self._timeout = auth.timeout_seconds
+        context = ssl.create_default_context(cafile=auth.jwks_ca_file)
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context), _NoRedirects()
+        )
+
+    def __call__(self) -> Any:
+        deadline = time.monotonic() + self._timeout
+        request = urllib.request.Request(self._url, headers={"Accept": "application/json"})  # noqa: S310 (https only)
+        try:
+            response = self._opener.open(request, timeout=self._timeout)
+        except urllib.error.HTTPError as exc:  # a redirect or an error status: its body unread
+            exc.close()
+            raise
+        with response:
+            body = bytearray()
+            while chunk := response.read(64 * 1024):  # each read within the socket's timeout
+                body += chunk
+                if len(body) > self.MAX_BYTES:
+                    raise ValueError(f"the document is larger than {self.MAX_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the document took over {self._timeout} s to arrive")
+            return json.loads(body)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: a 3xx answer is an error (urllib.error.HTTPError)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> None:
+        return None
 
 
 class Authenticator:
@@ -359,7 +427,10 @@ def from_settings(settings: Settings) -> Authenticator:
     """The authenticator the settings describe: JWKS if AUTH_JWKS_URL is set, else the key file."""
     keys: KeySource
     if settings.auth.jwks_url:
-        keys = Jwks(settings.auth.jwks_url, settings.auth)
+        try:
+            keys = Jwks(settings.auth.jwks_url, settings.auth)
+        except OSError as exc:  # the CA file is missing or holds no certificate (ssl.SSLError)
+            raise ConfigError(f"AUTH_JWKS_CA_FILE={settings.auth.jwks_ca_file}: {exc}") from exc
     else:
         path = Path(settings.auth.public_key_file)
         try:
