@@ -8,6 +8,7 @@ import ipaddress
 import json
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -114,13 +115,15 @@ def jwk(issuer: Issuer) -> dict[str, Any]:
 
 class JwksServer:
     """`GET /jwks` over TLS on 127.0.0.1 (a free port): `{"keys": keys}`, with
-    `Cache-Control: max-age=<max_age>` unless `max_age` is None, or a 302 to `redirect_to` if it
-    is set. `fetches` counts the requests. A context manager: serving inside it."""
+    `Cache-Control: max-age=<max_age>` unless `max_age` is None (a byte at a time, one per
+    `trickle_seconds`, if that is set), or a 302 to `redirect_to` if it is set. `fetches` counts
+    the requests. A context manager: serving inside it."""
 
     def __init__(self, certificates: Certificates) -> None:
         self.keys: list[dict[str, Any]] = []
         self.max_age: int | None = None
         self.redirect_to: str | None = None
+        self.trickle_seconds: float | None = None  # a pause before each byte of the body
         self.fetches = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.socket = certificates.server_context().wrap_socket(
@@ -148,7 +151,13 @@ class JwksServer:
                 if state.max_age is not None:
                     self.send_header("Cache-Control", f"public, max-age={state.max_age}")
                 self.end_headers()
-                self.wfile.write(body)
+                if state.trickle_seconds is None:
+                    self.wfile.write(body)
+                    return
+                for byte in body:
+                    time.sleep(state.trickle_seconds)
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
 
             def log_message(self, *args: object) -> None:
                 pass

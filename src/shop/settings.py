@@ -255,6 +255,11 @@ class Auth(Group):
     signing_key_file: str = ".stack/auth/signing.pem"  # `shop token` only
     leeway_seconds: float = Field(30.0, ge=0, le=300)
     jwks_refresh_seconds: float = Field(60.0, ge=1)  # at most one JWKS fetch per this
+    # The JWKS is fetched again when its response's Cache-Control max-age has passed (the
+    # default when it has none), and at least every AUTH_JWKS_MAX_AGE_SECONDS: a key the
+    # provider removed is refused within that.
+    jwks_default_max_age_seconds: float = Field(300.0, ge=1)
+    jwks_max_age_seconds: float = Field(600.0, ge=1, le=3600)
     timeout_seconds: float = Field(3.0, gt=0, le=30)
     user_claim: str = Field("sub", min_length=1)  # the claim holding the user id
     # Only RFC 9068 access tokens (header `typ` at+jwt): an OIDC ID token for the same audience

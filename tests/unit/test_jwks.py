@@ -10,10 +10,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from shop.access.verifier import Authenticator, HttpsDownload, Jwks, Unauthorized, from_settings
+from shop.access.verifier import (
+    Authenticator,
+    Fetched,
+    HttpsDownload,
+    Jwks,
+    Unauthorized,
+    _max_age,
+    from_settings,
+)
 from shop.settings import Auth, ConfigError, load_settings
+from shop.supervision import Supervisor
 from tests.clock import FakeClock
 from tests.identity_provider import Certificates, JwksServer, jwk
 from tests.tokens import AUDIENCE, ISSUER, Issuer
@@ -143,3 +154,230 @@ def test_a_provider_that_accepts_and_never_answers_is_given_up_on_after_the_time
         started = time.monotonic()
         _refused_fetch(keys)
         assert time.monotonic() - started < 2
+
+
+def test_a_provider_that_trickles_its_answer_is_given_up_on_after_the_timeout(
+    identity_provider: JwksServer, certificates: Certificates
+) -> None:
+    identity_provider.trickle_seconds = 0.05  # never silent for a socket timeout
+    settings = _auth(timeout_seconds=0.5, jwks_ca_file=str(certificates.ca_file))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        HttpsDownload(identity_provider.url, settings)()
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize(
+    ("header", "max_age"),
+    [
+        (None, None),
+        ("", None),
+        ("max-age=120", 120),
+        ("public, max-age=120, must-revalidate", 120),
+        ("MAX-AGE=120", 120),
+        ('max-age="120"', 120),
+        ("no-store", 0),
+        ("no-cache, max-age=100", 0),
+        ('no-cache="Set-Cookie"', 0),
+        ("max-age=abc", None),
+        ("max-age=-1", None),
+        ("max-age=1.5", None),
+        ("s-maxage=50", None),
+        ("max-age=30, max-age=90", 30),
+    ],
+)
+def test_the_max_age_is_read_from_cache_control(header: str | None, max_age: float | None) -> None:
+    assert _max_age(header) == max_age
+
+
+def test_the_download_reads_the_max_age_of_the_response(
+    identity_provider: JwksServer, certificates: Certificates
+) -> None:
+    download = HttpsDownload(identity_provider.url, _auth(jwks_ca_file=str(certificates.ca_file)))
+    assert download() == Fetched({"keys": [jwk(issuer)]}, None)
+    identity_provider.max_age = 2
+    assert download().max_age == 2
+
+
+class _Provider:
+    """A fake download: `keys` (or another `document`) with `max_age`, or `failure` raised;
+    `asked` holds when it was called (on the test's clock)."""
+
+    def __init__(self, clock: FakeClock, *keys: dict[str, Any], max_age: float | None = 60) -> None:
+        self.clock = clock
+        self.keys = list(keys)
+        self.max_age = max_age
+        self.failure: Exception | None = None
+        self.document: Any = None
+        self.asked: list[float] = []
+
+    def __call__(self) -> Fetched:
+        self.asked.append(self.clock.now)
+        if self.failure is not None:
+            raise self.failure
+        return Fetched(self.document or {"keys": list(self.keys)}, self.max_age)
+
+
+class _Clock(FakeClock):
+    """A FakeClock that ends a worker's run (sets its `stopping`) at its `until`-th sleep."""
+
+    until = 1
+
+    async def sleep(self, seconds: float, stopping: asyncio.Event | None = None) -> None:
+        await super().sleep(seconds, stopping)
+        if stopping is not None and len(self.slept) >= self.until:
+            stopping.set()
+
+
+async def _rounds(keys: Jwks, clock: _Clock, rounds: int = 1) -> None:
+    """Run the refresh worker until it has gone to sleep `rounds` more times."""
+    clock.until = len(clock.slept) + rounds
+    await keys.run(asyncio.Event())
+
+
+def _jwks(provider: _Provider, clock: FakeClock, **settings: Any) -> Jwks:
+    return Jwks("https://idp.example/jwks", _auth(**settings), clock=clock, download=provider)
+
+
+async def test_the_keys_are_fetched_again_after_their_max_age_within_the_bounds() -> None:
+    clock = _Clock()
+    provider = _Provider(clock, jwk(issuer))
+    keys = _jwks(
+        provider,
+        clock,
+        jwks_refresh_seconds=10,
+        jwks_default_max_age_seconds=300,
+        jwks_max_age_seconds=600,
+    )
+    script: list[float | Exception | None] = [120, None, 3600, 0, OSError("down"), 30]
+    for step in script:
+        provider.failure = step if isinstance(step, Exception) else None
+        provider.max_age = None if isinstance(step, Exception) else step
+        await _rounds(keys, clock)
+    # max-age 120; none: the default; 3600: capped; 0: at least the refresh interval; a failed
+    # fetch: tried again after the refresh interval, with the keys there were; max-age 30.
+    assert clock.slept == [120, 300, 600, 10, 10, 30]
+    assert provider.asked == [0, 120, 420, 1020, 1030, 1040]
+    assert await keys.key(jwk(issuer)["kid"]) is not None
+
+
+async def test_a_key_the_provider_removed_is_refused_once_the_keys_are_due_again() -> None:
+    clock = _Clock()
+    other = Issuer()
+    provider = _Provider(clock, jwk(issuer), jwk(other), max_age=60)
+    keys = _jwks(provider, clock, jwks_refresh_seconds=1)
+    auth = Authenticator(keys, _auth(), clock=clock)
+    kept, removed = issuer.bearer(1)["Authorization"], other.bearer(2)["Authorization"]
+    assert (await auth.principal(kept)).user_id == 1  # the first token fetches the keys
+    assert (await auth.principal(removed)).user_id == 2
+    provider.keys = [jwk(issuer)]
+    clock.now = 59
+    await _rounds(keys, clock)  # sleeps the last second: not fetched yet
+    assert provider.asked == [0]
+    assert (await auth.principal(removed)).user_id == 2  # remembered, and its key still known
+    await _rounds(keys, clock)  # due: fetched, and the key is gone
+    assert provider.asked == [0, 60]
+    with pytest.raises(Unauthorized, match="key id"):
+        await auth.principal(removed)
+    assert (await auth.principal(kept)).user_id == 1
+
+
+async def test_verified_tokens_are_kept_while_no_key_is_withdrawn() -> None:
+    clock = _Clock()
+    provider = _Provider(clock, jwk(issuer), max_age=60)
+    keys = _jwks(provider, clock)
+    auth = Authenticator(keys, _auth(), clock=clock)
+    await _rounds(keys, clock)
+    await auth.principal(issuer.bearer(1)["Authorization"])
+    await auth.principal(issuer.bearer(2)["Authorization"])
+    provider.keys = [jwk(issuer), jwk(Issuer())]  # a key added (a rotation beginning)
+    provider.failure = None
+    await _rounds(keys, clock, rounds=2)
+    assert len(provider.asked) == 3
+    assert len(auth._verified) == 2
+
+
+async def test_another_key_under_a_known_kid_is_a_withdrawn_key() -> None:
+    clock = _Clock()
+    provider = _Provider(clock, jwk(issuer), max_age=60)
+    keys = _jwks(provider, clock)
+    auth = Authenticator(keys, _auth(), clock=clock)
+    token = issuer.bearer(1)["Authorization"]
+    await _rounds(keys, clock)
+    assert (await auth.principal(token)).user_id == 1
+    provider.keys = [{**jwk(Issuer()), "kid": jwk(issuer)["kid"]}]
+    await _rounds(keys, clock)
+    with pytest.raises(Unauthorized, match="signature"):
+        await auth.principal(token)
+
+
+async def test_a_single_key_without_a_kid_replaced_by_another_is_a_withdrawn_key() -> None:
+    clock = _Clock()
+    kidless = {k: v for k, v in jwk(issuer).items() if k != "kid"}
+    provider = _Provider(clock, kidless, max_age=60)
+    keys = _jwks(provider, clock)
+    auth = Authenticator(keys, _auth(), clock=clock)
+    claims = jwt.decode(issuer.token(1), options={"verify_signature": False})
+    signing = serialization.load_pem_private_key(issuer.signing_pem, password=None)
+    kidless_token = jwt.encode(claims, signing, algorithm="EdDSA", headers={"typ": "at+jwt"})  # type: ignore[arg-type]
+    token = f"Bearer {kidless_token}"
+    await _rounds(keys, clock)
+    assert (await auth.principal(token)).user_id == 1
+    provider.keys = [{k: v for k, v in jwk(Issuer()).items() if k != "kid"}]
+    await _rounds(keys, clock)
+    with pytest.raises(Unauthorized, match="signature"):
+        await auth.principal(token)
+
+
+@pytest.mark.parametrize(
+    "published",
+    [
+        [],
+        [{**jwk(issuer), "use": "enc"}],  # an encryption key is no signing key
+        [{**jwk(issuer), "alg": "RS256"}],  # an algorithm that does not fit the key
+        [{"kty": "oct", "k": "c2VjcmV0", "kid": jwk(issuer)["kid"]}],  # an HMAC secret
+    ],
+)
+async def test_a_set_without_a_usable_signing_key_trusts_none(published: list[Any]) -> None:
+    clock = _Clock()
+    provider = _Provider(clock, jwk(issuer))
+    keys = _jwks(provider, clock)
+    auth = Authenticator(keys, _auth(), clock=clock)
+    token = issuer.bearer(1)["Authorization"]
+    await _rounds(keys, clock)
+    assert (await auth.principal(token)).user_id == 1
+    provider.keys = published
+    await _rounds(keys, clock)
+    with pytest.raises(Unauthorized):
+        await auth.principal(token)
+
+
+@pytest.mark.parametrize("document", [{"keys": "none"}, {"jwks": []}, ["keys"], "<html>"])
+async def test_an_answer_that_is_no_key_set_keeps_the_keys_there_were(document: Any) -> None:
+    clock = _Clock()
+    provider = _Provider(clock, jwk(issuer))
+    keys = _jwks(provider, clock)
+    auth = Authenticator(keys, _auth(), clock=clock)
+    token = issuer.bearer(1)["Authorization"]
+    await _rounds(keys, clock)
+    await auth.principal(token)
+    provider.document = document
+    await _rounds(keys, clock)
+    assert clock.slept[-1] == keys._auth.jwks_refresh_seconds  # tried again sooner
+    assert (await auth.principal(token)).user_id == 1
+    assert len(auth._verified) == 1
+
+
+async def test_the_refresh_worker_is_supervised_and_stops_with_the_service() -> None:
+    provider = _Provider(FakeClock(), jwk(issuer))
+    auth = Authenticator(Jwks("https://idp.example/jwks", _auth(), download=provider), _auth())
+    supervisor = Supervisor()
+    supervisor.start("signing-keys", auth.refresh_keys)
+    for _ in range(100):
+        if provider.asked:
+            break
+        await asyncio.sleep(0.01)
+    assert len(provider.asked) == 1  # fetched at start, then waiting for the max-age
+    started = time.monotonic()
+    await supervisor.stop(timeout=5)
+    assert time.monotonic() - started < 1

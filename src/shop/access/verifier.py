@@ -9,21 +9,25 @@ access token. `iss` and `aud` must match the settings, and the client the token 
 (`client_id`, else `azp`) must be one of AUTH_ALLOWED_CLIENTS when that lists any; `exp` is
 required and `exp`/`nbf` are checked with a small leeway. Scopes are read from `scope` and
 `scp`; a role or group claim (AUTH_ADMIN_CLAIM) holding AUTH_ADMIN_ROLE grants what the scope
-orders:admin grants. Keys come from a JWKS URL (fetched
-with a timeout, cached, fetched again for an unknown `kid` at most once per
-AUTH_JWKS_REFRESH_SECONDS) or from a PEM public key file.
+orders:admin grants. A user id (`sub`, or AUTH_USER_CLAIM) that reads as a number must be
+written canonically. Keys come from a JWKS URL (`Jwks`: https only, kept current by a
+supervised worker within the response's max-age, fetched at once for an unknown `kid` at most
+once per AUTH_JWKS_REFRESH_SECONDS) or from a PEM public key file.
 
 A verified token is remembered until it expires (bounded by the bytes of the tokens held, the
 least recently used forgotten first), so a client that sends the same token on every request
-pays for one signature check.
+pays for one signature check; when a key stops being trusted, every remembered token is
+forgotten, so none signed with that key passes again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import ssl
 import time
@@ -117,6 +121,13 @@ class KeySource(Protocol):
     async def key(self, kid: str | None) -> Any:
         """The key for `kid`; raises Unauthorized if there is none."""
 
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Keep the keys current until `stopping` is set (a supervised worker); returns at once
+        if they never change."""
+
+    def watch(self, forget: Callable[[], None]) -> None:
+        """Have `forget()` called whenever a key stops being trusted."""
+
 
 class StaticKey:
     """One public key (PEM, from AUTH_PUBLIC_KEY_FILE); its `kid` is its RFC 7638 thumbprint.
@@ -131,12 +142,34 @@ class StaticKey:
             raise Unauthorized("The token's key id is not known.")
         return self._key
 
+    async def run(self, stopping: asyncio.Event) -> None:
+        return None  # read once: the file's key for the life of the process
+
+    def watch(self, forget: Callable[[], None]) -> None:
+        return None
+
+
+class Fetched(NamedTuple):
+    """A JWKS document, and how long its response said it may be kept (Cache-Control; None if
+    it said nothing)."""
+
+    document: Any
+    max_age: float | None
+
 
 class Jwks:
-    """Keys from a JWKS document, fetched again for an unknown `kid` at most once per
-    AUTH_JWKS_REFRESH_SECONDS (so unknown ids cannot make the service hammer the identity
-    provider). `download` fetches the document (blocking, run in a worker thread); by default
-    an `HttpsDownload` of `url`."""
+    """Keys from a JWKS document (RFC 7517); `download` fetches it (blocking, so called in a
+    worker thread; by default an `HttpsDownload` of `url`).
+
+    `run`, a supervised worker, fetches the document again once it is older than its
+    response's Cache-Control max-age (AUTH_JWKS_DEFAULT_MAX_AGE_SECONDS when it has none), at
+    most AUTH_JWKS_MAX_AGE_SECONDS and, short of that, at least AUTH_JWKS_REFRESH_SECONDS: a key
+    the provider removed is refused within that time. A fetch that fails keeps the keys there
+    were and is tried again after AUTH_JWKS_REFRESH_SECONDS. A token naming an unknown `kid`
+    makes a fetch at once if none was made in the last AUTH_JWKS_REFRESH_SECONDS (so unknown
+    ids cannot make the service hammer the identity provider). Whoever `watch`es is told when a
+    key stops being trusted (removed, or another key under its `kid`).
+    """
 
     def __init__(
         self,
@@ -144,43 +177,112 @@ class Jwks:
         auth: Auth,
         *,
         clock: Clock = SYSTEM,
-        download: Callable[[], Any] | None = None,
+        download: Callable[[], Fetched] | None = None,
     ) -> None:
         self._url = url
         self._download = download or HttpsDownload(url, auth)
-        self._timeout = auth.timeout_seconds
-        self._refresh = auth.jwks_refresh_seconds
+        self._auth = auth
+        self._clock = clock
         self._now = clock.monotonic
         self._keys: dict[str | None, Any] = {}
+        self._published: list[dict[str, Any]] = []  # the JWKs behind the keys, to see changes
         self._fetched_at: float | None = None
+        self._fresh_until = -math.inf  # fetched again from then on
         self._lock = asyncio.Lock()
+        self._watchers: list[Callable[[], None]] = []
 
     async def key(self, kid: str | None) -> Any:
         if kid in self._keys:
             return self._keys[kid]
         async with self._lock:
-            due = self._fetched_at is None or self._now() - self._fetched_at >= self._refresh
+            since = None if self._fetched_at is None else self._now() - self._fetched_at
+            due = since is None or since >= self._auth.jwks_refresh_seconds
             if kid not in self._keys and due:
                 await self._fetch()
         if kid not in self._keys:
             raise Unauthorized("The token's key id is not known.")
         return self._keys[kid]
 
+    def watch(self, forget: Callable[[], None]) -> None:
+        self._watchers.append(forget)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Fetch the keys now, and again whenever they are due, until `stopping` is set."""
+        while not stopping.is_set():
+            wait = self._fresh_until - self._now()
+            if wait > 0:
+                await self._clock.sleep(wait, stopping)
+                continue
+            async with self._lock:
+                if self._fresh_until <= self._now():  # (not fetched for a kid meanwhile)
+                    with contextlib.suppress(Unauthorized):  # logged; the keys there were stay
+                        await self._fetch()
+
     async def _fetch(self) -> None:
-        self._fetched_at = self._now()
+        now = self._fetched_at = self._now()
+        self._fresh_until = now + self._auth.jwks_refresh_seconds  # if this fetch fails
         try:
             # The thread may outlive this deadline, until its socket's own timeouts end it.
-            async with asyncio.timeout(self._timeout):
-                document = await asyncio.to_thread(self._download)
-            keys = jwt.PyJWKSet.from_dict(document).keys
+            async with asyncio.timeout(self._auth.timeout_seconds):
+                fetched = await asyncio.to_thread(self._download)
+            published = _signature_keys(fetched.document)
         except Exception as exc:  # the IdP is down or answers nonsense: keep the keys we have
             log.warning("the signing keys at %s could not be fetched: %r", self._url, exc)
             raise Unauthorized("The signing keys could not be fetched; retry shortly.") from exc
-        usable = (*ALGORITHMS, "UNKNOWN")
-        found: dict[str | None, Any] = {k.key_id: k.key for k in keys if k.algorithm_name in usable}
-        if len(found) == 1:  # a single key also serves tokens that name no kid
-            found[None] = next(iter(found.values()))
-        self._keys = found
+        self._fresh_until = now + self._lifetime(fetched.max_age)
+        # Withdrawn: a key no longer published (gone, or another key under its kid). A key
+        # added is not (nor a single key's also serving tokens without a kid no longer).
+        jwks = [jwk for jwk, _key in published.values()]
+        withdrawn = any(jwk not in jwks for jwk in self._published)
+        self._published = jwks
+        self._keys = {kid: key for kid, (_jwk, key) in published.items()}
+        if withdrawn:
+            log.info("a signing key at %s was withdrawn: verified tokens are forgotten", self._url)
+            for forget in self._watchers:
+                forget()
+
+    def _lifetime(self, max_age: float | None) -> float:
+        """How long a fetched key set is used before it is fetched again."""
+        auth = self._auth
+        wanted = auth.jwks_default_max_age_seconds if max_age is None else max_age
+        return min(auth.jwks_max_age_seconds, max(auth.jwks_refresh_seconds, wanted))
+
+
+def _signature_keys(document: Any) -> dict[str | None, tuple[dict[str, Any], Any]]:
+    """A JWK set's signature keys of the accepted algorithms by `kid`, each as its JWK and its
+    public key (keys for encryption or other algorithms are left out; a set that has none is a
+    valid, empty one). A set with one key also serves tokens that name no kid. ValueError if
+    `document` is not a JWK set."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError('not a JWK set (an object with a "keys" list)')
+    found: dict[str | None, tuple[dict[str, Any], Any]] = {}
+    for jwk in document["keys"]:
+        if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+            continue
+        try:
+            key = jwt.PyJWK(jwk)
+        except jwt.PyJWTError:  # a kind of key PyJWT does not know: not ours either
+            continue
+        if key.algorithm_name in ALGORITHMS:
+            found[key.key_id] = (jwk, key.key)
+    if len(found) == 1:
+        found[None] = next(iter(found.values()))
+    return found
+
+
+def _max_age(cache_control: str | None) -> float | None:
+    """How long a response may be kept by its Cache-Control header (RFC 9111 section 5.2.2):
+    0 for no-store or no-cache, else its max-age; None if it says neither."""
+    max_age = None
+    for directive in (cache_control or "").split(","):
+        name, _, value = directive.partition("=")
+        name = name.strip().lower()
+        if name in ("no-store", "no-cache"):
+            return 0.0
+        value = value.strip().strip('"')
+        if name == "max-age" and max_age is None and value.isascii() and value.isdigit():
+            max_age = float(value)
+    return max_age
 
 
 class HttpsDownload:
@@ -202,7 +304,7 @@ class HttpsDownload:
             urllib.request.HTTPSHandler(context=context), _NoRedirects()
         )
 
-    def __call__(self) -> Any:
+    def __call__(self) -> Fetched:
         deadline = time.monotonic() + self._timeout
         request = urllib.request.Request(self._url, headers={"Accept": "application/json"})  # noqa: S310 (https only)
         try:
@@ -212,13 +314,15 @@ class HttpsDownload:
             raise
         with response:
             body = bytearray()
-            while chunk := response.read(64 * 1024):  # each read within the socket's timeout
+            # One system call per read, each within the socket's timeout: a provider that
+            # trickles its answer meets the deadline between two reads.
+            while chunk := response.read1(64 * 1024):
                 body += chunk
                 if len(body) > self.MAX_BYTES:
                     raise ValueError(f"the document is larger than {self.MAX_BYTES} bytes")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the document took over {self._timeout} s to arrive")
-            return json.loads(body)
+            return Fetched(json.loads(body), _max_age(response.headers.get("Cache-Control")))
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -248,6 +352,12 @@ class Authenticator:
             timer=clock.wall,  # `exp` is a date
             getsizeof=lambda verified: verified.size,
         )
+        # A key no longer trusted: every token is verified again, so none signed with it passes.
+        keys.watch(self._verified.clear)
+
+    async def refresh_keys(self, stopping: asyncio.Event) -> None:
+        """Keep the signing keys current until `stopping` is set: a worker for a Supervisor."""
+        await self._keys.run(stopping)
 
     async def principal(self, authorization: str | None) -> Principal:
         """The caller named by `Authorization: Bearer <token>`."""
