@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,7 @@ def identity_provider(certificates: Certificates) -> Iterator[JwksServer]:
 
 
 def _auth(**settings: Any) -> Auth:
-    return Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5, **settings)
+    return Auth(**{"issuer": ISSUER, "audience": AUDIENCE, "leeway_seconds": 5, **settings})
 
 
 def _principal(auth: Authenticator, token: str) -> Any:
@@ -381,3 +382,35 @@ async def test_the_refresh_worker_is_supervised_and_stops_with_the_service() -> 
     started = time.monotonic()
     await supervisor.stop(timeout=5)
     assert time.monotonic() - started < 1
+
+
+async def test_two_requests_waiting_on_one_key_fetch_count_the_tokens_bytes_once() -> None:
+    """The token cache's budget: a token verified by two requests that waited on one JWKS
+    fetch costs its bytes once (counted twice, the budget below would have no room for the
+    third token and the first would be forgotten), and expired tokens give their bytes back."""
+    clock = FakeClock()
+    provider = _Provider(clock, jwk(issuer), max_age=60)
+    fetched = threading.Event()
+
+    def slow_download() -> Fetched:
+        fetched.wait(5)  # both requests wait on this fetch
+        return provider()
+
+    keys = Jwks("https://idp.example/jwks", _auth(), clock=clock, download=slow_download)
+    first, second, third = (issuer.token(user, ttl=60) for user in (11, 12, 13))
+    budget = len(first) + len(second) + len(third)
+    auth = Authenticator(keys, _auth(leeway_seconds=0), clock=clock, cache_bytes=budget)
+    together = [asyncio.create_task(auth.principal(f"Bearer {first}")) for _ in range(2)]
+    await asyncio.sleep(0.05)  # both are waiting now: one on the fetch, one on its lock
+    fetched.set()
+    assert [p.user_id for p in await asyncio.gather(*together)] == [11, 11]
+    assert provider.asked == [0]
+    for token in (second, third):
+        await auth.principal(f"Bearer {token}")
+    assert all(token in auth._verified for token in (first, second, third))
+    assert auth._verified.currsize == budget
+    clock.now += 61  # all three expire
+    fourth = issuer.token(14, ttl=3600)
+    await auth.principal(f"Bearer {fourth}")
+    assert auth._verified.currsize == len(fourth)
+    assert list(auth._verified) == [fourth]

@@ -343,11 +343,18 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 class Authenticator:
     """Turns an Authorization header into a Principal, or raises Unauthorized."""
 
-    def __init__(self, keys: KeySource, auth: Auth, *, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        keys: KeySource,
+        auth: Auth,
+        *,
+        clock: Clock = SYSTEM,
+        cache_bytes: int = 4 * 1024 * 1024,  # the bytes of the tokens remembered
+    ) -> None:
         self._keys = keys
         self._auth = auth
         self._verified: TLRUCache[str, _Verified] = TLRUCache(
-            4 * 1024 * 1024,  # the bytes of the tokens remembered after their first verification
+            cache_bytes,
             ttu=lambda _token, verified, _now: verified.expires + auth.leeway_seconds,
             timer=clock.wall,  # `exp` is a date
             getsizeof=lambda verified: verified.size,
