@@ -46,6 +46,7 @@ TEST_ENV = {
     "AUTH_AUDIENCE": AUDIENCE,
     "AUTH_PUBLIC_KEY_FILE": str(_PUBLIC_KEY),
     "AUTH_SIGNING_KEY_FILE": str(_SIGNING_KEY),
+    "AUTH_ADMIN_CLAIM": "realm_access.roles",  # as Keycloak puts realm roles (AUTH_ADMIN_ROLE)
     "DB_NAME": f"shop_test_{RUN}",
     "KAFKA_TOPIC": f"test-{RUN}-orders",
     "KAFKA_PRODUCT_EVENTS_TOPIC": f"test-{RUN}-product-events",

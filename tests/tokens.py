@@ -109,7 +109,16 @@ class Issuer:
                 subject, scopes, signing_pem=_pem(self._stranger), headers={"kid": _kid(head)}
             ),
             "not a bearer token": {"Authorization": f"Basic {good}"},
+            "an OIDC ID token": _header(self.id_token(subject)),
+            "no typ in the header": self.bearer(subject, scopes, headers={"typ": ""}),
+            "a user id with leading zeros": self.bearer("007", scopes),
         }
+
+    def id_token(self, subject: str | int, **claims: Any) -> str:
+        """An OpenID Connect ID token for the shop's audience, signed with the trusted key, as
+        a provider issues it beside an access token (header typ JWT, `nonce`, `azp`)."""
+        oidc: dict[str, Any] = {"nonce": "n-0S6_WzA2Mj", "azp": "shop-web", "at_hash": "77QmUP"}
+        return self.token(subject, headers={"typ": "JWT"}, **(oidc | claims))
 
 
 def _header(token: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -79,6 +79,26 @@ def _host_ports(value: str) -> str:
         host, _, port = broker.strip().rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+    return value
+
+
+def _https_url(value: str | None) -> str | None:
+    """An https:// URL with a host, or None for an empty value."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(
+            f"must be an https:// URL, got {value!r} (the signing keys decide who may do what: "
+            "they are not fetched over plain HTTP)"
+        )
+    return value
+
+
+def _names(value: Any) -> Any:
+    """A comma-separated list of names as a tuple (blanks around and between commas dropped)."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
     return value
 
 
@@ -227,13 +247,32 @@ class Auth(Group):
     prefix = "auth_"
     issuer: str = Field("shop-dev", min_length=1)
     audience: str = Field("shop", min_length=1)
-    jwks_url: str | None = None
+    # Fetched over https only (a redirect is not followed), trusting the CA certificates (PEM)
+    # in AUTH_JWKS_CA_FILE, or the system's without it.
+    jwks_url: Annotated[str | None, AfterValidator(_https_url)] = None
+    jwks_ca_file: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
     public_key_file: str = ".stack/auth/public.pem"
     signing_key_file: str = ".stack/auth/signing.pem"  # `shop token` only
     leeway_seconds: float = Field(30.0, ge=0, le=300)
     jwks_refresh_seconds: float = Field(60.0, ge=1)  # at most one JWKS fetch per this
+    # The JWKS is fetched again when its response's Cache-Control max-age has passed (the
+    # default when it has none), and at least every AUTH_JWKS_MAX_AGE_SECONDS: a key the
+    # provider removed is refused within that.
+    jwks_default_max_age_seconds: float = Field(300.0, ge=1)
+    jwks_max_age_seconds: float = Field(600.0, ge=1, le=3600)
     timeout_seconds: float = Field(3.0, gt=0, le=30)
     user_claim: str = Field("sub", min_length=1)  # the claim holding the user id
+    # Only RFC 9068 access tokens (header `typ` at+jwt): an OIDC ID token for the same audience
+    # is refused. Off (false) only for a provider that cannot mark its access tokens.
+    require_at_jwt: bool = True
+    # The clients whose tokens are accepted (`client_id`, or `azp` where a token has no
+    # client_id), comma-separated; empty: any client of the issuer.
+    allowed_clients: Annotated[tuple[str, ...], BeforeValidator(_names)] = ()
+    # A role or group claim that makes a caller an administrator (what the scope orders:admin
+    # grants): the claim's path, dotted for a nested one (Keycloak's realm roles are
+    # `realm_access.roles`), and the value it must hold (or be). Empty: scopes only.
+    admin_claim: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+    admin_role: str = Field("shop-admin", min_length=1)
 
 
 def _is_loopback(host: str) -> bool:

@@ -286,3 +286,72 @@ async def test_a_customer_placing_too_fast_gets_429_with_retry_after_and_admins_
     for _ in range(settings.orders.burst * 2):
         answer = await anonymous_orders.post("/orders/sync", json=body, headers=as_admin)
         assert answer.status_code == 201
+
+
+NO_SUCH_PRODUCT = f"/products/{2**62}"  # a valid token gets 404 here, a refused one 401
+
+
+async def test_an_id_token_gets_401_where_an_access_token_with_its_claims_gets_through(
+    anonymous_products: httpx.AsyncClient, anonymous_orders: httpx.AsyncClient
+) -> None:
+    user = _user()
+    id_token = TOKENS.id_token(user, scope="products:write")
+    as_id_token = {"Authorization": f"Bearer {id_token}"}
+    refused = await anonymous_products.delete(NO_SUCH_PRODUCT, headers=as_id_token)
+    _assert_refused(refused, 401, "an ID token writing products")
+    assert "at+jwt" in refused.json()["detail"]
+    listed = await anonymous_orders.get("/orders", headers=as_id_token)
+    _assert_refused(listed, 401, "an ID token listing orders")
+    # The same claims in an access token (typ at+jwt) are accepted.
+    claims = {"nonce": "n-0S6_WzA2Mj", "azp": "shop-web", "scope": "products:write"}
+    as_access_token = TOKENS.bearer(user, **claims)
+    assert (
+        await anonymous_products.delete(NO_SUCH_PRODUCT, headers=as_access_token)
+    ).status_code == 404
+    assert (await anonymous_orders.get("/orders", headers=as_access_token)).status_code == 200
+
+
+async def test_007_is_refused_and_never_the_customer_7(
+    products: httpx.AsyncClient, anonymous_orders: httpx.AsyncClient
+) -> None:
+    pid = await new_product(products, stock=10)
+    user = _user()
+    canonical, padded = TOKENS.bearer(user), TOKENS.bearer(f"00{user}")
+    body = {"user_id": user, "product_id": pid, "quantity": 1}
+    placed = await anonymous_orders.post("/orders/sync", json=body, headers=canonical)
+    assert placed.status_code == 201, placed.text
+    for method, path, json_body in [
+        ("GET", "/orders", None),
+        ("GET", f"/orders/{placed.json()['id']}", None),
+        ("POST", "/orders/sync", body),
+        ("POST", f"/orders/{placed.json()['id']}/cancel", None),
+    ]:
+        answer = await anonymous_orders.request(method, path, json=json_body, headers=padded)
+        _assert_refused(answer, 401, f"{method} {path} as 00{user}")
+    own = await anonymous_orders.get("/orders", headers=canonical)
+    assert [o["id"] for o in own.json()] == [placed.json()["id"]]
+
+
+async def test_the_admin_role_acts_on_every_order_like_orders_admin(
+    products: httpx.AsyncClient, anonymous_orders: httpx.AsyncClient
+) -> None:
+    pid = await new_product(products, stock=10)
+    customer = _user()
+    placed = await anonymous_orders.post(
+        "/orders/sync",
+        json={"user_id": customer, "product_id": pid, "quantity": 1},
+        headers=TOKENS.bearer(customer),
+    )
+    order_id = placed.json()["id"]
+    # AUTH_ADMIN_CLAIM=realm_access.roles (tests/conftest.py), AUTH_ADMIN_ROLE's default.
+    support = TOKENS.bearer("support-desk", realm_access={"roles": ["shop-admin"]})
+    other_role = TOKENS.bearer(_user(), realm_access={"roles": ["shop-viewer"]})
+    assert (await anonymous_orders.get(f"/orders/{order_id}", headers=support)).status_code == 200
+    assert (
+        await anonymous_orders.get(f"/orders/{order_id}", headers=other_role)
+    ).status_code == 404
+    mine = await anonymous_orders.get(f"/orders?user_id={customer}", headers=support)
+    assert [o["id"] for o in mine.json()] == [order_id]
+    cancelled = await anonymous_orders.post(f"/orders/{order_id}/cancel", headers=support)
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from shop.access.verifier import Authenticator, Forbidden, Jwks, StaticKey, Unauthorized, thumbprint
-from shop.settings import Auth
+from shop.access.verifier import (
+    ADMIN_SCOPE,
+    Authenticator,
+    Forbidden,
+    StaticKey,
+    Unauthorized,
+    thumbprint,
+)
+from shop.settings import Auth, ConfigError, load_settings
 from tests.clock import FakeClock
 from tests.tokens import AUDIENCE, ISSUER, Issuer
 
@@ -27,6 +30,12 @@ def _verify(auth: Authenticator, headers: dict[str, str]) -> Any:
     return asyncio.run(auth.principal(headers.get("Authorization")))
 
 
+def _with(**auth: Any) -> Authenticator:
+    """An authenticator trusting the test issuer's key, with these AUTH settings."""
+    settings = Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5, **auth)
+    return Authenticator(StaticKey(issuer.public_pem), settings)
+
+
 def test_a_valid_token_names_its_user_and_scopes() -> None:
     principal = _verify(issuer.authenticator(), issuer.bearer(42, ["products:write"]))
     assert principal.user_id == 42
@@ -35,11 +44,46 @@ def test_a_valid_token_names_its_user_and_scopes() -> None:
     assert not principal.has("orders:admin")
 
 
-def test_a_subject_that_is_not_a_user_id_is_no_customer() -> None:
-    principal = _verify(issuer.authenticator(), issuer.bearer("catalogue-importer"))
+@pytest.mark.parametrize("subject", ["catalogue-importer", "7abc", "abc7", "f81d4fae-7dec", ""])
+def test_a_subject_that_is_not_a_user_id_is_no_customer(subject: str) -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer(subject))
     assert principal.user_id is None
     with pytest.raises(Forbidden):
         principal.customer()
+
+
+@pytest.mark.parametrize(
+    ("value", "user"),
+    [("7", 7), (7, 7), ("9223372036854775807", 2**63 - 1), (2**63 - 1, 2**63 - 1)],
+)
+def test_a_user_id_is_a_canonical_decimal_or_an_integer_in_range(value: Any, user: int) -> None:
+    auth = _with(user_claim="uid")
+    assert _verify(auth, issuer.bearer("someone", uid=value)).user_id == user
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "007", "07", "0", "00", "+7", "-7", " 7", "7 ", "\t7", "7\n", "7.0", "7.", ".7", "7e0",
+        "1_000", "\u0667", "\uff17", "9223372036854775808", "99999999999999999999", 0, -7,
+        2**63, 7.0,
+    ],
+)  # fmt: skip
+def test_a_user_id_spelled_any_other_way_is_refused(value: Any) -> None:
+    with pytest.raises(Unauthorized, match="user id") as refused:
+        _verify(_with(user_claim="uid"), issuer.bearer("someone", uid=value))
+    assert 'error="invalid_token"' in refused.value.headers["WWW-Authenticate"]
+
+
+def test_007_and_7_are_never_the_same_customer() -> None:
+    assert _verify(issuer.authenticator(), issuer.bearer("7")).customer() == 7
+    with pytest.raises(Unauthorized):
+        _verify(issuer.authenticator(), issuer.bearer("007"))
+
+
+@pytest.mark.parametrize("value", [True, None, ["7"], {"id": 7}])
+def test_a_user_id_claim_of_another_type_names_no_customer(value: Any) -> None:
+    assert _verify(_with(user_claim="uid"), issuer.bearer("x", uid=value)).user_id is None
 
 
 @pytest.mark.parametrize("case", sorted(issuer.refused(7, ["products:write"])))
@@ -54,6 +98,146 @@ def test_every_bad_token_is_refused_with_a_bearer_challenge(case: str) -> None:
         assert 'error="invalid_token"' in challenge or 'error="invalid_request"' in challenge
     else:
         assert "error=" not in challenge
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/AT+JWT"])
+def test_the_access_token_type_is_compared_without_regard_to_case(typ: str) -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer(3, headers={"typ": typ}))
+    assert principal.user_id == 3
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "", "id_token+jwt", "at+jwt2", "application/jwt"])
+def test_a_token_that_is_not_typed_as_an_access_token_is_refused(typ: str) -> None:
+    with pytest.raises(Unauthorized, match="at\\+jwt") as refused:
+        _verify(issuer.authenticator(), issuer.bearer(3, headers={"typ": typ}))
+    assert 'error="invalid_token"' in refused.value.headers["WWW-Authenticate"]
+
+
+def test_an_id_token_for_the_shops_audience_is_refused_unless_the_type_check_is_off() -> None:
+    id_token = {"Authorization": f"Bearer {issuer.id_token(4)}"}
+    with pytest.raises(Unauthorized, match="at\\+jwt"):
+        _verify(issuer.authenticator(), id_token)
+    lenient = Authenticator(
+        StaticKey(issuer.public_pem),
+        Auth(issuer=ISSUER, audience=AUDIENCE, require_at_jwt=False),
+    )
+    assert _verify(lenient, id_token).user_id == 4
+
+
+def test_the_access_token_type_is_required_unless_it_is_turned_off_explicitly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.yaml
+    monkeypatch.delenv("AUTH_REQUIRE_AT_JWT", raising=False)
+    assert load_settings().auth.require_at_jwt
+    monkeypatch.setenv("AUTH_REQUIRE_AT_JWT", "false")
+    assert not load_settings().auth.require_at_jwt
+    monkeypatch.setenv("AUTH_REQUIRE_AT_JWT", "")
+    with pytest.raises(ConfigError, match="AUTH_REQUIRE_AT_JWT"):
+        load_settings()
+
+
+def test_listed_clients_are_accepted_by_client_id_or_else_azp_and_others_refused() -> None:
+    auth = _with(allowed_clients="shop-web, shop-mobile")  # as the environment gives it
+    assert auth._auth.allowed_clients == ("shop-web", "shop-mobile")
+    assert _verify(auth, issuer.bearer(1, client_id="shop-web")).user_id == 1
+    azp_only = _without(issuer.token(2, azp="shop-mobile"), "client_id")
+    assert _verify(auth, {"Authorization": f"Bearer {azp_only}"}).user_id == 2
+    refused = {
+        "another client": issuer.bearer(3, client_id="reporting"),
+        "client_id wins over azp": issuer.bearer(3, client_id="reporting", azp="shop-web"),
+        "no client at all": {"Authorization": f"Bearer {_without(issuer.token(3), 'client_id')}"},
+        "a client that is no string": issuer.bearer(3, client_id=["shop-web"]),
+        "a differently spelled client": issuer.bearer(3, client_id="Shop-Web"),
+    }
+    for case, headers in refused.items():
+        with pytest.raises(Unauthorized, match="client") as refusal:
+            _verify(auth, headers)
+        assert 'error="invalid_token"' in refusal.value.headers["WWW-Authenticate"], case
+
+
+def test_without_a_client_list_any_client_is_accepted() -> None:
+    assert _verify(_with(), issuer.bearer(1, client_id="anything")).user_id == 1
+    assert _verify(_with(allowed_clients=""), issuer.bearer(1, client_id="x")).user_id == 1
+
+
+def _without(token: str, *names: str) -> str:
+    """`token` re-signed by the test issuer without the claims `names`."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    header = jwt.get_unverified_header(token)
+    for name in names:
+        claims.pop(name, None)
+    key = serialization.load_pem_private_key(issuer.signing_pem, password=None)
+    return jwt.encode(claims, key, algorithm=header["alg"], headers=header)  # type: ignore[arg-type]
+
+
+BOTH = {"products:write", "orders:admin"}
+
+
+@pytest.mark.parametrize(
+    ("claims", "granted"),
+    [
+        ({"scope": "products:write orders:admin"}, BOTH),
+        ({"scope": ["products:write", "orders:admin"]}, BOTH),
+        ({"scope": "", "scp": "products:write orders:admin"}, BOTH),
+        ({"scope": "", "scp": ["products:write", "orders:admin"]}, BOTH),
+        ({"scope": "products:write", "scp": ["orders:admin"]}, BOTH),
+        ({"scope": "", "scp": ["products:write", 7, None, {"a": 1}]}, {"products:write"}),
+        ({"scope": 7, "scp": {"products:write": True}}, set()),
+    ],
+)
+def test_scopes_are_read_from_scope_and_scp_as_a_string_or_a_list(
+    claims: dict[str, Any], granted: set[str]
+) -> None:
+    principal = _verify(issuer.authenticator(), issuer.bearer(5, **claims))
+    assert principal.scopes == granted
+
+
+NAMESPACED = "https://shop.example/roles"
+
+
+@pytest.mark.parametrize(
+    ("settings", "claims"),
+    [
+        ({"admin_claim": "realm_access.roles"}, {"realm_access": {"roles": ["x", "shop-admin"]}}),
+        ({"admin_claim": "groups"}, {"groups": ["/staff", "shop-admin"]}),
+        ({"admin_claim": "role"}, {"role": "shop-admin"}),
+        (
+            {"admin_claim": "https://shop.example/roles"},
+            {"https://shop.example/roles": ["shop-admin"]},
+        ),
+        (
+            {"admin_claim": "resource_access.shop.roles", "admin_role": "support"},
+            {"resource_access": {"shop": {"roles": ["support"]}}},
+        ),
+    ],
+)
+def test_the_admin_role_or_group_grants_what_orders_admin_grants(
+    settings: dict[str, str], claims: dict[str, Any]
+) -> None:
+    principal = _verify(_with(**settings), issuer.bearer(12, **claims))
+    assert principal.has(ADMIN_SCOPE)
+    assert principal.user_id == 12  # still the customer its subject names
+
+
+@pytest.mark.parametrize(
+    ("settings", "claims"),
+    [
+        ({}, {"realm_access": {"roles": ["shop-admin"]}}),  # no admin claim configured
+        ({"admin_claim": ""}, {"realm_access": {"roles": ["shop-admin"]}}),
+        ({"admin_claim": "realm_access.roles"}, {"realm_access": {"roles": ["shop-admins"]}}),
+        ({"admin_claim": "realm_access.roles"}, {"realm_access": {"roles": "shop-admin-x"}}),
+        ({"admin_claim": "realm_access.roles"}, {"realm_access": ["shop-admin"]}),
+        ({"admin_claim": "realm_access.roles"}, {"realm_access.role": ["shop-admin"]}),
+        ({"admin_claim": "realm_access.roles"}, {"roles": ["shop-admin"]}),
+        ({"admin_claim": "groups"}, {"groups": {"shop-admin": True}}),
+        ({"admin_claim": "groups", "admin_role": "ops"}, {"groups": ["shop-admin"]}),
+    ],
+)
+def test_no_other_claim_or_value_makes_an_admin(
+    settings: dict[str, str], claims: dict[str, Any]
+) -> None:
+    assert not _verify(_with(**settings), issuer.bearer(12, **claims)).has(ADMIN_SCOPE)
 
 
 def test_a_missing_scope_is_forbidden_and_names_the_scope() -> None:
@@ -131,76 +315,3 @@ def test_the_static_key_id_is_the_rfc_7638_thumbprint() -> None:
     assert thumbprint(key) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
     pem_key = load_pem_public_key(issuer.public_pem)
     assert StaticKey(issuer.public_pem).kid == thumbprint(pem_key)
-
-
-@pytest.fixture
-def identity_provider() -> Iterator[dict[str, Any]]:
-    """A JWKS endpoint on loopback that counts its fetches; `keys` is what it serves."""
-    state: dict[str, Any] = {"fetches": 0, "keys": []}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state["fetches"] += 1
-            body = json.dumps({"keys": state["keys"]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{server.server_address[1]}/jwks"
-    yield state
-    server.shutdown()
-    server.server_close()
-
-
-def _jwk(issuer: Issuer) -> dict[str, Any]:
-    public = load_pem_public_key(issuer.public_pem)
-    assert isinstance(public, Ed25519PublicKey)
-    jwk: dict[str, Any] = jwt.algorithms.OKPAlgorithm.to_jwk(public, as_dict=True)
-    return {**jwk, "kid": thumbprint(public), "use": "sig", "alg": "EdDSA"}
-
-
-def test_jwks_keys_are_fetched_once_and_again_for_a_new_kid_at_most_once_per_interval(
-    identity_provider: dict[str, Any],
-) -> None:
-    rotated = Issuer()
-    identity_provider["keys"] = [_jwk(issuer)]
-    clock = FakeClock()
-    keys = Jwks(
-        identity_provider["url"], Auth(timeout_seconds=2, jwks_refresh_seconds=1.0), clock=clock
-    )
-    auth = Authenticator(keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5))
-
-    async def scenario() -> None:
-        await auth.principal(issuer.bearer(1)["Authorization"])
-        await auth.principal(issuer.bearer(2)["Authorization"])
-        assert identity_provider["fetches"] == 1
-        # A token from a key the IdP does not (yet) publish: fetched once more, then refused
-        # without asking again within the interval.
-        for _ in range(5):
-            with pytest.raises(Unauthorized, match="key id"):
-                await auth.principal(rotated.bearer(3)["Authorization"])
-        assert identity_provider["fetches"] == 1
-        identity_provider["keys"] = [_jwk(issuer), _jwk(rotated)]
-        clock.now += 1.1
-        principal = await auth.principal(rotated.bearer(3)["Authorization"])
-        assert principal.user_id == 3
-        assert identity_provider["fetches"] == 2
-
-    asyncio.run(scenario())
-
-
-def test_an_unreachable_identity_provider_is_a_401_not_a_crash() -> None:
-    keys = Jwks("http://127.0.0.1:9/jwks", Auth(timeout_seconds=0.5, jwks_refresh_seconds=60))
-    auth = Authenticator(keys, Auth(issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5))
-    started = time.monotonic()
-    with pytest.raises(Unauthorized, match="could not be fetched"):
-        asyncio.run(auth.principal(issuer.bearer(1)["Authorization"]))
-    assert time.monotonic() - started < 5

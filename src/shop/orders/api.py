@@ -11,7 +11,7 @@ from starlette.types import Scope
 
 from shop import jsonutil
 from shop.access.rate_limit import RateLimiter
-from shop.access.verifier import Authenticator, Forbidden, Principal, caller
+from shop.access.verifier import ADMIN_SCOPE, Authenticator, Forbidden, Principal, caller
 from shop.orders import domain
 from shop.orders.domain import AsyncChannel, Channel, OrderStatus, order_view
 from shop.orders.models import Accepted, Order, PlaceOrder
@@ -48,7 +48,7 @@ class Orders(Protocol):
     async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
 
 
-ADMIN = "orders:admin"  # lists, reads and cancels any order, and places them for any user
+ADMIN = ADMIN_SCOPE  # lists, reads and cancels any order, and places them for any user
 
 # What a client can do next with the order an answer names. Not from the asynchronous intakes:
 # their order is stored only when a consumer has taken it, so it may not be there yet.

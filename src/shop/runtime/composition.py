@@ -21,7 +21,7 @@ from shop.storage import write_counter as generation
 from shop.storage.database import Database
 from shop.storage.expiry import Expiry
 from shop.storage.outbox import Relay
-from shop.supervision import Supervisor
+from shop.supervision import Supervisor, Worker
 from shop.web import app_factory, health
 from shop.web.fastpath.routes import LeanRoute
 
@@ -92,14 +92,21 @@ class Runtime:
 
 
 def service_app(
-    title: str, service: str, runtime: Runtime, lean: Sequence[LeanRoute[Any]]
+    title: str,
+    service: str,
+    runtime: Runtime,
+    lean: Sequence[LeanRoute[Any]],
+    workers: Mapping[str, Worker] | None = None,
 ) -> FastAPI:
-    """A service's app: its runtime started and closed by the lifespan, health and metrics.
-    Once started, the garbage collector is settled (`gc_tuning`)."""
+    """A service's app: its runtime started and closed by the lifespan, with `workers` (by
+    name) supervised beside the runtime's own tasks; health and metrics. Once started, the
+    garbage collector is settled (`gc_tuning`)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
+        for name, worker in (workers or {}).items():
+            runtime.supervisor.start(name, worker)
         heap.settle()
         log.info("%s service started", service)
         try:

@@ -97,6 +97,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
         "orders",
         runtime,
         order_api.lean_routes(runtime.service, authenticator, limiter),
+        workers={"signing-keys": authenticator.refresh_keys},
     )
     app.include_router(order_api.router(runtime.service, authenticator, limiter))
     openapi.amend(app, partial(order_api.document_quantity, most=settings.orders.max_quantity))

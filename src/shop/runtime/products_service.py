@@ -33,6 +33,13 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         settings=settings.products,
         writes=generation.for_workers("product-pages"),
     )
-    app = service_app("Product service", "products", runtime, product_api.lean_routes(service))
-    app.include_router(product_api.router(service, auth.from_settings(settings)))
+    authenticator = auth.from_settings(settings)
+    app = service_app(
+        "Product service",
+        "products",
+        runtime,
+        product_api.lean_routes(service),
+        workers={"signing-keys": authenticator.refresh_keys},
+    )
+    app.include_router(product_api.router(service, authenticator))
     return app
