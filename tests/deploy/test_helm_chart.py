@@ -297,3 +297,35 @@ def test_the_chart_refuses_a_password_in_the_configmap() -> None:
     result = _helm("template", "shop", str(CHART), "--set", "config.DB_PASSWORD=oops")
     assert result.returncode != 0
     assert "looks like a secret" in result.stderr
+
+
+def test_a_private_jwks_ca_is_mounted_and_named_in_the_settings() -> None:
+    bundle = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+    objects = _render("--set-string", f"auth.jwksCaBundle={bundle}")
+    maps = _of_kind(objects, "ConfigMap")
+    [ca_map] = [m for name, m in maps.items() if name.endswith("-auth-ca")]
+    assert ca_map["data"]["ca.pem"].strip() == bundle.strip()
+    [config] = [m for name, m in maps.items() if name.endswith("-config")]
+    assert config["data"]["AUTH_JWKS_CA_FILE"] == "/auth-ca/ca.pem"
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        mounts = {
+            (m["name"], m["mountPath"], m.get("readOnly"))
+            for c in pod["containers"]
+            for m in c.get("volumeMounts", [])
+        }
+        assert ("auth-ca", "/auth-ca", True) in mounts, deployment["metadata"]["name"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["auth-ca"]["configMap"]["name"] == ca_map["metadata"]["name"]
+
+
+def test_without_a_private_ca_the_system_trust_store_is_used(
+    renders: dict[str, list[Manifest]],
+) -> None:
+    for name, objects in renders.items():
+        maps = _of_kind(objects, "ConfigMap")
+        assert not [m for m in maps if m.endswith("-auth-ca")], name
+        for m in maps.values():
+            assert "AUTH_JWKS_CA_FILE" not in m.get("data", {}), name

@@ -188,6 +188,11 @@ spec:
               mountPath: /auth
               readOnly: true
             {{- end }}
+            {{- if and $root.Values.auth.jwksCaBundle $root.Values.auth.jwksUrl }}
+            - name: auth-ca
+              mountPath: /auth-ca
+              readOnly: true
+            {{- end }}
       volumes:
         # Worker processes share their metrics and cache counters through files here.
         - name: tmp
@@ -197,6 +202,11 @@ spec:
         - name: auth
           configMap:
             name: {{ include "shop.fullname" $root }}-auth
+        {{- end }}
+        {{- if and $root.Values.auth.jwksCaBundle $root.Values.auth.jwksUrl }}
+        - name: auth-ca
+          configMap:
+            name: {{ include "shop.fullname" $root }}-auth-ca
         {{- end }}
       {{- if $root.Values.spreadAcrossNodes }}
       topologySpreadConstraints:
