@@ -240,6 +240,17 @@ def _jwks(provider: _Provider, clock: FakeClock, **settings: Any) -> Jwks:
     return Jwks("https://idp.example/jwks", _auth(**settings), clock=clock, download=provider)
 
 
+def _trusting(
+    *published: dict[str, Any], **settings: Any
+) -> tuple[_Clock, _Provider, Jwks, Authenticator]:
+    """A provider publishing `published`, its refreshed key set, and an Authenticator over it,
+    all on one clock."""
+    clock = _Clock()
+    provider = _Provider(clock, *published)
+    keys = _jwks(provider, clock, **settings)
+    return clock, provider, keys, Authenticator(keys, _auth(), clock=clock)
+
+
 async def test_the_keys_are_fetched_again_after_their_max_age_within_the_bounds() -> None:
     clock = _Clock()
     provider = _Provider(clock, jwk(issuer))
@@ -263,11 +274,8 @@ async def test_the_keys_are_fetched_again_after_their_max_age_within_the_bounds(
 
 
 async def test_a_key_the_provider_removed_is_refused_once_the_keys_are_due_again() -> None:
-    clock = _Clock()
     other = Issuer()
-    provider = _Provider(clock, jwk(issuer), jwk(other), max_age=60)
-    keys = _jwks(provider, clock, jwks_refresh_seconds=1)
-    auth = Authenticator(keys, _auth(), clock=clock)
+    clock, provider, keys, auth = _trusting(jwk(issuer), jwk(other), jwks_refresh_seconds=1)
     kept, removed = issuer.bearer(1)["Authorization"], other.bearer(2)["Authorization"]
     assert (await auth.principal(kept)).user_id == 1  # the first token fetches the keys
     assert (await auth.principal(removed)).user_id == 2
@@ -284,10 +292,7 @@ async def test_a_key_the_provider_removed_is_refused_once_the_keys_are_due_again
 
 
 async def test_verified_tokens_are_kept_while_no_key_is_withdrawn() -> None:
-    clock = _Clock()
-    provider = _Provider(clock, jwk(issuer), max_age=60)
-    keys = _jwks(provider, clock)
-    auth = Authenticator(keys, _auth(), clock=clock)
+    clock, provider, keys, auth = _trusting(jwk(issuer))
     await _rounds(keys, clock)
     await auth.principal(issuer.bearer(1)["Authorization"])
     await auth.principal(issuer.bearer(2)["Authorization"])
@@ -299,10 +304,7 @@ async def test_verified_tokens_are_kept_while_no_key_is_withdrawn() -> None:
 
 
 async def test_another_key_under_a_known_kid_is_a_withdrawn_key() -> None:
-    clock = _Clock()
-    provider = _Provider(clock, jwk(issuer), max_age=60)
-    keys = _jwks(provider, clock)
-    auth = Authenticator(keys, _auth(), clock=clock)
+    clock, provider, keys, auth = _trusting(jwk(issuer))
     token = issuer.bearer(1)["Authorization"]
     await _rounds(keys, clock)
     assert (await auth.principal(token)).user_id == 1
@@ -313,11 +315,8 @@ async def test_another_key_under_a_known_kid_is_a_withdrawn_key() -> None:
 
 
 async def test_a_single_key_without_a_kid_replaced_by_another_is_a_withdrawn_key() -> None:
-    clock = _Clock()
     kidless = {k: v for k, v in jwk(issuer).items() if k != "kid"}
-    provider = _Provider(clock, kidless, max_age=60)
-    keys = _jwks(provider, clock)
-    auth = Authenticator(keys, _auth(), clock=clock)
+    clock, provider, keys, auth = _trusting(kidless)
     claims = jwt.decode(issuer.token(1), options={"verify_signature": False})
     signing = serialization.load_pem_private_key(issuer.signing_pem, password=None)
     kidless_token = jwt.encode(claims, signing, algorithm="EdDSA", headers={"typ": "at+jwt"})  # type: ignore[arg-type]
@@ -340,10 +339,7 @@ async def test_a_single_key_without_a_kid_replaced_by_another_is_a_withdrawn_key
     ],
 )
 async def test_a_set_without_a_usable_signing_key_trusts_none(published: list[Any]) -> None:
-    clock = _Clock()
-    provider = _Provider(clock, jwk(issuer))
-    keys = _jwks(provider, clock)
-    auth = Authenticator(keys, _auth(), clock=clock)
+    clock, provider, keys, auth = _trusting(jwk(issuer))
     token = issuer.bearer(1)["Authorization"]
     await _rounds(keys, clock)
     assert (await auth.principal(token)).user_id == 1
@@ -355,10 +351,7 @@ async def test_a_set_without_a_usable_signing_key_trusts_none(published: list[An
 
 @pytest.mark.parametrize("document", [{"keys": "none"}, {"jwks": []}, ["keys"], "<html>"])
 async def test_an_answer_that_is_no_key_set_keeps_the_keys_there_were(document: Any) -> None:
-    clock = _Clock()
-    provider = _Provider(clock, jwk(issuer))
-    keys = _jwks(provider, clock)
-    auth = Authenticator(keys, _auth(), clock=clock)
+    clock, provider, keys, auth = _trusting(jwk(issuer))
     token = issuer.bearer(1)["Authorization"]
     await _rounds(keys, clock)
     await auth.principal(token)
