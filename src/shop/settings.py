@@ -82,7 +82,7 @@ def _host_ports(value: str) -> str:
     return value
 
 
-def _https_url(value: str | None) -> str | None:
+def https_url(value: str | None) -> str | None:
     """An https:// URL with a host, or None for an empty value."""
     if not value:
         return None
@@ -249,7 +249,7 @@ class Auth(Group):
     audience: str = Field("shop", min_length=1)
     # Fetched over https only (a redirect is not followed), trusting the CA certificates (PEM)
     # in AUTH_JWKS_CA_FILE, or the system's without it.
-    jwks_url: Annotated[str | None, AfterValidator(_https_url)] = None
+    jwks_url: Annotated[str | None, AfterValidator(https_url)] = None
     jwks_ca_file: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
     public_key_file: str = ".stack/auth/public.pem"
     signing_key_file: str = ".stack/auth/signing.pem"  # `shop token` only

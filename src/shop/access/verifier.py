@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from http.client import HTTPMessage
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol
-from urllib.parse import urlsplit
 
 import jwt
 from cachetools import TLRUCache
@@ -52,7 +51,7 @@ from starlette.types import Scope
 
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
-from shop.settings import Auth, ConfigError, Settings
+from shop.settings import Auth, ConfigError, Settings, https_url
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +294,8 @@ class HttpsDownload:
     MAX_BYTES = 1_000_000
 
     def __init__(self, url: str, auth: Auth) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"not an https:// URL: {url}")
+        if https_url(url) is None:  # the settings' one rule for AUTH_JWKS_URL; ValueError
+            raise ValueError("not an https:// URL: it is empty")
         self._url = url
         self._timeout = auth.timeout_seconds
         context = ssl.create_default_context(cafile=auth.jwks_ca_file)

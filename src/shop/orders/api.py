@@ -48,8 +48,6 @@ class Orders(Protocol):
     async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
 
 
-ADMIN = ADMIN_SCOPE  # lists, reads and cancels any order, and places them for any user
-
 # What a client can do next with the order an answer names. Not from the asynchronous intakes:
 # their order is stored only when a consumer has taken it, so it may not be there yet.
 _BY_ID = {"order_id": "$response.body#/id"}
@@ -68,7 +66,7 @@ def document_quantity(document: dict[str, Any], *, most: int) -> None:
 
 def _owner(principal: Principal) -> int | None:
     """Whose orders the caller may see: its own, or anyone's (None) with orders:admin."""
-    return None if principal.has(ADMIN) else principal.customer()
+    return None if principal.has(ADMIN_SCOPE) else principal.customer()
 
 
 def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRouter:
