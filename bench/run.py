@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench import idle, limits, report
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load, shopload_version
+from devstack import identities
 from devstack.settings import StackSettings, load_stack_settings
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
@@ -273,6 +274,7 @@ def drain(
     ]
     env = {
         **os.environ,
+        **identities.service_env("orders"),
         "KAFKA_TOPIC": name,
         "RABBITMQ_QUEUE": name,
         "KAFKA_CONSUMER_GROUP": name,

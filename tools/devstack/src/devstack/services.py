@@ -11,6 +11,7 @@ from pathlib import Path
 
 from shop.settings import Settings, flat_names
 
+from . import identities
 from .common import (
     HOST,
     Daemon,
@@ -48,15 +49,19 @@ def daemon(name: str, settings: Settings) -> Daemon:
 NOT_FOR_SERVICES = frozenset({"db_migrate_user", "db_migrate_password"})
 
 
-def _settings_env(settings: Settings) -> dict[str, str]:
+def _settings_env(settings: Settings, service: identities.Service | None = None) -> dict[str, str]:
     """The caller's settings as environment variables (they beat config.yaml), so the service
-    runs with exactly the settings it was started with, overrides included."""
+    runs with exactly the settings it was started with, overrides included; with `service`,
+    its own identity on every server (`identities.service_env`) instead of the caller's."""
     services = set(flat_names(Settings)) - NOT_FOR_SERVICES
-    return {
+    if service is not None:
+        services -= identities.names()
+    env = {
         name.upper(): ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         for name, value in settings.flat().items()
         if name in services and value is not None  # unset optional settings stay unset
     }
+    return env if service is None else env | identities.service_env(service)
 
 
 def ready(name: str, settings: Settings) -> bool:
@@ -72,17 +77,24 @@ def _prepare(name: str, settings: Settings) -> Launch:
     root: Path = repo_root()
     return Launch(
         argv=[sys.executable, "-m", "shop", "serve", name],
-        env={**os.environ, **_settings_env(settings)},
+        env={**os.environ, **_settings_env(settings, _service(name))},
         cwd=root,
     )
 
 
-def fingerprint(settings: Settings) -> str:
+def _service(name: str) -> identities.Service:
+    for service in identities.SERVICES:
+        if service == name:
+            return service
+    raise ValueError(f"unknown service {name!r}")
+
+
+def fingerprint(name: str, settings: Settings) -> str:
     """What a running service was started from: its source files and its settings."""
     digest = hashlib.sha256()
     for path in sorted((repo_root() / "src" / "shop").rglob("*.py")):
         digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
-    for field, value in sorted(_settings_env(settings).items()):
+    for field, value in sorted(_settings_env(settings, _service(name)).items()):
         digest.update(f"{field}={value}\0".encode())
     return digest.hexdigest()
 
@@ -92,7 +104,7 @@ def start(name: str, settings: Settings) -> None:
     since, `WORKERS=2 make up`) is restarted, so what answers is what the checkout says."""
     service = daemon(name, settings)
     marker = service.directory / f"{name}.fingerprint"
-    wanted = fingerprint(settings)
+    wanted = fingerprint(name, settings)
     if service.pid() is not None and marker.exists() and marker.read_text() != wanted:
         say(f"{name}: code or settings changed since it started; restarting it")
         ensure_stopped(service)

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import Field
 
 from shop.settings import Group, Settings, load
+
+from . import identities
 
 
 class StackAdmin(Group):
@@ -26,5 +29,9 @@ class StackSettings(Settings):
 
 
 def load_stack_settings(**overrides: Any) -> StackSettings:
-    """`shop.settings.load_settings` with the stack's administrators."""
-    return load(StackSettings, **overrides)
+    """`shop.settings.load_settings` with the stack's administrators, and the accounts and CA
+    the stack generated (`identities.settings`: the order service's and the tools') where
+    neither the environment nor `overrides` name others."""
+    environ = {name.lower() for name in os.environ}
+    generated = {k: v for k, v in identities.settings().items() if k not in environ}
+    return load(StackSettings, **{**generated, **overrides})
