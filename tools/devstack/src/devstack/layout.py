@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from shop.settings import load_settings
+
 from . import haproxy, kafka, mariadb, rabbitmq
 from .common import HOST, stack_dir
 from .services import _settings_env
@@ -99,6 +101,9 @@ class Process:
 def cluster_settings(settings: StackSettings, base: Path) -> StackSettings:
     """The services' settings on the cluster: the fronts, every Kafka node, RF 3, quorum."""
     brokers = ",".join(node.bootstrap for node in kafka_nodes(base))
+    # RabbitMQ over plain AMQP, as the one application user of config.yaml and the environment
+    # (`rabbitmq.provision_one_user`), not as `make up`'s accounts per role over TLS.
+    plain = load_settings().rabbitmq
     return settings.replace(
         db_port=MYSQL_FRONT,
         kafka_brokers=brokers,
@@ -106,6 +111,11 @@ def cluster_settings(settings: StackSettings, base: Path) -> StackSettings:
         rabbitmq_port=AMQP_FRONT,
         rabbitmq_management_port=rabbitmq_nodes(base)[0].management_port,
         rabbitmq_queue_type="quorum",
+        rabbitmq_user=plain.user,
+        rabbitmq_password=plain.password,
+        rabbitmq_consumer_user=None,
+        rabbitmq_consumer_password=None,
+        rabbitmq_ca_file=None,
         auth_public_key_file=str(base / "auth" / "public.pem"),
         auth_signing_key_file=str(base / "auth" / "signing.pem"),
     )
