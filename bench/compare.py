@@ -57,7 +57,7 @@ from confluent_kafka.admin import AdminClient
 from bench import compare_report, idle
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
-from devstack import identities
+from devstack import identities, rabbitmq
 from devstack.settings import StackSettings, load_stack_settings
 from shop.storage.migrations import connect_as_migrator
 
@@ -223,6 +223,9 @@ def side_env(side: Side) -> dict[str, str]:
     env.update(
         {
             "DB_NAME": side.db_name,
+            # Its own RabbitMQ vhost, where the services' accounts get their rights on its names
+            # (`start_services`; they have one set of rights per vhost).
+            "RABBITMQ_VHOST": side.prefix.rstrip("-"),
             "PRODUCT_SERVICE_PORT": str(side.product_port),
             "ORDER_SERVICE_PORT": str(side.order_port),
             # The development issuer's key of this checkout (`make up` made it), wherever the
@@ -298,11 +301,13 @@ def clean(settings: StackSettings, sides: list[Side]) -> None:
         ):
             time.sleep(0.5)
     vhost = urllib.parse.quote(settings.rabbitmq.vhost, safe="")
-    for kind in ("queues", "exchanges"):
+    for kind in ("queues", "exchanges"):  # of runs before the sides had vhosts of their own
         for item in _rabbitmq_api(settings, f"{kind}/{vhost}?columns=name"):
             if str(item["name"]).startswith(prefixes):
                 name = urllib.parse.quote(item["name"], safe="")
                 _rabbitmq_api(settings, f"{kind}/{vhost}/{name}", method="DELETE")
+    for side in sides:
+        rabbitmq.remove_vhost(settings.replace(rabbitmq_vhost=side.env["RABBITMQ_VHOST"]))
 
 
 # ---------------------------------------------------------------- services
@@ -317,6 +322,11 @@ def start_services(side: Side, logs: Path) -> None:
         "DB_USER": settings.db.migrate_user,
         "DB_PASSWORD": settings.db.migrate_password,
     }
+    rabbitmq.provision(
+        settings.replace(
+            rabbitmq_vhost=side.env["RABBITMQ_VHOST"], rabbitmq_queue=side.env["RABBITMQ_QUEUE"]
+        )
+    )
     with (logs / f"{side.name}-migrate.log").open("ab") as log:
         subprocess.run(
             [side.shop, "migrate"],

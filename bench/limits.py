@@ -13,6 +13,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import MetaData, Table, text
 
+from devstack import rabbitmq
+from devstack.settings import StackSettings
 from shop import jsonutil
 from shop.ids import uuid7
 from shop.messaging.kafka import ensure_topics, producer_config
@@ -83,11 +85,13 @@ def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
 
 
 async def rabbitmq_publish(
-    settings: Settings, *, messages: int, window: int = 256
+    settings: StackSettings, *, messages: int, window: int = 256
 ) -> dict[str, Any]:
-    """Raw persistent publishes with publisher confirms, `window` unconfirmed at a time."""
+    """Raw persistent publishes with publisher confirms, `window` unconfirmed at a time (to a
+    scratch queue through the default exchange: as the administrator, whom alone that is
+    allowed)."""
     queue_name = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
+    connection = await aio_pika.connect(rabbitmq.admin_url(settings), timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         quorum = settings.rabbitmq.queue_type == "quorum"  # the order queue's kind

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench import idle, limits, report
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load, shopload_version
-from devstack import identities
+from devstack import identities, rabbitmq
 from devstack.settings import StackSettings, load_stack_settings
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
@@ -272,6 +272,9 @@ def drain(
         limits.order_command(i, product_id=product_ids[i % len(product_ids)], channel=channel)
         for i in range(orders)
     ]
+    # RabbitMQ: a vhost of its own, where the order service's accounts get their rights on
+    # these names (they have one set of rights per vhost: "/" holds `make up`'s).
+    private = settings.replace(rabbitmq_vhost=name, rabbitmq_queue=name)
     env = {
         **os.environ,
         **identities.service_env("orders"),
@@ -297,7 +300,9 @@ def drain(
                 producer.poll(0)
         producer.flush(60)
     else:
-        asyncio.run(_fill_queue(settings, name, commands))
+        rabbitmq.provision(private)
+        env["RABBITMQ_VHOST"] = name
+        asyncio.run(_fill_queue(private, name, commands))
     consumer = subprocess.Popen(
         [sys.executable, "-m", "shop", "consume", channel],
         env=env,
@@ -324,8 +329,8 @@ def drain(
     finally:
         consumer.terminate()
         consumer.wait(20)
-    # The consumer process declares its queues and topics whichever channel it consumes.
-    asyncio.run(_delete_queues(settings, [name, f"{name}.dlq"]))
+    if channel == "rabbitmq":
+        rabbitmq.remove_vhost(private)
     limits.delete_topics(settings.kafka.brokers, [name, f"{name}.dlq"])
     # The rate is taken between the first and the last stored order (the rows' own clocks),
     # so the consumer process's start-up and group join are not counted.
@@ -346,8 +351,7 @@ def drain(
 
 
 async def _fill_queue(settings: StackSettings, name: str, bodies: list[bytes]) -> None:
-    """Declare the queue as the service does (its dead-letter topology too) and fill it."""
-    # Declared as the consumer declares it (a cluster's queue type and delivery limit).
+    """Fill the queue (provisioned: declared as the consumer declares it) as intake does."""
     rabbit = RabbitBroker(settings.rabbitmq.model_copy(update={"queue": name}), timeout=10)
     queue = rabbit.publisher()
     rabbit.start()
@@ -366,17 +370,6 @@ async def _fill_queue(settings: StackSettings, name: str, bodies: list[bytes]) -
             )
     finally:
         await rabbit.close()
-
-
-async def _delete_queues(settings: StackSettings, names: list[str]) -> None:
-    import aio_pika
-
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
-    async with connection:
-        channel = await connection.channel()
-        for name in names:
-            await channel.queue_delete(name)
-        await channel.exchange_delete(f"{names[0]}.dlx")
 
 
 # ---------------------------------------------------------------- audit

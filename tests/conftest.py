@@ -1,8 +1,8 @@
 """Session fixtures: a private database, topics and queue on the real servers, and the services.
 
 Everything the tests create is named for this run (database `shop_test_<run>`, topics and queue
-`test-<run>-...`, free service ports), so a system started with `make run` is not touched;
-the database and topics are removed at the end.
+`test-<run>-...`, RabbitMQ vhost `test-<run>`, free service ports), so a system started with
+`make run` is not touched; the database, topics and vhost are removed at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from devstack import identities
+from devstack import identities, rabbitmq
 from devstack.settings import StackSettings, load_stack_settings
 from tests.support import ServiceProcess, free_port
 from tests.tokens import AUDIENCE, ISSUER, Issuer
@@ -55,6 +55,9 @@ TEST_ENV = {
     "KAFKA_DLQ_TOPIC": f"test-{RUN}-orders.dlq",
     "KAFKA_CONSUMER_GROUP": f"test-{RUN}-order-service",
     "RABBITMQ_QUEUE": f"test-{RUN}-orders",
+    # The run's own vhost: the services' RabbitMQ accounts get their permissions for this
+    # run's names there (one set per user and vhost), beside those `make up` gave them on "/".
+    "RABBITMQ_VHOST": f"test-{RUN}",
     "PRODUCT_SERVICE_PORT": str(free_port()),
     "ORDER_SERVICE_PORT": str(free_port()),
     "OUTBOX_POLL_SECONDS": "0.1",
@@ -197,18 +200,20 @@ async def orders(order_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClie
 
 @pytest.fixture(scope="session")
 def rabbitmq_cleanup(settings: StackSettings) -> Iterator[None]:
-    """The run's queues and exchanges (`test-<run>-...`) are deleted at the end."""
+    """The run's vhost, provisioned for its names as `make up` provisions "/" (accounts,
+    permissions, the order topology); deleted at the end with everything in it, and so are
+    the vhosts of single tests (`test-<run>-...`)."""
+    rabbitmq.provision(settings)
     yield
     api = f"http://127.0.0.1:{settings.stack.management_port}/api"
     auth = (settings.stack.admin_user, settings.stack.admin_password)
     with httpx.Client(auth=auth, timeout=10) as client:
-        for kind in ("queues", "exchanges"):
-            listed = client.get(f"{api}/{kind}/%2F")
-            if listed.status_code != 200:
-                continue
-            for item in listed.json():
-                if item["name"].startswith(f"test-{RUN}-"):
-                    client.delete(f"{api}/{kind}/%2F/{item['name']}")
+        listed = client.get(f"{api}/vhosts")
+        left = [v["name"] for v in listed.json()] if listed.status_code == 200 else []
+    for vhost in left:
+        if vhost.startswith(f"test-{RUN}-"):
+            rabbitmq.remove_vhost(settings.replace(rabbitmq_vhost=vhost))
+    rabbitmq.remove_vhost(settings)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

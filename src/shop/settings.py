@@ -130,10 +130,25 @@ class Kafka(Group):
     close_seconds: float = Field(2.0, gt=0)
 
 
+def _optional(value: Any) -> Any:
+    """An empty value (`RABBITMQ_CA_FILE=`) as unset."""
+    return value or None
+
+
 class RabbitMQ(Group):
+    """The order commands' broker. Two roles, each with its own account where the broker has
+    one per role (docs/security.md): intake (the HTTP workers) publishes to the order exchange
+    as RABBITMQ_USER; the consumers read the queue and publish dead letters as
+    RABBITMQ_CONSUMER_USER, or as RABBITMQ_USER when that is unset (one application user)."""
+
     prefix = "rabbitmq_"
     user: str = "guest"
     password: str = "guest"
+    consumer_user: Annotated[str | None, BeforeValidator(_optional)] = None
+    consumer_password: Annotated[str | None, BeforeValidator(_optional)] = None
+    # TLS (amqps) to RABBITMQ_HOST:RABBITMQ_PORT, the server's certificate checked against these
+    # CA certificates (PEM) and its name against RABBITMQ_HOST. Empty: plain AMQP.
+    ca_file: Annotated[str | None, BeforeValidator(_optional)] = None
     host: str = "127.0.0.1"
     port: int = Field(5672, ge=1, le=65535)
     vhost: str = "/"
@@ -150,10 +165,35 @@ class RabbitMQ(Group):
     renew_channel_seconds: float = Field(1.0, ge=0)
     close_seconds: float = Field(5.0, gt=0)  # for a connection's task to stop
 
+    @model_validator(mode="after")
+    def _consumer_account_whole(self) -> Self:
+        if (self.consumer_user is None) != (self.consumer_password is None):
+            raise ValueError(
+                "RABBITMQ_CONSUMER_USER and RABBITMQ_CONSUMER_PASSWORD are set together "
+                "(or neither: the consumers then use RABBITMQ_USER)"
+            )
+        return self
+
     @property
     def url(self) -> str:
-        vhost = "%2F" if self.vhost == "/" else self.vhost
-        return f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/{vhost}"
+        """Intake's: RABBITMQ_USER."""
+        return self.url_for(self.user, self.password)
+
+    @property
+    def consumer_url(self) -> str:
+        """The consumers': RABBITMQ_CONSUMER_USER, else RABBITMQ_USER."""
+        if self.consumer_user is None or self.consumer_password is None:
+            return self.url
+        return self.url_for(self.consumer_user, self.consumer_password)
+
+    def url_for(self, user: str, password: str) -> str:
+        """An AMQP URL for `user`: amqps with the CA file (aiormq's and aio-pika's `cafile`)
+        when RABBITMQ_CA_FILE is set. It holds the password: never log it."""
+        account = f"{quote(user, safe='')}:{quote(password, safe='')}"
+        where = f"{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+        if self.ca_file is None:
+            return f"amqp://{account}@{where}"
+        return f"amqps://{account}@{where}?cafile={quote(self.ca_file, safe='')}"
 
 
 class Http(Group):

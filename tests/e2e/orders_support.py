@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack import rabbitmq
 from devstack.settings import StackSettings
 from shop.orders.tables import orders as orders_table
 from shop.products.tables import products as products_table
@@ -203,11 +204,13 @@ def publish_to_topic(brokers: str, topic: str, key: str, values: list[bytes]) ->
 
 
 async def publish_to_queue(settings: StackSettings, bodies: list[bytes]) -> None:
+    """As anyone who holds intake's account could: to the order exchange, whatever the body."""
     connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"{settings.rabbitmq.queue}.exchange", ensure=True)
         for body in bodies:
-            await channel.default_exchange.publish(
+            await exchange.publish(
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=settings.rabbitmq.queue,
                 mandatory=True,
@@ -221,7 +224,8 @@ async def dead_letters_in_queue(
     """The headers of each wanted body found in the dead-letter queue (which is emptied of
     them; anything else is left there)."""
     found: dict[bytes, dict[str, Any]] = {}
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
+    # As the administrator: no service account may read the dead-letter queue.
+    connection = await aio_pika.connect(rabbitmq.admin_url(settings), timeout=10)
     async with connection:
         channel = await connection.channel()
         queue = await channel.get_queue(f"{settings.rabbitmq.queue}.dlq", ensure=True)

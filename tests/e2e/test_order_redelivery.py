@@ -50,11 +50,12 @@ def _produce(settings: Settings, key: str, value: bytes, copies: int) -> None:
 
 
 async def _publish(settings: Settings, body: bytes, copies: int) -> None:
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)  # intake's account
     async with connection:
         channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{settings.rabbitmq.queue}.exchange", ensure=True)
         for _ in range(copies):
-            await channel.default_exchange.publish(
+            await exchange.publish(
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=settings.rabbitmq.queue,
             )

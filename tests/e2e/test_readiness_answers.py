@@ -4,12 +4,14 @@ fails (`kafka`, `rabbitmq`), without the exception's text; that goes to the serv
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack import identities
 from tests.conftest import TEST_ENV
 from tests.support import ServiceProcess, eventually, free_port
 
@@ -56,3 +58,43 @@ async def test_readyz_names_the_part_that_fails_and_logs_why(
     assert set(problem["checks"].values()) <= {"ok", "failed", "timed out"}
     assert str(closed) not in answer.text, "the exception's text is in the answer"
     assert f"readiness: {failing}" in process.log_path.read_text(errors="replace")
+
+
+async def test_readyz_names_rabbitmq_when_it_refuses_the_account_and_the_log_says_so(
+    database: AsyncEngine, rabbitmq_cleanup: None, tmp_path: Path
+) -> None:
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    port = free_port()
+    env = {
+        **identities.service_env("orders"),
+        **TEST_ENV,
+        "ORDER_SERVICE_PORT": str(port),
+        "CONSUMERS_ENABLED": "false",  # not a second consumer of the session's queues
+        "RABBITMQ_PASSWORD": wrong,  # intake's account, with a password that is not its own
+    }
+    process = ServiceProcess("orders", port=port, env=env, log_path=tmp_path / "orders.log")
+    await process.start()
+    try:
+        async with httpx.AsyncClient(base_url=process.url, timeout=15) as client:
+
+            async def not_ready() -> httpx.Response | None:
+                answer = await client.get("/readyz")
+                return answer if answer.status_code == 503 else None
+
+            answer = await eventually(not_ready, timeout=30, what="/readyz naming rabbitmq")
+
+            async def refusal_logged() -> bool:
+                return "ACCESS_REFUSED" in process.log_path.read_text(errors="replace")
+
+            await eventually(refusal_logged, timeout=30, what="ACCESS_REFUSED in the log")
+    finally:
+        process.stop()
+    problem = answer.json()
+    assert problem["detail"] == "Unreachable: rabbitmq"
+    assert problem["checks"]["rabbitmq"] == "failed"
+    assert "ACCESS_REFUSED" not in answer.text
+    assert "shop-intake" not in answer.text
+    log = process.log_path.read_text(errors="replace")
+    assert "RABBITMQ_PASSWORD" in log  # says which setting to check
+    assert wrong not in log
+    assert identities.service_env("orders")["RABBITMQ_PASSWORD"] not in log

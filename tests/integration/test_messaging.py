@@ -2,8 +2,9 @@
 
 `MessagingContract` holds the tests, the broker's lifecycle (start, close, a restart) among
 them; `TestKafka` and `TestRabbitMQ` only say how to make a broker and a dead-letter reader on a
-topic or queue of the test's own (as FastStream's per-broker test classes do). Names start
-`test-<run>-`: the session deletes what a failed test leaves behind.
+topic or queue of the test's own (RabbitMQ: in a vhost of its own, provisioned as `make up`
+provisions its own), as FastStream's per-broker test classes do. Names start `test-<run>-`:
+the session deletes what a failed test leaves behind.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
 import devstack as stack
+from devstack import rabbitmq
 from devstack.settings import StackSettings
 from shop.messaging.kafka import KafkaBroker, KafkaInbound, KafkaPublisher, ensure_topics
 from shop.messaging.ports import Broker, Delivery, Inbound, Outbound, Outgoing
@@ -331,9 +333,13 @@ def _counted(name: str, **labels: str) -> float:
 
 
 class RabbitHarness:
+    """A broker as the order service's (intake's account publishes, the consumer's consumes
+    and dead-letters) on a queue in a vhost of the test's own."""
+
     def __init__(self, settings: StackSettings) -> None:
-        self.settings = settings
-        self.queue = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
+        self.queue = name = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
+        self.settings = settings.replace(rabbitmq_vhost=name, rabbitmq_queue=name)
+        rabbitmq.provision(self.settings)  # blocking, briefly: a few management API calls
         self.broker = self.new_broker()
         self.broker.start()
         self.outbound = self.broker.publisher()
@@ -341,9 +347,7 @@ class RabbitHarness:
         self.subscriptions: dict[int, float] = {}  # and subscriptions
 
     def new_broker(self) -> RabbitBroker:
-        return RabbitBroker(
-            self.settings.rabbitmq.model_copy(update={"queue": self.queue}), timeout=5
-        )
+        return RabbitBroker(self.settings.rabbitmq, timeout=5)
 
     async def connect(self) -> None:
         await eventually(partial(_passes, self.broker), timeout=30, what="publisher connected")
@@ -365,7 +369,8 @@ class RabbitHarness:
         await inbound.close()
 
     async def dead_letters(self, count: int) -> list[tuple[bytes, str]]:
-        connection = await aio_pika.connect(self.settings.rabbitmq.url, timeout=10)
+        # As the administrator: no service account may read the dead-letter queue.
+        connection = await aio_pika.connect(rabbitmq.admin_url(self.settings), timeout=10)
         found: list[tuple[bytes, str]] = []
         async with connection:
             channel = await connection.channel()
@@ -383,7 +388,8 @@ class RabbitHarness:
     async def delete_queue(self) -> None:
         """As an operator would, through the management API."""
         s = self.settings
-        url = f"http://{s.rabbitmq.host}:{s.stack.management_port}/api/queues/%2F/{self.queue}"
+        vhost, queue = (quote(name, safe="") for name in (s.rabbitmq.vhost, self.queue))
+        url = f"http://{s.rabbitmq.host}:{s.stack.management_port}/api/queues/{vhost}/{queue}"
         async with httpx.AsyncClient(auth=(s.stack.admin_user, s.stack.admin_password)) as client:
             response = await client.delete(url, timeout=10)
         assert response.status_code == 204, response.text
@@ -415,17 +421,14 @@ class RabbitHarness:
 
     async def close(self) -> None:
         await self.broker.close()
-        connection = await aio_pika.connect(self.settings.rabbitmq.url, timeout=10)
-        async with connection:
-            channel = await connection.channel()
-            for name in (self.queue, f"{self.queue}.dlq"):
-                await channel.queue_delete(name)
-            await channel.exchange_delete(f"{self.queue}.dlx")
+        await asyncio.to_thread(rabbitmq.remove_vhost, self.settings)
 
 
 class TestRabbitMQ(MessagingContract):
     @pytest.fixture
-    async def harness(self, settings: StackSettings) -> AsyncIterator[RabbitHarness]:
+    async def harness(
+        self, settings: StackSettings, rabbitmq_cleanup: None
+    ) -> AsyncIterator[RabbitHarness]:
         harness = RabbitHarness(settings)
         await harness.connect()
         yield harness
@@ -452,7 +455,7 @@ class TestRabbitMQ(MessagingContract):
         self, harness: RabbitHarness
     ) -> None:
         inbound = await harness.consumer()
-        await harness.close_connections(2)  # the publisher's and the consumer's
+        await harness.close_connections(3)  # the publisher's, the dead letters' and the consumer's
 
         async def reconnected() -> bool:
             return harness.reconnects(inbound) == 1 and await _passes(harness.broker)

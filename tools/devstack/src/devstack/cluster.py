@@ -221,7 +221,7 @@ def _start_rabbitmq(settings: StackSettings, base: Path) -> None:
         rabbitmq.ctl(node, "reset")
         rabbitmq.ctl(node, "join_cluster", first.nodename)
         rabbitmq.ctl(node, "start_app")
-    rabbitmq.provision(settings, first)
+    rabbitmq.provision_one_user(settings, first)
 
 
 def _start_kafka(base: Path) -> None:

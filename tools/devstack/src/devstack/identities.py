@@ -143,17 +143,36 @@ def ensure() -> None:
     names()
 
 
+RABBITMQ_INTAKE, RABBITMQ_CONSUMER, RABBITMQ_ADMIN = "shop-intake", "shop-consumer", "shop-admin"
+
+
+def _rabbitmq_env(service: Service) -> dict[str, str]:
+    """The order service's two RabbitMQ accounts (its HTTP workers publish as the intake, its
+    consumer process reads as the consumer) and the CA (TLS); the product service gets none."""
+    if service != "orders":
+        return {}
+    return {
+        "RABBITMQ_USER": RABBITMQ_INTAKE,
+        "RABBITMQ_PASSWORD": password(f"rabbitmq:{RABBITMQ_INTAKE}"),
+        "RABBITMQ_CONSUMER_USER": RABBITMQ_CONSUMER,
+        "RABBITMQ_CONSUMER_PASSWORD": password(f"rabbitmq:{RABBITMQ_CONSUMER}"),
+        "RABBITMQ_CA_FILE": str(tls().ca_file),
+    }
+
+
 def service_env(service: Service) -> dict[str, str]:
     """The environment that gives `service` its own identity on every server."""
     ca = str(tls().ca_file)
     db_user = f"shop_{service}"
-    return {"DB_USER": db_user, "DB_PASSWORD": password(f"db:{db_user}"), "DB_CA_FILE": ca}
+    env = {"DB_USER": db_user, "DB_PASSWORD": password(f"db:{db_user}"), "DB_CA_FILE": ca}
+    return env | _rabbitmq_env(service)
 
 
 def tools_env() -> dict[str, str]:
     """What the stack's own tools, the tests and the bench use beside the order service's
     identity, and no service gets: the administrators' and the migration account's."""
-    return {"DB_MIGRATE_USER": "shop_migrate", "DB_MIGRATE_PASSWORD": password("db:shop_migrate")}
+    env = {"DB_MIGRATE_USER": "shop_migrate", "DB_MIGRATE_PASSWORD": password("db:shop_migrate")}
+    return env | {"RABBITMQ_ADMIN_PASSWORD": password(f"rabbitmq:{RABBITMQ_ADMIN}")}
 
 
 def names() -> frozenset[str]:
