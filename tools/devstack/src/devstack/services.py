@@ -8,7 +8,6 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import cast
 
 from shop.settings import Settings, flat_names
 
@@ -86,7 +85,7 @@ def _prepare(name: str, settings: Settings) -> Launch:
 def _service(name: str) -> identities.Service:
     if name not in identities.SERVICES:
         raise ValueError(f"unknown service {name!r}")
-    return cast("identities.Service", name)
+    return name
 
 
 def fingerprint(name: str, settings: Settings) -> str:
