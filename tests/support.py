@@ -18,9 +18,14 @@ from typing import Any, TypeVar
 import httpx
 from confluent_kafka import Consumer, TopicPartition
 
+from devstack import identities
+from devstack.kafka import as_admin
+from devstack.settings import StackSettings
 from shop import jsonutil
+from shop.messaging.kafka import client_config
 from shop.messaging.ports import Outgoing, PublishError
 from shop.messaging.rabbitmq import RabbitBroker
+from shop.settings import Kafka, Settings
 
 T = TypeVar("T")
 
@@ -47,8 +52,23 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def observer(settings: Settings) -> Kafka:
+    """Kafka as a test that watches topics (events, dead letters) or makes scratch ones: the
+    stack's administrator, who may read and write any topic in any group."""
+    assert isinstance(settings, StackSettings), "the tests' settings are the stack's"
+    return as_admin(settings)
+
+
+def identity(service: str) -> dict[str, str]:
+    """The environment that gives a service a test starts (`shop serve`, `shop consume`: the
+    order service's) its own accounts, as devstack starts it; none where the stack made none.
+    Under the test's environment, as in `load_stack_settings`: what it names wins."""
+    assert service in identities.SERVICES, service
+    return identities.service_env(service) if identities.made() else {}
+
+
 def read_events(
-    brokers: str,
+    kafka: Kafka,
     topic: str,
     *,
     until: Callable[[list[dict[str, Any]]], bool],
@@ -59,7 +79,7 @@ def read_events(
     (so that an extra, duplicated event would be seen too). Blocking: call via to_thread."""
     consumer = Consumer(
         {
-            "bootstrap.servers": brokers,
+            **client_config(kafka),
             "group.id": f"test-reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -82,9 +102,9 @@ def read_events(
     return events
 
 
-def topic_size(brokers: str, topic: str) -> int:
+def topic_size(kafka: Kafka, topic: str) -> int:
     """How many messages a topic holds (sum of high watermarks)."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "test-size"})
+    consumer = Consumer({**client_config(kafka), "group.id": "test-size"})
     try:
         meta = consumer.list_topics(topic, timeout=5).topics[topic]
         total = 0
@@ -102,7 +122,7 @@ class ServiceProcess:
     def __init__(self, name: str, *, port: int, env: dict[str, str], log_path: Path) -> None:
         self.name = name
         self.url = f"http://127.0.0.1:{port}"
-        self._env = {**os.environ, **env}
+        self._env = {**identity(name), **os.environ, **env}
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 

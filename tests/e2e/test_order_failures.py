@@ -43,7 +43,7 @@ from tests.e2e.orders_support import (
     stored_orders,
     wait_until_stored,
 )
-from tests.support import ServiceProcess, eventually, free_port
+from tests.support import ServiceProcess, eventually, free_port, observer
 
 pytestmark = pytest.mark.e2e
 
@@ -536,7 +536,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
     # Keyed like real commands (by product), so they sit in the same partition, before the
     # valid order sent next: that order being stored proves the consumer got past them.
     await asyncio.to_thread(
-        publish_to_topic, settings.kafka.brokers, settings.kafka.topic, str(pid), poison["kafka"]
+        publish_to_topic, settings.kafka, settings.kafka.topic, str(pid), poison["kafka"]
     )
     await publish_to_queue(settings, poison["rabbitmq"])
     valid = {}
@@ -548,7 +548,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
 
     on_topic = await asyncio.to_thread(
         dead_letters_on_topic,
-        settings.kafka.brokers,
+        observer(settings),
         settings.kafka.dlq_topic,
         set(poison["kafka"]),
         timeout=30,

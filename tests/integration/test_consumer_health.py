@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import TEST_ENV
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, identity
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def consumer(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shop", "consume", "all", "--health-port", str(port)],
-            env={**os.environ, **TEST_ENV},
+            env={**identity("orders"), **os.environ, **TEST_ENV},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
