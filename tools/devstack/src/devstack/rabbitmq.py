@@ -38,11 +38,13 @@ from .common import (
 from .settings import StackSettings
 
 NAME = "rabbitmq"
-NODE = "shop@localhost"
+# Erlang's and RabbitMQ's own variables move them, for a second stack beside the first
+# (SHOP_STACK_DIR and other ports): a node name and an epmd port are machine-wide.
+NODE = os.environ.get("RABBITMQ_NODENAME") or "shop@localhost"
 PACKAGES = ("rabbitmq-server",)
 BIN = Path("/usr/lib/rabbitmq/bin")
 READY_TIMEOUT = 90.0
-EPMD_PORT = 4369
+EPMD_PORT = int(os.environ.get("ERL_EPMD_PORT") or 4369)
 CTL_TIMEOUT = 60.0
 
 
