@@ -279,6 +279,8 @@ def clean(settings: StackSettings, sides: list[Side]) -> None:
         if side.db_name in existing:
             sql(settings, f"DROP DATABASE `{side.db_name}`")
     prefixes = tuple(side.prefix for side in sides)
+    for prefix in prefixes:  # the ACLs `start_services` made for the side's names
+        stack_kafka.revoke(settings, prefix)
     admin = AdminClient(client_config(stack_kafka.as_admin(settings)))
     groups = [
         g.group_id

@@ -323,7 +323,7 @@ def drain(
     # The consumer process declares its queues and topics whichever channel it consumes.
     asyncio.run(_delete_queues(settings, [name, f"{name}.dlq"]))
     limits.delete_topics(admin, [name, f"{name}.dlq"])
-    stack_kafka.revoke(consumer_settings)
+    stack_kafka.revoke(settings, name)
     # The rate is taken between the first and the last stored order (the rows' own clocks),
     # so the consumer process's start-up and group join are not counted.
     ((first_at, last_at),) = query(

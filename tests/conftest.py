@@ -128,11 +128,11 @@ async def database(settings: StackSettings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture(scope="session")
 def kafka_topics(settings: StackSettings) -> Iterator[None]:
     """The services' principals may use the run's topics and group (`devstack.kafka.provision`:
-    ACLs on these names); at the end the ACLs go, and the run's topics (the session's and any
-    a test made under the `test-<run>-` prefix) are deleted (the services create them)."""
+    ACLs on these names); at the end the run's ACLs and topics (the session's and any a test
+    made under the `test-<run>-` prefix) are deleted (the services create the topics)."""
     stack_kafka.provision(settings)
     yield
-    stack_kafka.revoke(settings)
+    stack_kafka.revoke(settings, f"test-{RUN}-")
     admin = AdminClient(client_config(stack_kafka.as_admin(settings)))
     names = {v for k, v in TEST_ENV.items() if k.startswith("KAFKA_") and "TOPIC" in k}
     existing = admin.list_topics(timeout=10).topics

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import devstack as stack
+from devstack import kafka as stack_kafka
 from devstack.settings import StackSettings
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
@@ -292,16 +293,21 @@ async def test_kafka_outage_gives_503_and_intake_resumes(
 # --- 4./6. The service's own process dies or is stopped in the middle of a stream -------------
 
 
-def _private_env(tag: str) -> dict[str, str]:
-    """Topic, queue and group of one's own: only this process consumes them. The run prefix
-    makes the session teardown delete the topics."""
+def _private_env(settings: StackSettings, tag: str) -> dict[str, str]:
+    """Topic, queue and group of one's own: only this process consumes them (the order
+    service's principal may use them: `provision`). The run prefix makes the session teardown
+    delete the topics and those ACLs."""
     name = f"test-{RUN}-{tag}-{uuid.uuid4().hex[:6]}"
-    return {
-        **TEST_ENV,
-        "ORDER_SERVICE_PORT": str(free_port()),
+    kafka = {
         "KAFKA_TOPIC": f"{name}-orders",
         "KAFKA_DLQ_TOPIC": f"{name}-orders.dlq",
         "KAFKA_CONSUMER_GROUP": f"{name}-order-service",
+    }
+    stack_kafka.provision(settings.replace(**{k.lower(): v for k, v in kafka.items()}))
+    return {
+        **TEST_ENV,
+        "ORDER_SERVICE_PORT": str(free_port()),
+        **kafka,
         "RABBITMQ_QUEUE": f"{name}-orders",
     }
 
@@ -412,7 +418,7 @@ def _incarnations(env: dict[str, str], logs: Path) -> Iterator[ServiceProcess]:
 async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
     products: httpx.AsyncClient, database: AsyncEngine, settings: StackSettings, tmp_path: Path
 ) -> None:
-    env = _private_env("kill")
+    env = _private_env(settings, "kill")
     pid = await new_product(products, stock=150)
     user = _user()
     processes = _incarnations(env, tmp_path)
@@ -453,7 +459,7 @@ async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
 async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_accepted_orders(
     products: httpx.AsyncClient, database: AsyncEngine, settings: StackSettings, tmp_path: Path
 ) -> None:
-    env = _private_env("term")
+    env = _private_env(settings, "term")
     pid = await new_product(products, stock=200)
     user = _user()
     processes = _incarnations(env, tmp_path)

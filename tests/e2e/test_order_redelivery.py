@@ -22,7 +22,7 @@ from shop.messaging.kafka import client_config
 from shop.orders.domain import AsyncChannel
 from shop.orders.models import OrderCommand
 from shop.settings import Settings
-from tests.conftest import TEST_ENV
+from tests.conftest import RUN, TEST_ENV
 from tests.e2e.orders_support import new_product, order_count, stock_of, stored_orders
 from tests.support import eventually, identity, observer
 
@@ -143,7 +143,7 @@ async def test_rereading_the_whole_order_topic_changes_nothing(
     await eventually(stored, timeout=30, what="orders stored")
     rows_before, stock_before = await order_count(database), await stock_of(database, pid)
     # A consumer in a new group starts from the earliest offset: every command again.
-    group = f"test-rewind-{uuid.uuid4().hex[:8]}"
+    group = f"test-{RUN}-rewind-{uuid.uuid4().hex[:8]}"
     rewinder = settings.replace(kafka_consumer_group=group)
     await asyncio.to_thread(stack_kafka.provision, rewinder)  # the order service's, in its group
     log = (tmp_path / "rewind.log").open("wb")
@@ -163,7 +163,7 @@ async def test_rereading_the_whole_order_topic_changes_nothing(
         rewind.terminate()
         code = rewind.wait(timeout=15)
         log.close()
-        await asyncio.to_thread(stack_kafka.revoke, rewinder)
+        await asyncio.to_thread(stack_kafka.revoke, rewinder, group)
     assert code in (0, -15), (tmp_path / "rewind.log").read_text()
     assert await order_count(database) == rows_before
     assert await stock_of(database, pid) == stock_before

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ from devstack.settings import StackSettings
 from shop.messaging.kafka import client_config, ensure_topics, producer_config
 from shop.settings import Kafka
 from tests.conftest import RUN
-from tests.support import topic_size
+from tests.support import eventually, topic_size
 
 pytestmark = pytest.mark.integration
 
@@ -73,11 +74,20 @@ def names(settings: StackSettings) -> Iterator[StackSettings]:
     topics = [k.topic, k.order_events_topic, k.dlq_topic, k.product_events_topic]
     admin = stack_kafka.as_admin(mine)
     asyncio.run(ensure_topics(admin, topics, timeout=15))
+    asyncio.run(eventually(partial(_led, admin, topics), timeout=30, what="the topics' leaders"))
     yield mine
-    stack_kafka.revoke(mine)
+    stack_kafka.revoke(mine, prefix)
     client = AdminClient(client_config(admin))
     for future in client.delete_topics(topics, operation_timeout=10).values():
         future.result(timeout=15)
+
+
+async def _led(admin: Kafka, topics: list[str]) -> bool:
+    """Every partition of `topics` has a leader that answers (just after their creation, a
+    partition's leader may not know it is one yet)."""
+    for topic in topics:
+        await asyncio.to_thread(topic_size, admin, topic)
+    return True
 
 
 def _as(settings: StackSettings, principal: str, **changes: Any) -> Kafka:

@@ -320,7 +320,7 @@ class KafkaHarness:
     async def close(self) -> None:
         await self.broker.close()
         await self.dead_letter_publisher.close()
-        await asyncio.to_thread(stack_kafka.revoke, self.settings)
+        await asyncio.to_thread(stack_kafka.revoke, self.settings, self.topic)
         admin = AdminClient(client_config(stack_kafka.as_admin(self.settings)))
         futures = admin.delete_topics([self.topic, self.dlq], operation_timeout=10)
         for fut in futures.values():

@@ -277,3 +277,8 @@ def test_tools_see_the_stacks_topics_as_the_administrator_and_plaintext_as_it_is
     )
     plain = StackSettings()
     assert stack_kafka.as_admin(plain) == plain.kafka
+
+
+def test_revoking_needs_a_prefix_so_it_never_takes_every_acl_away() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        stack_kafka.revoke(StackSettings(), "")

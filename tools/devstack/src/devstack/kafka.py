@@ -646,13 +646,46 @@ def _provision(kafka: Kafka, *, timeout: float) -> None:
         raise StackError(f"could not provision Kafka's principals and ACLs: {exc}") from None
 
 
-def revoke(settings: StackSettings, *, timeout: float = 30.0) -> None:
-    """Delete the ACLs `provision` made for the names `settings` give (a test run's)."""
-    from confluent_kafka.admin import AclBindingFilter
+def revoke(settings: StackSettings, prefix: str, *, timeout: float = 30.0) -> None:
+    """Delete every ACL on a topic or group whose name starts with `prefix`: what a test run
+    (`test-<run>-`) or a bench step provisioned for its own names, as it deletes its topics.
+    By prefix, not by `acls(settings.kafka)`: names a run shares with others (its event
+    topics, make up's defaults) keep their ACLs."""
+    if not prefix:
+        raise ValueError("revoke needs a prefix: an empty one would take every ACL away")
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
 
     if not settings.kafka.security_protocol.startswith("SASL_"):
         return
+    # None matches any name, principal and host (confluent-kafka's documentation; its type
+    # annotations say str).
+    anything: Any = None
+    every = AclBindingFilter(
+        ResourceType.ANY,
+        anything,
+        ResourcePatternType.ANY,
+        anything,
+        anything,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
     admin = admin_client(stack_admin(settings.kafka.brokers))
+    found = admin.describe_acls(every, request_timeout=timeout).result(timeout=timeout)
+    doomed = [binding for binding in found if binding.name.startswith(prefix)]
+    _delete_acls(settings.kafka.brokers, doomed, timeout=timeout)
+
+
+def _delete_acls(brokers: str, bindings: list[AclBinding], *, timeout: float) -> None:
+    from confluent_kafka.admin import AclBindingFilter
+
+    if not bindings:
+        return
     filters = [
         AclBindingFilter(
             b.restype,
@@ -663,8 +696,9 @@ def revoke(settings: StackSettings, *, timeout: float = 30.0) -> None:
             b.operation,
             b.permission_type,
         )
-        for b in acls(settings.kafka)
+        for b in bindings
     ]
+    admin = admin_client(stack_admin(brokers))
     for future in admin.delete_acls(filters, request_timeout=timeout).values():
         future.result(timeout=timeout)
 
