@@ -346,13 +346,12 @@ def start_services(side: Side, logs: Path) -> None:
         ("orders", side.order_port),
     )
     for service, port in services:
-        identity = identities.service_env(service) if identities.made() else {}
         log = (logs / f"{side.name}-{service}.log").open("ab")
         side.processes.append(
             subprocess.Popen(
                 [side.shop, "serve", service],
                 cwd=side.checkout,
-                env={**identity, **side.env},
+                env={**side.env, **identities.service_env(service)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: workers are stopped with it

@@ -279,8 +279,7 @@ def drain(
     names = {"KAFKA_TOPIC": name, "KAFKA_CONSUMER_GROUP": name, "KAFKA_DLQ_TOPIC": f"{name}.dlq"}
     # The consumer as the order service (its own accounts, as devstack starts it), allowed its
     # topics and group here (`provision`); the bench fills the topic as the administrator.
-    identity = identities.service_env("orders") if identities.made() else {}
-    env = {**identity, **os.environ, **names, "RABBITMQ_QUEUE": name}
+    env = {**os.environ, **identities.service_env("orders"), **names, "RABBITMQ_QUEUE": name}
     consumer_settings = settings.replace(**{k.lower(): v for k, v in names.items()})
     stack_kafka.provision(consumer_settings)
     admin = stack_kafka.as_admin(settings)

@@ -13,12 +13,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from devstack import identities
+from devstack.identities import Service
 from devstack.kafka import as_admin
 from devstack.settings import StackSettings
 from shop import jsonutil
@@ -57,14 +58,6 @@ def observer(settings: Settings) -> Kafka:
     stack's administrator, who may read and write any topic in any group."""
     assert isinstance(settings, StackSettings), "the tests' settings are the stack's"
     return as_admin(settings)
-
-
-def identity(service: str) -> dict[str, str]:
-    """The environment that gives a service a test starts (`shop serve`, `shop consume`: the
-    order service's) its own accounts, as devstack starts it; none where the stack made none.
-    Under the test's environment, as in `load_stack_settings`: what it names wins."""
-    assert service in identities.SERVICES, service
-    return identities.service_env(service) if identities.made() else {}
 
 
 def read_events(
@@ -122,7 +115,8 @@ class ServiceProcess:
     def __init__(self, name: str, *, port: int, env: dict[str, str], log_path: Path) -> None:
         self.name = name
         self.url = f"http://127.0.0.1:{port}"
-        self._env = {**identity(name), **os.environ, **env}
+        # The service's own accounts on the stack's servers, unless `env` names others.
+        self._env = {**os.environ, **identities.service_env(cast("Service", name)), **env}
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 

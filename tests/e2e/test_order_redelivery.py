@@ -16,6 +16,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from devstack import identities
 from devstack import kafka as stack_kafka
 from devstack.settings import StackSettings
 from shop.messaging.kafka import client_config
@@ -24,7 +25,7 @@ from shop.orders.models import OrderCommand
 from shop.settings import Settings
 from tests.conftest import RUN, TEST_ENV
 from tests.e2e.orders_support import new_product, order_count, stock_of, stored_orders
-from tests.support import eventually, identity, observer
+from tests.support import eventually, observer
 
 pytestmark = pytest.mark.e2e
 
@@ -149,7 +150,12 @@ async def test_rereading_the_whole_order_topic_changes_nothing(
     log = (tmp_path / "rewind.log").open("wb")
     rewind = subprocess.Popen(
         [sys.executable, "-m", "shop", "consume", "kafka"],
-        env={**identity("orders"), **os.environ, **TEST_ENV, "KAFKA_CONSUMER_GROUP": group},
+        env={
+            **os.environ,
+            **identities.service_env("orders"),
+            **TEST_ENV,
+            "KAFKA_CONSUMER_GROUP": group,
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack import identities
 from tests.conftest import TEST_ENV
-from tests.support import eventually, free_port, identity
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ def consumer(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shop", "consume", "all", "--health-port", str(port)],
-            env={**identity("orders"), **os.environ, **TEST_ENV},
+            env={**os.environ, **identities.service_env("orders"), **TEST_ENV},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

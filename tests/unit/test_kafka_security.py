@@ -243,7 +243,10 @@ def test_the_clusters_nodes_stay_plaintext(tmp_path: Path) -> None:
         assert "super.users" not in props
 
 
-def test_the_clusters_services_reach_kafka_without_the_stacks_accounts(tmp_path: Path) -> None:
+def test_the_clusters_services_reach_kafka_without_the_stacks_accounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_STACK_DIR", str(tmp_path / "stack"))  # its generated identities
     mine = StackSettings(
         kafka_security_protocol="SASL_SSL",
         kafka_user="orders",
@@ -259,7 +262,10 @@ def test_the_clusters_services_reach_kafka_without_the_stacks_accounts(tmp_path:
     )
     for process in layout.processes(mine, tmp_path):
         assert process.env["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
+        assert process.env["KAFKA_USER"] == ""
+        assert not {"KAFKA_PASSWORD", "KAFKA_CA_FILE", "KAFKA_SASL_MECHANISM"} & set(process.env)
         assert SECRET not in process.env.values()
+        assert process.env["DB_USER"].startswith("shop_")  # its own database account still
 
 
 def test_tools_see_the_stacks_topics_as_the_administrator_and_plaintext_as_it_is() -> None:

@@ -175,11 +175,6 @@ def kafka_admin_env() -> dict[str, str]:
     return {"KAFKA_ADMIN_USER": "admin", "KAFKA_ADMIN_PASSWORD": password("kafka:admin")}
 
 
-def made() -> bool:
-    """Whether this stack's identities exist (`ensure`, or a server's start, made them)."""
-    return (stack_dir() / "identities" / NAMES_FILE).is_file()
-
-
 def names() -> frozenset[str]:
     """Every setting (flat name, lower case) an identity sets, a service's or the tools'."""
     found = {*tools_env()}

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import haproxy, kafka, mariadb, rabbitmq
+from . import haproxy, identities, kafka, mariadb, rabbitmq
 from .common import HOST, stack_dir
 from .services import _settings_env
 from .settings import StackSettings
@@ -116,15 +116,30 @@ def cluster_settings(settings: StackSettings, base: Path) -> StackSettings:
     )
 
 
+def _service_env(shop: StackSettings, service: identities.Service) -> dict[str, str]:
+    """`service`'s settings on the cluster, with its own accounts, but the cluster's Kafka as
+    `cluster_settings` has it: its nodes take no accounts yet (PLAINTEXT), so the stack's Kafka
+    identity (`identities.kafka_env`) is left out."""
+    env = _settings_env(shop, service)
+    for name in identities.kafka_env(service):
+        env.pop(name, None)
+    kafka = shop.kafka
+    return env | {"KAFKA_SECURITY_PROTOCOL": kafka.security_protocol, "KAFKA_USER": kafka.user}
+
+
 def processes(settings: StackSettings, base: Path) -> list[Process]:
     """Two replicas per HTTP service (one worker each), and the consumer processes."""
     shop = cluster_settings(settings, base)
-    common = {**_settings_env(shop), "WORKERS": "1"}
     found: list[Process] = []
-    for service, first in (("products", 13410), ("orders", 13420)):
+    services: tuple[tuple[identities.Service, int], ...] = (("products", 13410), ("orders", 13420))
+    for service, first in services:
         for n in range(1, REPLICAS + 1):
             port = first + n
-            env = {**common, f"{service[:-1].upper()}_SERVICE_PORT": str(port)}
+            env = {
+                **_service_env(shop, service),  # each service with its own accounts
+                "WORKERS": "1",
+                f"{service[:-1].upper()}_SERVICE_PORT": str(port),
+            }
             if service == "orders":  # consumers and the order outbox relay run on their own
                 env |= {"CONSUMERS_ENABLED": "false", "OUTBOX_RELAY_ENABLED": "false"}
             serve = (sys.executable, "-m", "shop", "serve", service)
@@ -134,7 +149,8 @@ def processes(settings: StackSettings, base: Path) -> list[Process]:
         consume = (
             sys.executable, "-m", "shop", "consume", channel, "--health-port", str(port),
         )  # fmt: skip
-        found.append(Process(f"consumer-{channel}-{n}", consume, port, common))
+        env = {**_service_env(shop, "orders"), "WORKERS": "1"}
+        found.append(Process(f"consumer-{channel}-{n}", consume, port, env))
     return found
 
 

@@ -83,9 +83,10 @@ def _prepare(name: str, settings: Settings) -> Launch:
 
 
 def _service(name: str) -> identities.Service:
-    if name not in identities.SERVICES:
-        raise ValueError(f"unknown service {name!r}")
-    return name
+    for service in identities.SERVICES:
+        if service == name:
+            return service
+    raise ValueError(f"unknown service {name!r}")
 
 
 def fingerprint(name: str, settings: Settings) -> str:
