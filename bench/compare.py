@@ -58,7 +58,10 @@ from bench import compare_report, idle
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
 from devstack import identities, rabbitmq
+from devstack import kafka as stack_kafka
 from devstack.settings import StackSettings, load_stack_settings
+from shop.messaging.kafka import client_config
+from shop.settings import Settings, flat_names
 from shop.storage.migrations import connect_as_migrator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +88,10 @@ KNOWN_NAMES = {
     "rabbitmq_queue": "orders",
 }
 _NAME_FIELD = re.compile(r"kafka_\w*(topic|group)|rabbitmq_\w*queue")
+# The names of this checkout's settings that name a topic or a consumer group.
+KAFKA_NAMES = frozenset(
+    n for n in flat_names(Settings) if _NAME_FIELD.fullmatch(n) and n.startswith("kafka_")
+)
 
 
 def say(message: str) -> None:
@@ -275,7 +282,9 @@ def clean(settings: StackSettings, sides: list[Side]) -> None:
         if side.db_name in existing:
             sql(settings, f"DROP DATABASE `{side.db_name}`")
     prefixes = tuple(side.prefix for side in sides)
-    admin = AdminClient({"bootstrap.servers": settings.kafka.brokers})
+    for prefix in prefixes:  # the ACLs `start_services` made for the side's names
+        stack_kafka.revoke(settings, prefix)
+    admin = AdminClient(client_config(stack_kafka.as_admin(settings)))
     groups = [
         g.group_id
         for g in admin.list_consumer_groups(request_timeout=10).result(timeout=15).valid
@@ -337,6 +346,11 @@ def start_services(side: Side, logs: Path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    # Each service with its own accounts (as devstack starts them), allowed the side's topics
+    # and group (`provision`). A base from before issue 22 knows no Kafka account: it cannot
+    # reach `make up`'s broker, which takes SASL over TLS only.
+    names = {n.lower(): v for n, v in side.env.items() if n.lower() in KAFKA_NAMES}
+    stack_kafka.provision(settings.replace(**names))
     services: tuple[tuple[identities.Service, int], ...] = (
         ("products", side.product_port),
         ("orders", side.order_port),

@@ -25,7 +25,9 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from devstack import identities, rabbitmq
+from devstack import kafka as stack_kafka
 from devstack.settings import StackSettings, load_stack_settings
+from shop.messaging.kafka import client_config
 from tests.support import ServiceProcess, free_port
 from tests.tokens import AUDIENCE, ISSUER, Issuer
 
@@ -140,10 +142,13 @@ async def database(settings: StackSettings) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture(scope="session")
 def kafka_topics(settings: StackSettings) -> Iterator[None]:
-    """The run's topics (the session's and any a test made under the `test-<run>-` prefix)
-    are deleted at the end (the services create them)."""
+    """The services' principals may use the run's topics and group (`devstack.kafka.provision`:
+    ACLs on these names); at the end the run's ACLs and topics (the session's and any a test
+    made under the `test-<run>-` prefix) are deleted (the services create the topics)."""
+    stack_kafka.provision(settings)
     yield
-    admin = AdminClient({"bootstrap.servers": settings.kafka.brokers})
+    stack_kafka.revoke(settings, f"test-{RUN}-")
+    admin = AdminClient(client_config(stack_kafka.as_admin(settings)))
     names = {v for k, v in TEST_ENV.items() if k.startswith("KAFKA_") and "TOPIC" in k}
     existing = admin.list_topics(timeout=10).topics
     doomed = [name for name in existing if name in names or name.startswith(f"test-{RUN}-")]

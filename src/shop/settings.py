@@ -128,6 +128,24 @@ class Kafka(Group):
     dlq_timeout_seconds: float = Field(10.0, gt=0)  # for the dead-letter topic to confirm
     # For a broker's tasks to stop and its intake producer to flush.
     close_seconds: float = Field(2.0, gt=0)
+    # How the services reach the brokers (`shop.messaging.kafka.client_config`). PLAINTEXT:
+    # anyone who reaches them (compose, the cluster and Helm, for now). SASL_SSL (the local
+    # stack): TLS, the brokers' certificate checked against KAFKA_CA_FILE (the system's CAs
+    # without it) and their host name, and SASL as KAFKA_USER, whose ACLs decide what it may do.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    user: str = ""
+    password: str = Field("", repr=False)
+    ca_file: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+
+    @model_validator(mode="after")
+    def _sasl_needs_an_account(self) -> Self:
+        if self.security_protocol.startswith("SASL_") and not (self.user and self.password):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs KAFKA_USER and "
+                "KAFKA_PASSWORD (or KAFKA_PASSWORD_FILE)"
+            )
+        return self
 
 
 def _optional(value: Any) -> Any:
@@ -513,7 +531,7 @@ def load(settings_cls: type[S], **overrides: Any) -> S:
             return names.get(path[:2]) or names.get(path[:1]) or ".".join(path).upper()
 
         problems = "; ".join(
-            f"{named(err['loc'])}: {err['msg']}"
+            f"{named(err['loc'])}: {str(err['msg']).removeprefix('Value error, ')}"
             if err["loc"]
             else str(err["msg"]).removeprefix("Value error, ")
             for err in exc.errors()

@@ -16,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devstack import rabbitmq
 from devstack.settings import StackSettings
+from shop.messaging.kafka import client_config
 from shop.orders.tables import orders as orders_table
 from shop.products.tables import products as products_table
+from shop.settings import Kafka
 from tests.support import eventually
 
 PATHS = ("sync", "kafka", "rabbitmq")
@@ -167,13 +169,13 @@ async def assert_stock_adds_up(
 
 
 def dead_letters_on_topic(
-    brokers: str, topic: str, wanted: set[bytes], *, timeout: float
+    kafka: Kafka, topic: str, wanted: set[bytes], *, timeout: float
 ) -> dict[bytes, dict[str, str | bytes | None]]:
     """The headers of each wanted value found on `topic` (read from the beginning).
     Blocking: call via to_thread."""
     consumer = Consumer(
         {
-            "bootstrap.servers": brokers,
+            **client_config(kafka),
             "group.id": f"test-reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -196,8 +198,8 @@ def dead_letters_on_topic(
     return found
 
 
-def publish_to_topic(brokers: str, topic: str, key: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
+def publish_to_topic(kafka: Kafka, topic: str, key: str, values: list[bytes]) -> None:
+    producer = Producer({**client_config(kafka), "enable.idempotence": True})
     for value in values:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(15) == 0, "poison not delivered to Kafka"

@@ -27,9 +27,16 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
 import devstack as stack
+from devstack import kafka as stack_kafka
 from devstack import rabbitmq
 from devstack.settings import StackSettings
-from shop.messaging.kafka import KafkaBroker, KafkaInbound, KafkaPublisher, ensure_topics
+from shop.messaging.kafka import (
+    KafkaBroker,
+    KafkaInbound,
+    KafkaPublisher,
+    client_config,
+    ensure_topics,
+)
 from shop.messaging.ports import Broker, Delivery, Inbound, Outbound, Outgoing
 from shop.messaging.rabbitmq import RabbitBroker, RabbitInbound
 from tests.conftest import RUN, STACK
@@ -245,21 +252,26 @@ async def _published(outbound: Outbound, body: bytes) -> bool:
 
 
 class KafkaHarness:
+    """The order service's adapters as its principal, on the test's topic, dead-letter topic
+    and group (the principal's ACLs on them made here, taken away at `close`)."""
+
     def __init__(self, settings: StackSettings) -> None:
         name = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
-        self.settings = settings
         self.topic, self.dlq, self.group = name, f"{name}.dlq", f"{name}-group"
-        self.dead_letter_publisher = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10)
+        self.settings = settings.replace(
+            kafka_topic=self.topic, kafka_dlq_topic=self.dlq, kafka_consumer_group=self.group
+        )
+        stack_kafka.provision(self.settings)
+        self.dead_letter_publisher = KafkaPublisher(self.settings.kafka, delivery_timeout=10)
         self.broker = self.new_broker()
         self.broker.start()
         self.outbound = self.broker.publisher()
 
     def new_broker(self) -> KafkaBroker:
-        kafka = self.settings.kafka.model_copy(
-            update={"topic": self.topic, "consumer_group": self.group}
-        )
         return KafkaBroker(
-            kafka, dead_letters=self.dead_letter_publisher.topic(self.dlq), deadline=10
+            self.settings.kafka,
+            dead_letters=self.dead_letter_publisher.topic(self.dlq),
+            deadline=10,
         )
 
     async def consumer(self, broker: Broker | None = None) -> Inbound[Any]:
@@ -280,7 +292,7 @@ class KafkaHarness:
     def _read_dlq(self, count: int) -> list[tuple[bytes, str]]:
         reader = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka.brokers,
+                **client_config(stack_kafka.as_admin(self.settings)),
                 "group.id": f"{self.group}-dlq-reader",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -310,7 +322,8 @@ class KafkaHarness:
     async def close(self) -> None:
         await self.broker.close()
         await self.dead_letter_publisher.close()
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka.brokers})
+        await asyncio.to_thread(stack_kafka.revoke, self.settings, self.topic)
+        admin = AdminClient(client_config(stack_kafka.as_admin(self.settings)))
         futures = admin.delete_topics([self.topic, self.dlq], operation_timeout=10)
         for fut in futures.values():
             await asyncio.to_thread(fut.result, 15)
@@ -320,7 +333,7 @@ class TestKafka(MessagingContract):
     @pytest.fixture
     async def harness(self, settings: StackSettings) -> AsyncIterator[KafkaHarness]:
         harness = KafkaHarness(settings)
-        await ensure_topics(settings.kafka.brokers, [harness.topic, harness.dlq])
+        await ensure_topics(harness.settings.kafka, [harness.topic, harness.dlq])
         yield harness
         await harness.close()
 

@@ -38,7 +38,7 @@ class Runtime:
         self.settings = settings
         self.db = Database.connect(settings)
         self.kafka = KafkaPublisher(
-            settings.kafka.brokers, delivery_timeout=settings.kafka.delivery_timeout_seconds
+            settings.kafka, delivery_timeout=settings.kafka.delivery_timeout_seconds
         )
         self.events_topic = events_topic
         # Commits are counted across the service's processes, so that the process that relays

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -42,8 +43,12 @@ def _run_foreground(settings: StackSettings) -> int:
     """Both services as child processes in the foreground; Ctrl-C stops both."""
     for name in SERVICES:  # `make up` may have started them in the background
         stop(name, settings)
-    children = [
-        subprocess.Popen([sys.executable, "-m", "shop", "serve", name]) for name in SERVICES
+    children = [  # each with its own accounts, as `devstack up` starts them
+        subprocess.Popen(
+            [sys.executable, "-m", "shop", "serve", name],
+            env={**os.environ, **identities.service_env(name)},
+        )
+        for name in identities.SERVICES
     ]
     print(
         f"products on http://127.0.0.1:{settings.http.product_port}, "

@@ -99,7 +99,8 @@ class Process:
 
 
 def cluster_settings(settings: StackSettings, base: Path) -> StackSettings:
-    """The services' settings on the cluster: the fronts, every Kafka node, RF 3, quorum."""
+    """The services' settings on the cluster: the fronts, every Kafka node, RF 3, quorum.
+    Kafka without TLS or accounts (its nodes are PLAINTEXT for now): not `make up`'s."""
     brokers = ",".join(node.bootstrap for node in kafka_nodes(base))
     # RabbitMQ over plain AMQP, as the one application user of config.yaml and the environment
     # (`rabbitmq.provision_one_user`), not as `make up`'s accounts per role over TLS.
@@ -108,6 +109,10 @@ def cluster_settings(settings: StackSettings, base: Path) -> StackSettings:
         db_port=MYSQL_FRONT,
         kafka_brokers=brokers,
         kafka_replication_factor=NODES,
+        kafka_security_protocol="PLAINTEXT",
+        kafka_user="",
+        kafka_password="",
+        kafka_ca_file=None,
         rabbitmq_port=AMQP_FRONT,
         rabbitmq_management_port=rabbitmq_nodes(base)[0].management_port,
         rabbitmq_queue_type="quorum",
