@@ -1,7 +1,9 @@
 """The Helm chart (deploy/helm/shop): it lints, renders with the default and the production
 values, every object it renders is valid for Kubernetes, and the objects say what the chart
-promises (probes, resources, hardened pods, a migration hook that alone holds its password,
-disruption budgets and autoscalers on the right pods, no password in the ConfigMap).
+promises (probes, resources, hardened pods, each process kind with its own accounts and only
+its own passwords, a migration hook that alone holds its password, the CA mounted for TLS to
+every server, disruption budgets and autoscalers on the right pods, no password in the
+ConfigMap).
 
 helm is built from the Go module proxy by tools/install-helm (`make helm-tools`)."""
 
@@ -30,10 +32,44 @@ HELM = (
     / f"helm-{HELM_VERSION}"
     / "helm"
 )
-# Settings the chart sets that this checkout's Settings does not read yet (the broker settings'
-# branch adds them; until then they are harmless environment variables).
+# Settings the chart sets that this checkout's Settings may not read yet: the Kafka accounts and
+# TLS (branch i22-kafka) and the consumers' RabbitMQ account and TLS (i22-rabbitmq). Until they
+# land they are harmless environment variables; their names are final.
+PENDING_SETTINGS = {
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_USER",
+    "KAFKA_PASSWORD",
+    "KAFKA_CA_FILE",
+    "RABBITMQ_CONSUMER_USER",
+    "RABBITMQ_CONSUMER_PASSWORD",
+    "RABBITMQ_CA_FILE",
+}
 MIGRATION_SECRET_KEY = "DB_MIGRATE_PASSWORD"
-SERVICE_PASSWORDS = {"DB_PASSWORD": "db-pass-8d1f", "RABBITMQ_PASSWORD": "mq-pass-51c2"}
+KINDS = ("products", "orders", "consumers")
+# Each account's password in the chart-made render, all different, so that a value found in the
+# wrong Secret shows. The consumers' DB and Kafka passwords are the order service's (the same
+# accounts): the chart takes them from identities.orders when identities.consumers leaves them out.
+PASSWORDS = {
+    "products": {"DB_PASSWORD": "db-products-8d1f", "KAFKA_PASSWORD": "kafka-products-2a9c"},
+    "orders": {
+        "DB_PASSWORD": "db-orders-51c2",
+        "KAFKA_PASSWORD": "kafka-orders-77e0",
+        "RABBITMQ_PASSWORD": "mq-intake-3b4d",
+    },
+    "consumers": {
+        "DB_PASSWORD": "db-orders-51c2",
+        "KAFKA_PASSWORD": "kafka-orders-77e0",
+        "RABBITMQ_CONSUMER_PASSWORD": "mq-consumer-9f12",
+    },
+}
+MIGRATION_PASSWORD = "migrate-pass-0b7e"
+ALL_PASSWORDS = {v for kind in PASSWORDS.values() for v in kind.values()} | {MIGRATION_PASSWORD}
+# Who each process kind is, on every server (values.yaml's identities).
+DB_USERS = {"products": "shop_products", "orders": "shop_orders", "consumers": "shop_orders"}
+KAFKA_USERS = {"products": "products", "orders": "orders", "consumers": "orders"}
+CA_BUNDLE = "-----BEGIN CERTIFICATE-----\nMIIBtestCA\n-----END CERTIFICATE-----\n"
+CA_FILE_SETTINGS = ("DB_CA_FILE", "KAFKA_CA_FILE", "RABBITMQ_CA_FILE")
 
 Manifest = dict[str, Any]
 
@@ -54,17 +90,32 @@ def _render(*values: str) -> list[Manifest]:
 
 @pytest.fixture(scope="module")
 def chart_made_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Values that make the chart create its Secrets and mount a PEM key instead of a JWKS."""
+    """Values that make the chart create its Secrets and its CA ConfigMap, log in to Kafka with
+    SASL over TLS, and mount a PEM key instead of a JWKS."""
     values = tmp_path_factory.mktemp("helm") / "values-secrets.yaml"
     values.write_text(
         yaml.safe_dump(
             {
-                "secrets": {
-                    "existingSecret": "",
-                    "dbPassword": SERVICE_PASSWORDS["DB_PASSWORD"],
-                    "rabbitmqPassword": SERVICE_PASSWORDS["RABBITMQ_PASSWORD"],
+                "config": {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+                "identities": {
+                    "products": {
+                        "existingSecret": "",
+                        "dbPassword": PASSWORDS["products"]["DB_PASSWORD"],
+                        "kafkaPassword": PASSWORDS["products"]["KAFKA_PASSWORD"],
+                    },
+                    "orders": {
+                        "existingSecret": "",
+                        "dbPassword": PASSWORDS["orders"]["DB_PASSWORD"],
+                        "kafkaPassword": PASSWORDS["orders"]["KAFKA_PASSWORD"],
+                        "rabbitmqPassword": PASSWORDS["orders"]["RABBITMQ_PASSWORD"],
+                    },
+                    "consumers": {
+                        "existingSecret": "",
+                        "rabbitmqPassword": PASSWORDS["consumers"]["RABBITMQ_CONSUMER_PASSWORD"],
+                    },
                 },
-                "migration": {"existingSecret": "", "password": "migrate-pass-0b7e"},
+                "tls": {"caBundle": CA_BUNDLE},
+                "migration": {"existingSecret": "", "password": MIGRATION_PASSWORD},
                 "auth": {
                     "jwksUrl": "",
                     "publicKey": "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n"
@@ -114,6 +165,45 @@ def _secret_refs(pod: dict[str, Any]) -> set[tuple[str, str]]:
         for item in container.get("env", [])
         if "secretKeyRef" in item.get("valueFrom", {})
     }
+
+
+def _literal_env(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def _settings(objects: list[Manifest], container: dict[str, Any]) -> dict[str, str]:
+    """What a container reads as literal settings: its ConfigMaps, then its own env."""
+    maps = _of_kind(objects, "ConfigMap")
+    settings: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        settings.update(maps[source["configMapRef"]["name"]]["data"])
+    return settings | _literal_env(container)
+
+
+def _mounts(pod: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Mount path -> (the mount, its volume)."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    return {
+        m["mountPath"]: (m, volumes[m["name"]])
+        for c in pod["containers"]
+        for m in c.get("volumeMounts", [])
+    }
+
+
+def _kafka_sasl(objects: list[Manifest]) -> bool:
+    config = _of_kind(objects, "ConfigMap")["shop-config"]["data"]
+    return str(config["KAFKA_SECURITY_PROTOCOL"]).startswith("SASL_")
+
+
+def _expected_keys(kind: str, sasl: bool) -> set[str]:
+    """The passwords a process kind needs: its database account's, its Kafka principal's (with
+    SASL) and its RabbitMQ user's (none for the product service)."""
+    rabbitmq = {"products": set(), "orders": {"RABBITMQ_PASSWORD"}}
+    return (
+        {"DB_PASSWORD"}
+        | ({"KAFKA_PASSWORD"} if sasl else set())
+        | rabbitmq.get(kind, {"RABBITMQ_CONSUMER_PASSWORD"})
+    )
 
 
 @pytest.mark.parametrize("values", [[], ["-f", str(CHART / "values-production.yaml")]])
@@ -209,10 +299,11 @@ def test_the_migration_job_is_a_hook_and_alone_gets_the_migration_password(
         (migration_secret,) = {
             secret for secret, key in _secret_refs(job_pod) if key == MIGRATION_SECRET_KEY
         }
+        assert {secret for secret, _ in _secret_refs(job_pod)} == {migration_secret}, name
         for deployment, obj in _of_kind(objects, "Deployment").items():
             pod = obj["spec"]["template"]["spec"]
             refs = _secret_refs(pod)
-            assert {key for _, key in refs} == set(SERVICE_PASSWORDS), f"{name}: {deployment}"
+            assert MIGRATION_SECRET_KEY not in {key for _, key in refs}, f"{name}: {deployment}"
             assert migration_secret not in {secret for secret, _ in refs}, f"{name}: {deployment}"
             for container in pod["containers"]:
                 assert not {"DB_MIGRATE_USER", MIGRATION_SECRET_KEY} & _env_names(container)
@@ -230,11 +321,15 @@ def test_the_migration_job_is_a_hook_and_alone_gets_the_migration_password(
 def test_the_configmap_holds_settings_by_their_names_and_no_secret(
     renders: dict[str, list[Manifest]],
 ) -> None:
-    known = {name.upper() for name in flat_names(Settings)}
+    known = {name.upper() for name in flat_names(Settings)} | PENDING_SETTINGS
     for name, objects in renders.items():
         config = _of_kind(objects, "ConfigMap")["shop-config"]["data"]
         assert not [key for key in config if "PASSWORD" in key or "SECRET" in key], name
-        assert not set(config.values()) & set(SERVICE_PASSWORDS.values()), name
+        assert not set(config.values()) & ALL_PASSWORDS, name
+        # accounts are per process, never shared through the ConfigMap
+        assert not {"DB_USER", "KAFKA_USER", "RABBITMQ_USER", "RABBITMQ_CONSUMER_USER"} & set(
+            config
+        ), name
         assert not set(config) - known, f"{name}: unknown settings {set(config) - known}"
         for pod_name, pod in _pod_specs(objects).items():
             for container in pod["containers"]:
@@ -242,8 +337,6 @@ def test_the_configmap_holds_settings_by_their_names_and_no_secret(
         assert {"DB_HOST", "DB_NAME", "KAFKA_BROKERS", "RABBITMQ_HOST", "AUTH_ISSUER"} <= set(
             config
         )
-    made = _of_kind(renders["chart-made secrets"], "Secret")["shop-credentials"]
-    assert made["stringData"] == SERVICE_PASSWORDS
 
 
 def test_disruption_budgets_and_autoscalers_select_their_deployments_pods(
@@ -329,3 +422,187 @@ def test_without_a_private_ca_the_system_trust_store_is_used(
         assert not [m for m in maps if m.endswith("-auth-ca")], name
         for m in maps.values():
             assert "AUTH_JWKS_CA_FILE" not in m.get("data", {}), name
+
+
+def test_each_process_kind_logs_in_as_itself_with_only_its_own_passwords(
+    renders: dict[str, list[Manifest]],
+) -> None:
+    """Products: their DB account (and Kafka principal), no RabbitMQ account at all. Order HTTP
+    pods: the order service's DB account and principal, RabbitMQ as intake. Consumers: the same
+    DB account and principal, RabbitMQ as the consumers' user, not intake's. Each from a Secret
+    of its own kind, by key; no Secret mounted whole, none shared between kinds."""
+    for name, objects in renders.items():
+        sasl = _kafka_sasl(objects)
+        deployments = _of_kind(objects, "Deployment")
+        secrets_of = {}
+        for kind in KINDS:
+            pod = deployments[f"shop-{kind}"]["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            where = f"{name}: {kind}"
+            refs = _secret_refs(pod)
+            (secret,) = {secret for secret, _ in refs}  # one Secret per kind
+            secrets_of[kind] = secret
+            assert {key for _, key in refs} == _expected_keys(kind, sasl), where
+            assert all("secretRef" not in source for source in container.get("envFrom", []))
+            for volume in pod.get("volumes", []):  # a Secret volume is the CA's, its key alone
+                if "secret" in volume:
+                    assert volume["name"] == "ca", where
+                    assert len(volume["secret"]["items"]) == 1, where
+            env = _literal_env(container)
+            assert env["DB_USER"] == DB_USERS[kind], where
+            if sasl:
+                assert env["KAFKA_USER"] == KAFKA_USERS[kind], where
+            else:
+                assert "KAFKA_USER" not in env, where
+            if kind == "orders":
+                assert env["RABBITMQ_USER"] == "shop-intake", where
+                assert "RABBITMQ_CONSUMER_USER" not in _env_names(container), where
+            else:  # no intake account: empty, not the development guest/guest
+                assert (env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]) == ("", ""), where
+            if kind == "consumers":
+                assert env["RABBITMQ_CONSUMER_USER"] == "shop-consumer", where
+            elif kind == "products":
+                assert not {n for n in _env_names(container) if n.startswith("RABBITMQ_C")}
+        assert len(set(secrets_of.values())) == len(KINDS), f"{name}: {secrets_of}"
+
+
+def test_chart_made_secrets_hold_each_kind_its_own_passwords_and_nothing_else(
+    renders: dict[str, list[Manifest]],
+) -> None:
+    objects = renders["chart-made secrets"]
+    made = _of_kind(objects, "Secret")
+    for kind in KINDS:
+        assert made[f"shop-{kind}-credentials"]["stringData"] == PASSWORDS[kind], kind
+    assert made["shop-migration-credentials"]["stringData"] == {
+        MIGRATION_SECRET_KEY: MIGRATION_PASSWORD
+    }
+    # where each password ends up: the product pods never see the order service's, the order
+    # HTTP pods never the consumers' RabbitMQ password, the consumers never intake's
+    reachable = {
+        obj["metadata"]["name"]: {
+            made[secret]["stringData"][key]
+            for secret, key in _secret_refs(obj["spec"]["template"]["spec"])
+        }
+        for obj in _of_kind(objects, "Deployment").values()
+    }
+    orders, consumers = PASSWORDS["orders"], PASSWORDS["consumers"]
+    assert not reachable["shop-products"] & set(orders.values())
+    assert consumers["RABBITMQ_CONSUMER_PASSWORD"] not in reachable["shop-orders"]
+    assert orders["RABBITMQ_PASSWORD"] not in reachable["shop-consumers"]
+    assert not set(PASSWORDS["products"].values()) & (
+        reachable["shop-orders"] | reachable["shop-consumers"]
+    )
+    assert MIGRATION_PASSWORD not in set().union(*reachable.values())
+
+
+def test_production_values_give_every_pod_the_ca_file_and_kafka_sasl_ssl(
+    renders: dict[str, list[Manifest]],
+) -> None:
+    objects = renders["production"]
+    assert not _of_kind(objects, "Secret")  # every password from a Secret kept outside the chart
+    config = _of_kind(objects, "ConfigMap")["shop-config"]["data"]
+    assert config["RABBITMQ_PORT"] == "5671"  # amqps
+    for pod_name, pod in _pod_specs(objects).items():
+        (container,) = pod["containers"]
+        settings = _settings(objects, container)
+        wanted = ("DB_CA_FILE",) if pod_name.startswith("Job/") else CA_FILE_SETTINGS
+        for setting in wanted:
+            ca_file = Path(settings[setting])
+            mount, volume = _mounts(pod)[str(ca_file.parent)]
+            assert mount["readOnly"] is True, f"{pod_name} {setting}"
+            assert volume["configMap"]["name"] == "shop-ca", f"{pod_name} {setting}"
+            assert {"key": "ca.pem", "path": ca_file.name} in volume["configMap"]["items"]
+        if pod_name.startswith("Deployment/"):
+            assert settings["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", pod_name
+            assert settings["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", pod_name
+            assert "KAFKA_PASSWORD" in _env_names(container), pod_name
+
+
+def test_a_ca_given_as_values_is_a_configmap_and_a_hook_copy_for_the_migration_job(
+    renders: dict[str, list[Manifest]],
+) -> None:
+    objects = renders["chart-made secrets"]
+    maps = _of_kind(objects, "ConfigMap")
+    assert maps["shop-ca"]["data"]["ca.pem"].strip() == CA_BUNDLE.strip()
+    hook_copy = maps["shop-hook-ca"]
+    assert hook_copy["data"] == maps["shop-ca"]["data"]
+    (job,) = _of_kind(objects, "Job").values()
+    assert int(hook_copy["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+    for pod_name, pod in _pod_specs(objects).items():
+        (container,) = pod["containers"]
+        settings = _settings(objects, container)
+        _, volume = _mounts(pod)[str(Path(settings["DB_CA_FILE"]).parent)]
+        wanted = "shop-hook-ca" if pod_name.startswith("Job/") else "shop-ca"
+        assert volume["configMap"]["name"] == wanted, pod_name
+        if pod_name.startswith("Deployment/"):
+            for setting in CA_FILE_SETTINGS:
+                assert settings[setting] == settings["DB_CA_FILE"], f"{pod_name} {setting}"
+            assert settings["RABBITMQ_PORT"] == "5671", pod_name
+
+
+def test_a_ca_from_an_existing_secret_mounts_that_key_alone() -> None:
+    objects = _render(
+        "--set", "tls.existingSecret=shop-kafka-cluster-ca-cert", "--set", "tls.key=ca.crt"
+    )
+    for pod_name, pod in _pod_specs(objects).items():
+        (container,) = pod["containers"]
+        ca_file = Path(_settings(objects, container)["DB_CA_FILE"])
+        mount, volume = _mounts(pod)[str(ca_file.parent)]
+        assert mount["readOnly"] is True, pod_name
+        assert volume["secret"] == {
+            "secretName": "shop-kafka-cluster-ca-cert",
+            "items": [{"key": "ca.crt", "path": ca_file.name}],
+        }, pod_name
+
+
+def test_without_a_ca_no_server_is_reached_over_tls(renders: dict[str, list[Manifest]]) -> None:
+    objects = renders["default"]
+    config = _of_kind(objects, "ConfigMap")["shop-config"]["data"]
+    assert not set(CA_FILE_SETTINGS) & set(config)
+    assert config["RABBITMQ_PORT"] == "5672"
+    for pod_name, pod in _pod_specs(objects).items():
+        assert "ca" not in {v["name"] for v in pod["volumes"]}, pod_name
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "config.DB_USER=shop"], "config.DB_USER: accounts are per process"),
+        (["--set", "config.RABBITMQ_CA_FILE=/x.pem"], "config.RABBITMQ_CA_FILE"),
+        (["--set", "products.env.RABBITMQ_PASSWORD=x"], "products.env.RABBITMQ_PASSWORD"),
+        (["--set", "secrets.existingSecret=shop-credentials"], "secrets.* is gone"),
+        (["--set", "config.KAFKA_SECURITY_PROTOCOL=SASL"], "KAFKA_SECURITY_PROTOCOL=SASL:"),
+        (
+            ["--set", "tls.caBundle=x", "--set", "tls.existingConfigMap=shop-ca"],
+            "give one of caBundle, existingConfigMap and existingSecret",
+        ),
+        (
+            [
+                "--set",
+                "config.KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+                "--set",
+                "identities.products.existingSecret=",
+                "--set",
+                "identities.products.dbPassword=x",
+            ],
+            "identities.products.kafkaPassword (or identities.products.existingSecret)",
+        ),
+        (
+            [
+                "--set",
+                "identities.consumers.existingSecret=",
+                "--set",
+                "identities.orders.dbPassword=x",
+            ],
+            "identities.consumers.rabbitmqPassword",
+        ),
+    ],
+)
+def test_the_chart_refuses_values_that_would_share_or_misplace_an_account(
+    values: list[str], message: str
+) -> None:
+    result = _helm("template", "shop", str(CHART), *values)
+    assert result.returncode != 0
+    assert message in result.stderr
