@@ -21,10 +21,12 @@ import yaml
 
 from shop.runtime.cli import _parser
 from shop.settings import Settings, flat_names
+from shop.storage.migrations import RIGHTS
 from shop.web.health import health_router
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy/helm/shop"
+ACCOUNTS_SQL = {"mariadb": CHART / "sql/mariadb-10.11.sql", "mysql": CHART / "sql/mysql-8.4.sql"}
 HELM_VERSION = "v3.22.0"  # the version tools/install-helm builds
 KUBERNETES_VERSION = "1.37.0"  # the release the objects must be valid for
 HELM = (
@@ -606,3 +608,37 @@ def test_the_chart_refuses_values_that_would_share_or_misplace_an_account(
     result = _helm("template", "shop", str(CHART), *values)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def _statements(path: Path) -> list[str]:
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("--")]
+    return [" ".join(st.split()) for st in " ".join(lines).split(";") if st.strip()]
+
+
+def test_the_accounts_sql_makes_the_accounts_the_values_name_with_the_migrations_roles() -> None:
+    """The administrator's SQL (README.md): per flavour the same statements but SET DEFAULT ROLE;
+    the roles `shop migrate` grants to; the accounts values.yaml names, each holding its role
+    as default role and nothing else, over TLS only; the migration account with the grant
+    option; passwords as placeholders only."""
+    mariadb, mysql = (_statements(path) for path in ACCOUNTS_SQL.values())
+    assert [st.replace(" FOR '", " TO '") for st in mariadb] == mysql
+    assert len([st for st in mysql if st.startswith("SET DEFAULT ROLE")]) == 2
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    identities = values["identities"]
+    roles = {"shop_products": "shop_products_rights", "shop_orders": "shop_orders_rights"}
+    assert {identities[kind]["dbUser"] for kind in KINDS} == set(roles)
+    assert set(roles.values()) == set(RIGHTS)
+    migrate = values["migration"]["user"]
+    for role in RIGHTS:
+        assert f"CREATE ROLE IF NOT EXISTS {role}" in mariadb
+    for statement in mariadb:
+        if statement.startswith(("CREATE USER", "ALTER USER")):
+            assert statement.endswith("REQUIRE SSL"), statement
+            assert "IDENTIFIED BY '${" in statement, statement
+    grants = [st for st in mariadb if st.startswith("GRANT")]
+    assert f"GRANT ALL PRIVILEGES ON shop.* TO '{migrate}'@'%' WITH GRANT OPTION" in grants
+    for user, role in roles.items():
+        account = f"'{user}'@'%'"
+        assert [st for st in grants if account in st] == [f"GRANT {role} TO {account}"]
+        assert f"SET DEFAULT ROLE {role} FOR {account}" in mariadb
+        assert f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {account}" in mariadb
