@@ -10,6 +10,7 @@ helm is built from the Go module proxy by tools/install-helm (`make helm-tools`)
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -642,3 +643,86 @@ def test_the_accounts_sql_makes_the_accounts_the_values_name_with_the_migrations
         assert [st for st in grants if account in st] == [f"GRANT {role} TO {account}"]
         assert f"SET DEFAULT ROLE {role} FOR {account}" in mariadb
         assert f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {account}" in mariadb
+
+
+def _readme_objects(kind: str) -> dict[str, Manifest]:
+    """The operator resources of kind `kind` in the chart README's yaml blocks."""
+    text = (CHART / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```yaml\n")[1:]]
+    docs = [doc for block in blocks for doc in yaml.safe_load_all(block) if doc]
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def test_the_readme_gives_each_kafka_principal_the_acls_of_its_topics_and_group() -> None:
+    config = yaml.safe_load((CHART / "values-production.yaml").read_text())["config"]
+    write = {"Write", "Describe", "Create"}
+    expected = {
+        "orders": {
+            ("topic", config["KAFKA_TOPIC"]): write | {"Read"},
+            ("topic", config["KAFKA_ORDER_EVENTS_TOPIC"]): write,
+            ("topic", config["KAFKA_DLQ_TOPIC"]): write,
+            ("group", config["KAFKA_CONSUMER_GROUP"]): {"Read"},
+        },
+        "products": {("topic", config["KAFKA_PRODUCT_EVENTS_TOPIC"]): write},
+    }
+    users = _readme_objects("KafkaUser")
+    assert set(users) == {KAFKA_USERS[kind] for kind in KINDS}
+    for name, user in users.items():
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        acls = {
+            (acl["resource"]["type"], acl["resource"]["name"]): set(acl["operations"])
+            for acl in user["spec"]["authorization"]["acls"]
+        }
+        assert all(
+            acl["resource"]["patternType"] == "literal"
+            for acl in user["spec"]["authorization"]["acls"]
+        )
+        assert acls == expected[name], name
+    (kafka,) = _readme_objects("Kafka").values()
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    assert listener["tls"] is True
+    assert listener["authentication"]["type"] == "scram-sha-512"
+    assert config["KAFKA_BROKERS"].endswith(f":{listener['port']}")
+
+
+def test_the_readme_limits_each_rabbitmq_user_to_what_its_role_needs() -> None:
+    """Intake may publish to the order exchange only; the consumers declare, bind and consume
+    their queue and publish dead letters, but may not publish order commands. Where the
+    checkout has `Topology.permissions` (the RabbitMQ adapter's own patterns), they match it."""
+    queue = yaml.safe_load((CHART / "values-production.yaml").read_text())["config"][
+        "RABBITMQ_QUEUE"
+    ]
+    # RabbitMQ checks the default exchange ("") by the name amq.default
+    names = {queue, f"{queue}.dlq", f"{queue}.dlx", f"{queue}.exchange", "amq.default"}
+    allowed = {
+        "shop-intake": {"configure": set(), "write": {f"{queue}.exchange"}, "read": set()},
+        "shop-consumer": {
+            "configure": {queue, f"{queue}.dlq", f"{queue}.dlx", f"{queue}.exchange"},
+            "write": {queue, f"{queue}.dlq", f"{queue}.dlx"},
+            "read": {queue, f"{queue}.dlx", f"{queue}.exchange"},
+        },
+    }
+    permissions = {
+        p["spec"]["userReference"]["name"]: p["spec"]["permissions"]
+        for p in _readme_objects("Permission").values()
+    }
+    users = {
+        "shop-intake": _readme_objects("User")["shop-intake"],
+        "shop-consumer": _readme_objects("User")["shop-consumer"],
+    }
+    assert set(permissions) == set(users) == {"shop-intake", "shop-consumer"}
+    for user, patterns in permissions.items():
+        assert users[user]["spec"]["tags"] == [], user  # not an administrator
+        for kind, pattern in patterns.items():
+            matched = {name for name in names if re.fullmatch(pattern, name)}
+            assert matched == allowed[user][kind], f"{user} {kind}: {pattern}"
+    try:
+        from shop.messaging.rabbitmq import Topology
+        from shop.settings import RabbitMQ
+    except ImportError:  # pragma: no cover
+        return
+    needs = getattr(Topology, "permissions", None)  # lands with the per-role RabbitMQ accounts
+    if needs is not None:
+        topology = Topology(RabbitMQ(queue=queue))
+        for user, role in (("shop-intake", "intake"), ("shop-consumer", "consumer")):
+            assert permissions[user] == needs(topology, role)._asdict(), user
