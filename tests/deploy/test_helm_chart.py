@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from shop.runtime.cli import _parser
-from shop.settings import Settings, flat_names
+from shop.settings import Settings, flat_names, load_settings
 from shop.storage.migrations import RIGHTS
 from shop.web.health import health_router
 
@@ -35,18 +35,15 @@ HELM = (
     / f"helm-{HELM_VERSION}"
     / "helm"
 )
-# Settings the chart sets that this checkout's Settings may not read yet: the Kafka accounts and
-# TLS (branch i22-kafka) and the consumers' RabbitMQ account and TLS (i22-rabbitmq). Until they
-# land they are harmless environment variables; their names are final.
+# Settings the chart sets that this checkout's Settings may not read yet: the Kafka account and
+# TLS (branch i22-kafka). Until they land they are harmless environment variables; their names
+# are final.
 PENDING_SETTINGS = {
     "KAFKA_SECURITY_PROTOCOL",
     "KAFKA_SASL_MECHANISM",
     "KAFKA_USER",
     "KAFKA_PASSWORD",
     "KAFKA_CA_FILE",
-    "RABBITMQ_CONSUMER_USER",
-    "RABBITMQ_CONSUMER_PASSWORD",
-    "RABBITMQ_CA_FILE",
 }
 MIGRATION_SECRET_KEY = "DB_MIGRATE_PASSWORD"
 KINDS = ("products", "orders", "consumers")
@@ -726,3 +723,42 @@ def test_the_readme_limits_each_rabbitmq_user_to_what_its_role_needs() -> None:
         topology = Topology(RabbitMQ(queue=queue))
         for user, role in (("shop-intake", "intake"), ("shop-consumer", "consumer")):
             assert permissions[user] == needs(topology, role)._asdict(), user
+
+
+def test_every_pod_starts_with_the_settings_the_chart_gives_it(
+    renders: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each pod's environment (its ConfigMap, its literal env, its Secrets' keys) passes the
+    settings' start-up checks, the refusal of development passwords beyond loopback among them,
+    and names each process's own accounts."""
+    monkeypatch.chdir(tmp_path)  # no config.yaml: the pod's environment alone
+    for name, objects in renders.items():
+        for pod_name, pod in _pod_specs(objects).items():
+            (container,) = pod["containers"]
+            env = _settings(objects, container) | {
+                item["name"]: f"secret-{item['valueFrom']['secretKeyRef']['key']}"
+                for item in container.get("env", [])
+                if "secretKeyRef" in item.get("valueFrom", {})
+            }
+            for variable in list(os.environ):
+                if variable.split("_")[0] in {"DB", "KAFKA", "RABBITMQ", "AUTH", "BIND", "SHOP"}:
+                    monkeypatch.delenv(variable)
+            for variable, value in env.items():
+                monkeypatch.setenv(variable, str(value))
+            settings = load_settings()
+            if pod_name.startswith("Job/"):
+                assert settings.db.migrate_password == f"secret-{MIGRATION_SECRET_KEY}"
+                continue
+            kind = pod_name.removeprefix("Deployment/shop-")
+            assert settings.db.user == DB_USERS[kind], f"{name}: {pod_name}"
+            assert settings.db.password == "secret-DB_PASSWORD", f"{name}: {pod_name}"
+            assert settings.http.bind_host == "0.0.0.0", f"{name}: {pod_name}"  # noqa: S104
+            rabbitmq = settings.rabbitmq
+            accounts = {
+                "products": ("", "", None),
+                "orders": ("shop-intake", "secret-RABBITMQ_PASSWORD", None),
+                "consumers": ("", "", "shop-consumer"),
+            }
+            assert (rabbitmq.user, rabbitmq.password, rabbitmq.consumer_user) == accounts[kind]
+            if "DB_CA_FILE" in env:
+                assert settings.db.ca_file == rabbitmq.ca_file == env["DB_CA_FILE"], pod_name
