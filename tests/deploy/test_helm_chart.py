@@ -35,16 +35,6 @@ HELM = (
     / f"helm-{HELM_VERSION}"
     / "helm"
 )
-# Settings the chart sets that this checkout's Settings may not read yet: the Kafka account and
-# TLS (branch i22-kafka). Until they land they are harmless environment variables; their names
-# are final.
-PENDING_SETTINGS = {
-    "KAFKA_SECURITY_PROTOCOL",
-    "KAFKA_SASL_MECHANISM",
-    "KAFKA_USER",
-    "KAFKA_PASSWORD",
-    "KAFKA_CA_FILE",
-}
 MIGRATION_SECRET_KEY = "DB_MIGRATE_PASSWORD"
 KINDS = ("products", "orders", "consumers")
 # Each account's password in the chart-made render, all different, so that a value found in the
@@ -321,7 +311,7 @@ def test_the_migration_job_is_a_hook_and_alone_gets_the_migration_password(
 def test_the_configmap_holds_settings_by_their_names_and_no_secret(
     renders: dict[str, list[Manifest]],
 ) -> None:
-    known = {name.upper() for name in flat_names(Settings)} | PENDING_SETTINGS
+    known = {name.upper() for name in flat_names(Settings)}
     for name, objects in renders.items():
         config = _of_kind(objects, "ConfigMap")["shop-config"]["data"]
         assert not [key for key in config if "PASSWORD" in key or "SECRET" in key], name
@@ -760,5 +750,10 @@ def test_every_pod_starts_with_the_settings_the_chart_gives_it(
                 "consumers": ("", "", "shop-consumer"),
             }
             assert (rabbitmq.user, rabbitmq.password, rabbitmq.consumer_user) == accounts[kind]
+            kafka = settings.kafka
+            assert kafka.security_protocol == env["KAFKA_SECURITY_PROTOCOL"], pod_name
+            if kafka.security_protocol.startswith("SASL_"):
+                assert (kafka.user, kafka.password) == (KAFKA_USERS[kind], "secret-KAFKA_PASSWORD")
             if "DB_CA_FILE" in env:
-                assert settings.db.ca_file == rabbitmq.ca_file == env["DB_CA_FILE"], pod_name
+                ca_files = {settings.db.ca_file, rabbitmq.ca_file, kafka.ca_file}
+                assert ca_files == {env["DB_CA_FILE"]}, f"{name}: {pod_name}"
