@@ -130,8 +130,9 @@ class Kafka(Group):
     close_seconds: float = Field(2.0, gt=0)
     # How the services reach the brokers (`shop.messaging.kafka.client_config`). PLAINTEXT:
     # anyone who reaches them (compose and the cluster for now, the Helm chart's trial values).
-    # SASL_SSL (the local stack, the chart's production values): TLS, the brokers' certificate checked against KAFKA_CA_FILE (the system's CAs
-    # without it) and their host name, and SASL as KAFKA_USER, whose ACLs decide what it may do.
+    # SASL_SSL (the local stack, the chart's production values): TLS, the brokers' certificate
+    # checked against KAFKA_CA_FILE (the system's CAs without it) and their host name, and SASL
+    # as KAFKA_USER, whose ACLs decide what it may do.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
     user: str = ""
