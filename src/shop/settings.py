@@ -54,6 +54,8 @@ class Database(Group):
     migrate_password: str = "shop_migrate"
     name: str = Field("shop", pattern=r"^[A-Za-z0-9_]{1,64}$")
     pool_size: int = Field(20, ge=1, le=500)
+    # Read-pool connections each service process opens at start (at most DB_POOL_SIZE are kept).
+    warm_connections: int = Field(20, ge=0, le=500)
     timeout_seconds: float = Field(5.0, gt=0)
     recycle_seconds: float = Field(1800.0, gt=0)  # a connection is replaced after this long
     # The pause before each new try of a unit of work known not to have committed (so four
