@@ -255,7 +255,7 @@ async def _sql(
             await asyncio.wait_for(cur.execute(sql), timeout=60)
             return list(await cur.fetchall())
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends
 
 
 def sql(

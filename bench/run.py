@@ -74,7 +74,7 @@ async def _query(settings: StackSettings, sql: str, args: Any = None) -> list[tu
             await cur.execute(sql, args)
             return list(await cur.fetchall())
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends
 
 
 def query(settings: StackSettings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:

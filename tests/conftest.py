@@ -104,7 +104,7 @@ async def _drop_database(settings: StackSettings, name: str) -> None:
         async with conn.cursor() as cur:
             await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends
 
 
 def migrate(env: dict[str, str]) -> None:

@@ -62,7 +62,7 @@ async def _create_database(settings: Settings) -> None:
                     "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
                 )
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends
 
 
 def migrate(settings: Settings) -> None:
@@ -129,4 +129,4 @@ async def _grant_rights(settings: Settings) -> None:
                         exc.args[0],
                     )
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends
