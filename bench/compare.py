@@ -57,7 +57,7 @@ from confluent_kafka.admin import AdminClient
 from bench import compare_report, idle
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
-from devstack import rabbitmq
+from devstack import identities, rabbitmq
 from devstack.settings import StackSettings, load_stack_settings
 from shop.storage.migrations import connect_as_migrator
 
@@ -337,13 +337,17 @@ def start_services(side: Side, logs: Path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    for service, port in (("products", side.product_port), ("orders", side.order_port)):
+    services: tuple[tuple[identities.Service, int], ...] = (
+        ("products", side.product_port),
+        ("orders", side.order_port),
+    )
+    for service, port in services:
         log = (logs / f"{side.name}-{service}.log").open("ab")
         side.processes.append(
             subprocess.Popen(
                 [side.shop, "serve", service],
                 cwd=side.checkout,
-                env=side.env,
+                env={**side.env, **identities.service_env(service)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: workers are stopped with it

@@ -66,8 +66,8 @@ async def connect(settings: Settings) -> Any:
             user=settings.db.user,
             password=settings.db.password,
             database=settings.db.name,
-            connect_timeout=5,
             autocommit=True,  # each SELECT sees what is committed at that moment
+            **settings.db.connect_args(),
         ),
         timeout=10,
     )

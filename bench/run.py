@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench import idle, limits, report
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load, shopload_version
-from devstack import rabbitmq
+from devstack import identities, rabbitmq
 from devstack.settings import StackSettings, load_stack_settings
 from shop import jsonutil
 from shop.messaging.kafka import ensure_topics
@@ -277,6 +277,7 @@ def drain(
     private = settings.replace(rabbitmq_vhost=name, rabbitmq_queue=name)
     env = {
         **os.environ,
+        **identities.service_env("orders"),
         "KAFKA_TOPIC": name,
         "RABBITMQ_QUEUE": name,
         "KAFKA_CONSUMER_GROUP": name,

@@ -22,8 +22,9 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    url = context.config.attributes.get("db_url") or load_settings().db.migration_url
-    engine = create_async_engine(url)
+    attributes = context.config.attributes
+    db = attributes.get("db") or load_settings().db
+    engine = create_async_engine(db.migration_url, connect_args=db.connect_args())
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)

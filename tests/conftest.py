@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from devstack import rabbitmq
+from devstack import identities, rabbitmq
 from devstack.settings import StackSettings, load_stack_settings
 from tests.support import ServiceProcess, free_port
 from tests.tokens import AUDIENCE, ISSUER, Issuer
@@ -80,7 +80,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def settings() -> StackSettings:
+    """The run's settings, with the order service's accounts (and the tools')."""
     return load_stack_settings(**{key.lower(): value for key, value in TEST_ENV.items()})
+
+
+@pytest.fixture(scope="session")
+def product_settings(settings: StackSettings) -> StackSettings:
+    """The run's settings with the product service's accounts."""
+    return settings.replace(**identities.settings("products"))
 
 
 async def _drop_database(settings: StackSettings, name: str) -> None:
@@ -89,7 +96,7 @@ async def _drop_database(settings: StackSettings, name: str) -> None:
         port=settings.db.port,
         user=settings.db.migrate_user,
         password=settings.db.migrate_password,
-        connect_timeout=5,
+        **settings.db.connect_args(),
     )
     try:
         async with conn.cursor() as cur:
@@ -102,7 +109,7 @@ def migrate(env: dict[str, str]) -> None:
     """Run `shop migrate` as a user would, against the database named in `env`."""
     result = subprocess.run(
         [sys.executable, "-m", "shop", "migrate"],
-        env={**os.environ, **env},
+        env={**os.environ, **identities.service_env("orders"), **identities.tools_env(), **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -121,7 +128,11 @@ async def database(settings: StackSettings) -> AsyncIterator[AsyncEngine]:
     # The suite's own engine keeps SQLAlchemy's defaults (rollback on return): tests read
     # without ending transactions. It is the migration account's, as tests make scratch tables;
     # the services run as theirs, which may only read and write rows.
-    engine = create_async_engine(settings.db.migration_url, isolation_level="READ COMMITTED")
+    engine = create_async_engine(
+        settings.db.migration_url,
+        isolation_level="READ COMMITTED",
+        connect_args=settings.db.connect_args(),
+    )
     yield engine
     await engine.dispose()
     await _drop_database(settings, settings.db.name)

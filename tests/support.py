@@ -13,11 +13,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 from confluent_kafka import Consumer, TopicPartition
 
+from devstack import identities
+from devstack.identities import Service
 from shop import jsonutil
 from shop.messaging.ports import Outgoing, PublishError
 from shop.messaging.rabbitmq import RabbitBroker
@@ -102,7 +104,8 @@ class ServiceProcess:
     def __init__(self, name: str, *, port: int, env: dict[str, str], log_path: Path) -> None:
         self.name = name
         self.url = f"http://127.0.0.1:{port}"
-        self._env = {**os.environ, **env}
+        # The service's own accounts on the stack's servers, unless `env` names others.
+        self._env = {**os.environ, **identities.service_env(cast("Service", name)), **env}
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from devstack import identities
 from shop.orders.domain import AsyncChannel
 from shop.orders.models import OrderCommand
 from shop.settings import Settings
@@ -145,7 +146,12 @@ async def test_rereading_the_whole_order_topic_changes_nothing(
     log = (tmp_path / "rewind.log").open("wb")
     rewind = subprocess.Popen(
         [sys.executable, "-m", "shop", "consume", "kafka"],
-        env={**os.environ, **TEST_ENV, "KAFKA_CONSUMER_GROUP": group},
+        env={
+            **os.environ,
+            **identities.service_env("orders"),
+            **TEST_ENV,
+            "KAFKA_CONSUMER_GROUP": group,
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
     )

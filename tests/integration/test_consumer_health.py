@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack import identities
 from tests.conftest import TEST_ENV
 from tests.support import eventually, free_port
 
@@ -28,7 +29,7 @@ def consumer(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shop", "consume", "all", "--health-port", str(port)],
-            env={**os.environ, **TEST_ENV},
+            env={**os.environ, **identities.service_env("orders"), **TEST_ENV},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

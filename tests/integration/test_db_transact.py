@@ -15,6 +15,7 @@ from sqlalchemy.pool import NullPool
 
 from shop.settings import Settings
 from shop.storage.database import Database, Statements
+from shop.storage.migrations import ROWS
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +25,9 @@ async def scratch(database: AsyncEngine) -> AsyncIterator[str]:
     name = f"test_transact_{uuid.uuid4().hex[:8]}"
     async with database.begin() as conn:
         await conn.execute(text(f"CREATE TABLE {name} (id INT PRIMARY KEY)"))
+        # The services' engine below logs in as the order service, whose role has rights on
+        # the tables `shop migrate` granted it: this one too.
+        await conn.execute(text(f"GRANT {ROWS} ON {name} TO shop_orders_rights"))
     yield name
     async with database.begin() as conn:
         await conn.execute(text(f"DROP TABLE {name}"))
@@ -54,7 +58,9 @@ async def _held_connection_id(db: Database) -> int:
 async def _kill(settings: Settings, connection_id: int) -> None:
     """As a server restart would, from the outside: from a connection of the same account (one
     may kill one's own connections without any privilege)."""
-    outside = create_async_engine(settings.db.url, poolclass=NullPool)
+    outside = create_async_engine(
+        settings.db.url, poolclass=NullPool, connect_args=settings.db.connect_args()
+    )
     async with outside.connect() as conn:
         await conn.execute(text(f"KILL CONNECTION {connection_id}"))
     await outside.dispose()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from asyncmy.errors import OperationalError, ProgrammingError
 
-from devstack import mariadb
+from devstack import identities, mariadb
 from devstack.settings import StackSettings
 from tests.conftest import RUN
 
@@ -25,10 +25,12 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 # Quotes, a backslash and SQL in the secret: the set-up scripts must pass them through intact.
 AWKWARD_PASSWORD = "p'w\\d\"; DROP DATABASE x; -- $HOME"
-DENIED = (OperationalError, ProgrammingError)  # 1142/1044: command denied to user
+DENIED = (OperationalError, ProgrammingError)  # 1142/1143/1044: command denied to user
 
 
-async def _connect(settings: StackSettings, user: str, password: str) -> asyncmy.Connection:
+async def _connect(
+    settings: StackSettings, user: str, password: str, *, tls: bool = True
+) -> asyncmy.Connection:
     return await asyncio.wait_for(
         asyncmy.connect(
             host=settings.db.host,
@@ -36,8 +38,8 @@ async def _connect(settings: StackSettings, user: str, password: str) -> asyncmy
             user=user,
             password=password,
             database=settings.db.name,
-            connect_timeout=5,
             autocommit=True,
+            **(settings.db.connect_args() if tls else {"connect_timeout": 5}),
         ),
         10,
     )
@@ -48,7 +50,7 @@ async def _refused(conn: asyncmy.Connection, statement: str) -> bool:
         async with conn.cursor() as cur:
             await cur.execute(statement)
     except DENIED as refusal:
-        return refusal.args[0] in (1142, 1044, 1045, 1227)
+        return refusal.args[0] in (1142, 1143, 1044, 1045, 1227)
     return False
 
 
@@ -69,12 +71,109 @@ async def _rows_only(conn: asyncmy.Connection, database: str) -> None:
         assert await _refused(conn, statement), f"the services' account may run: {statement}"
 
 
-async def test_the_services_database_account_may_only_read_and_write_rows(
-    settings: StackSettings, database: object
+async def _account(settings: StackSettings, service: str) -> asyncmy.Connection:
+    user = f"shop_{service}"
+    return await _connect(settings, user, identities.password(f"db:{user}"))
+
+
+async def _may(conn: asyncmy.Connection, statement: str) -> None:
+    async with conn.cursor() as cur:
+        await cur.execute(statement)
+
+
+# What each service's account may do, and some of what it may not, on the run's (migrated)
+# database: the grants `shop migrate` gives the roles the stack made.
+ALLOWED = {
+    "products": (
+        "SELECT id, name, price, stock, version FROM products LIMIT 1",
+        "UPDATE products SET name = name, price = price WHERE id = -1",
+        "DELETE FROM products WHERE id = -1",
+        "SELECT COUNT(*) FROM product_outbox",
+        "DELETE FROM product_outbox WHERE id = -1",
+        "SELECT COUNT(*) FROM product_idempotency",
+    ),
+    "orders": (
+        "SELECT COUNT(*) FROM orders",
+        "DELETE FROM orders WHERE id = -1",
+        "DELETE FROM order_keys WHERE created_at < '1970-01-02'",
+        "SELECT COUNT(*) FROM order_aliases",
+        "DELETE FROM order_outbox WHERE id = -1",
+        "SELECT id, price, stock, version FROM products WHERE id = -1 FOR UPDATE",
+        "UPDATE products SET stock = stock, version = version WHERE id = -1",
+    ),
+}
+REFUSED = {
+    "products": (
+        "SELECT COUNT(*) FROM orders",
+        "INSERT INTO orders (id) VALUES (-1)",
+        "DELETE FROM orders WHERE id = -1",
+        "UPDATE order_keys SET quantity = 0 WHERE 1 = 0",
+        "SELECT COUNT(*) FROM order_outbox",
+        "SELECT COUNT(*) FROM alembic_version",
+    ),
+    "orders": (
+        "UPDATE products SET price = 0 WHERE id = -1",
+        "UPDATE products SET name = 'x' WHERE id = -1",
+        "INSERT INTO products (name, price, stock) VALUES ('x', 1, 1)",
+        "DELETE FROM products WHERE id = -1",
+        "SELECT COUNT(*) FROM product_outbox",
+        "DELETE FROM product_outbox WHERE id = -1",
+        "SELECT COUNT(*) FROM product_idempotency",
+        "SELECT COUNT(*) FROM alembic_version",
+    ),
+}
+SCHEMA_CHANGES = (
+    "CREATE TABLE least_privilege_probe (id INT)",
+    "ALTER TABLE products ADD COLUMN probe INT",
+    "DROP TABLE product_outbox",
+    "TRUNCATE TABLE orders",
+    "CREATE USER probe IDENTIFIED BY 'x'",
+)
+
+
+@pytest.mark.parametrize("service", ["products", "orders"])
+async def test_each_service_account_reaches_its_own_tables_only(
+    settings: StackSettings, database: object, service: str
 ) -> None:
-    conn = await _connect(settings, settings.db.user, settings.db.password)
+    conn = await _account(settings, service)
     try:
-        await _rows_only(conn, settings.db.name)
+        for statement in ALLOWED[service]:
+            await _may(conn, statement)
+        for statement in (*REFUSED[service], *SCHEMA_CHANGES):
+            assert await _refused(conn, statement), f"shop_{service} may run: {statement}"
+        # ... and the order service's one write to the product service's outbox: its stock
+        # events (in a transaction rolled back, so nothing is left).
+        if service == "orders":
+            async with conn.cursor() as cur:
+                await cur.execute("BEGIN")
+                await cur.execute(
+                    "INSERT INTO product_outbox (event_id, event_key, payload, created_at) "
+                    "VALUES ('probe', 'probe', x'00', NOW(6))"
+                )
+                await cur.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("service", ["products", "orders"])
+async def test_a_service_account_is_refused_without_tls(
+    settings: StackSettings, database: object, service: str
+) -> None:
+    user = f"shop_{service}"
+    with pytest.raises(OperationalError) as refused:
+        await _connect(settings, user, identities.password(f"db:{user}"), tls=False)
+    assert refused.value.args[0] == 1045  # access denied: the account REQUIRE SSL
+
+
+async def test_the_services_settings_name_a_tls_database(settings: StackSettings) -> None:
+    assert settings.db.ca_file, "the stack gives the services its CA: DB_CA_FILE"
+    conn = await _account(settings, "orders")
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SHOW STATUS LIKE 'Ssl_version'")
+            row = await cur.fetchone()
+        assert row is not None
+        assert str(row[1]).startswith("TLSv1.")
     finally:
         conn.close()
 

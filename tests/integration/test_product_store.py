@@ -30,8 +30,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def store(database: AsyncEngine, settings: Settings) -> AsyncIterator[SqlProductStore]:
-    db = Database.connect(settings)  # the product service's account, as in production
+async def store(
+    database: AsyncEngine, product_settings: Settings
+) -> AsyncIterator[SqlProductStore]:
+    db = Database.connect(product_settings)  # the product service's account, as in production
     yield SqlProductStore(db)
     await db.dispose()
 

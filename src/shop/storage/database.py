@@ -92,7 +92,7 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
         # READ COMMITTED takes no gap locks: the outbox relay's FOR UPDATE SKIP LOCKED claim
         # would otherwise block every insert at the end of the outbox index while it publishes.
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
-        connect_args={"connect_timeout": max(1, int(settings.db.timeout_seconds))},
+        connect_args=settings.db.connect_args(),
     )
     event.listen(engine.sync_engine, "handle_error", _drop_connections_of_a_node_out_of_the_cluster)
     return engine

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shop.settings import load_settings
 
-from . import haproxy, kafka, mariadb, rabbitmq
+from . import haproxy, identities, kafka, mariadb, rabbitmq
 from .common import HOST, stack_dir
 from .services import _settings_env
 from .settings import StackSettings
@@ -121,15 +121,32 @@ def cluster_settings(settings: StackSettings, base: Path) -> StackSettings:
     )
 
 
+def _one_rabbitmq_user(shop: StackSettings) -> dict[str, str]:
+    """The cluster's RabbitMQ account over plain AMQP in place of `make up`'s per role over TLS
+    (which `identities.service_env` gives the order service): empty is unset."""
+    rabbit = shop.rabbitmq
+    unset = dict.fromkeys(("RABBITMQ_CONSUMER_USER", "RABBITMQ_CONSUMER_PASSWORD"), "")
+    return {
+        "RABBITMQ_USER": rabbit.user,
+        "RABBITMQ_PASSWORD": rabbit.password,
+        "RABBITMQ_CA_FILE": "",
+    } | unset
+
+
 def processes(settings: StackSettings, base: Path) -> list[Process]:
     """Two replicas per HTTP service (one worker each), and the consumer processes."""
     shop = cluster_settings(settings, base)
-    common = {**_settings_env(shop), "WORKERS": "1"}
     found: list[Process] = []
-    for service, first in (("products", 13410), ("orders", 13420)):
+    services: tuple[tuple[identities.Service, int], ...] = (("products", 13410), ("orders", 13420))
+    for service, first in services:
         for n in range(1, REPLICAS + 1):
             port = first + n
-            env = {**common, f"{service[:-1].upper()}_SERVICE_PORT": str(port)}
+            env = {
+                **_settings_env(shop, service),  # each service with its own accounts
+                **(_one_rabbitmq_user(shop) if service == "orders" else {}),
+                "WORKERS": "1",
+                f"{service[:-1].upper()}_SERVICE_PORT": str(port),
+            }
             if service == "orders":  # consumers and the order outbox relay run on their own
                 env |= {"CONSUMERS_ENABLED": "false", "OUTBOX_RELAY_ENABLED": "false"}
             serve = (sys.executable, "-m", "shop", "serve", service)
@@ -139,7 +156,8 @@ def processes(settings: StackSettings, base: Path) -> list[Process]:
         consume = (
             sys.executable, "-m", "shop", "consume", channel, "--health-port", str(port),
         )  # fmt: skip
-        found.append(Process(f"consumer-{channel}-{n}", consume, port, common))
+        env = {**_settings_env(shop, "orders"), **_one_rabbitmq_user(shop), "WORKERS": "1"}
+        found.append(Process(f"consumer-{channel}-{n}", consume, port, env))
     return found
 
 

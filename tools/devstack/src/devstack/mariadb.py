@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import identities
 from .common import (
     HOST,
     Daemon,
@@ -155,6 +156,7 @@ def _init_datadir(data: Path, log_dir: Path) -> None:
 
 def _server_options(node: MariaNode) -> list[str]:
     directory = node.directory
+    tls = identities.tls()
     options = [
         f"datadir={directory / 'data'}",
         f"socket={node.socket}",
@@ -172,6 +174,11 @@ def _server_options(node: MariaNode) -> list[str]:
         "innodb-flush-log-at-trx-commit=1",
         "character-set-server=utf8mb4",
         "collation-server=utf8mb4_unicode_ci",
+        # TLS with the stack's certificate; the services' accounts REQUIRE SSL (`provision`).
+        f"ssl-ca={tls.ca_file}",
+        f"ssl-cert={tls.cert_file}",
+        f"ssl-key={tls.key_file}",
+        "tls-version=TLSv1.2,TLSv1.3",
     ]
     if os.geteuid() == 0:
         options.append("user=root")
@@ -285,34 +292,45 @@ def _db_pattern(db_name: str) -> str:
     return "`" + db_name.replace("_", "\\_").replace("`", "``") + "%`"
 
 
-# The services' account reads and writes rows; the migration account also shapes the schema
-# (and creates and drops the test and bench databases).
-SERVICE_RIGHTS = "SELECT, INSERT, UPDATE, DELETE"
+# Each service logs in with its own account, which holds its role; `shop migrate` grants the
+# roles their rights on the tables (storage/migrations.py RIGHTS). The migration account shapes
+# the schema of every `shop…` database (and creates and drops the test and bench databases),
+# and may pass rights on them on to the roles.
 MIGRATION_RIGHTS = "ALL PRIVILEGES"
+SERVICE_ROLES = {"shop_products": "shop_products_rights", "shop_orders": "shop_orders_rights"}
+MIGRATION_USER = "shop_migrate"
 
 
 def provision(settings: StackSettings, node: MariaNode | None = None) -> None:
-    """Idempotently create the app database and both accounts, each with only its rights on
-    `shop%`; re-applies the passwords and the rights every time (so widened rights narrow)."""
+    """Idempotently create the app database, the roles and the accounts: the migration account
+    with its rights on `shop%`, each service's account with its role and nothing else, over TLS
+    only. Passwords and rights are applied again every time (so widened rights narrow)."""
     pattern = _db_pattern(settings.db.name)
     database = "`" + settings.db.name.replace("`", "``") + "`"
     statements = [
         f"CREATE DATABASE IF NOT EXISTS {database} "
         "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;",
+        *(f"CREATE ROLE IF NOT EXISTS {role};" for role in SERVICE_ROLES.values()),
     ]
-    accounts = (
-        (settings.db.user, settings.db.password, SERVICE_RIGHTS),
-        (settings.db.migrate_user, settings.db.migrate_password, MIGRATION_RIGHTS),
-    )
-    for name, secret, rights in accounts:
-        user, password = _string(name), _string(secret)
+    migrate = _string(MIGRATION_USER), _string(identities.password(f"db:{MIGRATION_USER}"))
+    for host in ("'127.0.0.1'", "'localhost'"):
+        account = f"{migrate[0]}@{host}"
+        statements += [
+            f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {migrate[1]};",
+            f"ALTER USER {account} IDENTIFIED BY {migrate[1]};",
+            f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {account};",
+            f"GRANT {MIGRATION_RIGHTS} ON {pattern}.* TO {account} WITH GRANT OPTION;",
+        ]
+    for name, role in SERVICE_ROLES.items():
+        user, password = _string(name), _string(identities.password(f"db:{name}"))
         for host in ("'127.0.0.1'", "'localhost'"):
             account = f"{user}@{host}"
             statements += [
-                f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password};",
-                f"ALTER USER {account} IDENTIFIED BY {password};",
+                f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password} REQUIRE SSL;",
+                f"ALTER USER {account} IDENTIFIED BY {password} REQUIRE SSL;",
                 f"REVOKE ALL PRIVILEGES, GRANT OPTION FROM {account};",
-                f"GRANT {rights} ON {pattern}.* TO {account};",
+                f"GRANT {role} TO {account};",
+                f"SET DEFAULT ROLE {role} FOR {account};",
             ]
     statements.append("FLUSH PRIVILEGES;")
     _client("\n".join(statements), socket=None if node is None else node.socket)

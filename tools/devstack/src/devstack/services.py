@@ -8,7 +8,6 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import cast
 
 from shop.settings import Settings, flat_names
 
@@ -84,9 +83,10 @@ def _prepare(name: str, settings: Settings) -> Launch:
 
 
 def _service(name: str) -> identities.Service:
-    if name not in identities.SERVICES:
-        raise ValueError(f"unknown service {name!r}")
-    return cast("identities.Service", name)
+    for service in identities.SERVICES:
+        if service == name:
+            return service
+    raise ValueError(f"unknown service {name!r}")
 
 
 def fingerprint(name: str, settings: Settings) -> str:
