@@ -10,18 +10,8 @@ import time
 
 from shop.settings import ConfigError
 
-from . import (
-    SERVERS,
-    SERVICES,
-    StackError,
-    down,
-    identities,
-    start,
-    start_services,
-    status,
-    stop,
-    up_servers,
-)
+from . import SERVERS, SERVICES, StackError, down, start, start_services, status, stop, up_servers
+from .identities import ensure as ensure_identities
 from .settings import StackSettings, load_stack_settings
 
 
@@ -137,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.action in ("up", "start", "run", "cluster"):
-        identities.ensure()  # before the settings, which take the accounts' passwords from it
+        ensure_identities()  # before the settings, which take the accounts' passwords from it
     try:
         settings = load_stack_settings()
     except ConfigError as exc:
