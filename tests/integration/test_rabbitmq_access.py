@@ -189,11 +189,16 @@ async def test_only_tls_connections_with_a_verified_certificate_reach_the_node(
         await _connect_to(other_ca.url)
 
 
+@pytest.mark.parametrize("refused", ["password", "vhost"])
 async def test_a_refused_account_is_logged_as_such_without_its_password_and_fails_the_check(
-    own: StackSettings, caplog: pytest.LogCaptureFixture
+    own: StackSettings, caplog: pytest.LogCaptureFixture, refused: str
 ) -> None:
     wrong = f"wrong-{uuid.uuid4().hex}"
-    broker = RabbitBroker(own.rabbitmq.model_copy(update={"password": wrong}), timeout=5)
+    if refused == "password":
+        rabbit = own.rabbitmq.model_copy(update={"password": wrong})
+    else:  # the right account, on a vhost where it has no permissions (none exists)
+        rabbit = own.rabbitmq.model_copy(update={"vhost": f"test-{RUN}-nowhere"})
+    broker = RabbitBroker(rabbit, timeout=5)
     caplog.set_level(logging.INFO, logger="shop.messaging.rabbitmq")
     broker.start()
     try:
@@ -209,6 +214,7 @@ async def test_a_refused_account_is_logged_as_such_without_its_password_and_fail
     refusal = next(r for r in caplog.records if "ACCESS_REFUSED" in r.getMessage())
     assert refusal.levelno == logging.ERROR
     assert repr(own.rabbitmq.user) in refusal.getMessage()
+    assert repr(rabbit.vhost) in refusal.getMessage()
     assert "RABBITMQ_PASSWORD" in refusal.getMessage()
     assert wrong not in caplog.text
     assert own.rabbitmq.password not in caplog.text

@@ -159,6 +159,20 @@ def _account(settings: RabbitMQ, role: Role) -> str:
     return f"user {user!r} ({names}) on vhost {settings.vhost!r}"
 
 
+def _refusal(failure: BaseException | None) -> str | None:
+    """What RabbitMQ said when it refused the account, or None for any other failure."""
+    if isinstance(failure, _REFUSALS):
+        return str(failure)
+    # A user without access to the vhost (or a vhost that is not there): RabbitMQ answers
+    # connection.open with connection.close (NOT_ALLOWED), which aiormq reports as an unexpected
+    # frame, without the broker's text.
+    if isinstance(failure, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(
+        failure
+    ):
+        return "NOT_ALLOWED: the vhost was refused (no permissions on it, or it does not exist)"
+    return None
+
+
 def _before_sleep(which: logging.Logger, account: str) -> Callable[[RetryCallState], None]:
     """Log why a connection failed before the next attempt: a refusal as such, naming the
     account (never its password) and the settings to check; anything else as tenacity does."""
@@ -166,12 +180,13 @@ def _before_sleep(which: logging.Logger, account: str) -> Callable[[RetryCallSta
 
     def report(state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome is not None else None
-        if account and isinstance(failure, _REFUSALS):
+        why = _refusal(failure)
+        if account and why is not None:
             which.error(
                 "ACCESS_REFUSED: RabbitMQ refused %s: %s; check the account, its password and "
                 "its permissions; trying again in %.1fs",
                 account,
-                failure,
+                why,
                 state.upcoming_sleep,
             )
         else:

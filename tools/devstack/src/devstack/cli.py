@@ -23,6 +23,7 @@ from . import (
     stop,
     up_servers,
 )
+from .identities import ensure as ensure_identities
 from .settings import StackSettings, load_stack_settings
 
 
@@ -142,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.action in ("up", "start", "run", "cluster"):
-        identities.ensure()  # before the settings, which take the accounts' passwords from it
+        ensure_identities()  # before the settings, which take the accounts' passwords from it
     try:
         settings = load_stack_settings()
     except ConfigError as exc:

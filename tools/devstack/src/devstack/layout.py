@@ -130,11 +130,12 @@ def _service_env(
     settings: StackSettings, shop: StackSettings, service: identities.Service
 ) -> dict[str, str]:
     """`shop` (the cluster's settings) as `service`'s environment, with its own accounts
-    (`identities.service_env`), except where `cluster_settings` changed an identity's setting:
-    where the cluster does not (yet) do as `make up` does, its value wins (or an unset one)."""
+    (`identities.service_env`), except where `cluster_settings` changed one of that identity's
+    settings: where the cluster does not (yet) do as `make up` does, its value wins (or an
+    unset one)."""
     env = {**_settings_env(shop, service), "WORKERS": "1"}
     before, after = settings.flat(), shop.flat()
-    for name in identities.names():
+    for name in (key.lower() for key in identities.service_env(service)):
         if after.get(name) == before.get(name):
             continue
         if after.get(name) is None:
