@@ -723,9 +723,17 @@ def ready(settings: StackSettings) -> bool:
 
 
 def start_node(node: KafkaNode) -> None:
-    ensure_started(
-        node_daemon(node), prepare=lambda: _prepare(node), ready=lambda: node_ready(node)
-    )
+    """Start `node` unless it runs. One that runs with another configuration than this code
+    writes (a broker started before it took accounts, which nothing here could reach now) is
+    restarted first."""
+    daemon = node_daemon(node)
+    properties = node.directory / "server.properties"
+    if daemon.pid() is not None and properties.is_file():
+        secrets = Secrets.of_stack() if node.secure else None
+        if properties.read_text() != _server_properties(node, secrets):
+            say(f"{node.name}: its configuration changed since it started; restarting it")
+            ensure_stopped(daemon)
+    ensure_started(daemon, prepare=lambda: _prepare(node), ready=lambda: node_ready(node))
 
 
 def stop_node(node: KafkaNode) -> None:
