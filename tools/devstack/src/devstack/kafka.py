@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ SERVICE_PRINCIPALS = ("orders", "products")
 SCRAM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192
 FORMAT_MARKER = "format.json"  # what the storage was formatted with (`_format_storage`)
+PROVISION_SECONDS = 90.0  # as long as a start may take
+PROVISION_REQUEST_SECONDS = 15.0
 
 _POM = f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by devstack: only used to fetch Kafka's jars with their dependencies. -->
@@ -614,7 +617,7 @@ def acls(kafka: Kafka) -> list[AclBinding]:
     ]
 
 
-def provision(settings: StackSettings, *, timeout: float = 30.0) -> None:
+def provision(settings: StackSettings, *, timeout: float = PROVISION_SECONDS) -> None:
     """As the administrator, idempotently: the services' principals with their passwords
     (SCRAM credentials, written again every time), and their ACLs on the topics and the group
     `settings` name (`acls`). `make up` provisions the default names; tests and the bench
@@ -625,6 +628,8 @@ def provision(settings: StackSettings, *, timeout: float = 30.0) -> None:
 
 
 def _provision(kafka: Kafka, *, timeout: float) -> None:
+    """`provision`, tried again until `timeout` has passed: a broker that just became ready
+    (it answers metadata) may not answer the controller's requests yet on a busy machine."""
     from confluent_kafka.admin import (
         ScramCredentialInfo,
         ScramMechanism,
@@ -637,13 +642,24 @@ def _provision(kafka: Kafka, *, timeout: float) -> None:
         UserScramCredentialUpsertion(name, info, identities.password(f"kafka:{name}").encode())
         for name in SERVICE_PRINCIPALS
     ]
-    try:
-        for future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).values():
-            future.result(timeout=timeout)
-        for future in admin.create_acls(acls(kafka), request_timeout=timeout).values():
-            future.result(timeout=timeout)
-    except Exception as exc:  # KafkaException and timeouts alike: say what failed
-        raise StackError(f"could not provision Kafka's principals and ACLs: {exc}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        wait = max(1.0, min(PROVISION_REQUEST_SECONDS, deadline - time.monotonic()))
+        try:
+            requests = (
+                admin.alter_user_scram_credentials(upserts, request_timeout=wait),
+                admin.create_acls(acls(kafka), request_timeout=wait),
+            )
+            for futures in requests:
+                for future in futures.values():
+                    future.result(timeout=wait + 5)
+            return
+        except Exception as exc:  # KafkaException and timeouts alike: again, or say what failed
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"could not provision Kafka's principals and ACLs within {timeout:.0f}s: {exc}"
+                ) from None
+            time.sleep(1.0)
 
 
 def revoke(settings: StackSettings, prefix: str, *, timeout: float = 30.0) -> None:
@@ -745,7 +761,9 @@ def start(settings: StackSettings) -> None:
     the stack's first start, whose settings do not have the generated identities yet)."""
     node = single_node(settings)
     start_node(node)
-    _provision(settings.kafka.model_copy(update={"brokers": node.bootstrap}), timeout=30.0)
+    _provision(
+        settings.kafka.model_copy(update={"brokers": node.bootstrap}), timeout=PROVISION_SECONDS
+    )
 
 
 def stop(settings: StackSettings) -> None:
