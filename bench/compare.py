@@ -54,7 +54,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from bench import compare_report, idle
+from bench import baseline_access, compare_report, idle
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
 from devstack import identities, rabbitmq
@@ -136,6 +136,7 @@ class Side:
     accepted: int = 0  # 201 + 202 answers on the order paths, warm-up included
     catalogue: dict[str, str] = field(default_factory=dict)  # Authorization to make products
     customers: Customers | None = None  # who places the orders (the same on both sides)
+    baseline: bool = False  # logs in through `baseline_access` (a base from before accounts)
 
     @property
     def shop(self) -> str:
@@ -317,6 +318,7 @@ def clean(settings: StackSettings, sides: list[Side]) -> None:
                 _rabbitmq_api(settings, f"{kind}/{vhost}/{name}", method="DELETE")
     for side in sides:
         rabbitmq.remove_vhost(settings.replace(rabbitmq_vhost=side.env["RABBITMQ_VHOST"]))
+    baseline_access.forget(settings, sides)
 
 
 # ---------------------------------------------------------------- services
@@ -325,17 +327,24 @@ def clean(settings: StackSettings, sides: list[Side]) -> None:
 def start_services(side: Side, logs: Path) -> None:
     say(f"{side.name}: migrating {side.db_name}")
     settings = load_stack_settings()
-    # As the migration account, also for a baseline that migrates as DB_USER (the services'
-    # account may only read and write rows).
+    # As the migration account, also for a base that migrates as DB_USER (the services'
+    # accounts may only read and write rows). A base from before the accounts migrates and
+    # runs as its baseline account (`baseline_access`), and declares its own topology.
     migration_account = {
         "DB_USER": settings.db.migrate_user,
         "DB_PASSWORD": settings.db.migrate_password,
+        "DB_MIGRATE_USER": settings.db.migrate_user,
+        "DB_MIGRATE_PASSWORD": settings.db.migrate_password,
     }
-    rabbitmq.provision(
-        settings.replace(
-            rabbitmq_vhost=side.env["RABBITMQ_VHOST"], rabbitmq_queue=side.env["RABBITMQ_QUEUE"]
+    if side.baseline:
+        migration_account = {}
+    else:
+        rabbitmq.provision(
+            settings.replace(
+                rabbitmq_vhost=side.env["RABBITMQ_VHOST"],
+                rabbitmq_queue=side.env["RABBITMQ_QUEUE"],
+            )
         )
-    )
     with (logs / f"{side.name}-migrate.log").open("ab") as log:
         subprocess.run(
             [side.shop, "migrate"],
@@ -346,11 +355,11 @@ def start_services(side: Side, logs: Path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    # Each service with its own accounts (as devstack starts them), allowed the side's topics
-    # and group (`provision`). A base from before issue 22 knows no Kafka account: it cannot
-    # reach `make up`'s broker, which takes SASL over TLS only.
-    names = {n.lower(): v for n, v in side.env.items() if n.lower() in KAFKA_NAMES}
-    stack_kafka.provision(settings.replace(**names))
+    if not side.baseline:
+        # Each service with its own accounts (as devstack starts them), allowed the side's
+        # topics and group (`provision`).
+        names = {n.lower(): v for n, v in side.env.items() if n.lower() in KAFKA_NAMES}
+        stack_kafka.provision(settings.replace(**names))
     services: tuple[tuple[identities.Service, int], ...] = (
         ("products", side.product_port),
         ("orders", side.order_port),
@@ -361,7 +370,7 @@ def start_services(side: Side, logs: Path) -> None:
             subprocess.Popen(
                 [side.shop, "serve", service],
                 cwd=side.checkout,
-                env={**side.env, **identities.service_env(service)},
+                env=side.env if side.baseline else {**side.env, **identities.service_env(service)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: workers are stopped with it
@@ -647,7 +656,9 @@ def main() -> int:
     idle_latency: dict[str, Any] = {}
     scratch = Path(tempfile.mkdtemp(prefix="shop-compare-"))  # the requests files (tokens)
     clean(settings, sides)  # what a killed run may have left
+    access = contextlib.ExitStack()  # closed last, after the services stopped
     try:
+        access.enter_context(baseline_access.baseline_access(settings, sides))
         for side in sides:
             start_services(side, out)
             prepare_load(side, scratch)
@@ -655,6 +666,10 @@ def main() -> int:
             say(f"{side.name}: idle latency, {plan.idle_orders} single orders per channel")
             side_settings = settings.replace(
                 db_name=side.db_name,
+                # Reads the side's rows as the migration account: a base's own migration
+                # gave the services' roles no rights on its database.
+                db_user=settings.db.migrate_user,
+                db_password=settings.db.migrate_password,
                 product_service_port=side.product_port,
                 order_service_port=side.order_port,
             )
@@ -713,6 +728,7 @@ def main() -> int:
         if not args.keep:
             say("dropping the databases, topics, consumer groups and queues this run made")
             clean(settings, sides)
+        access.close()
     rows = summarise(runs, plan)
     header["finished"] = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     table = markdown(rows, header) + idle_markdown(idle_latency)

@@ -16,11 +16,13 @@ head/base of both.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import tempfile
 from pathlib import Path
 
+from bench.baseline_access import baseline_access
 from bench.compare import (
     PATHS,
     ROOT,
@@ -59,7 +61,9 @@ def main() -> int:
     per_request: dict[tuple[str, str], list[float]] = {}
     scratch = Path(tempfile.mkdtemp(prefix="shop-cpu-"))  # the requests files (tokens)
     clean(settings, sides)
+    access = contextlib.ExitStack()  # closed last, after the services stopped
     try:
+        access.enter_context(baseline_access(settings, sides))
         for side in sides:
             start_services(side, logs)
             prepare_load(side, scratch)
@@ -89,6 +93,7 @@ def main() -> int:
         stop_services(sides)
         shutil.rmtree(scratch, ignore_errors=True)
         clean(settings, sides)
+        access.close()
     for path in PATHS:
         base = statistics.median(per_request[(path, "base")])
         head = statistics.median(per_request[(path, "head")])

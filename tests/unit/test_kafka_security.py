@@ -4,10 +4,12 @@ broker configuration of `make up`'s node (and the cluster's, still PLAINTEXT).""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import pytest
+from bench import baseline_access
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import (
     AclOperation,
@@ -233,6 +235,52 @@ def test_make_ups_node_takes_scram_over_tls_only_and_lets_no_anonymous_user_in(
     assert props["ssl.keystore.key"].startswith("-----BEGIN PRIVATE KEY-----\\nMIGH\\n")
     assert props["ssl.keystore.certificate.chain"].endswith("\\n-----END CERTIFICATE-----")
     assert props["ssl.truststore.location"] == "/stack/ca.pem"
+
+
+def test_a_bench_baseline_gets_a_loopback_plain_listener_only_while_asked(tmp_path: Path) -> None:
+    node = stack_kafka.KafkaNode(
+        name="kafka",
+        node_id=1,
+        broker_port=9092,
+        controller_port=9093,
+        directory=tmp_path,
+        voters="1@127.0.0.1:9093",
+        cluster_id_file=tmp_path / "cluster.id",
+        secure=True,
+    )
+    opened = dataclasses.replace(node, plain_port=9094)
+    props = _properties(stack_kafka._server_properties(opened, SECRETS))
+    assert props["listeners"].endswith(",BASELINE://127.0.0.1:9094")
+    assert props["advertised.listeners"].endswith(",BASELINE://127.0.0.1:9094")
+    assert props["listener.security.protocol.map"].endswith(",BASELINE:PLAINTEXT")
+    # Brokers and controllers still talk over SASL and TLS; ANONYMOUS is no super user and
+    # holds nothing but what ACLs grant it.
+    assert props["inter.broker.listener.name"] == "SASL_SSL"
+    assert props["super.users"] == "User:admin;User:controller"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    # `make up` writes the node without it, so a node still open is restarted (`start_node`).
+    assert "BASELINE" not in stack_kafka._server_properties(node, SECRETS)
+
+
+def test_a_baseline_may_use_only_its_own_sides_names() -> None:
+    acls = baseline_access.anonymous_acls("bench-cmp-base-")
+    assert {(a.restype, a.name, a.resource_pattern_type, a.principal) for a in acls} == {
+        (ResourceType.TOPIC, "bench-cmp-base-", ResourcePatternType.PREFIXED, "User:ANONYMOUS"),
+        (ResourceType.GROUP, "bench-cmp-base-", ResourcePatternType.PREFIXED, "User:ANONYMOUS"),
+    }
+    for prefix in ("", "orders", "bench"):
+        with pytest.raises(ValueError, match="bench side"):
+            baseline_access.anonymous_acls(prefix)
+
+
+def test_a_checkout_from_before_the_accounts_is_told_apart(tmp_path: Path) -> None:
+    (tmp_path / "old" / "src" / "shop").mkdir(parents=True)
+    (tmp_path / "old" / "src" / "shop" / "settings.py").write_text("KAFKA_BROKERS = 1\n")
+    (tmp_path / "new" / "src" / "shop").mkdir(parents=True)
+    (tmp_path / "new" / "src" / "shop" / "settings.py").write_text("KAFKA_SECURITY_PROTOCOL\n")
+    assert baseline_access.needs_baseline_access(tmp_path / "old")
+    assert not baseline_access.needs_baseline_access(tmp_path / "new")
+    assert not baseline_access.needs_baseline_access(Path(__file__).parents[2])
 
 
 def test_the_clusters_nodes_stay_plaintext(tmp_path: Path) -> None:

@@ -230,6 +230,11 @@ class KafkaNode:
     # SASL/SCRAM over TLS with ACLs (`make up`'s node); PLAINTEXT, anyone may do anything,
     # otherwise (the cluster's nodes, for now).
     secure: bool = False
+    # A secure node's PLAINTEXT listener on loopback, where clients are ANONYMOUS and may do
+    # only what ACLs grant User:ANONYMOUS: only while `bench.baseline_access` runs a base
+    # commit from before the services had accounts. `make up` writes the node without it (and
+    # so restarts a node that still has it).
+    plain_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -305,7 +310,9 @@ def _listeners(node: KafkaNode, secrets: Secrets | None) -> str:
     (PEM inline: a PEM key store file would need an encrypted key); the controller listener
     takes SASL PLAIN over TLS from `controller` only (KRaft cannot read SCRAM credentials
     before it has read its metadata log, so its own listener cannot use them), whose password
-    only this file holds. No listener lets ANONYMOUS in, so no ANONYMOUS super user is needed."""
+    only this file holds. No listener lets ANONYMOUS in, so no ANONYMOUS super user is needed;
+    but `node.plain_port`'s, while a bench runs a base commit from before the accounts, and
+    there ANONYMOUS may do only what the bench grants on its base's own names."""
     broker, controller = f"{HOST}:{node.broker_port}", f"{HOST}:{node.controller_port}"
     if secrets is None:
         return f"""listeners=PLAINTEXT://{broker},CONTROLLER://{controller}
@@ -319,24 +326,26 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
         username=ADMIN,
         password=secrets.admin_password,
     )
-    plain = _jaas(
+    controller_login = _jaas(
         "org.apache.kafka.common.security.plain.PlainLoginModule",
         username=CONTROLLER,
         password=secrets.controller_password,
         **{f"user_{CONTROLLER}": secrets.controller_password},
     )
-    return f"""listeners=SASL_SSL://{broker},CONTROLLER://{controller}
-advertised.listeners=SASL_SSL://{broker}
+    plain = f",BASELINE://{HOST}:{node.plain_port}" if node.plain_port else ""
+    plain_map = ",BASELINE:PLAINTEXT" if node.plain_port else ""
+    return f"""listeners=SASL_SSL://{broker},CONTROLLER://{controller}{plain}
+advertised.listeners=SASL_SSL://{broker}{plain}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=SASL_SSL
-listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL{plain_map}
 sasl.enabled.mechanisms={SCRAM}
 sasl.mechanism.inter.broker.protocol={SCRAM}
 listener.name.sasl_ssl.sasl.enabled.mechanisms={SCRAM}
 listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config={scram}
 sasl.mechanism.controller.protocol=PLAIN
 listener.name.controller.sasl.enabled.mechanisms=PLAIN
-listener.name.controller.plain.sasl.jaas.config={plain}
+listener.name.controller.plain.sasl.jaas.config={controller_login}
 ssl.keystore.type=PEM
 ssl.keystore.certificate.chain={_property(secrets.certificate)}
 ssl.keystore.key={_property(secrets.key)}

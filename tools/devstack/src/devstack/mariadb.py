@@ -336,6 +336,30 @@ def provision(settings: StackSettings, node: MariaNode | None = None) -> None:
     _client("\n".join(statements), socket=None if node is None else node.socket)
 
 
+def open_baseline_account(user: str, password: str, database: str) -> None:
+    """For a bench base from before the services had accounts and TLS: `user` on 127.0.0.1
+    and localhost, without TLS, with every right on `database` (the base side's own, which it
+    migrates and uses) and nowhere else. `drop_account` takes it away again."""
+    if not database.startswith("shop_cmp_"):
+        raise StackError(f"a baseline account is for a bench side's database, not {database}")
+    name, secret = _string(user), _string(password)
+    target = "`" + database.replace("`", "``") + "`"
+    statements = []
+    for host in ("'127.0.0.1'", "'localhost'"):
+        account = f"{name}@{host}"
+        statements += [
+            f"CREATE OR REPLACE USER {account} IDENTIFIED BY {secret};",
+            f"GRANT ALL PRIVILEGES ON {target}.* TO {account};",
+        ]
+    _client("\n".join(statements))
+
+
+def drop_account(user: str) -> None:
+    name = _string(user)
+    hosts = ("'127.0.0.1'", "'localhost'")
+    _client("".join(f"DROP USER IF EXISTS {name}@{host};" for host in hosts))
+
+
 def start(settings: StackSettings) -> None:
     start_node(single_node(settings))
     provision(settings)

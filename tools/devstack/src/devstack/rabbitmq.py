@@ -443,6 +443,38 @@ def _declare(api: _Api, vhost: str, topology: Topology) -> None:
         api("POST", f"/api/bindings/{vhost}/e/{source}/q/{destination}", {"routing_key": key})
 
 
+def open_plain_listener(settings: StackSettings, port: int) -> None:
+    """A plain AMQP listener on 127.0.0.1:`port`, opened in the running node (a restart closes
+    it): for a bench base from before the services had accounts and TLS, while it runs.
+    Nobody can log in on it but the users `baseline_user` makes (the services' passwords
+    never cross it)."""
+    node = single_node(settings)
+    output = ctl(node, "eval", f'rabbit_networking:start_tcp_listener({{"{HOST}", {port}}}, 10).')
+    if output.strip() != "ok":
+        raise StackError(f"RabbitMQ did not open a plain listener on {port}: {output.strip()}")
+
+
+def close_plain_listener(settings: StackSettings, port: int) -> None:
+    node = single_node(settings)
+    ctl(node, "eval", f'rabbit_networking:stop_tcp_listener({{"{HOST}", {port}}}).', check=False)
+
+
+def baseline_user(settings: StackSettings, user: str, password: str) -> None:
+    """`user`, no tags, with all rights on RABBITMQ_VHOST (a bench side's own) and nowhere
+    else: how a base from before the role accounts logs in. `delete_user` removes it."""
+    _ensure_admin(settings, single_node(settings))
+    api = _Api(settings)
+    vhost, who = _quoted(settings.rabbitmq.vhost, user)
+    api("PUT", f"/api/vhosts/{vhost}", {})
+    api("PUT", f"/api/users/{who}", {"password": password, "tags": ""})
+    api("PUT", f"/api/permissions/{vhost}/{who}", {"configure": ".*", "write": ".*", "read": ".*"})
+
+
+def delete_user(settings: StackSettings, user: str) -> None:
+    (who,) = _quoted(user)
+    _Api(settings)("DELETE", f"/api/users/{who}", missing_ok=True)
+
+
 def remove_vhost(settings: StackSettings) -> None:
     """Delete RABBITMQ_VHOST with everything in it (queues, exchanges, permissions), if there;
     for the tests' and the bench's own vhosts."""
