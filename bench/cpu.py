@@ -6,9 +6,12 @@ at a rate both sides sustain is far steadier. Both sides run as in `bench.compar
 database, topics, queue and ports, same servers); each round drives every path on both sides in
 turn (who goes first alternates), `seconds` at `rate` requests/s over 50 connections (orders from
 2,000 customers in turn, each with their own token, as in `bench.compare`), and counts the CPU
-time of each side's process groups while it runs: both services (HTTP workers, consumers,
-outbox relays), and the order service's alone. Prints every run and, per path, the medians and
-head/base of both.
+time of each side's process groups from the start of the run until the side has stored every
+order it accepted and is quiet again: all the work the run's requests caused, in both services
+(HTTP workers, consumers, outbox relays), and in the order service's alone. (Counting only
+while the load runs would leave out whatever the consumers and relays finish after it, a share
+that moves from run to run.) Prints every run and, per path, the medians and head/base of both,
+and the spread of each side's rounds (max/min): a ratio inside the sides' own spread is noise.
 
     python -m bench.cpu --base 3fc7bee [--rate 1500] [--rounds 4] [--seconds 8]
 """
@@ -77,6 +80,7 @@ def main() -> int:
                     orders = {side.processes[-1].pid}  # the order service's process group
                     before, before_orders = cpu_seconds(groups), cpu_seconds(orders)
                     result = drive(side, path, CONNECTIONS, args.seconds, rate=args.rate)
+                    settle(settings, [side], 60.0)  # what the run left to store and relay
                     used = cpu_seconds(groups) - before
                     used_orders = cpu_seconds(orders) - before_orders
                     answered = max(result.count(200, 201, 202), 1)
@@ -98,7 +102,14 @@ def main() -> int:
         base = statistics.median(per_request[(path, "base")])
         head = statistics.median(per_request[(path, "head")])
         ratio = head / base
-        say(f"{path}: base {base:.0f} us, head {head:.0f} us per request; head/base {ratio:.3f}")
+        spread = {
+            name: max(per_request[(path, name)]) / min(per_request[(path, name)])
+            for name in ("base", "head")
+        }
+        say(
+            f"{path}: base {base:.0f} us, head {head:.0f} us per request; head/base {ratio:.3f} "
+            f"(rounds spread base {spread['base']:.3f}, head {spread['head']:.3f})"
+        )
         base_orders = statistics.median(per_request[(path, "base orders")])
         head_orders = statistics.median(per_request[(path, "head orders")])
         say(
