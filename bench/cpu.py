@@ -13,7 +13,7 @@ while the load runs would leave out whatever the consumers and relays finish aft
 that moves from run to run.) Prints every run and, per path, the medians and head/base of both,
 and the spread of each side's rounds (max/min): a ratio inside the sides' own spread is noise.
 
-    python -m bench.cpu --base 3fc7bee [--rate 1500] [--rounds 4] [--seconds 8]
+    python -m bench.cpu --base 3fc7bee [--rate 1500] [--rounds 4] [--seconds 8] [--paths kafka,sync]
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1500.0, help="requests per second")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--paths", help=f"comma-separated, of {','.join(PATHS)} (default all)", default=""
+    )
     args = parser.parse_args()
+    paths = [p for p in args.paths.split(",") if p] or list(PATHS)
+    if unknown := set(paths) - set(PATHS):
+        parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
     settings = load_stack_settings()
     ensure_shopload()
     sides = make_sides(worktree(args.base), (ROOT, "head"), settings)
@@ -73,7 +79,7 @@ def main() -> int:
             if side.customers:  # so that no round pays the first check of a token
                 warm_token_caches(f"http://127.0.0.1:{side.order_port}", side.customers, scratch)
         for round_no in range(args.rounds):
-            for path in PATHS:
+            for path in paths:
                 for side in sides if round_no % 2 == 0 else sides[::-1]:
                     settle(settings, sides, 60.0)
                     groups = {p.pid for p in side.processes}
@@ -98,7 +104,7 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
         clean(settings, sides)
         access.close()
-    for path in PATHS:
+    for path in paths:
         base = statistics.median(per_request[(path, "base")])
         head = statistics.median(per_request[(path, "head")])
         ratio = head / base
