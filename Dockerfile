@@ -40,9 +40,16 @@ RUN groupadd --system --gid 10001 shop \
     && useradd --system --uid 10001 --gid shop --no-create-home --home-dir /app \
        --shell /usr/sbin/nologin shop \
     && mkdir -m 0700 /auth && mkdir -m 0755 /auth-public /run/shop-secrets \
-    && chown shop:shop /auth /auth-public /run/shop-secrets
+    && mkdir -m 0755 /run/shop-identities \
+       /run/shop-identities/mysql /run/shop-identities/kafka /run/shop-identities/rabbitmq \
+       /run/shop-identities/kafka-access /run/shop-identities/rabbitmq-user \
+       /run/shop-identities/migrate /run/shop-identities/products /run/shop-identities/orders \
+    && chown -R shop:shop /auth /auth-public /run/shop-secrets /run/shop-identities
 # Mount points whose owner and mode docker-compose.yml's volumes take when they are new: /auth the
-# development issuer's signing key, /auth-public its public key, /run/shop-secrets the passwords.
+# development issuer's signing key, /auth-public its public key, /run/shop-secrets the passwords
+# and certificates (all of them for the `secrets` service; a holder's own elsewhere), and
+# /run/shop-identities/<holder> where the `secrets` service writes each holder's volume
+# (deploy/compose/identities.py, HOLDERS).
 
 WORKDIR /app
 COPY --from=builder /app /app

@@ -1,6 +1,9 @@
 """`docker compose up -d --wait` for real (`make test-compose`): the README's walk against it,
-the order service SIGKILLed under load with every accepted order stored exactly once, Kafka and
-RabbitMQ restarted, and `down -v` leaving nothing behind.
+the order service SIGKILLed under load with every accepted order stored exactly once, who may do
+what on the servers (each container holds only its own accounts; no account, a wrong password or
+the product service's accounts cannot write order commands or orders), an order on every path
+with the services' own accounts, Kafka and RabbitMQ restarted, and `down -v` leaving nothing
+behind.
 
 `make test-compose` starts an engine if none answers, builds the compose plugin and, where no
 registry answers, the local images (COMPOSE_ENV_FILES names deploy/compose/local-images.env).
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
 import re
@@ -21,11 +25,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiormq
 import httpx
 import pytest
+from confluent_kafka import KafkaError, Producer
 
 from shop.access import dev_issuer
+from shop.messaging.kafka import producer_config
+from shop.settings import Kafka
 from tests.support import free_port
 
 pytestmark = pytest.mark.compose
@@ -62,13 +71,20 @@ class Deployment:
 
     def sql(self, query: str) -> list[list[str]]:
         """Rows of `query` on the shop database, as the migration account inside the mysql
-        container (the password never leaves the container)."""
+        container, over TLS (the password never leaves the container)."""
         script = (
             'MYSQL_PWD="$(cat /run/shop-secrets/db_migrate_password)" '
-            'exec mysql --user="$MYSQL_USER" --batch --skip-column-names "$MYSQL_DATABASE" -e "$0"'
+            "exec mysql --host=127.0.0.1 --ssl-ca=/run/shop-secrets/ca.pem --user=shop_migrate "
+            '--batch --skip-column-names "$MYSQL_DATABASE" -e "$0"'
         )
         out = self.compose("exec", "-T", "mysql", "sh", "-c", script, query)
         return [line.split("\t") for line in out.splitlines() if line]
+
+    def python(self, service: str, code: str) -> Any:
+        """What `code`, run by the app's Python in `service`'s container (its environment, its
+        accounts), prints as JSON on its last line."""
+        out = self.compose("exec", "-T", service, "python", "-c", code, timeout=180)
+        return json.loads(out.strip().splitlines()[-1])
 
     def leftovers(self) -> list[str]:
         label = f"label=com.docker.compose.project={self.project}"
@@ -99,8 +115,6 @@ def deployment() -> Iterator[Deployment]:
         "COMPOSE_PROJECT_NAME": project,
         **{f"{name}_HOST_PORT": str(port) for name, port in ports.items()},
     }
-    for name in ("DB_PASSWORD", "DB_MIGRATE_PASSWORD", "RABBITMQ_PASSWORD"):
-        env.pop(name, None)  # the deployment makes its own
     found = Deployment(project, env, {n.lower(): p for n, p in ports.items()})
     started = time.monotonic()
     try:
@@ -252,24 +266,266 @@ async def test_sigkill_of_the_order_service_under_load_loses_and_doubles_nothing
     ids = {order_id.replace("-", "") for order_id in load.accepted.values()}
     assert len(ids) == len(load.accepted), "two Idempotency-Keys answered with one order"
 
-    def stored() -> list[list[str]]:
-        return deployment.sql(
+    def stored() -> tuple[list[list[str]], dict[str, str]]:
+        """The product's orders (id, status), and the aliases of those orders: an async retry
+        whose intake could not claim its key in time (the database slow under the restart)
+        answered with an id of its own, which the consumer joined to the first order."""
+        rows = deployment.sql(
             f"SELECT LOWER(HEX(id)), status FROM orders WHERE product_id = {int(product)}"
         )
+        aliases = deployment.sql(
+            "SELECT LOWER(HEX(a.id)), LOWER(HEX(a.order_id)) FROM order_aliases a "
+            f"JOIN orders o ON o.id = a.order_id WHERE o.product_id = {int(product)}"
+        )
+        return rows, dict(aliases)
 
     deadline = time.monotonic() + 120
-    rows = stored()
-    while {row[0] for row in rows} < ids and time.monotonic() < deadline:
+    rows, aliases = stored()
+    while {aliases.get(i, i) for i in ids} - {row[0] for row in rows}:
+        if time.monotonic() > deadline:
+            break
         await asyncio.sleep(1)
-        rows = stored()
+        rows, aliases = stored()
     stored_ids = [row[0] for row in rows]
     assert len(stored_ids) == len(set(stored_ids))
-    assert set(stored_ids) == ids, (
-        f"lost {len(ids - set(stored_ids))}, not accepted {len(set(stored_ids) - ids)}"
+    answered = {aliases.get(i, i) for i in ids}
+    assert len(answered) == len(ids), "two Idempotency-Keys joined one order"
+    assert set(stored_ids) == answered, (
+        f"lost {len(answered - set(stored_ids))}, not accepted {len(set(stored_ids) - answered)}"
     )
+    print(f"stored {len(stored_ids)}, {len(aliases)} answered with an alias id")
     confirmed = sum(1 for row in rows if row[1] == "confirmed")
     [[stock]] = deployment.sql(f"SELECT stock FROM products WHERE id = {int(product)}")
     assert int(stock) + confirmed == initial
+
+
+# Each container's secrets volume: only its own accounts' passwords, and the CA (a server: its
+# certificate and key too). deploy/compose/identities.py makes them.
+HOLDINGS = {
+    "product-service": {"ca.pem", "db_password", "kafka_password"},
+    "order-service": {
+        "ca.pem",
+        "db_password",
+        "kafka_password",
+        "rabbitmq_password",
+        "rabbitmq_consumer_password",
+    },
+    "mysql": {
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "db_migrate_password",
+        "db_products_password",
+        "db_orders_password",
+    },
+    "kafka": {
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "kafka_admin_password",
+        "kafka_controller_password",
+    },
+    "rabbitmq": {"ca.pem", "server.pem", "server-key.pem", "rabbitmq_admin_password"},
+}
+
+
+def test_each_container_holds_only_its_own_accounts(deployment: Deployment) -> None:
+    for service, wanted in HOLDINGS.items():
+        listed = deployment.compose("exec", "-T", service, "ls", "/run/shop-secrets").split()
+        assert set(listed) == wanted, service
+    env = deployment.compose("exec", "-T", "product-service", "env")
+    assert "RABBITMQ_PASSWORD=" in env.splitlines()  # empty: no account
+    assert "RABBITMQ_PASSWORD_FILE" not in env, "the product service has a RabbitMQ account"
+    for api in ("product-service", "order-service"):
+        assert "signing.pem" not in deployment.compose("exec", "-T", api, "ls", "/auth-public")
+
+
+# Run in the product service's container as the product service (its settings, its accounts):
+# write order rows, and log in without TLS; read its own table as a check that the account works.
+_PRODUCTS_ON_ORDERS = """
+import asyncio, json, asyncmy, asyncmy.errors
+from shop.settings import load_settings
+
+db = load_settings().db
+
+async def attempt(sql, tls=True):
+    try:
+        conn = await asyncmy.connect(
+            host=db.host, port=db.port, user=db.user, password=db.password, database=db.name,
+            **(db.connect_args() if tls else {"connect_timeout": 5}))
+    except asyncmy.errors.Error as exc:
+        return ["login refused", exc.args[0]]
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+        await conn.commit()
+        return ["ok"]
+    except asyncmy.errors.Error as exc:
+        return ["refused", exc.args[0]]
+    finally:
+        await conn.ensure_closed()
+
+async def main():
+    return {
+        "user": db.user,
+        "read products": await attempt("SELECT COUNT(*) FROM products"),
+        "insert": await attempt(
+            "INSERT INTO orders (id, user_id, product_id, quantity, status, unit_price,"
+            " total_price, channel) VALUES (UNHEX(REPEAT('ab', 16)), 1, 1, 1, 'confirmed', 1, 1,"
+            " 'sync')"),
+        "update": await attempt("UPDATE orders SET status = 'cancelled'"),
+        "delete": await attempt("DELETE FROM orders"),
+        "no tls": await attempt("SELECT 1", tls=False),
+    }
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def test_the_product_services_database_account_cannot_write_orders(
+    deployment: Deployment,
+) -> None:
+    before = deployment.sql("SELECT COUNT(*), COALESCE(SUM(status = 'cancelled'), 0) FROM orders")
+    seen = deployment.python("product-service", _PRODUCTS_ON_ORDERS)
+    assert seen["user"] == "shop_products"
+    assert seen["read products"] == ["ok"], seen
+    for statement in ("insert", "update", "delete"):
+        # 1142: "… command denied to user 'shop_products' for table 'orders'"
+        assert seen[statement] == ["refused", 1142], seen
+    # REQUIRE SSL (1045, MariaDB) or require_secure_transport (3159): the right password over a
+    # plain connection is refused too.
+    assert seen["no tls"][0] == "login refused", seen
+    assert seen["no tls"][1] in (1045, 3159), seen
+    after = deployment.sql("SELECT COUNT(*), COALESCE(SUM(status = 'cancelled'), 0) FROM orders")
+    assert after == before
+
+
+# Run in the product service's container: a producer with its Kafka account (SASL_SSL as
+# `products`) on the order command topic.
+_PRODUCTS_ON_KAFKA = """
+import json
+from confluent_kafka import Producer
+from shop.messaging.kafka import producer_config
+from shop.settings import load_settings
+
+kafka = load_settings().kafka
+config = {**producer_config(kafka, delivery_timeout=10), "error_cb": lambda _e: None}
+config.pop("logger")
+producer = Producer(config)
+reports = []
+producer.produce(kafka.topic, key=b"k", value=b"{}", on_delivery=lambda e, _m: reports.append(e))
+producer.flush(30)
+print(json.dumps({"user": kafka.user, "topic": kafka.topic,
+                  "report": reports[0] and reports[0].name()}))
+"""
+
+
+def _produce_from_host(kafka: Kafka, topic: str) -> tuple[str | None, set[str]]:
+    """One message to `topic` through the published port: the delivery report's error name
+    (None: delivered) and the names of the errors librdkafka reported meanwhile."""
+    errors: set[str] = set()
+    config = {
+        **producer_config(kafka, delivery_timeout=8),
+        "error_cb": lambda err: errors.add(err.name()),
+    }  # librdkafka's own lines go to its `logger`, so to pytest's log capture
+    producer = Producer(config)
+    reports: list[KafkaError | None] = []
+    producer.produce(topic, key=b"k", value=b"{}", on_delivery=lambda e, _m: reports.append(e))
+    assert producer.flush(30) == 0
+    (report,) = reports
+    return (report.name() if report is not None else None), errors
+
+
+def test_kafka_refuses_order_commands_without_the_order_services_account(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(
+        deployment.compose("exec", "-T", "product-service", "cat", "/run/shop-secrets/ca.pem")
+    )
+    broker = Kafka(brokers=f"localhost:{deployment.ports['kafka']}", ca_file=str(ca))
+    for anonymous in (
+        broker.model_copy(update={"security_protocol": "PLAINTEXT"}),  # no TLS, no account
+        broker.model_copy(update={"security_protocol": "SSL"}),  # TLS, no account
+    ):
+        report, errors = _produce_from_host(anonymous, "orders")
+        assert report == "_MSG_TIMED_OUT", (anonymous.security_protocol, report, errors)
+    wrong = broker.model_copy(
+        update={"security_protocol": "SASL_SSL", "user": "orders", "password": "not-the-password"}
+    )
+    report, errors = _produce_from_host(wrong, "orders")
+    assert report is not None
+    assert "_AUTHENTICATION" in errors, (report, errors)
+    # The product service's own account gets in, and is refused the topic.
+    seen = deployment.python("product-service", _PRODUCTS_ON_KAFKA)
+    assert (seen["user"], seen["topic"]) == ("products", "orders")
+    assert seen["report"] == "TOPIC_AUTHORIZATION_FAILED", seen
+
+
+async def test_rabbitmq_takes_amqp_over_tls_from_its_users_only(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text(
+        deployment.compose("exec", "-T", "product-service", "cat", "/run/shop-secrets/ca.pem")
+    )
+    port = deployment.ports["rabbitmq"]
+
+    async def login(url: str) -> str:
+        try:
+            connection = await asyncio.wait_for(aiormq.connect(url), 15)
+        except Exception as exc:  # whatever refused it: named below
+            return type(exc).__name__
+        await connection.close()
+        return "connected"
+
+    tls = f"?cafile={ca}"
+    assert await login(f"amqp://guest:guest@127.0.0.1:{port}/") != "connected"
+    for account in ("guest:guest", "shop-intake:not-the-password", "shop-admin:guest"):
+        refused = await login(f"amqps://{account}@localhost:{port}/{tls}")
+        assert refused in ("ProbableAuthenticationError", "AuthenticationError"), (account, refused)
+
+
+async def test_an_order_flows_on_every_path_with_the_services_own_accounts(
+    deployment: Deployment,
+) -> None:
+    signing = _issuer_key(deployment)
+    user = 3001
+    token = dev_issuer.issue(signing, issuer="shop-dev", audience="shop", subject=str(user))
+    catalogue = dev_issuer.issue(
+        signing, issuer="shop-dev", audience="shop", subject="ops", scopes=["products:write"]
+    )
+    async with (
+        httpx.AsyncClient(base_url=deployment.url("product"), timeout=10) as products,
+        httpx.AsyncClient(base_url=deployment.url("order"), timeout=10) as orders,
+    ):
+        await _three_paths(products, orders, catalogue, user, token)
+
+
+async def _three_paths(
+    products: httpx.AsyncClient, orders: httpx.AsyncClient, catalogue: str, user: int, token: str
+) -> None:
+    """A product, then one order on each path, each stored as confirmed."""
+    created = await products.post(
+        "/products",
+        json={"name": "three paths", "price": 2.0, "stock": 10},
+        headers={"Authorization": f"Bearer {catalogue}"},
+    )
+    assert created.status_code == 201, created.text
+    load = Load(orders, {user: token}, created.json()["id"])
+    for path in PATHS:
+        await load.order(user, path)
+    headers = {"Authorization": f"Bearer {token}"}
+    # After a broker restart on a busy machine, a consumer may take a while to rejoin its group.
+    for path, order_id in zip(PATHS, load.accepted.values(), strict=True):
+        deadline = time.monotonic() + 120
+        while (
+            answer := await orders.get(f"/orders/{order_id}", headers=headers)
+        ).status_code == 404:
+            assert time.monotonic() < deadline, f"{path} order {order_id} never stored"
+            await asyncio.sleep(0.5)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "confirmed", answer.text
 
 
 async def test_kafka_and_rabbitmq_restarted_with_compose_serve_again(
@@ -288,22 +544,4 @@ async def test_kafka_and_rabbitmq_restarted_with_compose_serve_again(
         httpx.AsyncClient(base_url=deployment.url("product"), timeout=10) as products,
         httpx.AsyncClient(base_url=deployment.url("order"), timeout=10) as orders,
     ):
-        created = await products.post(
-            "/products",
-            json={"name": "after restarts", "price": 2.0, "stock": 10},
-            headers={"Authorization": f"Bearer {catalogue}"},
-        )
-        assert created.status_code == 201, created.text
-        load = Load(orders, {user: token}, created.json()["id"])
-        for path in PATHS:
-            await load.order(user, path)
-        headers = {"Authorization": f"Bearer {token}"}
-        for order_id in load.accepted.values():
-            deadline = time.monotonic() + 60
-            while (
-                answer := await orders.get(f"/orders/{order_id}", headers=headers)
-            ).status_code == 404:
-                assert time.monotonic() < deadline, f"order {order_id} never stored"
-                await asyncio.sleep(0.5)
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["status"] == "confirmed", answer.text
+        await _three_paths(products, orders, catalogue, user, token)

@@ -5,6 +5,7 @@ These check the files without an engine; tests/compose/ runs the containers (`ma
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -18,11 +19,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
+IDENTITIES = REPO / "deploy/compose/identities.py"
 APP_SERVICES = (
     "secrets",
     "auth-key",
     "token",
     "rabbitmq-user",
+    "kafka-access",
     "migrate",
     "product-service",
     "order-service",
@@ -180,37 +183,135 @@ def test_mysql_syncs_the_redo_log_at_every_commit(services: dict[str, dict[str, 
     assert flags == ["--innodb-flush-log-at-trx-commit=1"]
 
 
-def test_the_services_use_accounts_without_administrative_rights(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    """MySQL's MYSQL_USER owns the database: it is the migration account, and the services
-    connect as the row-only account the init script makes. RabbitMQ's default user is an
-    administrator: it is not the services' user."""
-    mysql = _environment(services["mysql"])
+def test_the_services_use_accounts_of_their_own(services: dict[str, dict[str, Any]]) -> None:
+    """Each service logs in as itself on every server, and as nothing else: the product service
+    as shop_products and Kafka's `products`, with no RabbitMQ account; the order service as
+    shop_orders, `orders`, shop-intake and shop-consumer. Neither gets the migration account
+    or an administrator's; the migration gets only the migration account."""
+    products = _environment(services["product-service"])
+    orders = _environment(services["order-service"])
+    assert (products["DB_USER"], products["KAFKA_USER"]) == ("shop_products", "products")
+    assert products["RABBITMQ_USER"] == products["RABBITMQ_PASSWORD"] == ""
+    assert not {"RABBITMQ_PASSWORD_FILE", "RABBITMQ_CONSUMER_USER"} & products.keys()
+    assert (orders["DB_USER"], orders["KAFKA_USER"]) == ("shop_orders", "orders")
+    assert (orders["RABBITMQ_USER"], orders["RABBITMQ_CONSUMER_USER"]) == (
+        "shop-intake",
+        "shop-consumer",
+    )
+    for app in (products, orders):
+        assert not [key for key in app if key.startswith(("DB_MIGRATE", "RABBITMQ_ADMIN"))]
+        assert app["KAFKA_USER"] != "admin"
     migrate = _environment(services["migrate"])
-    initdb = [
-        str(v) for v in services["mysql"]["volumes"] if "docker-entrypoint-initdb.d" in str(v)
-    ]
-    assert len(initdb) == 1, "mysql does not mount deploy/mysql/initdb"
-    script = REPO / "deploy/mysql/initdb/10-service-account.sh"
-    assert initdb[0].split(":")[0] == "./deploy/mysql/initdb"
-    assert os.access(script, os.X_OK), f"{script} is not executable (the image would source it)"
-    rabbitmq = _environment(services["rabbitmq"])
+    assert migrate["DB_MIGRATE_USER"] == "shop_migrate"
+    assert not [key for key in migrate if key.startswith(("DB_USER", "DB_PASSWORD"))]
     for name in API_SERVICES:
-        app = _environment(services[name])
-        assert app["DB_USER"] == mysql["SHOP_DB_USER"] != mysql["MYSQL_USER"]
-        assert app["DB_PASSWORD_FILE"] == mysql["SHOP_DB_PASSWORD_FILE"]
-        assert "DB_MIGRATE_PASSWORD" not in app
-        assert "RABBITMQ_ADMIN_PASSWORD" not in app
-        assert app["RABBITMQ_USER"] != rabbitmq["RABBITMQ_DEFAULT_USER"]
-        assert services[name]["depends_on"]["migrate"]["condition"] == (
-            "service_completed_successfully"
-        )
-    assert migrate["DB_MIGRATE_USER"] == mysql["MYSQL_USER"]
-    assert migrate["DB_MIGRATE_PASSWORD_FILE"] == mysql["MYSQL_PASSWORD_FILE"]
-    user = _environment(services["rabbitmq-user"])
-    assert user["RABBITMQ_ADMIN_USER"] == rabbitmq["RABBITMQ_DEFAULT_USER"]
-    assert user["RABBITMQ_USER"] == _environment(services["order-service"])["RABBITMQ_USER"]
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["kafka-access"]["condition"] == "service_completed_successfully"
     assert services["order-service"]["depends_on"]["rabbitmq-user"]["condition"] == (
         "service_completed_successfully"
+    )
+    user = _environment(services["rabbitmq-user"])
+    assert (
+        user["RABBITMQ_ADMIN_USER"] == _environment(services["rabbitmq"])["RABBITMQ_DEFAULT_USER"]
+    )
+    assert (user["RABBITMQ_USER"], user["RABBITMQ_CONSUMER_USER"]) == (
+        orders["RABBITMQ_USER"],
+        orders["RABBITMQ_CONSUMER_USER"],
+    )
+
+
+def test_mysql_makes_the_accounts_from_the_charts_sql(services: dict[str, dict[str, Any]]) -> None:
+    """deploy/mysql/initdb runs deploy/helm/shop/sql (the one definition of the roles and
+    accounts): every account REQUIRE SSL, each service's holding its role only."""
+    volumes = [str(v) for v in services["mysql"]["volumes"]]
+    assert "./deploy/mysql/initdb:/docker-entrypoint-initdb.d:ro" in volumes
+    assert "./deploy/helm/shop/sql:/shop-sql:ro" in volumes
+    script = REPO / "deploy/mysql/initdb/10-accounts.sh"
+    assert os.access(script, os.X_OK), f"{script} is not executable (the image would source it)"
+    for sql in ("mariadb-10.11.sql", "mysql-8.4.sql"):
+        assert f"/shop-sql/{sql}" in script.read_text()
+        text = (REPO / "deploy/helm/shop/sql" / sql).read_text()
+        for account in ("shop_migrate", "shop_products", "shop_orders"):
+            assert f"CREATE USER IF NOT EXISTS '{account}'@'%'" in text
+            assert re.search(rf"ALTER USER '{account}'@'%' IDENTIFIED BY .* REQUIRE SSL;", text)
+
+
+def _volume_names(service: dict[str, Any]) -> list[str]:
+    return [str(volume).split(":")[0] for volume in service.get("volumes", [])]
+
+
+def _holders() -> dict[str, dict[str, str]]:
+    spec = importlib.util.spec_from_file_location("identities", IDENTITIES)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    holders: dict[str, dict[str, str]] = module.HOLDERS
+    return holders
+
+
+# Which holder's secrets each container mounts (deploy/compose/identities.py, HOLDERS).
+HOLDER_OF = {
+    "mysql": "mysql",
+    "kafka": "kafka",
+    "rabbitmq": "rabbitmq",
+    "kafka-access": "kafka-access",
+    "rabbitmq-user": "rabbitmq-user",
+    "migrate": "migrate",
+    "product-service": "products",
+    "order-service": "orders",
+}
+
+
+def test_each_container_mounts_only_its_own_secrets(services: dict[str, dict[str, Any]]) -> None:
+    """The `secrets` volume (every password and the CA's key) is the `secrets` service's alone;
+    it writes each holder's volume, and every other container mounts its own holder's only."""
+    holders = _holders()
+    assert set(HOLDER_OF.values()) == holders.keys()
+    writer = services["secrets"]
+    assert [str(v) for v in writer["volumes"] if str(v).startswith("secrets:")] == [
+        "secrets:/run/shop-secrets"
+    ]
+    dockerfile = DOCKERFILE.read_text()
+    for holder in holders:
+        assert f"{holder}-secrets:/run/shop-identities/{holder}" in writer["volumes"]
+        assert f"/run/shop-identities/{holder} " in dockerfile, f"the image lacks {holder}'s mount"
+    for name, service in services.items():
+        if name == "secrets":
+            continue
+        mounted = [v for v in _volume_names(service) if v.endswith("secrets")]
+        expected = [f"{HOLDER_OF[name]}-secrets"] if name in HOLDER_OF else []
+        assert mounted == expected, f"{name} mounts {mounted}"
+
+
+def test_every_connection_to_a_server_is_tls_with_an_account(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        env = _environment(service)
+        if "DB_HOST" in env:
+            assert env["DB_CA_FILE"] == "/run/shop-secrets/ca.pem", name
+        if "KAFKA_BROKERS" in env:
+            assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+            assert env["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+            assert env["KAFKA_CA_FILE"] == "/run/shop-secrets/ca.pem", name
+        if "RABBITMQ_HOST" in env:
+            assert env["RABBITMQ_CA_FILE"] == "/run/shop-secrets/ca.pem", name
+    mysql = _command(services["mysql"])
+    assert "--require-secure-transport=ON" in mysql
+    assert "--ssl-cert=/run/shop-secrets/server.pem" in mysql
+    kafka = _environment(services["kafka"])
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_SSL"}
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert "ANONYMOUS" not in kafka["KAFKA_SUPER_USERS"]
+    rabbitmq_conf = (REPO / "deploy/rabbitmq/rabbitmq.conf").read_text().splitlines()
+    assert "listeners.tcp = none" in rabbitmq_conf
+    assert "listeners.ssl.default = 5672" in rabbitmq_conf
+    assert (
+        "./deploy/rabbitmq/rabbitmq.conf:/etc/rabbitmq/rabbitmq.conf:ro"
+        in (services["rabbitmq"]["volumes"])
     )

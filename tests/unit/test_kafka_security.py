@@ -21,7 +21,13 @@ from confluent_kafka.admin import (
 from devstack import kafka as stack_kafka
 from devstack import layout
 from devstack.settings import StackSettings
-from shop.messaging.kafka import ErrorReport, client_config, consumer_config, producer_config
+from shop.messaging.kafka import (
+    ErrorReport,
+    acls,
+    client_config,
+    consumer_config,
+    producer_config,
+)
 from shop.settings import ConfigError, Kafka, load_settings
 
 SECRET = "s3cret-Pa55word"
@@ -157,7 +163,7 @@ def test_a_failed_tls_handshake_points_at_the_ca_file(caplog: pytest.LogCaptureF
 
 
 def _grants(kafka: Kafka) -> set[tuple[str, object, str, object]]:
-    bindings = stack_kafka.acls(kafka)
+    bindings = acls(kafka)
     assert all(b.resource_pattern_type == ResourcePatternType.LITERAL for b in bindings)
     assert all(b.permission_type == AclPermissionType.ALLOW for b in bindings)
     assert all(b.host == "*" for b in bindings)
@@ -185,7 +191,7 @@ def test_each_principal_may_use_only_its_own_topics_and_group() -> None:
 
 
 def test_nobody_gets_cluster_rights_all_or_wildcards() -> None:
-    bindings = stack_kafka.acls(Kafka())
+    bindings = acls(Kafka())
     assert {b.restype for b in bindings} == {ResourceType.TOPIC, ResourceType.GROUP}
     assert AclOperation.ALL not in {b.operation for b in bindings}
     assert not any("*" in b.name for b in bindings)

@@ -18,7 +18,14 @@ from functools import partial
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 from confluent_kafka.cimpl import NewTopic
 
 from shop.messaging.ports import Outgoing, PublishError
@@ -50,6 +57,40 @@ def client_config(kafka: Kafka) -> dict[str, Any]:
     if protocol.endswith("SSL") and kafka.ca_file:
         config["ssl.ca.location"] = kafka.ca_file
     return config
+
+
+# The services' principals (SCRAM user names) on brokers that authenticate: every layout's
+# set-up makes them and gives them the ACLs below (devstack, docker-compose.yml, the chart).
+ORDERS_PRINCIPAL, PRODUCTS_PRINCIPAL = "orders", "products"
+
+
+def acls(kafka: Kafka) -> list[AclBinding]:
+    """What each service's principal may do on the topics and the group `kafka` names: the
+    order service (intake, its consumers, its outbox relay) writes order commands, order
+    events and dead letters, and reads order commands in its group; the product service writes
+    product events. WRITE and CREATE (topics are made on first use) with DESCRIBE; READ of
+    a topic and of the group for the consumer. Literal names only: nothing matches a prefix."""
+    write = (AclOperation.WRITE, AclOperation.DESCRIBE, AclOperation.CREATE)
+    grants: list[tuple[str, ResourceType, str, tuple[AclOperation, ...]]] = [
+        (ORDERS_PRINCIPAL, ResourceType.TOPIC, kafka.topic, (*write, AclOperation.READ)),
+        (ORDERS_PRINCIPAL, ResourceType.TOPIC, kafka.order_events_topic, write),
+        (ORDERS_PRINCIPAL, ResourceType.TOPIC, kafka.dlq_topic, write),
+        (ORDERS_PRINCIPAL, ResourceType.GROUP, kafka.consumer_group, (AclOperation.READ,)),
+        (PRODUCTS_PRINCIPAL, ResourceType.TOPIC, kafka.product_events_topic, write),
+    ]
+    return [
+        AclBinding(
+            kind,
+            name,
+            ResourcePatternType.LITERAL,
+            f"User:{principal}",
+            "*",
+            operation,
+            AclPermissionType.ALLOW,
+        )
+        for principal, kind, name, operations in grants
+        for operation in operations
+    ]
 
 
 class ErrorReport:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shop.messaging.kafka import ORDERS_PRINCIPAL, PRODUCTS_PRINCIPAL, acls
 from shop.settings import Kafka
 
 from . import identities
@@ -65,7 +66,7 @@ CACHE_ENV = "SHOP_KAFKA_CACHE"
 # The principals (SCRAM user names) of `make up`'s node. Passwords: identities.password("kafka:…").
 ADMIN = "admin"  # the broker's own (inter-broker) identity and the stack's tools: a super user
 CONTROLLER = "controller"  # the controller listener's only account (SASL PLAIN), broker only
-SERVICE_PRINCIPALS = ("orders", "products")
+SERVICE_PRINCIPALS = (ORDERS_PRINCIPAL, PRODUCTS_PRINCIPAL)
 SCRAM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192
 FORMAT_MARKER = "format.json"  # what the storage was formatted with (`_format_storage`)
@@ -587,43 +588,6 @@ def admin_client(kafka: Kafka) -> Any:
         "socket.timeout.ms": 2000,
     }
     return AdminClient(config)
-
-
-def acls(kafka: Kafka) -> list[AclBinding]:
-    """What each service's principal may do on the topics and the group `kafka` names: the
-    order service (intake, its consumers, its outbox relay) writes order commands, order
-    events and dead letters, and reads order commands in its group; the product service writes
-    product events. WRITE and CREATE (topics are made on first use) with DESCRIBE; READ of
-    a topic and of the group for the consumer. Literal names only: nothing matches a prefix."""
-    from confluent_kafka.admin import (
-        AclBinding,
-        AclOperation,
-        AclPermissionType,
-        ResourcePatternType,
-        ResourceType,
-    )
-
-    write = (AclOperation.WRITE, AclOperation.DESCRIBE, AclOperation.CREATE)
-    grants: list[tuple[str, ResourceType, str, tuple[AclOperation, ...]]] = [
-        ("orders", ResourceType.TOPIC, kafka.topic, (*write, AclOperation.READ)),
-        ("orders", ResourceType.TOPIC, kafka.order_events_topic, write),
-        ("orders", ResourceType.TOPIC, kafka.dlq_topic, write),
-        ("orders", ResourceType.GROUP, kafka.consumer_group, (AclOperation.READ,)),
-        ("products", ResourceType.TOPIC, kafka.product_events_topic, write),
-    ]
-    return [
-        AclBinding(
-            kind,
-            name,
-            ResourcePatternType.LITERAL,
-            f"User:{principal}",
-            "*",
-            operation,
-            AclPermissionType.ALLOW,
-        )
-        for principal, kind, name, operations in grants
-        for operation in operations
-    ]
 
 
 def provision(settings: StackSettings, *, timeout: float = PROVISION_SECONDS) -> None:
