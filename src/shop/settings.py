@@ -371,7 +371,7 @@ class Settings(BaseSettings):
     auth: Auth = Auth()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Listening beyond loopback with the development passwords is refused unless this says so
-    # (docker-compose.yml does: its ports are published on 127.0.0.1 only).
+    # (a throw-away setup; no layout of this repository sets it: loopback needs no exception).
     allow_default_passwords: bool = False
 
     @model_validator(mode="before")

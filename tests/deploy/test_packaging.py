@@ -69,3 +69,17 @@ def test_image_copies_only_the_services() -> None:
     src_packages = {p.name for p in (REPO / "src").iterdir() if (p / "__init__.py").is_file()}
     assert src_packages == {"shop"}
     assert not (REPO / "src" / "shop" / "stack").exists()
+
+
+def test_no_layout_allows_the_development_passwords() -> None:
+    """`ALLOW_DEFAULT_PASSWORDS` stays false everywhere (issue 22): compose and Helm generate or
+    take real passwords, and the local stack and cluster listen on loopback, which needs none."""
+    layouts = [REPO / "docker-compose.yml", DOCKERFILE, REPO / "config.yaml", REPO / "Makefile"]
+    layouts += [p for d in ("deploy", "tools/devstack") for p in (REPO / d).rglob("*")]
+    setting = re.compile(r"allow_default_passwords", re.IGNORECASE)
+    found = [
+        str(path.relative_to(REPO))
+        for path in layouts
+        if path.is_file() and setting.search(path.read_text(errors="replace"))
+    ]
+    assert not found, f"these set ALLOW_DEFAULT_PASSWORDS: {found}"

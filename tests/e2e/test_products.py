@@ -114,6 +114,9 @@ async def test_list_filters_by_name_and_price(products: httpx.AsyncClient) -> No
     await create(products, name=unique("other"), price=10)
     response = await products.get(f"/products?name={tag}&min_price=0.5&max_price=10.00")
     assert [p["id"] for p in response.json()] == [cheap["id"], mid["id"]]
+    upside_down = await products.get(f"/products?name={tag}&min_price=10&max_price=1")
+    assert (upside_down.status_code, upside_down.json()) == (200, [])
+    assert "link" not in upside_down.headers
     percent = await products.get("/products?name=%25_")
     assert percent.status_code == 200  # LIKE wildcards in the filter are literal
 
@@ -193,7 +196,6 @@ async def test_bad_product_bodies_are_refused_and_change_nothing(
         ("DELETE", "/products/99999999999", 404),
         ("GET", "/products?cursor=not-a-cursor", 422),
         ("GET", "/products?min_price=abc", 422),
-        ("GET", "/products?min_price=5&max_price=1", 422),
         ("POST", "/products/1", 405),
         ("GET", "/nowhere", 404),
     ],

@@ -242,7 +242,7 @@ REFUSED = [
     ),
     (_raw(quantity=0), "quantity"),
     (_raw(quantity="5"), "quantity"),
-    (_raw(quantity=2.0), "quantity"),
+    (_raw(quantity=2.5), "quantity"),  # 2.0 is the integer 2, as at intake
     (_raw(quantity=True), "quantity"),
     (_raw(quantity=...), "quantity"),
     (_raw(user_id=0), "user_id"),

@@ -51,6 +51,7 @@ from starlette.types import Scope
 
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
+from shop.fields import MAX_ID
 from shop.settings import Auth, ConfigError, Settings, https_url
 
 log = logging.getLogger(__name__)
@@ -470,7 +471,6 @@ class _Verified(NamedTuple):
     size: int
 
 
-MAX_USER_ID = 2**63 - 1
 _CANONICAL_ID = re.compile(r"[1-9][0-9]{0,18}")
 # What some reader could take for a number: signs, blanks, leading zeros, `_` separators,
 # decimals, exponents, digits of other scripts.
@@ -486,16 +486,16 @@ def _user_id(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
-        if _CANONICAL_ID.fullmatch(value) and int(value) <= MAX_USER_ID:
+        if _CANONICAL_ID.fullmatch(value) and int(value) <= MAX_ID:
             return int(value)
         if _NUMBER_LIKE.fullmatch(value) is None:
             return None
-    elif isinstance(value, int) and 1 <= value <= MAX_USER_ID:
+    elif isinstance(value, int) and 1 <= value <= MAX_ID:
         return value
     elif not isinstance(value, int | float):
         return None
     raise Unauthorized(
-        f"The token's user id must be a decimal from 1 to {MAX_USER_ID} without sign, blanks "
+        f"The token's user id must be a decimal from 1 to {MAX_ID} without sign, blanks "
         "or leading zeros."
     )
 

@@ -12,6 +12,7 @@ from starlette.types import Scope
 from shop import jsonutil
 from shop.access.rate_limit import RateLimiter
 from shop.access.verifier import ADMIN_SCOPE, Authenticator, Forbidden, Principal, caller
+from shop.fields import MAX_ID
 from shop.orders import domain
 from shop.orders.domain import AsyncChannel, Channel, OrderStatus, order_view
 from shop.orders.models import Accepted, Order, PlaceOrder
@@ -84,7 +85,7 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         principal: Principal = Security(verified),
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
-        user_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+        user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
         status: OrderStatus | None = None,
     ) -> Response:
         """List orders oldest first, a page at a time; the next page is in the Link header.

@@ -13,7 +13,7 @@ from starlette.types import Scope
 
 from shop import jsonutil
 from shop.access.verifier import Authenticator, Principal, caller
-from shop.fields import MAX_AMOUNT
+from shop.fields import MAX_ID, PRICE_SCHEMA
 from shop.products.domain import ProductQuery
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
 from shop.products.service import ProductService
@@ -22,12 +22,12 @@ from shop.web.dependencies import IdempotencyKey
 from shop.web.fastpath.routes import LeanRoute, Reply, as_response
 from shop.web.problems import JSONResponse, next_page_link
 
-ProductId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The product's id")]
+ProductId = Annotated[int, Path(ge=1, le=MAX_ID, description="The product's id")]
 # A price bound in the query: a number (pydantic would document a Decimal as number or string).
 PriceBound = Annotated[
     Decimal | None,
     Query(ge=0, max_digits=12, decimal_places=2),
-    WithJsonSchema({"type": "number", "minimum": 0, "maximum": float(MAX_AMOUNT)}),
+    WithJsonSchema(PRICE_SCHEMA),
 ]
 
 

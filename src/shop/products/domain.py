@@ -81,11 +81,14 @@ class ProductQuery(NamedTuple):
 
 
 def start_of(query: ProductQuery) -> int | None:
-    """The id after which the page starts; refuses a foreign cursor and an upside-down range."""
-    low, high = query.min_price, query.max_price
-    if low is not None and high is not None and low > high:
-        raise InvalidInput("min_price is above max_price", field="min_price")
+    """The id after which the page starts; refuses a foreign cursor."""
     return None if query.cursor is None else decode_cursor(query.cursor)
+
+
+def matches_nothing(query: ProductQuery) -> bool:
+    """An upside-down price range: a filter no product passes (an empty page, not an error)."""
+    low, high = query.min_price, query.max_price
+    return low is not None and high is not None and low > high
 
 
 def encode_cursor(last_id: int) -> str:

@@ -97,7 +97,10 @@ class ProductService:
         return self._pages.get(query)  # not awaited here: one coroutine less per read
 
     async def _render(self, query: ProductQuery) -> Page:
-        rows = await self._store.page(query, after=domain.start_of(query))
+        after = domain.start_of(query)
+        if domain.matches_nothing(query):
+            return Page(b"[]", None)
+        rows = await self._store.page(query, after=after)
         page = rows[: query.limit]
         more = len(rows) > query.limit
         return Page(jsonutil.dumps(page), domain.encode_cursor(page[-1]["id"]) if more else None)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from shop.settings import Http
 from shop.web import docs_pages as docs
+from shop.web import openapi
 from shop.web.fastpath.protocol import make_deadlines
 from shop.web.fastpath.routes import Lean, LeanRoute, LeanRoutes
 from shop.web.middleware import BodyLimit, Metrics, observe_request
@@ -54,4 +55,5 @@ def new_app(
     app.add_middleware(Metrics, service=service)
     app.state.deadlines = make_deadlines(http.request_header_seconds, http.request_body_seconds)
     docs.install(app)
+    openapi.amend(app, openapi.exact_integer_bounds)
     return app

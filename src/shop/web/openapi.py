@@ -10,6 +10,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from shop.fields import MAX_ID
+
 # The problem+json body every refusal carries (problems.problem). Written out rather than as a
 # component: an operation's declaration then stands on its own, whoever builds the document.
 PROBLEM: dict[str, Any] = {
@@ -114,3 +116,20 @@ def amend(app: FastAPI, edit: Callable[[dict[str, Any]], None]) -> None:
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def exact_integer_bounds(document: Any) -> None:
+    """Write an integer schema's bounds as integers. FastAPI's models hold the bounds of a
+    model's fields as floats: `1.0`, and for an id `float(2**63 - 1)`, which is 2**63 (a bound
+    one above what the service takes); the ids' is the one bound past 2**53 in these documents."""
+    if isinstance(document, list):
+        for item in document:
+            exact_integer_bounds(item)
+    elif isinstance(document, dict):
+        if document.get("type") == "integer":
+            for key in ("minimum", "maximum"):
+                bound = document.get(key)
+                if isinstance(bound, float) and bound.is_integer():
+                    document[key] = MAX_ID if bound == float(MAX_ID) else int(bound)
+        for value in document.values():
+            exact_integer_bounds(value)
