@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from devstack import rabbitmq
 from devstack.settings import StackSettings
 from shop.messaging.kafka import client_config
+from shop.orders.tables import order_aliases
 from shop.orders.tables import orders as orders_table
 from shop.products.tables import products as products_table
 from shop.settings import Kafka
@@ -109,6 +110,20 @@ async def stored_orders(database: AsyncEngine, product_id: int) -> list[dict[str
         }
         for r in rows
     ]
+
+
+async def aliases_of(database: AsyncEngine, ids: set[str]) -> dict[str, str]:
+    """Of these order ids, the aliases (async retries that could not claim their key at intake,
+    docs/orders.md), each with the id of the order it joined."""
+    async with database.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(order_aliases.c.id, order_aliases.c.order_id).where(
+                    order_aliases.c.id.in_([uuid.UUID(i).bytes for i in ids])
+                )
+            )
+        ).all()
+    return {str(uuid.UUID(bytes=r.id)): str(uuid.UUID(bytes=r.order_id)) for r in rows}
 
 
 async def stock_of(database: AsyncEngine, product_id: int) -> int | None:
