@@ -9,7 +9,9 @@ certificate (`identities.tls`), and authorizes with ACLs: `provision` gives the 
 principals (`orders`, `products`) their credentials and their ACLs on the configured topics
 and group; `admin` (the broker's own identity, and the stack's tools) is a super user. The
 controller listener takes SASL PLAIN over TLS from one account only the broker's configuration
-knows. The cluster's nodes (`make cluster`) stay PLAINTEXT for now. See docs/security.md.
+knows. The cluster's three nodes (`make cluster`) are secure the same way: the brokers
+authenticate to each other as `admin` over SCRAM, the controllers to each other as
+`controller`, and `provision` runs once through the cluster's brokers. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -227,8 +229,8 @@ class KafkaNode:
     voters: str
     cluster_id_file: Path
     replication_factor: int = 1
-    # SASL/SCRAM over TLS with ACLs (`make up`'s node); PLAINTEXT, anyone may do anything,
-    # otherwise (the cluster's nodes, for now).
+    # SASL/SCRAM over TLS with ACLs (`make up`'s node and the cluster's); PLAINTEXT, anyone
+    # may do anything, otherwise.
     secure: bool = False
     # A secure node's PLAINTEXT listener on loopback, where clients are ANONYMOUS and may do
     # only what ACLs grant User:ANONYMOUS: only while `bench.baseline_access` runs a base
@@ -305,7 +307,7 @@ def _jaas(module: str, **options: str) -> str:
 
 
 def _listeners(node: KafkaNode, secrets: Secrets | None) -> str:
-    """Who may connect and how. PLAINTEXT: anyone, as ANONYMOUS (the cluster). Secure: the
+    """Who may connect and how. PLAINTEXT: anyone, as ANONYMOUS. Secure: the
     clients' listener takes SCRAM-SHA-512 over TLS only, with the broker's own certificate
     (PEM inline: a PEM key store file would need an encrypted key); the controller listener
     takes SASL PLAIN over TLS from `controller` only (KRaft cannot read SCRAM credentials
@@ -564,7 +566,7 @@ def node_settings(node: KafkaNode) -> Kafka:
 def as_admin(settings: StackSettings) -> Kafka:
     """`settings.kafka` (brokers, protocol, CA) as the stack's administrator, KAFKA_ADMIN_USER:
     what tests, the bench and tools use to read any topic and to make and delete their own.
-    Unchanged without SASL (PLAINTEXT: compose, the cluster), where there are no principals."""
+    Unchanged without SASL (PLAINTEXT: compose), where there are no principals."""
     kafka = settings.kafka
     if not kafka.security_protocol.startswith("SASL_"):
         return kafka
@@ -631,7 +633,7 @@ def provision(settings: StackSettings, *, timeout: float = PROVISION_SECONDS) ->
     (SCRAM credentials, written again every time), and their ACLs on the topics and the group
     `settings` name (`acls`). `make up` provisions the default names; tests and the bench
     theirs. ACLs are only ever added here: `revoke` takes a run's away. Nothing to do where
-    the brokers have no principals (KAFKA_SECURITY_PROTOCOL without SASL: compose, cluster)."""
+    the brokers have no principals (KAFKA_SECURITY_PROTOCOL without SASL: compose)."""
     if settings.kafka.security_protocol.startswith("SASL_"):
         _provision(settings.kafka, timeout=timeout)
 
@@ -765,14 +767,18 @@ def stop_node(node: KafkaNode) -> None:
     ensure_stopped(node_daemon(node))
 
 
+def provision_brokers(kafka: Kafka) -> None:
+    """`provision` on `kafka.brokers` (secure nodes just started), whatever the settings'
+    protocol: also on a stack's first start, whose settings may not have the generated
+    identities yet."""
+    _provision(kafka, timeout=PROVISION_SECONDS)
+
+
 def start(settings: StackSettings) -> None:
-    """Start `make up`'s node unless it runs, then `provision` the configured names (also on
-    the stack's first start, whose settings do not have the generated identities yet)."""
+    """Start `make up`'s node unless it runs, then provision the configured names on it."""
     node = single_node(settings)
     start_node(node)
-    _provision(
-        settings.kafka.model_copy(update={"brokers": node.bootstrap}), timeout=PROVISION_SECONDS
-    )
+    provision_brokers(settings.kafka.model_copy(update={"brokers": node.bootstrap}))
 
 
 def stop(settings: StackSettings) -> None:
