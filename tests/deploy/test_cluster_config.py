@@ -61,10 +61,13 @@ def test_galera_nodes_know_every_member_and_take_state_by_mariabackup(tmp_path: 
     assert len({node.directory for node in nodes}) == 3
 
 
-def test_kafka_nodes_are_three_voters_with_three_copies_of_every_topic(tmp_path: Path) -> None:
+def test_kafka_nodes_are_three_voters_with_three_copies_of_every_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_STACK_DIR", str(tmp_path / "stack"))  # its certificate, passwords
     nodes = cluster.kafka_nodes(tmp_path)
     assert [node.node_id for node in nodes] == [1, 2, 3]
-    properties = kafka._server_properties(nodes[1])
+    properties = kafka._server_properties(nodes[1], kafka.Secrets.of_stack())
     assert "node.id=2\n" in properties
     assert f"controller.quorum.voters={nodes[0].voters}\n" in properties
     assert nodes[0].voters.count("@127.0.0.1:") == 3

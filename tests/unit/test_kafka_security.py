@@ -220,7 +220,6 @@ def test_make_ups_node_takes_scram_over_tls_only_and_lets_no_anonymous_user_in(
         directory=tmp_path,
         voters="1@127.0.0.1:9093",
         cluster_id_file=tmp_path / "cluster.id",
-        secure=True,
     )
     props = _properties(stack_kafka._server_properties(node, SECRETS))
     assert props["listeners"] == "SASL_SSL://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
@@ -246,7 +245,6 @@ def test_a_bench_baseline_gets_a_loopback_plain_listener_only_while_asked(tmp_pa
         directory=tmp_path,
         voters="1@127.0.0.1:9093",
         cluster_id_file=tmp_path / "cluster.id",
-        secure=True,
     )
     opened = dataclasses.replace(node, plain_port=9094)
     props = _properties(stack_kafka._server_properties(opened, SECRETS))
@@ -286,7 +284,6 @@ def test_a_checkout_from_before_the_accounts_is_told_apart(tmp_path: Path) -> No
 def test_the_clusters_nodes_take_scram_over_tls_between_themselves_too(tmp_path: Path) -> None:
     nodes = layout.kafka_nodes(tmp_path)
     for node in nodes:
-        assert node.secure
         assert node.plain_port is None
         props = _properties(stack_kafka._server_properties(node, SECRETS))
         broker, controller = f"127.0.0.1:{node.broker_port}", f"127.0.0.1:{node.controller_port}"

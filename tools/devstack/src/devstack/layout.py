@@ -65,7 +65,6 @@ def kafka_nodes(base: Path) -> list[kafka.KafkaNode]:
             voters=voters,
             cluster_id_file=base / "kafka.cluster.id",
             replication_factor=NODES,
-            secure=True,
         )
         for n in range(1, NODES + 1)
     ]

@@ -70,8 +70,8 @@ class RabbitNode:
     """One RabbitMQ node and where its files go.
 
     Nodes of one cluster share `home` (so the same Erlang cookie) and one epmd port, and have
-    distinct node names, AMQP, management and distribution ports. With `tls`, AMQP is over TLS
-    only (on `amqp_port`, with that certificate and key).
+    distinct node names, AMQP, management and distribution ports. AMQP is over TLS only (on
+    `amqp_port`, with the certificate and key of `tls`).
     """
 
     name: str  # the daemon's name in devstack (pidfile, status)
@@ -81,8 +81,8 @@ class RabbitNode:
     dist_port: int
     directory: Path
     home: Path
+    tls: identities.Tls
     epmd_port: int = EPMD_PORT
-    tls: identities.Tls | None = None
 
 
 def single_node(settings: StackSettings) -> RabbitNode:
@@ -155,16 +155,12 @@ def node_env(node: RabbitNode) -> dict[str, str]:
             "ERL_EPMD_PORT": str(node.epmd_port),
         }
     )
-    if node.tls is None:  # plain AMQP (else the listeners are in rabbitmq.conf)
-        env |= {"RABBITMQ_NODE_IP_ADDRESS": HOST, "RABBITMQ_NODE_PORT": str(node.amqp_port)}
-    return env
+    return env  # the AMQP listener is in rabbitmq.conf (`listener_config`)
 
 
 def listener_config(node: RabbitNode) -> str:
-    """rabbitmq.conf's AMQP listeners: with TLS, a TLS listener on the AMQP port and no plain
-    one (TLS 1.2 or 1.3; clients authenticate with a password, not a certificate)."""
-    if node.tls is None:
-        return ""  # RABBITMQ_NODE_IP_ADDRESS and RABBITMQ_NODE_PORT (node_env)
+    """rabbitmq.conf's AMQP listeners: a TLS listener on the AMQP port and no plain one (TLS
+    1.2 or 1.3; clients authenticate with a password, not a certificate)."""
     return (
         "listeners.tcp = none\n"
         f"listeners.ssl.default = {HOST}:{node.amqp_port}\n"
