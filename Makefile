@@ -79,7 +79,7 @@ test-compose: venv ## docker compose for real: build, up --wait, the README's ex
 	status=0; $(if $(filter official,$(COMPOSE_IMAGES)),,COMPOSE_ENV_FILES=deploy/compose/local-images.env) \
 	  $(VENV)/bin/pytest -m compose tests/compose -s || status=$$?; tools/dockerd stop; exit $$status
 
-test-cluster: venv ## the cluster's fault tests alone (they start and stop the cluster, about 6 min; make test runs them last)
+test-cluster: venv ## the cluster's tests alone: its access checks and the fault test (they start and stop the cluster, about 7 min; make test runs them last)
 	$(VENV)/bin/pytest -m cluster
 
 bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); BASELINE=<commit>: that commit beside this checkout, about 22 min; CLUSTER=1: on `make up`'s stack and on the cluster, both layouts in one report, about 25 min (QUICK=1: about 10)

@@ -1,26 +1,22 @@
 """The fault test: the clustered system loses, duplicates and oversells nothing when any one node
-dies under load (bench.faults is the drill; this test starts the cluster, runs it and checks it).
-
-The cluster runs on its own ports (above 13300) and state (`<stack>/cluster`), beside the
-single-node stack the rest of the suite uses; its HTTP fronts take two free ports here.
-"""
+dies under load (bench.faults is the drill; this test runs it on the cluster `conftest` starts,
+and checks it)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 
 import aio_pika
 import pytest
 from bench.faults import describe, drill, write
 
 from devstack import cluster, layout
-from devstack.settings import StackSettings, load_stack_settings
+from devstack.settings import StackSettings
 from shop.messaging.rabbitmq import RabbitBroker
 from shop.settings import RabbitMQ
-from tests.support import confirmed, free_port
+from tests.support import confirmed
 
 pytestmark = [pytest.mark.cluster]
 
@@ -30,18 +26,6 @@ pytestmark = [pytest.mark.cluster]
 FAILED_SHARE_BOUND = 0.03
 # Each fault's clients see their last failure while the killed part is still down (it stays
 # down `hold` seconds): the system failed over without it. Measured: at most 6.1 s (Galera).
-
-
-@pytest.fixture(scope="module")
-def clustered() -> Iterator[StackSettings]:
-    settings = load_stack_settings().replace(
-        product_service_port=free_port(), order_service_port=free_port()
-    )
-    cluster.up(settings)
-    try:
-        yield settings
-    finally:
-        cluster.down(settings)
 
 
 async def test_no_order_lost_duplicated_or_oversold_when_any_one_node_dies(
@@ -81,8 +65,12 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
     queue = f"test-probe-{uuid.uuid4().hex[:8]}"
 
     def at(port: int) -> RabbitMQ:
+        """The probe queue through `port` over TLS, as the administrator: the services'
+        accounts may use the order queue's names only."""
+        admin = {"user": shop.stack.admin_user, "password": shop.stack.admin_password}
+        one = {"consumer_user": None, "consumer_password": None}  # the consumer is it too
         update = {"host": "127.0.0.1", "port": port, "vhost": "/", "queue": queue}
-        return shop.rabbitmq.model_copy(update={**update, "queue_type": "quorum"})
+        return shop.rabbitmq.model_copy(update={**update, **admin, **one, "queue_type": "quorum"})
 
     declaring = RabbitBroker(at(shop.rabbitmq.port), timeout=5.0, intake=False)
     consuming = declaring.consumer(1)  # a consumer declares the topology; intake only uses it

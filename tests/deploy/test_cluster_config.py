@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
-from devstack import haproxy, identities, kafka, mariadb
+from devstack import haproxy, identities, kafka, mariadb, rabbitmq
 from devstack import layout as cluster
 from devstack.settings import StackSettings, load_stack_settings
 from shop.settings import load_settings
@@ -59,10 +61,13 @@ def test_galera_nodes_know_every_member_and_take_state_by_mariabackup(tmp_path: 
     assert len({node.directory for node in nodes}) == 3
 
 
-def test_kafka_nodes_are_three_voters_with_three_copies_of_every_topic(tmp_path: Path) -> None:
+def test_kafka_nodes_are_three_voters_with_three_copies_of_every_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_STACK_DIR", str(tmp_path / "stack"))  # its certificate, passwords
     nodes = cluster.kafka_nodes(tmp_path)
     assert [node.node_id for node in nodes] == [1, 2, 3]
-    properties = kafka._server_properties(nodes[1])
+    properties = kafka._server_properties(nodes[1], kafka.Secrets.of_stack())
     assert "node.id=2\n" in properties
     assert f"controller.quorum.voters={nodes[0].voters}\n" in properties
     assert nodes[0].voters.count("@127.0.0.1:") == 3
@@ -188,27 +193,39 @@ def test_kafka_nodes_formatting_at_once_share_one_cluster_id(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["kafka.cluster.id"]  # no drafts left
 
 
-def test_the_cluster_keeps_plain_amqp_and_one_rabbitmq_user(
+def test_the_clusters_rabbitmq_takes_tls_only_and_an_account_per_role(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The single node's identity (TLS, an account per role) is not the cluster's: its nodes
-    speak plain AMQP and `cluster.py` provisions the one application user of config.yaml."""
+    """As the single node: TLS-only listeners with the stack's certificate (whose names cover
+    127.0.0.1, where clients reach HAProxy's front, which passes TLS through), and the order
+    service's intake and consumer accounts; the product service gets none."""
     monkeypatch.chdir(tmp_path)  # no config.yaml: the defaults
     monkeypatch.setenv("SHOP_STACK_DIR", str(tmp_path / "stack"))
     for name in ("SHOP_CONFIG", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_CA_FILE"):
         monkeypatch.delenv(name, raising=False)
     identities.ensure()
     stack = load_stack_settings(product_service_port=18080, order_service_port=18081)
-    assert stack.rabbitmq.ca_file is not None  # the single node's, with the stack's CA
+    tls = identities.tls()
+    for node in cluster.rabbitmq_nodes(tmp_path):
+        assert node.tls == tls
+        config = rabbitmq.listener_config(node)
+        assert "listeners.tcp = none\n" in config
+        assert f"listeners.ssl.default = 127.0.0.1:{node.amqp_port}\n" in config
+        assert "RABBITMQ_NODE_PORT" not in rabbitmq.node_env(node)
+    certificate = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in names.get_values_for_type(x509.IPAddress)
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
     shop = cluster.cluster_settings(stack, tmp_path)
-    plain = load_settings().rabbitmq
-    assert (shop.rabbitmq.user, shop.rabbitmq.password) == (plain.user, plain.password)
-    assert (shop.rabbitmq.consumer_user, shop.rabbitmq.ca_file) == (None, None)
-    assert shop.rabbitmq.url.startswith("amqp://")
+    assert shop.rabbitmq.url.startswith(f"amqps://{identities.RABBITMQ_INTAKE}:")
+    assert shop.rabbitmq.consumer_user == identities.RABBITMQ_CONSUMER
+    assert shop.rabbitmq.port == cluster.AMQP_FRONT
     for process in cluster.processes(stack, tmp_path):
         if process.name.startswith("products-"):  # no RabbitMQ account at all
-            assert "RABBITMQ_USER" not in process.env
+            assert not [name for name in process.env if name.startswith("RABBITMQ_USER")]
             continue
-        assert process.env["RABBITMQ_USER"] == plain.user, process.name
-        for unset in ("RABBITMQ_CA_FILE", "RABBITMQ_CONSUMER_USER", "RABBITMQ_CONSUMER_PASSWORD"):
-            assert process.env.get(unset, "") == "", (process.name, unset)
+        env = process.env
+        assert env["RABBITMQ_USER"] == identities.RABBITMQ_INTAKE, process.name
+        assert env["RABBITMQ_CONSUMER_USER"] == identities.RABBITMQ_CONSUMER, process.name
+        assert env["RABBITMQ_CA_FILE"] == str(tls.ca_file), process.name
+        assert "RABBITMQ_ADMIN_PASSWORD" not in env

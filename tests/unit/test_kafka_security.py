@@ -1,6 +1,6 @@
 """Who a Kafka client is and what each principal may do, without a broker: the settings that
 make `client_config`, the errors it reports, the ACLs `devstack.kafka.provision` makes, and the
-broker configuration of `make up`'s node (and the cluster's, still PLAINTEXT)."""
+broker configuration of `make up`'s node and the cluster's."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from devstack import identities, layout
 from devstack import kafka as stack_kafka
-from devstack import layout
 from devstack.settings import StackSettings
 from shop.messaging.kafka import (
     ErrorReport,
@@ -226,7 +226,6 @@ def test_make_ups_node_takes_scram_over_tls_only_and_lets_no_anonymous_user_in(
         directory=tmp_path,
         voters="1@127.0.0.1:9093",
         cluster_id_file=tmp_path / "cluster.id",
-        secure=True,
     )
     props = _properties(stack_kafka._server_properties(node, SECRETS))
     assert props["listeners"] == "SASL_SSL://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
@@ -252,7 +251,6 @@ def test_a_bench_baseline_gets_a_loopback_plain_listener_only_while_asked(tmp_pa
         directory=tmp_path,
         voters="1@127.0.0.1:9093",
         cluster_id_file=tmp_path / "cluster.id",
-        secure=True,
     )
     opened = dataclasses.replace(node, plain_port=9094)
     props = _properties(stack_kafka._server_properties(opened, SECRETS))
@@ -289,15 +287,24 @@ def test_a_checkout_from_before_the_accounts_is_told_apart(tmp_path: Path) -> No
     assert not baseline_access.needs_baseline_access(Path(__file__).parents[2])
 
 
-def test_the_clusters_nodes_stay_plaintext(tmp_path: Path) -> None:
-    for node in layout.kafka_nodes(tmp_path):
-        assert not node.secure
-        props = _properties(stack_kafka._server_properties(node))
-        assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
-        assert "super.users" not in props
+def test_the_clusters_nodes_take_scram_over_tls_between_themselves_too(tmp_path: Path) -> None:
+    nodes = layout.kafka_nodes(tmp_path)
+    for node in nodes:
+        assert node.plain_port is None
+        props = _properties(stack_kafka._server_properties(node, SECRETS))
+        broker, controller = f"127.0.0.1:{node.broker_port}", f"127.0.0.1:{node.controller_port}"
+        assert props["listeners"] == f"SASL_SSL://{broker},CONTROLLER://{controller}"
+        assert props["listener.security.protocol.map"] == "CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL"
+        assert props["inter.broker.listener.name"] == "SASL_SSL"
+        assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+        assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+        assert props["super.users"] == "User:admin;User:controller"
+        assert props["allow.everyone.if.no.acl.found"] == "false"
+        # the other controllers are reached over TLS at the names the certificate has
+        assert props["controller.quorum.voters"] == nodes[0].voters
 
 
-def test_the_clusters_services_reach_kafka_without_the_stacks_accounts(
+def test_the_clusters_services_reach_kafka_with_their_own_accounts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHOP_STACK_DIR", str(tmp_path / "stack"))  # its generated identities
@@ -309,18 +316,21 @@ def test_the_clusters_services_reach_kafka_without_the_stacks_accounts(
     )
     kafka = layout.cluster_settings(mine, tmp_path).kafka
     assert (kafka.security_protocol, kafka.user, kafka.password, kafka.ca_file) == (
-        "PLAINTEXT",
-        "",
-        "",
-        None,
+        "SASL_SSL",
+        "orders",
+        SECRET,
+        "/stack/ca.pem",
     )
     for process in layout.processes(mine, tmp_path):
-        assert process.env["KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
-        assert not process.env.get("KAFKA_USER")
-        assert not process.env.get("KAFKA_PASSWORD")
-        assert "KAFKA_CA_FILE" not in process.env
-        assert SECRET not in process.env.values()
-        assert process.env["DB_USER"].startswith("shop_")  # its own database account still
+        principal = "products" if process.name.startswith("products-") else "orders"
+        assert process.env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert process.env["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert process.env["KAFKA_USER"] == principal, process.name
+        assert process.env["KAFKA_PASSWORD"] == identities.password(f"kafka:{principal}")
+        assert process.env["KAFKA_CA_FILE"] == str(tmp_path / "stack" / "identities" / "ca.pem")
+        assert SECRET not in process.env.values()  # the caller's account is not theirs
+        assert "KAFKA_ADMIN_PASSWORD" not in process.env
+        assert process.env["DB_USER"] == f"shop_{principal}"
 
 
 def test_tools_see_the_stacks_topics_as_the_administrator_and_plaintext_as_it_is() -> None:

@@ -4,7 +4,6 @@ accounts and TLS, and what the local stack makes of them."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -146,6 +145,3 @@ def test_the_single_node_listens_with_tls_only(tmp_path: Path) -> None:
     assert "listeners.ssl.default = 127.0.0.1:35672\n" in config
     assert f"ssl_options.keyfile = {tmp_path / 'key'}\n" in config
     assert "RABBITMQ_NODE_PORT" not in stack_rabbitmq.node_env(node)
-    plain = dataclasses.replace(node, tls=None)
-    assert stack_rabbitmq.listener_config(plain) == ""
-    assert stack_rabbitmq.node_env(plain)["RABBITMQ_NODE_PORT"] == "35672"

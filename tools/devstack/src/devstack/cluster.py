@@ -221,12 +221,17 @@ def _start_rabbitmq(settings: StackSettings, base: Path) -> None:
         rabbitmq.ctl(node, "reset")
         rabbitmq.ctl(node, "join_cluster", first.nodename)
         rabbitmq.ctl(node, "start_app")
-    rabbitmq.provision_one_user(settings, first)
+    # Users, permissions and the topology are the cluster's (every node has them): made once,
+    # through the first node's management API, once all three are members.
+    rabbitmq.provision(settings, first)
 
 
-def _start_kafka(base: Path) -> None:
+def _start_kafka(settings: StackSettings, base: Path) -> None:
     # All at once: no node is ready before a majority of the controllers runs.
     _parallel([partial(kafka.start_node, node) for node in kafka_nodes(base)])
+    # The services' SCRAM credentials and ACLs, through the cluster's brokers (as the admin,
+    # whose credential every node's storage was formatted with), as `make up` does.
+    kafka.provision_brokers(settings.kafka)
 
 
 def _parallel(jobs: Sequence[Callable[[], None]]) -> None:
@@ -267,7 +272,7 @@ def up(settings: StackSettings) -> None:
         [
             lambda: _start_galera(shop, base),
             lambda: _start_rabbitmq(shop, base),
-            lambda: _start_kafka(base),
+            lambda: _start_kafka(shop, base),
         ]
     )
     program = find_program("mariadb")
@@ -300,7 +305,8 @@ def _ensure_topics(shop: StackSettings) -> None:
         shop.kafka.product_events_topic,
         shop.kafka.order_events_topic,
     ]
-    asyncio.run(ensure_topics(shop.kafka, topics, replication_factor=NODES, timeout=30.0))
+    admin = kafka.as_admin(shop)  # no service may create every topic
+    asyncio.run(ensure_topics(admin, topics, replication_factor=NODES, timeout=30.0))
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
@@ -439,7 +445,7 @@ def galera_writer() -> str | None:
 def leader_of_partition(settings: StackSettings, topic: str, partition: int = 0) -> str:
     """The Kafka node (`kafka-N`) leading one partition of a topic."""
     shop = cluster_settings(settings, directory())
-    metadata = kafka.admin_client(shop.kafka).list_topics(topic, timeout=10)
+    metadata = kafka.admin_client(kafka.as_admin(shop)).list_topics(topic, timeout=10)
     leader: int = metadata.topics[topic].partitions[partition].leader
     if leader < 0:
         raise StackError(f"{topic}[{partition}] has no leader now")
@@ -479,7 +485,6 @@ def env_lines(settings: StackSettings) -> list[str]:
         "db_port",
         "kafka_brokers",
         "kafka_replication_factor",
-        "kafka_security_protocol",
         "rabbitmq_port",
         "rabbitmq_management_port",
         "rabbitmq_queue_type",

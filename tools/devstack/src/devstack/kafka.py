@@ -4,12 +4,14 @@ There is no Debian package for Kafka, and the release tarball comes from a mirro
 cannot reach, so Maven resolves `org.apache.kafka:kafka_2.13` and its runtime dependencies
 into a per-version cache outside the repository; `java -cp <cache>/libs/*` runs it.
 
-`make up`'s node (`secure`) takes only SASL/SCRAM-SHA-512 over TLS, with the stack's server
+`make up`'s node takes only SASL/SCRAM-SHA-512 over TLS, with the stack's server
 certificate (`identities.tls`), and authorizes with ACLs: `provision` gives the services'
 principals (`orders`, `products`) their credentials and their ACLs on the configured topics
 and group; `admin` (the broker's own identity, and the stack's tools) is a super user. The
 controller listener takes SASL PLAIN over TLS from one account only the broker's configuration
-knows. The cluster's nodes (`make cluster`) stay PLAINTEXT for now. See docs/security.md.
+knows. The cluster's three nodes (`make cluster`) are secure the same way: the brokers
+authenticate to each other as `admin` over SCRAM, the controllers to each other as
+`controller`, and `provision` runs once through the cluster's brokers. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -228,11 +230,8 @@ class KafkaNode:
     voters: str
     cluster_id_file: Path
     replication_factor: int = 1
-    # SASL/SCRAM over TLS with ACLs (`make up`'s node); PLAINTEXT, anyone may do anything,
-    # otherwise (the cluster's nodes, for now).
-    secure: bool = False
-    # A secure node's PLAINTEXT listener on loopback, where clients are ANONYMOUS and may do
-    # only what ACLs grant User:ANONYMOUS: only while `bench.baseline_access` runs a base
+    # A PLAINTEXT listener on loopback, where clients are ANONYMOUS and may do only what ACLs
+    # grant User:ANONYMOUS: only while `bench.baseline_access` runs a base
     # commit from before the services had accounts. `make up` writes the node without it (and
     # so restarts a node that still has it).
     plain_port: int | None = None
@@ -253,7 +252,6 @@ def single_node(settings: StackSettings) -> KafkaNode:
         directory=directory,
         voters=f"1@{HOST}:{controller_port(settings)}",
         cluster_id_file=directory / "cluster.id",
-        secure=True,
     )
 
 
@@ -274,7 +272,7 @@ def daemon(settings: StackSettings) -> Daemon:
 
 @dataclass(frozen=True)
 class Secrets:
-    """What a secure node's configuration holds: the server certificate and key (PEM), the CA
+    """What a node's configuration holds: the server certificate and key (PEM), the CA
     it trusts as a client of itself, and the passwords of its own two accounts."""
 
     ca_file: Path
@@ -305,23 +303,16 @@ def _jaas(module: str, **options: str) -> str:
     return f"{module} required {quoted};"
 
 
-def _listeners(node: KafkaNode, secrets: Secrets | None) -> str:
-    """Who may connect and how. PLAINTEXT: anyone, as ANONYMOUS (the cluster). Secure: the
-    clients' listener takes SCRAM-SHA-512 over TLS only, with the broker's own certificate
-    (PEM inline: a PEM key store file would need an encrypted key); the controller listener
-    takes SASL PLAIN over TLS from `controller` only (KRaft cannot read SCRAM credentials
-    before it has read its metadata log, so its own listener cannot use them), whose password
-    only this file holds. No listener lets ANONYMOUS in, so no ANONYMOUS super user is needed;
-    but `node.plain_port`'s, while a bench runs a base commit from before the accounts, and
-    there ANONYMOUS may do only what the bench grants on its base's own names."""
+def _listeners(node: KafkaNode, secrets: Secrets) -> str:
+    """Who may connect and how: the clients' listener takes SCRAM-SHA-512 over TLS only, with
+    the broker's own certificate (PEM inline: a PEM key store file would need an encrypted
+    key); the controller listener takes SASL PLAIN over TLS from `controller` only (KRaft
+    cannot read SCRAM credentials before it has read its metadata log, so its own listener
+    cannot use them), whose password only this file holds. No listener lets ANONYMOUS in, so
+    no ANONYMOUS super user is needed; but `node.plain_port`'s, while a bench runs a base
+    commit from before the accounts, and there ANONYMOUS may do only what the bench grants on
+    its base's own names."""
     broker, controller = f"{HOST}:{node.broker_port}", f"{HOST}:{node.controller_port}"
-    if secrets is None:
-        return f"""listeners=PLAINTEXT://{broker},CONTROLLER://{controller}
-advertised.listeners=PLAINTEXT://{broker}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-"""
     scram = _jaas(
         "org.apache.kafka.common.security.scram.ScramLoginModule",
         username=ADMIN,
@@ -360,8 +351,8 @@ allow.everyone.if.no.acl.found=false
 """
 
 
-def _server_properties(node: KafkaNode, secrets: Secrets | None = None) -> str:
-    """The node's configuration; `secrets` for a secure node (`_listeners`)."""
+def _server_properties(node: KafkaNode, secrets: Secrets) -> str:
+    """The node's configuration, with `secrets` (`_listeners`)."""
     rf = node.replication_factor
     min_isr = max(1, rf - 1)
     return f"""# Written by devstack on every start; edit devstack/kafka.py instead.
@@ -462,21 +453,21 @@ def shared_cluster_id(id_file: Path) -> str:
 
 
 def _format_record(secrets: Secrets) -> dict[str, str]:
-    """What `format.json` says of a secure node's storage: formatted with the admin's SCRAM
+    """What `format.json` says of a node's storage: formatted with the admin's SCRAM
     credential, for this password (a hash of it: the password itself is in identities)."""
     digest = hashlib.sha256(f"{ADMIN}:{secrets.admin_password}".encode()).hexdigest()
     return {"scram": SCRAM, "admin": digest}
 
 
-def _format_storage(node: KafkaNode, properties: Path, secrets: Secrets | None = None) -> None:
-    """Format the KRaft metadata log once; afterwards the data dir is simply reused. A secure
-    node's storage gets the admin's SCRAM credential (the broker authenticates to itself with
+def _format_storage(node: KafkaNode, properties: Path, secrets: Secrets) -> None:
+    """Format the KRaft metadata log once; afterwards the data dir is simply reused. The
+    storage gets the admin's SCRAM credential (the broker authenticates to itself with
     it, and the services' principals are made through it); storage formatted without it (by an
     older devstack) or for another admin password is formatted again: development data."""
     data = node.directory / "data"
     marker = node.directory / FORMAT_MARKER
     if (data / "meta.properties").is_file():
-        if secrets is None or _read_json(marker) == _format_record(secrets):
+        if _read_json(marker) == _format_record(secrets):
             return
         say(
             f"{node.name}: its storage ({data}) was formatted without the stack's Kafka "
@@ -487,16 +478,14 @@ def _format_storage(node: KafkaNode, properties: Path, secrets: Secrets | None =
     marker.unlink(missing_ok=True)
     cluster_id = shared_cluster_id(node.cluster_id_file)
     say(f"formatting {node.name} storage (once, cluster id {cluster_id})")
+    credential = f"{SCRAM}=[name={ADMIN},password={secrets.admin_password}]"
     args = ["format", "--ignore-formatted", "-t", cluster_id, "-c", str(properties)]
-    if secrets is not None:
-        credential = f"{SCRAM}=[name={ADMIN},password={secrets.admin_password}]"
-        args += ["--add-scram", credential]
+    args += ["--add-scram", credential]
     argv = _java_argv(
         "kafka.tools.StorageTool", *args, heap=("-Xmx256m",), directory=node.directory
     )
     _run_with_argfile(argv, node.directory / "format.args", timeout=120)
-    if secrets is not None:
-        _write_private(marker, json.dumps(_format_record(secrets)))
+    _write_private(marker, json.dumps(_format_record(secrets)))
 
 
 def _run_with_argfile(argv: list[str], argfile: Path, *, timeout: float) -> None:
@@ -529,7 +518,7 @@ def _prepare(node: KafkaNode) -> Launch:
     directory = node.directory
     directory.mkdir(parents=True, exist_ok=True)
     install_jars()  # returns at once when the jars are there
-    secrets = Secrets.of_stack() if node.secure else None
+    secrets = Secrets.of_stack()
     properties = directory / "server.properties"
     _write_private(properties, _server_properties(node, secrets))
     (directory / "log4j.properties").write_text(_log4j_properties(node))
@@ -546,7 +535,8 @@ _quiet.propagate = False
 
 
 def stack_admin(brokers: str) -> Kafka:
-    """`make up`'s node as its administrator (from the stack's own identities)."""
+    """The stack's nodes (`make up`'s, the cluster's) as their administrator (from the stack's
+    own identities)."""
     return Kafka(
         brokers=brokers,
         security_protocol="SASL_SSL",
@@ -557,15 +547,10 @@ def stack_admin(brokers: str) -> Kafka:
     )
 
 
-def node_settings(node: KafkaNode) -> Kafka:
-    """How the stack itself reaches `node`: as the administrator if it is secure."""
-    return stack_admin(node.bootstrap) if node.secure else Kafka(brokers=node.bootstrap)
-
-
 def as_admin(settings: StackSettings) -> Kafka:
     """`settings.kafka` (brokers, protocol, CA) as the stack's administrator, KAFKA_ADMIN_USER:
     what tests, the bench and tools use to read any topic and to make and delete their own.
-    Unchanged without SASL (PLAINTEXT: compose, the cluster), where there are no principals."""
+    Unchanged without SASL (PLAINTEXT: compose), where there are no principals."""
     kafka = settings.kafka
     if not kafka.security_protocol.startswith("SASL_"):
         return kafka
@@ -595,7 +580,7 @@ def provision(settings: StackSettings, *, timeout: float = PROVISION_SECONDS) ->
     (SCRAM credentials, written again every time), and their ACLs on the topics and the group
     `settings` name (`acls`). `make up` provisions the default names; tests and the bench
     theirs. ACLs are only ever added here: `revoke` takes a run's away. Nothing to do where
-    the brokers have no principals (KAFKA_SECURITY_PROTOCOL without SASL: compose, cluster)."""
+    the brokers have no principals (KAFKA_SECURITY_PROTOCOL without SASL: compose)."""
     if settings.kafka.security_protocol.startswith("SASL_"):
         _provision(settings.kafka, timeout=timeout)
 
@@ -701,7 +686,7 @@ def node_ready(node: KafkaNode) -> bool:
     except ImportError:  # outside the venv the TCP check has to do
         return True
     try:
-        metadata = admin_client(node_settings(node)).list_topics(timeout=2)
+        metadata = admin_client(stack_admin(node.bootstrap)).list_topics(timeout=2)
     except Exception:  # any client error just means "not ready yet"
         return False
     return bool(metadata.brokers)
@@ -717,11 +702,10 @@ def start_node(node: KafkaNode) -> None:
     restarted first."""
     daemon = node_daemon(node)
     properties = node.directory / "server.properties"
-    if daemon.pid() is not None and properties.is_file():
-        secrets = Secrets.of_stack() if node.secure else None
-        if properties.read_text() != _server_properties(node, secrets):
-            say(f"{node.name}: its configuration changed since it started; restarting it")
-            ensure_stopped(daemon)
+    running = daemon.pid() is not None and properties.is_file()
+    if running and properties.read_text() != _server_properties(node, Secrets.of_stack()):
+        say(f"{node.name}: its configuration changed since it started; restarting it")
+        ensure_stopped(daemon)
     ensure_started(daemon, prepare=lambda: _prepare(node), ready=lambda: node_ready(node))
 
 
@@ -729,14 +713,18 @@ def stop_node(node: KafkaNode) -> None:
     ensure_stopped(node_daemon(node))
 
 
+def provision_brokers(kafka: Kafka) -> None:
+    """`provision` on `kafka.brokers` (the stack's nodes, just started), whatever the settings'
+    protocol: also on a stack's first start, whose settings may not have the generated
+    identities yet."""
+    _provision(kafka, timeout=PROVISION_SECONDS)
+
+
 def start(settings: StackSettings) -> None:
-    """Start `make up`'s node unless it runs, then `provision` the configured names (also on
-    the stack's first start, whose settings do not have the generated identities yet)."""
+    """Start `make up`'s node unless it runs, then provision the configured names on it."""
     node = single_node(settings)
     start_node(node)
-    _provision(
-        settings.kafka.model_copy(update={"brokers": node.bootstrap}), timeout=PROVISION_SECONDS
-    )
+    provision_brokers(settings.kafka.model_copy(update={"brokers": node.bootstrap}))
 
 
 def stop(settings: StackSettings) -> None:

@@ -11,7 +11,8 @@ certificate (`identities.tls`); it has no plain AMQP listener. Its users are one
 (`provision`): the order service's intake and consumer accounts, each limited by permission
 patterns to its own exchange and queues (`shop.messaging.rabbitmq.Topology.permissions`), and
 the administrator of the management API (plain HTTP on 127.0.0.1, for the stack and the tests).
-The cluster's nodes (`layout`) keep plain AMQP and one application user (`provision_one_user`).
+The cluster's three nodes (`layout`) are the same, and share users and permissions (RabbitMQ
+keeps them cluster-wide): `provision` makes them once, through one node's management API.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class RabbitNode:
     """One RabbitMQ node and where its files go.
 
     Nodes of one cluster share `home` (so the same Erlang cookie) and one epmd port, and have
-    distinct node names, AMQP, management and distribution ports. With `tls`, AMQP is over TLS
-    only (on `amqp_port`, with that certificate and key).
+    distinct node names, AMQP, management and distribution ports. AMQP is over TLS only (on
+    `amqp_port`, with the certificate and key of `tls`).
     """
 
     name: str  # the daemon's name in devstack (pidfile, status)
@@ -80,8 +81,8 @@ class RabbitNode:
     dist_port: int
     directory: Path
     home: Path
+    tls: identities.Tls
     epmd_port: int = EPMD_PORT
-    tls: identities.Tls | None = None
 
 
 def single_node(settings: StackSettings) -> RabbitNode:
@@ -154,16 +155,12 @@ def node_env(node: RabbitNode) -> dict[str, str]:
             "ERL_EPMD_PORT": str(node.epmd_port),
         }
     )
-    if node.tls is None:  # plain AMQP (else the listeners are in rabbitmq.conf)
-        env |= {"RABBITMQ_NODE_IP_ADDRESS": HOST, "RABBITMQ_NODE_PORT": str(node.amqp_port)}
-    return env
+    return env  # the AMQP listener is in rabbitmq.conf (`listener_config`)
 
 
 def listener_config(node: RabbitNode) -> str:
-    """rabbitmq.conf's AMQP listeners: with TLS, a TLS listener on the AMQP port and no plain
-    one (TLS 1.2 or 1.3; clients authenticate with a password, not a certificate)."""
-    if node.tls is None:
-        return ""  # RABBITMQ_NODE_IP_ADDRESS and RABBITMQ_NODE_PORT (node_env)
+    """rabbitmq.conf's AMQP listeners: a TLS listener on the AMQP port and no plain one (TLS
+    1.2 or 1.3; clients authenticate with a password, not a certificate)."""
     return (
         "listeners.tcp = none\n"
         f"listeners.ssl.default = {HOST}:{node.amqp_port}\n"
@@ -216,9 +213,6 @@ def _start_epmd(home: Path | None = None, port: int = EPMD_PORT) -> None:
 def _prepare_node(node: RabbitNode) -> Launch:
     _write_config(node)
     return Launch(argv=[str(BIN / "rabbitmq-server")], env=node_env(node), cwd=node.directory)
-
-
-ALL_RIGHTS = ("configure", "write", "read")
 
 
 def _http_get(settings: StackSettings, path: str, *, user: str, password: str) -> tuple[int, Any]:
@@ -284,67 +278,11 @@ def _tags(user: Any) -> list[str]:
     return list(tags)
 
 
-def _provisioned(settings: StackSettings) -> bool:
-    """Cheap HTTP checks, so an `up` of a running, provisioned node spawns no Erlang CLI:
-    the administrator logs in as one; the application user has no tags, all rights on the
-    vhost, and its password (the management API refuses it as "Not management user", not as
-    a failed login)."""
-    admin = {"user": settings.stack.admin_user, "password": settings.stack.admin_password}
-    status, me = _http_get(settings, "/api/whoami", **admin)
-    if status != 200 or "administrator" not in _tags(me):
-        return False
-    vhost = urllib.parse.quote(settings.rabbitmq.vhost, safe="")
-    app = urllib.parse.quote(settings.rabbitmq.user, safe="")
-    status, user = _http_get(settings, f"/api/users/{app}", **admin)
-    if status != 200 or _tags(user):
-        return False
-    for who in (app, urllib.parse.quote(settings.stack.admin_user, safe="")):
-        status, perms = _http_get(settings, f"/api/permissions/{vhost}/{who}", **admin)
-        if status != 200 or not all(perms.get(kind) == ".*" for kind in ALL_RIGHTS):
-            return False
-    status, refusal = _http_get(
-        settings, "/api/whoami", user=settings.rabbitmq.user, password=settings.rabbitmq.password
-    )
-    return status == 401 and "not management user" in str(refusal).lower()
-
-
 def ctl(node: RabbitNode, *args: str, check: bool = True, stdin: str | None = None) -> str:
     """rabbitmqctl against `node`; its output (stdout and stderr)."""
     argv = [str(BIN / "rabbitmqctl"), "-n", node.nodename, *args]
     done = run(argv, env=node_env(node), timeout=CTL_TIMEOUT, check=check, input_text=stdin)
     return done.stdout + done.stderr
-
-
-def _user(settings: StackSettings, node: RabbitNode, user: str, password: str, *tags: str) -> None:
-    """Create or update `user` with exactly `tags` and all rights on the configured vhost."""
-    # Passwords go through stdin, never argv, where `ps` and our error messages would show them.
-    output = ctl(node, "add_user", user, check=False, stdin=password)
-    if "already exists" in output:
-        ctl(node, "change_password", user, stdin=password)
-    elif "Adding user" not in output:
-        raise StackError(f"rabbitmqctl add_user {user} failed:\n{output.strip()}")
-    ctl(node, "set_user_tags", user, *tags)
-    ctl(node, "set_permissions", "-p", settings.rabbitmq.vhost, user, ".*", ".*", ".*")
-
-
-def provision_one_user(settings: StackSettings, node: RabbitNode | None = None) -> None:
-    """The cluster's: the application user (RABBITMQ_USER) without tags, so not an
-    administrator, and an administrator (RABBITMQ_ADMIN_USER) for the management API; both
-    with all rights on the configured vhost, the application's only one."""
-    if settings.rabbitmq.user == settings.stack.admin_user:
-        raise StackError("RABBITMQ_USER and RABBITMQ_ADMIN_USER must name different users")
-    if _provisioned(settings):
-        return
-    node = node or single_node(settings)
-    user, vhost = settings.rabbitmq.user, settings.rabbitmq.vhost
-    say(f"provisioning RabbitMQ users {user!r} and {settings.stack.admin_user!r} on {vhost!r}")
-    if vhost != "/":
-        output = ctl(node, "add_vhost", vhost, check=False)
-        if "already" not in output and "Adding vhost" not in output:
-            raise StackError(f"rabbitmqctl add_vhost {vhost} failed:\n{output.strip()}")
-    admin, admin_password = settings.stack.admin_user, settings.stack.admin_password
-    _user(settings, node, admin, admin_password, "administrator")
-    _user(settings, node, user, settings.rabbitmq.password)
 
 
 def accounts(settings: StackSettings) -> dict[str, tuple[str, tuple[Role, ...]]]:
@@ -400,14 +338,16 @@ def _ensure_admin(settings: StackSettings, node: RabbitNode) -> None:
 
 
 def provision(settings: StackSettings, node: RabbitNode | None = None) -> None:
-    """The single node's users and the order topology of the configured names (RABBITMQ_VHOST,
-    RABBITMQ_QUEUE), idempotent: the administrator (rabbitmqctl, if it cannot log in yet);
-    then through the management API, as it: the vhost, each service account with its password,
-    no tags and its role's permission patterns on the vhost (`shop.messaging.rabbitmq.Topology
-    .permissions`: RabbitMQ keeps one triple per user and vhost, so other names need their
-    own vhost: the tests' run, the bench's sides); all rights there for the administrator; the
-    exchanges, queues and bindings that the consumers would declare (so that intake, which
-    only checks its exchange, is ready before they ever ran). RabbitMQ's `guest` is deleted."""
+    """The users and the order topology of the configured names (RABBITMQ_VHOST,
+    RABBITMQ_QUEUE), idempotent, on the single node or on the cluster through `node` (one
+    member, once the cluster formed: users, permissions and definitions are cluster-wide): the
+    administrator (rabbitmqctl, if it cannot log in yet); then through the management API, as
+    it: the vhost, each service account with its password, no tags and its role's permission
+    patterns on the vhost (`shop.messaging.rabbitmq.Topology.permissions`: RabbitMQ keeps one
+    triple per user and vhost, so other names need their own vhost: the tests' run, the
+    bench's sides); all rights there for the administrator; the exchanges, queues and
+    bindings that the consumers would declare (so that intake, which only checks its
+    exchange, is ready before they ever ran). RabbitMQ's `guest` is deleted."""
     rabbit, admin = settings.rabbitmq, settings.stack.admin_user
     services = accounts(settings)
     if admin in services:
