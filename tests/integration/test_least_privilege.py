@@ -5,26 +5,18 @@ them, and as the compose file's set-up scripts (deploy/) make them."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import aio_pika
 import asyncmy
 import httpx
 import pytest
 from asyncmy.errors import OperationalError, ProgrammingError
 
-from devstack import identities, mariadb
+from devstack import identities
 from devstack.settings import StackSettings
-from tests.conftest import RUN
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 # Quotes, a backslash and SQL in the secret: the set-up scripts must pass them through intact.
-AWKWARD_PASSWORD = "p'w\\d\"; DROP DATABASE x; -- $HOME"
 DENIED = (OperationalError, ProgrammingError)  # 1142/1143/1044: command denied to user
 
 
@@ -178,41 +170,6 @@ async def test_the_services_settings_name_a_tls_database(settings: StackSettings
         conn.close()
 
 
-@pytest.fixture
-async def compose_account(
-    settings: StackSettings, database: object, tmp_path: Path
-) -> AsyncIterator[str]:
-    """The account deploy/mysql/initdb makes in the MySQL container, made here by the same
-    script (its SQL run as root on our server), for this run's database."""
-    user = f"test_{RUN}_svc"
-    recorded = tmp_path / "initdb.sql"
-    stand_in = tmp_path / "mysql"  # records what the script would have the client run
-    stand_in.write_text(f"#!/bin/sh\ncat > {recorded}\n")
-    stand_in.chmod(0o755)
-    env = {
-        "PATH": f"{tmp_path}:/usr/bin:/bin",
-        "MYSQL_ROOT_PASSWORD": "unused",
-        "MYSQL_DATABASE": settings.db.name,
-        "SHOP_DB_USER": user,
-        "SHOP_DB_PASSWORD": AWKWARD_PASSWORD,
-    }
-    script = REPO / "deploy/mysql/initdb/10-service-account.sh"
-    subprocess.run([str(script)], env=env, check=True, timeout=30)
-    await asyncio.to_thread(mariadb._client, recorded.read_text())
-    yield user
-    await asyncio.to_thread(mariadb._client, f"DROP USER IF EXISTS '{user}'@'%';")
-
-
-async def test_the_compose_init_script_makes_a_rows_only_account(
-    settings: StackSettings, compose_account: str
-) -> None:
-    conn = await _connect(settings, compose_account, AWKWARD_PASSWORD)
-    try:
-        await _rows_only(conn, settings.db.name)
-    finally:
-        conn.close()
-
-
 def _management(settings: StackSettings) -> httpx.Client:
     return httpx.Client(
         base_url=f"http://{settings.rabbitmq.host}:{settings.stack.management_port}/api",
@@ -235,64 +192,9 @@ def _no_administrator(settings: StackSettings, user: str, password: str) -> None
     assert as_itself.status_code == 401
 
 
-def _is_plain_user(settings: StackSettings, user: str, password: str) -> None:
-    """Not an administrator; all rights on the vhost "/"."""
-    _no_administrator(settings, user, password)
-    with _management(settings) as api:
-        rights = api.get(f"/permissions/%2F/{user}").json()
-        assert [rights[kind] for kind in ("configure", "write", "read")] == [".*"] * 3
-
-
 def test_the_services_rabbitmq_users_are_not_administrators(settings: StackSettings) -> None:
     rabbit = settings.rabbitmq
     assert rabbit.consumer_user is not None
     assert rabbit.consumer_password is not None
     _no_administrator(settings, rabbit.user, rabbit.password)
     _no_administrator(settings, rabbit.consumer_user, rabbit.consumer_password)
-
-
-@pytest.fixture
-def compose_rabbitmq_user(settings: StackSettings) -> Iterator[str]:
-    user = f"test-{RUN}-app"
-    yield user
-    with _management(settings) as api:
-        api.delete(f"/users/{user}")
-
-
-async def test_the_compose_user_script_makes_a_plain_user(
-    settings: StackSettings, compose_rabbitmq_user: str
-) -> None:
-    env = {
-        "RABBITMQ_HOST": settings.rabbitmq.host,
-        "RABBITMQ_MANAGEMENT_PORT": str(settings.stack.management_port),
-        "RABBITMQ_ADMIN_USER": settings.stack.admin_user,
-        "RABBITMQ_ADMIN_PASSWORD": settings.stack.admin_password,
-        "RABBITMQ_USER": compose_rabbitmq_user,
-        "RABBITMQ_PASSWORD": AWKWARD_PASSWORD,
-    }
-    for _ in range(2):  # idempotent: a second run changes nothing and succeeds
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, str(REPO / "deploy/rabbitmq/app_user.py")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-    await asyncio.to_thread(_is_plain_user, settings, compose_rabbitmq_user, AWKWARD_PASSWORD)
-    # ... and it may do what the services do: publish and consume on its vhost (over TLS,
-    # which the stack's node alone speaks).
-    on_default_vhost = settings.rabbitmq.model_copy(update={"vhost": "/"})
-    connection = await aio_pika.connect(
-        on_default_vhost.url_for(compose_rabbitmq_user, AWKWARD_PASSWORD), timeout=10
-    )
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(f"test-{RUN}-least-privilege", auto_delete=True)
-        await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue.name)
-        got = await queue.get(timeout=5, fail=False)
-        assert got is not None
-        assert got.body == b"x"
-        await got.ack()
-        await queue.delete(if_unused=False, if_empty=False)
