@@ -54,9 +54,11 @@ def test_only_the_order_service_writes_order_commands_on_the_clusters_kafka(
         shop.kafka.model_copy(update={"security_protocol": "PLAINTEXT"}),  # no TLS, no account
         shop.kafka.model_copy(update={"security_protocol": "SSL"}),  # TLS, no account
     ):
-        report, codes = _produce(anonymous, topic)
+        # Never delivered: the brokers drop a client that does not log in over TLS. (Whether
+        # librdkafka also reports the dropped connections within the delivery timeout varies
+        # with the machine's load, so they are not asserted; the topic's size below is.)
+        report, _ = _produce(anonymous, topic)
         assert report.code() == KafkaError._MSG_TIMED_OUT, report
-        assert codes & {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}, codes
     products = shop.kafka.model_copy(
         update={"user": "products", "password": identities.password("kafka:products")}
     )
