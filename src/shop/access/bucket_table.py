@@ -111,14 +111,15 @@ class BucketTable:
             elapsed = now - counted if now > counted else 0.0
             if now < counted:  # never write an earlier time than one read
                 now = counted
+            rates, bursts = self._rates, self._bursts
             left = []
             refusal = None
             for i, cost in enumerate(costs):
-                have = found[i + 1] + elapsed * self._rates[i]
-                if have > self._bursts[i]:
-                    have = self._bursts[i]
+                have = found[i + 1] + elapsed * rates[i]
+                if have > bursts[i]:
+                    have = bursts[i]
                 if have < cost - _EPSILON and refusal is None:
-                    refusal = Refusal(i, (cost - have) / self._rates[i])
+                    refusal = Refusal(i, (cost - have) / rates[i])
                 left.append(have)
             if refusal is None:
                 spent = zip(left, costs, strict=True)

@@ -67,9 +67,15 @@ class SharedGeneration(Generation):
         os.close(self._fd)
 
 
+def worker_dir() -> Path | None:
+    """The directory the workers of this service share (`shop serve` makes it), if they do."""
+    directory = os.environ.get(WORKER_DIR_ENV)
+    return None if directory is None else Path(directory)
+
+
 def for_workers(name: str) -> Generation:
     """The counter `name`, shared with the sibling workers if this process has any."""
-    directory = os.environ.get(WORKER_DIR_ENV)
+    directory = worker_dir()
     if directory is None:
         return Generation()
-    return SharedGeneration(Path(directory) / f"{name}.generation")
+    return SharedGeneration(directory / f"{name}.generation")
