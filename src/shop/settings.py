@@ -242,15 +242,6 @@ class Orders(Group):
     consumer_retry_max_seconds: float = Field(5.0, gt=0)
     consumer_depth_seconds: float = Field(5.0, gt=0)  # how often the queue depth gauge is read
 
-    @model_validator(mode="after")
-    def _largest_order_fits_the_units_burst(self) -> Self:
-        if self.units_burst < self.max_quantity:
-            raise ValueError(
-                f"CUSTOMER_UNITS_BURST ({self.units_burst}) is below MAX_ORDER_QUANTITY "
-                f"({self.max_quantity}): an order of that many units could never be placed"
-            )
-        return self
-
 
 class Products(Group):
     prefix = "product_list_cache_"
@@ -381,6 +372,16 @@ class Settings(BaseSettings):
                 if isinstance(group, dict):
                     group[path[1]] = value
         return tree
+
+    @model_validator(mode="after")
+    def _largest_order_fits_the_units_burst(self) -> Settings:
+        orders = self.orders
+        if orders.units_burst < orders.max_quantity:
+            raise ValueError(
+                f"CUSTOMER_UNITS_BURST ({orders.units_burst}) is below MAX_ORDER_QUANTITY "
+                f"({orders.max_quantity}): an order of that many units could never be placed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_default_passwords_beyond_loopback(self) -> Settings:

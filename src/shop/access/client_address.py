@@ -26,20 +26,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def parse_networks(values: Iterable[str]) -> tuple[str, ...]:
-    """The trusted proxies as given (`*`: every peer), each checked to be an address or network."""
-    values = tuple(values)
-    for value in values:
-        if value != "*":
-            ipaddress.ip_network(value, strict=False)  # ValueError names the bad one
-    return values
-
-
 class Clients:
-    """Keys of the clients of requests, given the proxies whose forwarded address is believed."""
+    """Keys of the clients of requests, given the proxies whose forwarded address is believed:
+    addresses or networks, `*` for every peer (a ValueError names one that is neither)."""
 
     def __init__(self, trusted: Iterable[str]) -> None:
-        trusted = parse_networks(trusted)
+        trusted = tuple(trusted)
         self._everyone = "*" in trusted
         self._networks = tuple(ipaddress.ip_network(t, strict=False) for t in trusted if t != "*")
 
