@@ -164,6 +164,16 @@ async def big_catalogue(
         settings.replace(db_name=name).db.migration_url,
         connect_args=settings.db.connect_args(),
     )
+    try:
+        await _fill(engine)
+        yield name, engine
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        await engine.dispose()
+
+
+async def _fill(engine: AsyncEngine) -> None:
     rng = random.Random(22)
     made = jsonutil.utcnow()
     async with engine.begin() as conn:
@@ -180,10 +190,6 @@ async def big_catalogue(
                 for n in range(first, first + 5000)
             ]
             await conn.execute(insert(products_table), rows)
-    yield name, engine
-    async with engine.begin() as conn:
-        await conn.execute(text(f"DROP DATABASE `{name}`"))
-    await engine.dispose()
 
 
 @pytest.fixture(scope="module")
