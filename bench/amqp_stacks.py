@@ -8,7 +8,7 @@
 Each stack runs `--rounds` times on uvloop (as the services do), alternating, on a queue of its
 own that is deleted after.
 
-    python -m bench.amqp_stacks                    # against the settings' RabbitMQ
+    python -m bench.amqp_stacks                    # the stack's RabbitMQ, as its administrator
     python -m bench.amqp_stacks --messages 50000 --rounds 5
 """
 
@@ -27,7 +27,8 @@ import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
-from shop.settings import load_settings
+from devstack import rabbitmq
+from devstack.settings import load_stack_settings
 
 BODY = b'{"id": "0190f3c1-7c1e-7a8e-9d3e-000000000000", "user_id": 1, "product_id": 1}'
 
@@ -153,7 +154,9 @@ async def main() -> None:
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    url = load_settings().rabbitmq.url
+    # The administrator's: scratch queues through the default exchange, which no service
+    # account may use.
+    url = rabbitmq.admin_url(load_stack_settings())
     stacks = {
         "aio-pika": (publish_aiopika, consume_aiopika),
         "aiormq": (publish_aiormq, consume_aiormq),

@@ -13,13 +13,15 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import MetaData, Table, text
 
+from devstack import rabbitmq
+from devstack.settings import StackSettings
 from shop import jsonutil
 from shop.ids import uuid7
-from shop.messaging.kafka import ensure_topics, producer_config
+from shop.messaging.kafka import client_config, ensure_topics, producer_config
 from shop.orders.domain import AsyncChannel
 from shop.orders.models import OrderCommand
 from shop.orders.tables import orders
-from shop.settings import Settings
+from shop.settings import Kafka, Settings
 from shop.storage.database import create_engine
 
 
@@ -39,9 +41,9 @@ def order_command(i: int, *, product_id: int = 1, channel: AsyncChannel = "kafka
     )
 
 
-def delete_topics(brokers: str, topics: list[str]) -> None:
+def delete_topics(kafka: Kafka, topics: list[str]) -> None:
     """Remove what a bench run created, so runs do not pile up topics on the broker."""
-    admin = AdminClient({"bootstrap.servers": brokers})
+    admin = AdminClient(client_config(kafka))
     existing = admin.list_topics(timeout=10).topics
     doomed = [topic for topic in topics if topic in existing]
     if doomed:
@@ -49,15 +51,12 @@ def delete_topics(brokers: str, topics: list[str]) -> None:
             future.result(timeout=15)
 
 
-def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
-    """Raw produce with acks=all (idempotent), one Python process, until every ack is in."""
+def kafka_produce(kafka: Kafka, *, messages: int) -> dict[str, Any]:
+    """Raw produce with acks=all (idempotent), one Python process, until every ack is in; as
+    `kafka`'s account (the bench's: the stack's administrator), over its TLS if it has one."""
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    asyncio.run(
-        ensure_topics(
-            settings.kafka.brokers, [topic], replication_factor=settings.kafka.replication_factor
-        )
-    )
-    config = producer_config(settings.kafka.brokers, delivery_timeout=30)
+    asyncio.run(ensure_topics(kafka, [topic]))
+    config = producer_config(kafka, delivery_timeout=30)
     config.pop("logger", None)
     producer = Producer(config)
     bodies = [order_command(i) for i in range(1000)]
@@ -73,7 +72,7 @@ def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
             producer.poll(0)
     left = producer.flush(60)
     seconds = time.perf_counter() - started
-    delete_topics(settings.kafka.brokers, [topic])
+    delete_topics(kafka, [topic])
     return {
         "messages": messages - left,
         "seconds": round(seconds, 3),
@@ -83,11 +82,13 @@ def kafka_produce(settings: Settings, *, messages: int) -> dict[str, Any]:
 
 
 async def rabbitmq_publish(
-    settings: Settings, *, messages: int, window: int = 256
+    settings: StackSettings, *, messages: int, window: int = 256
 ) -> dict[str, Any]:
-    """Raw persistent publishes with publisher confirms, `window` unconfirmed at a time."""
+    """Raw persistent publishes with publisher confirms, `window` unconfirmed at a time (to a
+    scratch queue through the default exchange: as the administrator, whom alone that is
+    allowed)."""
     queue_name = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
+    connection = await aio_pika.connect(rabbitmq.admin_url(settings), timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         quorum = settings.rabbitmq.queue_type == "quorum"  # the order queue's kind

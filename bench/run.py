@@ -31,10 +31,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench import idle, limits, report
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load, shopload_version
-from devstack import identities
+from devstack import identities, rabbitmq
+from devstack import kafka as stack_kafka
 from devstack.settings import StackSettings, load_stack_settings
 from shop import jsonutil
-from shop.messaging.kafka import ensure_topics
+from shop.messaging.kafka import client_config, ensure_topics
 from shop.messaging.ports import Outgoing
 from shop.messaging.rabbitmq import RabbitBroker
 from shop.orders.domain import AsyncChannel
@@ -73,7 +74,7 @@ async def _query(settings: StackSettings, sql: str, args: Any = None) -> list[tu
             await cur.execute(sql, args)
             return list(await cur.fetchall())
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends
 
 
 def query(settings: StackSettings, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
@@ -129,7 +130,7 @@ class DepthSampler:
     def _run(self) -> None:
         s = self._settings
         consumer = Consumer(
-            {"bootstrap.servers": s.kafka.brokers, "group.id": s.kafka.consumer_group}
+            {**client_config(stack_kafka.as_admin(s)), "group.id": s.kafka.consumer_group}
         )
         try:
             while not self._stop.wait(0.5):
@@ -181,7 +182,10 @@ def wait_idle(settings: StackSettings, timeout: float = 120.0) -> dict[str, floa
     """Wait (up to `timeout`) until no command waits for a consumer; the depths last seen."""
     # The service's group id, to read its committed offsets; never subscribes, so never joins.
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.brokers, "group.id": settings.kafka.consumer_group}
+        {
+            **client_config(stack_kafka.as_admin(settings)),
+            "group.id": settings.kafka.consumer_group,
+        }
     )
     try:
         deadline = time.monotonic() + timeout
@@ -272,32 +276,28 @@ def drain(
         limits.order_command(i, product_id=product_ids[i % len(product_ids)], channel=channel)
         for i in range(orders)
     ]
-    env = {
-        **os.environ,
-        **identities.service_env("orders"),
-        "KAFKA_TOPIC": name,
-        "RABBITMQ_QUEUE": name,
-        "KAFKA_CONSUMER_GROUP": name,
-        "KAFKA_DLQ_TOPIC": f"{name}.dlq",
-    }
+    # RabbitMQ: a vhost of its own, where the order service's accounts get their rights on
+    # these names (they have one set of rights per vhost: "/" holds `make up`'s).
+    private = settings.replace(rabbitmq_vhost=name, rabbitmq_queue=name)
+    names = {"KAFKA_TOPIC": name, "KAFKA_CONSUMER_GROUP": name, "KAFKA_DLQ_TOPIC": f"{name}.dlq"}
+    # The consumer as the order service (its own accounts, as devstack starts it), allowed its
+    # topics and group here (`provision`); the bench fills the topic as the administrator.
+    env = {**os.environ, **identities.service_env("orders"), **names, "RABBITMQ_QUEUE": name}
+    consumer_settings = settings.replace(**{k.lower(): v for k, v in names.items()})
+    stack_kafka.provision(consumer_settings)
+    admin = stack_kafka.as_admin(settings)
     if channel == "kafka":
-        asyncio.run(
-            ensure_topics(
-                settings.kafka.brokers,
-                [name],
-                replication_factor=settings.kafka.replication_factor,
-            )
-        )
-        producer = Producer(
-            {"bootstrap.servers": settings.kafka.brokers, "acks": "all", "linger.ms": 5}
-        )
+        asyncio.run(ensure_topics(admin, [name]))
+        producer = Producer({**client_config(admin), "acks": "all", "linger.ms": 5})
         for i, body in enumerate(commands):
             producer.produce(name, key=str(product_ids[i % len(product_ids)]), value=body)
             if i % 5000 == 0:
                 producer.poll(0)
         producer.flush(60)
     else:
-        asyncio.run(_fill_queue(settings, name, commands))
+        rabbitmq.provision(private)
+        env["RABBITMQ_VHOST"] = name
+        asyncio.run(_fill_queue(private, name, commands))
     consumer = subprocess.Popen(
         [sys.executable, "-m", "shop", "consume", channel],
         env=env,
@@ -324,9 +324,10 @@ def drain(
     finally:
         consumer.terminate()
         consumer.wait(20)
-    # The consumer process declares its queues and topics whichever channel it consumes.
-    asyncio.run(_delete_queues(settings, [name, f"{name}.dlq"]))
-    limits.delete_topics(settings.kafka.brokers, [name, f"{name}.dlq"])
+    if channel == "rabbitmq":
+        rabbitmq.remove_vhost(private)
+    limits.delete_topics(admin, [name, f"{name}.dlq"])
+    stack_kafka.revoke(settings, name)
     # The rate is taken between the first and the last stored order (the rows' own clocks),
     # so the consumer process's start-up and group join are not counted.
     ((first_at, last_at),) = query(
@@ -346,8 +347,7 @@ def drain(
 
 
 async def _fill_queue(settings: StackSettings, name: str, bodies: list[bytes]) -> None:
-    """Declare the queue as the service does (its dead-letter topology too) and fill it."""
-    # Declared as the consumer declares it (a cluster's queue type and delivery limit).
+    """Fill the queue (provisioned: declared as the consumer declares it) as intake does."""
     rabbit = RabbitBroker(settings.rabbitmq.model_copy(update={"queue": name}), timeout=10)
     queue = rabbit.publisher()
     rabbit.start()
@@ -366,17 +366,6 @@ async def _fill_queue(settings: StackSettings, name: str, bodies: list[bytes]) -
             )
     finally:
         await rabbit.close()
-
-
-async def _delete_queues(settings: StackSettings, names: list[str]) -> None:
-    import aio_pika
-
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
-    async with connection:
-        channel = await connection.channel()
-        for name in names:
-            await channel.queue_delete(name)
-        await channel.exchange_delete(f"{names[0]}.dlx")
 
 
 # ---------------------------------------------------------------- audit
@@ -575,7 +564,9 @@ def main() -> int:
     }
     say("limits: raw Kafka produce, raw RabbitMQ publish, raw batched inserts")
     results["limits"] = {
-        "kafka_produce": limits.kafka_produce(settings, messages=plan.raw_kafka),
+        "kafka_produce": limits.kafka_produce(
+            stack_kafka.as_admin(settings), messages=plan.raw_kafka
+        ),
         "rabbitmq_publish": asyncio.run(
             limits.rabbitmq_publish(settings, messages=plan.raw_rabbitmq)
         ),

@@ -1,8 +1,8 @@
 """Session fixtures: a private database, topics and queue on the real servers, and the services.
 
 Everything the tests create is named for this run (database `shop_test_<run>`, topics and queue
-`test-<run>-...`, free service ports), so a system started with `make run` is not touched;
-the database and topics are removed at the end.
+`test-<run>-...`, RabbitMQ vhost `test-<run>`, free service ports), so a system started with
+`make run` is not touched; the database, topics and vhost are removed at the end.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from devstack import identities
+from devstack import identities, rabbitmq
+from devstack import kafka as stack_kafka
 from devstack.settings import StackSettings, load_stack_settings
+from shop.messaging.kafka import client_config
 from tests.support import ServiceProcess, free_port
 from tests.tokens import AUDIENCE, ISSUER, Issuer
 
@@ -55,6 +57,9 @@ TEST_ENV = {
     "KAFKA_DLQ_TOPIC": f"test-{RUN}-orders.dlq",
     "KAFKA_CONSUMER_GROUP": f"test-{RUN}-order-service",
     "RABBITMQ_QUEUE": f"test-{RUN}-orders",
+    # The run's own vhost: the services' RabbitMQ accounts get their permissions for this
+    # run's names there (one set per user and vhost), beside those `make up` gave them on "/".
+    "RABBITMQ_VHOST": f"test-{RUN}",
     "PRODUCT_SERVICE_PORT": str(free_port()),
     "ORDER_SERVICE_PORT": str(free_port()),
     "OUTBOX_POLL_SECONDS": "0.1",
@@ -99,7 +104,7 @@ async def _drop_database(settings: StackSettings, name: str) -> None:
         async with conn.cursor() as cur:
             await cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -137,10 +142,13 @@ async def database(settings: StackSettings) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture(scope="session")
 def kafka_topics(settings: StackSettings) -> Iterator[None]:
-    """The run's topics (the session's and any a test made under the `test-<run>-` prefix)
-    are deleted at the end (the services create them)."""
+    """The services' principals may use the run's topics and group (`devstack.kafka.provision`:
+    ACLs on these names); at the end the run's ACLs and topics (the session's and any a test
+    made under the `test-<run>-` prefix) are deleted (the services create the topics)."""
+    stack_kafka.provision(settings)
     yield
-    admin = AdminClient({"bootstrap.servers": settings.kafka.brokers})
+    stack_kafka.revoke(settings, f"test-{RUN}-")
+    admin = AdminClient(client_config(stack_kafka.as_admin(settings)))
     names = {v for k, v in TEST_ENV.items() if k.startswith("KAFKA_") and "TOPIC" in k}
     existing = admin.list_topics(timeout=10).topics
     doomed = [name for name in existing if name in names or name.startswith(f"test-{RUN}-")]
@@ -197,18 +205,20 @@ async def orders(order_service: ServiceProcess) -> AsyncIterator[httpx.AsyncClie
 
 @pytest.fixture(scope="session")
 def rabbitmq_cleanup(settings: StackSettings) -> Iterator[None]:
-    """The run's queues and exchanges (`test-<run>-...`) are deleted at the end."""
+    """The run's vhost, provisioned for its names as `make up` provisions "/" (accounts,
+    permissions, the order topology); deleted at the end with everything in it, and so are
+    the vhosts of single tests (`test-<run>-...`)."""
+    rabbitmq.provision(settings)
     yield
     api = f"http://127.0.0.1:{settings.stack.management_port}/api"
     auth = (settings.stack.admin_user, settings.stack.admin_password)
     with httpx.Client(auth=auth, timeout=10) as client:
-        for kind in ("queues", "exchanges"):
-            listed = client.get(f"{api}/{kind}/%2F")
-            if listed.status_code != 200:
-                continue
-            for item in listed.json():
-                if item["name"].startswith(f"test-{RUN}-"):
-                    client.delete(f"{api}/{kind}/%2F/{item['name']}")
+        listed = client.get(f"{api}/vhosts")
+        left = [v["name"] for v in listed.json()] if listed.status_code == 200 else []
+    for vhost in left:
+        if vhost.startswith(f"test-{RUN}-"):
+            rabbitmq.remove_vhost(settings.replace(rabbitmq_vhost=vhost))
+    rabbitmq.remove_vhost(settings)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

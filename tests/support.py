@@ -20,9 +20,13 @@ from confluent_kafka import Consumer, TopicPartition
 
 from devstack import identities
 from devstack.identities import Service
+from devstack.kafka import as_admin
+from devstack.settings import StackSettings
 from shop import jsonutil
+from shop.messaging.kafka import client_config
 from shop.messaging.ports import Outgoing, PublishError
 from shop.messaging.rabbitmq import RabbitBroker
+from shop.settings import Kafka, Settings
 
 T = TypeVar("T")
 
@@ -49,8 +53,15 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def observer(settings: Settings) -> Kafka:
+    """Kafka as a test that watches topics (events, dead letters) or makes scratch ones: the
+    stack's administrator, who may read and write any topic in any group."""
+    assert isinstance(settings, StackSettings), "the tests' settings are the stack's"
+    return as_admin(settings)
+
+
 def read_events(
-    brokers: str,
+    kafka: Kafka,
     topic: str,
     *,
     until: Callable[[list[dict[str, Any]]], bool],
@@ -61,7 +72,7 @@ def read_events(
     (so that an extra, duplicated event would be seen too). Blocking: call via to_thread."""
     consumer = Consumer(
         {
-            "bootstrap.servers": brokers,
+            **client_config(kafka),
             "group.id": f"test-reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -84,9 +95,9 @@ def read_events(
     return events
 
 
-def topic_size(brokers: str, topic: str) -> int:
+def topic_size(kafka: Kafka, topic: str) -> int:
     """How many messages a topic holds (sum of high watermarks)."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "test-size"})
+    consumer = Consumer({**client_config(kafka), "group.id": "test-size"})
     try:
         meta = consumer.list_topics(topic, timeout=5).topics[topic]
         total = 0

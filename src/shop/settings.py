@@ -54,6 +54,8 @@ class Database(Group):
     migrate_password: str = "shop_migrate"
     name: str = Field("shop", pattern=r"^[A-Za-z0-9_]{1,64}$")
     pool_size: int = Field(20, ge=1, le=500)
+    # Read-pool connections each service process opens at start (at most DB_POOL_SIZE are kept).
+    warm_connections: int = Field(20, ge=0, le=500)
     timeout_seconds: float = Field(5.0, gt=0)
     recycle_seconds: float = Field(1800.0, gt=0)  # a connection is replaced after this long
     # The pause before each new try of a unit of work known not to have committed (so four
@@ -128,12 +130,46 @@ class Kafka(Group):
     dlq_timeout_seconds: float = Field(10.0, gt=0)  # for the dead-letter topic to confirm
     # For a broker's tasks to stop and its intake producer to flush.
     close_seconds: float = Field(2.0, gt=0)
+    # How the services reach the brokers (`shop.messaging.kafka.client_config`). PLAINTEXT:
+    # anyone who reaches them (compose and the cluster for now, the Helm chart's trial values).
+    # SASL_SSL (the local stack, the chart's production values): TLS, the brokers' certificate
+    # checked against KAFKA_CA_FILE (the system's CAs without it) and their host name, and SASL
+    # as KAFKA_USER, whose ACLs decide what it may do.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    user: str = ""
+    password: str = Field("", repr=False)
+    ca_file: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+
+    @model_validator(mode="after")
+    def _sasl_needs_an_account(self) -> Self:
+        if self.security_protocol.startswith("SASL_") and not (self.user and self.password):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs KAFKA_USER and "
+                "KAFKA_PASSWORD (or KAFKA_PASSWORD_FILE)"
+            )
+        return self
+
+
+def _optional(value: Any) -> Any:
+    """An empty value (`RABBITMQ_CA_FILE=`) as unset."""
+    return value or None
 
 
 class RabbitMQ(Group):
+    """The order commands' broker. Two roles, each with its own account where the broker has
+    one per role (docs/security.md): intake (the HTTP workers) publishes to the order exchange
+    as RABBITMQ_USER; the consumers read the queue and publish dead letters as
+    RABBITMQ_CONSUMER_USER, or as RABBITMQ_USER when that is unset (one application user)."""
+
     prefix = "rabbitmq_"
     user: str = "guest"
     password: str = "guest"
+    consumer_user: Annotated[str | None, BeforeValidator(_optional)] = None
+    consumer_password: Annotated[str | None, BeforeValidator(_optional)] = None
+    # TLS (amqps) to RABBITMQ_HOST:RABBITMQ_PORT, the server's certificate checked against these
+    # CA certificates (PEM) and its name against RABBITMQ_HOST. Empty: plain AMQP.
+    ca_file: Annotated[str | None, BeforeValidator(_optional)] = None
     host: str = "127.0.0.1"
     port: int = Field(5672, ge=1, le=65535)
     vhost: str = "/"
@@ -150,10 +186,35 @@ class RabbitMQ(Group):
     renew_channel_seconds: float = Field(1.0, ge=0)
     close_seconds: float = Field(5.0, gt=0)  # for a connection's task to stop
 
+    @model_validator(mode="after")
+    def _consumer_account_whole(self) -> Self:
+        if (self.consumer_user is None) != (self.consumer_password is None):
+            raise ValueError(
+                "RABBITMQ_CONSUMER_USER and RABBITMQ_CONSUMER_PASSWORD are set together "
+                "(or neither: the consumers then use RABBITMQ_USER)"
+            )
+        return self
+
     @property
     def url(self) -> str:
-        vhost = "%2F" if self.vhost == "/" else self.vhost
-        return f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/{vhost}"
+        """Intake's: RABBITMQ_USER."""
+        return self.url_for(self.user, self.password)
+
+    @property
+    def consumer_url(self) -> str:
+        """The consumers': RABBITMQ_CONSUMER_USER, else RABBITMQ_USER."""
+        if self.consumer_user is None or self.consumer_password is None:
+            return self.url
+        return self.url_for(self.consumer_user, self.consumer_password)
+
+    def url_for(self, user: str, password: str) -> str:
+        """An AMQP URL for `user`: amqps with the CA file (aiormq's and aio-pika's `cafile`)
+        when RABBITMQ_CA_FILE is set. It holds the password: never log it."""
+        account = f"{quote(user, safe='')}:{quote(password, safe='')}"
+        where = f"{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+        if self.ca_file is None:
+            return f"amqp://{account}@{where}"
+        return f"amqps://{account}@{where}?cafile={quote(self.ca_file, safe='')}"
 
 
 def _power_of_two(value: int) -> int:
@@ -526,7 +587,7 @@ def load(settings_cls: type[S], **overrides: Any) -> S:
             return names.get(path[:2]) or names.get(path[:1]) or ".".join(path).upper()
 
         problems = "; ".join(
-            f"{named(err['loc'])}: {err['msg']}"
+            f"{named(err['loc'])}: {str(err['msg']).removeprefix('Value error, ')}"
             if err["loc"]
             else str(err["msg"]).removeprefix("Value error, ")
             for err in exc.errors()

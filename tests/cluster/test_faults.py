@@ -11,7 +11,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from functools import partial
 
 import aio_pika
 import pytest
@@ -21,7 +20,7 @@ from devstack import cluster, layout
 from devstack.settings import StackSettings, load_stack_settings
 from shop.messaging.rabbitmq import RabbitBroker
 from shop.settings import RabbitMQ
-from tests.support import confirmed, eventually, free_port
+from tests.support import confirmed, free_port
 
 pytestmark = [pytest.mark.cluster]
 
@@ -85,9 +84,9 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
         update = {"host": "127.0.0.1", "port": port, "vhost": "/", "queue": queue}
         return shop.rabbitmq.model_copy(update={**update, "queue_type": "quorum"})
 
-    declaring = RabbitBroker(at(shop.rabbitmq.port), timeout=5.0)
-    declaring.start()
-    await eventually(partial(confirmed, declaring), timeout=30, what="the queue declared")
+    declaring = RabbitBroker(at(shop.rabbitmq.port), timeout=5.0, intake=False)
+    consuming = declaring.consumer(1)  # a consumer declares the topology; intake only uses it
+    await asyncio.wait_for(consuming.consuming.wait(), 30)
     await declaring.close()
     leader = await asyncio.to_thread(cluster.quorum_queue_leader, clustered, queue)
     survivor = next(name for name in nodes if name != leader)
@@ -108,3 +107,4 @@ async def test_a_publisher_connected_while_the_queue_leader_is_lost_is_confirmed
             await channel.queue_delete(queue)
             await channel.queue_delete(f"{queue}.dlq")
             await channel.exchange_delete(f"{queue}.dlx")
+            await channel.exchange_delete(f"{queue}.exchange")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack import haproxy, kafka, mariadb
+from devstack import haproxy, identities, kafka, mariadb
 from devstack import layout as cluster
 from devstack.settings import StackSettings, load_stack_settings
 from shop.settings import load_settings
@@ -186,3 +186,29 @@ def test_kafka_nodes_formatting_at_once_share_one_cluster_id(tmp_path: Path) -> 
     assert len(set(ids)) == 1
     assert ids[0] == id_file.read_text().strip()
     assert [p.name for p in tmp_path.iterdir()] == ["kafka.cluster.id"]  # no drafts left
+
+
+def test_the_cluster_keeps_plain_amqp_and_one_rabbitmq_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The single node's identity (TLS, an account per role) is not the cluster's: its nodes
+    speak plain AMQP and `cluster.py` provisions the one application user of config.yaml."""
+    monkeypatch.chdir(tmp_path)  # no config.yaml: the defaults
+    monkeypatch.setenv("SHOP_STACK_DIR", str(tmp_path / "stack"))
+    for name in ("SHOP_CONFIG", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    identities.ensure()
+    stack = load_stack_settings(product_service_port=18080, order_service_port=18081)
+    assert stack.rabbitmq.ca_file is not None  # the single node's, with the stack's CA
+    shop = cluster.cluster_settings(stack, tmp_path)
+    plain = load_settings().rabbitmq
+    assert (shop.rabbitmq.user, shop.rabbitmq.password) == (plain.user, plain.password)
+    assert (shop.rabbitmq.consumer_user, shop.rabbitmq.ca_file) == (None, None)
+    assert shop.rabbitmq.url.startswith("amqp://")
+    for process in cluster.processes(stack, tmp_path):
+        if process.name.startswith("products-"):  # no RabbitMQ account at all
+            assert "RABBITMQ_USER" not in process.env
+            continue
+        assert process.env["RABBITMQ_USER"] == plain.user, process.name
+        for unset in ("RABBITMQ_CA_FILE", "RABBITMQ_CONSUMER_USER", "RABBITMQ_CONSUMER_PASSWORD"):
+            assert process.env.get(unset, "") == "", (process.name, unset)

@@ -14,9 +14,12 @@ from confluent_kafka import Consumer, Producer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack import rabbitmq
 from devstack.settings import StackSettings
+from shop.messaging.kafka import client_config
 from shop.orders.tables import orders as orders_table
 from shop.products.tables import products as products_table
+from shop.settings import Kafka
 from tests.support import eventually
 
 PATHS = ("sync", "kafka", "rabbitmq")
@@ -166,13 +169,13 @@ async def assert_stock_adds_up(
 
 
 def dead_letters_on_topic(
-    brokers: str, topic: str, wanted: set[bytes], *, timeout: float
+    kafka: Kafka, topic: str, wanted: set[bytes], *, timeout: float
 ) -> dict[bytes, dict[str, str | bytes | None]]:
     """The headers of each wanted value found on `topic` (read from the beginning).
     Blocking: call via to_thread."""
     consumer = Consumer(
         {
-            "bootstrap.servers": brokers,
+            **client_config(kafka),
             "group.id": f"test-reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -195,19 +198,21 @@ def dead_letters_on_topic(
     return found
 
 
-def publish_to_topic(brokers: str, topic: str, key: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
+def publish_to_topic(kafka: Kafka, topic: str, key: str, values: list[bytes]) -> None:
+    producer = Producer({**client_config(kafka), "enable.idempotence": True})
     for value in values:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(15) == 0, "poison not delivered to Kafka"
 
 
 async def publish_to_queue(settings: StackSettings, bodies: list[bytes]) -> None:
+    """As anyone who holds intake's account could: to the order exchange, whatever the body."""
     connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(f"{settings.rabbitmq.queue}.exchange", ensure=True)
         for body in bodies:
-            await channel.default_exchange.publish(
+            await exchange.publish(
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=settings.rabbitmq.queue,
                 mandatory=True,
@@ -221,7 +226,8 @@ async def dead_letters_in_queue(
     """The headers of each wanted body found in the dead-letter queue (which is emptied of
     them; anything else is left there)."""
     found: dict[bytes, dict[str, Any]] = {}
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
+    # As the administrator: no service account may read the dead-letter queue.
+    connection = await aio_pika.connect(rabbitmq.admin_url(settings), timeout=10)
     async with connection:
         channel = await connection.channel()
         queue = await channel.get_queue(f"{settings.rabbitmq.queue}.dlq", ensure=True)

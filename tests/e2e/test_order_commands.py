@@ -26,6 +26,7 @@ from tests.e2e.orders_support import (
     stored_orders,
     wait_until_stored,
 )
+from tests.support import observer
 
 pytestmark = pytest.mark.e2e
 
@@ -64,11 +65,11 @@ async def test_commands_intake_would_refuse_are_dead_lettered_with_why_and_never
     bodies = [*refused, valid]  # the valid one last: it is stored, its neighbours are not
     if channel == "kafka":
         await asyncio.to_thread(
-            publish_to_topic, settings.kafka.brokers, settings.kafka.topic, str(pid), bodies
+            publish_to_topic, settings.kafka, settings.kafka.topic, str(pid), bodies
         )
         on_topic = await asyncio.to_thread(
             dead_letters_on_topic,
-            settings.kafka.brokers,
+            observer(settings),
             settings.kafka.dlq_topic,
             set(refused),
             timeout=30,

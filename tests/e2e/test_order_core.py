@@ -20,7 +20,7 @@ from tests.e2e.orders_support import (
     stored_orders,
     wait_until_stored,
 )
-from tests.support import eventually, read_events
+from tests.support import eventually, observer, read_events
 
 pytestmark = pytest.mark.e2e
 
@@ -133,7 +133,7 @@ async def test_placing_cancelling_and_editing_publish_versioned_product_events(
     events = mine(
         await asyncio.to_thread(
             read_events,
-            settings.kafka.brokers,
+            observer(settings),
             settings.kafka.product_events_topic,
             until=lambda evs: len(mine(evs)) >= 5,
             timeout=30,
@@ -154,7 +154,7 @@ async def test_placing_cancelling_and_editing_publish_versioned_product_events(
         e
         for e in await asyncio.to_thread(
             read_events,
-            settings.kafka.brokers,
+            observer(settings),
             settings.kafka.order_events_topic,
             until=lambda evs: sum(e["data"]["id"] == order_id for e in evs) >= 2,
             timeout=30,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import devstack as stack
+from devstack import kafka as stack_kafka
+from devstack import rabbitmq
 from devstack.settings import StackSettings
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
@@ -43,7 +44,7 @@ from tests.e2e.orders_support import (
     stored_orders,
     wait_until_stored,
 )
-from tests.support import ServiceProcess, eventually, free_port
+from tests.support import ServiceProcess, eventually, free_port, observer
 
 pytestmark = pytest.mark.e2e
 
@@ -292,28 +293,34 @@ async def test_kafka_outage_gives_503_and_intake_resumes(
 # --- 4./6. The service's own process dies or is stopped in the middle of a stream -------------
 
 
-def _private_env(tag: str) -> dict[str, str]:
-    """Topic, queue and group of one's own: only this process consumes them. The run prefix
-    makes the session teardown delete the topics."""
+def _private_env(settings: StackSettings, tag: str) -> dict[str, str]:
+    """Topic, queue and group of one's own, the queue in a vhost of its own (where the
+    services' accounts get their rights on its names: `_private_vhost`): only this process
+    consumes them (the order service's Kafka principal may use them: `provision`). The run
+    prefix makes the session teardown delete the topics and those ACLs."""
     name = f"test-{RUN}-{tag}-{uuid.uuid4().hex[:6]}"
-    return {
-        **TEST_ENV,
-        "ORDER_SERVICE_PORT": str(free_port()),
+    kafka = {
         "KAFKA_TOPIC": f"{name}-orders",
         "KAFKA_DLQ_TOPIC": f"{name}-orders.dlq",
         "KAFKA_CONSUMER_GROUP": f"{name}-order-service",
+    }
+    stack_kafka.provision(settings.replace(**{k.lower(): v for k, v in kafka.items()}))
+    return {
+        **TEST_ENV,
+        "ORDER_SERVICE_PORT": str(free_port()),
+        **kafka,
+        "RABBITMQ_VHOST": name,
         "RABBITMQ_QUEUE": f"{name}-orders",
     }
 
 
-async def _delete_queue(settings: StackSettings, queue: str) -> None:
-    """Remove a private queue, its dead-letter queue and exchange."""
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
-    async with connection:
-        channel = await connection.channel()
-        for name in (queue, f"{queue}.dlq"):
-            await channel.queue_delete(name)
-        await channel.exchange_delete(f"{queue}.dlx")
+async def _private_vhost(settings: StackSettings, env: dict[str, str]) -> StackSettings:
+    """The private env's vhost, provisioned as the run's is (`rabbitmq.remove_vhost` at the end)."""
+    private = settings.replace(
+        rabbitmq_vhost=env["RABBITMQ_VHOST"], rabbitmq_queue=env["RABBITMQ_QUEUE"]
+    )
+    await asyncio.to_thread(rabbitmq.provision, private)
+    return private
 
 
 @dataclass
@@ -412,7 +419,8 @@ def _incarnations(env: dict[str, str], logs: Path) -> Iterator[ServiceProcess]:
 async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
     products: httpx.AsyncClient, database: AsyncEngine, settings: StackSettings, tmp_path: Path
 ) -> None:
-    env = _private_env("kill")
+    env = _private_env(settings, "kill")
+    private = await _private_vhost(settings, env)
     pid = await new_product(products, stock=150)
     user = _user()
     processes = _incarnations(env, tmp_path)
@@ -446,14 +454,15 @@ async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
         )
     finally:
         clean = service.stop()
-        await _delete_queue(settings, env["RABBITMQ_QUEUE"])
+        await asyncio.to_thread(rabbitmq.remove_vhost, private)
     assert clean, f"order service did not stop cleanly; see {service.log_path}"
 
 
 async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_accepted_orders(
     products: httpx.AsyncClient, database: AsyncEngine, settings: StackSettings, tmp_path: Path
 ) -> None:
-    env = _private_env("term")
+    env = _private_env(settings, "term")
+    private = await _private_vhost(settings, env)
     pid = await new_product(products, stock=200)
     user = _user()
     processes = _incarnations(env, tmp_path)
@@ -501,7 +510,7 @@ async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_
         for task in stopped:
             await asyncio.gather(task, return_exceptions=True)
         clean = service.stop()
-        await _delete_queue(settings, env["RABBITMQ_QUEUE"])
+        await asyncio.to_thread(rabbitmq.remove_vhost, private)
     assert clean, f"order service did not stop cleanly; see {service.log_path}"
 
 
@@ -536,7 +545,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
     # Keyed like real commands (by product), so they sit in the same partition, before the
     # valid order sent next: that order being stored proves the consumer got past them.
     await asyncio.to_thread(
-        publish_to_topic, settings.kafka.brokers, settings.kafka.topic, str(pid), poison["kafka"]
+        publish_to_topic, settings.kafka, settings.kafka.topic, str(pid), poison["kafka"]
     )
     await publish_to_queue(settings, poison["rabbitmq"])
     valid = {}
@@ -548,7 +557,7 @@ async def test_poison_messages_go_to_dead_letters_and_consumption_goes_on(
 
     on_topic = await asyncio.to_thread(
         dead_letters_on_topic,
-        settings.kafka.brokers,
+        observer(settings),
         settings.kafka.dlq_topic,
         set(poison["kafka"]),
         timeout=30,

@@ -17,12 +17,15 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from devstack import identities
+from devstack import kafka as stack_kafka
+from devstack.settings import StackSettings
+from shop.messaging.kafka import client_config
 from shop.orders.domain import AsyncChannel
 from shop.orders.models import OrderCommand
 from shop.settings import Settings
-from tests.conftest import TEST_ENV
+from tests.conftest import RUN, TEST_ENV
 from tests.e2e.orders_support import new_product, order_count, stock_of, stored_orders
-from tests.support import eventually
+from tests.support import eventually, observer
 
 pytestmark = pytest.mark.e2e
 
@@ -43,18 +46,19 @@ def _command(product_id: int, channel: AsyncChannel) -> bytes:
 
 
 def _produce(settings: Settings, key: str, value: bytes, copies: int) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka.brokers, "acks": "all"})
+    producer = Producer({**client_config(settings.kafka), "acks": "all"})
     for _ in range(copies):
         producer.produce(settings.kafka.topic, key=key, value=value)
     assert producer.flush(10) == 0
 
 
 async def _publish(settings: Settings, body: bytes, copies: int) -> None:
-    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)
+    connection = await aio_pika.connect(settings.rabbitmq.url, timeout=10)  # intake's account
     async with connection:
         channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{settings.rabbitmq.queue}.exchange", ensure=True)
         for _ in range(copies):
-            await channel.default_exchange.publish(
+            await exchange.publish(
                 aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=settings.rabbitmq.queue,
             )
@@ -105,7 +109,7 @@ async def test_a_command_delivered_twice_stores_one_order_and_takes_stock_once(
 
 def _group_caught_up(settings: Settings, group: str) -> bool:
     """Whether `group` has committed offsets up to the end of every partition of the topic."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": group})
+    consumer = Consumer({**client_config(observer(settings)), "group.id": group})
     try:
         meta = consumer.list_topics(settings.kafka.topic, timeout=5).topics[settings.kafka.topic]
         parts = [TopicPartition(settings.kafka.topic, p) for p in meta.partitions]
@@ -122,7 +126,7 @@ async def test_rereading_the_whole_order_topic_changes_nothing(
     products: httpx.AsyncClient,
     orders: httpx.AsyncClient,
     database: Any,
-    settings: Settings,
+    settings: StackSettings,
     tmp_path: Path,
 ) -> None:
     pid = await new_product(products, stock=20)
@@ -141,7 +145,9 @@ async def test_rereading_the_whole_order_topic_changes_nothing(
     await eventually(stored, timeout=30, what="orders stored")
     rows_before, stock_before = await order_count(database), await stock_of(database, pid)
     # A consumer in a new group starts from the earliest offset: every command again.
-    group = f"test-rewind-{uuid.uuid4().hex[:8]}"
+    group = f"test-{RUN}-rewind-{uuid.uuid4().hex[:8]}"
+    rewinder = settings.replace(kafka_consumer_group=group)
+    await asyncio.to_thread(stack_kafka.provision, rewinder)  # the order service's, in its group
     log = (tmp_path / "rewind.log").open("wb")
     rewind = subprocess.Popen(
         [sys.executable, "-m", "shop", "consume", "kafka"],
@@ -164,6 +170,7 @@ async def test_rereading_the_whole_order_topic_changes_nothing(
         rewind.terminate()
         code = rewind.wait(timeout=15)
         log.close()
+        await asyncio.to_thread(stack_kafka.revoke, rewinder, group)
     assert code in (0, -15), (tmp_path / "rewind.log").read_text()
     assert await order_count(database) == rows_before
     assert await stock_of(database, pid) == stock_before

@@ -23,7 +23,7 @@ from tests.e2e.orders_support import (
     stored_orders,
     wait_until_stored,
 )
-from tests.support import eventually, read_events, topic_size
+from tests.support import eventually, observer, read_events, topic_size
 
 pytestmark = pytest.mark.e2e
 
@@ -161,7 +161,7 @@ async def test_order_events_are_published(
 
     events = await asyncio.to_thread(
         read_events,
-        settings.kafka.brokers,
+        observer(settings),
         settings.kafka.order_events_topic,
         until=lambda evs: len(mine(evs)) >= 3,
         timeout=30,
@@ -355,7 +355,7 @@ async def test_bad_orders_are_refused_and_send_nothing(
     named: str,
 ) -> None:
     before_rows = await order_count(database)
-    before_kafka = await asyncio.to_thread(topic_size, settings.kafka.brokers, settings.kafka.topic)
+    before_kafka = await asyncio.to_thread(topic_size, observer(settings), settings.kafka.topic)
     for path in PATHS:
         response = await orders.post(
             order_url(path), content=body, headers={"content-type": "application/json"}
@@ -368,7 +368,7 @@ async def test_bad_orders_are_refused_and_send_nothing(
     sentinel = (await place(orders, "rabbitmq", product_id=pid)).json()["id"]
     await wait_until_stored(database, pid, {sentinel})
     assert await order_count(database) == before_rows + 1
-    after_kafka = await asyncio.to_thread(topic_size, settings.kafka.brokers, settings.kafka.topic)
+    after_kafka = await asyncio.to_thread(topic_size, observer(settings), settings.kafka.topic)
     assert after_kafka == before_kafka
 
 

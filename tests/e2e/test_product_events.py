@@ -12,7 +12,7 @@ import pytest
 import devstack as stack
 from devstack.settings import StackSettings
 from tests.conftest import STACK
-from tests.support import eventually, read_events
+from tests.support import eventually, observer, read_events
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +37,7 @@ async def test_each_change_publishes_exactly_one_event(
     events = mine(
         await asyncio.to_thread(
             read_events,
-            settings.kafka.brokers,
+            observer(settings),
             settings.kafka.product_events_topic,
             until=lambda evs: len(mine(evs)) >= 3,
             timeout=30,
@@ -78,7 +78,7 @@ async def test_writes_succeed_while_kafka_is_down_and_events_follow(
     wanted = set(made)
     events = await asyncio.to_thread(
         read_events,
-        settings.kafka.brokers,
+        observer(settings),
         settings.kafka.product_events_topic,
         until=lambda evs: wanted <= {e["data"]["id"] for e in evs},
         timeout=60,

@@ -221,14 +221,12 @@ def _management(settings: StackSettings) -> httpx.Client:
     )
 
 
-def _is_plain_user(settings: StackSettings, user: str, password: str) -> None:
-    """No tags, so not an administrator and no management API; all rights on the vhost."""
+def _no_administrator(settings: StackSettings, user: str, password: str) -> None:
+    """No tags, so not an administrator and no management API."""
     with _management(settings) as api:
         found = api.get(f"/users/{user}")
         assert found.status_code == 200, found.text
         assert found.json()["tags"] in ([], ""), found.json()
-        rights = api.get(f"/permissions/%2F/{user}").json()
-        assert [rights[kind] for kind in ("configure", "write", "read")] == [".*"] * 3
     as_itself = httpx.get(
         f"http://{settings.rabbitmq.host}:{settings.stack.management_port}/api/overview",
         auth=(user, password),
@@ -237,8 +235,20 @@ def _is_plain_user(settings: StackSettings, user: str, password: str) -> None:
     assert as_itself.status_code == 401
 
 
-def test_the_services_rabbitmq_user_is_not_an_administrator(settings: StackSettings) -> None:
-    _is_plain_user(settings, settings.rabbitmq.user, settings.rabbitmq.password)
+def _is_plain_user(settings: StackSettings, user: str, password: str) -> None:
+    """Not an administrator; all rights on the vhost "/"."""
+    _no_administrator(settings, user, password)
+    with _management(settings) as api:
+        rights = api.get(f"/permissions/%2F/{user}").json()
+        assert [rights[kind] for kind in ("configure", "write", "read")] == [".*"] * 3
+
+
+def test_the_services_rabbitmq_users_are_not_administrators(settings: StackSettings) -> None:
+    rabbit = settings.rabbitmq
+    assert rabbit.consumer_user is not None
+    assert rabbit.consumer_password is not None
+    _no_administrator(settings, rabbit.user, rabbit.password)
+    _no_administrator(settings, rabbit.consumer_user, rabbit.consumer_password)
 
 
 @pytest.fixture
@@ -271,13 +281,11 @@ async def test_the_compose_user_script_makes_a_plain_user(
         )
         assert done.returncode == 0, done.stderr
     await asyncio.to_thread(_is_plain_user, settings, compose_rabbitmq_user, AWKWARD_PASSWORD)
-    # ... and it may do what the services do: publish and consume on its vhost.
+    # ... and it may do what the services do: publish and consume on its vhost (over TLS,
+    # which the stack's node alone speaks).
+    on_default_vhost = settings.rabbitmq.model_copy(update={"vhost": "/"})
     connection = await aio_pika.connect(
-        host=settings.rabbitmq.host,
-        port=settings.rabbitmq.port,
-        login=compose_rabbitmq_user,
-        password=AWKWARD_PASSWORD,
-        timeout=10,
+        on_default_vhost.url_for(compose_rabbitmq_user, AWKWARD_PASSWORD), timeout=10
     )
     async with connection:
         channel = await connection.channel()

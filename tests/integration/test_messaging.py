@@ -2,8 +2,9 @@
 
 `MessagingContract` holds the tests, the broker's lifecycle (start, close, a restart) among
 them; `TestKafka` and `TestRabbitMQ` only say how to make a broker and a dead-letter reader on a
-topic or queue of the test's own (as FastStream's per-broker test classes do). Names start
-`test-<run>-`: the session deletes what a failed test leaves behind.
+topic or queue of the test's own (RabbitMQ: in a vhost of its own, provisioned as `make up`
+provisions its own), as FastStream's per-broker test classes do. Names start `test-<run>-`:
+the session deletes what a failed test leaves behind.
 """
 
 from __future__ import annotations
@@ -26,8 +27,16 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
 import devstack as stack
+from devstack import kafka as stack_kafka
+from devstack import rabbitmq
 from devstack.settings import StackSettings
-from shop.messaging.kafka import KafkaBroker, KafkaInbound, KafkaPublisher, ensure_topics
+from shop.messaging.kafka import (
+    KafkaBroker,
+    KafkaInbound,
+    KafkaPublisher,
+    client_config,
+    ensure_topics,
+)
 from shop.messaging.ports import Broker, Delivery, Inbound, Outbound, Outgoing
 from shop.messaging.rabbitmq import RabbitBroker, RabbitInbound
 from tests.conftest import RUN, STACK
@@ -243,21 +252,26 @@ async def _published(outbound: Outbound, body: bytes) -> bool:
 
 
 class KafkaHarness:
+    """The order service's adapters as its principal, on the test's topic, dead-letter topic
+    and group (the principal's ACLs on them made here, taken away at `close`)."""
+
     def __init__(self, settings: StackSettings) -> None:
         name = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
-        self.settings = settings
         self.topic, self.dlq, self.group = name, f"{name}.dlq", f"{name}-group"
-        self.dead_letter_publisher = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10)
+        self.settings = settings.replace(
+            kafka_topic=self.topic, kafka_dlq_topic=self.dlq, kafka_consumer_group=self.group
+        )
+        stack_kafka.provision(self.settings)
+        self.dead_letter_publisher = KafkaPublisher(self.settings.kafka, delivery_timeout=10)
         self.broker = self.new_broker()
         self.broker.start()
         self.outbound = self.broker.publisher()
 
     def new_broker(self) -> KafkaBroker:
-        kafka = self.settings.kafka.model_copy(
-            update={"topic": self.topic, "consumer_group": self.group}
-        )
         return KafkaBroker(
-            kafka, dead_letters=self.dead_letter_publisher.topic(self.dlq), deadline=10
+            self.settings.kafka,
+            dead_letters=self.dead_letter_publisher.topic(self.dlq),
+            deadline=10,
         )
 
     async def consumer(self, broker: Broker | None = None) -> Inbound[Any]:
@@ -278,7 +292,7 @@ class KafkaHarness:
     def _read_dlq(self, count: int) -> list[tuple[bytes, str]]:
         reader = Consumer(
             {
-                "bootstrap.servers": self.settings.kafka.brokers,
+                **client_config(stack_kafka.as_admin(self.settings)),
                 "group.id": f"{self.group}-dlq-reader",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -308,7 +322,8 @@ class KafkaHarness:
     async def close(self) -> None:
         await self.broker.close()
         await self.dead_letter_publisher.close()
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka.brokers})
+        await asyncio.to_thread(stack_kafka.revoke, self.settings, self.topic)
+        admin = AdminClient(client_config(stack_kafka.as_admin(self.settings)))
         futures = admin.delete_topics([self.topic, self.dlq], operation_timeout=10)
         for fut in futures.values():
             await asyncio.to_thread(fut.result, 15)
@@ -318,7 +333,7 @@ class TestKafka(MessagingContract):
     @pytest.fixture
     async def harness(self, settings: StackSettings) -> AsyncIterator[KafkaHarness]:
         harness = KafkaHarness(settings)
-        await ensure_topics(settings.kafka.brokers, [harness.topic, harness.dlq])
+        await ensure_topics(harness.settings.kafka, [harness.topic, harness.dlq])
         yield harness
         await harness.close()
 
@@ -331,9 +346,13 @@ def _counted(name: str, **labels: str) -> float:
 
 
 class RabbitHarness:
+    """A broker as the order service's (intake's account publishes, the consumer's consumes
+    and dead-letters) on a queue in a vhost of the test's own."""
+
     def __init__(self, settings: StackSettings) -> None:
-        self.settings = settings
-        self.queue = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
+        self.queue = name = f"test-{RUN}-msg-{uuid.uuid4().hex[:8]}"
+        self.settings = settings.replace(rabbitmq_vhost=name, rabbitmq_queue=name)
+        rabbitmq.provision(self.settings)  # blocking, briefly: a few management API calls
         self.broker = self.new_broker()
         self.broker.start()
         self.outbound = self.broker.publisher()
@@ -341,9 +360,7 @@ class RabbitHarness:
         self.subscriptions: dict[int, float] = {}  # and subscriptions
 
     def new_broker(self) -> RabbitBroker:
-        return RabbitBroker(
-            self.settings.rabbitmq.model_copy(update={"queue": self.queue}), timeout=5
-        )
+        return RabbitBroker(self.settings.rabbitmq, timeout=5)
 
     async def connect(self) -> None:
         await eventually(partial(_passes, self.broker), timeout=30, what="publisher connected")
@@ -365,7 +382,8 @@ class RabbitHarness:
         await inbound.close()
 
     async def dead_letters(self, count: int) -> list[tuple[bytes, str]]:
-        connection = await aio_pika.connect(self.settings.rabbitmq.url, timeout=10)
+        # As the administrator: no service account may read the dead-letter queue.
+        connection = await aio_pika.connect(rabbitmq.admin_url(self.settings), timeout=10)
         found: list[tuple[bytes, str]] = []
         async with connection:
             channel = await connection.channel()
@@ -383,7 +401,8 @@ class RabbitHarness:
     async def delete_queue(self) -> None:
         """As an operator would, through the management API."""
         s = self.settings
-        url = f"http://{s.rabbitmq.host}:{s.stack.management_port}/api/queues/%2F/{self.queue}"
+        vhost, queue = (quote(name, safe="") for name in (s.rabbitmq.vhost, self.queue))
+        url = f"http://{s.rabbitmq.host}:{s.stack.management_port}/api/queues/{vhost}/{queue}"
         async with httpx.AsyncClient(auth=(s.stack.admin_user, s.stack.admin_password)) as client:
             response = await client.delete(url, timeout=10)
         assert response.status_code == 204, response.text
@@ -415,17 +434,14 @@ class RabbitHarness:
 
     async def close(self) -> None:
         await self.broker.close()
-        connection = await aio_pika.connect(self.settings.rabbitmq.url, timeout=10)
-        async with connection:
-            channel = await connection.channel()
-            for name in (self.queue, f"{self.queue}.dlq"):
-                await channel.queue_delete(name)
-            await channel.exchange_delete(f"{self.queue}.dlx")
+        await asyncio.to_thread(rabbitmq.remove_vhost, self.settings)
 
 
 class TestRabbitMQ(MessagingContract):
     @pytest.fixture
-    async def harness(self, settings: StackSettings) -> AsyncIterator[RabbitHarness]:
+    async def harness(
+        self, settings: StackSettings, rabbitmq_cleanup: None
+    ) -> AsyncIterator[RabbitHarness]:
         harness = RabbitHarness(settings)
         await harness.connect()
         yield harness
@@ -452,7 +468,7 @@ class TestRabbitMQ(MessagingContract):
         self, harness: RabbitHarness
     ) -> None:
         inbound = await harness.consumer()
-        await harness.close_connections(2)  # the publisher's and the consumer's
+        await harness.close_connections(3)  # the publisher's, the dead letters' and the consumer's
 
         async def reconnected() -> bool:
             return harness.reconnects(inbound) == 1 and await _passes(harness.broker)

@@ -24,7 +24,7 @@ from shop.settings import Outbox, Settings
 from shop.storage import outbox
 from shop.storage.outbox import Relay, outbox_table
 from shop.storage.write_counter import SharedGeneration
-from tests.support import eventually, read_events
+from tests.support import eventually, observer, read_events
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ async def test_two_relays_publish_every_event_exactly_once(
     # 25: a round stops at the first row that would take it past 25 events.
     monkeypatch.setattr(outbox, "MAX_ROUND_EVENTS", round_events)
     topic = f"{settings.kafka.product_events_topic}-relay-{uuid.uuid4().hex[:6]}"
-    await ensure_topics(settings.kafka.brokers, [topic])
+    await ensure_topics(observer(settings), [topic])
     # Rows of 1 to 19 events, as batches of any size write them.
     async with database.begin() as conn:
         start = size = 0
@@ -87,7 +87,7 @@ async def test_two_relays_publish_every_event_exactly_once(
                 ],
             )
             start += size
-    publishers = [KafkaPublisher(settings.kafka.brokers, delivery_timeout=10) for _ in range(2)]
+    publishers = [KafkaPublisher(observer(settings), delivery_timeout=10) for _ in range(2)]
     counting = [_Counting(p.topic(topic)) for p in publishers]
     relays = [
         Relay(
@@ -119,7 +119,7 @@ async def test_two_relays_publish_every_event_exactly_once(
             await p.close()
     events = await asyncio.to_thread(
         read_events,
-        settings.kafka.brokers,
+        observer(settings),
         topic,
         until=lambda evs: len(evs) >= EVENTS,
         timeout=60,
@@ -173,8 +173,8 @@ async def test_a_commit_in_another_process_wakes_the_relay(
     """An HTTP worker's commit is relayed by its consumer process at once, not at the next poll:
     the worker's notify() bumps the shared commit counter that the relaying process reads."""
     topic = f"{settings.kafka.product_events_topic}-wake-{uuid.uuid4().hex[:6]}"
-    await ensure_topics(settings.kafka.brokers, [topic])
-    publisher = KafkaPublisher(settings.kafka.brokers, delivery_timeout=10)
+    await ensure_topics(observer(settings), [topic])
+    publisher = KafkaPublisher(observer(settings), delivery_timeout=10)
     # Two mappings of one file, as the relaying process and a worker each hold one.
     relaying, writing = (SharedGeneration(tmp_path / "commits") for _ in range(2))
 

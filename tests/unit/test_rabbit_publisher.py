@@ -58,8 +58,12 @@ class FakeConnection:
 
 
 async def _connected(connection: FakeConnection, **settings: float) -> RabbitBroker:
+    """A broker whose intake publishes on a channel of `connection`."""
     broker = RabbitBroker(RabbitMQ(host="unused", **settings), timeout=1.0)
-    broker._channel = await broker._open_channel(connection)  # type: ignore[arg-type]
+    intake = broker._intake
+    assert intake is not None
+    check = broker.topology.check_exchange
+    intake.channel = await broker._open_channel(connection, check)  # type: ignore[arg-type]
     return broker
 
 

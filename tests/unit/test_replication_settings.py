@@ -8,7 +8,7 @@ import pytest
 
 from shop.messaging.kafka import producer_config, topic_config
 from shop.messaging.rabbitmq import Topology
-from shop.settings import ConfigError, RabbitMQ, load_settings
+from shop.settings import ConfigError, Kafka, RabbitMQ, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def test_topics_need_all_but_one_replica_in_sync(factor: int, min_insync: str) -
 
 
 def test_producers_wait_for_every_in_sync_replica_and_are_idempotent() -> None:
-    config = producer_config("127.0.0.1:9092", delivery_timeout=2.0)
+    config = producer_config(Kafka(), delivery_timeout=2.0)
     assert config["acks"] == "all"
     assert config["enable.idempotence"] is True
 

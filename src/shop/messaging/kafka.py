@@ -2,7 +2,8 @@
 
 librdkafka's blocking calls never run on the event loop: the producer is polled by a thread of
 its own, the consumer's calls run on a dedicated thread. librdkafka connects and reconnects by
-itself: `KafkaBroker.start` only makes sure the topics exist.
+itself: `KafkaBroker.start` only makes sure the topics exist. Every client, ours, the tests' and
+the bench's, reaches the brokers as `client_config` says (TLS and SASL from the settings).
 """
 
 from __future__ import annotations
@@ -29,7 +30,64 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def producer_config(brokers: str, *, delivery_timeout: float) -> dict[str, Any]:
+def client_config(kafka: Kafka) -> dict[str, Any]:
+    """How a client (producer, consumer, admin) reaches the brokers and who it is there: the
+    bootstrap servers, and per KAFKA_SECURITY_PROTOCOL TLS (trusting KAFKA_CA_FILE, the broker's
+    host name checked: librdkafka's default) and SASL as KAFKA_USER. Errors (a refused
+    password, a failed TLS handshake) are logged naming the account, never its password."""
+    protocol = kafka.security_protocol
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.brokers,
+        "security.protocol": protocol.lower(),
+        "error_cb": ErrorReport(kafka),
+    }
+    if protocol.startswith("SASL_"):
+        config |= {
+            "sasl.mechanism": kafka.sasl_mechanism,
+            "sasl.username": kafka.user,
+            "sasl.password": kafka.password,
+        }
+    if protocol.endswith("SSL") and kafka.ca_file:
+        config["ssl.ca.location"] = kafka.ca_file
+    return config
+
+
+class ErrorReport:
+    """librdkafka's error callback: one log line per kind of error and 30 s (it reports every
+    reconnect), naming the account and what to check. `refused` holds the last refusal of the
+    credentials (for `/readyz`'s log) until `clear()`."""
+
+    def __init__(self, kafka: Kafka) -> None:
+        self._who = (
+            f"as {kafka.user!r} ({kafka.sasl_mechanism} over {kafka.security_protocol})"
+            if kafka.security_protocol.startswith("SASL_")
+            else f"over {kafka.security_protocol}"
+        )
+        self.refused: str | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        code = err.code()
+        if code == KafkaError._AUTHENTICATION:
+            self.refused = f"Kafka refused the credentials {self._who}"
+            _client_errors.error(
+                "kafka: SASL authentication failed %s; check KAFKA_USER and KAFKA_PASSWORD: %s",
+                self._who,
+                err.str(),
+            )
+        elif code == KafkaError._SSL:
+            _client_errors.error(
+                "kafka: TLS failed %s; check KAFKA_CA_FILE and KAFKA_BROKERS' host names: %s",
+                self._who,
+                err.str(),
+            )
+        else:
+            _client_errors.warning("kafka: %s %s: %s", err.name(), self._who, err.str())
+
+    def clear(self) -> None:
+        self.refused = None
+
+
+def producer_config(kafka: Kafka, *, delivery_timeout: float) -> dict[str, Any]:
     """An idempotent producer (acks=all) whose failures surface within `delivery_timeout`.
 
     `linger.ms` 5 (librdkafka's default): under load the messages of 5 ms share a produce
@@ -37,7 +95,7 @@ def producer_config(brokers: str, *, delivery_timeout: float) -> dict[str, Any]:
     much as the order service); with 5 ms, 0.1 ms. A lone message waits at most 5 ms more.
     """
     return {
-        "bootstrap.servers": brokers,
+        **client_config(kafka),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -67,6 +125,8 @@ def _once_per(seconds: float) -> Callable[[logging.LogRecord], bool]:
 
 _rdkafka_log = logging.getLogger("librdkafka")
 _rdkafka_log.addFilter(_once_per(30.0))
+_client_errors = logging.getLogger(f"{__name__}.client")
+_client_errors.addFilter(_once_per(30.0))
 
 
 def client_logging() -> dict[str, Any]:
@@ -83,8 +143,10 @@ class KafkaPublisher:
     per-message hand-over costing a quarter of the intake path).
     """
 
-    def __init__(self, brokers: str, *, delivery_timeout: float) -> None:
-        self._producer = Producer(producer_config(brokers, delivery_timeout=delivery_timeout))
+    def __init__(self, kafka: Kafka, *, delivery_timeout: float) -> None:
+        config = producer_config(kafka, delivery_timeout=delivery_timeout)
+        self._errors: ErrorReport = config["error_cb"]
+        self._producer = Producer(config)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reports: list[tuple[asyncio.Future[None], KafkaError | None]] = []
         self._stopping = threading.Event()
@@ -134,10 +196,18 @@ class KafkaPublisher:
             raise PublishError(f"no acknowledgement from Kafka within {timeout:.1f}s") from exc
 
     async def check(self, timeout: float) -> None:
-        """Raise unless a broker answers a metadata request within `timeout` seconds."""
+        """Raise unless a broker answers a metadata request within `timeout` seconds; at once
+        (after a short try) while the brokers refuse our credentials."""
         if self._stopping.is_set():
             raise ConnectionError("the Kafka producer is closed")
-        await asyncio.to_thread(self._producer.list_topics, timeout=timeout)
+        wait = min(timeout, 1.0) if self._errors.refused else timeout
+        try:
+            await asyncio.to_thread(self._producer.list_topics, timeout=wait)
+        except KafkaException:
+            if refused := self._errors.refused:
+                raise PermissionError(refused) from None
+            raise
+        self._errors.clear()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop the poll thread, then deliver what is queued (up to `timeout`); once."""
@@ -202,23 +272,23 @@ def topic_config(replication_factor: int) -> dict[str, str]:
 
 
 async def ensure_topics(
-    brokers: str,
+    kafka: Kafka,
     topics: Sequence[str],
     *,
     partitions: int = 4,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     timeout: float = 5.0,
 ) -> None:
-    """Create the topics that do not exist yet, with `replication_factor` copies each."""
+    """Create the topics that do not exist yet, with `replication_factor` copies each
+    (KAFKA_REPLICATION_FACTOR by default)."""
+    copies = kafka.replication_factor if replication_factor is None else replication_factor
 
     def _create() -> None:
-        admin = AdminClient({"bootstrap.servers": brokers, **client_logging()})
+        admin = AdminClient({**client_config(kafka), **client_logging()})
         existing = admin.list_topics(timeout=timeout).topics
-        config = topic_config(replication_factor)
+        config = topic_config(copies)
         missing = [
-            NewTopic(t, partitions, replication_factor, config=config)
-            for t in topics
-            if t not in existing
+            NewTopic(t, partitions, copies, config=config) for t in topics if t not in existing
         ]
         if not missing:
             return
@@ -239,12 +309,12 @@ async def ensure_topics_best_effort(
     """`ensure_topics` as a background task that only warns: the broker also creates topics on
     first use, and publishers retry."""
     try:
-        await ensure_topics(kafka.brokers, topics, replication_factor=kafka.replication_factor)
+        await ensure_topics(kafka, topics)
     except Exception as exc:
         log.warning("could not ensure kafka topics %s: %s", topics, exc)
 
 
-def consumer_config(brokers: str, *, group: str) -> dict[str, Any]:
+def consumer_config(kafka: Kafka, *, group: str) -> dict[str, Any]:
     """A group member that stores offsets only when told (after the batch is handled).
 
     Stored offsets are committed by the auto-committer every second and on close: after a
@@ -253,7 +323,7 @@ def consumer_config(brokers: str, *, group: str) -> dict[str, Any]:
     bounds how late a partition assignment or a reconnect shows up in the next fetch.
     """
     return {
-        "bootstrap.servers": brokers,
+        **client_config(kafka),
         "group.id": group,
         "enable.auto.commit": True,
         "auto.commit.interval.ms": 1000,
@@ -288,7 +358,7 @@ class KafkaInbound:
         self._topic = topic = settings.topic
         self._dlq = dlq
         self._dlq_timeout = settings.dlq_timeout_seconds
-        self._consumer = Consumer(consumer_config(settings.brokers, group=settings.consumer_group))
+        self._consumer = Consumer(consumer_config(settings, group=settings.consumer_group))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{topic}")
         self._subscribed = False
         self._closed = False
@@ -392,7 +462,7 @@ class KafkaBroker:
 
     def __init__(self, settings: Kafka, *, dead_letters: KafkaTopic, deadline: float) -> None:
         self._settings, self._dead_letters = settings, dead_letters
-        self._intake = KafkaPublisher(settings.brokers, delivery_timeout=deadline)
+        self._intake = KafkaPublisher(settings, delivery_timeout=deadline)
         self.check = self._intake.check  # readiness: the intake producer reaches a broker
         self._inbound: list[KafkaInbound] = []
         self._tasks = Supervisor()

@@ -4,14 +4,19 @@ One client stack, aiormq (the AMQP layer under aio-pika): aio-pika's consumer wr
 in a message object and hands it over through a task of its own, and its publisher builds and
 validates a `Message` per publish; measured with `bench/amqp_stacks.py`, see docs/messaging.md.
 
-Topology for queue Q: durable queue Q whose dead letters go through the direct exchange `Q.dlx`
-to the durable queue `Q.dlq` (with the reason in the `x-reason` header). Every connection
-declares it when it opens (`_open`).
+Topology for queue Q: intake publishes to the direct exchange `Q.exchange`, bound to the
+durable queue Q (routing key Q), whose dead letters go through the direct exchange `Q.dlx` to
+the durable queue `Q.dlq` (with the reason in the `x-reason` header). The consumers declare it
+all when they connect (`Topology.declare`); intake only checks that its exchange is there (a
+passive declare), so its account needs no right but to write to that exchange
+(`Topology.permissions`).
 
-Publishing and consuming use separate connections: a memory or disk alarm blocks every
-publishing connection, and must not hold back the consumer's acks (which free the queue).
-The service starts and serves its other paths while RabbitMQ is down: each connection is kept
-by a task that connects, serves until the connection closes, and starts over (`_reconnecting`).
+Each role connects with its own account (`RabbitMQ.url`, `RabbitMQ.consumer_url`) and its own
+connections: intake publishes on one, each consumer consumes on one, and the consumers' dead
+letters go out on another. A memory or disk alarm blocks every publishing connection, and must
+not hold back the consumer's acks (which free the queue). The service starts and serves its
+other paths while RabbitMQ is down: each connection is kept by a task that connects, serves
+until the connection closes, and starts over (`_reconnecting`).
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ import contextlib
 import logging
 import math
 import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 from prometheus_client import Counter
-from tenacity import AsyncRetrying, RetryError, before_sleep_log, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, RetryError, before_sleep_log, wait_exponential
 
 from shop.messaging.ports import Outgoing, PublishError
 from shop.settings import RabbitMQ
@@ -41,12 +47,45 @@ CONNECTIONS = Counter("rabbitmq_connections_total", "Connections opened to Rabbi
 SUBSCRIPTIONS = Counter(
     "rabbitmq_consumer_subscriptions_total", "Times a consumer started consuming its queue"
 )
-# The publishing channel's: the broker confirms each message, and returns one it cannot route.
+# The publishing channels': the broker confirms each message, and returns one it cannot route.
 _CONFIRMING = {"publisher_confirms": True, "on_return_raises": True}
+# What RabbitMQ answers a wrong user or password (ACCESS_REFUSED at login), a user without
+# access to the vhost (NOT_ALLOWED) and an operation the user's permissions do not allow
+# (ACCESS_REFUSED on a channel).
+_REFUSALS = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ConnectionNotAllowed,
+    aiormq.exceptions.ChannelAccessRefused,
+)
+
+Role = Literal["intake", "consumer"]
+NOTHING = "^$"  # a permission pattern no exchange or queue matches (the default one is amq.default)
+
+
+class Permissions(NamedTuple):
+    """An account's RabbitMQ permissions on the vhost: regular expressions (matched against
+    the whole name of an exchange or queue) of what it may configure (declare, delete), write
+    (publish to an exchange; bind a queue) and read (consume from a queue; bind from an
+    exchange). RabbitMQ's access-control table says which operation needs which."""
+
+    configure: str
+    write: str
+    read: str
+
+
+def _any_of(*names: str) -> str:
+    return "^(" + "|".join(re.escape(name) for name in names) + ")$" if names else NOTHING
+
+
+def _union(patterns: Sequence[str]) -> str:
+    wanted = [pattern for pattern in patterns if pattern != NOTHING]
+    return "|".join(wanted) if wanted else NOTHING
 
 
 class Topology:
-    """The names of queue Q, its dead-letter exchange and queue, and both queues' arguments.
+    """The names of queue Q, its order exchange, its dead-letter exchange and queue, both
+    queues' arguments, and what each role may do with them.
 
     Quorum queues (a cluster) are replicated and count deliveries: a message delivered more
     than `delivery_limit` times (a consumer that keeps dying on it) is dead-lettered, not
@@ -55,6 +94,7 @@ class Topology:
 
     def __init__(self, settings: RabbitMQ) -> None:
         self.queue = queue = settings.queue
+        self.exchange = f"{queue}.exchange"  # the order exchange: what intake publishes to
         self.dlx = f"{queue}.dlx"
         self.dlq = f"{queue}.dlq"
         kind: dict[str, Any] = (
@@ -67,30 +107,114 @@ class Topology:
         self.arguments: dict[str, Any] = {**kind, **dead_letters}
 
     async def declare(self, channel: AbstractChannel, timeout: float) -> int:
-        """Declare the exchange and both queues; the number of messages ready in Q."""
+        """The consumers' declaration: both exchanges, both queues and their bindings; the
+        number of messages ready in Q."""
         declare_queue = partial(channel.queue_declare, durable=True, timeout=timeout)
         await channel.exchange_declare(self.dlx, durable=True, timeout=timeout)  # direct
         await declare_queue(self.dlq, arguments=self.dlq_arguments)
         await channel.queue_bind(self.dlq, self.dlx, routing_key=self.dlq, timeout=timeout)
+        await channel.exchange_declare(self.exchange, durable=True, timeout=timeout)  # direct
         declared = await declare_queue(self.queue, arguments=self.arguments)
+        await channel.queue_bind(self.queue, self.exchange, routing_key=self.queue, timeout=timeout)
         return int(declared.message_count or 0)
+
+    async def check_exchange(self, channel: AbstractChannel, timeout: float) -> int:
+        """Intake's: the order exchange is there (a passive declare, which needs no right; a
+        missing one closes the channel with NOT_FOUND until the consumers have declared it)."""
+        await channel.exchange_declare(self.exchange, passive=True, timeout=timeout)
+        return 0
+
+    def permissions(self, *roles: Role) -> Permissions:
+        """What an account with these roles needs on the vhost, and nothing more (several
+        roles: one account shared by them, as RABBITMQ_USER alone is).
+
+        - intake: write to the order exchange. Its passive declare needs nothing; it may not
+          configure anything, read anything, nor publish to the default exchange (so to no
+          queue directly) or to the dead-letter exchange.
+        - consumer: configure Q, Q.dlq, Q.dlx and Q.exchange (it declares them); write to Q
+          and Q.dlq (binding them) and to Q.dlx (Q's dead-letter exchange, and its own dead
+          letters); read Q (consuming, and declaring a queue with a dead-letter exchange),
+          Q.dlx and Q.exchange (binding from them). It may not write to the order exchange.
+        """
+        grants = {
+            "intake": Permissions(NOTHING, _any_of(self.exchange), NOTHING),
+            "consumer": Permissions(
+                configure=_any_of(self.queue, self.dlq, self.dlx, self.exchange),
+                write=_any_of(self.queue, self.dlq, self.dlx),
+                read=_any_of(self.queue, self.dlx, self.exchange),
+            ),
+        }
+        chosen = [grants[role] for role in roles]
+        return Permissions(
+            *(_union([getattr(p, kind) for p in chosen]) for kind in Permissions._fields)
+        )
+
+
+def _account(settings: RabbitMQ, role: Role) -> str:
+    """Which account a role's connections log in as, and the settings that name it."""
+    if role == "consumer" and settings.consumer_user is not None:
+        user, names = settings.consumer_user, "RABBITMQ_CONSUMER_USER/RABBITMQ_CONSUMER_PASSWORD"
+    else:
+        user, names = settings.user, "RABBITMQ_USER/RABBITMQ_PASSWORD"
+    return f"user {user!r} ({names}) on vhost {settings.vhost!r}"
+
+
+def _refusal(failure: BaseException | None) -> str | None:
+    """What RabbitMQ said when it refused the account, or None for any other failure."""
+    if isinstance(failure, _REFUSALS):
+        return str(failure)
+    # A user without access to the vhost (or a vhost that is not there): RabbitMQ answers
+    # connection.open with connection.close (NOT_ALLOWED), which aiormq reports as an unexpected
+    # frame, without the broker's text.
+    if isinstance(failure, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(
+        failure
+    ):
+        return "NOT_ALLOWED: the vhost was refused (no permissions on it, or it does not exist)"
+    return None
+
+
+def _before_sleep(which: logging.Logger, account: str) -> Callable[[RetryCallState], None]:
+    """Log why a connection failed before the next attempt: a refusal as such, naming the
+    account (never its password) and the settings to check; anything else as tenacity does."""
+    otherwise = before_sleep_log(which, logging.WARNING)
+
+    def report(state: RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome is not None else None
+        why = _refusal(failure)
+        if account and why is not None:
+            which.error(
+                "ACCESS_REFUSED: RabbitMQ refused %s: %s; check the account, its password and "
+                "its permissions; trying again in %.1fs",
+                account,
+                why,
+                state.upcoming_sleep,
+            )
+        else:
+            otherwise(state)
+
+    return report
 
 
 async def _reconnecting(
-    stopping: asyncio.Event, serve: Callable[[asyncio.Event], Awaitable[None]], settings: RabbitMQ
+    stopping: asyncio.Event,
+    serve: Callable[[asyncio.Event], Awaitable[None]],
+    settings: RabbitMQ,
+    *,
+    name: str = "connection",
+    account: str = "",
 ) -> None:
     """Run `serve` (connect, then serve until the connection is lost) again after each failure,
     with backoff, until `stopping` is set: the adapter's one reconnect loop."""
-    # tenacity logs "Retrying <unknown> in 0.5 seconds as it raised ...": the logger's name
-    # (shop.messaging.rabbitmq._publish_on or ._consume) says which connection it is
-    which = log.getChild(getattr(serve, "__name__", "connection"))
+    # The logger's name (shop.messaging.rabbitmq.publisher, .dead-letters or .consumer) says
+    # which connection it is.
+    which = log.getChild(name)
     retrying = AsyncRetrying(
         wait=wait_exponential(
             multiplier=settings.reconnect_first_seconds, max=settings.reconnect_max_seconds
         ),
         stop=lambda _state: stopping.is_set(),
         sleep=partial(pause, stopping),
-        before_sleep=before_sleep_log(which, logging.WARNING),
+        before_sleep=_before_sleep(which, account),
     )
     with contextlib.suppress(RetryError):  # stopping after a failure
         async for attempt in retrying:
@@ -100,71 +224,42 @@ async def _reconnecting(
                 await serve(stopping)
 
 
-class RabbitBroker:
-    """The order commands on RabbitMQ: the `Broker` port over a publishing connection with one
-    confirming channel, and a connection of its own per consumer."""
+Declare = Callable[[AbstractChannel, float], Awaitable[int]]
 
-    name = "rabbitmq"
 
-    def __init__(self, settings: RabbitMQ, *, timeout: float) -> None:
-        self._settings = settings
-        self.topology = Topology(settings)
-        self._timeout = timeout
-        self._channel: AbstractChannel | None = None  # the publishing channel
+class _Confirming:
+    """A confirming channel on a connection of its own, kept by a task (`serve`): intake's to
+    the order exchange, or the consumers' dead letters to the dead-letter exchange."""
+
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        role: str,
+        url: str,
+        declare: Declare,
+        *,
+        exchange: str,
+        routing_key: str,
+    ) -> None:
+        self._broker = broker
+        self.role = role
+        self._url = url
+        self._declare = declare
+        self._exchange, self._routing_key = exchange, routing_key
+        self.channel: AbstractChannel | None = None
         self._renew_after = 0.0  # loop time before which a nack renews no channel
-        self._inbound: list[RabbitInbound] = []
-        self._tasks = Supervisor()
 
-    def start(self) -> None:
-        serve = partial(_reconnecting, serve=self._publish_on, settings=self._settings)
-        self._tasks.start("rabbitmq-publisher", serve)
-
-    def publisher(self) -> RabbitBroker:
-        """The outbound port to the queue (through the default exchange): the broker itself."""
-        return self
-
-    def consumer(self, batch_size: int) -> RabbitInbound:
-        """A consumer with `batch_size` deliveries in flight, on a connection of its own."""
-        inbound = RabbitInbound(self, prefetch=batch_size)
-        self._inbound.append(inbound)
-        inbound.start()
-        return inbound
-
-    async def _open(self, role: str, **channel_options: Any) -> AbstractChannel:
-        """A new connection, a channel on it and the topology declared."""
-        async with asyncio.timeout(self._timeout):
-            connection = await aiormq.connect(
-                # which process holds it, as the management UI and rabbitmqctl show it
-                self._settings.url,
-                client_properties={"connection_name": f"shop-{role} pid {os.getpid()}"},
-            )
-        try:
-            channel = await self._open_channel(connection, **channel_options)
-        except BaseException:
-            await _close(connection, self._settings.close_seconds)
-            raise
-        CONNECTIONS.labels(role).inc()
-        return channel
-
-    async def _open_channel(
-        self, connection: aiormq.abc.AbstractConnection, **channel_options: Any
-    ) -> AbstractChannel:
-        async with asyncio.timeout(self._timeout):
-            channel = await connection.channel(**channel_options)
-            await self.topology.declare(channel, self._timeout)
-        return channel
-
-    async def _publish_on(self, stopping: asyncio.Event) -> None:
+    async def serve(self, stopping: asyncio.Event) -> None:
         """Connect, then publish on that connection until it is lost (raises) or `stopping`."""
-        channel = await self._open("publisher", **_CONFIRMING)
-        self._channel = channel
-        log.info("rabbitmq publisher connected; queue %s ready", self.topology.queue)
+        channel = await self._broker._open(self.role, self._url, self._declare, **_CONFIRMING)
+        self.channel = channel
+        log.info("rabbitmq %s connected; exchange %s ready", self.role, self._exchange)
         await first_of(stopping, _closed(channel.connection.closing))
         if not stopping.is_set():
-            self._channel = None
-            raise ConnectionError("publishing connection lost")
+            self.channel = None
+            raise ConnectionError(f"{self.role} connection lost")
 
-    async def _renew_channel(self) -> None:
+    async def renew(self) -> None:
         """Publish on a new channel from now on (after a nack), at most once per
         RABBITMQ_RENEW_CHANNEL_SECONDS.
 
@@ -176,34 +271,30 @@ class RabbitBroker:
         requests keep publishing on the old channel.
         """
         loop = asyncio.get_running_loop()
-        old = self._channel
+        old = self.channel
         if old is None or loop.time() < self._renew_after:
             return
         self._renew_after = math.inf  # while this renewal runs, no other starts
+        broker = self._broker
         try:
-            self._channel = await self._open_channel(old.connection, **_CONFIRMING)
+            self.channel = await broker._open_channel(old.connection, self._declare, **_CONFIRMING)
             log.warning("RabbitMQ refused a publish: publishing on a new channel from now on")
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(broker._timeout):
                     await old.close()
         except Exception as exc:  # no new channel now: a later refusal tries again
             log.warning("could not open a new RabbitMQ channel: %r", exc)
         finally:
-            self._renew_after = loop.time() + self._settings.renew_channel_seconds
+            self._renew_after = loop.time() + broker._settings.renew_channel_seconds
 
-    async def publish(
-        self, messages: Sequence[Outgoing], *, timeout: float, dead_letters: bool = False
-    ) -> None:
-        """Publish persistent messages (mandatory) to the queue, or with `dead_letters` to its
-        dead-letter queue, and wait for every confirm, or raise."""
-        t = self.topology  # Q through the default exchange, or Q.dlq through Q.dlx
-        exchange, routing_key = (t.dlx, t.dlq) if dead_letters else ("", t.queue)
-        channel = self._channel
+    async def publish(self, messages: Sequence[Outgoing], timeout: float) -> None:
+        channel = self.channel
         if channel is None:
             raise PublishError("not connected to RabbitMQ")
         if channel.is_closed:  # closed by the broker (the connection is still there)
-            await self._renew_channel()
+            await self.renew()
             raise PublishError("RabbitMQ channel closed")
+        exchange, routing_key = self._exchange, self._routing_key
         try:
             async with asyncio.timeout(timeout):
                 if len(messages) == 1:
@@ -216,23 +307,130 @@ class RabbitBroker:
             raise PublishError(f"no confirm from RabbitMQ within {timeout:.1f}s") from exc
         except Exception as exc:  # closed channel, returned (unroutable) message, nack
             if isinstance(getattr(exc, "frame", None), Basic.Nack):
-                await self._renew_channel()
+                await self.renew()
             raise PublishError(f"RabbitMQ refused the message: {exc!r}") from exc
 
-    async def check(self, timeout: float = 0.0) -> None:
-        """Raise unless the publishing connection and channel are open."""
-        channel = self._channel
+    def check(self) -> None:
+        channel = self.channel
         if channel is None or channel.is_closed or channel.connection.is_closed:
-            raise ConnectionError("not connected to RabbitMQ")
+            raise ConnectionError(f"not connected to RabbitMQ ({self.role})")
+
+    async def close(self, timeout: float) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            await _close(channel.connection, timeout)
+
+
+class RabbitBroker:
+    """The order commands on RabbitMQ: the `Broker` port over intake's publishing connection
+    (unless `intake` is false: a process that only consumes), a connection of its own per
+    consumer, and one for the consumers' dead letters once there is a consumer."""
+
+    name = "rabbitmq"
+
+    def __init__(self, settings: RabbitMQ, *, timeout: float, intake: bool = True) -> None:
+        self._settings = settings
+        self.topology = t = Topology(settings)
+        self._timeout = timeout
+        self._intake = (
+            _Confirming(
+                self, "publisher", settings.url, t.check_exchange,
+                exchange=t.exchange, routing_key=t.queue,
+            )
+            if intake
+            else None
+        )  # fmt: skip
+        self._dead_letters = _Confirming(
+            self, "dead-letters", settings.consumer_url, t.declare,
+            exchange=t.dlx, routing_key=t.dlq,
+        )  # fmt: skip
+        self._inbound: list[RabbitInbound] = []
+        self._tasks = Supervisor()
+        self._closed = False
+
+    def _keep(
+        self, name: str, serve: Callable[[asyncio.Event], Awaitable[None]], role: Role
+    ) -> None:
+        account = _account(self._settings, role)
+        run = partial(
+            _reconnecting, serve=serve, settings=self._settings, name=name, account=account
+        )
+        self._tasks.start(f"rabbitmq-{name}", run)
+
+    def start(self) -> None:
+        if self._intake is not None:
+            self._keep("publisher", self._intake.serve, "intake")
+
+    def publisher(self) -> RabbitBroker:
+        """The outbound port to the order exchange: the broker itself."""
+        return self
+
+    def consumer(self, batch_size: int) -> RabbitInbound:
+        """A consumer with `batch_size` deliveries in flight, on a connection of its own."""
+        if not self._inbound:  # the first: the consumers' dead letters need their connection
+            self._keep("dead-letters", self._dead_letters.serve, "consumer")
+        inbound = RabbitInbound(self, prefetch=batch_size)
+        self._inbound.append(inbound)
+        inbound.start()
+        return inbound
+
+    async def _open(
+        self, role: str, url: str, declare: Declare, **channel_options: Any
+    ) -> AbstractChannel:
+        """A new connection as the account in `url`, a channel on it and `declare` done."""
+        async with asyncio.timeout(self._timeout):
+            connection = await aiormq.connect(
+                # which process holds it, as the management UI and rabbitmqctl show it
+                url,
+                client_properties={"connection_name": f"shop-{role} pid {os.getpid()}"},
+            )
+        try:
+            channel = await self._open_channel(connection, declare, **channel_options)
+        except BaseException:
+            await _close(connection, self._settings.close_seconds)
+            raise
+        CONNECTIONS.labels(role).inc()
+        return channel
+
+    async def _open_channel(
+        self, connection: aiormq.abc.AbstractConnection, declare: Declare, **channel_options: Any
+    ) -> AbstractChannel:
+        async with asyncio.timeout(self._timeout):
+            channel = await connection.channel(**channel_options)
+            await declare(channel, self._timeout)
+        return channel
+
+    async def publish(
+        self, messages: Sequence[Outgoing], *, timeout: float, dead_letters: bool = False
+    ) -> None:
+        """Publish persistent messages (mandatory) to the order exchange, or with
+        `dead_letters` to the dead-letter exchange, and wait for every confirm, or raise."""
+        publishing = self._dead_letters if dead_letters else self._intake
+        if publishing is None:
+            raise PublishError("this process does not publish order commands")
+        await publishing.publish(messages, timeout)
+
+    async def check(self, timeout: float = 0.0) -> None:
+        """Raise unless every connection this process keeps is open: intake's, and with
+        consumers theirs and their dead letters'."""
+        if self._closed:
+            raise ConnectionError("closed")
+        if self._intake is not None:
+            self._intake.check()
+        if self._inbound:
+            self._dead_letters.check()
+        for inbound in self._inbound:
+            inbound.check()
 
     async def close(self) -> None:
         """Close the consumers (what they did not ack goes back to the queue), then publishing."""
+        self._closed = True
         for inbound in self._inbound:
             await inbound.close()
         await self._tasks.stop(timeout=self._settings.close_seconds)
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await _close(channel.connection, self._settings.close_seconds)
+        for publishing in (self._intake, self._dead_letters):
+            if publishing is not None:
+                await publishing.close(self._settings.close_seconds)
 
 
 def _closed(closing: asyncio.Future[Any]) -> asyncio.Event:
@@ -301,12 +499,26 @@ class RabbitInbound:
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        serve = partial(_reconnecting, serve=self._consume, settings=self._broker._settings)
+        settings = self._broker._settings
+        serve = partial(
+            _reconnecting,
+            serve=self._consume,
+            settings=settings,
+            name="consumer",
+            account=_account(settings, "consumer"),
+        )
         self._tasks.start("rabbitmq-consumer", serve)
+
+    def check(self) -> None:
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise ConnectionError("not connected to RabbitMQ (consumer)")
 
     async def _consume(self, stopping: asyncio.Event) -> None:
         """Connect, then consume until the connection is lost (raises) or `stopping`."""
-        channel = await self._broker._open("consumer", publisher_confirms=False)
+        broker = self._broker
+        url, declare = broker._settings.consumer_url, self.topology.declare
+        channel = await broker._open("consumer", url, declare, publisher_confirms=False)
         try:
             await channel.basic_qos(prefetch_count=self._prefetch, timeout=self._timeout)
             cancelled, closed = asyncio.Event(), _closed(channel.closing)

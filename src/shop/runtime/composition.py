@@ -38,7 +38,7 @@ class Runtime:
         self.settings = settings
         self.db = Database.connect(settings)
         self.kafka = KafkaPublisher(
-            settings.kafka.brokers, delivery_timeout=settings.kafka.delivery_timeout_seconds
+            settings.kafka, delivery_timeout=settings.kafka.delivery_timeout_seconds
         )
         self.events_topic = events_topic
         # Commits are counted across the service's processes, so that the process that relays
@@ -63,6 +63,8 @@ class Runtime:
             ensure_topics_best_effort, kafka=self.settings.kafka, topics=[self.events_topic]
         )
         self.supervisor.start("ensure-topics", ensure)
+        warm = partial(self.db.warm_up, connections=self.settings.db.warm_connections)
+        self.supervisor.start("database-warm-up", warm)
         if self.settings.outbox.relay_enabled:
             self.supervisor.start("outbox-relay", self.relay.run)
             self.supervisor.start("outbox-purge", self.relay.published.run)

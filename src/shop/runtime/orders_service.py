@@ -42,9 +42,12 @@ COMMANDS = {"kafka": ("Kafka", by_product), "rabbitmq": ("RabbitMQ", by_order)}
 
 class OrderRuntime(Runtime):
     """The order service's extras: a broker per asynchronous channel, and the consumers of
-    the channels named in `consumers`."""
+    the channels named in `consumers`. Without `intake` (a process that only consumes), no
+    connection to publish order commands is made, nor intake's account used."""
 
-    def __init__(self, settings: Settings, consumers: Collection[str]) -> None:
+    def __init__(
+        self, settings: Settings, consumers: Collection[str], *, intake: bool = True
+    ) -> None:
         s = settings
         super().__init__(
             s, outbox=order_outbox, keys=order_keys, events_topic=s.kafka.order_events_topic
@@ -54,7 +57,7 @@ class OrderRuntime(Runtime):
             KafkaBroker(
                 s.kafka, dead_letters=self.kafka.topic(s.kafka.dlq_topic), deadline=deadline
             ),
-            RabbitBroker(s.rabbitmq, timeout=deadline),
+            RabbitBroker(s.rabbitmq, timeout=deadline, intake=intake),
         ]
         self.service = OrderService(
             SqlOrderStore(self.db),
@@ -151,7 +154,7 @@ async def consume(
     """Run consumers (and the order outbox relay) without HTTP until SIGTERM or SIGINT; with a
     `health_port`, answer health checks there."""
     logs.configure(settings.log_level)
-    runtime = OrderRuntime(settings, channels)
+    runtime = OrderRuntime(settings, channels, intake=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -346,6 +346,24 @@ class Database:
             create_engine(settings), reads=create_engine(settings, autocommit=True), db=settings.db
         )
 
+    async def warm_up(self, _stopping: asyncio.Event, *, connections: int) -> None:
+        """Open `connections` of the read pool at start (the key claims and reads of a burst
+        run there), so that a burst right after a start does not pay a TLS handshake per
+        connection on its requests' path (about 6 ms each here, on the event loop: 40 at once
+        took 0.28 s, past intake's key-claim budget on a busy machine). Best effort: a server
+        that refuses is met again by the first request."""
+        opened = await asyncio.gather(
+            *(self.reads.connect() for _ in range(connections)), return_exceptions=True
+        )
+        for conn in opened:
+            if isinstance(conn, AsyncConnection):
+                await conn.close()  # back into the pool, open
+        failed = [str(c) for c in opened if not isinstance(c, AsyncConnection)]
+        if failed:
+            log.info(
+                "warmed %d of %d connections: %s", connections - len(failed), connections, failed[0]
+            )
+
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A unit of work: commits if the block finishes, rolls back otherwise."""
         return unit_of_work(self.engine, timeout=self.timeout)

@@ -62,7 +62,7 @@ async def _create_database(settings: Settings) -> None:
                     "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
                 )
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends
 
 
 def migrate(settings: Settings) -> None:
@@ -96,8 +96,10 @@ RIGHTS: dict[str, dict[str, str]] = {
 }
 
 
-# A GRANT to a role the server does not have: MariaDB's 1133, MySQL's 1410 or 3523.
-NO_SUCH_ROLE = frozenset({1133, 1410, 3523})
+# A GRANT to a role the server does not have (MariaDB's 1133, MySQL's 1410 or 3523), or by a
+# migration account without the grant option (1044, 1142): a layout that has not moved to a
+# role per service yet (its services share one account with rights it was given directly).
+CANNOT_GRANT = frozenset({1133, 1410, 3523, 1044, 1142})
 
 
 def grant_statements(database: str, role: str) -> list[str]:
@@ -117,12 +119,14 @@ async def _grant_rights(settings: Settings) -> None:
                     for statement in grant_statements(settings.db.name, role):  # name validated
                         await cur.execute(statement)
                 except asyncmy.errors.Error as exc:
-                    if not exc.args or exc.args[0] not in NO_SUCH_ROLE:
+                    if not exc.args or exc.args[0] not in CANNOT_GRANT:
                         raise
                     log.warning(
-                        "role %s does not exist: this server's set-up has not made the "
-                        "services' roles, so their accounts keep only the rights it gave them",
+                        "cannot grant role %s its tables (error %s): this server's set-up has "
+                        "not made the services' roles or given the migration account the grant "
+                        "option, so the services' accounts keep only the rights it gave them",
                         role,
+                        exc.args[0],
                     )
     finally:
-        conn.close()
+        await conn.ensure_closed()  # QUIT, and the TLS stream shut before the loop ends

@@ -44,9 +44,145 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
-{{/* The Secret holding DB_PASSWORD and RABBITMQ_PASSWORD. */}}
+{{/* A process kind's Secret (its passwords only): call with (list $ "orders"). */}}
 {{- define "shop.secretName" -}}
-{{- .Values.secrets.existingSecret | default (printf "%s-credentials" (include "shop.fullname" .)) }}
+{{- $root := index . 0 -}}
+{{- $kind := index . 1 -}}
+{{- (index $root.Values.identities $kind).existingSecret | default (printf "%s-%s-credentials" (include "shop.fullname" $root) $kind) }}
+{{- end }}
+
+{{/* KAFKA_SECURITY_PROTOCOL, and whether it logs in (SASL_PLAINTEXT, SASL_SSL) or uses TLS. */}}
+{{- define "shop.kafkaProtocol" -}}
+{{- .Values.config.KAFKA_SECURITY_PROTOCOL | default "PLAINTEXT" | toString }}
+{{- end }}
+
+{{- define "shop.kafkaSasl" -}}
+{{- if hasPrefix "SASL_" (include "shop.kafkaProtocol" .) }}true{{ end }}
+{{- end }}
+
+{{- define "shop.kafkaTls" -}}
+{{- if has (include "shop.kafkaProtocol" .) (list "SSL" "SASL_SSL") }}true{{ end }}
+{{- end }}
+
+{{/* The CA bundle for the database and the brokers: "configMap", "secret" or "" (none). */}}
+{{- define "shop.caSource" -}}
+{{- $tls := .Values.tls -}}
+{{- $given := compact (list $tls.caBundle $tls.existingConfigMap $tls.existingSecret) -}}
+{{- if gt (len $given) 1 }}
+{{- fail "tls: give one of caBundle, existingConfigMap and existingSecret" }}
+{{- end }}
+{{- if or $tls.caBundle $tls.existingConfigMap }}configMap{{ else if $tls.existingSecret }}secret{{ end }}
+{{- end }}
+
+{{- define "shop.caName" -}}
+{{- .Values.tls.existingConfigMap | default .Values.tls.existingSecret | default (printf "%s-ca" (include "shop.fullname" .)) }}
+{{- end }}
+
+{{- define "shop.caDir" -}}/etc/shop/ca{{- end }}
+{{- define "shop.caFile" -}}{{ include "shop.caDir" . }}/ca.pem{{- end }}
+
+{{/* Which servers get the CA file: DB_CA_FILE, KAFKA_CA_FILE, RABBITMQ_CA_FILE (a dict). */}}
+{{- define "shop.caSettings" -}}
+{{- if include "shop.caSource" . }}
+{{- if .Values.tls.database }}
+DB_CA_FILE: {{ include "shop.caFile" . }}
+{{- end }}
+{{- if and .Values.tls.kafka (include "shop.kafkaTls" .) }}
+KAFKA_CA_FILE: {{ include "shop.caFile" . }}
+{{- end }}
+{{- if .Values.tls.rabbitmq }}
+RABBITMQ_CA_FILE: {{ include "shop.caFile" . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The CA volume: call with (list $ "name of a ConfigMap made by the chart"). Only the CA's
+key is projected, so a Secret that also holds a key pair gives the pod the certificate alone. */}}
+{{- define "shop.caVolume" -}}
+{{- $root := index . 0 -}}
+- name: ca
+  {{- if eq (include "shop.caSource" $root) "secret" }}
+  secret:
+    secretName: {{ $root.Values.tls.existingSecret }}
+  {{- else }}
+  configMap:
+    name: {{ $root.Values.tls.existingConfigMap | default (index . 1) }}
+  {{- end }}
+    items:
+      - key: {{ $root.Values.tls.key }}
+        path: ca.pem
+{{- end }}
+
+{{/* A process kind's accounts, as environment variables: its own users and, from its own
+Secret, its own passwords. A kind without a role on RabbitMQ gets an empty user and password:
+no account, and not the development guest/guest, which a process listening beyond loopback
+refuses. Call with (list $ "orders"). */}}
+{{- define "shop.identityEnv" -}}
+{{- $root := index . 0 -}}
+{{- $kind := index . 1 -}}
+{{- $identity := index $root.Values.identities $kind -}}
+{{- $secret := include "shop.secretName" . -}}
+- name: DB_USER
+  value: {{ required (printf "identities.%s.dbUser is required" $kind) $identity.dbUser | quote }}
+- name: DB_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: DB_PASSWORD}
+{{- if include "shop.kafkaSasl" $root }}
+- name: KAFKA_USER
+  value: {{ required (printf "identities.%s.kafkaUser is required with SASL" $kind) $identity.kafkaUser | quote }}
+- name: KAFKA_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: KAFKA_PASSWORD}
+{{- end }}
+{{- if eq $kind "orders" }}
+- name: RABBITMQ_USER
+  value: {{ required "identities.orders.rabbitmqUser is required" $identity.rabbitmqUser | quote }}
+- name: RABBITMQ_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: RABBITMQ_PASSWORD}
+{{- else }}
+- name: RABBITMQ_USER
+  value: ""
+- name: RABBITMQ_PASSWORD
+  value: ""
+{{- end }}
+{{- if eq $kind "consumers" }}
+- name: RABBITMQ_CONSUMER_USER
+  value: {{ required "identities.consumers.rabbitmqUser is required" $identity.rabbitmqUser | quote }}
+- name: RABBITMQ_CONSUMER_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: RABBITMQ_CONSUMER_PASSWORD}
+{{- end }}
+{{- end }}
+
+{{/* The names the chart sets per process: neither `config` nor a process's `env` may. */}}
+{{- define "shop.accountNames" -}}
+{{- list "DB_USER" "DB_PASSWORD" "DB_MIGRATE_USER" "DB_MIGRATE_PASSWORD" "KAFKA_USER" "KAFKA_PASSWORD" "RABBITMQ_USER" "RABBITMQ_PASSWORD" "RABBITMQ_CONSUMER_USER" "RABBITMQ_CONSUMER_PASSWORD" "DB_CA_FILE" "KAFKA_CA_FILE" "RABBITMQ_CA_FILE" | toJson }}
+{{- end }}
+
+{{/* Values of the one-Secret chart (0.1.0) are refused, not silently ignored. */}}
+{{- define "shop.valuesCheck" -}}
+{{- if .Values.secrets }}
+{{- fail "secrets.* is gone: each process kind has its own accounts and Secret under identities.products, identities.orders and identities.consumers (README.md)" }}
+{{- end }}
+{{- $names := include "shop.accountNames" . | fromJsonArray }}
+{{- range $name, $_ := .Values.config }}
+{{- if has $name $names }}
+{{- fail (printf "config.%s: accounts are per process (identities.*) and CA files come from tls.*; the chart sets %s" $name $name) }}
+{{- end }}
+{{- end }}
+{{- range $kind := list "products" "orders" "consumers" }}
+{{- range $name, $_ := (index $.Values $kind).env }}
+{{- if has $name $names }}
+{{- fail (printf "%s.env.%s: accounts are per process (identities.%s) and CA files come from tls.*" $kind $name $kind) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $protocol := include "shop.kafkaProtocol" . }}
+{{- if not (has $protocol (list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL")) }}
+{{- fail (printf "config.KAFKA_SECURITY_PROTOCOL=%s: one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL" $protocol) }}
+{{- end }}
+{{- $_ := include "shop.caSource" . }}
 {{- end }}
 
 {{/* The Secret holding DB_MIGRATE_PASSWORD (the migration Job's only). */}}
@@ -108,6 +244,9 @@ spec:
         {{- include "shop.selectorLabels" (list $root .component) | nindent 8 }}
       annotations:
         checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+        {{- with $root.Values.tls.caBundle }}
+        checksum/ca: {{ . | sha256sum }}
+        {{- end }}
         {{- with $root.Values.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -135,16 +274,8 @@ spec:
             - configMapRef:
                 name: {{ include "shop.fullname" $root }}-config
           env:
-            - name: DB_PASSWORD
-              valueFrom:
-                secretKeyRef:
-                  name: {{ include "shop.secretName" $root }}
-                  key: DB_PASSWORD
-            - name: RABBITMQ_PASSWORD
-              valueFrom:
-                secretKeyRef:
-                  name: {{ include "shop.secretName" $root }}
-                  key: RABBITMQ_PASSWORD
+            # This process kind's accounts, its passwords from its own Secret.
+            {{- include "shop.identityEnv" (list $root .component) | nindent 12 }}
             {{- range $name, $value := .env }}
             - name: {{ $name }}
               value: {{ $value | quote }}
@@ -183,6 +314,11 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- if include "shop.caSource" $root }}
+            - name: ca
+              mountPath: {{ include "shop.caDir" $root }}
+              readOnly: true
+            {{- end }}
             {{- if and $root.Values.auth.publicKey (not $root.Values.auth.jwksUrl) }}
             - name: auth
               mountPath: /auth
@@ -198,6 +334,10 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 256Mi
+        {{- if include "shop.caSource" $root }}
+        # The CA certificates of the database's and the brokers' server certificates.
+        {{- include "shop.caVolume" (list $root (printf "%s-ca" (include "shop.fullname" $root))) | nindent 8 }}
+        {{- end }}
         {{- if and $root.Values.auth.publicKey (not $root.Values.auth.jwksUrl) }}
         - name: auth
           configMap:

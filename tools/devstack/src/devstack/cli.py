@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,19 @@ import time
 
 from shop.settings import ConfigError
 
-from . import SERVERS, SERVICES, StackError, down, start, start_services, status, stop, up_servers
+from . import (
+    SERVERS,
+    SERVICES,
+    StackError,
+    down,
+    identities,
+    start,
+    start_services,
+    status,
+    stop,
+    up_servers,
+)
+from .identities import ensure as ensure_identities
 from .settings import StackSettings, load_stack_settings
 
 
@@ -31,8 +44,12 @@ def _run_foreground(settings: StackSettings) -> int:
     """Both services as child processes in the foreground; Ctrl-C stops both."""
     for name in SERVICES:  # `make up` may have started them in the background
         stop(name, settings)
-    children = [
-        subprocess.Popen([sys.executable, "-m", "shop", "serve", name]) for name in SERVICES
+    children = [  # each with its own accounts, as `devstack up` starts them
+        subprocess.Popen(
+            [sys.executable, "-m", "shop", "serve", name],
+            env={**os.environ, **identities.service_env(name)},
+        )
+        for name in identities.SERVICES
     ]
     print(
         f"products on http://127.0.0.1:{settings.http.product_port}, "
@@ -125,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.action in ("up", "start", "run", "cluster"):
+        ensure_identities()  # before the settings, which take the accounts' passwords from it
     try:
         settings = load_stack_settings()
     except ConfigError as exc:

@@ -221,7 +221,7 @@ def _start_rabbitmq(settings: StackSettings, base: Path) -> None:
         rabbitmq.ctl(node, "reset")
         rabbitmq.ctl(node, "join_cluster", first.nodename)
         rabbitmq.ctl(node, "start_app")
-    rabbitmq.provision(settings, first)
+    rabbitmq.provision_one_user(settings, first)
 
 
 def _start_kafka(base: Path) -> None:
@@ -300,7 +300,7 @@ def _ensure_topics(shop: StackSettings) -> None:
         shop.kafka.product_events_topic,
         shop.kafka.order_events_topic,
     ]
-    asyncio.run(ensure_topics(shop.kafka.brokers, topics, replication_factor=NODES, timeout=30.0))
+    asyncio.run(ensure_topics(shop.kafka, topics, replication_factor=NODES, timeout=30.0))
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
@@ -439,7 +439,7 @@ def galera_writer() -> str | None:
 def leader_of_partition(settings: StackSettings, topic: str, partition: int = 0) -> str:
     """The Kafka node (`kafka-N`) leading one partition of a topic."""
     shop = cluster_settings(settings, directory())
-    metadata = kafka.admin_client(shop.kafka.brokers).list_topics(topic, timeout=10)
+    metadata = kafka.admin_client(shop.kafka).list_topics(topic, timeout=10)
     leader: int = metadata.topics[topic].partitions[partition].leader
     if leader < 0:
         raise StackError(f"{topic}[{partition}] has no leader now")
@@ -479,6 +479,7 @@ def env_lines(settings: StackSettings) -> list[str]:
         "db_port",
         "kafka_brokers",
         "kafka_replication_factor",
+        "kafka_security_protocol",
         "rabbitmq_port",
         "rabbitmq_management_port",
         "rabbitmq_queue_type",

@@ -143,17 +143,54 @@ def ensure() -> None:
     names()
 
 
+RABBITMQ_INTAKE, RABBITMQ_CONSUMER, RABBITMQ_ADMIN = "shop-intake", "shop-consumer", "shop-admin"
+
+
+def _rabbitmq_env(service: Service) -> dict[str, str]:
+    """The order service's two RabbitMQ accounts (its HTTP workers publish as the intake, its
+    consumer process reads as the consumer) and the CA (TLS); the product service gets none."""
+    if service != "orders":
+        return {}
+    return {
+        "RABBITMQ_USER": RABBITMQ_INTAKE,
+        "RABBITMQ_PASSWORD": password(f"rabbitmq:{RABBITMQ_INTAKE}"),
+        "RABBITMQ_CONSUMER_USER": RABBITMQ_CONSUMER,
+        "RABBITMQ_CONSUMER_PASSWORD": password(f"rabbitmq:{RABBITMQ_CONSUMER}"),
+        "RABBITMQ_CA_FILE": str(tls().ca_file),
+    }
+
+
 def service_env(service: Service) -> dict[str, str]:
     """The environment that gives `service` its own identity on every server."""
     ca = str(tls().ca_file)
     db_user = f"shop_{service}"
-    return {"DB_USER": db_user, "DB_PASSWORD": password(f"db:{db_user}"), "DB_CA_FILE": ca}
+    env = {"DB_USER": db_user, "DB_PASSWORD": password(f"db:{db_user}"), "DB_CA_FILE": ca}
+    return env | _rabbitmq_env(service) | kafka_env(service)
 
 
 def tools_env() -> dict[str, str]:
     """What the stack's own tools, the tests and the bench use beside the order service's
     identity, and no service gets: the administrators' and the migration account's."""
-    return {"DB_MIGRATE_USER": "shop_migrate", "DB_MIGRATE_PASSWORD": password("db:shop_migrate")}
+    env = {"DB_MIGRATE_USER": "shop_migrate", "DB_MIGRATE_PASSWORD": password("db:shop_migrate")}
+    env |= {"RABBITMQ_ADMIN_PASSWORD": password(f"rabbitmq:{RABBITMQ_ADMIN}")}
+    return env | kafka_admin_env()
+
+
+def kafka_env(principal: str) -> dict[str, str]:
+    """Kafka as `principal`: SASL/SCRAM-SHA-512 over TLS, trusting the stack's CA (the broker's
+    ACLs decide what it may do: devstack.kafka.acls)."""
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_USER": principal,
+        "KAFKA_PASSWORD": password(f"kafka:{principal}"),
+        "KAFKA_CA_FILE": str(tls().ca_file),
+    }
+
+
+def kafka_admin_env() -> dict[str, str]:
+    """Kafka's super user (the broker's own identity), for the stack's tools, tests and bench."""
+    return {"KAFKA_ADMIN_USER": "admin", "KAFKA_ADMIN_PASSWORD": password("kafka:admin")}
 
 
 def names() -> frozenset[str]:

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from shop.settings import load_settings
+
 from . import haproxy, identities, kafka, mariadb, rabbitmq
 from .common import HOST, stack_dir
 from .services import _settings_env
@@ -97,18 +99,50 @@ class Process:
 
 
 def cluster_settings(settings: StackSettings, base: Path) -> StackSettings:
-    """The services' settings on the cluster: the fronts, every Kafka node, RF 3, quorum."""
+    """The services' settings on the cluster: the fronts, every Kafka node, RF 3, quorum.
+    Kafka without TLS or accounts (its nodes are PLAINTEXT for now): not `make up`'s."""
     brokers = ",".join(node.bootstrap for node in kafka_nodes(base))
+    # RabbitMQ over plain AMQP, as the one application user of config.yaml and the environment
+    # (`rabbitmq.provision_one_user`), not as `make up`'s accounts per role over TLS.
+    plain = load_settings().rabbitmq
     return settings.replace(
         db_port=MYSQL_FRONT,
         kafka_brokers=brokers,
         kafka_replication_factor=NODES,
+        kafka_security_protocol="PLAINTEXT",
+        kafka_user="",
+        kafka_password="",
+        kafka_ca_file=None,
         rabbitmq_port=AMQP_FRONT,
         rabbitmq_management_port=rabbitmq_nodes(base)[0].management_port,
         rabbitmq_queue_type="quorum",
+        rabbitmq_user=plain.user,
+        rabbitmq_password=plain.password,
+        rabbitmq_consumer_user=None,
+        rabbitmq_consumer_password=None,
+        rabbitmq_ca_file=None,
         auth_public_key_file=str(base / "auth" / "public.pem"),
         auth_signing_key_file=str(base / "auth" / "signing.pem"),
     )
+
+
+def _service_env(
+    settings: StackSettings, shop: StackSettings, service: identities.Service
+) -> dict[str, str]:
+    """`shop` (the cluster's settings) as `service`'s environment, with its own accounts
+    (`identities.service_env`), except where `cluster_settings` changed one of that identity's
+    settings: where the cluster does not (yet) do as `make up` does, its value wins (or an
+    unset one)."""
+    env = {**_settings_env(shop, service), "WORKERS": "1"}
+    before, after = settings.flat(), shop.flat()
+    for name in (key.lower() for key in identities.service_env(service)):
+        if after.get(name) == before.get(name):
+            continue
+        if after.get(name) is None:
+            env.pop(name.upper(), None)
+        else:
+            env[name.upper()] = str(after[name])
+    return env
 
 
 def processes(settings: StackSettings, base: Path) -> list[Process]:
@@ -119,11 +153,8 @@ def processes(settings: StackSettings, base: Path) -> list[Process]:
     for service, first in services:
         for n in range(1, REPLICAS + 1):
             port = first + n
-            env = {
-                **_settings_env(shop, service),  # each service with its own accounts
-                "WORKERS": "1",
-                f"{service[:-1].upper()}_SERVICE_PORT": str(port),
-            }
+            env = _service_env(settings, shop, service)
+            env[f"{service[:-1].upper()}_SERVICE_PORT"] = str(port)
             if service == "orders":  # consumers and the order outbox relay run on their own
                 env |= {"CONSUMERS_ENABLED": "false", "OUTBOX_RELAY_ENABLED": "false"}
             serve = (sys.executable, "-m", "shop", "serve", service)
@@ -133,7 +164,7 @@ def processes(settings: StackSettings, base: Path) -> list[Process]:
         consume = (
             sys.executable, "-m", "shop", "consume", channel, "--health-port", str(port),
         )  # fmt: skip
-        env = {**_settings_env(shop, "orders"), "WORKERS": "1"}
+        env = _service_env(settings, shop, "orders")
         found.append(Process(f"consumer-{channel}-{n}", consume, port, env))
     return found
 

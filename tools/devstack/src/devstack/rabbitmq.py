@@ -5,6 +5,13 @@ would put the Erlang cookie and data out of our reach, so the scripts in
 /usr/lib/rabbitmq/bin are called directly with every location set by environment variables.
 The node is named shop@localhost so that the machine's hostname (whatever it resolves to)
 plays no part, and Erlang distribution and epmd listen on 127.0.0.1 only.
+
+The single node speaks AMQP over TLS only, on RABBITMQ_PORT, with the stack's server
+certificate (`identities.tls`); it has no plain AMQP listener. Its users are one per role
+(`provision`): the order service's intake and consumer accounts, each limited by permission
+patterns to its own exchange and queues (`shop.messaging.rabbitmq.Topology.permissions`), and
+the administrator of the management API (plain HTTP on 127.0.0.1, for the stack and the tests).
+The cluster's nodes (`layout`) keep plain AMQP and one application user (`provision_one_user`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shop.messaging.rabbitmq import Role, Topology
+
+from . import identities
 from .common import (
     HOST,
     Daemon,
@@ -38,11 +48,13 @@ from .common import (
 from .settings import StackSettings
 
 NAME = "rabbitmq"
-NODE = "shop@localhost"
+# Erlang's and RabbitMQ's own variables move them, for a second stack beside the first
+# (SHOP_STACK_DIR and other ports): a node name and an epmd port are machine-wide.
+NODE = os.environ.get("RABBITMQ_NODENAME") or "shop@localhost"
 PACKAGES = ("rabbitmq-server",)
 BIN = Path("/usr/lib/rabbitmq/bin")
 READY_TIMEOUT = 90.0
-EPMD_PORT = 4369
+EPMD_PORT = int(os.environ.get("ERL_EPMD_PORT") or 4369)
 CTL_TIMEOUT = 60.0
 
 
@@ -57,7 +69,8 @@ class RabbitNode:
     """One RabbitMQ node and where its files go.
 
     Nodes of one cluster share `home` (so the same Erlang cookie) and one epmd port, and have
-    distinct node names, AMQP, management and distribution ports.
+    distinct node names, AMQP, management and distribution ports. With `tls`, AMQP is over TLS
+    only (on `amqp_port`, with that certificate and key).
     """
 
     name: str  # the daemon's name in devstack (pidfile, status)
@@ -68,6 +81,7 @@ class RabbitNode:
     directory: Path
     home: Path
     epmd_port: int = EPMD_PORT
+    tls: identities.Tls | None = None
 
 
 def single_node(settings: StackSettings) -> RabbitNode:
@@ -81,6 +95,7 @@ def single_node(settings: StackSettings) -> RabbitNode:
         dist_port=settings.rabbitmq.port + 20000,
         directory=directory,
         home=directory,
+        tls=identities.tls(),
     )
 
 
@@ -125,8 +140,6 @@ def node_env(node: RabbitNode) -> dict[str, str]:
             "HOME": str(node.home),  # the Erlang cookie lives in $HOME/.erlang.cookie
             "LC_ALL": "C.UTF-8",  # the Elixir CLI warns (and misbehaves) under latin1
             "RABBITMQ_NODENAME": node.nodename,
-            "RABBITMQ_NODE_IP_ADDRESS": HOST,
-            "RABBITMQ_NODE_PORT": str(node.amqp_port),
             "RABBITMQ_DIST_PORT": str(node.dist_port),
             "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
             "RABBITMQ_LOG_BASE": str(directory / "log"),
@@ -141,7 +154,27 @@ def node_env(node: RabbitNode) -> dict[str, str]:
             "ERL_EPMD_PORT": str(node.epmd_port),
         }
     )
+    if node.tls is None:  # plain AMQP (else the listeners are in rabbitmq.conf)
+        env |= {"RABBITMQ_NODE_IP_ADDRESS": HOST, "RABBITMQ_NODE_PORT": str(node.amqp_port)}
     return env
+
+
+def listener_config(node: RabbitNode) -> str:
+    """rabbitmq.conf's AMQP listeners: with TLS, a TLS listener on the AMQP port and no plain
+    one (TLS 1.2 or 1.3; clients authenticate with a password, not a certificate)."""
+    if node.tls is None:
+        return ""  # RABBITMQ_NODE_IP_ADDRESS and RABBITMQ_NODE_PORT (node_env)
+    return (
+        "listeners.tcp = none\n"
+        f"listeners.ssl.default = {HOST}:{node.amqp_port}\n"
+        f"ssl_options.cacertfile = {node.tls.ca_file}\n"
+        f"ssl_options.certfile = {node.tls.cert_file}\n"
+        f"ssl_options.keyfile = {node.tls.key_file}\n"
+        "ssl_options.verify = verify_none\n"
+        "ssl_options.fail_if_no_peer_cert = false\n"
+        "ssl_options.versions.1 = tlsv1.3\n"
+        "ssl_options.versions.2 = tlsv1.2\n"
+    )
 
 
 def _write_config(node: RabbitNode) -> None:
@@ -153,7 +186,7 @@ def _write_config(node: RabbitNode) -> None:
         f"management.tcp.port = {node.management_port}\n"
         # Keep the log out of the console file; the file log is what we point people at.
         "log.console = false\n"
-        "log.file.level = info\n"
+        "log.file.level = info\n" + listener_config(node)
     )
     (directory / "enabled_plugins").write_text("[rabbitmq_management].\n")
     # Sourced by the start scripts instead of /etc/rabbitmq/rabbitmq-env.conf.
@@ -190,14 +223,30 @@ ALL_RIGHTS = ("configure", "write", "read")
 
 def _http_get(settings: StackSettings, path: str, *, user: str, password: str) -> tuple[int, Any]:
     """GET a management API path as `user`: the status (0 if unreachable) and the JSON body."""
+    return _http(settings, "GET", path, user=user, password=password)
+
+
+def _http(
+    settings: StackSettings,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    user: str,
+    password: str,
+) -> tuple[int, Any]:
+    """A management API request as `user`: the status (0 if unreachable) and the JSON body."""
     url = f"http://{HOST}:{settings.stack.management_port}{path}"
     credentials = f"{user}:{password}".encode()
-    request = urllib.request.Request(
-        url, headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()}
-    )
+    headers = {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310 - http://127.0.0.1 only
-            return response.status, json.loads(response.read())
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http://127.0.0.1 only
+            answer = response.read()
+            return response.status, json.loads(answer) if answer else None
     except urllib.error.HTTPError as refused:
         try:
             return refused.code, json.loads(refused.read())
@@ -278,10 +327,10 @@ def _user(settings: StackSettings, node: RabbitNode, user: str, password: str, *
     ctl(node, "set_permissions", "-p", settings.rabbitmq.vhost, user, ".*", ".*", ".*")
 
 
-def provision(settings: StackSettings, node: RabbitNode | None = None) -> None:
-    """The application user (RABBITMQ_USER) without tags, so not an administrator, and an
-    administrator (RABBITMQ_ADMIN_USER) for the management API; both with all rights on the
-    configured vhost, the application's only one."""
+def provision_one_user(settings: StackSettings, node: RabbitNode | None = None) -> None:
+    """The cluster's: the application user (RABBITMQ_USER) without tags, so not an
+    administrator, and an administrator (RABBITMQ_ADMIN_USER) for the management API; both
+    with all rights on the configured vhost, the application's only one."""
     if settings.rabbitmq.user == settings.stack.admin_user:
         raise StackError("RABBITMQ_USER and RABBITMQ_ADMIN_USER must name different users")
     if _provisioned(settings):
@@ -296,6 +345,117 @@ def provision(settings: StackSettings, node: RabbitNode | None = None) -> None:
     admin, admin_password = settings.stack.admin_user, settings.stack.admin_password
     _user(settings, node, admin, admin_password, "administrator")
     _user(settings, node, user, settings.rabbitmq.password)
+
+
+def accounts(settings: StackSettings) -> dict[str, tuple[str, tuple[Role, ...]]]:
+    """The services' accounts by user: password and roles. RABBITMQ_USER is intake's, and the
+    consumers' unless RABBITMQ_CONSUMER_USER names another (then one account has both roles)."""
+    rabbit = settings.rabbitmq
+    consumer, consumer_password = rabbit.consumer_user, rabbit.consumer_password
+    if consumer is None or consumer_password is None or consumer == rabbit.user:
+        return {rabbit.user: (rabbit.password, ("intake", "consumer"))}
+    return {
+        rabbit.user: (rabbit.password, ("intake",)),
+        consumer: (consumer_password, ("consumer",)),
+    }
+
+
+class _Api:
+    """The management API as the stack's administrator; any answer but 2xx is a StackError."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self._settings = settings
+
+    def __call__(
+        self, method: str, path: str, body: Any = None, *, missing_ok: bool = False
+    ) -> Any:
+        admin = self._settings.stack
+        status, answer = _http(
+            self._settings, method, path, body, user=admin.admin_user, password=admin.admin_password
+        )
+        if 200 <= status < 300 or (missing_ok and status == 404):
+            return answer
+        raise StackError(f"RabbitMQ management API: {method} {path} answered {status}: {answer}")
+
+
+def _quoted(*names: str) -> list[str]:
+    return [urllib.parse.quote(name, safe="") for name in names]
+
+
+def _ensure_admin(settings: StackSettings, node: RabbitNode) -> None:
+    """The administrator (RABBITMQ_ADMIN_USER) logs in to the management API, or is made so
+    with rabbitmqctl (a fresh node has no user of ours)."""
+    admin, password = settings.stack.admin_user, settings.stack.admin_password
+    status, me = _http_get(settings, "/api/whoami", user=admin, password=password)
+    if status == 200 and "administrator" in _tags(me):
+        return
+    say(f"provisioning the RabbitMQ administrator {admin!r}")
+    # Passwords go through stdin, never argv, where `ps` and our error messages would show them.
+    output = ctl(node, "add_user", admin, check=False, stdin=password)
+    if "already exists" in output:
+        ctl(node, "change_password", admin, stdin=password)
+    elif "Adding user" not in output:
+        raise StackError(f"rabbitmqctl add_user {admin} failed:\n{output.strip()}")
+    ctl(node, "set_user_tags", admin, "administrator")
+
+
+def provision(settings: StackSettings, node: RabbitNode | None = None) -> None:
+    """The single node's users and the order topology of the configured names (RABBITMQ_VHOST,
+    RABBITMQ_QUEUE), idempotent: the administrator (rabbitmqctl, if it cannot log in yet);
+    then through the management API, as it: the vhost, each service account with its password,
+    no tags and its role's permission patterns on the vhost (`shop.messaging.rabbitmq.Topology
+    .permissions`: RabbitMQ keeps one triple per user and vhost, so other names need their
+    own vhost: the tests' run, the bench's sides); all rights there for the administrator; the
+    exchanges, queues and bindings that the consumers would declare (so that intake, which
+    only checks its exchange, is ready before they ever ran). RabbitMQ's `guest` is deleted."""
+    rabbit, admin = settings.rabbitmq, settings.stack.admin_user
+    services = accounts(settings)
+    if admin in services:
+        raise StackError(
+            "RABBITMQ_USER, RABBITMQ_CONSUMER_USER and RABBITMQ_ADMIN_USER must differ"
+        )
+    _ensure_admin(settings, node or single_node(settings))
+    api = _Api(settings)
+    (vhost,) = _quoted(rabbit.vhost)
+    api("PUT", f"/api/vhosts/{vhost}", {})
+    topology = Topology(rabbit)
+    everything = {"configure": ".*", "write": ".*", "read": ".*"}
+    for user, (password, roles) in services.items():
+        (who,) = _quoted(user)
+        api("PUT", f"/api/users/{who}", {"password": password, "tags": ""})
+        api("PUT", f"/api/permissions/{vhost}/{who}", topology.permissions(*roles)._asdict())
+    api("PUT", f"/api/permissions/{vhost}/{_quoted(admin)[0]}", everything)
+    if "guest" not in services:  # all rights on "/" from any local client, password "guest"
+        api("DELETE", "/api/users/guest", missing_ok=True)
+    _declare(api, vhost, topology)
+
+
+def _declare(api: _Api, vhost: str, topology: Topology) -> None:
+    """What `Topology.declare` declares, through the management API."""
+    exchange, dlx, queue, dlq = _quoted(
+        topology.exchange, topology.dlx, topology.queue, topology.dlq
+    )
+    for name in (dlx, exchange):
+        api("PUT", f"/api/exchanges/{vhost}/{name}", {"type": "direct", "durable": True})
+    for name, arguments in ((dlq, topology.dlq_arguments), (queue, topology.arguments)):
+        api("PUT", f"/api/queues/{vhost}/{name}", {"durable": True, "arguments": arguments})
+    for source, destination, key in ((dlx, dlq, topology.dlq), (exchange, queue, topology.queue)):
+        api("POST", f"/api/bindings/{vhost}/e/{source}/q/{destination}", {"routing_key": key})
+
+
+def remove_vhost(settings: StackSettings) -> None:
+    """Delete RABBITMQ_VHOST with everything in it (queues, exchanges, permissions), if there;
+    for the tests' and the bench's own vhosts."""
+    if settings.rabbitmq.vhost == "/":
+        raise StackError("the default vhost stays")
+    (vhost,) = _quoted(settings.rabbitmq.vhost)
+    _Api(settings)("DELETE", f"/api/vhosts/{vhost}", missing_ok=True)
+
+
+def admin_url(settings: StackSettings) -> str:
+    """An AMQP URL of the administrator (all rights on RABBITMQ_VHOST), over TLS as the
+    services connect: for tests and benchmarks that read dead letters or make scratch queues."""
+    return settings.rabbitmq.url_for(settings.stack.admin_user, settings.stack.admin_password)
 
 
 # RabbitMQ 3.10 (Debian 12's) can crash a node that boots while a peer reloads its feature

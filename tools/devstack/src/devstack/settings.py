@@ -22,10 +22,19 @@ class StackAdmin(Group):
     management_port: int = Field(15672, ge=1, le=65535)
 
 
+class StackKafkaAdmin(Group):
+    prefix = "kafka_"
+    # Kafka's super user (the broker's own identity), for the local stack, the tests and the
+    # bench: they read every topic, create and delete their own, and set the services' ACLs.
+    admin_user: str = "admin"
+    admin_password: str = Field("", repr=False)
+
+
 class StackSettings(Settings):
     """The services' settings and the stack's administrators (RABBITMQ_ADMIN_USER, ...)."""
 
     stack: StackAdmin = StackAdmin()
+    kafka_admin: StackKafkaAdmin = StackKafkaAdmin()
 
 
 def load_stack_settings(**overrides: Any) -> StackSettings:
