@@ -111,7 +111,6 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
 
 def order_limits(settings: Settings) -> OrderLimits:
     """The customers' order limits, in a table the service's workers share if it has several."""
-    directory = generation.worker_dir()
     orders = settings.orders
     return OrderLimits(
         rate_per_second=orders.rate_per_second,
@@ -119,7 +118,7 @@ def order_limits(settings: Settings) -> OrderLimits:
         units_per_minute=orders.units_per_minute,
         units_burst=orders.units_burst,
         slots=settings.http.rate_limit_slots,
-        path=None if directory is None else directory / "order-limits.buckets",
+        path=generation.worker_file("order-limits.buckets"),
     )
 
 

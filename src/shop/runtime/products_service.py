@@ -59,10 +59,9 @@ def products_app(settings: Settings | None = None) -> FastAPI:
 
 def search_limits(settings: Settings) -> SearchLimits:
     """The clients' search limits, in a table the service's workers share if it has several."""
-    directory = generation.worker_dir()
     return SearchLimits(
         rate_per_second=settings.products.search_rate_per_second,
         burst=settings.products.search_burst,
         slots=settings.http.rate_limit_slots,
-        path=None if directory is None else directory / "search-limits.buckets",
+        path=generation.worker_file("search-limits.buckets"),
     )
