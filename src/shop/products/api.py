@@ -47,11 +47,6 @@ _NEXT = {
 }
 
 
-_SLOW_READ = (
-    "The database did not answer in time, or stopped the query at its time limit "
-    "(PRODUCT_QUERY_SECONDS), or too many searches are running (SEARCH_CONCURRENCY)."
-)
-
 # A name search: what it matches, and the searches it may not make (domain.search_words). The
 # pattern is declared, not checked by the framework: the domain's check says why it refuses.
 NameSearch = Annotated[
@@ -78,12 +73,17 @@ def document_limits(document: dict[str, Any], *, products: ProductSettings) -> N
         "the address it forwards), or per token subject for a customer's token; a token with "
         "`products:write` is not limited. Plain pages are not limited."
     )
-    for path, method in (("/products", "get"), ("/products/{product_id}", "get")):
-        document["paths"][path][method]["responses"]["503"]["description"] = (
-            "The database did not answer in time, or stopped the query at its time limit "
-            f"({products.query_seconds:g} s, PRODUCT_QUERY_SECONDS), or too many searches are "
-            f"running ({products.search_concurrency} per worker, SEARCH_CONCURRENCY)."
-        )
+    slow = (
+        "The database did not answer in time, or stopped the query at its time limit "
+        f"({products.query_seconds:g} s, PRODUCT_QUERY_SECONDS)"
+    )
+    answers["503"]["description"] = (
+        f"{slow}, or too many searches are running ({products.search_concurrency} per worker, "
+        "SEARCH_CONCURRENCY)."
+    )
+    document["paths"]["/products/{product_id}"]["get"]["responses"]["503"]["description"] = (
+        f"{slow}."
+    )
 
 
 def router(
@@ -110,17 +110,8 @@ def router(
         "",
         operation_id="list_products",
         response_model=list[Product],
-        responses={
-            200: {"headers": doc.NEXT_PAGE},
-            **doc.refusals(422),
-            503: doc.refusal(503, _SLOW_READ),
-            429: doc.refusal(
-                429,
-                "A search (a `name`, `min_price` or `max_price`) beyond the client's limit: "
-                "SEARCH_BURST at once, then SEARCH_RATE_PER_SECOND, per client address (per "
-                "token subject with a customer's token; none with `products:write`).",
-            ),
-        },
+        # The 429's and 503's terms, as configured: document_limits.
+        responses={200: {"headers": doc.NEXT_PAGE}, **doc.refusals(422, 429, 503)},
     )
     async def list_products(
         request: Request,
@@ -162,7 +153,7 @@ def router(
         "/{product_id}",
         operation_id="get_product",
         response_model=Product,
-        responses={**doc.refusals(404, 422), 503: doc.refusal(503, _SLOW_READ)},
+        responses=doc.refusals(404, 422, 503),
     )
     async def get_product(product_id: ProductId) -> Any:
         """Get one product."""
