@@ -38,10 +38,14 @@ from tests.support import ServiceProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
-# The order service under test: two workers, and limits small enough to meet quickly.
-RATE, BURST = 2.0, 10
+# The order service under test: two workers, and limits small enough to meet quickly. The rate
+# is low so that the burst is nearly all a customer gets in the test: a bucket per worker would
+# admit up to twice it (20 of 120 with the table bypassed, against at most 12).
+RATE, BURST = 0.1, 10
 MAX_QUANTITY, UNITS_BURST, UNITS_PER_MINUTE = 50, 100, 60.0
 ADMIN = ["orders:admin"]
+# Two workers each import the whole service: on a busy machine that took 29 s.
+STARTUP_SECONDS = 90.0
 
 
 def _user() -> int:
@@ -68,7 +72,7 @@ async def limited_orders(
     }
     log = Path(tmp_path_factory.mktemp("limits")) / "orders.log"
     service = ServiceProcess("orders", port=port, env=env, log_path=log)
-    await service.start()
+    await service.start(timeout=STARTUP_SECONDS)
     yield service
     assert service.stop(timeout=20), f"see {log}"
 
@@ -83,7 +87,9 @@ async def test_a_customers_order_limit_holds_across_workers(
     limited_orders: ServiceProcess, products: httpx.AsyncClient, database: AsyncEngine
 ) -> None:
     """One customer orders from 16 connections at a time, each request on a new connection:
-    with a bucket per worker the two workers would admit up to twice the burst and the rate."""
+    with a bucket per worker the two workers would admit up to twice the burst and the rate.
+    It fails with the shared table bypassed (`order_limits` with no file: 20 accepted in 12 s,
+    against at most 12.2)."""
     pid = await new_product(products, stock=None)
     customer = _user()
     headers = TOKENS.bearer(customer)
@@ -149,6 +155,7 @@ async def test_the_units_cap_answers_429_and_changes_nothing(
 
 CATALOGUE = 60_000
 SEARCHES = 200
+READERS = 4  # clients reading a product by id, one request after another, during the flood
 WORDS = ["oak", "steel", "linen", "copper", "walnut", "glass", "wool", "cedar", "brass", "slate"]
 THINGS = ["chair", "table", "lamp", "shelf", "stool", "desk", "bench", "mirror", "rug", "clock"]
 
@@ -207,7 +214,7 @@ async def search_service(
     }
     log = Path(tmp_path_factory.mktemp("search")) / "products.log"
     service = ServiceProcess("products", port=port, env=env, log_path=log)
-    await service.start()
+    await service.start(timeout=STARTUP_SECONDS)
     yield service
     assert service.stop(timeout=20), f"see {log}"
 
@@ -231,7 +238,11 @@ async def test_unmatched_searches_leave_reads_by_id_answering(
 ) -> None:
     """200 searches that match nothing, at once, each from a client address of its own (as a
     distributed flood would come, so no per-client limit stops them): every read by id made
-    meanwhile answers 200. The figures go to docs/security.md."""
+    meanwhile answers 200. The figures go to docs/security.md.
+
+    It can fail: with the catalogue read as before issue 22 (the `LIKE` scan, no time limit,
+    no places for searches), reads by id answered 503 (p50 0.5 s, max 10 s) and 33 searches
+    of the 200 answered 200; with only the time limit kept, 15 searches did."""
     _, engine = big_catalogue
     async with engine.connect() as conn:
         some_id = int(await conn.scalar(select(func.min(products_table.c.id))) or 0)
@@ -250,17 +261,22 @@ async def test_unmatched_searches_leave_reads_by_id_answering(
         )
         indexed = time.perf_counter() - started
     base = search_service.url
-    limits = httpx.Limits(max_connections=SEARCHES + 10, max_keepalive_connections=SEARCHES + 10)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-        assert (await client.get(f"/products/{some_id}")).status_code == 200
+    # Each phase on clients of its own: a connection left idle by an earlier phase may be closed
+    # by the server (KEEP_ALIVE_SECONDS) just as it is reused, which httpx reports as an error.
+    limits = httpx.Limits(max_connections=SEARCHES, max_keepalive_connections=SEARCHES)
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client,
+        httpx.AsyncClient(base_url=base, timeout=60) as reads,
+    ):
+        assert (await reads.get(f"/products/{some_id}")).status_code == 200
         flooding = True
         by_id: list[tuple[int, float]] = []
 
         async def read_by_id() -> None:
             while flooding:
-                by_id.append(await _timed(client, f"/products/{some_id}"))
+                by_id.append(await _timed(reads, f"/products/{some_id}"))
 
-        reader = asyncio.ensure_future(read_by_id())
+        readers = [asyncio.ensure_future(read_by_id()) for _ in range(READERS)]
         started = time.perf_counter()
         searches = await asyncio.gather(
             *(
@@ -274,8 +290,9 @@ async def test_unmatched_searches_leave_reads_by_id_answering(
         )
         flood = time.perf_counter() - started
         flooding = False
-        await reader
-        # One client alone is limited: SEARCH_BURST (30) at once, then 10 a second.
+        await asyncio.gather(*readers)
+    # One client alone is limited: SEARCH_BURST (30) at once, then 10 a second.
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         started = time.perf_counter()
         alone = await asyncio.gather(
             *(
@@ -287,14 +304,19 @@ async def test_unmatched_searches_leave_reads_by_id_answering(
     print(
         f"\n{CATALOGUE} products; one unmatched search: LIKE scan {scan * 1000:.1f} ms, "
         f"indexed {indexed * 1000:.1f} ms. {SEARCHES} at once: {flood * 1000:.0f} ms in all "
-        f"(p50 {_ms(searches, 0.5):.0f} ms, p99 {_ms(searches, 0.99):.0f} ms), statuses "
-        f"{sorted({status for status, _ in searches})}; meanwhile {len(by_id)} reads by id: "
-        f"statuses {sorted({status for status, _ in by_id})}, p50 {_ms(by_id, 0.5):.1f} ms, "
+        f"(p50 {_ms(searches, 0.5):.0f} ms, p99 {_ms(searches, 0.99):.0f} ms), "
+        f"{[status for status, _ in searches].count(200)} answered 200; meanwhile "
+        f"{len(by_id)} reads by id: statuses {sorted({status for status, _ in by_id})}, "
+        f"p50 {_ms(by_id, 0.5):.1f} ms, "
         f"max {1000 * max(s for _, s in by_id):.0f} ms. One client's 60 searches at once: "
         f"{[status for status, _ in alone].count(429)} answered 429."
     )
+    assert len(by_id) >= READERS
     assert {status for status, _ in by_id} == {200}
-    assert {status for status, _ in searches} == {200}
+    # A search may wait too long for one of its worker's places on a loaded machine (503), but
+    # through the index nearly all are answered (with the old scan, 15-33 of the 200 were).
+    assert {status for status, _ in searches} <= {200, 503}
+    assert [status for status, _ in searches].count(200) >= SEARCHES // 2
     answered = [status for status, _ in alone]
     assert set(answered) <= {200, 429}
     assert 30 <= answered.count(200) <= 30 + 10 * alone_took + 1
