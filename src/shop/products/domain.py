@@ -82,7 +82,7 @@ class ProductQuery(NamedTuple):
 
     def is_search(self) -> bool:
         """Whether the page is filtered (by name or price), so its cost depends on the data."""
-        return bool(self.name) or self.min_price is not None or self.max_price is not None
+        return self.name is not None or self.min_price is not None or self.max_price is not None
 
 
 def start_of(query: ProductQuery) -> int | None:
@@ -91,7 +91,7 @@ def start_of(query: ProductQuery) -> int | None:
     low, high = query.min_price, query.max_price
     if low is not None and high is not None and low > high:
         raise InvalidInput("min_price is above max_price", field="min_price")
-    if query.name:
+    if query.name is not None:  # an empty name too: it is no search the index can serve
         search_words(query.name)
     return None if query.cursor is None else decode_cursor(query.cursor)
 

@@ -97,7 +97,7 @@ class SqlProductStore:
         stmt = select(*_COLUMNS).order_by(products.c.id).limit(query.limit + 1)
         if after is not None:
             stmt = stmt.where(products.c.id > after)
-        if query.name:
+        if query.name is not None:
             # The index finds the products whose words start with the searched words; of
             # those, the ones that hold the searched text as it was written.
             words = " ".join(f"+{word}*" for word in search_words(query.name))
