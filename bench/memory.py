@@ -2,8 +2,8 @@
 
 Makes sure 1,500 products with 2,000-character descriptions exist (named `memprobe-*`), then
 asks for N distinct pages of up to 1,000 of them (`GET /products?limit=1000&name=memprobe&
-max_price=...`, 32 at a time, no token: reading is public) and prints the resident memory of
-the service's processes before, right after, and 5 s later.
+max_price=...`, 32 at a time, as the catalogue operator, whose searches are not limited) and
+prints the resident memory of the service's processes before, right after, and 5 s later.
 
     python -m bench.memory [N]     # N defaults to 4,000; the services of `make up` must run
 """
@@ -50,13 +50,13 @@ def resident_mb() -> int:
 async def probe(pages: int) -> None:
     settings = load_settings()
     base = f"http://127.0.0.1:{settings.http.product_port}"
-    async with httpx.AsyncClient(timeout=60) as client:
+    operator = catalogue_headers(settings)
+    async with httpx.AsyncClient(timeout=60, headers=operator) as client:
         have = len((await client.get(f"{base}/products?limit=1000&name=memprobe")).json())
         for i in range(have, PRODUCTS):
             made = await client.post(
                 f"{base}/products",
                 json={"name": f"memprobe-{i}", "description": "d" * 2000, "price": 5},
-                headers=catalogue_headers(settings),
             )
             made.raise_for_status()
         print(f"resident before: {resident_mb()} MiB", flush=True)

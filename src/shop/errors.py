@@ -63,3 +63,10 @@ class Unavailable(DomainError):
         super().__init__(detail)
         self.retry_after = retry_after
         self.headers["Retry-After"] = str(retry_after)
+
+
+class QueryTimeout(Unavailable):
+    """The database stopped a query at its time limit: the request cost too much."""
+
+    title = "Query took too long"
+    type_ = "/problems/query-timeout"

@@ -217,6 +217,22 @@ class RabbitMQ(Group):
         return f"amqps://{account}@{where}?cafile={quote(self.ca_file, safe='')}"
 
 
+def _power_of_two(value: int) -> int:
+    if value & (value - 1):
+        raise ValueError(f"must be a power of two, got {value}")
+    return value
+
+
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if value != "*":
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or network: {value!r}") from None
+    return values
+
+
 class Http(Group):
     bind_host: str = "127.0.0.1"
     product_port: int = Field(8080, ge=1, le=65535, json_schema_extra=env("PRODUCT_SERVICE_PORT"))
@@ -234,6 +250,16 @@ class Http(Group):
     graceful_shutdown_seconds: int = Field(8, ge=1)
     # Background tasks get this long to stop, and the events producer to flush, at shutdown.
     shutdown_seconds: float = Field(5.0, gt=0)
+    # Buckets per limit and node (`shop.access.bucket_table`: a fixed table shared by the
+    # workers, 24-32 bytes a bucket); a power of two.
+    rate_limit_slots: Annotated[int, AfterValidator(_power_of_two)] = Field(
+        65_536, ge=1024, le=2**24
+    )
+    # Peers whose X-Forwarded-For names the client (per-client limits), comma-separated
+    # addresses or networks; `*` trusts every peer (only behind a proxy that overwrites it).
+    forwarded_allow_ips: Annotated[
+        tuple[str, ...], BeforeValidator(_names), AfterValidator(_networks)
+    ] = ("127.0.0.1", "::1")
 
 
 class Orders(Group):
@@ -242,10 +268,15 @@ class Orders(Group):
     consumer_batch_size: int = Field(500, ge=1, le=5000)
     # The most units one order may ask for (422 above it), an abuse limit.
     max_quantity: int = Field(1000, ge=1, le=1_000_000, json_schema_extra=env("MAX_ORDER_QUANTITY"))
-    # A customer may place ORDER_BURST orders at once, then ORDER_RATE_PER_SECOND (429 beyond;
-    # per worker process; orders:admin is not limited).
+    # A customer may place ORDER_BURST orders at once, then ORDER_RATE_PER_SECOND, and order
+    # CUSTOMER_UNITS_BURST units at once, then CUSTOMER_UNITS_PER_MINUTE (429 beyond; counted
+    # by all the workers of a node together; orders:admin is not limited).
     rate_per_second: float = Field(10.0, gt=0, json_schema_extra=env("ORDER_RATE_PER_SECOND"))
     burst: int = Field(20, ge=1, json_schema_extra=env("ORDER_BURST"))
+    units_per_minute: float = Field(
+        6000.0, gt=0, json_schema_extra=env("CUSTOMER_UNITS_PER_MINUTE")
+    )
+    units_burst: int = Field(2000, ge=1, json_schema_extra=env("CUSTOMER_UNITS_BURST"))
     broker_deadline_seconds: float = Field(2.0, gt=0, le=30)
     consumers_enabled: bool = True
     # The consumers in a process of their own beside the HTTP server (the other core), not on
@@ -282,6 +313,18 @@ class Products(Group):
     cache_bytes: int = Field(
         16 * 1024 * 1024, ge=0, json_schema_extra=env("PRODUCT_LIST_CACHE_BYTES")
     )
+    # The server stops a catalogue query after this (MariaDB max_statement_time, MySQL
+    # MAX_EXECUTION_TIME); the request gets 503.
+    query_seconds: float = Field(2.0, gt=0, le=60, json_schema_extra=env("PRODUCT_QUERY_SECONDS"))
+    # A search (a `name` or price filter) per client: SEARCH_BURST at once, then
+    # SEARCH_RATE_PER_SECOND (429 beyond; per node; products:write is not limited). At most
+    # SEARCH_CONCURRENCY searches of a worker hold a database connection at once: the others
+    # wait (up to DB_TIMEOUT_SECONDS, then 503), so searches never take the whole pool.
+    search_rate_per_second: float = Field(
+        10.0, gt=0, json_schema_extra=env("SEARCH_RATE_PER_SECOND")
+    )
+    search_burst: int = Field(30, ge=1, json_schema_extra=env("SEARCH_BURST"))
+    search_concurrency: int = Field(8, ge=1, le=500, json_schema_extra=env("SEARCH_CONCURRENCY"))
 
 
 class Outbox(Group):
@@ -390,6 +433,16 @@ class Settings(BaseSettings):
                 if isinstance(group, dict):
                     group[path[1]] = value
         return tree
+
+    @model_validator(mode="after")
+    def _largest_order_fits_the_units_burst(self) -> Settings:
+        orders = self.orders
+        if orders.units_burst < orders.max_quantity:
+            raise ValueError(
+                f"CUSTOMER_UNITS_BURST ({orders.units_burst}) is below MAX_ORDER_QUANTITY "
+                f"({orders.max_quantity}): an order of that many units could never be placed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_default_passwords_beyond_loopback(self) -> Settings:

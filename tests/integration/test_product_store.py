@@ -1,6 +1,8 @@
 """The product store's SQL (`shop.products.repository.SqlProductStore`) on the real MariaDB:
 what it writes reads back exactly, a unit of work commits all or nothing, its lock holds off a
-second writer, pages follow their keyset and filters, and Idempotency-Keys are taken once."""
+second writer, pages follow their keyset and filters, the name search is served by the FULLTEXT
+index as the domain defines it, a read the server stops at its time limit is a QueryTimeout,
+and Idempotency-Keys are taken once."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import jsonutil
-from shop.errors import IdempotencyMismatch
+from shop.errors import IdempotencyMismatch, QueryTimeout
 from shop.events import Event
 from shop.fields import CENT
 from shop.products import domain
@@ -34,7 +36,10 @@ async def store(
     database: AsyncEngine, product_settings: Settings
 ) -> AsyncIterator[SqlProductStore]:
     db = Database.connect(product_settings)  # the product service's account, as in production
-    yield SqlProductStore(db)
+    products = product_settings.products
+    yield SqlProductStore(
+        db, query_seconds=products.query_seconds, searches=products.search_concurrency
+    )
     await db.dispose()
 
 
@@ -183,3 +188,48 @@ async def test_an_idempotency_key_is_taken_once_and_recalled_for_its_request_onl
     with pytest.raises(IdempotencyMismatch):
         async with store.transaction() as tx:
             await tx.recall(other_request)
+
+
+NAMES = [
+    "The Mug",
+    "Coffee Mug",
+    "Smug cat",
+    "TV stand",
+    "O'Brien mug",
+    "under_score thing",
+    "Théâtre",
+    "mugs, cups",
+]
+SEARCHES = ["mug", "the mug", "tv stand", "brien", "o'brien", "score", "thing", "cups"]
+
+
+async def test_the_name_search_finds_what_the_domain_says_it_matches(
+    store: SqlProductStore,
+) -> None:
+    """Each name with a tag of its own, so the run's other products do not count: the index
+    and the text check find exactly the products `domain.name_matches` matches (accents aside,
+    which the server's collation ignores and Python does not)."""
+    tag = uuid.uuid4().hex[:12]
+    made = {name: await _insert(store, name=f"{name} {tag}") for name in NAMES}
+    for search in SEARCHES:
+        found = {row["id"] for row in await store.page(ProductQuery(name=search), after=None)}
+        expected = {p.id for name, p in made.items() if domain.name_matches(name, search)}
+        assert found & {p.id for p in made.values()} == expected, search
+    accented = await store.page(ProductQuery(name=f"theatre {tag}"), after=None)
+    assert [row["id"] for row in accented] == [made["Théâtre"].id]
+
+
+async def test_a_read_the_server_stops_at_its_time_limit_is_a_query_timeout(
+    database: AsyncEngine, product_settings: Settings
+) -> None:
+    db = Database.connect(product_settings)
+    store = SqlProductStore(db, query_seconds=0.2, searches=1)
+    try:
+        with pytest.raises(QueryTimeout) as stopped:
+            await store._rows(select(func.sleep(3)))
+        assert stopped.value.status == 503
+        assert stopped.value.headers["Retry-After"]
+        made = await _insert(store, name=_name())
+        assert await store.get(made.id) == made, "the connection is still good"
+    finally:
+        await db.dispose()

@@ -10,7 +10,7 @@ from typing import Any
 
 from shop.errors import IdempotencyMismatch, OutOfStock
 from shop.events import Event
-from shop.products.domain import ProductQuery, ProductView, Versioned
+from shop.products.domain import ProductQuery, ProductView, Versioned, name_matches
 from shop.products.repository import KeyTaken, ProductWrites
 from shop.storage import idempotency
 
@@ -47,7 +47,7 @@ class FakeProductStore:
             dataclasses.asdict(stored.product)
             for product_id, stored in sorted(self.products.items())
             if (after is None or product_id > after)
-            and (not query.name or query.name in stored.product.name)
+            and (not query.name or name_matches(stored.product.name, query.name))
             and (query.min_price is None or stored.product.price >= query.min_price)
             and (query.max_price is None or stored.product.price <= query.max_price)
         ]

@@ -13,14 +13,14 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 
-from shop.access.rate_limit import RateLimiter
+from shop.access.rate_limit import OrderLimits
 from shop.orders import api as order_api
 from shop.products import api as product_api
 from shop.settings import Http
 from shop.web import app_factory, health
 from shop.web.problems import next_page_link
 from tests.tokens import Issuer
-from tests.unit.test_lean import FakeOrders, products_in_memory
+from tests.unit.test_lean import CLIENTS, FakeOrders, products_in_memory, search_limits
 
 ISSUER = Issuer()
 
@@ -29,17 +29,23 @@ def _app(checks: Mapping[str, health.HealthCheck] | None = None, timeout: float 
     """Both services' routes in one app as the services build theirs: the lean routes in
     front of the FastAPI routes, the health routes beside them."""
     orders, products, auth = FakeOrders(), products_in_memory(), ISSUER.authenticator()
-    limiter = RateLimiter(rate=1000, burst=1000)
+    limits = _generous()
     app = app_factory.new_app(
         "test",
         service="answers-test",
         http=Http(),
-        lean=[*order_api.lean_routes(orders, auth, limiter), *product_api.lean_routes(products)],
+        lean=[*order_api.lean_routes(orders, auth, limits), *product_api.lean_routes(products)],
     )
     app.include_router(health.health_router(lambda: checks or {}, timeout=timeout))
-    app.include_router(order_api.router(orders, auth, limiter))
-    app.include_router(product_api.router(products, auth))
+    app.include_router(order_api.router(orders, auth, limits))
+    app.include_router(product_api.router(products, auth, search_limits(), CLIENTS))
     return app
+
+
+def _generous() -> OrderLimits:
+    return OrderLimits(
+        rate_per_second=1000, burst=1000, units_per_minute=10**6, units_burst=10**5, slots=1024
+    )
 
 
 async def _send(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -108,12 +114,12 @@ async def test_a_405_lists_every_method_the_path_answers(
 
 async def test_a_path_only_a_lean_route_answers_is_405_for_another_method() -> None:
     """Without FastAPI's twin of a lean route, its path is known all the same: 405, not 404."""
-    auth, limiter = ISSUER.authenticator(), RateLimiter(rate=1000, burst=1000)
+    auth, limits = ISSUER.authenticator(), _generous()
     lean_only = app_factory.new_app(
         "test",
         service="answers-test",
         http=Http(),
-        lean=order_api.lean_routes(FakeOrders(), auth, limiter),
+        lean=order_api.lean_routes(FakeOrders(), auth, limits),
     )
     answer = await _send(lean_only, "GET", "/orders/async/kafka")
     assert (answer.status_code, answer.headers["allow"]) == (405, "POST")

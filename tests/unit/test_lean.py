@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import OperationalError
 
-from shop.access.rate_limit import RateLimiter
-from shop.errors import IdempotencyMismatch, OutOfStock, Unavailable
+from shop.access.client_address import Clients
+from shop.access.rate_limit import OrderLimits, SearchLimits
+from shop.errors import IdempotencyMismatch, InvalidInput, OutOfStock, Unavailable
 from shop.fields import CENT
 from shop.orders import api as order_api
 from shop.orders import domain
@@ -46,6 +47,12 @@ MAX_BODY = 2048
 
 class FakeOrders:
     """Answers by the quantity: some quantities stand for each way a placement fails."""
+
+    MAX_QUANTITY = 590
+
+    def check_order(self, order: PlaceOrder) -> None:
+        if order.quantity > self.MAX_QUANTITY:
+            raise InvalidInput(f"at most {self.MAX_QUANTITY}", field="quantity")
 
     def _decide(
         self, order: PlaceOrder, channel: AsyncChannel | None, caller: str, key: str | None
@@ -123,10 +130,26 @@ class _Ticking(FakeClock):
         return self.now
 
 
-def _limiter() -> RateLimiter:
-    """A limiter whose clock moves 0.1 s per order: a customer's orders are refused (429) now
-    and then. Both apps see the same requests in the same order, so they decide alike."""
-    return RateLimiter(rate=4.0, burst=2, clock=_Ticking())
+def order_limits(clock: FakeClock | None = None) -> OrderLimits:
+    """Limits whose clock moves 0.1 s per order: a customer's orders are refused (429) now and
+    then, by their rate or by their units. Both apps see the same requests in the same order,
+    so they decide alike."""
+    return OrderLimits(
+        rate_per_second=4.0,
+        burst=2,
+        units_per_minute=600.0,
+        units_burst=600,
+        slots=1024,
+        clock=clock or _Ticking(),
+    )
+
+
+def search_limits(clock: FakeClock | None = None) -> SearchLimits:
+    """A client's searches, refused now and then as `order_limits` refuses orders."""
+    return SearchLimits(rate_per_second=4.0, burst=2, slots=1024, clock=clock or _Ticking())
+
+
+CLIENTS = Clients(["127.0.0.1"])
 
 
 def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
@@ -135,18 +158,18 @@ def _apps(*, fastapi_routes: bool = True) -> tuple[FastAPI, FastAPI]:
     auth = ISSUER.authenticator()
     built = []
     for lean in (True, False):
-        limiter = _limiter()
+        limits = order_limits()
         app = app_factory.new_app(
             "test",
             service="lean-test",
             http=Http(max_body_bytes=MAX_BODY),
-            lean=[*order_api.lean_routes(orders, auth, limiter), *product_api.lean_routes(products)]
+            lean=[*order_api.lean_routes(orders, auth, limits), *product_api.lean_routes(products)]
             if lean
             else (),
         )
         if fastapi_routes or not lean:
-            app.include_router(order_api.router(orders, auth, limiter))
-            app.include_router(product_api.router(products, auth))
+            app.include_router(order_api.router(orders, auth, limits))
+            app.include_router(product_api.router(products, auth, search_limits(), CLIENTS))
         built.append(app)
     return built[0], built[1]
 

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shop.access.rate_limit import RateLimiter
 from shop.orders import api as order_api
 from shop.products import api as product_api
 from shop.settings import Http
@@ -21,7 +20,13 @@ from shop.web import app_factory, health
 from shop.web import docs_pages as docs
 from tests.support import PageReferences
 from tests.tokens import Issuer
-from tests.unit.test_lean import FakeOrders, products_in_memory
+from tests.unit.test_lean import (
+    CLIENTS,
+    FakeOrders,
+    order_limits,
+    products_in_memory,
+    search_limits,
+)
 
 ISSUER = Issuer()
 METHODS = {"get", "put", "post", "delete", "patch"}
@@ -34,9 +39,10 @@ def _service(kind: str) -> FastAPI:
     app.include_router(health.health_router(lambda: {}, timeout=1.0))
     auth = ISSUER.authenticator()
     if kind == "products":
-        app.include_router(product_api.router(products_in_memory(), auth))
+        products = products_in_memory()
+        app.include_router(product_api.router(products, auth, search_limits(), CLIENTS))
     else:
-        app.include_router(order_api.router(FakeOrders(), auth, RateLimiter(rate=1, burst=1)))
+        app.include_router(order_api.router(FakeOrders(), auth, order_limits()))
     return app
 
 

@@ -118,3 +118,17 @@ def test_a_missing_secret_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("RABBITMQ_PASSWORD_FILE", str(tmp_path / "absent"))
     with pytest.raises(ConfigError, match=r"RABBITMQ_PASSWORD_FILE=.*absent"):
         load_settings()
+
+
+def test_the_limits_settings_are_checked_and_named() -> None:
+    with pytest.raises(
+        ConfigError, match=r"CUSTOMER_UNITS_BURST \(10\) is below MAX_ORDER_QUANTITY"
+    ):
+        load_settings(customer_units_burst=10)
+    assert load_settings(customer_units_burst=10, max_order_quantity=10).orders.units_burst == 10
+    with pytest.raises(ConfigError, match=r"RATE_LIMIT_SLOTS: .*power of two"):
+        load_settings(rate_limit_slots=3000)
+    with pytest.raises(ConfigError, match=r"FORWARDED_ALLOW_IPS: .*'proxy\.internal'"):
+        load_settings(forwarded_allow_ips="10.0.0.0/8,proxy.internal")
+    trusted = load_settings(forwarded_allow_ips=" 10.0.0.0/8, fd00::/8 ").http.forwarded_allow_ips
+    assert trusted == ("10.0.0.0/8", "fd00::/8")

@@ -10,13 +10,14 @@ from pydantic import ValidationError
 from starlette.types import Scope
 
 from shop import jsonutil
-from shop.access.rate_limit import RateLimiter
+from shop.access.rate_limit import OrderLimits
 from shop.access.verifier import ADMIN_SCOPE, Authenticator, Forbidden, Principal, caller
 from shop.fields import MAX_ID
 from shop.orders import domain
 from shop.orders.domain import AsyncChannel, Channel, OrderStatus, order_view
 from shop.orders.models import Accepted, Order, PlaceOrder
 from shop.orders.service import OrderQuery
+from shop.settings import Orders as OrderSettings
 from shop.storage.idempotency import is_key
 from shop.web import openapi as doc
 from shop.web.dependencies import IdempotencyKey
@@ -30,6 +31,9 @@ class Orders(Protocol):
     """What the routes ask of the order service (`shop.orders.service.OrderService`)."""
 
     async def list_orders(self, query: OrderQuery) -> tuple[list[domain.Order], str | None]: ...
+
+    def check_order(self, order: PlaceOrder) -> None:
+        """Raise InvalidInput unless the order meets the rules beyond its fields' types."""
 
     async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
 
@@ -65,12 +69,29 @@ def document_quantity(document: dict[str, Any], *, most: int) -> None:
     document["components"]["schemas"]["PlaceOrder"]["properties"]["quantity"]["maximum"] = most
 
 
+PLACING_OPERATIONS = ("/orders/sync", "/orders/async/kafka", "/orders/async/rabbitmq")
+
+
+def document_limits(document: dict[str, Any], *, orders: OrderSettings) -> None:
+    """Declare the customers' order limits (as configured) in the placements' 429."""
+    described = (
+        f"Over one of the customer's limits, named by `limit`: `orders` ({orders.burst} at "
+        f"once, then {orders.rate_per_second:g} a second: ORDER_BURST, ORDER_RATE_PER_SECOND) "
+        f"or `units` ({orders.units_burst} units at once, then {orders.units_per_minute:g} a "
+        "minute: CUSTOMER_UNITS_BURST, CUSTOMER_UNITS_PER_MINUTE), counted per customer by "
+        "all the service's workers on a node. A refused order spends neither. `orders:admin` "
+        "is not limited."
+    )
+    for path in PLACING_OPERATIONS:
+        document["paths"][path]["post"]["responses"]["429"]["description"] = described
+
+
 def _owner(principal: Principal) -> int | None:
     """Whose orders the caller may see: its own, or anyone's (None) with orders:admin."""
     return None if principal.has(ADMIN_SCOPE) else principal.customer()
 
 
-def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRouter:
+def router(service: Orders, auth: Authenticator, limits: OrderLimits) -> APIRouter:
     api = APIRouter(prefix="/orders", tags=["orders"])
     verified = caller(auth)
 
@@ -118,13 +139,13 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
         body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
     ) -> Response:
         """Place an order now: stock is reserved and the order confirmed, or 409."""
-        return as_response(await _intake(service, limiter, principal, body, "sync", key))
+        return as_response(await _intake(service, limits, principal, body, "sync", key))
 
     def accepting(channel: AsyncChannel, broker: str) -> None:
         async def accept_order(
             body: PlaceOrder, principal: Principal = Security(verified), key: IdempotencyKey = None
         ) -> Response:
-            return as_response(await _intake(service, limiter, principal, body, channel, key))
+            return as_response(await _intake(service, limits, principal, body, channel, key))
 
         api.post(
             f"/async/{channel}",
@@ -163,14 +184,14 @@ def router(service: Orders, auth: Authenticator, limiter: RateLimiter) -> APIRou
     return api
 
 
-def lean_routes(service: Orders, auth: Authenticator, limiter: RateLimiter) -> list[LeanRoute[Any]]:
+def lean_routes(service: Orders, auth: Authenticator, limits: OrderLimits) -> list[LeanRoute[Any]]:
     """The three order intakes, answered without FastAPI in the plain case (`fastpath.routes`)."""
 
     def intake(channel: Channel) -> LeanRoute[PlainOrder]:
         async def answer(_scope: Scope, plain: PlainOrder) -> Reply:
             order, key, authorization = plain
             principal = await auth.principal(authorization)
-            return await _intake(service, limiter, principal, order, channel, key)
+            return await _intake(service, limits, principal, order, channel, key)
 
         path = "/orders/sync" if channel == "sync" else f"/orders/async/{channel}"
         return LeanRoute("POST", path, _plain_order, answer)
@@ -180,7 +201,7 @@ def lean_routes(service: Orders, auth: Authenticator, limiter: RateLimiter) -> l
 
 async def _intake(
     service: Orders,
-    limiter: RateLimiter,
+    limits: OrderLimits,
     principal: Principal,
     order: PlaceOrder,
     channel: Channel,
@@ -188,12 +209,14 @@ async def _intake(
 ) -> Reply:
     """An order's answer (sync: placed now; else accepted), for its FastAPI and lean routes.
     The key is the caller's (the token's subject) for the order's user."""
-    # A customer orders as themselves, within their rate; orders:admin for anyone, unlimited.
+    # A customer orders as themselves, within their limits; orders:admin for anyone, unlimited.
     owner = _owner(principal)
     if owner is not None:
         if order.user_id != owner:
             raise Forbidden("An order's user_id must be the token's user.")
-        limiter.take(owner)
+        # An order refused anyway (422) spends nothing, and is never told to retry (429).
+        service.check_order(order)
+        limits.admit(owner, order.quantity)
     caller = principal.subject
     if channel == "sync":
         view = order_view(await service.place_order(order, caller=caller, idempotency_key=key))

@@ -153,7 +153,7 @@ class OrderService:
 
         Concurrent calls are stored together, one transaction per batch (see group_commit).
         """
-        self._check(order)
+        self.check_order(order)
         key = order_key(caller, order.user_id, idempotency_key)
         request = OrderRequest(
             uuid7(), order.user_id, order.product_id, order.quantity, "sync", key
@@ -164,7 +164,7 @@ class OrderService:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
         await self._sync_orders.run(stopping)
 
-    def _check(self, order: PlaceOrder) -> None:
+    def check_order(self, order: PlaceOrder) -> None:
         """What an order must meet beyond its fields' types, checked at intake and again for
         every command a consumer reads: at most MAX_ORDER_QUANTITY units. InvalidInput if not."""
         domain.check_quantity(order.quantity, most=self._max_quantity)
@@ -173,7 +173,7 @@ class OrderService:
         """Why a command may not be placed (as its body would have been refused at intake), to
         dead-letter it with; None when it may."""
         try:
-            self._check(command)
+            self.check_order(command)
         except InvalidInput as exc:
             return f"invalid order command: {exc.field}: {exc.detail}"[:500]
         return None
@@ -265,7 +265,7 @@ class OrderService:
     ) -> Accepted:
         """Hand the order to a broker; it is stored when a consumer processes the command.
         `caller` (the token's subject) and the order's user scope the key."""
-        self._check(order)
+        self.check_order(order)
         price = await self._prices.get(order.product_id)
         if price is not None and domain.total_too_large(price, order.quantity):
             raise _too_large(order.quantity)

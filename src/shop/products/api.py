@@ -12,11 +12,15 @@ from pydantic import WithJsonSchema
 from starlette.types import Scope
 
 from shop import jsonutil
-from shop.access.verifier import Authenticator, Principal, caller
+from shop.access.client_address import Clients, subject_key
+from shop.access.rate_limit import SearchLimits
+from shop.access.verifier import Authenticator, Principal, Unauthorized, caller
 from shop.fields import MAX_ID, PRICE_SCHEMA
+from shop.products import domain
 from shop.products.domain import ProductQuery
 from shop.products.models import Product, ProductCreate, ProductPatch, ProductReplace
 from shop.products.service import ProductService
+from shop.settings import Products as ProductSettings
 from shop.web import openapi as doc
 from shop.web.dependencies import IdempotencyKey
 from shop.web.fastpath.routes import LeanRoute, Reply, as_response
@@ -43,28 +47,92 @@ _NEXT = {
 }
 
 
-def router(service: ProductService, auth: Authenticator) -> APIRouter:
+# A name search: what it matches, and the searches it may not make (domain.search_words). The
+# pattern is declared, not checked by the framework: the domain's check says why it refuses.
+NameSearch = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        description="Products whose name contains this text (case-insensitive), each of its "
+        f"words of {domain.MIN_WORD} or more characters starting a word of the name. It must "
+        f"hold a word of at least {domain.MIN_WORD} letters, digits or underscores (422 "
+        "otherwise): the search index holds no shorter words.",
+    ),
+    WithJsonSchema({"type": "string", "maxLength": 200, "pattern": domain.WORD_PATTERN}),
+]
+
+
+def document_limits(document: dict[str, Any], *, products: ProductSettings) -> None:
+    """Declare the search limits (as configured) in `GET /products`' 429 and 503."""
+    answers = document["paths"]["/products"]["get"]["responses"]
+    answers["429"]["description"] = (
+        f"A search (a `name`, `min_price` or `max_price`) beyond the client's limit, "
+        f"`limit` `searches`: {products.search_burst} at once, then "
+        f"{products.search_rate_per_second:g} a second (SEARCH_BURST, SEARCH_RATE_PER_SECOND), "
+        "per client address (an IPv6 client by its /64; behind a proxy in FORWARDED_ALLOW_IPS, "
+        "the address it forwards), or per token subject for a customer's token; a token with "
+        "`products:write` is not limited. Plain pages are not limited."
+    )
+    slow = (
+        "The database did not answer in time, or stopped the query at its time limit "
+        f"({products.query_seconds:g} s, PRODUCT_QUERY_SECONDS)"
+    )
+    answers["503"]["description"] = (
+        f"{slow}, or too many searches are running ({products.search_concurrency} per worker, "
+        "SEARCH_CONCURRENCY)."
+    )
+    document["paths"]["/products/{product_id}"]["get"]["responses"]["503"]["description"] = (
+        f"{slow}."
+    )
+
+
+def router(
+    service: ProductService, auth: Authenticator, searches: SearchLimits, clients: Clients
+) -> APIRouter:
     api = APIRouter(prefix="/products", tags=["products"])
     writer = Security(caller(auth), scopes=[WRITE])
+
+    async def searcher(request: Request) -> int | None:
+        """Whose searches a request counts against: a customer's token subject, else the
+        client's address; None for a catalogue operator (products:write), who is not limited.
+        Reading is public: a token that does not verify counts as none."""
+        authorization = request.headers.get("authorization")
+        if authorization is not None:
+            try:
+                principal = await auth.principal(authorization)
+            except Unauthorized:
+                pass
+            else:
+                return None if principal.has(WRITE) else subject_key(principal.subject)
+        return clients.key(request.scope)
 
     @api.get(
         "",
         operation_id="list_products",
         response_model=list[Product],
-        responses={200: {"headers": doc.NEXT_PAGE}, **doc.refusals(422, 503)},
+        # The 429's and 503's terms, as configured: document_limits.
+        responses={200: {"headers": doc.NEXT_PAGE}, **doc.refusals(422, 429, 503)},
     )
     async def list_products(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
-        name: Annotated[str | None, Query(max_length=200, description="substring")] = None,
+        name: NameSearch = None,
         min_price: PriceBound = None,
         max_price: PriceBound = None,
     ) -> Response:
-        """List products in id order, a page at a time; the next page is in the Link header."""
+        """List products in id order, a page at a time; the next page is in the Link header.
+
+        Searches (by name or price) are limited per client; plain pages are not.
+        """
         query = ProductQuery(
             limit=limit, cursor=cursor, name=name, min_price=min_price, max_price=max_price
         )
+        if query.is_search():
+            domain.start_of(query)  # what it refuses (422) costs no search
+            client = await searcher(request)
+            if client is not None:
+                searches.admit(client)
         return as_response(await _page(service, request.scope, query))
 
     @api.post(

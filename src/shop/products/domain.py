@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
@@ -68,7 +69,7 @@ def deleted(stored: Versioned) -> Event:
 
 
 class ProductQuery(NamedTuple):
-    """A page of the catalogue: keyset `cursor`, optional name substring and price range.
+    """A page of the catalogue: keyset `cursor`, optional name search and price range.
 
     A tuple: the page cache's key, hashed on every read of `GET /products`.
     """
@@ -79,9 +80,16 @@ class ProductQuery(NamedTuple):
     min_price: Decimal | None = None
     max_price: Decimal | None = None
 
+    def is_search(self) -> bool:
+        """Whether the page is filtered (by name or price), so its cost depends on the data."""
+        return self.name is not None or self.min_price is not None or self.max_price is not None
+
 
 def start_of(query: ProductQuery) -> int | None:
-    """The id after which the page starts; refuses a foreign cursor."""
+    """The id after which the page starts; refuses a foreign cursor and a name the catalogue's
+    index cannot search."""
+    if query.name is not None:  # an empty name too: it is no search the index can serve
+        search_words(query.name)
     return None if query.cursor is None else decode_cursor(query.cursor)
 
 
@@ -89,6 +97,36 @@ def matches_nothing(query: ProductQuery) -> bool:
     """An upside-down price range: a filter no product passes (an empty page, not an error)."""
     low, high = query.min_price, query.max_price
     return low is not None and high is not None and low > high
+
+
+# The name search is served by a FULLTEXT index on `products.name`, which holds the words of
+# at least MIN_WORD letters, digits or underscores (innodb_ft_min_token_size, 3 by default on
+# MariaDB and MySQL): a product matches when its name contains the searched text and each
+# searched word of MIN_WORD or more characters starts a word of the name. A search with no such
+# word cannot use the index (it would scan every product), so it is refused.
+MIN_WORD = 3
+WORD_PATTERN = rf"\w{{{MIN_WORD}}}"  # what a searchable `name` contains (OpenAPI: `pattern`)
+_WORDS = re.compile(r"\w+")
+
+
+def search_words(name: str) -> list[str]:
+    """The words of a name search that the index holds; InvalidInput if there are none."""
+    words = [word for word in _WORDS.findall(name) if len(word) >= MIN_WORD]
+    if not words:
+        raise InvalidInput(
+            f"name must contain a word of at least {MIN_WORD} letters or digits: the search "
+            "index holds no shorter words, so a search without one would read every product",
+            field="name",
+        )
+    return words
+
+
+def name_matches(product_name: str, name: str) -> bool:
+    """Whether a product's name matches a name search (what the index and the query find)."""
+    have = product_name.casefold()
+    words = _WORDS.findall(have)
+    searched = search_words(name.casefold())
+    return name.casefold() in have and all(any(w.startswith(s) for w in words) for s in searched)
 
 
 def encode_cursor(last_id: int) -> str:

@@ -6,20 +6,22 @@ it in the unit tests); `SqlProductStore` answers it with SQLAlchemy Core on Mari
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, delete, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shop.errors import QueryTimeout, Unavailable
 from shop.events import Event
-from shop.products.domain import ProductQuery, ProductView, Versioned
+from shop.products.domain import ProductQuery, ProductView, Versioned, search_words
 from shop.products.tables import product_idempotency, product_outbox, products
 from shop.storage import idempotency, outbox
-from shop.storage.database import Database
+from shop.storage.database import STATEMENT_SECONDS, STATEMENT_TIMEOUT, Database, error_code
 
 # The row shape is the domain's ProductView: one column per field.
 _KEYS = tuple(f.name for f in dataclasses.fields(ProductView))
@@ -68,10 +70,19 @@ class ProductStore(Protocol):
 
 
 class SqlProductStore:
-    """The catalogue in the `products` table, its outbox and its idempotency records."""
+    """The catalogue in the `products` table, its outbox and its idempotency records.
 
-    def __init__(self, db: Database) -> None:
+    Every read carries a time limit the server enforces (`query_seconds`: a query the server
+    stops answers 503), and at most `searches` filtered pages are read at once (the others wait
+    for a place up to the database timeout, then 503): a flood of searches, however costly,
+    leaves the rest of the connection pool to the reads by id and the plain pages.
+    """
+
+    def __init__(self, db: Database, *, query_seconds: float, searches: int) -> None:
         self._db = db
+        self._query_seconds = query_seconds
+        self._bounded = {STATEMENT_SECONDS: query_seconds}
+        self._searches = asyncio.Semaphore(searches)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[ProductWrites]:
@@ -79,24 +90,58 @@ class SqlProductStore:
             yield _SqlWrites(conn)
 
     async def get(self, product_id: int) -> ProductView | None:
-        async with self._db.read() as conn:
-            row = (await conn.execute(select(*_COLUMNS).where(products.c.id == product_id))).first()
-        return None if row is None else ProductView(*row)
+        rows = await self._rows(select(*_COLUMNS).where(products.c.id == product_id))
+        return ProductView(*rows[0]) if rows else None
 
     async def page(self, query: ProductQuery, *, after: int | None) -> list[dict[str, Any]]:
         stmt = select(*_COLUMNS).order_by(products.c.id).limit(query.limit + 1)
         if after is not None:
             stmt = stmt.where(products.c.id > after)
-        if query.name:
+        if query.name is not None:
+            # The index finds the products whose words start with the searched words; of
+            # those, the ones that hold the searched text as it was written.
+            words = " ".join(f"+{word}*" for word in search_words(query.name))
+            stmt = stmt.where(products.c.name.match(words))
             stmt = stmt.where(products.c.name.like(f"%{_escape_like(query.name)}%", escape="\\"))
         if query.min_price is not None:
             stmt = stmt.where(products.c.price >= query.min_price)
         if query.max_price is not None:
             stmt = stmt.where(products.c.price <= query.max_price)
-        async with self._db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
+        if query.is_search():
+            async with self._search_place():
+                rows = await self._rows(stmt)
+        else:
+            rows = await self._rows(stmt)
         # Timestamps stay naive UTC: jsonutil writes them with a Z.
         return [dict(zip(_KEYS, row, strict=True)) for row in rows]
+
+    async def _rows(self, stmt: Select[Any]) -> list[Any]:
+        """The rows of a read, which the server stops after `query_seconds`."""
+        try:
+            async with self._db.read() as conn:
+                return list(await conn.execute(stmt, execution_options=self._bounded))
+        except DBAPIError as exc:
+            if error_code(exc) not in STATEMENT_TIMEOUT:
+                raise
+        raise QueryTimeout(
+            f"The catalogue query took longer than {self._query_seconds:g} s and was stopped; "
+            "narrow the search, or retry later.",
+            retry_after=2,
+        )
+
+    @asynccontextmanager
+    async def _search_place(self) -> AsyncIterator[None]:
+        """One of the places for a search, waited for up to the database timeout."""
+        try:
+            async with asyncio.timeout(self._db.timeout):
+                await self._searches.acquire()
+        except TimeoutError:
+            busy = "Too many searches are running; retry shortly."
+            raise Unavailable(busy, retry_after=1) from None
+        try:
+            yield
+        finally:
+            self._searches.release()
 
 
 class _SqlWrites:

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Index,
     Integer,
     MetaData,
     Numeric,
@@ -34,6 +35,8 @@ products = Table(
     Column("version", BigInteger, nullable=False, server_default="1"),
     CheckConstraint("price >= 0", name="ck_products_price"),
     CheckConstraint("stock >= 0", name="ck_products_stock"),
+    # The name search's index (migration 0004 makes it, with no stopwords).
+    Index("ft_products_name", "name", mysql_prefix="FULLTEXT"),
 )
 
 product_outbox = outbox_table("product_outbox", metadata)

@@ -58,6 +58,9 @@ def _serve(settings: Settings, service: str) -> None:
             workers=settings.http.workers,
             loop="uvloop",
             http="shop.web.fastpath.protocol:RequestDeadline",
+            # The client behind a proxy is found by shop.access.client_address (from
+            # FORWARDED_ALLOW_IPS), the same way on the fast path and in the app.
+            proxy_headers=False,
             access_log=False,
             log_config=None,
             limit_concurrency=settings.http.max_connections,

@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from shop.access import verifier as auth
-from shop.access.rate_limit import RateLimiter
+from shop.access.rate_limit import OrderLimits
 from shop.messaging.kafka import KafkaBroker
 from shop.messaging.ports import Broker
 from shop.messaging.rabbitmq import RabbitBroker
@@ -30,6 +30,7 @@ from shop.runtime import logs
 from shop.runtime.composition import Runtime, service_app
 from shop.runtime.consumer_process import die_with_parent
 from shop.settings import Settings, load_settings
+from shop.storage import write_counter as generation
 from shop.web import health, openapi
 
 log = logging.getLogger(__name__)
@@ -93,18 +94,32 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     authenticator = auth.from_settings(settings)
-    limiter = RateLimiter(rate=settings.orders.rate_per_second, burst=settings.orders.burst)
+    limits = order_limits(settings)
     runtime = OrderRuntime(settings, CHANNELS if settings.orders.consumers_enabled else ())
     app = service_app(
         "Order service",
         "orders",
         runtime,
-        order_api.lean_routes(runtime.service, authenticator, limiter),
+        order_api.lean_routes(runtime.service, authenticator, limits),
         workers={"signing-keys": authenticator.refresh_keys},
     )
-    app.include_router(order_api.router(runtime.service, authenticator, limiter))
+    app.include_router(order_api.router(runtime.service, authenticator, limits))
     openapi.amend(app, partial(order_api.document_quantity, most=settings.orders.max_quantity))
+    openapi.amend(app, partial(order_api.document_limits, orders=settings.orders))
     return app
+
+
+def order_limits(settings: Settings) -> OrderLimits:
+    """The customers' order limits, in a table the service's workers share if it has several."""
+    orders = settings.orders
+    return OrderLimits(
+        rate_per_second=orders.rate_per_second,
+        burst=orders.burst,
+        units_per_minute=orders.units_per_minute,
+        units_burst=orders.units_burst,
+        slots=settings.http.rate_limit_slots,
+        path=generation.worker_file("order-limits.buckets"),
+    )
 
 
 class _HealthServer(uvicorn.Server):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import FastAPI
 
 from shop.access import verifier as auth
+from shop.access.client_address import Clients
+from shop.access.rate_limit import SearchLimits
 from shop.products import api as product_api
 from shop.products.repository import SqlProductStore
 from shop.products.service import ProductService
@@ -14,6 +18,7 @@ from shop.runtime.composition import Runtime, service_app
 from shop.runtime.consumer_process import die_with_parent
 from shop.settings import Settings, load_settings
 from shop.storage import write_counter as generation
+from shop.web import openapi
 
 
 def products_app(settings: Settings | None = None) -> FastAPI:
@@ -27,8 +32,13 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         keys=product_idempotency,
         events_topic=settings.kafka.product_events_topic,
     )
+    store = SqlProductStore(
+        runtime.db,
+        query_seconds=settings.products.query_seconds,
+        searches=settings.products.search_concurrency,
+    )
     service = ProductService(
-        SqlProductStore(runtime.db),
+        store,
         on_event=runtime.relay.notify,
         settings=settings.products,
         writes=generation.for_workers("product-pages"),
@@ -41,5 +51,17 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         product_api.lean_routes(service),
         workers={"signing-keys": authenticator.refresh_keys},
     )
-    app.include_router(product_api.router(service, authenticator))
+    clients = Clients(settings.http.forwarded_allow_ips)
+    app.include_router(product_api.router(service, authenticator, search_limits(settings), clients))
+    openapi.amend(app, partial(product_api.document_limits, products=settings.products))
     return app
+
+
+def search_limits(settings: Settings) -> SearchLimits:
+    """The clients' search limits, in a table the service's workers share if it has several."""
+    return SearchLimits(
+        rate_per_second=settings.products.search_rate_per_second,
+        burst=settings.products.search_burst,
+        slots=settings.http.rate_limit_slots,
+        path=generation.worker_file("search-limits.buckets"),
+    )

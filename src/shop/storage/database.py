@@ -43,6 +43,11 @@ CONNECTION_LOST = frozenset({2002, 2003, 2006, 2013, 2055})
 _GONE = CONNECTION_LOST | {WSREP_NOT_READY}
 # "Got error during COMMIT": the outcome is unknown, never retried.
 COMMIT_FAILED = 1180
+# A statement stopped by its time limit (`STATEMENT_SECONDS`): MariaDB's max_statement_time,
+# MySQL's MAX_EXECUTION_TIME. The connection stays usable.
+STATEMENT_TIMEOUT = frozenset({1969, 3024})
+# An execution option: the server stops the statement (a SELECT) after this many seconds.
+STATEMENT_SECONDS = "shop_statement_seconds"
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -73,6 +78,26 @@ def _drop_connections_of_a_node_out_of_the_cluster(context: ExceptionContext) ->
         context.is_disconnect = True
 
 
+def _with_time_limit(
+    conn: Any,
+    _cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    _executemany: bool,
+) -> tuple[str, Any]:
+    """A SELECT run with the execution option STATEMENT_SECONDS, as the server's flavour
+    writes a time limit (SQLAlchemy reads which it is once per engine, when it first connects):
+    MariaDB ignores MySQL's optimizer hint, and MySQL has no `SET STATEMENT`."""
+    seconds = None if context is None else context.execution_options.get(STATEMENT_SECONDS)
+    if seconds is None:
+        return statement, parameters
+    if conn.dialect.is_mariadb:
+        return f"SET STATEMENT max_statement_time={seconds:.3f} FOR {statement}", parameters
+    hint = f"SELECT /*+ MAX_EXECUTION_TIME({max(1, round(seconds * 1000))}) */"
+    return statement.replace("SELECT", hint, 1), parameters
+
+
 def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngine:
     """An asyncmy-backed engine whose pool is sized for one service process.
 
@@ -95,6 +120,7 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
         connect_args=settings.db.connect_args(),
     )
     event.listen(engine.sync_engine, "handle_error", _drop_connections_of_a_node_out_of_the_cluster)
+    event.listen(engine.sync_engine, "before_cursor_execute", _with_time_limit, retval=True)
     return engine
 
 

@@ -67,9 +67,14 @@ class SharedGeneration(Generation):
         os.close(self._fd)
 
 
+def worker_file(name: str) -> Path | None:
+    """The file `name` in the directory this service's workers share (`shop serve` makes it),
+    or None when this process has no sibling workers."""
+    directory = os.environ.get(WORKER_DIR_ENV)
+    return None if directory is None else Path(directory) / name
+
+
 def for_workers(name: str) -> Generation:
     """The counter `name`, shared with the sibling workers if this process has any."""
-    directory = os.environ.get(WORKER_DIR_ENV)
-    if directory is None:
-        return Generation()
-    return SharedGeneration(Path(directory) / f"{name}.generation")
+    path = worker_file(f"{name}.generation")
+    return Generation() if path is None else SharedGeneration(path)

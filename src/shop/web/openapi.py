@@ -32,6 +32,10 @@ PROBLEM: dict[str, Any] = {
                 "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
             },
         },
+        "limit": {
+            "type": "string",
+            "description": "For 429: the limit that was reached (`orders`, `units`, `searches`).",
+        },
         "checks": {
             "type": "object",
             "description": "For `/readyz`: each dependency, `ok`, `failed` or `timed out` "
@@ -65,7 +69,7 @@ _REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
     413: ("The request body is too large.", {}),
     415: ("The body is not sent as JSON.", {}),
     422: ("Invalid input: `errors` names each field.", {}),
-    429: ("Over the customer's order rate.", RETRY_AFTER),
+    429: ("Over one of the caller's limits, named by `limit`.", RETRY_AFTER),
     503: ("The database or a broker did not answer in time.", RETRY_AFTER),
 }
 
