@@ -155,7 +155,8 @@ EDGES = (
 )
 
 
-@given(st.text(alphabet=st.sampled_from(EDGES) | st.characters(), max_size=210))
+# What a JSON body can carry: UTF-8, so no lone surrogates (orjson refuses a "\ud800" escape).
+@given(st.text(alphabet=st.sampled_from(EDGES) | st.characters(codec="utf-8"), max_size=210))
 @example(" ")
 @example("\x1c")
 @example("\ufeff")
