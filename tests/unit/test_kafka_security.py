@@ -215,18 +215,23 @@ def _properties(text: str) -> dict[str, str]:
     )
 
 
-def test_make_ups_node_takes_scram_over_tls_only_and_lets_no_anonymous_user_in(
-    tmp_path: Path,
-) -> None:
-    node = stack_kafka.KafkaNode(
+def _make_ups_node(directory: Path) -> stack_kafka.KafkaNode:
+    """A node as `make up` describes it, on the default ports."""
+    return stack_kafka.KafkaNode(
         name="kafka",
         node_id=1,
         broker_port=9092,
         controller_port=9093,
-        directory=tmp_path,
+        directory=directory,
         voters="1@127.0.0.1:9093",
-        cluster_id_file=tmp_path / "cluster.id",
+        cluster_id_file=directory / "cluster.id",
     )
+
+
+def test_make_ups_node_takes_scram_over_tls_only_and_lets_no_anonymous_user_in(
+    tmp_path: Path,
+) -> None:
+    node = _make_ups_node(tmp_path)
     props = _properties(stack_kafka._server_properties(node, SECRETS))
     assert props["listeners"] == "SASL_SSL://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
     assert props["listener.security.protocol.map"] == "CONTROLLER:SASL_SSL,SASL_SSL:SASL_SSL"
@@ -243,15 +248,7 @@ def test_make_ups_node_takes_scram_over_tls_only_and_lets_no_anonymous_user_in(
 
 
 def test_a_bench_baseline_gets_a_loopback_plain_listener_only_while_asked(tmp_path: Path) -> None:
-    node = stack_kafka.KafkaNode(
-        name="kafka",
-        node_id=1,
-        broker_port=9092,
-        controller_port=9093,
-        directory=tmp_path,
-        voters="1@127.0.0.1:9093",
-        cluster_id_file=tmp_path / "cluster.id",
-    )
+    node = _make_ups_node(tmp_path)
     opened = dataclasses.replace(node, plain_port=9094)
     props = _properties(stack_kafka._server_properties(opened, SECRETS))
     assert props["listeners"].endswith(",BASELINE://127.0.0.1:9094")
