@@ -24,6 +24,7 @@ from cachetools import LRUCache
 
 from shop.access.bucket_table import BucketTable, Lane
 from shop.access.rate_limit import OrderLimits
+from shop.settings import Orders
 
 CUSTOMERS = 2000
 SLOTS = 65_536
@@ -62,11 +63,9 @@ def _per_call(take: Callable[[int], object], calls: int, rounds: int) -> float:
 
 def _unlimited_orders(path: Path | None) -> OrderLimits:
     """Order limits no customer of the run reaches (every take is a full read and write)."""
+    terms = Orders(rate_per_second=1e9, burst=10**9, units_per_minute=1e12, units_burst=10**9)
     return OrderLimits(
-        rate_per_second=1e9,
-        burst=10**9,
-        units_per_minute=1e12,
-        units_burst=10**9,
+        terms,
         slots=SLOTS,
         path=path,
     )

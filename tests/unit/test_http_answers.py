@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from shop.access.rate_limit import OrderLimits
 from shop.orders import api as order_api
 from shop.products import api as product_api
-from shop.settings import Http
+from shop.settings import Http, Orders
 from shop.web import app_factory, health
 from shop.web.problems import next_page_link
 from tests.tokens import Issuer
@@ -43,9 +43,8 @@ def _app(checks: Mapping[str, health.HealthCheck] | None = None, timeout: float 
 
 
 def _generous() -> OrderLimits:
-    return OrderLimits(
-        rate_per_second=1000, burst=1000, units_per_minute=10**6, units_burst=10**5, slots=1024
-    )
+    terms = Orders(rate_per_second=1000, burst=1000, units_per_minute=10**6, units_burst=10**5)
+    return OrderLimits(terms, slots=1024)
 
 
 async def _send(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:

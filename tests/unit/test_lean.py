@@ -34,7 +34,7 @@ from shop.orders.service import OrderQuery
 from shop.products import api as product_api
 from shop.products.domain import ProductView, Versioned, encode_cursor
 from shop.products.service import ProductService
-from shop.settings import Http, Products
+from shop.settings import Http, Orders, Products
 from shop.web import app_factory, middleware
 from tests.clock import FakeClock
 from tests.tokens import Issuer
@@ -134,19 +134,15 @@ def order_limits(clock: FakeClock | None = None) -> OrderLimits:
     """Limits whose clock moves 0.1 s per order: a customer's orders are refused (429) now and
     then, by their rate or by their units. Both apps see the same requests in the same order,
     so they decide alike."""
-    return OrderLimits(
-        rate_per_second=4.0,
-        burst=2,
-        units_per_minute=600.0,
-        units_burst=600,
-        slots=1024,
-        clock=clock or _Ticking(),
-    )
+    terms = Orders(rate_per_second=4.0, burst=2, units_per_minute=600.0, units_burst=600)
+    return OrderLimits(terms, slots=1024, clock=clock or _Ticking())
 
 
 def search_limits(clock: FakeClock | None = None) -> SearchLimits:
     """A client's searches, refused now and then as `order_limits` refuses orders."""
-    return SearchLimits(rate_per_second=4.0, burst=2, slots=1024, clock=clock or _Ticking())
+    return SearchLimits(
+        Products(search_rate_per_second=4.0, search_burst=2), slots=1024, clock=clock or _Ticking()
+    )
 
 
 CLIENTS = Clients(["127.0.0.1"])

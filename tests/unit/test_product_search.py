@@ -77,7 +77,9 @@ def _app(limits: SearchLimits, trusted: tuple[str, ...] = ()) -> FastAPI:
 
 
 def _limits(clock: FakeClock) -> SearchLimits:
-    return SearchLimits(rate_per_second=1.0, burst=3, slots=1024, clock=clock)
+    return SearchLimits(
+        Products(search_rate_per_second=1.0, search_burst=3), slots=1024, clock=clock
+    )
 
 
 async def _get(app: FastAPI, url: str, **headers: str) -> httpx.Response:

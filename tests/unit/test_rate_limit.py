@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from shop.access.rate_limit import OrderLimits, TooManyRequests
 from shop.orders import api as order_api
-from shop.settings import Http
+from shop.settings import Http, Orders
 from shop.web import app_factory
 from tests.clock import FakeClock
 from tests.tokens import Issuer
@@ -24,14 +24,9 @@ CUSTOMER = 5
 
 
 def _limits(clock: FakeClock) -> OrderLimits:
-    return OrderLimits(
-        rate_per_second=1.0,
-        burst=3,
-        units_per_minute=60.0,  # 1 unit a second
-        units_burst=100,
-        slots=1024,
-        clock=clock,
-    )
+    # 1 unit a second
+    terms = Orders(rate_per_second=1.0, burst=3, units_per_minute=60.0, units_burst=100)
+    return OrderLimits(terms, slots=1024, clock=clock)
 
 
 def _app(limits: OrderLimits, *, lean: bool) -> FastAPI:

@@ -19,10 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from shop.access.bucket_table import BucketTable, Lane
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
+from shop.settings import Orders, Products
+
+G = TypeVar("G", Orders, Products)
 
 
 class TooManyRequests(DomainError):
@@ -45,20 +49,32 @@ class Limit:
     refusal: str  # the 429's detail
 
 
-class Limits:
-    """Limits of one kind of key (customers, clients), taken together from one table."""
+def _limit(
+    name: str, what: str, burst: int, rate: float, *, per: str = "second", then: str = ""
+) -> Limit:
+    """`burst` of `what` at once, then `rate` a second (or a minute)."""
+    lane = Lane(rate / 60 if per == "minute" else rate, burst)
+    refusal = (
+        f"Too many {what} (at most {burst} at once, then {rate:g} a {per}); "
+        f"retry after Retry-After seconds{then}."
+    )
+    return Limit(name, lane, refusal)
+
+
+class Limits(Generic[G]):
+    """Limits of one kind of key (customers, clients), taken together from one table; `terms`
+    says what they are, from the settings group that holds them."""
 
     def __init__(
-        self,
-        limits: tuple[Limit, ...],
-        *,
-        slots: int,
-        path: Path | None = None,
-        clock: Clock = SYSTEM,
+        self, settings: G, *, slots: int, path: Path | None = None, clock: Clock = SYSTEM
     ) -> None:
-        self._limits = limits
-        lanes = [limit.lane for limit in limits]
+        self._limits = self.terms(settings)
+        lanes = [limit.lane for limit in self._limits]
         self.table = BucketTable(lanes, slots=slots, path=path, clock=clock)
+
+    @staticmethod
+    def terms(settings: G) -> tuple[Limit, ...]:
+        raise NotImplementedError
 
     def _take(self, key: int, costs: tuple[float, ...]) -> None:
         refused = self.table.take(key, costs)
@@ -70,59 +86,37 @@ class Limits:
         self.table.close()
 
 
-class OrderLimits(Limits):
+class OrderLimits(Limits[Orders]):
     """A customer's orders per second and units per minute."""
 
-    def __init__(
-        self,
-        *,
-        rate_per_second: float,
-        burst: int,
-        units_per_minute: float,
-        units_burst: int,
-        slots: int,
-        path: Path | None = None,
-        clock: Clock = SYSTEM,
-    ) -> None:
-        orders = Limit(
-            "orders",
-            Lane(rate_per_second, burst),
-            f"Too many orders from this customer (at most {burst} at once, then "
-            f"{rate_per_second:g} a second); retry after Retry-After seconds.",
+    @staticmethod
+    def terms(settings: Orders) -> tuple[Limit, ...]:
+        orders = _limit(
+            "orders", "orders from this customer", settings.burst, settings.rate_per_second
         )
-        units = Limit(
+        units = _limit(
             "units",
-            Lane(units_per_minute / 60, units_burst),
-            f"Too many units ordered by this customer (at most {units_burst} at once, then "
-            f"{units_per_minute:g} a minute); retry after Retry-After seconds, or order fewer.",
+            "units ordered by this customer",
+            settings.units_burst,
+            settings.units_per_minute,
+            per="minute",
+            then=", or order fewer",
         )
-        super().__init__((orders, units), slots=slots, path=path, clock=clock)
+        return orders, units
 
     def admit(self, customer: int, quantity: int) -> None:
         """Count an order of `quantity` units by `customer`, or raise TooManyRequests."""
         self._take(customer, (1.0, float(quantity)))
 
 
-class SearchLimits(Limits):
+class SearchLimits(Limits[Products]):
     """A client's catalogue searches per second."""
 
-    def __init__(
-        self,
-        *,
-        rate_per_second: float,
-        burst: int,
-        slots: int,
-        path: Path | None = None,
-        clock: Clock = SYSTEM,
-    ) -> None:
-        searches = Limit(
-            "searches",
-            Lane(rate_per_second, burst),
-            f"Too many searches from this client (at most {burst} at once, then "
-            f"{rate_per_second:g} a second); retry after Retry-After seconds.",
-        )
-        super().__init__((searches,), slots=slots, path=path, clock=clock)
+    @staticmethod
+    def terms(settings: Products) -> tuple[Limit, ...]:
+        burst, rate = settings.search_burst, settings.search_rate_per_second
+        return (_limit("searches", "searches from this client", burst, rate),)
 
     def admit(self, client: int) -> None:
-        """Count a search by `client` (`client_address.client_key`), or raise TooManyRequests."""
+        """Count a search by `client` (`Clients.key`), or raise TooManyRequests."""
         self._take(client, (1.0,))

@@ -94,7 +94,9 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     authenticator = auth.from_settings(settings)
-    limits = order_limits(settings)
+    # In a table the service's workers share if it has several.
+    buckets = generation.worker_file("order-limits.buckets")
+    limits = OrderLimits(settings.orders, slots=settings.http.rate_limit_slots, path=buckets)
     runtime = OrderRuntime(settings, CHANNELS if settings.orders.consumers_enabled else ())
     app = service_app(
         "Order service",
@@ -107,19 +109,6 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     openapi.amend(app, partial(order_api.document_quantity, most=settings.orders.max_quantity))
     openapi.amend(app, partial(order_api.document_limits, orders=settings.orders))
     return app
-
-
-def order_limits(settings: Settings) -> OrderLimits:
-    """The customers' order limits, in a table the service's workers share if it has several."""
-    orders = settings.orders
-    return OrderLimits(
-        rate_per_second=orders.rate_per_second,
-        burst=orders.burst,
-        units_per_minute=orders.units_per_minute,
-        units_burst=orders.units_burst,
-        slots=settings.http.rate_limit_slots,
-        path=generation.worker_file("order-limits.buckets"),
-    )
 
 
 class _HealthServer(uvicorn.Server):

@@ -52,16 +52,8 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         workers={"signing-keys": authenticator.refresh_keys},
     )
     clients = Clients(settings.http.forwarded_allow_ips)
-    app.include_router(product_api.router(service, authenticator, search_limits(settings), clients))
+    buckets = generation.worker_file("search-limits.buckets")  # shared by the workers
+    searches = SearchLimits(settings.products, slots=settings.http.rate_limit_slots, path=buckets)
+    app.include_router(product_api.router(service, authenticator, searches, clients))
     openapi.amend(app, partial(product_api.document_limits, products=settings.products))
     return app
-
-
-def search_limits(settings: Settings) -> SearchLimits:
-    """The clients' search limits, in a table the service's workers share if it has several."""
-    return SearchLimits(
-        rate_per_second=settings.products.search_rate_per_second,
-        burst=settings.products.search_burst,
-        slots=settings.http.rate_limit_slots,
-        path=generation.worker_file("search-limits.buckets"),
-    )
