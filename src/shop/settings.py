@@ -35,6 +35,10 @@ def env(name: str) -> JsonDict:
     return {"env": name}
 
 
+# A text setting whose empty value (`RABBITMQ_CA_FILE=`) means unset.
+OptionalText = Annotated[str | None, BeforeValidator(lambda value: value or None)]
+
+
 class Group(BaseModel):
     """A group of settings; `prefix` + a leaf's name is the leaf's flat (environment) name."""
 
@@ -65,7 +69,7 @@ class Database(Group):
     ] = (0.05, 0.4, 1.5)
     # TLS to the server, its certificate checked against these CA certificates (PEM) and its
     # name against DB_HOST. Empty: plain TCP, for a server on this machine or a trusted link.
-    ca_file: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+    ca_file: OptionalText = None
 
     @property
     def url(self) -> str:
@@ -130,16 +134,15 @@ class Kafka(Group):
     dlq_timeout_seconds: float = Field(10.0, gt=0)  # for the dead-letter topic to confirm
     # For a broker's tasks to stop and its intake producer to flush.
     close_seconds: float = Field(2.0, gt=0)
-    # How the services reach the brokers (`shop.messaging.kafka.client_config`). PLAINTEXT:
-    # anyone who reaches them (compose and the cluster for now, the Helm chart's trial values).
-    # SASL_SSL (the local stack, the chart's production values): TLS, the brokers' certificate
-    # checked against KAFKA_CA_FILE (the system's CAs without it) and their host name, and SASL
-    # as KAFKA_USER, whose ACLs decide what it may do.
+    # How the services reach the brokers (`shop.messaging.kafka.client_config`). SASL_SSL (every
+    # layout but the Helm chart's trial values): TLS, the brokers' certificate checked against
+    # KAFKA_CA_FILE (the system's CAs without it) and their host name, and SASL as KAFKA_USER,
+    # whose ACLs decide what it may do. PLAINTEXT: anyone who reaches the brokers may.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
     user: str = ""
     password: str = Field("", repr=False)
-    ca_file: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+    ca_file: OptionalText = None
 
     @model_validator(mode="after")
     def _sasl_needs_an_account(self) -> Self:
@@ -151,11 +154,6 @@ class Kafka(Group):
         return self
 
 
-def _optional(value: Any) -> Any:
-    """An empty value (`RABBITMQ_CA_FILE=`) as unset."""
-    return value or None
-
-
 class RabbitMQ(Group):
     """The order commands' broker. Two roles, each with its own account where the broker has
     one per role (docs/security.md): intake (the HTTP workers) publishes to the order exchange
@@ -165,11 +163,11 @@ class RabbitMQ(Group):
     prefix = "rabbitmq_"
     user: str = "guest"
     password: str = "guest"
-    consumer_user: Annotated[str | None, BeforeValidator(_optional)] = None
-    consumer_password: Annotated[str | None, BeforeValidator(_optional)] = None
+    consumer_user: OptionalText = None
+    consumer_password: OptionalText = None
     # TLS (amqps) to RABBITMQ_HOST:RABBITMQ_PORT, the server's certificate checked against these
     # CA certificates (PEM) and its name against RABBITMQ_HOST. Empty: plain AMQP.
-    ca_file: Annotated[str | None, BeforeValidator(_optional)] = None
+    ca_file: OptionalText = None
     host: str = "127.0.0.1"
     port: int = Field(5672, ge=1, le=65535)
     vhost: str = "/"
@@ -365,7 +363,7 @@ class Auth(Group):
     # Fetched over https only (a redirect is not followed), trusting the CA certificates (PEM)
     # in AUTH_JWKS_CA_FILE, or the system's without it.
     jwks_url: Annotated[str | None, AfterValidator(https_url)] = None
-    jwks_ca_file: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+    jwks_ca_file: OptionalText = None
     public_key_file: str = ".stack/auth/public.pem"
     signing_key_file: str = ".stack/auth/signing.pem"  # `shop token` only
     leeway_seconds: float = Field(30.0, ge=0, le=300)
@@ -386,7 +384,7 @@ class Auth(Group):
     # A role or group claim that makes a caller an administrator (what the scope orders:admin
     # grants): the claim's path, dotted for a nested one (Keycloak's realm roles are
     # `realm_access.roles`), and the value it must hold (or be). Empty: scopes only.
-    admin_claim: Annotated[str | None, BeforeValidator(lambda v: v or None)] = None
+    admin_claim: OptionalText = None
     admin_role: str = Field("shop-admin", min_length=1)
 
 

@@ -35,9 +35,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from http.client import HTTPMessage
 from pathlib import Path
-from typing import IO, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jwt
 from cachetools import TLRUCache
@@ -328,15 +327,7 @@ class HttpsDownload:
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """Follows no redirect: a 3xx answer is an error (urllib.error.HTTPError)."""
 
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: HTTPMessage,
-        newurl: str,
-    ) -> None:
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 
