@@ -16,7 +16,7 @@ import orjson
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from shop.web.fastpath import protocol as server
+from shop.settings import Http
 from shop.web.fastpath.protocol import RequestDeadline
 
 SECONDS = 0.2
@@ -72,7 +72,9 @@ class Echo:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         # short deadlines, found by the protocol as it finds an app factory's
-        self.state = SimpleNamespace(deadlines=server.make_deadlines(SECONDS, SECONDS))
+        self.state = SimpleNamespace(
+            http=Http(request_header_seconds=SECONDS, request_body_seconds=SECONDS)
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         size = 0

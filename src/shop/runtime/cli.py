@@ -21,14 +21,10 @@ def _serve(settings: Settings, service: str) -> None:
     from shop.runtime import logs
 
     logs.configure(settings.log_level)
-    port = settings.http.product_port if service == "products" else settings.http.order_port
-    consumers = (
-        service == "orders"
-        and settings.orders.consumers_enabled
-        and settings.orders.consumer_process
-    )
+    http, orders = settings.http, settings.orders
+    consumers = service == "orders" and orders.consumers_enabled and orders.consumer_process
     run_dir = None
-    if settings.http.workers > 1 or consumers:
+    if http.workers > 1 or consumers:
         # Workers (and the consumers) are separate processes: Prometheus' multiprocess mode
         # sums their counters (the variable must be set before any of them imports
         # prometheus_client), and the workers share their cache counters (write_counter).
@@ -38,9 +34,8 @@ def _serve(settings: Settings, service: str) -> None:
         os.environ[WORKER_DIR_ENV] = str(run_dir)
     child = None
     if consumers:
-        nice, stop = str(settings.orders.consumer_nice), settings.orders.consumer_stop_seconds
-        argv = [sys.executable, "-m", "shop", "consume", "all", "--nice", nice]
-        child = Child("order consumers", argv, dict(os.environ), stop_seconds=stop)
+        argv = [sys.executable, "-m", "shop", "consume", "all", "--nice", str(orders.consumer_nice)]
+        child = Child("order consumers", argv, stop_seconds=orders.consumer_stop_seconds)
         child.start()
         # The HTTP workers leave the consumers and the outbox relay to the child.
         os.environ["CONSUMERS_ENABLED"] = "false"
@@ -53,9 +48,9 @@ def _serve(settings: Settings, service: str) -> None:
         uvicorn.run(
             f"shop.runtime.{service}_service:{service}_app",
             factory=True,
-            host=settings.http.bind_host,
-            port=port,
-            workers=settings.http.workers,
+            host=http.bind_host,
+            port=http.product_port if service == "products" else http.order_port,
+            workers=http.workers,
             loop="uvloop",
             http="shop.web.fastpath.protocol:RequestDeadline",
             # The client behind a proxy is found by shop.access.client_address (from
@@ -63,9 +58,9 @@ def _serve(settings: Settings, service: str) -> None:
             proxy_headers=False,
             access_log=False,
             log_config=None,
-            limit_concurrency=settings.http.max_connections,
-            timeout_keep_alive=settings.http.keep_alive_seconds,
-            timeout_graceful_shutdown=settings.http.graceful_shutdown_seconds,
+            limit_concurrency=http.max_connections,
+            timeout_keep_alive=http.keep_alive_seconds,
+            timeout_graceful_shutdown=http.graceful_shutdown_seconds,
         )
     finally:
         if child is not None:
@@ -150,7 +145,3 @@ def main(argv: list[str] | None = None) -> None:
         from shop.storage.migrations import migrate
 
         migrate(settings)
-
-
-if __name__ == "__main__":
-    main()

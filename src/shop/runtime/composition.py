@@ -94,21 +94,16 @@ class Runtime:
 
 
 def service_app(
-    title: str,
-    service: str,
-    runtime: Runtime,
-    lean: Sequence[LeanRoute[Any]],
-    workers: Mapping[str, Worker] | None = None,
+    title: str, service: str, runtime: Runtime, lean: Sequence[LeanRoute[Any]], refresh_keys: Worker
 ) -> FastAPI:
-    """A service's app: its runtime started and closed by the lifespan, with `workers` (by
-    name) supervised beside the runtime's own tasks; health and metrics. Once started, the
-    garbage collector is settled (`gc_tuning`)."""
+    """A service's app: its runtime started and closed by the lifespan, with `refresh_keys` (the
+    authenticator's signing keys) supervised beside the runtime's own tasks; health and metrics.
+    Once started, the garbage collector is settled (`gc_tuning`)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         runtime.start()
-        for name, worker in (workers or {}).items():
-            runtime.supervisor.start(name, worker)
+        runtime.supervisor.start("signing-keys", refresh_keys)
         heap.settle()
         log.info("%s service started", service)
         try:

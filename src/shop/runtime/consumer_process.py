@@ -40,13 +40,12 @@ def die_with_parent() -> None:
 class Child:
     """`argv` as a supervised child process: started, restarted if it exits, stopped."""
 
-    def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], *, stop_seconds: float
-    ) -> None:
+    def __init__(self, name: str, argv: list[str], *, stop_seconds: float) -> None:
         self._name = name
         self._stop_seconds = stop_seconds
         self._argv = argv
-        self._env = {**env, PARENT_ENV: str(os.getpid())}
+        # The environment as it is now: the parent may change its own afterwards.
+        self._env = {**os.environ, PARENT_ENV: str(os.getpid())}
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()

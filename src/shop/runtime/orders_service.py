@@ -103,7 +103,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
         "orders",
         runtime,
         order_api.lean_routes(runtime.service, authenticator, limits),
-        workers={"signing-keys": authenticator.refresh_keys},
+        authenticator.refresh_keys,
     )
     app.include_router(order_api.router(runtime.service, authenticator, limits))
     openapi.amend(app, partial(order_api.document_quantity, most=settings.orders.max_quantity))

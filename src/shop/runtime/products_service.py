@@ -49,7 +49,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
         "products",
         runtime,
         product_api.lean_routes(service),
-        workers={"signing-keys": authenticator.refresh_keys},
+        authenticator.refresh_keys,
     )
     clients = Clients(settings.http.forwarded_allow_ips)
     buckets = generation.worker_file("search-limits.buckets")  # shared by the workers

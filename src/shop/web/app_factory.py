@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from shop.settings import Http
 from shop.web import docs_pages as docs
 from shop.web import openapi
-from shop.web.fastpath.protocol import make_deadlines
 from shop.web.fastpath.routes import Lean, LeanRoute, LeanRoutes
 from shop.web.middleware import BodyLimit, Metrics, observe_request
 from shop.web.problems import JSONResponse, install_handlers
@@ -33,8 +32,7 @@ def new_app(
     FastAPI's own OpenTelemetry hooks are off: the services export Prometheus metrics, and the
     hooks looked up the environment on every request (2 % of a request's CPU in a profile).
     The `lean` routes answer their plain requests without FastAPI's per-request work
-    (`fastpath.routes`). The server's protocol finds the request deadlines of `http` in
-    `app.state.deadlines`.
+    (`fastpath.routes`). The server's protocol finds the request deadlines in `app.state.http`.
     """
 
     app = FastAPI(
@@ -53,7 +51,7 @@ def new_app(
         app.add_middleware(LeanRoutes, lean=app.state.lean)
     app.add_middleware(BodyLimit, max_bytes=http.max_body_bytes)
     app.add_middleware(Metrics, service=service)
-    app.state.deadlines = make_deadlines(http.request_header_seconds, http.request_body_seconds)
+    app.state.http = http
     docs.install(app)
     openapi.amend(app, openapi.exact_integer_bounds)
     return app

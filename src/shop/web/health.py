@@ -55,10 +55,8 @@ def health_router(checks: Callable[[], Mapping[str, HealthCheck]], *, timeout: f
         """The database and brokers this service needs answer. Otherwise 503 naming those that do
         not (`database`, `kafka`, `rabbitmq`); why is in the service's log."""
         named = checks()
-        outcomes = await asyncio.gather(
-            *(_run_check(name, check, timeout) for name, check in named.items())
-        )
-        results = dict(zip(named, outcomes, strict=True))
+        runs = (_run_check(name, check, timeout) for name, check in named.items())
+        results = dict(zip(named, await asyncio.gather(*runs), strict=True))
         failing = [name for name, result in results.items() if result != OK]
         if not failing:
             return JSONResponse({"status": "ok", "checks": results})

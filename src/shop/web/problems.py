@@ -34,8 +34,6 @@ class JSONResponse(StarletteJSONResponse):
     A Starlette JSONResponse, so that FastAPI documents a route's response model with it.
     """
 
-    media_type = "application/json"
-
     def render(self, content: Any) -> bytes:
         return jsonutil.dumps(content)
 

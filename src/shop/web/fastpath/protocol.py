@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import (
@@ -34,7 +34,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from shop.settings import Http
-from shop.web.fastpath.routes import Lean, LeanRoute, Reply, state_of
+from shop.web.fastpath.routes import Lean, LeanRoute, Reply, single_headers, state_of
 from shop.web.problems import status_problem
 
 log = logging.getLogger(__name__)
@@ -49,24 +49,17 @@ def _answer_408(content_type: str, body: bytes) -> bytes:
     )
 
 
+def _body_late(seconds: float) -> bytes:
+    """The answer to a late body: 408 problem+json, as the app would give it."""
+    late = status_problem(408, f"The request body did not arrive within {seconds:g} s.")
+    assert late.media_type is not None
+    return _answer_408(late.media_type, bytes(late.body))
+
+
 _HEADERS_LATE = _answer_408(
     "text/plain; charset=utf-8", b"The request headers did not arrive in time."
 )
-
-
-class Deadlines(NamedTuple):
-    header_seconds: float
-    body_seconds: float
-    body_late: bytes  # the answer to a late body: 408 problem+json, as the app would give it
-
-
-def make_deadlines(header_seconds: float, body_seconds: float) -> Deadlines:
-    late = status_problem(408, f"The request body did not arrive within {body_seconds:g} s.")
-    assert late.media_type is not None
-    return Deadlines(header_seconds, body_seconds, _answer_408(late.media_type, bytes(late.body)))
-
-
-_DEFAULT = make_deadlines(Http().request_header_seconds, Http().request_body_seconds)
+_DEFAULT = Http()
 
 
 class RequestDeadline(HttpToolsProtocol):
@@ -75,7 +68,7 @@ class RequestDeadline(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lean = state_of(self.app, "lean", Lean)
-        self._deadlines = state_of(self.app, "deadlines", Deadlines) or _DEFAULT
+        self._http = state_of(self.app, "http", Http) or _DEFAULT  # its request deadlines
         self._reading = _IDLE
         self._due: asyncio.TimerHandle | None = None
         self._due_for = _IDLE  # the part the timer waits for
@@ -110,8 +103,8 @@ class RequestDeadline(HttpToolsProtocol):
 
     def _arm(self, part: int) -> None:
         self._disarm()
-        d = self._deadlines
-        seconds = d.header_seconds if part == _HEADERS else d.body_seconds
+        http = self._http
+        seconds = http.request_header_seconds if part == _HEADERS else http.request_body_seconds
         self._due = self.loop.call_later(seconds, self._late)
         self._due_for = part
 
@@ -132,7 +125,7 @@ class RequestDeadline(HttpToolsProtocol):
             # sends now is dropped.
             cycle.disconnected = True
             cycle.message_event.set()
-            self.transport.write(self._deadlines.body_late)
+            self.transport.write(_body_late(self._http.request_body_seconds))
         elif cycle is not None and not cycle.response_complete:
             return  # the application answers already, reading no more: let it finish
         # (a body still trickling in after its answer, or no request: the connection just closes)
@@ -153,18 +146,14 @@ class RequestDeadline(HttpToolsProtocol):
         lean = self._lean
         if lean is None or app is not self.app:  # (the concurrency cap's 503 is another app)
             return None
-        scope = cycle.scope
+        scope = cast(Scope, cycle.scope)
         route = lean.routes.get((scope["method"], scope["path"]))
         if route is None or cycle.waiting_for_100_continue:
             return None
-        length = None
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if length is not None:
-                    return None
-                length = value
-            elif name == b"transfer-encoding":
-                return None
+        headers = single_headers(scope, (b"content-length", b"transfer-encoding"))
+        if headers is None or b"transfer-encoding" in headers:
+            return None
+        length = headers.get(b"content-length")
         if route.reads_body:
             if length is None or not length.isdigit() or int(length) > lean.max_body_bytes:
                 return None
@@ -207,7 +196,7 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
         else:
             cycle.transport.close()
     finally:
-        cycle.on_response = _nothing
+        cycle.on_response = lambda: None  # as uvicorn's run_asgi leaves it
 
 
 def _write(cycle: RequestResponseCycle, reply: Reply) -> None:
@@ -226,7 +215,3 @@ def _write(cycle: RequestResponseCycle, reply: Reply) -> None:
     if not cycle.keep_alive:
         cycle.transport.close()
     cycle.on_response()
-
-
-def _nothing() -> None:
-    pass

@@ -30,8 +30,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
 
-Handler = Callable[[Request, Any], Any]
-
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -79,11 +77,13 @@ class Lean:
     observe: Callable[[str, str, int, float], None]  # method, route template, status, seconds
 
     async def fail(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> int:
-        """Answer `exc` as the app would: through its nearest exception handler; the status."""
-        handler = _handler_for(self.owner.exception_handlers, exc)
-        if handler is None:
+        """Answer `exc` as the app would: through the handler of its nearest class (as Starlette
+        chooses it); the status."""
+        handlers = self.owner.exception_handlers
+        nearest = next((cls for cls in type(exc).__mro__ if cls in handlers), None)
+        if nearest is None:
             raise exc
-        response = handler(Request(scope, receive), exc)
+        response = handlers[nearest](Request(scope, receive), exc)
         if inspect.isawaitable(response):
             response = await response
         await response(scope, receive, send)
@@ -92,7 +92,7 @@ class Lean:
 
 def state_of(app: object, name: str, kind: type[T]) -> T | None:
     """`app.state.<name>` if it is a `kind`, found through the middleware that wraps the app
-    (uvicorn's): an app's lean routes, its request deadlines."""
+    (uvicorn's): an app's lean routes, its HTTP settings (the request deadlines)."""
     for _ in range(3):
         found = getattr(getattr(app, "state", None), name, None)
         if isinstance(found, kind):
@@ -179,14 +179,6 @@ class LeanRoutes:
             return
         await send({"type": "http.response.start", "status": reply.status, "headers": reply.head()})
         await send({"type": "http.response.body", "body": reply.body})
-
-
-def _handler_for(handlers: Mapping[Any, Handler], exc: Exception) -> Handler | None:
-    """The app's handler for `exc`, chosen as Starlette chooses it: nearest class first."""
-    for cls in type(exc).__mro__:
-        if cls in handlers:
-            return handlers[cls]
-    return None
 
 
 async def _read_body(receive: Receive) -> bytes | None:
