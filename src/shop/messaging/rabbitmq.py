@@ -195,9 +195,12 @@ def _before_sleep(which: logging.Logger, account: str) -> Callable[[RetryCallSta
     return report
 
 
+Serve = Callable[[asyncio.Event], Awaitable[None]]
+
+
 async def _reconnecting(
     stopping: asyncio.Event,
-    serve: Callable[[asyncio.Event], Awaitable[None]],
+    serve: Serve,
     settings: RabbitMQ,
     *,
     name: str = "connection",
@@ -224,6 +227,13 @@ async def _reconnecting(
                 await serve(stopping)
 
 
+def _keep(tasks: Supervisor, settings: RabbitMQ, name: str, serve: Serve, role: Role) -> None:
+    """Keep the connection `name` (logged in as `role`'s account) with `serve`, in a task."""
+    account = _account(settings, role)
+    run = partial(_reconnecting, serve=serve, settings=settings, name=name, account=account)
+    tasks.start(f"rabbitmq-{name}", run)
+
+
 Declare = Callable[[AbstractChannel, float], Awaitable[int]]
 
 
@@ -237,7 +247,6 @@ class _Confirming:
         role: str,
         url: str,
         declare: Declare,
-        *,
         exchange: str,
         routing_key: str,
     ) -> None:
@@ -333,33 +342,20 @@ class RabbitBroker:
         self.topology = t = Topology(settings)
         self._timeout = timeout
         self._intake = (
-            _Confirming(
-                self, "publisher", settings.url, t.check_exchange,
-                exchange=t.exchange, routing_key=t.queue,
-            )
+            _Confirming(self, "publisher", settings.url, t.check_exchange, t.exchange, t.queue)
             if intake
             else None
-        )  # fmt: skip
+        )
         self._dead_letters = _Confirming(
-            self, "dead-letters", settings.consumer_url, t.declare,
-            exchange=t.dlx, routing_key=t.dlq,
-        )  # fmt: skip
+            self, "dead-letters", settings.consumer_url, t.declare, t.dlx, t.dlq
+        )
         self._inbound: list[RabbitInbound] = []
         self._tasks = Supervisor()
         self._closed = False
 
-    def _keep(
-        self, name: str, serve: Callable[[asyncio.Event], Awaitable[None]], role: Role
-    ) -> None:
-        account = _account(self._settings, role)
-        run = partial(
-            _reconnecting, serve=serve, settings=self._settings, name=name, account=account
-        )
-        self._tasks.start(f"rabbitmq-{name}", run)
-
     def start(self) -> None:
         if self._intake is not None:
-            self._keep("publisher", self._intake.serve, "intake")
+            _keep(self._tasks, self._settings, "publisher", self._intake.serve, "intake")
 
     def publisher(self) -> RabbitBroker:
         """The outbound port to the order exchange: the broker itself."""
@@ -368,7 +364,7 @@ class RabbitBroker:
     def consumer(self, batch_size: int) -> RabbitInbound:
         """A consumer with `batch_size` deliveries in flight, on a connection of its own."""
         if not self._inbound:  # the first: the consumers' dead letters need their connection
-            self._keep("dead-letters", self._dead_letters.serve, "consumer")
+            _keep(self._tasks, self._settings, "dead-letters", self._dead_letters.serve, "consumer")
         inbound = RabbitInbound(self, prefetch=batch_size)
         self._inbound.append(inbound)
         inbound.start()
@@ -400,15 +396,12 @@ class RabbitBroker:
             await declare(channel, self._timeout)
         return channel
 
-    async def publish(
-        self, messages: Sequence[Outgoing], *, timeout: float, dead_letters: bool = False
-    ) -> None:
-        """Publish persistent messages (mandatory) to the order exchange, or with
-        `dead_letters` to the dead-letter exchange, and wait for every confirm, or raise."""
-        publishing = self._dead_letters if dead_letters else self._intake
-        if publishing is None:
+    async def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> None:
+        """Publish persistent messages (mandatory) to the order exchange and wait for every
+        confirm, or raise."""
+        if self._intake is None:
             raise PublishError("this process does not publish order commands")
-        await publishing.publish(messages, timeout)
+        await self._intake.publish(messages, timeout)
 
     async def check(self, timeout: float = 0.0) -> None:
         """Raise unless every connection this process keeps is open: intake's, and with
@@ -499,15 +492,7 @@ class RabbitInbound:
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        settings = self._broker._settings
-        serve = partial(
-            _reconnecting,
-            serve=self._consume,
-            settings=settings,
-            name="consumer",
-            account=_account(settings, "consumer"),
-        )
-        self._tasks.start("rabbitmq-consumer", serve)
+        _keep(self._tasks, self._broker._settings, "consumer", self._consume, "consumer")
 
     def check(self) -> None:
         channel = self._channel
@@ -562,11 +547,8 @@ class RabbitInbound:
             batch = [inbox.get_nowait()]
         while len(batch) < max_messages and not inbox.empty():
             batch.append(inbox.get_nowait())
-        channel = self._channel
-        if any(m.channel is not channel for m in batch):
-            # Delivered on a channel that has since closed: the broker delivers them again.
-            batch = [m for m in batch if m.channel is channel]
-        return batch
+        # Delivered on a channel that has since closed: the broker delivers them again.
+        return [m for m in batch if m.channel is self._channel]
 
     async def ack(self, deliveries: Sequence[DeliveredMessage]) -> None:
         channel = self._channel
@@ -588,7 +570,7 @@ class RabbitInbound:
     async def dead_letter(self, delivery: DeliveredMessage, reason: str) -> None:
         message_id = delivery.header.properties.message_id or ""
         dead = Outgoing(message_id, delivery.body, {"x-reason": reason})
-        await self._broker.publish([dead], timeout=self._timeout, dead_letters=True)
+        await self._broker._dead_letters.publish([dead], self._timeout)
         # If its channel closed meanwhile, there is nothing to ack: it comes again, and goes to
         # the DLQ again.
         await self.ack([delivery])
