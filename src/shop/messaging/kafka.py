@@ -78,16 +78,9 @@ def acls(kafka: Kafka) -> list[AclBinding]:
         (ORDERS_PRINCIPAL, ResourceType.GROUP, kafka.consumer_group, (AclOperation.READ,)),
         (PRODUCTS_PRINCIPAL, ResourceType.TOPIC, kafka.product_events_topic, write),
     ]
+    literal, allow = ResourcePatternType.LITERAL, AclPermissionType.ALLOW
     return [
-        AclBinding(
-            kind,
-            name,
-            ResourcePatternType.LITERAL,
-            f"User:{principal}",
-            "*",
-            operation,
-            AclPermissionType.ALLOW,
-        )
+        AclBinding(kind, name, literal, f"User:{principal}", "*", operation, allow)
         for principal, kind, name, operations in grants
         for operation in operations
     ]
@@ -124,9 +117,6 @@ class ErrorReport:
         else:
             _client_errors.warning("kafka: %s %s: %s", err.name(), self._who, err.str())
 
-    def clear(self) -> None:
-        self.refused = None
-
 
 def producer_config(kafka: Kafka, *, delivery_timeout: float) -> dict[str, Any]:
     """An idempotent producer (acks=all) whose failures surface within `delivery_timeout`.
@@ -136,7 +126,7 @@ def producer_config(kafka: Kafka, *, delivery_timeout: float) -> dict[str, Any]:
     much as the order service); with 5 ms, 0.1 ms. A lone message waits at most 5 ms more.
     """
     return {
-        **client_config(kafka),
+        **_our_client(kafka),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -144,7 +134,6 @@ def producer_config(kafka: Kafka, *, delivery_timeout: float) -> dict[str, Any]:
         "message.timeout.ms": int(delivery_timeout * 1000),
         "socket.timeout.ms": 5000,
         "reconnect.backoff.max.ms": 1000,
-        **client_logging(),
     }
 
 
@@ -170,9 +159,12 @@ _client_errors = logging.getLogger(f"{__name__}.client")
 _client_errors.addFilter(_once_per(30.0))
 
 
-def client_logging() -> dict[str, Any]:
-    """librdkafka logs (errors and worse) through Python logging."""
-    return {"logger": _rdkafka_log, "log_level": 3, "log.connection.close": False}
+_LOGGING = {"logger": _rdkafka_log, "log_level": 3, "log.connection.close": False}
+
+
+def _our_client(kafka: Kafka) -> dict[str, Any]:
+    """`client_config` with librdkafka's logs (errors and worse) through Python logging."""
+    return {**client_config(kafka), **_LOGGING}
 
 
 class KafkaPublisher:
@@ -248,7 +240,7 @@ class KafkaPublisher:
             if refused := self._errors.refused:
                 raise PermissionError(refused) from None
             raise
-        self._errors.clear()
+        self._errors.refused = None
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop the poll thread, then deliver what is queued (up to `timeout`); once."""
@@ -325,7 +317,7 @@ async def ensure_topics(
     copies = kafka.replication_factor if replication_factor is None else replication_factor
 
     def _create() -> None:
-        admin = AdminClient({**client_config(kafka), **client_logging()})
+        admin = AdminClient(_our_client(kafka))
         existing = admin.list_topics(timeout=timeout).topics
         config = topic_config(copies)
         missing = [
@@ -364,7 +356,7 @@ def consumer_config(kafka: Kafka, *, group: str) -> dict[str, Any]:
     bounds how late a partition assignment or a reconnect shows up in the next fetch.
     """
     return {
-        **client_config(kafka),
+        **_our_client(kafka),
         "group.id": group,
         "enable.auto.commit": True,
         "auto.commit.interval.ms": 1000,
@@ -373,7 +365,6 @@ def consumer_config(kafka: Kafka, *, group: str) -> dict[str, Any]:
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1000,
         "fetch.wait.max.ms": 100,
-        **client_logging(),
     }
 
 
