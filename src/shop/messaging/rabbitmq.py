@@ -35,11 +35,11 @@ import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 from prometheus_client import Counter
-from tenacity import AsyncRetrying, RetryCallState, RetryError, before_sleep_log, wait_exponential
+from tenacity import wait_exponential
 
 from shop.messaging.ports import Outgoing, PublishError
 from shop.settings import RabbitMQ
-from shop.supervision import Supervisor, first_of, pause, retrieve
+from shop.supervision import Supervisor, first_of, keep_trying, retrieve
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,10 @@ class Topology:
         self.exchange = f"{queue}.exchange"  # the order exchange: what intake publishes to
         self.dlx = f"{queue}.dlx"
         self.dlq = f"{queue}.dlq"
-        kind: dict[str, Any] = (
-            {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
-            if settings.queue_type == "quorum"
-            else {}
-        )
+        quorum = {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+        self.dlq_arguments: dict[str, Any] = quorum if settings.queue_type == "quorum" else {}
         dead_letters = {"x-dead-letter-exchange": self.dlx, "x-dead-letter-routing-key": self.dlq}
-        self.dlq_arguments: dict[str, Any] = dict(kind)
-        self.arguments: dict[str, Any] = {**kind, **dead_letters}
+        self.arguments: dict[str, Any] = {**self.dlq_arguments, **dead_letters}
 
     async def declare(self, channel: AbstractChannel, timeout: float) -> int:
         """The consumers' declaration: both exchanges, both queues and their bindings; the
@@ -173,13 +169,11 @@ def _refusal(failure: BaseException | None) -> str | None:
     return None
 
 
-def _before_sleep(which: logging.Logger, account: str) -> Callable[[RetryCallState], None]:
+def _reporter(which: logging.Logger, account: str) -> Callable[[BaseException | None, float], None]:
     """Log why a connection failed before the next attempt: a refusal as such, naming the
-    account (never its password) and the settings to check; anything else as tenacity does."""
-    otherwise = before_sleep_log(which, logging.WARNING)
+    account (never its password) and the settings to check; anything else as a warning."""
 
-    def report(state: RetryCallState) -> None:
-        failure = state.outcome.exception() if state.outcome is not None else None
+    def report(failure: BaseException | None, delay: float) -> None:
         why = _refusal(failure)
         if account and why is not None:
             which.error(
@@ -187,10 +181,10 @@ def _before_sleep(which: logging.Logger, account: str) -> Callable[[RetryCallSta
                 "its permissions; trying again in %.1fs",
                 account,
                 why,
-                state.upcoming_sleep,
+                delay,
             )
         else:
-            otherwise(state)
+            which.warning("connection failed (%r); trying again in %.1fs", failure, delay)
 
     return report
 
@@ -208,23 +202,13 @@ async def _reconnecting(
 ) -> None:
     """Run `serve` (connect, then serve until the connection is lost) again after each failure,
     with backoff, until `stopping` is set: the adapter's one reconnect loop."""
+    wait = wait_exponential(
+        multiplier=settings.reconnect_first_seconds, max=settings.reconnect_max_seconds
+    )
     # The logger's name (shop.messaging.rabbitmq.publisher, .dead-letters or .consumer) says
     # which connection it is.
-    which = log.getChild(name)
-    retrying = AsyncRetrying(
-        wait=wait_exponential(
-            multiplier=settings.reconnect_first_seconds, max=settings.reconnect_max_seconds
-        ),
-        stop=lambda _state: stopping.is_set(),
-        sleep=partial(pause, stopping),
-        before_sleep=_before_sleep(which, account),
-    )
-    with contextlib.suppress(RetryError):  # stopping after a failure
-        async for attempt in retrying:
-            if stopping.is_set():  # set during the pause: no attempt after it
-                return
-            with attempt:
-                await serve(stopping)
+    report = _reporter(log.getChild(name), account)
+    await keep_trying(partial(serve, stopping), stopping, wait=wait, on_failure=report)
 
 
 def _keep(tasks: Supervisor, settings: RabbitMQ, name: str, serve: Serve, role: Role) -> None:
