@@ -192,13 +192,10 @@ class Relay:
 
     async def backlog(self) -> int:
         """How many events wait to be published."""
-        t = self._table
-        async with unit_of_work(
-            self._engine, timeout=self._settings.backlog_timeout_seconds
-        ) as conn:
-            count = await conn.scalar(
-                select(func.count()).select_from(t).where(t.c.sent_at.is_(None))
-            )
+        t, timeout = self._table, self._settings.backlog_timeout_seconds
+        unsent = select(func.count()).select_from(t).where(t.c.sent_at.is_(None))
+        async with unit_of_work(self._engine, timeout=timeout) as conn:
+            count = await conn.scalar(unsent)
         return int(count or 0)
 
     async def run(self, stopping: asyncio.Event) -> None:
