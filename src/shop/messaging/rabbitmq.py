@@ -162,9 +162,8 @@ def _refusal(failure: BaseException | None) -> str | None:
     # A user without access to the vhost (or a vhost that is not there): RabbitMQ answers
     # connection.open with connection.close (NOT_ALLOWED), which aiormq reports as an unexpected
     # frame, without the broker's text.
-    if isinstance(failure, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(
-        failure
-    ):
+    closed_at_open = "Connection.Close" in str(failure)
+    if isinstance(failure, aiormq.exceptions.InvalidFrameError) and closed_at_open:
         return "NOT_ALLOWED: the vhost was refused (no permissions on it, or it does not exist)"
     return None
 
@@ -521,14 +520,13 @@ class RabbitInbound:
 
     async def take(self, max_messages: int, timeout: float) -> list[DeliveredMessage]:
         inbox = self.inbox
+        batch: list[DeliveredMessage] = []
         if inbox.empty():
             try:
                 async with asyncio.timeout(timeout):
-                    batch = [await inbox.get()]
+                    batch.append(await inbox.get())
             except TimeoutError:
                 return []
-        else:
-            batch = [inbox.get_nowait()]
         while len(batch) < max_messages and not inbox.empty():
             batch.append(inbox.get_nowait())
         # Delivered on a channel that has since closed: the broker delivers them again.
