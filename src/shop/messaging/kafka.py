@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import (
@@ -368,14 +368,11 @@ def consumer_config(kafka: Kafka, *, group: str) -> dict[str, Any]:
     }
 
 
-class KafkaDelivery:
+class KafkaDelivery(NamedTuple):
     """A consumed record: its value as `body`, the record itself for offsets and the DLQ."""
 
-    __slots__ = ("body", "message")
-
-    def __init__(self, message: Message) -> None:
-        self.body: bytes = message.value() or b""
-        self.message = message
+    body: bytes
+    message: Message
 
 
 class KafkaInbound:
@@ -406,7 +403,7 @@ class KafkaInbound:
         for message in messages:
             err = message.error()
             if err is None:
-                batch.append(KafkaDelivery(message))
+                batch.append(KafkaDelivery(message.value() or b"", message))
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka consumer error on %s: %s", self._topic, err)
         return batch

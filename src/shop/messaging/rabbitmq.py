@@ -358,11 +358,9 @@ class RabbitBroker:
     ) -> AbstractChannel:
         """A new connection as the account in `url`, a channel on it and `declare` done."""
         async with asyncio.timeout(self._timeout):
-            connection = await aiormq.connect(
-                # which process holds it, as the management UI and rabbitmqctl show it
-                url,
-                client_properties={"connection_name": f"shop-{role} pid {os.getpid()}"},
-            )
+            # which process holds it, as the management UI and rabbitmqctl show it
+            name: dict[str, Any] = {"connection_name": f"shop-{role} pid {os.getpid()}"}
+            connection = await aiormq.connect(url, client_properties=name)
         try:
             channel = await self._open_channel(connection, declare, **channel_options)
         except BaseException:
