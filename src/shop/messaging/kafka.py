@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import (
@@ -78,16 +78,9 @@ def acls(kafka: Kafka) -> list[AclBinding]:
         (ORDERS_PRINCIPAL, ResourceType.GROUP, kafka.consumer_group, (AclOperation.READ,)),
         (PRODUCTS_PRINCIPAL, ResourceType.TOPIC, kafka.product_events_topic, write),
     ]
+    literal, allow = ResourcePatternType.LITERAL, AclPermissionType.ALLOW
     return [
-        AclBinding(
-            kind,
-            name,
-            ResourcePatternType.LITERAL,
-            f"User:{principal}",
-            "*",
-            operation,
-            AclPermissionType.ALLOW,
-        )
+        AclBinding(kind, name, literal, f"User:{principal}", "*", operation, allow)
         for principal, kind, name, operations in grants
         for operation in operations
     ]
@@ -124,9 +117,6 @@ class ErrorReport:
         else:
             _client_errors.warning("kafka: %s %s: %s", err.name(), self._who, err.str())
 
-    def clear(self) -> None:
-        self.refused = None
-
 
 def producer_config(kafka: Kafka, *, delivery_timeout: float) -> dict[str, Any]:
     """An idempotent producer (acks=all) whose failures surface within `delivery_timeout`.
@@ -136,7 +126,7 @@ def producer_config(kafka: Kafka, *, delivery_timeout: float) -> dict[str, Any]:
     much as the order service); with 5 ms, 0.1 ms. A lone message waits at most 5 ms more.
     """
     return {
-        **client_config(kafka),
+        **_our_client(kafka),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -144,7 +134,6 @@ def producer_config(kafka: Kafka, *, delivery_timeout: float) -> dict[str, Any]:
         "message.timeout.ms": int(delivery_timeout * 1000),
         "socket.timeout.ms": 5000,
         "reconnect.backoff.max.ms": 1000,
-        **client_logging(),
     }
 
 
@@ -170,9 +159,12 @@ _client_errors = logging.getLogger(f"{__name__}.client")
 _client_errors.addFilter(_once_per(30.0))
 
 
-def client_logging() -> dict[str, Any]:
-    """librdkafka logs (errors and worse) through Python logging."""
-    return {"logger": _rdkafka_log, "log_level": 3, "log.connection.close": False}
+_LOGGING = {"logger": _rdkafka_log, "log_level": 3, "log.connection.close": False}
+
+
+def _our_client(kafka: Kafka) -> dict[str, Any]:
+    """`client_config` with librdkafka's logs (errors and worse) through Python logging."""
+    return {**client_config(kafka), **_LOGGING}
 
 
 class KafkaPublisher:
@@ -248,7 +240,7 @@ class KafkaPublisher:
             if refused := self._errors.refused:
                 raise PermissionError(refused) from None
             raise
-        self._errors.clear()
+        self._errors.refused = None
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop the poll thread, then deliver what is queued (up to `timeout`); once."""
@@ -325,7 +317,7 @@ async def ensure_topics(
     copies = kafka.replication_factor if replication_factor is None else replication_factor
 
     def _create() -> None:
-        admin = AdminClient({**client_config(kafka), **client_logging()})
+        admin = AdminClient(_our_client(kafka))
         existing = admin.list_topics(timeout=timeout).topics
         config = topic_config(copies)
         missing = [
@@ -364,7 +356,7 @@ def consumer_config(kafka: Kafka, *, group: str) -> dict[str, Any]:
     bounds how late a partition assignment or a reconnect shows up in the next fetch.
     """
     return {
-        **client_config(kafka),
+        **_our_client(kafka),
         "group.id": group,
         "enable.auto.commit": True,
         "auto.commit.interval.ms": 1000,
@@ -373,18 +365,14 @@ def consumer_config(kafka: Kafka, *, group: str) -> dict[str, Any]:
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1000,
         "fetch.wait.max.ms": 100,
-        **client_logging(),
     }
 
 
-class KafkaDelivery:
+class KafkaDelivery(NamedTuple):
     """A consumed record: its value as `body`, the record itself for offsets and the DLQ."""
 
-    __slots__ = ("body", "message")
-
-    def __init__(self, message: Message) -> None:
-        self.body: bytes = message.value() or b""
-        self.message = message
+    body: bytes
+    message: Message
 
 
 class KafkaInbound:
@@ -415,7 +403,7 @@ class KafkaInbound:
         for message in messages:
             err = message.error()
             if err is None:
-                batch.append(KafkaDelivery(message))
+                batch.append(KafkaDelivery(message.value() or b"", message))
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka consumer error on %s: %s", self._topic, err)
         return batch

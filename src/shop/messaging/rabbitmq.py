@@ -35,11 +35,11 @@ import aiormq
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 from prometheus_client import Counter
-from tenacity import AsyncRetrying, RetryCallState, RetryError, before_sleep_log, wait_exponential
+from tenacity import wait_exponential
 
 from shop.messaging.ports import Outgoing, PublishError
 from shop.settings import RabbitMQ
-from shop.supervision import Supervisor, first_of, pause, retrieve
+from shop.supervision import Supervisor, first_of, keep_trying, retrieve
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,10 @@ class Topology:
         self.exchange = f"{queue}.exchange"  # the order exchange: what intake publishes to
         self.dlx = f"{queue}.dlx"
         self.dlq = f"{queue}.dlq"
-        kind: dict[str, Any] = (
-            {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
-            if settings.queue_type == "quorum"
-            else {}
-        )
+        quorum = {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+        self.dlq_arguments: dict[str, Any] = quorum if settings.queue_type == "quorum" else {}
         dead_letters = {"x-dead-letter-exchange": self.dlx, "x-dead-letter-routing-key": self.dlq}
-        self.dlq_arguments: dict[str, Any] = dict(kind)
-        self.arguments: dict[str, Any] = {**kind, **dead_letters}
+        self.arguments: dict[str, Any] = {**self.dlq_arguments, **dead_letters}
 
     async def declare(self, channel: AbstractChannel, timeout: float) -> int:
         """The consumers' declaration: both exchanges, both queues and their bindings; the
@@ -166,20 +162,17 @@ def _refusal(failure: BaseException | None) -> str | None:
     # A user without access to the vhost (or a vhost that is not there): RabbitMQ answers
     # connection.open with connection.close (NOT_ALLOWED), which aiormq reports as an unexpected
     # frame, without the broker's text.
-    if isinstance(failure, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(
-        failure
-    ):
+    closed_at_open = "Connection.Close" in str(failure)
+    if isinstance(failure, aiormq.exceptions.InvalidFrameError) and closed_at_open:
         return "NOT_ALLOWED: the vhost was refused (no permissions on it, or it does not exist)"
     return None
 
 
-def _before_sleep(which: logging.Logger, account: str) -> Callable[[RetryCallState], None]:
+def _reporter(which: logging.Logger, account: str) -> Callable[[BaseException | None, float], None]:
     """Log why a connection failed before the next attempt: a refusal as such, naming the
-    account (never its password) and the settings to check; anything else as tenacity does."""
-    otherwise = before_sleep_log(which, logging.WARNING)
+    account (never its password) and the settings to check; anything else as a warning."""
 
-    def report(state: RetryCallState) -> None:
-        failure = state.outcome.exception() if state.outcome is not None else None
+    def report(failure: BaseException | None, delay: float) -> None:
         why = _refusal(failure)
         if account and why is not None:
             which.error(
@@ -187,17 +180,20 @@ def _before_sleep(which: logging.Logger, account: str) -> Callable[[RetryCallSta
                 "its permissions; trying again in %.1fs",
                 account,
                 why,
-                state.upcoming_sleep,
+                delay,
             )
         else:
-            otherwise(state)
+            which.warning("connection failed (%r); trying again in %.1fs", failure, delay)
 
     return report
 
 
+Serve = Callable[[asyncio.Event], Awaitable[None]]
+
+
 async def _reconnecting(
     stopping: asyncio.Event,
-    serve: Callable[[asyncio.Event], Awaitable[None]],
+    serve: Serve,
     settings: RabbitMQ,
     *,
     name: str = "connection",
@@ -205,23 +201,20 @@ async def _reconnecting(
 ) -> None:
     """Run `serve` (connect, then serve until the connection is lost) again after each failure,
     with backoff, until `stopping` is set: the adapter's one reconnect loop."""
+    wait = wait_exponential(
+        multiplier=settings.reconnect_first_seconds, max=settings.reconnect_max_seconds
+    )
     # The logger's name (shop.messaging.rabbitmq.publisher, .dead-letters or .consumer) says
     # which connection it is.
-    which = log.getChild(name)
-    retrying = AsyncRetrying(
-        wait=wait_exponential(
-            multiplier=settings.reconnect_first_seconds, max=settings.reconnect_max_seconds
-        ),
-        stop=lambda _state: stopping.is_set(),
-        sleep=partial(pause, stopping),
-        before_sleep=_before_sleep(which, account),
-    )
-    with contextlib.suppress(RetryError):  # stopping after a failure
-        async for attempt in retrying:
-            if stopping.is_set():  # set during the pause: no attempt after it
-                return
-            with attempt:
-                await serve(stopping)
+    report = _reporter(log.getChild(name), account)
+    await keep_trying(partial(serve, stopping), stopping, wait=wait, on_failure=report)
+
+
+def _keep(tasks: Supervisor, settings: RabbitMQ, name: str, serve: Serve, role: Role) -> None:
+    """Keep the connection `name` (logged in as `role`'s account) with `serve`, in a task."""
+    account = _account(settings, role)
+    run = partial(_reconnecting, serve=serve, settings=settings, name=name, account=account)
+    tasks.start(f"rabbitmq-{name}", run)
 
 
 Declare = Callable[[AbstractChannel, float], Awaitable[int]]
@@ -237,7 +230,6 @@ class _Confirming:
         role: str,
         url: str,
         declare: Declare,
-        *,
         exchange: str,
         routing_key: str,
     ) -> None:
@@ -333,33 +325,20 @@ class RabbitBroker:
         self.topology = t = Topology(settings)
         self._timeout = timeout
         self._intake = (
-            _Confirming(
-                self, "publisher", settings.url, t.check_exchange,
-                exchange=t.exchange, routing_key=t.queue,
-            )
+            _Confirming(self, "publisher", settings.url, t.check_exchange, t.exchange, t.queue)
             if intake
             else None
-        )  # fmt: skip
+        )
         self._dead_letters = _Confirming(
-            self, "dead-letters", settings.consumer_url, t.declare,
-            exchange=t.dlx, routing_key=t.dlq,
-        )  # fmt: skip
+            self, "dead-letters", settings.consumer_url, t.declare, t.dlx, t.dlq
+        )
         self._inbound: list[RabbitInbound] = []
         self._tasks = Supervisor()
         self._closed = False
 
-    def _keep(
-        self, name: str, serve: Callable[[asyncio.Event], Awaitable[None]], role: Role
-    ) -> None:
-        account = _account(self._settings, role)
-        run = partial(
-            _reconnecting, serve=serve, settings=self._settings, name=name, account=account
-        )
-        self._tasks.start(f"rabbitmq-{name}", run)
-
     def start(self) -> None:
         if self._intake is not None:
-            self._keep("publisher", self._intake.serve, "intake")
+            _keep(self._tasks, self._settings, "publisher", self._intake.serve, "intake")
 
     def publisher(self) -> RabbitBroker:
         """The outbound port to the order exchange: the broker itself."""
@@ -368,7 +347,7 @@ class RabbitBroker:
     def consumer(self, batch_size: int) -> RabbitInbound:
         """A consumer with `batch_size` deliveries in flight, on a connection of its own."""
         if not self._inbound:  # the first: the consumers' dead letters need their connection
-            self._keep("dead-letters", self._dead_letters.serve, "consumer")
+            _keep(self._tasks, self._settings, "dead-letters", self._dead_letters.serve, "consumer")
         inbound = RabbitInbound(self, prefetch=batch_size)
         self._inbound.append(inbound)
         inbound.start()
@@ -379,11 +358,9 @@ class RabbitBroker:
     ) -> AbstractChannel:
         """A new connection as the account in `url`, a channel on it and `declare` done."""
         async with asyncio.timeout(self._timeout):
-            connection = await aiormq.connect(
-                # which process holds it, as the management UI and rabbitmqctl show it
-                url,
-                client_properties={"connection_name": f"shop-{role} pid {os.getpid()}"},
-            )
+            # which process holds it, as the management UI and rabbitmqctl show it
+            name: dict[str, Any] = {"connection_name": f"shop-{role} pid {os.getpid()}"}
+            connection = await aiormq.connect(url, client_properties=name)
         try:
             channel = await self._open_channel(connection, declare, **channel_options)
         except BaseException:
@@ -400,15 +377,12 @@ class RabbitBroker:
             await declare(channel, self._timeout)
         return channel
 
-    async def publish(
-        self, messages: Sequence[Outgoing], *, timeout: float, dead_letters: bool = False
-    ) -> None:
-        """Publish persistent messages (mandatory) to the order exchange, or with
-        `dead_letters` to the dead-letter exchange, and wait for every confirm, or raise."""
-        publishing = self._dead_letters if dead_letters else self._intake
-        if publishing is None:
+    async def publish(self, messages: Sequence[Outgoing], *, timeout: float) -> None:
+        """Publish persistent messages (mandatory) to the order exchange and wait for every
+        confirm, or raise."""
+        if self._intake is None:
             raise PublishError("this process does not publish order commands")
-        await publishing.publish(messages, timeout)
+        await self._intake.publish(messages, timeout)
 
     async def check(self, timeout: float = 0.0) -> None:
         """Raise unless every connection this process keeps is open: intake's, and with
@@ -499,15 +473,7 @@ class RabbitInbound:
         self._tasks = Supervisor()
 
     def start(self) -> None:
-        settings = self._broker._settings
-        serve = partial(
-            _reconnecting,
-            serve=self._consume,
-            settings=settings,
-            name="consumer",
-            account=_account(settings, "consumer"),
-        )
-        self._tasks.start("rabbitmq-consumer", serve)
+        _keep(self._tasks, self._broker._settings, "consumer", self._consume, "consumer")
 
     def check(self) -> None:
         channel = self._channel
@@ -552,21 +518,17 @@ class RabbitInbound:
 
     async def take(self, max_messages: int, timeout: float) -> list[DeliveredMessage]:
         inbox = self.inbox
+        batch: list[DeliveredMessage] = []
         if inbox.empty():
             try:
                 async with asyncio.timeout(timeout):
-                    batch = [await inbox.get()]
+                    batch.append(await inbox.get())
             except TimeoutError:
                 return []
-        else:
-            batch = [inbox.get_nowait()]
         while len(batch) < max_messages and not inbox.empty():
             batch.append(inbox.get_nowait())
-        channel = self._channel
-        if any(m.channel is not channel for m in batch):
-            # Delivered on a channel that has since closed: the broker delivers them again.
-            batch = [m for m in batch if m.channel is channel]
-        return batch
+        # Delivered on a channel that has since closed: the broker delivers them again.
+        return [m for m in batch if m.channel is self._channel]
 
     async def ack(self, deliveries: Sequence[DeliveredMessage]) -> None:
         channel = self._channel
@@ -588,7 +550,7 @@ class RabbitInbound:
     async def dead_letter(self, delivery: DeliveredMessage, reason: str) -> None:
         message_id = delivery.header.properties.message_id or ""
         dead = Outgoing(message_id, delivery.body, {"x-reason": reason})
-        await self._broker.publish([dead], timeout=self._timeout, dead_letters=True)
+        await self._broker._dead_letters.publish([dead], self._timeout)
         # If its channel closed meanwhile, there is nothing to ack: it comes again, and goes to
         # the DLQ again.
         await self.ack([delivery])

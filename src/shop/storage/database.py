@@ -79,12 +79,7 @@ def _drop_connections_of_a_node_out_of_the_cluster(context: ExceptionContext) ->
 
 
 def _with_time_limit(
-    conn: Any,
-    _cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    _executemany: bool,
+    conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, _executemany: bool
 ) -> tuple[str, Any]:
     """A SELECT run with the execution option STATEMENT_SECONDS, as the server's flavour
     writes a time limit (SQLAlchemy reads which it is once per engine, when it first connects):

@@ -37,7 +37,6 @@ class Expiry:
         outbox: Outbox,
     ) -> None:
         self._engine = engine
-        self._table = column.table
         self._column = column
         self._ttl = dt.timedelta(seconds=ttl_seconds)
         self._every = outbox.purge_every_seconds
@@ -48,7 +47,7 @@ class Expiry:
         cutoff = jsonutil.utcnow() - self._ttl
         async with unit_of_work(self._engine, timeout=self._timeout) as conn:
             result = await conn.execute(
-                delete(self._table)
+                delete(self._column.table)
                 .where(self._column < cutoff)
                 .with_dialect_options(mysql_limit=BATCH)
             )
@@ -62,5 +61,5 @@ class Expiry:
                 while not stopping.is_set() and await self.purge_once() == BATCH:
                     pass
             except Exception as exc:
-                log.warning("purge of expired %s rows failed (%s)", self._table.name, exc)
+                log.warning("purge of expired %s rows failed (%s)", self._column.table.name, exc)
             await pause(stopping, self._every)

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from shop.errors import Unavailable
 from shop.supervision import retrieve
-
-log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -120,10 +117,7 @@ class Coalescer(Generic[Req, Res]):
         try:
             outcomes = await self._handler([entry.request for entry in batch])
         except Exception as exc:  # the whole batch failed: every request gets the error
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(exc)
-            return
+            outcomes = [exc] * len(batch)
         for entry, outcome in zip(batch, outcomes, strict=True):
             if entry.future.done():
                 continue

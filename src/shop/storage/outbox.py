@@ -19,15 +19,7 @@ from shop.events import Event
 from shop.ids import uuid7
 from shop.messaging.ports import Outbound, Outgoing
 from shop.settings import Outbox
-from shop.storage.database import (
-    Timestamp,
-    in_list,
-    insert_sql,
-    run_text,
-    sql_literal,
-    statements_unit,
-    unit_of_work,
-)
+from shop.storage import database
 from shop.storage.expiry import Expiry
 from shop.storage.write_counter import Generation
 from shop.supervision import first_of, keep_trying, pause
@@ -50,8 +42,8 @@ def outbox_table(name: str, metadata: MetaData) -> Table:
         Column("event_id", String(36), nullable=False),
         Column("event_key", String(64), nullable=False),
         Column("payload", LargeBinary().with_variant(MEDIUMBLOB(), "mysql"), nullable=False),
-        Column("created_at", Timestamp, nullable=False),
-        Column("sent_at", Timestamp, nullable=True),
+        Column("created_at", database.Timestamp, nullable=False),
+        Column("sent_at", database.Timestamp, nullable=True),
         Index(f"ix_{name}_unsent", "sent_at", "id"),
     )
 
@@ -78,7 +70,7 @@ _EVENT_COLUMNS = ("event_id", "event_key", "payload", "created_at")
 async def add_events(conn: AsyncConnection, table: Table, events: Sequence[Event]) -> None:
     """Record events inside the caller's transaction; they are published only if it commits."""
     if events:
-        await run_text(conn, insert_events_sql(table, events))
+        await database.run_text(conn, insert_events_sql(table, events))
 
 
 def insert_events_sql(table: Table, events: Sequence[Event]) -> str:
@@ -90,13 +82,14 @@ def insert_events_sql(table: Table, events: Sequence[Event]) -> str:
     now = jsonutil.utcnow()
     framed = [envelope(event, now) for event in events]
     if len(events) == 1:
-        [(event_id, payload)] = framed
-        return insert_sql(table.name, _EVENT_COLUMNS, [(event_id, events[0].key, payload, now)])
-    payload = b"".join(
-        event.key.encode() + b"\t" + body + b"\n"
-        for event, (_, body) in zip(events, framed, strict=True)
-    )
-    return insert_sql(table.name, _EVENT_COLUMNS, [(framed[0][0], MANY, payload, now)])
+        key, payload = events[0].key, framed[0][1]
+    else:
+        key = MANY
+        payload = b"".join(
+            event.key.encode() + b"\t" + body + b"\n"
+            for event, (_, body) in zip(events, framed, strict=True)
+        )
+    return database.insert_sql(table.name, _EVENT_COLUMNS, [(framed[0][0], key, payload, now)])
 
 
 # The event_key of a row carrying several events: its payload is one line per event, the
@@ -169,7 +162,7 @@ class Relay:
         self._wake.clear()
         self._seen = self._commits.value()
         t, publish_timeout = self._table, self._settings.publish_timeout_seconds
-        async with statements_unit(self._engine, timeout=publish_timeout + 10) as sql:
+        async with database.statements_unit(self._engine, timeout=publish_timeout + 10) as sql:
             (claimed,) = await sql.run([self._claim])
             if not claimed:
                 return 0, False  # (the unit ends its transaction)
@@ -183,8 +176,8 @@ class Relay:
                 messages += carried
             await self._publisher.publish(messages, timeout=publish_timeout)
             mark = (
-                f"UPDATE {t.name} SET sent_at = {sql_literal(jsonutil.utcnow())} "
-                f"WHERE id IN {in_list(sent)}"
+                f"UPDATE {t.name} SET sent_at = {database.sql_literal(jsonutil.utcnow())} "
+                f"WHERE id IN {database.in_list(sent)}"
             )
             await sql.run([mark], commit=True)
         OUTBOX_PUBLISHED.labels(t.name).inc(len(messages))
@@ -192,13 +185,10 @@ class Relay:
 
     async def backlog(self) -> int:
         """How many events wait to be published."""
-        t = self._table
-        async with unit_of_work(
-            self._engine, timeout=self._settings.backlog_timeout_seconds
-        ) as conn:
-            count = await conn.scalar(
-                select(func.count()).select_from(t).where(t.c.sent_at.is_(None))
-            )
+        t, timeout = self._table, self._settings.backlog_timeout_seconds
+        unsent = select(func.count()).select_from(t).where(t.c.sent_at.is_(None))
+        async with database.unit_of_work(self._engine, timeout=timeout) as conn:
+            count = await conn.scalar(unsent)
         return int(count or 0)
 
     async def run(self, stopping: asyncio.Event) -> None:
