@@ -203,8 +203,7 @@ def place_orders(requests: Sequence[OrderRequest], known: Known, *, now: dt.date
     waiting = {k: c for k, c in claims.items() if c.order_id not in orders}
     decision = Decision()
     state = _State(orders, keys, dict(known.products), waiting, decision, now)
-    for request in requests:
-        decision.outcomes.append(state.decide(request))
+    decision.outcomes = [state.decide(request) for request in requests]
     decision.events = [_order_event(o) for o in decision.orders] + [
         _stock_event(p) for p in decision.products.values()
     ]
