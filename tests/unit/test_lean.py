@@ -24,13 +24,13 @@ from sqlalchemy.exc import OperationalError
 
 from shop.access.client_address import Clients
 from shop.access.rate_limit import OrderLimits, SearchLimits
-from shop.errors import IdempotencyMismatch, InvalidInput, OutOfStock, Unavailable
+from shop.errors import IdempotencyMismatch, OutOfStock, Unavailable
 from shop.fields import CENT
 from shop.orders import api as order_api
 from shop.orders import domain
 from shop.orders.domain import AsyncChannel
 from shop.orders.models import Accepted, PlaceOrder
-from shop.orders.service import OrderQuery
+from shop.orders.service import OrderQuery, OrderService
 from shop.products import api as product_api
 from shop.products.domain import ProductView, Versioned, encode_cursor
 from shop.products.service import ProductService
@@ -39,20 +39,28 @@ from shop.web import app_factory, middleware
 from tests.clock import FakeClock
 from tests.tokens import Issuer
 from tests.unit.fake_product_store import FakeProductStore
+from tests.unit.fakes import FakeOrderStore, fake_prices
 
 ISSUER = Issuer()
 
 MAX_BODY = 2048
 
 
-class FakeOrders:
-    """Answers by the quantity: some quantities stand for each way a placement fails."""
+class FakeOrders(OrderService):
+    """Answers by the quantity: some quantities stand for each way a placement fails. Its
+    `check_order` is the service's own, with MAX_ORDER_QUANTITY at 590."""
 
     MAX_QUANTITY = 590
 
-    def check_order(self, order: PlaceOrder) -> None:
-        if order.quantity > self.MAX_QUANTITY:
-            raise InvalidInput(f"at most {self.MAX_QUANTITY}", field="quantity")
+    def __init__(self) -> None:
+        store = FakeOrderStore()
+        super().__init__(
+            store,
+            prices=fake_prices(store),
+            publishers={},
+            on_event=lambda: None,
+            settings=Orders(max_quantity=self.MAX_QUANTITY),
+        )
 
     def _decide(
         self, order: PlaceOrder, channel: AsyncChannel | None, caller: str, key: str | None

@@ -17,6 +17,7 @@ import pytest
 from shop import jsonutil
 from shop.products.domain import ProductQuery
 from shop.products.page_cache import Page, PageCache
+from shop.settings import Products
 from shop.storage.write_counter import Generation, SharedGeneration
 
 QUERY = ProductQuery(limit=100)
@@ -32,9 +33,8 @@ class _Catalogue:
     """One worker's page cache over the stand-in database; loads wait for `gate`."""
 
     def __init__(self, writes: Generation | None = None, shared: _Shared | None = None) -> None:
-        self.pages = PageCache(
-            self._load, seconds=60, max_bytes=1 << 20, writes=writes or Generation()
-        )
+        settings = Products(cache_seconds=60, cache_bytes=1 << 20)
+        self.pages = PageCache(self._load, settings, writes=writes or Generation())
         self.loads = 0
         self.shared = shared or _Shared()
         self.fail = False
@@ -165,8 +165,7 @@ class _Pages:
         self.loads = 0
         self.cache = PageCache(
             self._load,
-            seconds=seconds,
-            max_bytes=budget,
+            Products(cache_seconds=seconds, cache_bytes=budget),
             writes=Generation(),
             clock=lambda: self.now,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, Security
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from shop.fields import MAX_ID
 from shop.orders import domain
 from shop.orders.domain import AsyncChannel, Channel, OrderStatus, order_view
 from shop.orders.models import Accepted, Order, PlaceOrder
-from shop.orders.service import OrderQuery
+from shop.orders.service import OrderQuery, OrderService
 from shop.settings import Orders as OrderSettings
 from shop.storage.idempotency import is_key
 from shop.web import openapi as doc
@@ -25,32 +25,6 @@ from shop.web.fastpath.routes import LeanRoute, Reply, as_response, is_json, sin
 from shop.web.problems import JSONResponse, next_page_link
 
 OrderId = Annotated[uuid.UUID, Path(description="The order's id (a UUID)")]
-
-
-class Orders(Protocol):
-    """What the routes ask of the order service (`shop.orders.service.OrderService`)."""
-
-    async def list_orders(self, query: OrderQuery) -> tuple[list[domain.Order], str | None]: ...
-
-    def check_order(self, order: PlaceOrder) -> None:
-        """Raise InvalidInput unless the order meets the rules beyond its fields' types."""
-
-    async def get_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
-
-    async def place_order(
-        self, order: PlaceOrder, *, caller: str, idempotency_key: str | None = None
-    ) -> domain.Order: ...
-
-    async def accept_order(
-        self,
-        order: PlaceOrder,
-        *,
-        channel: AsyncChannel,
-        caller: str,
-        idempotency_key: str | None = None,
-    ) -> Accepted: ...
-
-    async def cancel_order(self, order_id: uuid.UUID, *, owner: int | None) -> domain.Order: ...
 
 
 # What a client can do next with the order an answer names. Not from the asynchronous intakes:
@@ -91,7 +65,7 @@ def _owner(principal: Principal) -> int | None:
     return None if principal.has(ADMIN_SCOPE) else principal.customer()
 
 
-def router(service: Orders, auth: Authenticator, limits: OrderLimits) -> APIRouter:
+def router(service: OrderService, auth: Authenticator, limits: OrderLimits) -> APIRouter:
     api = APIRouter(prefix="/orders", tags=["orders"])
     verified = caller(auth)
 
@@ -184,7 +158,9 @@ def router(service: Orders, auth: Authenticator, limits: OrderLimits) -> APIRout
     return api
 
 
-def lean_routes(service: Orders, auth: Authenticator, limits: OrderLimits) -> list[LeanRoute[Any]]:
+def lean_routes(
+    service: OrderService, auth: Authenticator, limits: OrderLimits
+) -> list[LeanRoute[Any]]:
     """The three order intakes, answered without FastAPI in the plain case (`fastpath.routes`)."""
 
     def intake(channel: Channel) -> LeanRoute[PlainOrder]:
@@ -200,7 +176,7 @@ def lean_routes(service: Orders, auth: Authenticator, limits: OrderLimits) -> li
 
 
 async def _intake(
-    service: Orders,
+    service: OrderService,
     limits: OrderLimits,
     principal: Principal,
     order: PlaceOrder,

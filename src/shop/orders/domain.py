@@ -201,10 +201,9 @@ def place_orders(requests: Sequence[OrderRequest], known: Known, *, now: dt.date
     orders, claims = dict(known.orders), known.claims
     keys = {k: orders[c.order_id] for k, c in claims.items() if c.order_id in orders}
     waiting = {k: c for k, c in claims.items() if c.order_id not in orders}
-    state = _State(orders, keys, dict(known.products), waiting)
     decision = Decision()
-    for request in requests:
-        decision.outcomes.append(state.decide(request, decision, now))
+    state = _State(orders, keys, dict(known.products), waiting, decision, now)
+    decision.outcomes = [state.decide(request) for request in requests]
     decision.events = [_order_event(o) for o in decision.orders] + [
         _stock_event(p) for p in decision.products.values()
     ]
@@ -240,80 +239,75 @@ def cancel_order(
 
 @dataclass(slots=True)
 class _State:
+    """What the requests decided so far see: stored and new orders, keys, claims, stock."""
+
     orders: dict[uuid.UUID, Order]
     keys: dict[bytes, Order]
     products: dict[int, Product]
     claims: dict[bytes, KeyClaim]
+    decision: Decision
+    now: dt.datetime
 
-    def decide(self, request: OrderRequest, decision: Decision, now: dt.datetime) -> Outcome:
+    def decide(self, request: OrderRequest) -> Outcome:
         stored = self.orders.get(request.order_id)
         if stored is not None:  # redelivered, or a retry named by an alias
             return Replayed(stored)
         if request.key is None:
-            return self._place(request, decision, now)
+            return self._place(request)
         first = self.keys.get(request.key)
         if first is not None:
             if same_order(first, request):
-                self._alias(request, first.id, decision)
+                self._alias(request, first.id)
                 return Replayed(first)
-            return self._key_reused(request, decision, first, now)
+            return self._key_reused(request, first)
         claim = self.claims.get(request.key)
         if claim is None:
-            return self._place(request, decision, now, record_key=True)
+            return self._place(request, record_key=True)
         if not same_order(claim, request):
-            return self._key_reused(request, decision, None, now)
+            return self._key_reused(request, None)
         # The key was given an id at intake and its order is not stored yet: this is it.
-        self._alias(request, claim.order_id, decision)
-        outcome = self._place(dataclasses.replace(request, order_id=claim.order_id), decision, now)
+        self._alias(request, claim.order_id)
+        outcome = self._place(dataclasses.replace(request, order_id=claim.order_id))
         if isinstance(outcome, Placed):
             del self.claims[request.key]
             self.keys[request.key] = outcome.order
-            if request.order_id in decision.aliases:
+            if request.order_id in self.decision.aliases:
                 self.orders[request.order_id] = outcome.order
         return outcome
 
-    def _place(
-        self,
-        request: OrderRequest,
-        decision: Decision,
-        now: dt.datetime,
-        *,
-        record_key: bool = False,
-    ) -> Outcome:
-        reason = self._take_stock(request, decision)
+    def _place(self, request: OrderRequest, *, record_key: bool = False) -> Outcome:
+        reason = self._take_stock(request)
         if reason is None:
-            price = self.products[request.product_id].price
-            order = _order(request, now, price=price)
+            order = _order(request, self.now, price=self.products[request.product_id].price)
         elif request.channel == "sync":
             return Refused(reason, request.product_id, request.quantity)
         else:
-            order = _order(request, now, reason)
-        decision.orders.append(order)
-        self.orders[order.id] = order
+            order = _order(request, self.now, reason)
         if record_key and request.key is not None:
-            decision.keys[request.key] = order.id
+            self.decision.keys[request.key] = order.id
             self.keys[request.key] = order
-        return Placed(order)
+        return self._add(order)
 
-    def _alias(self, request: OrderRequest, order_id: uuid.UUID, decision: Decision) -> None:
+    def _alias(self, request: OrderRequest, order_id: uuid.UUID) -> None:
         """An async request's own id (its 202 named it) must find the order it is one with."""
         if request.channel != "sync" and request.order_id != order_id:
-            decision.aliases[request.order_id] = order_id
+            self.decision.aliases[request.order_id] = order_id
             if order_id in self.orders:
                 self.orders[request.order_id] = self.orders[order_id]
 
-    def _key_reused(
-        self, request: OrderRequest, decision: Decision, first: Order | None, now: dt.datetime
-    ) -> Outcome:
+    def _key_reused(self, request: OrderRequest, first: Order | None) -> Outcome:
         if request.channel == "sync":
             return KeyMismatch(first)
         # Its client holds a 202 for this id: store the refusal under it, for them to read.
-        order = _order(request, now, KEY_REUSED)
-        decision.orders.append(order)
+        return self._add(_order(request, self.now, KEY_REUSED))
+
+    def _add(self, order: Order) -> Placed:
+        """A new order: to insert, and seen by the requests after it."""
+        self.decision.orders.append(order)
         self.orders[order.id] = order
         return Placed(order)
 
-    def _take_stock(self, request: OrderRequest, decision: Decision) -> str | None:
+    def _take_stock(self, request: OrderRequest) -> str | None:
         """Take the request's units from its product; the reason when it cannot."""
         product = self.products.get(request.product_id)
         if product is None:
@@ -328,7 +322,7 @@ class _State:
         taken = Product(
             product.id, product.price, product.stock - request.quantity, product.version + 1
         )
-        self.products[product.id] = decision.products[product.id] = taken
+        self.products[product.id] = self.decision.products[product.id] = taken
         return None
 
 

@@ -47,11 +47,7 @@ class Prices:
     async def get(self, product_id: int) -> Decimal | None:
         """The price, or None when intake cannot tell (no such product, database silent)."""
         now = self._now()
-        last: Decimal | None
-        try:
-            expires, last = self._cached[product_id]
-        except KeyError:
-            expires, last = 0.0, None
+        expires, last = self._cached.get(product_id, (0.0, None))
         if expires > now or now < self._down_until:
             return last  # fresh; or stale (or None) while the database is known to be down
         load = self._loading.get(product_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -26,7 +27,7 @@ from shop import jsonutil
 from shop.errors import IdempotencyMismatch, InvalidInput, OutOfStock
 from shop.ids import uuid7
 from shop.orders import domain
-from shop.orders.domain import AsyncChannel, Order, OrderRequest, Outcome
+from shop.orders.domain import AsyncChannel, Channel, Order, OrderRequest, Outcome
 from shop.orders.models import Accepted, OrderCommand, PlaceOrder
 from shop.orders.prices import Prices
 from shop.orders.store import OrderStore, OrderUnit
@@ -81,6 +82,12 @@ def order_key(caller: str | None, user_id: int, idempotency_key: str | None) -> 
         scope = f"order\x1f{len(caller)}:{caller}\x1f{user_id}"
     text = f"{scope}\x1f{idempotency_key}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def _request(
+    order_id: uuid.UUID, order: PlaceOrder, channel: Channel, key: bytes | None
+) -> OrderRequest:
+    return OrderRequest(order_id, order.user_id, order.product_id, order.quantity, channel, key)
 
 
 def _answer(outcome: Outcome) -> Order:
@@ -155,10 +162,7 @@ class OrderService:
         """
         self.check_order(order)
         key = order_key(caller, order.user_id, idempotency_key)
-        request = OrderRequest(
-            uuid7(), order.user_id, order.product_id, order.quantity, "sync", key
-        )
-        return _answer(await self._sync_orders.submit(request))
+        return _answer(await self._sync_orders.submit(_request(uuid7(), order, "sync", key)))
 
     async def run_sync_orders(self, stopping: asyncio.Event) -> None:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
@@ -188,14 +192,7 @@ class OrderService:
         BATCH_SIZE.labels(commands[0].channel).observe(len(commands))
         verdicts = [self._refusal(c) for c in commands]
         requests = [
-            OrderRequest(
-                order_id=c.id,
-                user_id=c.user_id,
-                product_id=c.product_id,
-                quantity=c.quantity,
-                channel=c.channel,
-                key=order_key(c.caller, c.user_id, c.idempotency_key),
-            )
+            _request(c.id, c, c.channel, order_key(c.caller, c.user_id, c.idempotency_key))
             for c, refused in zip(commands, verdicts, strict=True)
             if refused is None
         ]
@@ -235,25 +232,19 @@ class OrderService:
         PLACE_ATTEMPTS; a larger batch that does not is halved by `_place_isolated`.
         """
         for _ in range(PLACE_ATTEMPTS - 1):
-            try:
+            with contextlib.suppress(IntegrityError):
                 return await self._place(requests)
-            except IntegrityError:
-                pass
         return await self._place(requests)
 
     async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
+        """One try at a batch; after its commit, count the stored orders and wake the relay."""
         decision = await self._store.transact(partial(_decide, requests))
-        self._stored(decision.orders)
+        if decision.orders:
+            counts = collections.Counter((o.channel, o.status) for o in decision.orders)
+            for (channel, status), n in counts.items():
+                ORDERS_STORED.labels(channel, status).inc(n)
+            self._on_event()
         return decision.outcomes
-
-    def _stored(self, orders: Sequence[Order]) -> None:
-        """After a commit: count the stored orders and wake the outbox relay."""
-        if not orders:
-            return
-        counts = collections.Counter((o.channel, o.status) for o in orders)
-        for (channel, status), n in counts.items():
-            ORDERS_STORED.labels(channel, status).inc(n)
-        self._on_event()
 
     async def accept_order(
         self,

@@ -210,10 +210,10 @@ def save_statements(decision: Decision) -> list[str]:
             (k, i.bytes, placed[i].product_id, placed[i].quantity, now)
             for k, i in decision.keys.items()
         ]
-        statements.append(insert_sql(order_keys.name, _KEY_COLUMNS, rows))
+        statements.append(insert_sql(order_keys.name, tuple(order_keys.c.keys()), rows))
     if decision.aliases:
         aliases = [(a.bytes, o.bytes, now) for a, o in decision.aliases.items()]
-        statements.append(insert_sql(order_aliases.name, _ALIAS_COLUMNS, aliases))
+        statements.append(insert_sql(order_aliases.name, tuple(order_aliases.c.keys()), aliases))
     statements += [
         f"UPDATE orders SET status = {sql_literal(o.status)}, updated_at = "
         f"{sql_literal(o.updated_at)}, version = {o.version:d} WHERE id = X'{o.id.hex}'"
@@ -223,7 +223,3 @@ def save_statements(decision: Decision) -> list[str]:
     if events:
         statements.append(outbox.insert_events_sql(order_outbox, events))
     return statements
-
-
-_KEY_COLUMNS = ("key_hash", "order_id", "product_id", "quantity", "created_at")
-_ALIAS_COLUMNS = ("id", "order_id", "created_at")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from shop.products.domain import ProductQuery
+from shop.settings import Products
 from shop.storage.write_counter import Generation
 from shop.supervision import retrieve
 
@@ -32,18 +33,19 @@ class Page:
 
 
 class PageCache:
-    """Pages by query, loaded by `load`; `clock` (seconds) is the cache's time."""
+    """Pages by query, loaded by `load`, kept as `settings` say (PRODUCT_LIST_CACHE_*);
+    `clock` (seconds) is the cache's time."""
 
     def __init__(
         self,
         load: Callable[[ProductQuery], Awaitable[Page]],
+        settings: Products,
         *,
-        seconds: float,
-        max_bytes: int,
         writes: Generation,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
+        seconds, max_bytes = settings.cache_seconds, settings.cache_bytes
         self._seconds = seconds
         self._writes = writes
         # Per query: (the write counter when its load began, the page).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, Protocol
 
 from sqlalchemy import Select, delete, select, update
@@ -107,10 +107,7 @@ class SqlProductStore:
             stmt = stmt.where(products.c.price >= query.min_price)
         if query.max_price is not None:
             stmt = stmt.where(products.c.price <= query.max_price)
-        if query.is_search():
-            async with self._search_place():
-                rows = await self._rows(stmt)
-        else:
+        async with self._search_place() if query.is_search() else nullcontext():
             rows = await self._rows(stmt)
         # Timestamps stay naive UTC: jsonutil writes them with a Z.
         return [dict(zip(_KEYS, row, strict=True)) for row in rows]

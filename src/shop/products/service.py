@@ -3,7 +3,6 @@ decide, and stores the result with its outbox event in one unit of work."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -31,17 +30,10 @@ class ProductService:
         on_event: Callable[[], None],
         settings: Products,
         writes: Generation | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._on_event = on_event
-        self._pages = PageCache(
-            self._render,
-            seconds=settings.cache_seconds,
-            max_bytes=settings.cache_bytes,
-            writes=writes or Generation(),
-            clock=clock,
-        )
+        self._pages = PageCache(self._render, settings, writes=writes or Generation())
 
     async def create_product(
         self, data: ProductCreate, *, owner: str, idempotency_key: str | None = None
