@@ -20,6 +20,7 @@ from shop.settings import Http, Orders
 from shop.web import app_factory, health
 from shop.web.problems import next_page_link
 from tests.tokens import Issuer
+from tests.unit.protocol_client import ProtocolTransport
 from tests.unit.test_lean import CLIENTS, FakeOrders, products_in_memory, search_limits
 
 ISSUER = Issuer()
@@ -47,8 +48,11 @@ def _generous() -> OrderLimits:
     return OrderLimits(terms, slots=1024)
 
 
-async def _send(app: FastAPI, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+async def _send(
+    app: FastAPI, method: str, url: str, *, wire: ProtocolTransport | None = None, **kwargs: Any
+) -> httpx.Response:
+    """The answer over the services' HTTP protocol, which serves the lean routes."""
+    transport = wire or ProtocolTransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
         return await client.request(method, url, **kwargs)
 
@@ -70,10 +74,12 @@ def test_the_next_page_link_is_the_requests_path_and_query_with_the_cursor() -> 
 @pytest.mark.parametrize("host", ["shop.test", "evil.example:8443", "x/../y"])
 async def test_a_list_links_its_next_page_relatively_whatever_the_host(host: str) -> None:
     app = _app()
-    # The lean route (limit alone) and FastAPI's (with a name filter) alike.
-    for query in ("limit=2", "limit=2&name=chair"):
-        answer = await _send(app, "GET", f"/products?{query}", headers={"Host": host})
+    # The lean route (limit alone) and FastAPI's (with a name filter, it reaches the app) alike.
+    for query, reaches_app in (("limit=2", 0), ("limit=2&name=chair", 1)):
+        wire = ProtocolTransport(app)
+        answer = await _send(app, "GET", f"/products?{query}", wire=wire, headers={"Host": host})
         assert answer.status_code == 200, answer.text
+        assert wire.calls == reaches_app
         link = answer.headers["link"]
         assert link.startswith(f"</products?{query}&cursor="), link
         assert link.endswith('>; rel="next"')

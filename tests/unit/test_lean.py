@@ -1,7 +1,8 @@
 """The lean routes keep the API's contract: the same requests get the same answers.
 
-Each generated request goes to an app with the lean routes and to one without them (FastAPI
-alone), both over the same in-memory fakes of the services; status, headers and body must be
+Each generated request goes over the services' HTTP protocol (where the lean routes are served,
+`fastpath.protocol`) to an app with the lean routes and to one without them (FastAPI alone),
+both over the same in-memory fakes of the services; status, headers and body must be
 identical, for plain requests and for every kind of refusal.
 """
 
@@ -40,6 +41,7 @@ from tests.clock import FakeClock
 from tests.tokens import Issuer
 from tests.unit.fake_product_store import FakeProductStore
 from tests.unit.fakes import FakeOrderStore, fake_prices
+from tests.unit.protocol_client import ProtocolTransport
 
 ISSUER = Issuer()
 
@@ -186,8 +188,14 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 async def _answer(app: FastAPI, request: httpx.Request) -> tuple[int, list[Any], bytes]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
+    """The answer over the protocol: the lean routes served as in production."""
+    return await _send(ProtocolTransport(app), request)
+
+
+async def _send(
+    transport: ProtocolTransport, request: httpx.Request
+) -> tuple[int, list[Any], bytes]:
+    async with httpx.AsyncClient(transport=transport) as client:
         response = await client.send(request)
     return response.status_code, response.headers.multi_items(), response.content
 
@@ -266,9 +274,14 @@ content_types = st.sampled_from(
 keys: st.SearchStrategy[list[str]] = st.one_of(
     st.just([]),
     st.lists(st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8), max_size=2),
-    # Control characters and DEL (no HTTP server lets them through; an in-process client
-    # does), and the latin-1 octets a header may carry.
-    st.lists(st.text(st.characters(max_codepoint=255), min_size=1, max_size=4), max_size=1),
+    # Control characters and DEL (the server's parser refuses them, 400, before any route),
+    # and the latin-1 octets a header may carry; not CR or LF, which end a header on the wire.
+    st.lists(
+        st.text(
+            st.characters(max_codepoint=255, exclude_characters="\r\n"), min_size=1, max_size=4
+        ),
+        max_size=1,
+    ),
     st.just(["k" * 255]),
     st.just(["k" * 256]),
 )
@@ -298,33 +311,61 @@ def test_order_intakes_answer_as_fastapi_does(
     _same_answer(loop, APPS, request)
 
 
+# (key, whether FastAPI's header type takes it, whether the server's parser lets it through)
 KEYS = [
-    ("k" * 255, True),
-    ("a b\tc", True),
-    ("caf\u00e9", True),
-    ("k" * 256, False),
-    ("", False),
-    ("a\x00", False),
-    ("a\nb", False),
-    ("del\x7f", False),
-    ("\x1b", False),
+    ("k" * 255, True, True),
+    ("a b\tc", True, True),
+    ("caf\u00e9", True, True),
+    ("k" * 256, False, True),
+    ("", False, True),
+    ("a\x00", False, False),
+    ("a\nb", False, False),
+    ("del\x7f", False, False),
+    ("\x1b", False, False),
 ]
 
 
-@pytest.mark.parametrize(("key", "accepted"), KEYS)
+@pytest.mark.parametrize(("key", "valid", "sendable"), KEYS)
 def test_a_plain_order_with_any_key_answers_as_fastapi_does(
-    loop: asyncio.AbstractEventLoop, key: str, accepted: bool
+    loop: asyncio.AbstractEventLoop, key: str, valid: bool, sendable: bool
 ) -> None:
-    """Keys an HTTP server would not let through too, as an in-process client sends them: the
-    fast path refuses (hands to FastAPI) exactly what the header's type refuses."""
-    user = 40 + KEYS.index((key, accepted))  # a customer per key: a full bucket
+    """A key the server's parser refuses is answered 400 before any route, lean or not."""
+    user = 40 + KEYS.index((key, valid, sendable))  # a customer per key: a full bucket
+    for path in ("sync", "async/kafka"):
+        status, _, _ = _same_answer(loop, APPS, _order_with_key(path, user, key))
+        accepted = 201 if path == "sync" else 202
+        assert status == ((accepted if valid else 422) if sendable else 400)
+
+
+@pytest.mark.parametrize(("key", "valid", "sendable"), KEYS)
+def test_the_lean_routes_take_exactly_the_keys_fastapi_takes(
+    loop: asyncio.AbstractEventLoop, key: str, valid: bool, sendable: bool
+) -> None:
+    """Keys no HTTP server lets through too, as an ASGI client sends them: a lean route's parse
+    refuses (hands to FastAPI) exactly what FastAPI's header type refuses (422)."""
+    lean, plain = _apps()
+    user = 40 + KEYS.index((key, valid, sendable))
+    for path in ("sync", "async/kafka"):
+        request = _order_with_key(path, user, key)
+        route = lean.state.lean.routes[("POST", request.url.path)]
+        scope = {"headers": [(name.lower(), value) for name, value in request.headers.raw]}
+        assert (route.parse(scope, request.read()) is not None) is valid
+        status = loop.run_until_complete(_in_process(plain, request))
+        assert status == ((201 if path == "sync" else 202) if valid else 422)
+
+
+async def _in_process(app: FastAPI, request: httpx.Request) -> int:
+    """The status of the answer to a client of the ASGI app: FastAPI's routes alone."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport) as client:
+        return (await client.send(request)).status_code
+
+
+def _order_with_key(path: str, user: int, key: str) -> httpx.Request:
     headers = {b"Idempotency-Key": key.encode("latin-1")}
     headers |= {name.encode(): value.encode() for name, value in ISSUER.bearer(user).items()}
     order = {"user_id": user, "product_id": 2, "quantity": 3}
-    for path in ("sync", "async/kafka"):
-        request = httpx.Request("POST", f"http://t/orders/{path}", json=order, headers=headers)
-        status, _, _ = _same_answer(loop, APPS, request)
-        assert status == ((201 if path == "sync" else 202) if accepted else 422)
+    return httpx.Request("POST", f"http://t/orders/{path}", json=order, headers=headers)
 
 
 limits = st.sampled_from(
@@ -351,24 +392,29 @@ def test_product_list_answers_as_fastapi_does(loop: asyncio.AbstractEventLoop, q
 def test_plain_requests_are_answered_by_the_lean_routes_alone(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    """Without FastAPI's routes, plain requests still get their answer; others find nothing."""
+    """Without FastAPI's routes, plain requests still get their answer, from the protocol (the
+    app is not called); others reach the app and find nothing."""
     lean_only, _ = _apps(fastapi_routes=False)
+    wire = ProtocolTransport(lean_only)
 
-    def send(request: httpx.Request) -> int:
-        return loop.run_until_complete(_answer(lean_only, request))[0]
+    def send(request: httpx.Request) -> tuple[int, int]:
+        """The status, and how many requests reached the app."""
+        before = wire.calls
+        status, _, _ = loop.run_until_complete(_send(wire, request))
+        return status, wire.calls - before
 
     paths = (("sync", 201), ("async/kafka", 202), ("async/rabbitmq", 202))
     for user, (path, status) in enumerate(paths, start=10):  # one customer each: no 429
         order = {"user_id": user, "product_id": 2, "quantity": 3}
         token = ISSUER.bearer(user)
         url = f"http://t/orders/{path}"
-        assert send(httpx.Request("POST", url, json=order, headers=token)) == status
-        assert send(httpx.Request("POST", url, json=order)) == 401
-        assert send(httpx.Request("POST", url, json=order, headers=ISSUER.bearer(2))) == 403
+        assert send(httpx.Request("POST", url, json=order, headers=token)) == (status, 0)
+        assert send(httpx.Request("POST", url, json=order)) == (401, 0)
+        assert send(httpx.Request("POST", url, json=order, headers=ISSUER.bearer(2))) == (403, 0)
         refused = httpx.Request("POST", url, json={**order, "quantity": 0}, headers=token)
-        assert send(refused) == 404  # not plain: FastAPI's router, which has no such route here
-    assert send(httpx.Request("GET", "http://t/products?limit=7")) == 200
-    assert send(httpx.Request("GET", "http://t/products?limit=0")) == 404
+        assert send(refused) == (404, 1)  # not plain: FastAPI's router, with no such route here
+    assert send(httpx.Request("GET", "http://t/products?limit=7")) == (200, 0)
+    assert send(httpx.Request("GET", "http://t/products?limit=0")) == (404, 1)
 
 
 def test_lean_answers_are_counted_under_their_route(loop: asyncio.AbstractEventLoop) -> None:
@@ -377,5 +423,7 @@ def test_lean_answers_are_counted_under_their_route(loop: asyncio.AbstractEventL
     order = {"user_id": 77, "product_id": 2, "quantity": 3}  # a customer with a full bucket
     url = "http://t/orders/async/kafka"
     request = httpx.Request("POST", url, json=order, headers=ISSUER.bearer(77))
-    assert loop.run_until_complete(_answer(APPS[0], request))[0] == 202
+    wire = ProtocolTransport(APPS[0])
+    assert loop.run_until_complete(_send(wire, request))[0] == 202
+    assert wire.calls == 0  # a lean answer: the app's metrics middleware never saw it
     assert counter._value.get() == before + 1

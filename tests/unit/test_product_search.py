@@ -22,6 +22,7 @@ from shop.settings import Http, Products
 from shop.web import app_factory, openapi
 from tests.clock import FakeClock
 from tests.tokens import Issuer
+from tests.unit.protocol_client import ProtocolTransport
 from tests.unit.test_lean import products_in_memory
 
 ISSUER = Issuer()
@@ -83,7 +84,8 @@ def _limits(clock: FakeClock) -> SearchLimits:
 
 
 async def _get(app: FastAPI, url: str, **headers: str) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    """The answer over the services' HTTP protocol, which serves the lean route (plain pages)."""
+    transport = ProtocolTransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
         return await client.get(url, headers=headers)
 
@@ -134,7 +136,7 @@ async def test_searches_count_per_customer_token_and_not_for_catalogue_operators
 
 
 async def test_clients_behind_a_trusted_proxy_are_told_apart() -> None:
-    app = _app(_limits(FakeClock()), trusted=("127.0.0.1",))  # the in-process client's peer
+    app = _app(_limits(FakeClock()), trusted=("127.0.0.1",))  # the fake socket's peer
     for client in ("198.51.100.1", "198.51.100.2"):
         for _ in range(3):
             answer = await _get(app, "/products?name=chair", **{"X-Forwarded-For": client})

@@ -1,7 +1,8 @@
 """The limits as clients meet them: an order intake answers 429 with Retry-After and a
 problem+json body naming the limit (`orders` or `units`), an order refused for its units spends
 none of the customer's orders, an invalid order is 422 and spends nothing, and `orders:admin`
-is not limited. Through the order routes (lean and FastAPI alike), over in-memory fakes."""
+is not limited. Through the order routes (lean and FastAPI alike, over the services' HTTP
+protocol, which serves the lean ones), over in-memory fakes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shop.settings import Http, Orders
 from shop.web import app_factory
 from tests.clock import FakeClock
 from tests.tokens import Issuer
+from tests.unit.protocol_client import ProtocolTransport
 from tests.unit.test_lean import FakeOrders
 
 ISSUER = Issuer()
@@ -44,10 +46,13 @@ def _app(limits: OrderLimits, *, lean: bool) -> FastAPI:
 async def _order(
     app: FastAPI, quantity: int, *, subject: Any = CUSTOMER, **kw: Any
 ) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    transport = ProtocolTransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as client:
         body = {"user_id": CUSTOMER, "product_id": 2, "quantity": quantity}
-        return await client.post("/orders/sync", json=body, headers=ISSUER.bearer(subject, **kw))
+        answer = await client.post("/orders/sync", json=body, headers=ISSUER.bearer(subject, **kw))
+    lean = hasattr(app.state, "lean")
+    assert transport.calls == (0 if lean else 1)  # with lean routes, every answer is theirs
+    return answer
 
 
 @pytest.mark.parametrize("lean", [True, False])
