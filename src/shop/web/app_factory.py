@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from shop.settings import Http
 from shop.web import docs_pages as docs
 from shop.web import openapi
-from shop.web.fastpath.routes import Lean, LeanRoute, LeanRoutes
+from shop.web.fastpath.routes import Lean, LeanRoute
 from shop.web.middleware import BodyLimit, Metrics, observe_request
 from shop.web.problems import JSONResponse, install_handlers
 
@@ -32,7 +32,8 @@ def new_app(
     FastAPI's own OpenTelemetry hooks are off: the services export Prometheus metrics, and the
     hooks looked up the environment on every request (2 % of a request's CPU in a profile).
     The `lean` routes answer their plain requests without FastAPI's per-request work
-    (`fastpath.routes`). The server's protocol finds the request deadlines in `app.state.http`.
+    (`fastpath.routes`); the server's protocol serves them from `app.state.lean`, and finds the
+    request deadlines in `app.state.http`.
     """
 
     app = FastAPI(
@@ -45,10 +46,9 @@ def new_app(
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_handlers(app)
-    if lean:  # inside the body limit and the metrics, in front of the router
+    if lean:
         routes = {(route.method, route.path): route for route in lean}
         app.state.lean = Lean(app, routes, http.max_body_bytes, partial(observe_request, service))
-        app.add_middleware(LeanRoutes, lean=app.state.lean)
     app.add_middleware(BodyLimit, max_bytes=http.max_body_bytes)
     app.add_middleware(Metrics, service=service)
     app.state.http = http

@@ -6,12 +6,14 @@ than the order itself: answering a validated order body with no I/O took 342 us 
 FastAPI and 95 us as a bare ASGI callable. A `LeanRoute` answers one method and path, and only
 in the plain case: its `parse` returns None for anything it does not recognise as plain (another
 content type, a body that does not validate, a repeated or odd header or query parameter), and
-that request goes to the FastAPI app with its body replayed. So every refusal keeps its one
-definition (the FastAPI route and the shared handlers), and the OpenAPI document is unchanged.
-An error raised while answering goes through the app's own exception handlers.
+that request goes to the FastAPI app with its body. So every refusal keeps its one definition
+(the FastAPI route and the shared handlers), and the OpenAPI document is unchanged. An error
+raised while answering goes through the app's own exception handlers.
 
-`tests/unit/test_lean.py` sends the same generated requests through an app with and without the
-lean routes and requires identical answers.
+The server's HTTP protocol serves them (`fastpath.protocol`), before any ASGI app is called: a
+client of the ASGI app itself (httpx.ASGITransport) meets the FastAPI routes alone.
+`tests/unit/test_lean.py` sends the same generated requests over the protocol to an app with and
+without the lean routes and requires identical answers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 
@@ -137,69 +139,6 @@ def allowed_methods(scope: Scope) -> list[str]:
     if lean is not None:
         methods |= {method for method, path in lean.routes if path == scope["path"]}
     return sorted(methods)
-
-
-class LeanRoutes:
-    """ASGI middleware in front of the app's router: serves the plain case of its routes.
-
-    (The HTTP protocol serves them before any ASGI app is called: `fastpath.protocol`; this serves
-    the requests that reach the app all the same, such as those of an in-process client.)
-    """
-
-    def __init__(self, app: ASGIApp, *, lean: Lean) -> None:
-        self.app = app
-        self._lean = lean
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = None
-        if scope["type"] == "http":
-            route = self._lean.routes.get((scope["method"], scope["path"]))
-        if route is None:
-            await self.app(scope, receive, send)
-            return
-        body = b""
-        if route.reads_body:
-            try:
-                read = await _read_body(receive)
-            except Exception as exc:  # a body over the limit (BodyLimit raises 413)
-                await self._lean.fail(exc, scope, receive, send)
-                return
-            if read is None:  # the client went away before it sent the body
-                return
-            body = read
-        parsed = route.parse(scope, body)
-        if parsed is None:
-            await self.app(scope, _replaying(body, receive), send)
-            return
-        scope["route"] = route  # its `path` is the route's template, for the metrics
-        try:
-            reply = await route.answer(scope, parsed)
-        except Exception as exc:
-            await self._lean.fail(exc, scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": reply.status, "headers": reply.head()})
-        await send({"type": "http.response.body", "body": reply.body})
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """`receive` for the app, which reads the body again: first the body already read."""
-    first: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replay() -> Message:
-        return first.pop() if first else await receive()
-
-    return replay
 
 
 def single_headers(scope: Scope, names: Sequence[bytes]) -> dict[bytes, bytes] | None:
