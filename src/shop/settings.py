@@ -19,7 +19,6 @@ from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.config import JsonDict
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -30,9 +29,10 @@ class ConfigError(Exception):
     """Configuration that the services refuse to start with."""
 
 
-def env(name: str) -> JsonDict:
-    """A leaf whose environment variable is `name`, not its group's prefix and its own name."""
-    return {"env": name}
+def env(name: str, default: Any, **constraints: Any) -> Any:
+    """A leaf (a pydantic `Field`) whose environment variable is `name`, not its group's prefix
+    and its own name."""
+    return Field(default, json_schema_extra={"env": name}, **constraints)
 
 
 # A text setting whose empty value (`RABBITMQ_CA_FILE=`) means unset.
@@ -233,8 +233,8 @@ def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
 
 class Http(Group):
     bind_host: str = "127.0.0.1"
-    product_port: int = Field(8080, ge=1, le=65535, json_schema_extra=env("PRODUCT_SERVICE_PORT"))
-    order_port: int = Field(8081, ge=1, le=65535, json_schema_extra=env("ORDER_SERVICE_PORT"))
+    product_port: int = env("PRODUCT_SERVICE_PORT", 8080, ge=1, le=65535)
+    order_port: int = env("ORDER_SERVICE_PORT", 8081, ge=1, le=65535)
     # Worker processes per HTTP service: by default one per core this process may run on.
     workers: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))), ge=1, le=64)
     max_body_bytes: int = Field(65_536, ge=1024)
@@ -265,16 +265,14 @@ class Orders(Group):
     sync_queue_limit: int = Field(1000, ge=1, le=100_000)
     consumer_batch_size: int = Field(500, ge=1, le=5000)
     # The most units one order may ask for (422 above it), an abuse limit.
-    max_quantity: int = Field(1000, ge=1, le=1_000_000, json_schema_extra=env("MAX_ORDER_QUANTITY"))
+    max_quantity: int = env("MAX_ORDER_QUANTITY", 1000, ge=1, le=1_000_000)
     # A customer may place ORDER_BURST orders at once, then ORDER_RATE_PER_SECOND, and order
     # CUSTOMER_UNITS_BURST units at once, then CUSTOMER_UNITS_PER_MINUTE (429 beyond; counted
     # by all the workers of a node together; orders:admin is not limited).
-    rate_per_second: float = Field(10.0, gt=0, json_schema_extra=env("ORDER_RATE_PER_SECOND"))
-    burst: int = Field(20, ge=1, json_schema_extra=env("ORDER_BURST"))
-    units_per_minute: float = Field(
-        6000.0, gt=0, json_schema_extra=env("CUSTOMER_UNITS_PER_MINUTE")
-    )
-    units_burst: int = Field(2000, ge=1, json_schema_extra=env("CUSTOMER_UNITS_BURST"))
+    rate_per_second: float = env("ORDER_RATE_PER_SECOND", 10.0, gt=0)
+    burst: int = env("ORDER_BURST", 20, ge=1)
+    units_per_minute: float = env("CUSTOMER_UNITS_PER_MINUTE", 6000.0, gt=0)
+    units_burst: int = env("CUSTOMER_UNITS_BURST", 2000, ge=1)
     broker_deadline_seconds: float = Field(2.0, gt=0, le=30)
     consumers_enabled: bool = True
     # The consumers in a process of their own beside the HTTP server (the other core), not on
@@ -304,25 +302,19 @@ class Orders(Group):
 
 class Products(Group):
     prefix = "product_list_cache_"
-    cache_seconds: float = Field(
-        1.0, ge=0, le=60, json_schema_extra=env("PRODUCT_LIST_CACHE_SECONDS")
-    )
+    cache_seconds: float = env("PRODUCT_LIST_CACHE_SECONDS", 1.0, ge=0, le=60)
     # The bytes of pages that cache may hold per worker process; expired pages go first.
-    cache_bytes: int = Field(
-        16 * 1024 * 1024, ge=0, json_schema_extra=env("PRODUCT_LIST_CACHE_BYTES")
-    )
+    cache_bytes: int = env("PRODUCT_LIST_CACHE_BYTES", 16 * 1024 * 1024, ge=0)
     # The server stops a catalogue query after this (MariaDB max_statement_time, MySQL
     # MAX_EXECUTION_TIME); the request gets 503.
-    query_seconds: float = Field(2.0, gt=0, le=60, json_schema_extra=env("PRODUCT_QUERY_SECONDS"))
+    query_seconds: float = env("PRODUCT_QUERY_SECONDS", 2.0, gt=0, le=60)
     # A search (a `name` or price filter) per client: SEARCH_BURST at once, then
     # SEARCH_RATE_PER_SECOND (429 beyond; per node; products:write is not limited). At most
     # SEARCH_CONCURRENCY searches of a worker hold a database connection at once: the others
     # wait (up to DB_TIMEOUT_SECONDS, then 503), so searches never take the whole pool.
-    search_rate_per_second: float = Field(
-        10.0, gt=0, json_schema_extra=env("SEARCH_RATE_PER_SECOND")
-    )
-    search_burst: int = Field(30, ge=1, json_schema_extra=env("SEARCH_BURST"))
-    search_concurrency: int = Field(8, ge=1, le=500, json_schema_extra=env("SEARCH_CONCURRENCY"))
+    search_rate_per_second: float = env("SEARCH_RATE_PER_SECOND", 10.0, gt=0)
+    search_burst: int = env("SEARCH_BURST", 30, ge=1)
+    search_concurrency: int = env("SEARCH_CONCURRENCY", 8, ge=1, le=500)
 
 
 class Outbox(Group):
@@ -334,9 +326,7 @@ class Outbox(Group):
     relay_enabled: bool = True
     retention_seconds: float = Field(3600.0, ge=0)  # published events kept this long
     # An Idempotency-Key is remembered this long; a retry after that is a new request.
-    key_ttl_seconds: float = Field(
-        86_400.0, ge=60, json_schema_extra=env("IDEMPOTENCY_KEY_TTL_SECONDS")
-    )
+    key_ttl_seconds: float = env("IDEMPOTENCY_KEY_TTL_SECONDS", 86_400.0, ge=60)
     publish_timeout_seconds: float = Field(11.0, gt=0)  # a relay round's publish to Kafka
     # After a round that emptied the table, the next one starts no sooner than this: under load
     # the commits of these milliseconds share one claim, one publish and one mark instead of a
