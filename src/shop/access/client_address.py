@@ -22,7 +22,6 @@ from typing import Any
 
 from shop.access.bucket_table import MAX_KEY
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
