@@ -21,11 +21,6 @@ Worker = Callable[[asyncio.Event], Awaitable[None]]
 RESTART_WAIT = tenacity.wait_exponential(multiplier=0.5, max=10.0)
 
 
-async def pause(stopping: asyncio.Event, seconds: float) -> None:
-    """Wait `seconds`, or less if `stopping` is set meanwhile."""
-    await SYSTEM.sleep(seconds, stopping)
-
-
 async def first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
     """Wait until any of `events` is set, or `timeout` seconds pass."""
     waits = [asyncio.ensure_future(event.wait()) for event in events]

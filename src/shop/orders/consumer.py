@@ -19,10 +19,10 @@ from typing import Protocol
 
 from prometheus_client import Counter, Gauge
 
+from shop.clock import SYSTEM
 from shop.messaging.ports import D, Inbound
 from shop.orders.models import OrderCommand
 from shop.settings import Orders
-from shop.supervision import pause
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ async def run_order_consumer(
         filled = list(batch)
         deadline = asyncio.get_running_loop().time() + settings.consumer_linger_max_seconds
         while len(filled) < batch_size and not stopping.is_set():
-            await pause(stopping, settings.consumer_linger_seconds)
+            await SYSTEM.sleep(settings.consumer_linger_seconds, stopping)
             more = await inbound.take(batch_size - len(filled), 0)
             filled += more
             if len(more) < LINGER_MORE or asyncio.get_running_loop().time() >= deadline:
@@ -129,7 +129,7 @@ async def run_order_consumer(
                 log.warning(
                     "%s consumer: %s failed (%r); retrying in %.1fs", channel, what, exc, delay
                 )
-            await pause(stopping, delay)  # none when stopping is set already
+            await SYSTEM.sleep(delay, stopping)  # none when stopping is set already
             if stopping.is_set():
                 return False
             delay = min(delay * 2, settings.consumer_retry_max_seconds)
@@ -151,4 +151,4 @@ async def watch_depth(
             QUEUE_DEPTH.labels(channel).set(await depth())
         except Exception as exc:  # a gauge is best effort
             log.debug("could not read %s depth: %s", channel, exc)
-        await pause(stopping, every)
+        await SYSTEM.sleep(every, stopping)

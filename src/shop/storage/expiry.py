@@ -16,9 +16,9 @@ from sqlalchemy import Column, delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import jsonutil
+from shop.clock import SYSTEM
 from shop.settings import Outbox
 from shop.storage.database import unit_of_work
-from shop.supervision import pause
 
 log = logging.getLogger(__name__)
 
@@ -62,4 +62,4 @@ class Expiry:
                     pass
             except Exception as exc:
                 log.warning("purge of expired %s rows failed (%s)", self._column.table.name, exc)
-            await pause(stopping, self._every)
+            await SYSTEM.sleep(self._every, stopping)

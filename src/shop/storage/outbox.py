@@ -22,7 +22,7 @@ from shop.settings import Outbox
 from shop.storage import database
 from shop.storage.expiry import Expiry
 from shop.storage.write_counter import Generation
-from shop.supervision import first_of, keep_trying, pause
+from shop.supervision import first_of, keep_trying
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class Relay:
                 log.debug("could not read the outbox backlog", exc_info=True)
         gap, poll = outbox.round_gap_seconds, outbox.poll_seconds
         if published:
-            await pause(stopping, gap)
+            await first_of(stopping, timeout=gap)
         # The wake event serves this process's writers at once; the counter, read every gap,
         # the other processes'.
         for _ in range(max(1, round(poll / gap))):
