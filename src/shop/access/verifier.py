@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import jwt
 from cachetools import TLRUCache
@@ -115,23 +115,14 @@ class Principal:
         return self.user_id
 
 
-class KeySource(Protocol):
-    """The public keys tokens may be signed with."""
-
-    async def key(self, kid: str | None) -> Any:
-        """The key for `kid`; raises Unauthorized if there is none."""
-
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Keep the keys current until `stopping` is set (a supervised worker); returns at once
-        if they never change."""
-
-    def watch(self, forget: Callable[[], None]) -> None:
-        """Have `forget()` called whenever a key stops being trusted."""
-
-
 class StaticKey:
     """One public key (PEM, from AUTH_PUBLIC_KEY_FILE); its `kid` is its RFC 7638 thumbprint.
-    A token that names another kid is refused; one that names none is checked with this key."""
+    A token that names another kid is refused; one that names none is checked with this key.
+
+    It and `Jwks` are the `KeySource`s: `key(kid)` is the key for `kid` (Unauthorized if there
+    is none), `run(stopping)` keeps the keys current until `stopping` is set (a supervised
+    worker; at once if they never change), `watch(forget)` has `forget()` called whenever a key
+    stops being trusted."""
 
     def __init__(self, pem: bytes) -> None:
         self._key = load_pem_public_key(pem)
@@ -246,6 +237,9 @@ class Jwks:
         auth = self._auth
         wanted = auth.jwks_default_max_age_seconds if max_age is None else max_age
         return min(auth.jwks_max_age_seconds, max(auth.jwks_refresh_seconds, wanted))
+
+
+KeySource = StaticKey | Jwks
 
 
 def _signature_keys(document: Any) -> dict[str | None, tuple[dict[str, Any], Any]]:
