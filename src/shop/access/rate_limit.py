@@ -36,7 +36,6 @@ class TooManyRequests(DomainError):
 
     def __init__(self, detail: str, *, retry_after: float, limit: str) -> None:
         super().__init__(detail, extra={"limit": limit})
-        self.limit = limit
         self.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
 
 
@@ -81,9 +80,6 @@ class Limits(Generic[G]):
         if refused is not None:
             limit = self._limits[refused.lane]
             raise TooManyRequests(limit.refusal, retry_after=refused.wait, limit=limit.name)
-
-    def close(self) -> None:
-        self.table.close()
 
 
 class OrderLimits(Limits[Orders]):
