@@ -168,26 +168,6 @@ def _refusal(failure: BaseException | None) -> str | None:
     return None
 
 
-def _reporter(which: logging.Logger, account: str) -> Callable[[BaseException | None, float], None]:
-    """Log why a connection failed before the next attempt: a refusal as such, naming the
-    account (never its password) and the settings to check; anything else as a warning."""
-
-    def report(failure: BaseException | None, delay: float) -> None:
-        why = _refusal(failure)
-        if account and why is not None:
-            which.error(
-                "ACCESS_REFUSED: RabbitMQ refused %s: %s; check the account, its password and "
-                "its permissions; trying again in %.1fs",
-                account,
-                why,
-                delay,
-            )
-        else:
-            which.warning("connection failed (%r); trying again in %.1fs", failure, delay)
-
-    return report
-
-
 Serve = Callable[[asyncio.Event], Awaitable[None]]
 
 
@@ -206,7 +186,23 @@ async def _reconnecting(
     )
     # The logger's name (shop.messaging.rabbitmq.publisher, .dead-letters or .consumer) says
     # which connection it is.
-    report = _reporter(log.getChild(name), account)
+    which = log.getChild(name)
+
+    def report(failure: BaseException | None, delay: float) -> None:
+        """Log why a connection failed before the next attempt: a refusal as such, naming the
+        account (never its password) and the settings to check; anything else as a warning."""
+        why = _refusal(failure)
+        if account and why is not None:
+            which.error(
+                "ACCESS_REFUSED: RabbitMQ refused %s: %s; check the account, its password and "
+                "its permissions; trying again in %.1fs",
+                account,
+                why,
+                delay,
+            )
+        else:
+            which.warning("connection failed (%r); trying again in %.1fs", failure, delay)
+
     await keep_trying(partial(serve, stopping), stopping, wait=wait, on_failure=report)
 
 
