@@ -35,7 +35,6 @@ from shop.web import health, openapi
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("kafka", "rabbitmq")
 # Per channel: the broker's name in a 503's text, and a command's key (Kafka: its partition).
 COMMANDS = {"kafka": ("Kafka", by_product), "rabbitmq": ("RabbitMQ", by_order)}
 
@@ -97,7 +96,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     # In a table the service's workers share if it has several.
     buckets = generation.worker_file("order-limits.buckets")
     limits = OrderLimits(settings.orders, slots=settings.http.rate_limit_slots, path=buckets)
-    runtime = OrderRuntime(settings, CHANNELS if settings.orders.consumers_enabled else ())
+    runtime = OrderRuntime(settings, tuple(COMMANDS) if settings.orders.consumers_enabled else ())
     app = service_app(
         "Order service",
         "orders",
