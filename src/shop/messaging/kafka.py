@@ -86,6 +86,12 @@ def acls(kafka: Kafka) -> list[AclBinding]:
     ]
 
 
+_FAILURES = {
+    KafkaError._AUTHENTICATION: ("SASL authentication failed", "KAFKA_USER and KAFKA_PASSWORD"),
+    KafkaError._SSL: ("TLS failed", "KAFKA_CA_FILE and KAFKA_BROKERS' host names"),
+}
+
+
 class ErrorReport:
     """librdkafka's error callback: one log line per kind of error and 30 s (it reports every
     reconnect), naming the account and what to check. `refused` holds the last refusal of the
@@ -103,17 +109,9 @@ class ErrorReport:
         code = err.code()
         if code == KafkaError._AUTHENTICATION:
             self.refused = f"Kafka refused the credentials {self._who}"
-            _client_errors.error(
-                "kafka: SASL authentication failed %s; check KAFKA_USER and KAFKA_PASSWORD: %s",
-                self._who,
-                err.str(),
-            )
-        elif code == KafkaError._SSL:
-            _client_errors.error(
-                "kafka: TLS failed %s; check KAFKA_CA_FILE and KAFKA_BROKERS' host names: %s",
-                self._who,
-                err.str(),
-            )
+        if code in _FAILURES:
+            failed, check = _FAILURES[code]
+            _client_errors.error("kafka: %s %s; check %s: %s", failed, self._who, check, err.str())
         else:
             _client_errors.warning("kafka: %s %s: %s", err.name(), self._who, err.str())
 
