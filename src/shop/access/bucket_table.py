@@ -90,7 +90,6 @@ class BucketTable:
             self._salt = secrets.randbits(64)
         else:
             self._fd, self._map, self._salt = _shared_map(path, size, slots, len(self._lanes))
-        self.slots = slots
 
     def take(self, key: int, costs: Sequence[float]) -> Refusal | None:
         """Spend `costs` (one per lane) from `key`'s buckets if every lane has enough; else
