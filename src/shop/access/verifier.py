@@ -546,13 +546,10 @@ def from_settings(settings: Settings) -> Authenticator:
 
 def authorization(scope: Scope) -> str | None:
     """The request's Authorization header; Unauthorized if it is sent more than once."""
-    found = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            if found is not None:
-                raise Unauthorized("Send one Authorization header.", error="invalid_request")
-            found = value.decode("latin-1")
-    return found
+    found = [value for name, value in scope["headers"] if name == b"authorization"]
+    if len(found) > 1:
+        raise Unauthorized("Send one Authorization header.", error="invalid_request")
+    return found[0].decode("latin-1") if found else None
 
 
 # Declares the scheme in the OpenAPI document (/docs gets "Authorize"); the header is read and
