@@ -306,21 +306,18 @@ async def ensure_topics(
     kafka: Kafka,
     topics: Sequence[str],
     *,
-    partitions: int = 4,
     replication_factor: int | None = None,
     timeout: float = 5.0,
 ) -> None:
-    """Create the topics that do not exist yet, with `replication_factor` copies each
-    (KAFKA_REPLICATION_FACTOR by default)."""
+    """Create the topics that do not exist yet, with 4 partitions and `replication_factor`
+    copies each (KAFKA_REPLICATION_FACTOR by default)."""
     copies = kafka.replication_factor if replication_factor is None else replication_factor
 
     def _create() -> None:
         admin = AdminClient(_our_client(kafka))
         existing = admin.list_topics(timeout=timeout).topics
         config = topic_config(copies)
-        missing = [
-            NewTopic(t, partitions, copies, config=config) for t in topics if t not in existing
-        ]
+        missing = [NewTopic(t, 4, copies, config=config) for t in topics if t not in existing]
         if not missing:
             return
         for topic, fut in admin.create_topics(missing, operation_timeout=timeout).items():
