@@ -482,6 +482,32 @@ def settle(settings: StackSettings, sides: list[Side], timeout: float) -> dict[s
     return waited
 
 
+ASYNC_PATHS = ("kafka", "rabbitmq")
+DRAIN_POLL = 0.25  # seconds between two counts of a side's stored orders
+
+
+def drain(settings: StackSettings, side: Side, timeout: float) -> float | None:
+    """Seconds from now until the side has stored every order it accepted (its consumers
+    caught up), counted every DRAIN_POLL s; None past `timeout`. Right after an asynchronous
+    run this is the backlog the run left: a side that accepts faster than it stores finishes
+    its work after the load stopped, where the run's throughput does not see it."""
+    started = time.monotonic()
+    while stored(settings, side) < side.accepted:
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(DRAIN_POLL)
+    return round(time.monotonic() - started, 2)
+
+
+def stored_rps(result: dict[str, Any], drained_s: float | None) -> float | None:
+    """2xx answers per second of the run and of its drain together: the rate at which the
+    side accepted and also stored orders (None when the drain timed out)."""
+    seconds = float(result["seconds"])
+    if drained_s is None or not seconds:
+        return None
+    return ok_rps(result) * seconds / (seconds + drained_s)
+
+
 def drive(
     side: Side, path: str, connections: int, seconds: float, rate: float | None = None
 ) -> LoadResult:
@@ -540,8 +566,31 @@ def summarise(runs: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
             ]
             # below 1: the head's tail is shorter (issue 19 states its tail goals so)
             row["p99_ratio"] = round(statistics.median(p99_ratios), 3) if p99_ratios else None
+            if path in ASYNC_PATHS:
+                row.update(_stored_rates(step))
             rows.append(row)
     return rows
+
+
+def _stored_rates(step: list[dict[str, Any]]) -> dict[str, Any]:
+    """An asynchronous step's accepted-and-stored rates (`stored_rps`): per side the medians
+    of the rate and of the drain after the run, and head/base as the median per-round ratio;
+    None where a run has no drain (an older compare.json) or its drain timed out."""
+    row: dict[str, Any] = {}
+    rates: dict[str, list[float | None]] = {}
+    for s in ("base", "head"):
+        runs = [r for r in step if r["side"] == s]
+        rates[s] = [stored_rps(r["result"], r.get("drained_s")) for r in runs]
+        drains = [r.get("drained_s") for r in runs]
+        known = [x for x in rates[s] if x is not None]
+        row[f"{s}_stored_rps"] = round(statistics.median(known), 1) if known else None
+        row[f"{s}_stored_rps_rounds"] = [None if x is None else round(x, 1) for x in rates[s]]
+        known_drains = [d for d in drains if d is not None]
+        row[f"{s}_drained_s"] = round(statistics.median(known_drains), 2) if known_drains else None
+    ratios = [h / b for b, h in zip(rates["base"], rates["head"], strict=True) if b and h]
+    row["stored_ratio"] = round(statistics.median(ratios), 3) if ratios else None
+    row["stored_ratio_rounds"] = [round(r, 3) for r in ratios]
+    return row
 
 
 def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
@@ -569,7 +618,41 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             f"| {row['head_p99_ms']:,.1f} | {tail} "
             f"| {row['base_non_2xx']} / {row['head_non_2xx']} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _stored_markdown(rows)) + "\n"
+
+
+def _stored_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The asynchronous steps again, counting the time each side took after the run to store
+    what it accepted (`drain`)."""
+    stored = [row for row in rows if "stored_ratio" in row]
+    if not stored:
+        return []
+
+    def rate(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f}"
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = [
+        "",
+        "Asynchronous paths, accepted and stored: a run's 2xx answers over the run plus the "
+        "seconds the side took after it to store every order it accepted (counted every "
+        f"{DRAIN_POLL:g} s); a side whose consumers fall behind during the load does that work "
+        "after it, outside the throughput above.",
+        "",
+        "| path | connections | base stored /s | head stored /s | head/base "
+        "| base stored s after | head stored s after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in stored:
+        ratio = "-" if row["stored_ratio"] is None else f"{row['stored_ratio']:.2f}x"
+        lines.append(
+            f"| {PATH_LABELS[row['path']]} | {row['connections']} "
+            f"| {rate(row['base_stored_rps'])} | {rate(row['head_stored_rps'])} | {ratio} "
+            f"| {seconds(row['base_drained_s'])} | {seconds(row['head_drained_s'])} |"
+        )
+    return lines
 
 
 def idle_markdown(idle_latency: dict[str, Any]) -> str:
@@ -700,6 +783,9 @@ def main() -> int:
                 for side in order:
                     waited = settle(settings, sides, plan.settle_timeout)
                     result = drive(side, path, connections, plan.seconds)
+                    drained = None
+                    if path in ASYNC_PATHS:
+                        drained = drain(settings, side, plan.settle_timeout)
                     runs.append(
                         {
                             "round": round_no,
@@ -707,12 +793,14 @@ def main() -> int:
                             "connections": connections,
                             "side": side.name,
                             "settled_s": waited,
+                            "drained_s": drained,
                             "result": result.as_dict(),
                         }
                     )
                     parts.append(
                         f"{side.name} {ok_rps(result.as_dict()):7,.0f} 2xx/s "
                         f"p99 {result.p99_ms:7.1f} ms non-2xx {non_2xx(result.as_dict())}"
+                        + ("" if path not in ASYNC_PATHS else f" stored {drained} s after")
                     )
                 say(
                     f"[{index}/{steps}] round {round_no} {path:8} c={connections:<4} "
