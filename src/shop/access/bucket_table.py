@@ -3,9 +3,12 @@
 A limit must not multiply by the number of workers, nor depend on which worker the kernel gives a
 connection to: the buckets live in a file that every worker maps into memory (in the service's
 run directory, `SHOP_WORKER_DIR`, made by `shop serve`), or, with one process, in an anonymous
-map. A take holds an exclusive `flock` on the file for the few microseconds it reads and writes
-one slot; the kernel drops the lock of a process that dies, so a killed worker never wedges the
-others. Times are `time.monotonic()`, which is the same clock in every process of the machine.
+map. A take holds an exclusive record lock (`fcntl`) on its key's window of slots for the few
+microseconds it reads and writes one of them, so takes of keys in other windows never wait on
+each other (with one lock for the whole file, a worker waited whenever the scheduler paused
+another that held it: docs/performance.md); the kernel drops the locks of a process that dies,
+so a killed worker never wedges the others. Times are `time.monotonic()`, which is the same
+clock in every process of the machine.
 
 The table holds `slots` buckets (a power of two) and never grows. A key lives in one of the
 `WINDOW` slots after its hash (salted per table, so that nobody outside can aim keys at one
@@ -98,7 +101,7 @@ class BucketTable:
         start = (((key ^ self._salt) * _MIX) & _MASK) >> self._shift
         fd = self._fd
         if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock(fd, start, fcntl.LOCK_EX)
         try:
             # Read under the lock: the processes' takes then see the time in the lock's order.
             now = self._now()
@@ -126,8 +129,17 @@ class BucketTable:
             self._slot.pack_into(self._map, offset, stored, *left, now)
         finally:
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._lock(fd, start, fcntl.LOCK_UN)
         return refusal
+
+    def _lock(self, fd: int, start: int, operation: int) -> None:
+        """Lock (or unlock) the window from slot `start`, as bytes of the file's lock space:
+        two ranges when it wraps around the table's end, the higher first (so two takes never
+        wait on each other in a cycle)."""
+        end, slots = start + WINDOW, self._mask + 1
+        fcntl.lockf(fd, operation, min(end, slots) - start, start)
+        if end > slots:
+            fcntl.lockf(fd, operation, end - slots, 0)
 
     def _place(self, start: int, stored: int, now: float) -> tuple[int, tuple[float, ...]]:
         """The offset of `stored`'s slot in its window and what it holds; for a key not there,
