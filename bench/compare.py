@@ -609,13 +609,11 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        p99_ratio = row.get("p99_ratio")
-        tail = "-" if p99_ratio is None else f"{p99_ratio:.2f}"
         lines.append(
             f"| {PATH_LABELS[row['path']]} | {row['connections']} | {row['base_rps']:,.0f} "
-            f"| {row['head_rps']:,.0f} | {ratio} | {row['base_p99_ms']:,.1f} "
-            f"| {row['head_p99_ms']:,.1f} | {tail} "
+            f"| {row['head_rps']:,.0f} | {_shown(row['ratio'], '.2f', 'x')} "
+            f"| {row['base_p99_ms']:,.1f} "
+            f"| {row['head_p99_ms']:,.1f} | {_shown(row.get('p99_ratio'), '.2f')} "
             f"| {row['base_non_2xx']} / {row['head_non_2xx']} |"
         )
     return "\n".join(lines + _stored_markdown(rows)) + "\n"
@@ -627,12 +625,6 @@ def _stored_markdown(rows: list[dict[str, Any]]) -> list[str]:
     stored = [row for row in rows if "stored_ratio" in row]
     if not stored:
         return []
-
-    def rate(value: float | None) -> str:
-        return "-" if value is None else f"{value:,.0f}"
-
-    def seconds(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1f}"
 
     lines = [
         "",
@@ -646,13 +638,20 @@ def _stored_markdown(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for row in stored:
-        ratio = "-" if row["stored_ratio"] is None else f"{row['stored_ratio']:.2f}x"
         lines.append(
             f"| {PATH_LABELS[row['path']]} | {row['connections']} "
-            f"| {rate(row['base_stored_rps'])} | {rate(row['head_stored_rps'])} | {ratio} "
-            f"| {seconds(row['base_drained_s'])} | {seconds(row['head_drained_s'])} |"
+            f"| {_shown(row['base_stored_rps'], ',.0f')} "
+            f"| {_shown(row['head_stored_rps'], ',.0f')} "
+            f"| {_shown(row['stored_ratio'], '.2f', 'x')} "
+            f"| {_shown(row['base_drained_s'], '.1f')} "
+            f"| {_shown(row['head_drained_s'], '.1f')} |"
         )
     return lines
+
+
+def _shown(value: float | None, spec: str, unit: str = "") -> str:
+    """A table cell: `value` formatted by `spec` with its `unit`, or `-` when there is none."""
+    return "-" if value is None else format(value, spec) + unit
 
 
 def idle_markdown(idle_latency: dict[str, Any]) -> str:

@@ -7,6 +7,17 @@ from typing import Any
 
 from bench import compare
 
+# What a run's header holds, for the tables' text.
+HEADER = {
+    "base": "17e278c505f0",
+    "head": "abc",
+    "rounds": 3,
+    "seconds": 10.0,
+    "customers": 2000,
+    "order_rate": 10.0,
+    "order_burst": 20,
+}
+
 
 def _result(rps: float, p99_ms: float) -> dict[str, Any]:
     requests = int(rps * 10)
@@ -24,17 +35,8 @@ def test_the_table_gives_the_median_per_round_ratio_of_throughput_and_of_p99() -
     [row] = compare.summarise(runs, plan)
     assert row["ratio"] == 2.0  # of 2.0, 3.0 and 1.0
     assert row["p99_ratio"] == 0.5  # of 0.5, 0.25 and 1.0
-    header = {
-        "base": "17e278c505f0",
-        "head": "abc",
-        "rounds": 3,
-        "seconds": 10.0,
-        "customers": 2000,
-        "order_rate": 10.0,
-        "order_burst": 20,
-    }
     assert "| POST /orders/sync | 50 | 1,000 | 2,000 | 2.00x | 100.0 | 40.0 | 0.50 | 0 / 0 |" in (
-        compare.markdown([row], header)
+        compare.markdown([row], HEADER)
     )
 
 
@@ -64,16 +66,7 @@ def test_an_asynchronous_step_also_counts_the_seconds_each_side_took_to_store_af
     assert row["stored_ratio"] == 1.125  # of 1.25 and 1.0
     assert row["base_drained_s"] == 0.0
     assert row["head_drained_s"] == 1.0
-    header = {
-        "base": "17e278c505f0",
-        "head": "abc",
-        "rounds": 3,
-        "seconds": 10.0,
-        "customers": 2000,
-        "order_rate": 10.0,
-        "order_burst": 20,
-    }
-    table = compare.markdown([row], header)
+    table = compare.markdown([row], HEADER)
     assert "| POST /orders/async/kafka | 200 | 1,000 | 1,125 | 1.12x | 0.0 | 1.0 |" in table
 
 
