@@ -196,7 +196,7 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
         else:
             cycle.transport.close()
     finally:
-        cycle.on_response = lambda: None  # as uvicorn's run_asgi leaves it
+        cycle.on_response = _nothing  # as uvicorn's run_asgi leaves it (a no-op)
 
 
 def _write(cycle: RequestResponseCycle, reply: Reply) -> None:
@@ -215,3 +215,7 @@ def _write(cycle: RequestResponseCycle, reply: Reply) -> None:
     if not cycle.keep_alive:
         cycle.transport.close()
     cycle.on_response()
+
+
+def _nothing() -> None:
+    """One no-op for every answered request, not a new lambda each time."""
