@@ -132,6 +132,7 @@ class Kafka(Group):
     replication_factor: int = Field(1, ge=1, le=7)
     delivery_timeout_seconds: float = Field(10.0, gt=0)  # the events producer's, per message
     dlq_timeout_seconds: float = Field(10.0, gt=0)  # for the dead-letter topic to confirm
+    lag_timeout_seconds: float = Field(5.0, gt=0)  # the lag gauge's read of committed offsets
     # For a broker's tasks to stop and its intake producer to flush.
     close_seconds: float = Field(2.0, gt=0)
     # How the services reach the brokers (`shop.messaging.kafka.client_config`). SASL_SSL (every

@@ -337,6 +337,63 @@ class TestKafka(MessagingContract):
         yield harness
         await harness.close()
 
+    async def test_the_lag_gauge_shows_each_partition_the_member_holds(
+        self, harness: KafkaHarness
+    ) -> None:
+        """`kafka_consumer_lag{topic,partition}` (deploy/prometheus/rules.yml): what `depth`
+        sums, per partition."""
+        inbound = await harness.consumer()
+        await publish(harness.outbound, *_bodies(5))  # one key: one partition
+        taken = await take(inbound, 2)
+
+        async def three_behind() -> bool:
+            shown = _lags_shown(harness.topic)
+            depth = await inbound.depth()
+            return depth == 3 and sum(shown.values()) == 3 and max(shown.values()) == 3
+
+        await eventually(three_behind, timeout=20, what="a lag of 3 on one partition")
+        await inbound.ack(taken)
+        await harness.close_consumer(inbound)
+
+    async def test_a_member_that_resumes_a_caught_up_group_counts_lag_from_its_commit(
+        self, harness: KafkaHarness
+    ) -> None:
+        """A partition the member has consumed nothing from yet has no position: its lag counts
+        from the group's committed offset, not from the start of the topic."""
+        first = await harness.consumer()
+        await publish(harness.outbound, *_bodies(5))  # one key: one partition
+        await first.ack(await take(first, 5))
+        await harness.close_consumer(first)  # commits what it stored
+        second = await harness.consumer()
+
+        async def assigned() -> bool:
+            # (polling, as the consumer loop does, is what joins the group and gets partitions)
+            assert await second.take(10, 0.2) == [], "an acked message came back"
+            await second.depth()
+            return bool(_lags_shown(harness.topic))  # set once it holds partitions
+
+        await eventually(assigned, timeout=30, what="partitions assigned")
+        # One more record, fetched but not taken: 1 behind the commit (5 behind that 6 before).
+        await publish(harness.outbound, *_bodies(1))
+
+        async def one_behind() -> bool:
+            depth, shown = await second.depth(), _lags_shown(harness.topic).values()
+            return depth == 1 and sum(shown) == 1
+
+        await eventually(one_behind, timeout=30, what="a lag of 1, counted from the commit")
+        await harness.close_consumer(second)
+
+
+def _lags_shown(topic: str) -> dict[str, float]:
+    """`kafka_consumer_lag` of `topic`, per partition, as this process shows it."""
+    return {
+        sample.labels["partition"]: sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "kafka_consumer_lag"
+        for sample in metric.samples
+        if sample.labels["topic"] == topic
+    }
+
 
 # --- RabbitMQ -------------------------------------------------------------------------------
 

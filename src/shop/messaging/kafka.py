@@ -27,6 +27,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 from confluent_kafka.cimpl import NewTopic
+from prometheus_client import Gauge
 
 from shop.messaging.ports import Outgoing, PublishError
 from shop.settings import Kafka
@@ -35,6 +36,15 @@ from shop.supervision import Supervisor
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Each consumer process sets its own partitions' lag, and 0 on a partition it no longer holds
+# (its new holder sets the real figure; the processes' values are combined by their maximum).
+LAG = Gauge(
+    "kafka_consumer_lag",
+    "Records not yet consumed on a partition, as its group member saw them last",
+    ["topic", "partition"],
+    multiprocess_mode="max",
+)
 
 
 def client_config(kafka: Kafka) -> dict[str, Any]:
@@ -382,11 +392,13 @@ class KafkaInbound:
         self._topic = topic = settings.topic
         self._dlq = dlq
         self._dlq_timeout = settings.dlq_timeout_seconds
+        self._lag_timeout = settings.lag_timeout_seconds
         self._consumer = Consumer(consumer_config(settings, group=settings.consumer_group))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{topic}")
         self._subscribed = False
         self._closed = False
         self._stored: dict[tuple[str, int], int] = {}  # the next offset stored, per partition
+        self._lag_shown: set[tuple[str, int]] = set()  # partitions whose lag the gauge shows
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -452,15 +464,32 @@ class KafkaInbound:
                 log.warning("could not store offsets on %s: %s", self._topic, exc)
 
     async def depth(self) -> int:
-        """Messages not yet consumed on the partitions this member holds."""
+        """Messages not yet consumed on the partitions this member holds.
+
+        A partition this member has consumed nothing from since it got it has no position yet:
+        it resumes at the group's committed offset (or, with none, at the earliest one), so
+        that is where its lag counts from, not from offset 0 (which counted every record the
+        topic still holds: 241,580 of them, on a group that was fully caught up).
+        """
 
         def _lag() -> int:
-            assigned = self._consumer.assignment()
-            if not assigned:
-                return 0
-            watermarks = partial(self._consumer.get_watermark_offsets, cached=True)
-            positions = self._consumer.position(assigned)
-            return sum(max(0, watermarks(tp)[1] - max(tp.offset, 0)) for tp in positions)
+            consumer = self._consumer
+            assigned = consumer.assignment()
+            positions = consumer.position(assigned) if assigned else []
+            unknown = [tp for tp in positions if tp.offset < 0]
+            asked = consumer.committed(unknown, timeout=self._lag_timeout) if unknown else []
+            committed = {(tp.topic, tp.partition): tp.offset for tp in asked}
+            lags = {}
+            for tp in positions:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                at = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
+                lags[tp.topic, tp.partition] = max(0, high - (at if at >= 0 else max(low, 0)))
+            for topic, partition in self._lag_shown - lags.keys():
+                LAG.labels(topic, str(partition)).set(0)
+            for (topic, partition), lag in lags.items():
+                LAG.labels(topic, str(partition)).set(lag)
+            self._lag_shown = set(lags)
+            return sum(lags.values())
 
         return await self._call(_lag)
 
