@@ -333,7 +333,8 @@ class Outbox(Group):
     # the commits of these milliseconds share one claim, one publish and one mark instead of a
     # round each (see docs/performance.md); an event waits this much longer at most.
     round_gap_seconds: float = Field(0.02, gt=0, le=1)
-    backlog_every_seconds: float = Field(1.0, gt=0)  # the backlog gauge's COUNT, at most once per
+    # The backlog's gauges (its count, the age of its oldest event) are read this often.
+    backlog_every_seconds: float = Field(5.0, gt=0)
     backlog_timeout_seconds: float = Field(5.0, gt=0)
     # A failed round (Kafka or the database down) is tried again after this, doubled, at most max.
     retry_seconds: float = Field(0.2, gt=0)

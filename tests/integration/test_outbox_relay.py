@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import MetaData, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -216,3 +217,64 @@ async def test_a_commit_in_another_process_wakes_the_relay(
         await publisher.close()
         relaying.close()
         writing.close()
+
+
+async def test_the_backlog_gauges_show_the_unsent_events_and_the_age_of_the_oldest(
+    database: AsyncEngine, scratch_outbox: Any
+) -> None:
+    """The gauges an operator alerts on (deploy/prometheus/rules.yml: ShopOutboxStuck) move
+    while no relay publishes at all (Kafka down): the watch reads them on its own."""
+    name = scratch_outbox.name
+
+    def shown() -> tuple[float | None, float | None]:
+        labels = {"table": name}
+        return (
+            REGISTRY.get_sample_value("outbox_backlog", labels),
+            REGISTRY.get_sample_value("outbox_oldest_unsent_seconds", labels),
+        )
+
+    relay = Relay(
+        engine=database,
+        table=scratch_outbox,
+        publisher=_NeverCalled(),
+        outbox=Outbox(backlog_every_seconds=0.05),
+    )
+    stopping = asyncio.Event()
+    watching = asyncio.create_task(relay.watch(stopping))
+    try:
+
+        async def empty() -> bool:
+            return shown() == (0.0, 0.0)
+
+        await eventually(empty, timeout=10, what="an empty backlog shown")
+        async with database.begin() as conn:
+            for i in range(3):
+                await outbox.add_events(
+                    conn, scratch_outbox, [Event("product", "test.event", str(i), 1, {"id": i})]
+                )
+            # The first row (the lowest id) was written 90 s ago; a sent one older still does
+            # not count.
+            first = select(func.min(scratch_outbox.c.id)).scalar_subquery()
+            long_ago = jsonutil.utcnow() - dt.timedelta(seconds=90)
+            await conn.execute(
+                update(scratch_outbox)
+                .where(scratch_outbox.c.id == first)
+                .values(created_at=long_ago)
+            )
+            await outbox.add_events(conn, scratch_outbox, [Event("product", "t", "x", 1, {})])
+            await conn.execute(
+                update(scratch_outbox)
+                .where(
+                    scratch_outbox.c.id == select(func.max(scratch_outbox.c.id)).scalar_subquery()
+                )
+                .values(created_at=long_ago - dt.timedelta(hours=1), sent_at=long_ago)
+            )
+
+        async def aged() -> bool:
+            count, oldest = shown()
+            return count == 3 and oldest is not None and 90 <= oldest < 120
+
+        await eventually(aged, timeout=10, what="3 unsent shown, the oldest 90 s old")
+    finally:
+        stopping.set()
+        await watching

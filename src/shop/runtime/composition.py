@@ -67,6 +67,7 @@ class Runtime:
         self.supervisor.start("database-warm-up", warm)
         if self.settings.outbox.relay_enabled:
             self.supervisor.start("outbox-relay", self.relay.run)
+            self.supervisor.start("outbox-backlog", self.relay.watch)
             self.supervisor.start("outbox-purge", self.relay.published.run)
             # Where the relay runs, once per service: the keys' purge.
             self.supervisor.start("expired-keys-purge", self.expired_keys.run)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
 from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge
@@ -30,6 +29,12 @@ OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox events published", 
 OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Failed relay rounds", ["table"])
 OUTBOX_BACKLOG = Gauge(
     "outbox_backlog", "Outbox events not yet published", ["table"], multiprocess_mode="max"
+)
+OUTBOX_OLDEST = Gauge(
+    "outbox_oldest_unsent_seconds",
+    "Seconds since the oldest outbox event not yet published was written (0: none waits)",
+    ["table"],
+    multiprocess_mode="max",
 )
 
 
@@ -143,7 +148,6 @@ class Relay:
         self._commits = commits or Generation()
         self._seen = self._commits.value()
         self._wake = asyncio.Event()
-        self._backlog_read_at = 0.0
         # Rounds are SQL text on the driver's connection (database.Statements): a round's four
         # statements through SQLAlchemy were half of a relay's CPU per round.
         self._claim = (
@@ -183,13 +187,31 @@ class Relay:
         OUTBOX_PUBLISHED.labels(t.name).inc(len(messages))
         return len(sent), len(claimed) == self._settings.batch_size or len(sent) < len(claimed)
 
-    async def backlog(self) -> int:
-        """How many events wait to be published."""
+    async def backlog(self) -> tuple[int, float]:
+        """How many events wait to be published, and for how many seconds the first of them
+        (the lowest id: rows are written in id order) has waited; both from the unsent index."""
         t, timeout = self._table, self._settings.backlog_timeout_seconds
         unsent = select(func.count()).select_from(t).where(t.c.sent_at.is_(None))
+        first = select(t.c.created_at).where(t.c.sent_at.is_(None)).order_by(t.c.id).limit(1)
         async with database.unit_of_work(self._engine, timeout=timeout) as conn:
             count = await conn.scalar(unsent)
-        return int(count or 0)
+            oldest = await conn.scalar(first)
+        waited = 0.0 if oldest is None else (jsonutil.utcnow() - oldest).total_seconds()
+        return int(count or 0), max(0.0, waited)
+
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Read the backlog into its gauges every `backlog_every_seconds` until `stopping`:
+        in a task of its own, so that the gauges move while the relay is busy or failing (a
+        Kafka outage is when the age of the oldest event matters)."""
+        name = self._table.name
+        while not stopping.is_set():
+            try:
+                count, waited = await self.backlog()
+                OUTBOX_BACKLOG.labels(name).set(count)
+                OUTBOX_OLDEST.labels(name).set(waited)
+            except Exception:  # the gauges are best effort; the relay reports the outage
+                log.debug("could not read the outbox backlog", exc_info=True)
+            await first_of(stopping, timeout=self._settings.backlog_every_seconds)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until `stopping` is set, backing off while Kafka or the database is down."""
@@ -210,14 +232,7 @@ class Relay:
         log.warning("outbox relay of %s failed (%s); retrying in %.1fs", name, error, delay)
 
     async def _idle(self, stopping: asyncio.Event, published: int) -> None:
-        # Under steady load the relay idles after nearly every round: the gauge is read seldom.
         outbox = self._settings
-        if time.monotonic() - self._backlog_read_at >= outbox.backlog_every_seconds:
-            self._backlog_read_at = time.monotonic()
-            try:
-                OUTBOX_BACKLOG.labels(self._table.name).set(await self.backlog())
-            except Exception:  # the gauge is best effort; the next round reports the outage
-                log.debug("could not read the outbox backlog", exc_info=True)
         gap, poll = outbox.round_gap_seconds, outbox.poll_seconds
         if published:
             await first_of(stopping, timeout=gap)
