@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -167,3 +168,54 @@ async def test_a_connection_lost_in_a_batch_renews_the_pool_for_every_unit(
 
     await db.transact(insert)
     assert attempts == 1, "a dead pooled connection was handed out after a batch met one"
+
+
+async def test_a_checkout_that_waits_for_a_connection_is_counted_by_its_pool(
+    settings: Settings,
+) -> None:
+    """`db_pool_waits_total{pool}` and `db_pool_wait_seconds_total{pool}` (the alert
+    ShopDatabasePoolSaturated): a transaction that waits for a full pool counts once, with its
+    wait; checkouts of a free pooled connection do not count."""
+    one = settings.model_copy(update={"db": settings.db.model_copy(update={"pool_size": 1})})
+    db = Database.connect(one)  # pool 1, overflow 1: two connections at most
+
+    def counted() -> tuple[float, float]:
+        labels = {"pool": "transactions"}
+        return (
+            REGISTRY.get_sample_value("db_pool_waits_total", labels) or 0.0,
+            REGISTRY.get_sample_value("db_pool_wait_seconds_total", labels) or 0.0,
+        )
+
+    async def select_one(conn: AsyncConnection) -> int:
+        return int((await conn.execute(text("SELECT 1"))).scalar_one())
+
+    try:
+        await db.transact(select_one)  # the pool's first connection, opened and pooled
+        before = counted()
+        for _ in range(20):  # a free pooled connection: no wait
+            await db.transact(select_one)
+        assert counted() == before
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        held: list[AsyncConnection] = []
+
+        async def hold(conn: AsyncConnection) -> int:
+            held.append(conn)
+            if len(held) == 2:
+                holding.set()
+            await release.wait()
+            return 1
+
+        # Both connections held; a third transaction waits for one of them, 0.3 s.
+        holders = [asyncio.create_task(db.transact(hold)) for _ in range(2)]
+        await asyncio.wait_for(holding.wait(), 5)
+        waiter = asyncio.create_task(db.transact(select_one))
+        await asyncio.sleep(0.3)
+        release.set()
+        assert await waiter == 1
+        await asyncio.gather(*holders)
+        waits, seconds = counted()
+        assert waits >= before[0] + 1  # the waiter (and the second holder's new connection)
+        assert seconds - before[1] >= 0.25
+    finally:
+        await db.dispose()

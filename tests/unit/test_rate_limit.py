@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from shop.access.rate_limit import OrderLimits, TooManyRequests
 from shop.orders import api as order_api
@@ -102,3 +103,21 @@ async def test_orders_admin_is_not_limited() -> None:
 def test_retry_after_is_whole_seconds_and_at_least_one() -> None:
     assert TooManyRequests("x", retry_after=0.01, limit="orders").headers["Retry-After"] == "1"
     assert TooManyRequests("x", retry_after=2.2, limit="units").headers["Retry-After"] == "3"
+
+
+def test_each_refusal_is_counted_by_the_limit_it_met() -> None:
+    """`rate_limit_refusals_total{limit}` (deploy/prometheus/rules.yml): one per 429, none for
+    an admitted request."""
+
+    def refused(limit: str) -> float:
+        return REGISTRY.get_sample_value("rate_limit_refusals_total", {"limit": limit}) or 0.0
+
+    limits, before = _limits(FakeClock()), (refused("orders"), refused("units"))
+    for _ in range(3):  # the burst
+        limits.admit(CUSTOMER, 1)
+    assert (refused("orders"), refused("units")) == before
+    with pytest.raises(TooManyRequests):
+        limits.admit(CUSTOMER, 1)
+    with pytest.raises(TooManyRequests):
+        limits.admit(CUSTOMER + 1, 101)  # over the units' burst
+    assert (refused("orders"), refused("units")) == (before[0] + 1, before[1] + 1)

@@ -21,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from prometheus_client import Counter
+
 from shop.access.bucket_table import BucketTable, Lane
 from shop.clock import SYSTEM, Clock
 from shop.errors import DomainError
 from shop.settings import Orders, Products
 
 G = TypeVar("G", Orders, Products)
+
+REFUSALS = Counter("rate_limit_refusals_total", "Requests refused by a per-client limit", ["limit"])
 
 
 class TooManyRequests(DomainError):
@@ -79,6 +83,7 @@ class Limits(Generic[G]):
         refused = self.table.take(key, costs)
         if refused is not None:
             limit = self._limits[refused.lane]
+            REFUSALS.labels(limit.name).inc()
             raise TooManyRequests(limit.refusal, retry_after=refused.wait, limit=limit.name)
 
 

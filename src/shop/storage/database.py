@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import tenacity
 from asyncmy import errors as asyncmy_errors
+from prometheus_client import Counter
 from sqlalchemy import CursorResult, DateTime, event, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import ExceptionContext
@@ -28,6 +29,12 @@ from shop.supervision import failure
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+POOL_WAITS = Counter(
+    "db_pool_waits_total", "Connection checkouts that waited over 1 ms for a connection", ["pool"]
+)
+POOL_WAITED = Counter("db_pool_wait_seconds_total", "Seconds those checkouts waited", ["pool"])
+WAIT_COUNTED = 0.001  # seconds: a checkout of a free pooled connection takes tens of microseconds
 
 # Microsecond timestamps, stored as naive UTC.
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
@@ -112,6 +119,7 @@ def create_engine(settings: Settings, *, autocommit: bool = False) -> AsyncEngin
         # READ COMMITTED takes no gap locks: the outbox relay's FOR UPDATE SKIP LOCKED claim
         # would otherwise block every insert at the end of the outbox index while it publishes.
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
+        pool_logging_name="reads" if autocommit else "transactions",  # its metrics' `pool`
         connect_args=settings.db.connect_args(),
     )
     event.listen(engine.sync_engine, "handle_error", _drop_connections_of_a_node_out_of_the_cluster)
@@ -188,8 +196,21 @@ class _CheckedOut(NamedTuple):
     since: float  # when it was checked out of the pool
 
 
-async def _checked_out(engine: AsyncEngine) -> _CheckedOut:
+async def _checkout(engine: AsyncEngine) -> AsyncConnection:
+    """A connection from the engine's pool; a checkout that waited over 1 ms (for a free
+    connection of a full pool, or for a new connection's handshake) is counted."""
+    started = time.perf_counter()
     conn = await engine.connect()
+    waited = time.perf_counter() - started
+    if waited > WAIT_COUNTED:
+        pool = engine.pool.logging_name or "default"
+        POOL_WAITS.labels(pool).inc()
+        POOL_WAITED.labels(pool).inc(waited)
+    return conn
+
+
+async def _checked_out(engine: AsyncEngine) -> _CheckedOut:
+    conn = await _checkout(engine)
     try:
         raw = await conn.get_raw_connection()
     except BaseException:
@@ -236,7 +257,7 @@ class HeldConnections:
 @asynccontextmanager
 async def _connection(engine: AsyncEngine, *, timeout: float) -> AsyncIterator[AsyncConnection]:
     """A pooled connection, bounded by `timeout` seconds; invalidated if cancelled or late."""
-    conn = await engine.connect()
+    conn = await _checkout(engine)
     try:
         async with asyncio.timeout(timeout):
             yield conn
