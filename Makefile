@@ -7,7 +7,7 @@ SHOP := $(VENV)/bin/shop
 DEVSTACK := $(VENV)/bin/devstack
 UV := python3 -m uv
 
-.PHONY: help venv up down status run migrate test lint unit deploy-tests bench helm-tools cluster cluster-down cluster-status test-cluster compose-images test-compose
+.PHONY: help venv up down status run migrate test lint unit deploy-tests bench helm-tools rules-test cluster cluster-down cluster-status test-cluster compose-images test-compose
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,8 +19,8 @@ $(VENV)/.synced: pyproject.toml uv.lock tools/devstack/pyproject.toml
 
 venv: $(VENV)/.synced ## create the virtual environment from the lock file
 
-up: venv ## install and start MariaDB, RabbitMQ, Kafka, migrate, start both services in the background
-	$(DEVSTACK) up
+up: venv ## install and start MariaDB, RabbitMQ, Kafka, migrate, start both services in the background (PROMETHEUS=1: and Prometheus on 9090)
+	$(DEVSTACK) up $(if $(PROMETHEUS),--prometheus,)
 
 down: venv ## stop everything `make up` started
 	$(DEVSTACK) down
@@ -58,7 +58,11 @@ unit: venv ## the unit tests alone (no servers, no helm)
 deploy-tests: venv helm-tools ## the deployment tests alone (helm chart, compose file, cluster configs, wheel; no servers)
 	$(VENV)/bin/pytest tests/deploy
 
-test: venv lint helm-tools ## set up the stack, then the whole test suite against the real servers
+rules-test: ## the Prometheus alert and recording rules: promtool check and promtool's unit tests (deploy/prometheus)
+	@promtool="$$(tools/install-prometheus)/promtool" && "$$promtool" check rules deploy/prometheus/rules.yml \
+	  && "$$promtool" test rules deploy/prometheus/rules_test.yml
+
+test: venv lint helm-tools rules-test ## set up the stack, then the whole test suite against the real servers
 	@command -v docker-compose >/dev/null || { echo "installing docker-compose (compose-file check)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
 	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { echo "installing chromium and chromium-driver (the /docs browser test)"; \

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from . import kafka, mariadb, rabbitmq, services
+from . import kafka, mariadb, prometheus, rabbitmq, services
 from .common import StackError, apt_install, say
 from .settings import StackSettings
 
 __all__ = [
     "SERVERS",
     "SERVICES",
+    "TOOLS",
     "StackError",
     "down",
     "install_prerequisites",
@@ -29,27 +30,31 @@ __all__ = [
 
 SERVERS = ("mariadb", "rabbitmq", "kafka")
 SERVICES = ("products", "orders")
+TOOLS = ("prometheus",)  # started on request (`devstack up --prometheus`), stopped by `down`
 
 _START: dict[str, Callable[[StackSettings], None]] = {
     "mariadb": mariadb.start,
     "rabbitmq": rabbitmq.start,
     "kafka": kafka.start,
+    "prometheus": prometheus.start,
 }
 _STOP: dict[str, Callable[[StackSettings], None]] = {
     "mariadb": mariadb.stop,
     "rabbitmq": rabbitmq.stop,
     "kafka": kafka.stop,
+    "prometheus": prometheus.stop,
 }
 _STATUS: dict[str, Callable[[StackSettings], str]] = {
     "mariadb": mariadb.status,
     "rabbitmq": rabbitmq.status,
     "kafka": kafka.status,
+    "prometheus": prometheus.status,
 }
 
 
 def _check_name(name: str) -> None:
-    if name not in SERVERS and name not in SERVICES:
-        known = ", ".join((*SERVERS, *SERVICES))
+    if name not in (*SERVERS, *SERVICES, *TOOLS):
+        known = ", ".join((*SERVERS, *SERVICES, *TOOLS))
         raise StackError(f"unknown stack component {name!r}; expected one of {known}")
 
 
@@ -97,9 +102,10 @@ def start_services(settings: StackSettings) -> None:
 
 
 def down(settings: StackSettings) -> None:
-    """Stop the services, then the servers, then epmd: afterwards nothing of the stack runs."""
+    """Stop Prometheus, the services, then the servers, then epmd: afterwards nothing of the
+    stack runs."""
     errors: list[str] = []
-    for name in (*SERVICES, *reversed(SERVERS)):
+    for name in (*TOOLS, *SERVICES, *reversed(SERVERS)):
         try:
             stop(name, settings)
         except StackError as exc:  # keep stopping the rest; report everything at the end
@@ -113,4 +119,5 @@ def status(settings: StackSettings) -> list[tuple[str, str]]:
     """(name, "running pid 123 on 127.0.0.1:3306" | "stopped" | ...) for servers and services."""
     rows = [(name, _STATUS[name](settings)) for name in SERVERS]
     rows += [(name, services.status(name, settings)) for name in SERVICES]
+    rows += [(name, _STATUS[name](settings)) for name in TOOLS]
     return rows

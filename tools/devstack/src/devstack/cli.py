@@ -14,6 +14,7 @@ from shop.settings import ConfigError
 from . import (
     SERVERS,
     SERVICES,
+    TOOLS,
     StackError,
     down,
     identities,
@@ -27,7 +28,7 @@ from .identities import ensure as ensure_identities
 from .settings import StackSettings, load_stack_settings
 
 
-def _up(settings: StackSettings, *, services: bool) -> None:
+def _up(settings: StackSettings, *, services: bool, tools: tuple[str, ...] = ()) -> None:
     from shop.access.dev_issuer import ensure_dev_key
     from shop.storage.migrations import migrate
 
@@ -38,6 +39,8 @@ def _up(settings: StackSettings, *, services: bool) -> None:
         print("created the development signing key in", settings.auth.signing_key_file)
     if services:
         start_services(settings)
+    for name in tools:
+        start(name, settings)
 
 
 def _run_foreground(settings: StackSettings) -> int:
@@ -79,7 +82,8 @@ def _run_foreground(settings: StackSettings) -> int:
 def _dispatch(settings: StackSettings, args: argparse.Namespace) -> int:
     match args.action:
         case "up":
-            _up(settings, services=not args.no_services)
+            tools = ("prometheus",) if args.prometheus else ()
+            _up(settings, services=not args.no_services, tools=tools)
         case "down":
             down(settings)
         case "status":
@@ -121,9 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     up = sub.add_parser("up", help="install, start and migrate; then start both services")
     up.add_argument("--no-services", action="store_true", help="servers and migrations only")
+    up.add_argument(
+        "--prometheus", action="store_true", help="also Prometheus, scraping both services"
+    )
     sub.add_parser("down", help="stop everything the stack started")
     sub.add_parser("status", help="say what runs")
-    names = (*SERVERS, *SERVICES)
+    names = (*SERVERS, *SERVICES, *TOOLS)
     sub.add_parser("start", help="start one part").add_argument("name", choices=names)
     sub.add_parser("stop", help="stop one part").add_argument("name", choices=names)
     sub.add_parser("run", help="run both services in the foreground (the servers must be up)")

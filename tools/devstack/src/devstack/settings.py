@@ -30,11 +30,18 @@ class StackKafkaAdmin(Group):
     admin_password: str = Field("", repr=False)
 
 
+class StackPrometheus(Group):
+    prefix = "prometheus_"
+    # `make up PROMETHEUS=1`: Debian's Prometheus on this port, scraping both services.
+    port: int = Field(9090, ge=1, le=65535)
+
+
 class StackSettings(Settings):
     """The services' settings and the stack's administrators (RABBITMQ_ADMIN_USER, ...)."""
 
     stack: StackAdmin = StackAdmin()
     kafka_admin: StackKafkaAdmin = StackKafkaAdmin()
+    prometheus: StackPrometheus = StackPrometheus()
 
 
 def load_stack_settings(**overrides: Any) -> StackSettings:

@@ -1,0 +1,104 @@
+"""Prometheus for the local stack (`make up PROMETHEUS=1`): Debian's, from
+tools/install-prometheus, scraping both services' /metrics every 5 s and evaluating
+deploy/prometheus/rules.yml; its UI and API on 127.0.0.1:PROMETHEUS_PORT (9090).
+Data, configuration and log live in `<stack>/prometheus`; see docs/observability.md."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .common import (
+    HOST,
+    Daemon,
+    Launch,
+    StackError,
+    describe,
+    ensure_started,
+    ensure_stopped,
+    repo_root,
+    stack_dir,
+)
+from .settings import StackSettings
+
+READY_TIMEOUT = 60.0
+
+
+def daemon(settings: StackSettings) -> Daemon:
+    directory = stack_dir() / "prometheus"
+    log = directory / "prometheus.log"
+    return Daemon(
+        name="prometheus",
+        ports=(settings.prometheus.port,),
+        directory=directory,
+        log=log,
+        console=log,
+        ready_timeout=READY_TIMEOUT,
+    )
+
+
+def binaries() -> Path:
+    """The directory holding prometheus and promtool (fetched once from Debian's package)."""
+    script = repo_root() / "tools" / "install-prometheus"
+    done = subprocess.run([str(script)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise StackError(f"tools/install-prometheus failed:\n{done.stderr.strip()}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def config(settings: StackSettings) -> str:
+    """The scrape configuration: one job per service (the jobs rules.yml names)."""
+    rules = repo_root() / "deploy" / "prometheus" / "rules.yml"
+    jobs = {"shop-products": settings.http.product_port, "shop-orders": settings.http.order_port}
+    scrapes = "".join(
+        f"  - job_name: {job}\n    static_configs:\n      - targets: ['{HOST}:{port}']\n"
+        for job, port in jobs.items()
+    )
+    return (
+        "# Written by devstack (tools/devstack/src/devstack/prometheus.py) at each start.\n"
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n"
+        f"rule_files:\n  - {rules}\n"
+        f"scrape_configs:\n{scrapes}"
+    )
+
+
+def ready(settings: StackSettings) -> bool:
+    url = f"http://{HOST}:{settings.prometheus.port}/-/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _prepare(settings: StackSettings) -> Launch:
+    server = daemon(settings)
+    data = server.directory / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    config_file = server.directory / "prometheus.yml"
+    config_file.write_text(config(settings))
+    argv = [
+        str(binaries() / "prometheus"),
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={data}",
+        "--storage.tsdb.retention.time=2d",
+        f"--web.listen-address={HOST}:{settings.prometheus.port}",
+        "--web.enable-lifecycle",  # POST /-/reload re-reads the rules
+    ]
+    return Launch(argv=argv, env={"PATH": "/usr/bin:/bin"}, cwd=server.directory)
+
+
+def start(settings: StackSettings) -> None:
+    ensure_started(
+        daemon(settings), prepare=lambda: _prepare(settings), ready=lambda: ready(settings)
+    )
+
+
+def stop(settings: StackSettings) -> None:
+    ensure_stopped(daemon(settings))
+
+
+def status(settings: StackSettings) -> str:
+    return describe(daemon(settings), lambda: ready(settings))
