@@ -46,6 +46,13 @@ class Group(BaseModel):
     prefix: ClassVar[str] = ""
 
 
+def _names(value: Any) -> Any:
+    """A comma-separated list as a tuple (blanks around and between commas dropped)."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
 class Database(Group):
     prefix = "db_"
     host: str = "127.0.0.1"
@@ -64,9 +71,7 @@ class Database(Group):
     recycle_seconds: float = Field(1800.0, gt=0)  # a connection is replaced after this long
     # The pause before each new try of a unit of work known not to have committed (so four
     # tries at most): a fail-over takes a few seconds. Comma-separated in the environment.
-    retry_delays_seconds: Annotated[
-        tuple[float, ...], BeforeValidator(lambda v: v.split(",") if isinstance(v, str) else v)
-    ] = (0.05, 0.4, 1.5)
+    retry_delays_seconds: Annotated[tuple[float, ...], BeforeValidator(_names)] = (0.05, 0.4, 1.5)
     # TLS to the server, its certificate checked against these CA certificates (PEM) and its
     # name against DB_HOST. Empty: plain TCP, for a server on this machine or a trusted link.
     ca_file: OptionalText = None
@@ -109,13 +114,6 @@ def https_url(value: str | None) -> str | None:
             f"must be an https:// URL, got {value!r} (the signing keys decide who may do what: "
             "they are not fetched over plain HTTP)"
         )
-    return value
-
-
-def _names(value: Any) -> Any:
-    """A comma-separated list of names as a tuple (blanks around and between commas dropped)."""
-    if isinstance(value, str):
-        return tuple(name.strip() for name in value.split(",") if name.strip())
     return value
 
 
@@ -201,10 +199,9 @@ class RabbitMQ(Group):
 
     @property
     def consumer_url(self) -> str:
-        """The consumers': RABBITMQ_CONSUMER_USER, else RABBITMQ_USER."""
-        if self.consumer_user is None or self.consumer_password is None:
-            return self.url
-        return self.url_for(self.consumer_user, self.consumer_password)
+        """The consumers': RABBITMQ_CONSUMER_USER, else RABBITMQ_USER (set together or not)."""
+        user, password = self.consumer_user or self.user, self.consumer_password or self.password
+        return self.url_for(user, password)
 
     def url_for(self, user: str, password: str) -> str:
         """An AMQP URL for `user`: amqps with the CA file (aiormq's and aio-pika's `cafile`)
@@ -381,10 +378,8 @@ class Auth(Group):
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve anywhere
         return False
 

@@ -132,3 +132,11 @@ def test_the_limits_settings_are_checked_and_named() -> None:
         load_settings(forwarded_allow_ips="10.0.0.0/8,proxy.internal")
     trusted = load_settings(forwarded_allow_ips=" 10.0.0.0/8, fd00::/8 ").http.forwarded_allow_ips
     assert trusted == ("10.0.0.0/8", "fd00::/8")
+
+
+def test_the_retry_delays_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_RETRY_DELAYS_SECONDS", "0.1, 0.2,0.3")
+    assert load_settings().db.retry_delays_seconds == (0.1, 0.2, 0.3)
+    monkeypatch.setenv("DB_RETRY_DELAYS_SECONDS", "0.1,soon")
+    with pytest.raises(ConfigError, match="DB_RETRY_DELAYS_SECONDS"):
+        load_settings()

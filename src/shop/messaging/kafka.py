@@ -484,10 +484,8 @@ class KafkaInbound:
                 low, high = consumer.get_watermark_offsets(tp, cached=True)
                 at = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
                 lags[tp.topic, tp.partition] = max(0, high - (at if at >= 0 else max(low, 0)))
-            for topic, partition in self._lag_shown - lags.keys():
-                LAG.labels(topic, str(partition)).set(0)
-            for (topic, partition), lag in lags.items():
-                LAG.labels(topic, str(partition)).set(lag)
+            for topic, partition in self._lag_shown | lags.keys():  # 0: given up since
+                LAG.labels(topic, str(partition)).set(lags.get((topic, partition), 0))
             self._lag_shown = set(lags)
             return sum(lags.values())
 
