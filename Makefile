@@ -28,8 +28,8 @@ down: venv ## stop everything `make up` started
 status: venv ## say what runs
 	$(DEVSTACK) status
 
-cluster: venv ## the clustered system: 3 Kafka, 3 RabbitMQ, 3 Galera nodes, HAProxy, 2 replicas per service (docs/cluster.md)
-	$(DEVSTACK) cluster up
+cluster: venv ## the clustered system: 3 Kafka, 3 RabbitMQ, 3 Galera nodes, HAProxy, 2 replicas per service (docs/cluster.md); PROMETHEUS=1: and Prometheus on 9090
+	$(DEVSTACK) cluster up $(if $(PROMETHEUS),--prometheus,)
 
 cluster-down: venv ## stop everything `make cluster` started
 	$(DEVSTACK) cluster down

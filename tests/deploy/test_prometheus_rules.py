@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-from devstack import prometheus
+from devstack import cluster, layout, prometheus
 from devstack.settings import load_stack_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,14 +93,28 @@ def test_every_dashboard_panel_reads_only_metrics_the_services_expose_or_recorde
             assert not unknown, f"panel {panel['title']!r} reads {unknown}"
 
 
-def test_the_stack_prometheus_scrapes_both_services_under_the_rules_job_names() -> None:
+def _targets(jobs: prometheus.Jobs) -> dict[str, list[str]]:
+    config = yaml.safe_load(prometheus.config(jobs))
+    assert config["rule_files"] == [str(RULES)]
+    scrapes = config["scrape_configs"]
+    return {job["job_name"]: job["static_configs"][0]["targets"] for job in scrapes}
+
+
+def test_the_stack_prometheus_scrapes_both_services_under_the_rules_job_names(
+    tmp_path: Path,
+) -> None:
     settings = load_stack_settings(product_service_port=18080, order_service_port=18081)
-    config = yaml.safe_load(prometheus.config(settings))
-    targets = {
-        job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
-    }
-    assert targets == {
+    assert _targets(prometheus.stack_jobs(settings)) == {
         "shop-products": ["127.0.0.1:18080"],
         "shop-orders": ["127.0.0.1:18081"],
     }
-    assert config["rule_files"] == [str(RULES)]
+    # the cluster's: every replica and consumer process answers its own /metrics
+    processes = layout.processes(settings, tmp_path)
+    targets = _targets(cluster.prometheus_jobs(settings, tmp_path))
+    assert sorted(targets["shop-products"] + targets["shop-orders"]) == sorted(
+        f"127.0.0.1:{p.port}" for p in processes
+    )
+    assert all(
+        f"127.0.0.1:{p.port}" in targets["shop-products" if "products" in p.name else "shop-orders"]
+        for p in processes
+    )

@@ -105,7 +105,7 @@ def _cluster(settings: StackSettings, args: argparse.Namespace) -> int:
 
     match args.cluster_action:
         case "up":
-            cluster.up(settings)
+            cluster.up(settings, with_prometheus=args.prometheus)
         case "down":
             cluster.down(settings)
         case "status":
@@ -136,7 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run both services in the foreground (the servers must be up)")
     cluster = sub.add_parser("cluster", help="the clustered system (docs/cluster.md)")
     actions = cluster.add_subparsers(dest="cluster_action", required=True)
-    actions.add_parser("up", help="install, start every node, HAProxy, migrate, the services")
+    cluster_up = actions.add_parser(
+        "up", help="install, start every node, HAProxy, migrate, the services"
+    )
+    cluster_up.add_argument(
+        "--prometheus", action="store_true", help="also Prometheus, scraping every process"
+    )
     actions.add_parser("down", help="stop everything `cluster up` started")
     actions.add_parser("status", help="every node, replica and HAProxy server, with health")
     actions.add_parser("env", help="export lines pointing `shop token` and tests at the cluster")

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import haproxy, kafka, mariadb, rabbitmq
+from . import haproxy, kafka, mariadb, prometheus, rabbitmq
 from .common import (
     HOST,
     Daemon,
@@ -258,8 +258,9 @@ def _refuse_taken_fronts(settings: StackSettings, base: Path) -> None:
             )
 
 
-def up(settings: StackSettings) -> None:
-    """Install what is missing, start every node, HAProxy, migrate, then the services."""
+def up(settings: StackSettings, *, with_prometheus: bool = False) -> None:
+    """Install what is missing, start every node, HAProxy, migrate, then the services (and,
+    `with_prometheus`, Prometheus scraping every replica and consumer process)."""
     from shop.access.dev_issuer import ensure_dev_key
     from shop.storage.migrations import migrate
 
@@ -287,11 +288,26 @@ def up(settings: StackSettings) -> None:
     _parallel([partial(_start_process, p, base) for p in processes(settings, base)])
     for process in processes(settings, base):
         _wait_in_rotation(process.name)
+    if with_prometheus:
+        prometheus.start(
+            settings, jobs=prometheus_jobs(settings, base), directory=base / "prometheus"
+        )
     say(
         f"cluster up in {time.monotonic() - began:.1f}s: products on "
         f"http://{HOST}:{settings.http.product_port}, orders on "
         f"http://{HOST}:{settings.http.order_port}"
     )
+
+
+def prometheus_jobs(settings: StackSettings, base: Path) -> prometheus.Jobs:
+    """Every process's own /metrics: the product replicas as shop-products; the order replicas
+    and the consumer processes (their health port) as shop-orders."""
+    jobs: prometheus.Jobs = {"shop-products": [], "shop-orders": []}
+    for process in processes(settings, base):
+        jobs["shop-products" if process.name.startswith("products") else "shop-orders"].append(
+            process.port
+        )
+    return jobs
 
 
 def _ensure_topics(shop: StackSettings) -> None:
@@ -322,8 +338,8 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
 
 
 def down(settings: StackSettings) -> None:
-    """Stop the services, HAProxy, then the nodes (Galera's first node last, so it is the one
-    marked safe to bootstrap from next time)."""
+    """Stop Prometheus, the services, HAProxy, then the nodes (Galera's first node last, so it
+    is the one marked safe to bootstrap from next time)."""
     base = directory()
     errors: list[str] = []
 
@@ -333,6 +349,7 @@ def down(settings: StackSettings) -> None:
         except StackError as exc:  # keep stopping the rest; report everything at the end
             errors.append(str(exc))
 
+    attempt(lambda: prometheus.stop(settings, base / "prometheus"))
     procs = processes(settings, base)
     attempt(partial(_parallel, [partial(_stop_process, p, base) for p in procs]))
     attempt(lambda: haproxy.stop(base / "haproxy", fronts(settings, base)))
@@ -369,6 +386,8 @@ def status(settings: StackSettings) -> list[tuple[str, str]]:
     """(name, state) for every node, HAProxy and each of its servers, and every process."""
     base = directory()
     rows = [(name, describe(d, ready)) for name, (d, ready) in _parts(settings, base).items()]
+    if prometheus.daemon(settings, base / "prometheus").pid() is not None:  # when asked for
+        rows.append(("prometheus", prometheus.status(settings, base / "prometheus")))
     for g in galera_nodes(base):
         wsrep = mariadb.wsrep_status(g)
         if wsrep:

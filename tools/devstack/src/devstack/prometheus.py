@@ -1,7 +1,8 @@
-"""Prometheus for the local stack (`make up PROMETHEUS=1`): Debian's, from
-tools/install-prometheus, scraping both services' /metrics every 5 s and evaluating
-deploy/prometheus/rules.yml; its UI and API on 127.0.0.1:PROMETHEUS_PORT (9090).
-Data, configuration and log live in `<stack>/prometheus`; see docs/observability.md."""
+"""Prometheus for the local stack (`make up PROMETHEUS=1`) or the cluster (`make cluster
+PROMETHEUS=1`): Debian's, from tools/install-prometheus, scraping every service process's
+/metrics every 5 s and evaluating deploy/prometheus/rules.yml; its UI and API on
+127.0.0.1:PROMETHEUS_PORT (9090). Data, configuration and log live in the layout's
+`prometheus` directory; see docs/observability.md."""
 
 from __future__ import annotations
 
@@ -26,8 +27,20 @@ from .settings import StackSettings
 READY_TIMEOUT = 60.0
 
 
-def daemon(settings: StackSettings) -> Daemon:
-    directory = stack_dir() / "prometheus"
+# Scrape jobs: the job name (the one rules.yml's alerts name) and the ports of its processes.
+Jobs = dict[str, list[int]]
+
+
+def stack_jobs(settings: StackSettings) -> Jobs:
+    """`make up`'s: one port per service (its workers answer /metrics together)."""
+    return {
+        "shop-products": [settings.http.product_port],
+        "shop-orders": [settings.http.order_port],
+    }
+
+
+def daemon(settings: StackSettings, directory: Path | None = None) -> Daemon:
+    directory = directory or stack_dir() / "prometheus"
     log = directory / "prometheus.log"
     return Daemon(
         name="prometheus",
@@ -48,13 +61,13 @@ def binaries() -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def config(settings: StackSettings) -> str:
+def config(jobs: Jobs) -> str:
     """The scrape configuration: one job per service (the jobs rules.yml names)."""
     rules = repo_root() / "deploy" / "prometheus" / "rules.yml"
-    jobs = {"shop-products": settings.http.product_port, "shop-orders": settings.http.order_port}
     scrapes = "".join(
-        f"  - job_name: {job}\n    static_configs:\n      - targets: ['{HOST}:{port}']\n"
-        for job, port in jobs.items()
+        f"  - job_name: {job}\n    static_configs:\n      - targets: "
+        f"[{', '.join(repr(f'{HOST}:{port}') for port in ports)}]\n"
+        for job, ports in jobs.items()
     )
     return (
         "# Written by devstack (tools/devstack/src/devstack/prometheus.py) at each start.\n"
@@ -73,32 +86,38 @@ def ready(settings: StackSettings) -> bool:
         return False
 
 
-def _prepare(settings: StackSettings) -> Launch:
-    server = daemon(settings)
+def _prepare(server: Daemon, jobs: Jobs) -> Launch:
     data = server.directory / "data"
     data.mkdir(parents=True, exist_ok=True)
     config_file = server.directory / "prometheus.yml"
-    config_file.write_text(config(settings))
+    config_file.write_text(config(jobs))
     argv = [
         str(binaries() / "prometheus"),
         f"--config.file={config_file}",
         f"--storage.tsdb.path={data}",
         "--storage.tsdb.retention.time=2d",
-        f"--web.listen-address={HOST}:{settings.prometheus.port}",
+        f"--web.listen-address={HOST}:{server.port}",
         "--web.enable-lifecycle",  # POST /-/reload re-reads the rules
     ]
     return Launch(argv=argv, env={"PATH": "/usr/bin:/bin"}, cwd=server.directory)
 
 
-def start(settings: StackSettings) -> None:
+def start(
+    settings: StackSettings, *, jobs: Jobs | None = None, directory: Path | None = None
+) -> None:
+    """Start it unless it runs: scraping `jobs` (`make up`'s by default), its files in
+    `directory` (`<stack>/prometheus` by default)."""
+    server = daemon(settings, directory)
     ensure_started(
-        daemon(settings), prepare=lambda: _prepare(settings), ready=lambda: ready(settings)
+        server,
+        prepare=lambda: _prepare(server, jobs or stack_jobs(settings)),
+        ready=lambda: ready(settings),
     )
 
 
-def stop(settings: StackSettings) -> None:
-    ensure_stopped(daemon(settings))
+def stop(settings: StackSettings, directory: Path | None = None) -> None:
+    ensure_stopped(daemon(settings, directory))
 
 
-def status(settings: StackSettings) -> str:
-    return describe(daemon(settings), lambda: ready(settings))
+def status(settings: StackSettings, directory: Path | None = None) -> str:
+    return describe(daemon(settings, directory), lambda: ready(settings))
