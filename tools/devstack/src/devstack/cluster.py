@@ -18,8 +18,6 @@ import os
 import secrets
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -32,6 +30,7 @@ from .common import (
     Daemon,
     Launch,
     StackError,
+    answers,
     apt_install,
     describe,
     ensure_started,
@@ -77,11 +76,7 @@ def _process_daemon(process: Process, base: Path) -> Daemon:
 
 
 def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return answers(f"http://{HOST}:{port}/healthz")
 
 
 def _stop_process(process: Process, base: Path) -> None:

@@ -7,8 +7,6 @@ PROMETHEUS=1`): Debian's, from tools/install-prometheus, scraping every service 
 from __future__ import annotations
 
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from .common import (
@@ -16,6 +14,7 @@ from .common import (
     Daemon,
     Launch,
     StackError,
+    answers,
     describe,
     ensure_started,
     ensure_stopped,
@@ -78,12 +77,7 @@ def config(jobs: Jobs) -> str:
 
 
 def ready(settings: StackSettings) -> bool:
-    url = f"http://{HOST}:{settings.prometheus.port}/-/ready"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return answers(f"http://{HOST}:{settings.prometheus.port}/-/ready")
 
 
 def _prepare(server: Daemon, jobs: Jobs) -> Launch:

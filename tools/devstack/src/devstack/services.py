@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from shop.settings import Settings, flat_names
@@ -16,6 +14,7 @@ from .common import (
     HOST,
     Daemon,
     Launch,
+    answers,
     describe,
     ensure_started,
     ensure_stopped,
@@ -65,12 +64,7 @@ def _settings_env(settings: Settings, service: identities.Service | None = None)
 
 
 def ready(name: str, settings: Settings) -> bool:
-    url = f"http://{HOST}:{port(name, settings)}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return answers(f"http://{HOST}:{port(name, settings)}/healthz")
 
 
 def _prepare(name: str, settings: Settings) -> Launch:
