@@ -229,3 +229,22 @@ def test_the_clusters_rabbitmq_takes_tls_only_and_an_account_per_role(
         assert env["RABBITMQ_CONSUMER_USER"] == identities.RABBITMQ_CONSUMER, process.name
         assert env["RABBITMQ_CA_FILE"] == str(tls.ca_file), process.name
         assert "RABBITMQ_ADMIN_PASSWORD" not in env
+
+
+def test_cluster_env_exports_the_cluster_settings_as_their_variables(
+    settings: StackSettings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`devstack cluster env` (what `bench.layouts` and docs/cluster.md eval): every export is
+    a setting's variable with the cluster's value."""
+    from devstack import cluster as cluster_cli
+
+    monkeypatch.setenv("SHOP_STACK_DIR", str(tmp_path))
+    lines = cluster_cli.env_lines(settings)
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    assert exported["DB_PORT"] == str(cluster.MYSQL_FRONT)
+    assert exported["RABBITMQ_PORT"] == str(cluster.AMQP_FRONT)
+    assert exported["KAFKA_BROKERS"].count(",") == 2
+    assert exported["RABBITMQ_QUEUE_TYPE"] == "quorum"
+    assert exported["PRODUCT_SERVICE_PORT"] == "18080"
+    evaluated = load_stack_settings(**{name.lower(): v for name, v in exported.items()})
+    assert evaluated.db.port == cluster.MYSQL_FRONT

@@ -507,4 +507,5 @@ def env_lines(settings: StackSettings) -> list[str]:
         "product_service_port",
         "order_service_port",
     )
-    return [f"export {name.upper()}={getattr(shop, name)}" for name in names]
+    leaves = shop.flat()  # the settings are a tree; their flat names are the variables'
+    return [f"export {name.upper()}={leaves[name]}" for name in names]
