@@ -24,7 +24,11 @@ at the end stops every process it started and drops the databases, topics, group
 it made.
 
     python -m bench.compare --base 0fc452c [--head REF] [--quick] [--rounds N] [--seconds S]
-        [--paths sync,kafka,rabbitmq,products] [--connections 50,200,800]
+        [--paths sync,kafka,rabbitmq,products] [--connections 50,200,800] [--trace-ratio 0.1]
+
+With `--trace-ratio`, the head runs with tracing on at that sampling ratio, exporting to an
+OTLP receiver that keeps nothing (`bench.otlp_sink`), and the base as it is: the cost of
+tracing (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ DEFAULT_BASE = "0fc452c"
 PRODUCTS = 200
 BIG_STOCK = 100_000_000
 READY_TIMEOUT = 120.0
+OTLP_SINK_PORT = 14318  # where the head exports its spans under --trace-ratio
 PATHS = ("sync", "hot", "kafka", "rabbitmq", "products")
 PATH_LABELS = {
     "sync": "POST /orders/sync",
@@ -692,6 +697,12 @@ def main() -> int:
     )
     parser.add_argument("--connections", help="comma-separated (default 50,200,800)", default="")
     parser.add_argument("--keep", action="store_true", help="leave databases, topics, queues")
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        help="the head traces this share of requests (OTEL_TRACES_SAMPLER_ARG) to an OTLP sink "
+        "that keeps nothing (bench.otlp_sink); default: tracing off on both sides",
+    )
     args = parser.parse_args()
     paths = [p for p in args.paths.split(",") if p] or list(PATHS)
     if unknown := set(paths) - set(PATHS):
@@ -712,6 +723,14 @@ def main() -> int:
         head_path = ROOT
         head_label = git("describe", "--always", "--dirty", "--abbrev=12")
     sides = make_sides((base_path, base_sha), (head_path, head_label), settings)
+    sink = None
+    if args.trace_ratio is not None:
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "bench.otlp_sink", "--port", str(OTLP_SINK_PORT)], cwd=ROOT
+        )
+        sides[1].env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{OTLP_SINK_PORT}"
+        sides[1].env["OTEL_TRACES_SAMPLER_ARG"] = str(args.trace_ratio)
+        sides[1].commit = head_label = f"{head_label} (tracing {args.trace_ratio:g})"
     header: dict[str, Any] = {
         "started": stamp,
         "base": base_sha,
@@ -726,6 +745,7 @@ def main() -> int:
         "order_burst": settings.orders.burst,
         "workers": settings.http.workers,  # the head's; the base runs with its own default
         "cores": os.cpu_count(),
+        "head_trace_ratio": args.trace_ratio,
     }
     steps = len(plan.paths) * len(plan.connections) * plan.rounds
     say(
@@ -811,6 +831,9 @@ def main() -> int:
     finally:
         say("stopping the services this run started")
         stop_services(sides)
+        if sink is not None:
+            sink.terminate()
+            sink.wait(timeout=10)
         shutil.rmtree(scratch, ignore_errors=True)
         if not args.keep:
             say("dropping the databases, topics, consumer groups and queues this run made")

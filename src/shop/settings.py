@@ -340,6 +340,36 @@ class Outbox(Group):
     purge_timeout_seconds: float = Field(30.0, gt=0)  # a purge batch's transaction
 
 
+def _otlp_url(value: str | None) -> str | None:
+    if value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+class Tracing(Group):
+    """OpenTelemetry traces (`shop.tracing`, docs/observability.md), under the standard OTEL_*
+    names: off unless OTEL_EXPORTER_OTLP_ENDPOINT names an OTLP/HTTP receiver."""
+
+    prefix = "otel_"
+    # The receiver's base URL (http://collector:4318); spans go to <endpoint>/v1/traces.
+    endpoint: Annotated[OptionalText, AfterValidator(_otlp_url)] = env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", None
+    )
+    # The share of traces kept, decided from the trace id (so every process decides alike).
+    sampling_ratio: float = env("OTEL_TRACES_SAMPLER_ARG", 1.0, ge=0, le=1)
+    # Headers for the receiver (`authorization=Bearer ...`), comma-separated name=value pairs.
+    headers: OptionalText = env("OTEL_EXPORTER_OTLP_HEADERS", None)
+    # The CA certificates (PEM) an https:// receiver's certificate is checked against.
+    ca_file: OptionalText = env("OTEL_EXPORTER_OTLP_CERTIFICATE", None)
+    export_timeout_seconds: float = Field(10.0, gt=0)  # one export's request
+    export_every_seconds: float = Field(2.0, gt=0, le=60)  # spans wait at most this to go
+    queue_spans: int = Field(8192, ge=64)  # spans waiting for export; beyond it, dropped
+
+    def header_pairs(self) -> dict[str, str]:
+        pairs = (item.partition("=") for item in (self.headers or "").split(","))
+        return {name.strip(): value.strip() for name, _, value in pairs if name.strip()}
+
+
 class Auth(Group):
     """Access tokens (`shop.access.verifier`): JWTs from this issuer for this audience, verified
     with the keys at AUTH_JWKS_URL or, without it, the PEM public key in AUTH_PUBLIC_KEY_FILE
@@ -397,6 +427,7 @@ class Settings(BaseSettings):
     products: Products = Products()
     outbox: Outbox = Outbox()
     auth: Auth = Auth()
+    tracing: Tracing = Tracing()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Listening beyond loopback with the development passwords is refused unless this says so
     # (a throw-away setup; no layout of this repository sets it: loopback needs no exception).

@@ -3,6 +3,7 @@ putting messages straight on the brokers and reading their dead letters."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from confluent_kafka import Consumer, Producer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack import kafka as stack_kafka
 from devstack import rabbitmq
 from devstack.settings import StackSettings
 from shop.messaging.kafka import client_config
@@ -21,7 +23,8 @@ from shop.orders.tables import order_aliases
 from shop.orders.tables import orders as orders_table
 from shop.products.tables import products as products_table
 from shop.settings import Kafka
-from tests.support import eventually
+from tests.conftest import RUN, TEST_ENV
+from tests.support import eventually, free_port
 
 PATHS = ("sync", "kafka", "rabbitmq")
 
@@ -257,3 +260,33 @@ async def dead_letters_in_queue(
 
         await eventually(all_found, timeout=timeout, what="poison in the RabbitMQ dead letters")
     return found
+
+
+def private_env(settings: StackSettings, tag: str) -> dict[str, str]:
+    """Topic, queue and group of one's own, the queue in a vhost of its own (where the
+    services' accounts get their rights on its names: `private_vhost`): only this process
+    consumes them (the order service's Kafka principal may use them: `provision`). The run
+    prefix makes the session teardown delete the topics and those ACLs."""
+    name = f"test-{RUN}-{tag}-{uuid.uuid4().hex[:6]}"
+    kafka = {
+        "KAFKA_TOPIC": f"{name}-orders",
+        "KAFKA_DLQ_TOPIC": f"{name}-orders.dlq",
+        "KAFKA_CONSUMER_GROUP": f"{name}-order-service",
+    }
+    stack_kafka.provision(settings.replace(**{k.lower(): v for k, v in kafka.items()}))
+    return {
+        **TEST_ENV,
+        "ORDER_SERVICE_PORT": str(free_port()),
+        **kafka,
+        "RABBITMQ_VHOST": name,
+        "RABBITMQ_QUEUE": f"{name}-orders",
+    }
+
+
+async def private_vhost(settings: StackSettings, env: dict[str, str]) -> StackSettings:
+    """The private env's vhost, provisioned as the run's is (`rabbitmq.remove_vhost` at the end)."""
+    private = settings.replace(
+        rabbitmq_vhost=env["RABBITMQ_VHOST"], rabbitmq_queue=env["RABBITMQ_QUEUE"]
+    )
+    await asyncio.to_thread(rabbitmq.provision, private)
+    return private

@@ -27,24 +27,25 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import devstack as stack
-from devstack import kafka as stack_kafka
 from devstack import rabbitmq
 from devstack.settings import StackSettings
 from shop.orders.service import order_key
 from shop.orders.tables import order_keys
-from tests.conftest import OPERATOR, OPERATOR_SUBJECT, RUN, STACK, TEST_ENV
+from tests.conftest import OPERATOR, OPERATOR_SUBJECT, STACK
 from tests.e2e.orders_support import (
     dead_letters_in_queue,
     dead_letters_on_topic,
     new_product,
     place,
+    private_env,
+    private_vhost,
     publish_to_queue,
     publish_to_topic,
     stock_and_confirmed_units,
     stored_orders,
     wait_until_stored,
 )
-from tests.support import ServiceProcess, eventually, free_port, observer
+from tests.support import ServiceProcess, eventually, observer
 
 pytestmark = pytest.mark.e2e
 
@@ -293,36 +294,6 @@ async def test_kafka_outage_gives_503_and_intake_resumes(
 # --- 4./6. The service's own process dies or is stopped in the middle of a stream -------------
 
 
-def _private_env(settings: StackSettings, tag: str) -> dict[str, str]:
-    """Topic, queue and group of one's own, the queue in a vhost of its own (where the
-    services' accounts get their rights on its names: `_private_vhost`): only this process
-    consumes them (the order service's Kafka principal may use them: `provision`). The run
-    prefix makes the session teardown delete the topics and those ACLs."""
-    name = f"test-{RUN}-{tag}-{uuid.uuid4().hex[:6]}"
-    kafka = {
-        "KAFKA_TOPIC": f"{name}-orders",
-        "KAFKA_DLQ_TOPIC": f"{name}-orders.dlq",
-        "KAFKA_CONSUMER_GROUP": f"{name}-order-service",
-    }
-    stack_kafka.provision(settings.replace(**{k.lower(): v for k, v in kafka.items()}))
-    return {
-        **TEST_ENV,
-        "ORDER_SERVICE_PORT": str(free_port()),
-        **kafka,
-        "RABBITMQ_VHOST": name,
-        "RABBITMQ_QUEUE": f"{name}-orders",
-    }
-
-
-async def _private_vhost(settings: StackSettings, env: dict[str, str]) -> StackSettings:
-    """The private env's vhost, provisioned as the run's is (`rabbitmq.remove_vhost` at the end)."""
-    private = settings.replace(
-        rabbitmq_vhost=env["RABBITMQ_VHOST"], rabbitmq_queue=env["RABBITMQ_QUEUE"]
-    )
-    await asyncio.to_thread(rabbitmq.provision, private)
-    return private
-
-
 @dataclass
 class Stream:
     """What happened to a stream of keyed async orders."""
@@ -419,8 +390,8 @@ def _incarnations(env: dict[str, str], logs: Path) -> Iterator[ServiceProcess]:
 async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
     products: httpx.AsyncClient, database: AsyncEngine, settings: StackSettings, tmp_path: Path
 ) -> None:
-    env = _private_env(settings, "kill")
-    private = await _private_vhost(settings, env)
+    env = private_env(settings, "kill")
+    private = await private_vhost(settings, env)
     pid = await new_product(products, stock=150)
     user = _user()
     processes = _incarnations(env, tmp_path)
@@ -461,8 +432,8 @@ async def test_consumer_killed_mid_stream_loses_and_doubles_nothing(
 async def test_sigterm_stops_the_order_service_within_10_seconds_without_losing_accepted_orders(
     products: httpx.AsyncClient, database: AsyncEngine, settings: StackSettings, tmp_path: Path
 ) -> None:
-    env = _private_env(settings, "term")
-    private = await _private_vhost(settings, env)
+    env = private_env(settings, "term")
+    private = await private_vhost(settings, env)
     pid = await new_product(products, stock=200)
     user = _user()
     processes = _incarnations(env, tmp_path)

@@ -11,7 +11,17 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "shop"
 
 # Shared by every package: they import nothing of the shop but each other.
-SHARED = {"settings", "errors", "events", "fields", "ids", "jsonutil", "clock", "supervision"}
+SHARED = {
+    "settings",
+    "errors",
+    "events",
+    "fields",
+    "ids",
+    "jsonutil",
+    "clock",
+    "supervision",
+    "tracing",
+}
 # What each package may import besides itself and the shared modules. `runtime` (the
 # composition roots) may import everything, and nothing imports it.
 ALLOWED: dict[str, set[str]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -12,7 +13,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
+from shop import tracing
 from shop.messaging.ports import PublishError
 from shop.orders import consumer
 from shop.orders.consumer import OrderBatchProcessor, run_order_consumer
@@ -40,6 +44,7 @@ def _command(product_id: int = 1) -> OrderCommand:
 class FakeDelivery:
     body: bytes
     tag: int
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +81,9 @@ class FakeInbound:
 
     async def depth(self) -> int:
         return len(self.waiting)
+
+    def header(self, delivery: FakeDelivery, name: str) -> str | None:
+        return delivery.headers.get(name)
 
 
 @dataclass
@@ -282,3 +290,30 @@ async def test_a_command_intake_would_refuse_is_dead_lettered_with_why_and_not_s
     [stored] = store.orders.values()
     assert (str(stored.id), stored.quantity) == (json.loads(valid)["id"], TEN.max_quantity)
     assert store.stock(1) == 10_000 - TEN.max_quantity
+
+
+async def test_a_batch_is_traced_from_the_commands_publish_spans(
+    spans: InMemorySpanExporter,
+) -> None:
+    publishes = []
+    for _ in range(2):
+        with tracing.span("publish order") as publish:
+            assert publish is not None
+            publishes.append(publish.get_span_context())
+    inbound = FakeInbound()
+    commands = [_command(), _command()]
+    for command, context in zip(commands, publishes, strict=True):
+        header = f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+        delivery = FakeDelivery(command.model_dump_json().encode(), len(inbound.waiting))
+        inbound.waiting.append(dataclasses.replace(delivery, headers={"traceparent": header}))
+    inbound.put(b"not json")  # no traceparent: in the batch, not among its parents
+
+    await _run_until_drained(inbound, FakeService())
+
+    (batch,) = [s for s in spans.get_finished_spans() if s.name == "process kafka orders"]
+    assert batch.kind is SpanKind.CONSUMER
+    assert batch.parent is not None
+    assert batch.parent.span_id == publishes[0].span_id
+    assert [link.context.span_id for link in batch.links] == [p.span_id for p in publishes]
+    assert batch.attributes is not None
+    assert batch.attributes["shop.order_ids"] == tuple(str(c.id) for c in commands)

@@ -463,6 +463,11 @@ class KafkaInbound:
                 # these again, and skip the orders we stored.
                 log.warning("could not store offsets on %s: %s", self._topic, exc)
 
+    def header(self, delivery: KafkaDelivery, name: str) -> str | bytes | None:
+        headers = delivery.message.headers() or ()  # (a list of pairs, as librdkafka reads them)
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        return next((value for key, value in pairs if key == name), None)
+
     async def depth(self) -> int:
         """Messages not yet consumed on the partitions this member holds.
 

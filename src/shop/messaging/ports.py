@@ -50,6 +50,10 @@ class Inbound(Protocol[D]):
     async def depth(self) -> int:
         """Messages waiting: consumer lag (Kafka) or ready messages (RabbitMQ)."""
 
+    def header(self, delivery: D, name: str) -> str | bytes | None:
+        """A header the delivery carries (the publisher's `Outgoing.headers`), as it came off
+        the wire: untrusted, for the caller to check; None when absent."""
+
 
 class Outgoing(NamedTuple):
     """A message to publish: `key` is the Kafka key or the AMQP message id."""

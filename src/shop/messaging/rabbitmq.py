@@ -551,6 +551,10 @@ class RabbitInbound:
         # the DLQ again.
         await self.ack([delivery])
 
+    def header(self, delivery: DeliveredMessage, name: str) -> str | bytes | None:
+        value = (delivery.header.properties.headers or {}).get(name)
+        return value if isinstance(value, str | bytes) else None
+
     async def depth(self) -> int:
         """Messages ready in the queue (not counting those delivered and unacked)."""
         channel = self._channel

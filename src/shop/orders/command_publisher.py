@@ -6,6 +6,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from opentelemetry.trace import SpanKind
+
+from shop import tracing
 from shop.errors import Unavailable
 from shop.messaging.ports import Outbound, Outgoing, PublishError
 from shop.orders.models import OrderCommand
@@ -36,10 +39,22 @@ class BrokerCommands:
     async def publish_command(self, command: OrderCommand) -> None:
         message = Outgoing(self.key(command), command.model_dump_json().encode())
         try:
-            await self.outbound.publish([message], timeout=self.settings.broker_deadline_seconds)
+            if tracing.enabled():
+                await self._publish_traced(message, command)
+            else:
+                await self.outbound.publish(
+                    [message], timeout=self.settings.broker_deadline_seconds
+                )
         except PublishError as exc:
             log.warning("%s did not confirm order %s: %s", self.broker, command.id, exc)
             raise Unavailable(
                 f"{self.broker} did not confirm the order in time ({exc}); nothing was accepted.",
                 retry_after=self.settings.broker_retry_after_seconds,
             ) from exc
+
+    async def _publish_traced(self, message: Outgoing, command: OrderCommand) -> None:
+        """Publish in a PRODUCER span whose context the message carries to the consumer."""
+        attributes = {"messaging.system": self.broker.lower(), tracing.ORDER_ID: str(command.id)}
+        with tracing.span("publish order", kind=SpanKind.PRODUCER, attributes=attributes):
+            traced = message._replace(headers=tracing.headers())
+            await self.outbound.publish([traced], timeout=self.settings.broker_deadline_seconds)

@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Protocol
 
+from opentelemetry.trace import SpanContext, SpanKind
 from prometheus_client import Counter, Gauge
 
+from shop import tracing
 from shop.clock import SYSTEM
 from shop.messaging.ports import D, Inbound
 from shop.orders.models import OrderCommand
@@ -99,8 +101,23 @@ async def run_order_consumer(
                 if len(verdicts) != len(commands):
                     raise RuntimeError(f"{len(verdicts)} verdicts for {len(commands)} commands")
 
-            if not await until_done("storing a batch", process):
-                return False
+            with tracing.span(
+                f"process {channel} orders",
+                kind=SpanKind.CONSUMER,
+                parents=traced(batch),
+                attributes=batch_attributes(commands),
+            ):
+                if not await until_done("storing a batch", process):
+                    return False
+                if log.isEnabledFor(logging.DEBUG):
+                    for command, verdict in zip(commands, verdicts, strict=True):
+                        log.debug(
+                            "order %s from %s: %s",
+                            command.id,
+                            channel,
+                            verdict or "stored",
+                            extra={"order_id": str(command.id)},
+                        )
         reasons = iter(verdicts)
         done: list[D] = []
         for delivery, item in zip(batch, decoded, strict=True):
@@ -116,6 +133,12 @@ async def run_order_consumer(
         if done:
             await inbound.ack(done)
         return True
+
+    def traced(batch: Sequence[D]) -> list[SpanContext | None]:
+        """The span each delivery's publisher sent it from (read as untrusted input)."""
+        if not tracing.enabled():
+            return []
+        return [tracing.parse(inbound.header(d, tracing.TRACEPARENT)) for d in batch]
 
     async def until_done(what: str, attempt: Callable[[], Awaitable[None]]) -> bool:
         """Retry `attempt` with backoff until it succeeds (True) or the service stops (False)."""
@@ -140,6 +163,15 @@ async def run_order_consumer(
             batch = await fill(batch)
         if batch and not await handle(batch):
             return  # stopping mid-retry: nothing settled, so all of it is delivered again
+
+
+def batch_attributes(commands: Sequence[OrderCommand]) -> dict[str, int | list[str]] | None:
+    if not tracing.enabled():
+        return None
+    return {
+        "messaging.batch.message_count": len(commands),
+        tracing.ORDER_IDS: tracing.ids(c.id for c in commands),
+    }
 
 
 async def watch_depth(

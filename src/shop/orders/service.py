@@ -23,7 +23,7 @@ from typing import Protocol
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from shop import jsonutil
+from shop import jsonutil, tracing
 from shop.errors import IdempotencyMismatch, InvalidInput, OutOfStock
 from shop.ids import uuid7
 from shop.orders import domain
@@ -105,6 +105,13 @@ def _answer(outcome: Outcome) -> Order:
     raise InvalidInput(f"No product with id {outcome.product_id}.", field="product_id")
 
 
+def _note(order_id: uuid.UUID, what: str) -> None:
+    """The order's id on its request's span, and a debug line (with the span's trace id)."""
+    tracing.annotate(order_id=order_id)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("order %s %s", order_id, what, extra={"order_id": str(order_id)})
+
+
 def _too_large(quantity: int) -> InvalidInput:
     return InvalidInput(
         f"{quantity} unit(s) at this product's price exceed the largest order total "
@@ -162,7 +169,9 @@ class OrderService:
         """
         self.check_order(order)
         key = order_key(caller, order.user_id, idempotency_key)
-        return _answer(await self._sync_orders.submit(_request(uuid7(), order, "sync", key)))
+        placed = _answer(await self._sync_orders.submit(_request(uuid7(), order, "sync", key)))
+        _note(placed.id, placed.status)
+        return placed
 
     async def run_sync_orders(self, stopping: asyncio.Event) -> None:
         """The worker that stores batches of synchronous orders; runs until `stopping`."""
@@ -239,6 +248,8 @@ class OrderService:
     async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
         """One try at a batch; after its commit, count the stored orders and wake the relay."""
         decision = await self._store.transact(partial(_decide, requests))
+        if tracing.enabled():  # on the batch's span: the group commit's or the consumer's
+            tracing.annotate(order_ids=tracing.ids(o.id for o in decision.orders))
         if decision.orders:
             counts = collections.Counter((o.channel, o.status) for o in decision.orders)
             for (channel, status), n in counts.items():
@@ -277,6 +288,7 @@ class OrderService:
         )
         await self._publishers[channel].publish_command(command)
         ORDERS_ACCEPTED.labels(channel).inc()
+        _note(order_id, f"accepted for {channel}")
         return Accepted(
             order_id, "pending", order.user_id, order.product_id, order.quantity, channel
         )

@@ -4,6 +4,7 @@ the app around it. Each service is wired in its own module (`products_service`, 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import Table
 
+from shop import tracing
 from shop.messaging.kafka import KafkaPublisher, ensure_topics_best_effort
 from shop.messaging.ports import Broker
 from shop.runtime import gc_tuning as heap
@@ -92,6 +94,7 @@ class Runtime:
         await self.kafka.close(timeout=shutdown)
         await self.db.dispose()
         self.commits.close()
+        await asyncio.to_thread(tracing.shutdown)  # the last spans' export, off the loop
 
 
 def service_app(

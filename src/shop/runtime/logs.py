@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line on stderr."""
+"""Structured logs: one JSON object per line on stderr; a line written inside a sampled span
+carries its `trace_id` and `span_id` (sampled or not), and a line about one order its `order_id`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 import time
 
 import orjson
+
+from shop import tracing
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,6 +21,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        order_id = getattr(record, "order_id", None)
+        if order_id is not None:
+            entry["order_id"] = str(order_id)
+        context = tracing.running()  # (None at once when tracing is off)
+        if context is not None:
+            entry["trace_id"] = f"{context.trace_id:032x}"
+            entry["span_id"] = f"{context.span_id:016x}"
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

@@ -13,6 +13,7 @@ from functools import partial
 import uvicorn
 from fastapi import FastAPI
 
+from shop import tracing
 from shop.access import verifier as auth
 from shop.access.rate_limit import OrderLimits
 from shop.messaging.kafka import KafkaBroker
@@ -92,6 +93,7 @@ def orders_app(settings: Settings | None = None) -> FastAPI:
     die_with_parent()
     settings = settings or load_settings()
     logs.configure(settings.log_level)
+    tracing.configure(settings.tracing, "order-service")
     authenticator = auth.from_settings(settings)
     # In a table the service's workers share if it has several.
     buckets = generation.worker_file("order-limits.buckets")
@@ -141,6 +143,7 @@ async def consume(
     """Run consumers (and the order outbox relay) without HTTP until SIGTERM or SIGINT; with a
     `health_port`, answer health checks there."""
     logs.configure(settings.log_level)
+    tracing.configure(settings.tracing, "order-consumer")
     runtime = OrderRuntime(settings, channels, intake=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

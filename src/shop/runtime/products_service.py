@@ -6,6 +6,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
+from shop import tracing
 from shop.access import verifier as auth
 from shop.access.client_address import Clients
 from shop.access.rate_limit import SearchLimits
@@ -26,6 +27,7 @@ def products_app(settings: Settings | None = None) -> FastAPI:
     die_with_parent()
     settings = settings or load_settings()
     logs.configure(settings.log_level)
+    tracing.configure(settings.tracing, "product-service")
     runtime = Runtime(
         settings,
         outbox=product_outbox,

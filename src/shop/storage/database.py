@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import tenacity
 from asyncmy import errors as asyncmy_errors
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 from sqlalchemy import CursorResult, DateTime, event, text
 from sqlalchemy.dialects import mysql
@@ -22,6 +23,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from shop import tracing
 from shop.clock import SYSTEM, Clock
 from shop.settings import Database as DbSettings
 from shop.settings import Settings
@@ -35,6 +37,8 @@ POOL_WAITS = Counter(
 )
 POOL_WAITED = Counter("db_pool_wait_seconds_total", "Seconds those checkouts waited", ["pool"])
 WAIT_COUNTED = 0.001  # seconds: a checkout of a free pooled connection takes tens of microseconds
+
+_DB_SPAN = {"db.system.name": "mysql"}  # (MariaDB speaks MySQL's protocol, as OTel names it)
 
 # Microsecond timestamps, stored as naive UTC.
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
@@ -358,9 +362,9 @@ class Database:
 
     @classmethod
     def connect(cls, settings: Settings) -> Database:
-        return cls(
-            create_engine(settings), reads=create_engine(settings, autocommit=True), db=settings.db
-        )
+        engine, reads = create_engine(settings), create_engine(settings, autocommit=True)
+        tracing.instrument_engines(engine.sync_engine, reads.sync_engine)
+        return cls(engine, reads=reads, db=settings.db)
 
     async def warm_up(self, _stopping: asyncio.Event, *, connections: int) -> None:
         """Open `connections` of the read pool at start (the key claims and reads of a burst
@@ -420,7 +424,9 @@ class Database:
             ) as sql:
                 return await work(sql)
 
-        return await self._retrying(attempt)
+        # (SQLAlchemy's instrumentation does not see the driver's connection: a span by hand.)
+        with tracing.span("transaction", kind=SpanKind.CLIENT, attributes=_DB_SPAN):
+            return await self._retrying(attempt)
 
     async def _retrying(self, attempt: Callable[[Callable[[], None]], Awaitable[T]]) -> T:
         committing = False  # whether the try under way has sent its COMMIT

@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from opentelemetry.trace import SpanContext
+
+from shop import tracing
 from shop.errors import Unavailable
 from shop.supervision import retrieve
 
@@ -28,6 +31,7 @@ class _Entry(Generic[Req, Res]):
     request: Req
     future: asyncio.Future[Res]
     expiry: asyncio.TimerHandle | None = None
+    trace: SpanContext | None = None  # its request's span, when traced
     taken: bool = False  # in a batch: its outcome is being decided
 
 
@@ -60,7 +64,7 @@ class Coalescer(Generic[Req, Res]):
         if len(self._pending) >= self._max_pending:
             raise Unavailable("Too many orders are waiting to be stored; retry shortly.")
         loop = asyncio.get_running_loop()
-        entry: _Entry[Req, Res] = _Entry(request, loop.create_future())
+        entry: _Entry[Req, Res] = _Entry(request, loop.create_future(), trace=tracing.current())
         # Retrieve the outcome even if our caller went away, so no "never retrieved" warning.
         entry.future.add_done_callback(retrieve)
         entry.expiry = loop.call_later(self._timeout, self._expire, entry)
@@ -114,8 +118,12 @@ class Coalescer(Generic[Req, Res]):
             stop.cancel()
 
     async def _settle(self, batch: list[_Entry[Req, Res]]) -> None:
+        parents = [entry.trace for entry in batch]
         try:
-            outcomes = await self._handler([entry.request for entry in batch])
+            with tracing.span(
+                "group commit", parents=parents, attributes={"shop.batch.size": len(batch)}
+            ):
+                outcomes = await self._handler([entry.request for entry in batch])
         except Exception as exc:  # the whole batch failed: every request gets the error
             outcomes = [exc] * len(batch)
         for entry, outcome in zip(batch, outcomes, strict=True):

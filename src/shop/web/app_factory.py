@@ -3,19 +3,26 @@ problem handlers, middleware, fast-path routes and local API docs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 
+from shop import tracing
 from shop.settings import Http
 from shop.web import docs_pages as docs
 from shop.web import openapi
 from shop.web.fastpath.routes import Lean, LeanRoute
 from shop.web.middleware import BodyLimit, Metrics, observe_request
 from shop.web.problems import JSONResponse, install_handlers
+
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in _UNTRACED
 
 
 def new_app(
@@ -29,8 +36,10 @@ def new_app(
     """A FastAPI app with the shared handlers and middleware, as every service (and the
     benchmark's HTTP floor) builds it.
 
-    FastAPI's own OpenTelemetry hooks are off: the services export Prometheus metrics, and the
-    hooks looked up the environment on every request (2 % of a request's CPU in a profile).
+    FastAPI's own OpenTelemetry hooks trace its requests when tracing is on (`shop.tracing`),
+    its probes and scrapes left out; off, they are not installed at all (they looked up the
+    environment on every request: 2 % of a request's CPU in a profile). Its metrics and logs
+    stay off: the services export Prometheus metrics and JSON logs.
     The `lean` routes answer their plain requests without FastAPI's per-request work
     (`fastpath.routes`); the server's protocol serves them from `app.state.lean`, and finds the
     request deadlines in `app.state.http`.
@@ -43,7 +52,13 @@ def new_app(
         default_response_class=JSONResponse,
         docs_url=None,  # shop.web.docs_pages serves them with local assets
         redoc_url=None,
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        telemetry={
+            "tracing": tracing.enabled(),
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "exclude": _probe_or_scrape,
+        },
     )
     install_handlers(app)
     if lean:

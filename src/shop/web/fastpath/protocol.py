@@ -26,6 +26,7 @@ import logging
 import time
 from typing import Any, cast
 
+from opentelemetry.trace import StatusCode
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -33,6 +34,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from shop import tracing
 from shop.settings import Http
 from shop.web.fastpath.routes import Lean, LeanRoute, Reply, single_headers, state_of
 from shop.web.problems import status_problem
@@ -179,16 +181,14 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
             await cycle.run_asgi(app)
             return
         scope["route"] = route
-        try:
-            reply = await route.answer(scope, parsed)
-        except Exception as exc:
-            status = await lean.fail(
-                exc, scope, cast(Receive, cycle.receive), cast(Send, cycle.send)
-            )
-            lean.observe(scope["method"], route.path, status, time.perf_counter() - start)
+        if not tracing.enabled():
+            await _respond(cycle, route, lean, scope, parsed, start)
             return
-        _write(cycle, reply)
-        lean.observe(scope["method"], route.path, reply.status, time.perf_counter() - start)
+        with tracing.server_span(scope["method"], route.path, scope["headers"]) as span:
+            status = await _respond(cycle, route, lean, scope, parsed, start)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
     except BaseException as exc:  # as uvicorn's run_asgi does for an app's exception
         log.error("Exception answering a lean route", exc_info=exc)
         if not cycle.response_started:
@@ -197,6 +197,26 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
             cycle.transport.close()
     finally:
         cycle.on_response = _nothing  # as uvicorn's run_asgi leaves it (a no-op)
+
+
+async def _respond(
+    cycle: RequestResponseCycle,
+    route: LeanRoute[Any],
+    lean: Lean,
+    scope: Scope,
+    parsed: Any,
+    start: float,
+) -> int:
+    """Answer a parsed request: the route's reply, or its exception as the app answers it."""
+    try:
+        reply = await route.answer(scope, parsed)
+    except Exception as exc:
+        status = await lean.fail(exc, scope, cast(Receive, cycle.receive), cast(Send, cycle.send))
+        lean.observe(scope["method"], route.path, status, time.perf_counter() - start)
+        return status
+    _write(cycle, reply)
+    lean.observe(scope["method"], route.path, reply.status, time.perf_counter() - start)
+    return reply.status
 
 
 def _write(cycle: RequestResponseCycle, reply: Reply) -> None:

@@ -1,0 +1,270 @@
+"""Distributed traces (OpenTelemetry): the process's tracer, the spans the hot paths open by
+hand, and the W3C context carried in message headers and outbox rows.
+
+Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set (`settings.Tracing`): then every helper here
+returns at once after one test of `_tracer`, and no OpenTelemetry code runs on any path. On,
+spans are sampled by trace id (parent-based, the same ratio in every process, so a trace is
+kept or dropped whole) and exported over OTLP/HTTP by a background thread in batches.
+
+A batch (a group commit, a consumer's batch) has many parents: its span is the child of the
+first sampled one (so that request's trace shows the batch and what follows it) and links to
+all of them. An outbox row keeps the traceparent of the transaction that wrote it, so the
+relay's publish of its events joins that trace; every message published carries the
+traceparent of its publish span in its headers (Kafka headers, AMQP header table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from shop.settings import Tracing
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+ORDER_ID = "shop.order_id"  # the attribute that names an order (search by it in Jaeger)
+ORDER_IDS = "shop.order_ids"  # a batch's orders
+TRACEPARENT = "traceparent"
+
+_W3C = TraceContextTextMapPropagator()
+_tracer: Tracer | None = None  # None: tracing is off
+_provider: TracerProvider | None = None
+
+
+def configure(settings: Tracing, service: str) -> None:
+    """Start exporting this process's spans as `service`, if an endpoint is set."""
+    if not settings.endpoint or _provider is not None:
+        return
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider(
+        sampler=sampler(settings.sampling_ratio),
+        resource=Resource.create({"service.name": service}),
+    )
+    exporter = OTLPSpanExporter(
+        endpoint=f"{settings.endpoint.rstrip('/')}/v1/traces",
+        certificate_file=settings.ca_file or None,
+        headers=settings.header_pairs() or None,
+        timeout=settings.export_timeout_seconds,
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            exporter,
+            max_queue_size=settings.queue_spans,
+            schedule_delay_millis=settings.export_every_seconds * 1000,
+            export_timeout_millis=settings.export_timeout_seconds * 1000,
+        )
+    )
+    trace.set_tracer_provider(provider)  # (FastAPI's hooks use the global one)
+    install(provider)
+    log.info("tracing to %s, %g of traces kept", settings.endpoint, settings.sampling_ratio)
+
+
+def sampler(ratio: float) -> ParentBased:
+    """Keep `ratio` of the traces, decided from the trace id: a trace begun here, or by a
+    caller or a message (a parent from outside cannot force a trace to be kept: its trace id
+    meets the same ratio, which agrees with what every process of ours decided for it)."""
+    by_id = TraceIdRatioBased(ratio)
+    return ParentBased(by_id, remote_parent_sampled=by_id, remote_parent_not_sampled=ALWAYS_OFF)
+
+
+def install(provider: TracerProvider) -> None:
+    """Trace through `provider` from now on (`configure`; tests, with an in-memory exporter)."""
+    global _tracer, _provider
+    _provider, _tracer = provider, provider.get_tracer("shop")
+
+
+def shutdown() -> None:
+    """Export what is left and stop the exporter (at a process's end)."""
+    global _tracer, _provider
+    if _provider is not None:
+        _provider.shutdown()
+    _tracer = _provider = None
+
+
+def instrument_engines(*engines: Engine) -> None:
+    """A span per statement on these engines (OpenTelemetry's SQLAlchemy instrumentation), the
+    child of the span running it. Statements sent on the driver's connection (the order
+    batches, the relay) bypass SQLAlchemy: those units have a span by hand."""
+    if _tracer is None:
+        return
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    instrumentor = SQLAlchemyInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:  # (once per process: a second Database
+        instrumentor.uninstrument()  # instruments its own engines instead)
+    instrumentor.instrument(engines=list(engines), tracer_provider=_provider)
+
+
+def enabled() -> bool:
+    return _tracer is not None
+
+
+def tracer() -> Tracer | None:
+    """The process's tracer; None when tracing is off (callers test it before any work)."""
+    return _tracer
+
+
+def current() -> SpanContext | None:
+    """The context of the span running now, if it is sampled (only those are worth carrying)."""
+    if _tracer is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    return context if context.trace_flags.sampled else None
+
+
+def running() -> SpanContext | None:
+    """The context of the span running now, sampled or not (what a log line is part of)."""
+    if _tracer is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
+def traceparent() -> str | None:
+    """The W3C traceparent of the span running now (None: off, or not sampled)."""
+    context = current()
+    return None if context is None else _format(context)
+
+
+def headers(span: Span | None = None) -> dict[str, str] | None:
+    """Message headers that carry `span` (by default the span running now), if sampled."""
+    if span is None:
+        value = traceparent()
+    else:
+        context = span.get_span_context()
+        value = _format(context) if context.trace_flags.sampled else None
+    return None if value is None else {TRACEPARENT: value}
+
+
+def parse(value: str | bytes | None) -> SpanContext | None:
+    """The sampled span context a traceparent names; None for anything else (it is read from
+    brokers: a malformed value is ignored, never an error)."""
+    if _tracer is None or not value:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if len(value) > 64:
+        return None
+    context = trace.get_current_span(_W3C.extract({TRACEPARENT: value})).get_span_context()
+    return context if context.is_valid and context.trace_flags.sampled else None
+
+
+@contextlib.contextmanager
+def span(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    parents: Sequence[SpanContext | None] = (),
+    attributes: Mapping[str, str | int | Sequence[str]] | None = None,
+) -> Iterator[Span | None]:
+    """A span around the block, current inside it; None (and nothing done) when tracing is off.
+
+    Without `parents` it is the child of the span running now. With them (a batch's members) it
+    is the child of the first and links to every one, so each member's trace leads to it.
+    """
+    if _tracer is None:
+        yield None
+        return
+    context = None
+    links: list[Link] = []
+    known = [p for p in parents if p is not None]
+    if known:
+        context = trace.set_span_in_context(trace.NonRecordingSpan(known[0]))
+        links = [Link(p) for p in known]
+    with _tracer.start_as_current_span(
+        name, context=context, kind=kind, links=links, attributes=attributes
+    ) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def spans(
+    name: str,
+    parents: Sequence[SpanContext | None],
+    *,
+    kind: SpanKind,
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[list[Span | None]]:
+    """A span per parent, its child (None where the parent is None), none of them current; all
+    end with the block, with its exception if it raised. Only when tracing is on."""
+    assert _tracer is not None
+    opened = [
+        None
+        if parent is None
+        else _tracer.start_span(
+            name,
+            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+            kind=kind,
+            attributes=attributes,
+        )
+        for parent in parents
+    ]
+    try:
+        yield opened
+    except BaseException as exc:
+        for each in opened:
+            if each is not None:
+                each.record_exception(exc)
+                each.set_status(StatusCode.ERROR, repr(exc))
+        raise
+    finally:
+        for each in opened:
+            if each is not None:
+                each.end()
+
+
+@contextlib.contextmanager
+def server_span(method: str, route: str, headers: Iterable[tuple[bytes, bytes]]) -> Iterator[Span]:
+    """The SERVER span of a request answered on the fast path (FastAPI traces its own), the
+    child of the request's `traceparent` when it has one. Only when tracing is on."""
+    assert _tracer is not None
+    parent = None
+    for name, value in headers:
+        if name == b"traceparent":
+            remote = parse(value)
+            if remote is not None:
+                parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+            break
+    attributes = {"http.request.method": method, "http.route": route, "url.path": route}
+    with _tracer.start_as_current_span(
+        f"{method} {route}", context=parent, kind=SpanKind.SERVER, attributes=attributes
+    ) as opened:
+        yield opened
+
+
+def annotate(**attributes: int | list[str] | object) -> None:
+    """Set `shop.<name>` attributes on the span running now (an order's id on its request's
+    span); values other than numbers and lists are set as text."""
+    if _tracer is None:
+        return
+    current_span = trace.get_current_span()
+    if current_span.is_recording():
+        for name, value in attributes.items():
+            kept = value if isinstance(value, int | list) else str(value)
+            current_span.set_attribute(f"shop.{name}", kept)
+
+
+def ids(values: Iterable[object]) -> list[str]:
+    """Attribute values naming several things (a batch's order ids)."""
+    return [str(v) for v in values]
+
+
+def _format(context: SpanContext) -> str:
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"

@@ -1,0 +1,198 @@
+"""Tracing's rules without servers: off is a no-op, a batch span is the child of its first member
+and links to all, a traceparent read off a broker is parsed or ignored (never an error), a
+caller cannot force a trace to be kept, and log lines carry the span they were written in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Span, SpanKind
+
+from shop import tracing
+from shop.runtime.logs import JsonFormatter
+from shop.storage.group_commit import Coalescer
+
+VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def _named(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
+    found = [s for s in exporter.get_finished_spans() if s.name == name]
+    assert len(found) == 1, [s.name for s in exporter.get_finished_spans()]
+    return found[0]
+
+
+def test_off_nothing_is_traced_or_carried() -> None:
+    assert not tracing.enabled()
+    with tracing.span("anything") as opened:
+        assert opened is None
+        assert tracing.traceparent() is None
+        assert tracing.headers() is None
+        assert tracing.running() is None
+    assert tracing.parse(VALID) is None  # not even parsed
+
+
+def test_a_batch_span_is_the_child_of_its_first_member_and_links_to_all(
+    spans: InMemorySpanExporter,
+) -> None:
+    members = []
+    for name in ("first", "second", "third"):
+        with tracing.span(name):
+            members.append(tracing.current())
+    with tracing.span("batch", parents=[None, *members]) as batch:
+        assert batch is not None
+        with tracing.span("inside"):
+            pass
+    finished = _named(spans, "batch")
+    assert finished.parent is not None
+    assert members[0] is not None
+    assert finished.parent.span_id == members[0].span_id
+    assert finished.context.trace_id == members[0].trace_id
+    assert [link.context.span_id for link in finished.links] == [m.span_id for m in members if m]
+    inside = _named(spans, "inside")
+    assert inside.parent is not None
+    assert inside.parent.span_id == finished.context.span_id
+
+
+def test_a_message_carries_its_publish_span_to_the_consumer(spans: InMemorySpanExporter) -> None:
+    with tracing.span("publish", kind=SpanKind.PRODUCER) as publish:
+        headers = tracing.headers()
+    assert headers is not None
+    assert publish is not None
+    received = tracing.parse(headers[tracing.TRACEPARENT].encode())  # as a broker hands it over
+    assert received is not None
+    assert received.span_id == publish.get_span_context().span_id
+    assert received.is_remote
+
+
+@given(st.one_of(st.text(max_size=80), st.binary(max_size=80)))
+def test_any_traceparent_off_the_wire_is_parsed_or_ignored(value: str | bytes) -> None:
+    tracing.install(TracerProvider(sampler=tracing.sampler(1.0)))
+    try:
+        context = tracing.parse(value)
+        assert context is None or (context.is_valid and context.trace_flags.sampled)
+    finally:
+        tracing.shutdown()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",  # all-zero trace id
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",  # all-zero span id
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",  # not sampled
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # version ff is invalid
+        VALID + "-" + "x" * 40,  # longer than any traceparent
+        b"\xff\xfe",
+    ],
+)
+def test_what_names_no_sampled_span_is_ignored(
+    spans: InMemorySpanExporter, value: str | bytes
+) -> None:
+    assert tracing.parse(value) is None
+
+
+def test_a_caller_cannot_force_a_trace_to_be_kept() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=tracing.sampler(0.0))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        with tracing.server_span("POST", "/orders/sync", [(b"traceparent", VALID.encode())]):
+            assert not trace.get_current_span().is_recording()
+        with tracing.span("batch", parents=[tracing.parse(VALID)]):
+            pass
+    finally:
+        tracing.shutdown()
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_request_span_continues_its_callers_trace(spans: InMemorySpanExporter) -> None:
+    with tracing.server_span("POST", "/orders/sync", [(b"traceparent", VALID.encode())]) as span:
+        tracing.annotate(order_id="0192", batch=3)
+    finished = _named(spans, "POST /orders/sync")
+    assert finished.kind is SpanKind.SERVER
+    assert finished.context.trace_id == int(VALID.split("-")[1], 16)
+    assert finished.parent is not None
+    assert finished.parent.span_id == int(VALID.split("-")[2], 16)
+    assert finished.attributes is not None
+    assert finished.attributes["shop.order_id"] == "0192"
+    assert finished.attributes["shop.batch"] == 3
+    assert span is not None
+
+
+def test_spans_per_row_each_join_their_rows_trace_and_end_with_the_block(
+    spans: InMemorySpanExporter,
+) -> None:
+    parents = [tracing.parse(VALID), None]
+    opened: list[Span | None] = []
+
+    def publish() -> None:
+        with tracing.spans("publish events", parents, kind=SpanKind.PRODUCER) as spans_:
+            opened.extend(spans_)
+            raise RuntimeError("kafka down")
+
+    with pytest.raises(RuntimeError):
+        publish()
+    assert opened[1] is None
+    assert opened[0] is not None
+    assert tracing.headers(opened[0]) is not None
+    finished = _named(spans, "publish events")
+    assert finished.parent is not None
+    assert finished.parent.span_id == int(VALID.split("-")[2], 16)
+    assert not finished.status.is_ok
+    assert finished.end_time is not None
+
+
+async def test_a_group_commit_batch_is_traced_from_its_requests(
+    spans: InMemorySpanExporter,
+) -> None:
+    seen: list[trace.Span] = []
+
+    async def handler(requests: object) -> list[int]:
+        seen.append(trace.get_current_span())
+        return [1, 2]
+
+    coalescer: Coalescer[str, int] = Coalescer(handler, max_batch=10, max_pending=10, timeout=5)
+
+    async def request(name: str) -> int:
+        with tracing.span(name):
+            return await coalescer.submit(name)
+
+    stopping = asyncio.Event()
+    runner = asyncio.create_task(coalescer.run(stopping))
+    assert list(await asyncio.gather(request("a"), request("b"))) == [1, 2]
+    stopping.set()
+    await runner
+    batch = _named(spans, "group commit")
+    first, second = _named(spans, "a"), _named(spans, "b")
+    assert batch.parent is not None
+    assert batch.parent.span_id == first.context.span_id
+    assert {link.context.span_id for link in batch.links} == {
+        first.context.span_id,
+        second.context.span_id,
+    }
+    assert seen[0].get_span_context().span_id == batch.context.span_id  # the handler ran in it
+    assert batch.attributes is not None
+    assert batch.attributes["shop.batch.size"] == 2
+
+
+def test_a_log_line_carries_its_span_and_its_order(spans: InMemorySpanExporter) -> None:
+    record = logging.LogRecord("shop.orders", logging.DEBUG, __file__, 1, "order placed", (), None)
+    record.order_id = "0192"
+    with tracing.span("request") as span:
+        line = json.loads(JsonFormatter().format(record))
+    assert span is not None
+    assert line["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert line["span_id"] == f"{span.get_span_context().span_id:016x}"
+    assert line["order_id"] == "0192"
+    outside = json.loads(JsonFormatter().format(record))
+    assert "trace_id" not in outside
