@@ -96,6 +96,53 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
 
 
+def _resolved_services(**shell: str) -> dict[str, dict[str, Any]]:
+    """The services as `docker-compose config` resolves them, with `shell` as the only OTEL_
+    variables of the environment it runs in."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose not found: install Debian's docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | shell
+    result = subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "config"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    found: dict[str, dict[str, Any]] = yaml.safe_load(result.stdout)["services"]
+    return found
+
+
+def test_the_api_services_send_traces_where_the_shell_says_and_by_default_nowhere(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_TRACES_SAMPLER_ARG come from the shell, default
+    empty (no tracing) and 0.1; the order service's consumer process inherits its environment.
+    The one-shot containers trace nothing."""
+    for name, service in services.items():
+        traced = {k: v for k, v in _environment(service).items() if k.startswith("OTEL_")}
+        expected = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "${OTEL_EXPORTER_OTLP_ENDPOINT:-}",
+            "OTEL_TRACES_SAMPLER_ARG": "${OTEL_TRACES_SAMPLER_ARG:-0.1}",
+        }
+        assert traced == (expected if name in API_SERVICES else {}), name
+    by_default = _resolved_services()
+    to_jaeger = _resolved_services(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://jaeger:4318", OTEL_TRACES_SAMPLER_ARG="1.0"
+    )
+    for name in API_SERVICES:
+        default_env = by_default[name]["environment"]
+        assert default_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "", name
+        assert str(default_env["OTEL_TRACES_SAMPLER_ARG"]) == "0.1", name
+        env = to_jaeger[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name
+        assert str(env["OTEL_TRACES_SAMPLER_ARG"]) == "1.0", name
+
+
 def test_compose_defines_the_whole_system(services: dict[str, dict[str, Any]]) -> None:
     missing = REQUIRED_SERVICES - services.keys()
     assert not missing, f"docker-compose.yml lacks {sorted(missing)}"
