@@ -19,8 +19,8 @@ $(VENV)/.synced: pyproject.toml uv.lock tools/devstack/pyproject.toml
 
 venv: $(VENV)/.synced ## create the virtual environment from the lock file
 
-up: venv ## install and start MariaDB, RabbitMQ, Kafka, migrate, start both services in the background (PROMETHEUS=1: and Prometheus on 9090)
-	$(DEVSTACK) up $(if $(PROMETHEUS),--prometheus,)
+up: venv ## install and start MariaDB, RabbitMQ, Kafka, migrate, start both services in the background (PROMETHEUS=1: and Prometheus on 9090; TRACING=1: and Jaeger on 16686, the services sending it their traces)
+	$(DEVSTACK) up $(if $(PROMETHEUS),--prometheus,) $(if $(TRACING),--tracing,)
 
 down: venv ## stop everything `make up` started
 	$(DEVSTACK) down
@@ -28,8 +28,8 @@ down: venv ## stop everything `make up` started
 status: venv ## say what runs
 	$(DEVSTACK) status
 
-cluster: venv ## the clustered system: 3 Kafka, 3 RabbitMQ, 3 Galera nodes, HAProxy, 2 replicas per service (docs/cluster.md); PROMETHEUS=1: and Prometheus on 9090
-	$(DEVSTACK) cluster up $(if $(PROMETHEUS),--prometheus,)
+cluster: venv ## the clustered system: 3 Kafka, 3 RabbitMQ, 3 Galera nodes, HAProxy, 2 replicas per service (docs/cluster.md); PROMETHEUS=1: and Prometheus on 9090; TRACING=1: and Jaeger on 16686
+	$(DEVSTACK) cluster up $(if $(PROMETHEUS),--prometheus,) $(if $(TRACING),--tracing,)
 
 cluster-down: venv ## stop everything `make cluster` started
 	$(DEVSTACK) cluster down
@@ -37,9 +37,9 @@ cluster-down: venv ## stop everything `make cluster` started
 cluster-status: venv ## every node and replica of the cluster, with health
 	$(DEVSTACK) cluster status
 
-run: venv ## like `make up`, but run both services in the foreground (Ctrl-C stops them)
-	$(DEVSTACK) up --no-services
-	$(DEVSTACK) run
+run: venv ## like `make up`, but run both services in the foreground (Ctrl-C stops them; TRACING=1: traced, as with `make up`)
+	$(DEVSTACK) up --no-services $(if $(TRACING),--tracing,)
+	$(DEVSTACK) run $(if $(TRACING),--tracing,)
 
 migrate: venv ## migrate the configured database to the newest schema
 	$(SHOP) migrate

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from . import kafka, mariadb, prometheus, rabbitmq, services
+from . import jaeger, kafka, mariadb, prometheus, rabbitmq, services
 from .common import StackError, apt_install, say
 from .settings import StackSettings
 
@@ -30,25 +30,29 @@ __all__ = [
 
 SERVERS = ("mariadb", "rabbitmq", "kafka")
 SERVICES = ("products", "orders")
-TOOLS = ("prometheus",)  # started on request (`devstack up --prometheus`), stopped by `down`
+# Started on request (`devstack up --prometheus`, `--tracing`), stopped by `down`.
+TOOLS = ("prometheus", "jaeger")
 
 _START: dict[str, Callable[[StackSettings], None]] = {
     "mariadb": mariadb.start,
     "rabbitmq": rabbitmq.start,
     "kafka": kafka.start,
     "prometheus": prometheus.start,
+    "jaeger": jaeger.start,
 }
 _STOP: dict[str, Callable[[StackSettings], None]] = {
     "mariadb": mariadb.stop,
     "rabbitmq": rabbitmq.stop,
     "kafka": kafka.stop,
     "prometheus": prometheus.stop,
+    "jaeger": jaeger.stop,
 }
 _STATUS: dict[str, Callable[[StackSettings], str]] = {
     "mariadb": mariadb.status,
     "rabbitmq": rabbitmq.status,
     "kafka": kafka.status,
     "prometheus": prometheus.status,
+    "jaeger": jaeger.status,
 }
 
 
@@ -96,14 +100,20 @@ def up_servers(settings: StackSettings) -> None:
     say(f"servers up in {time.monotonic() - began:.1f}s")
 
 
-def start_services(settings: StackSettings) -> None:
+def start_services(settings: StackSettings, *, tracing: bool = False) -> None:
+    """Both services; with `tracing`, Jaeger first (unless it runs) and the services sending
+    every trace to it (`jaeger.service_env`; the order service's consumer process inherits it).
+    Without, a service started with tracing is restarted without."""
+    if tracing:
+        jaeger.start(settings)
+    env = jaeger.service_env(settings) if tracing else None
     for name in SERVICES:
-        start(name, settings)
+        services.start(name, settings, tracing=env)
 
 
 def down(settings: StackSettings) -> None:
-    """Stop Prometheus, the services, then the servers, then epmd: afterwards nothing of the
-    stack runs."""
+    """Stop Prometheus and Jaeger, the services, then the servers, then epmd: afterwards nothing
+    of the stack runs."""
     errors: list[str] = []
     for name in (*TOOLS, *SERVICES, *reversed(SERVERS)):
         try:

@@ -18,6 +18,7 @@ from . import (
     StackError,
     down,
     identities,
+    jaeger,
     start,
     start_services,
     status,
@@ -28,7 +29,9 @@ from .identities import ensure as ensure_identities
 from .settings import StackSettings, load_stack_settings
 
 
-def _up(settings: StackSettings, *, services: bool, tools: tuple[str, ...] = ()) -> None:
+def _up(
+    settings: StackSettings, *, services: bool, tools: tuple[str, ...] = (), tracing: bool = False
+) -> None:
     from shop.access.dev_issuer import ensure_dev_key
     from shop.storage.migrations import migrate
 
@@ -38,19 +41,23 @@ def _up(settings: StackSettings, *, services: bool, tools: tuple[str, ...] = ())
     if ensure_dev_key(settings):  # the development issuer's key, which the services trust
         print("created the development signing key in", settings.auth.signing_key_file)
     if services:
-        start_services(settings)
+        start_services(settings, tracing=tracing)
+    elif tracing:
+        start("jaeger", settings)
     for name in tools:
         start(name, settings)
 
 
-def _run_foreground(settings: StackSettings) -> int:
-    """Both services as child processes in the foreground; Ctrl-C stops both."""
+def _run_foreground(settings: StackSettings, *, tracing: bool = False) -> int:
+    """Both services as child processes in the foreground; Ctrl-C stops both. With `tracing`,
+    they send every trace to the stack's Jaeger (`devstack up --tracing` starts it)."""
     for name in SERVICES:  # `make up` may have started them in the background
         stop(name, settings)
+    traces = jaeger.service_env(settings) if tracing else {}
     children = [  # each with its own accounts, as `devstack up` starts them
         subprocess.Popen(
             [sys.executable, "-m", "shop", "serve", name],
-            env={**os.environ, **identities.service_env(name)},
+            env={**os.environ, **identities.service_env(name), **traces},
         )
         for name in identities.SERVICES
     ]
@@ -83,7 +90,7 @@ def _dispatch(settings: StackSettings, args: argparse.Namespace) -> int:
     match args.action:
         case "up":
             tools = ("prometheus",) if args.prometheus else ()
-            _up(settings, services=not args.no_services, tools=tools)
+            _up(settings, services=not args.no_services, tools=tools, tracing=args.tracing)
         case "down":
             down(settings)
         case "status":
@@ -94,7 +101,7 @@ def _dispatch(settings: StackSettings, args: argparse.Namespace) -> int:
         case "stop":
             stop(args.name, settings)
         case "run":
-            return _run_foreground(settings)
+            return _run_foreground(settings, tracing=args.tracing)
         case "cluster":
             return _cluster(settings, args)
     return 0
@@ -105,7 +112,7 @@ def _cluster(settings: StackSettings, args: argparse.Namespace) -> int:
 
     match args.cluster_action:
         case "up":
-            cluster.up(settings, with_prometheus=args.prometheus)
+            cluster.up(settings, with_prometheus=args.prometheus, with_tracing=args.tracing)
         case "down":
             cluster.down(settings)
         case "status":
@@ -128,12 +135,19 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--prometheus", action="store_true", help="also Prometheus, scraping both services"
     )
+    up.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also Jaeger, and both services sending every trace to it (OTLP)",
+    )
     sub.add_parser("down", help="stop everything the stack started")
     sub.add_parser("status", help="say what runs")
     names = (*SERVERS, *SERVICES, *TOOLS)
     sub.add_parser("start", help="start one part").add_argument("name", choices=names)
     sub.add_parser("stop", help="stop one part").add_argument("name", choices=names)
-    sub.add_parser("run", help="run both services in the foreground (the servers must be up)")
+    sub.add_parser(
+        "run", help="run both services in the foreground (the servers must be up)"
+    ).add_argument("--tracing", action="store_true", help="send every trace to the stack's Jaeger")
     cluster = sub.add_parser("cluster", help="the clustered system (docs/cluster.md)")
     actions = cluster.add_subparsers(dest="cluster_action", required=True)
     cluster_up = actions.add_parser(
@@ -141,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     cluster_up.add_argument(
         "--prometheus", action="store_true", help="also Prometheus, scraping every process"
+    )
+    cluster_up.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also Jaeger, and every process sending every trace to it (OTLP)",
     )
     actions.add_parser("down", help="stop everything `cluster up` started")
     actions.add_parser("status", help="every node, replica and HAProxy server, with health")

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import haproxy, kafka, mariadb, prometheus, rabbitmq
+from . import haproxy, jaeger, kafka, mariadb, prometheus, rabbitmq
 from .common import (
     HOST,
     Daemon,
@@ -253,9 +253,12 @@ def _refuse_taken_fronts(settings: StackSettings, base: Path) -> None:
             )
 
 
-def up(settings: StackSettings, *, with_prometheus: bool = False) -> None:
+def up(
+    settings: StackSettings, *, with_prometheus: bool = False, with_tracing: bool = False
+) -> None:
     """Install what is missing, start every node, HAProxy, migrate, then the services (and,
-    `with_prometheus`, Prometheus scraping every replica and consumer process)."""
+    `with_prometheus`, Prometheus scraping every replica and consumer process; `with_tracing`,
+    Jaeger first and every process sending its traces to it)."""
     from shop.access.dev_issuer import ensure_dev_key
     from shop.storage.migrations import migrate
 
@@ -280,7 +283,10 @@ def up(settings: StackSettings, *, with_prometheus: bool = False) -> None:
     _ensure_topics(shop)
     if ensure_dev_key(shop):
         say(f"created the cluster's signing key in {shop.auth.signing_key_file}")
-    _parallel([partial(_start_process, p, base) for p in processes(settings, base)])
+    if with_tracing:
+        jaeger.start(settings, directory=base / "jaeger")
+    procs = processes(settings, base, tracing=with_tracing)
+    _parallel([partial(_start_process, p, base) for p in procs])
     for process in processes(settings, base):
         _wait_in_rotation(process.name)
     if with_prometheus:
@@ -333,8 +339,8 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
 
 
 def down(settings: StackSettings) -> None:
-    """Stop Prometheus, the services, HAProxy, then the nodes (Galera's first node last, so it
-    is the one marked safe to bootstrap from next time)."""
+    """Stop Prometheus, the services, HAProxy, Jaeger, then the nodes (Galera's first node
+    last, so it is the one marked safe to bootstrap from next time)."""
     base = directory()
     errors: list[str] = []
 
@@ -348,6 +354,7 @@ def down(settings: StackSettings) -> None:
     procs = processes(settings, base)
     attempt(partial(_parallel, [partial(_stop_process, p, base) for p in procs]))
     attempt(lambda: haproxy.stop(base / "haproxy", fronts(settings, base)))
+    attempt(lambda: jaeger.stop(settings, base / "jaeger"))
     attempt(partial(_parallel, [partial(kafka.stop_node, n) for n in kafka_nodes(base)]))
     for node in reversed(rabbitmq_nodes(base)):
         attempt(partial(rabbitmq.stop_node, node))
@@ -383,6 +390,8 @@ def status(settings: StackSettings) -> list[tuple[str, str]]:
     rows = [(name, describe(d, ready)) for name, (d, ready) in _parts(settings, base).items()]
     if prometheus.daemon(settings, base / "prometheus").pid() is not None:  # when asked for
         rows.append(("prometheus", prometheus.status(settings, base / "prometheus")))
+    if _tracing(settings, base):
+        rows.append(("jaeger", jaeger.status(settings, base / "jaeger")))
     for g in galera_nodes(base):
         wsrep = mariadb.wsrep_status(g)
         if wsrep:
@@ -428,12 +437,17 @@ def revive(settings: StackSettings, name: str) -> None:
         program = find_program("mariadb")
         assert program is not None
         haproxy.start(base / "haproxy", fronts(settings, base), mariadb_client=program)
-    else:
-        procs = {p.name: p for p in processes(settings, base)}
+    else:  # a replica or consumer: traced as the others are while the cluster's Jaeger runs
+        procs = {p.name: p for p in processes(settings, base, tracing=_tracing(settings, base))}
         if name not in procs:
             raise StackError(f"no cluster part {name!r}")
         _start_process(procs[name], base)
     _wait_in_rotation(name)
+
+
+def _tracing(settings: StackSettings, base: Path) -> bool:
+    """Whether the cluster runs its Jaeger (`up(with_tracing=True)`)."""
+    return jaeger.daemon(settings, base / "jaeger").pid() is not None
 
 
 def _wait_in_rotation(name: str) -> None:

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import haproxy, identities, kafka, mariadb, rabbitmq
+from . import haproxy, identities, jaeger, kafka, mariadb, rabbitmq
 from .common import HOST, stack_dir
 from .services import _settings_env
 from .settings import StackSettings
@@ -121,15 +121,17 @@ def _service_env(shop: StackSettings, service: identities.Service) -> dict[str, 
     return {**_settings_env(shop, service), "WORKERS": "1"}
 
 
-def processes(settings: StackSettings, base: Path) -> list[Process]:
-    """Two replicas per HTTP service (one worker each), and the consumer processes."""
+def processes(settings: StackSettings, base: Path, *, tracing: bool = False) -> list[Process]:
+    """Two replicas per HTTP service (one worker each), and the consumer processes; with
+    `tracing`, each sending every trace to Jaeger (`jaeger.service_env`)."""
     shop = cluster_settings(settings, base)
+    traces = jaeger.service_env(settings) if tracing else {}
     found: list[Process] = []
     services: tuple[tuple[identities.Service, int], ...] = (("products", 13410), ("orders", 13420))
     for service, first in services:
         for n in range(1, REPLICAS + 1):
             port = first + n
-            env = _service_env(shop, service)
+            env = _service_env(shop, service) | traces
             env[f"{service[:-1].upper()}_SERVICE_PORT"] = str(port)
             if service == "orders":  # consumers and the order outbox relay run on their own
                 env |= {"CONSUMERS_ENABLED": "false", "OUTBOX_RELAY_ENABLED": "false"}
@@ -140,7 +142,7 @@ def processes(settings: StackSettings, base: Path) -> list[Process]:
         consume = (
             sys.executable, "-m", "shop", "consume", channel, "--health-port", str(port),
         )  # fmt: skip
-        env = _service_env(shop, "orders")
+        env = _service_env(shop, "orders") | traces
         found.append(Process(f"consumer-{channel}-{n}", consume, port, env))
     return found
 

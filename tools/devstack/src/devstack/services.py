@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from shop.settings import Settings, flat_names
@@ -67,11 +68,17 @@ def ready(name: str, settings: Settings) -> bool:
     return answers(f"http://{HOST}:{port(name, settings)}/healthz")
 
 
-def _prepare(name: str, settings: Settings) -> Launch:
+def _env(name: str, settings: Settings, tracing: Mapping[str, str]) -> dict[str, str]:
+    """The service's settings and identity, then `tracing` (`jaeger.service_env`: where its
+    spans go), which wins over any tracing setting of the caller's."""
+    return {**_settings_env(settings, _service(name)), **tracing}
+
+
+def _prepare(name: str, settings: Settings, tracing: Mapping[str, str]) -> Launch:
     root: Path = repo_root()
     return Launch(
         argv=[sys.executable, "-m", "shop", "serve", name],
-        env={**os.environ, **_settings_env(settings, _service(name))},
+        env={**os.environ, **_env(name, settings, tracing)},
         cwd=root,
     )
 
@@ -83,28 +90,30 @@ def _service(name: str) -> identities.Service:
     raise ValueError(f"unknown service {name!r}")
 
 
-def fingerprint(name: str, settings: Settings) -> str:
-    """What a running service was started from: its source files and its settings."""
+def fingerprint(name: str, settings: Settings, tracing: Mapping[str, str] | None = None) -> str:
+    """What a running service was started from: its source files, its settings and where its
+    traces go."""
     digest = hashlib.sha256()
     for path in sorted((repo_root() / "src" / "shop").rglob("*.py")):
         digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
-    for field, value in sorted(_settings_env(settings, _service(name)).items()):
+    for field, value in sorted(_env(name, settings, tracing or {}).items()):
         digest.update(f"{field}={value}\0".encode())
     return digest.hexdigest()
 
 
-def start(name: str, settings: Settings) -> None:
-    """Start the service unless it runs; one started from other code or settings (an edit
-    since, `WORKERS=2 make up`) is restarted, so what answers is what the checkout says."""
+def start(name: str, settings: Settings, *, tracing: Mapping[str, str] | None = None) -> None:
+    """Start the service unless it runs, with `tracing` (`jaeger.service_env`) in its
+    environment if given; one started from other code or settings (an edit since, `WORKERS=2
+    make up`, tracing switched on or off) is restarted, so what answers is what was asked."""
     service = daemon(name, settings)
     marker = service.directory / f"{name}.fingerprint"
-    wanted = fingerprint(name, settings)
+    wanted = fingerprint(name, settings, tracing)
     if service.pid() is not None and marker.exists() and marker.read_text() != wanted:
         say(f"{name}: code or settings changed since it started; restarting it")
         ensure_stopped(service)
     if ensure_started(
         service,
-        prepare=lambda: _prepare(name, settings),
+        prepare=lambda: _prepare(name, settings, tracing or {}),
         ready=lambda: ready(name, settings),
     ):
         marker.write_text(wanted)

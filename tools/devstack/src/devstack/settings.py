@@ -36,12 +36,20 @@ class StackPrometheus(Group):
     port: int = Field(9090, ge=1, le=65535)
 
 
+class StackJaeger(Group):
+    prefix = "jaeger_"
+    # `make up TRACING=1`: Jaeger's query API and UI on ui_port, OTLP/HTTP taken on otlp_port.
+    ui_port: int = Field(16686, ge=1, le=65535)
+    otlp_port: int = Field(4318, ge=1, le=65535)
+
+
 class StackSettings(Settings):
     """The services' settings and the stack's administrators (RABBITMQ_ADMIN_USER, ...)."""
 
     stack: StackAdmin = StackAdmin()
     kafka_admin: StackKafkaAdmin = StackKafkaAdmin()
     prometheus: StackPrometheus = StackPrometheus()
+    jaeger: StackJaeger = StackJaeger()
 
 
 def load_stack_settings(**overrides: Any) -> StackSettings:
