@@ -60,6 +60,8 @@ DB_USERS = {"products": "shop_products", "orders": "shop_orders", "consumers": "
 KAFKA_USERS = {"products": "products", "orders": "orders", "consumers": "orders"}
 CA_BUNDLE = "-----BEGIN CERTIFICATE-----\nMIIBtestCA\n-----END CERTIFICATE-----\n"
 CA_FILE_SETTINGS = ("DB_CA_FILE", "KAFKA_CA_FILE", "RABBITMQ_CA_FILE")
+OTLP_ENDPOINT = "http://jaeger-collector.observability:4318"  # the "traced" render's
+TRACING_SETTINGS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER_ARG")
 
 Manifest = dict[str, Any]
 
@@ -123,6 +125,9 @@ def renders(chart_made_secrets: Path) -> dict[str, list[Manifest]]:
         "default": _render(),
         "production": _render("-f", str(CHART / "values-production.yaml")),
         "chart-made secrets": _render("-f", str(chart_made_secrets)),
+        "traced": _render(
+            "--set", f"tracing.otlpEndpoint={OTLP_ENDPOINT}", "--set", "tracing.samplingRatio=0.25"
+        ),
     }
 
 
@@ -311,7 +316,9 @@ def test_the_migration_job_is_a_hook_and_alone_gets_the_migration_password(
 def test_the_configmap_holds_settings_by_their_names_and_no_secret(
     renders: dict[str, list[Manifest]],
 ) -> None:
-    known = {name.upper() for name in flat_names(Settings)}
+    # The OpenTelemetry variables are read by the services' tracing (issue 23), named as the
+    # OpenTelemetry SDKs name them; the "traced" render sets them.
+    known = {name.upper() for name in flat_names(Settings)} | set(TRACING_SETTINGS)
     for name, objects in renders.items():
         config = _of_kind(objects, "ConfigMap")["shop-config"]["data"]
         assert not [key for key in config if "PASSWORD" in key or "SECRET" in key], name
@@ -380,6 +387,46 @@ def test_the_chart_refuses_a_password_in_the_configmap() -> None:
     result = _helm("template", "shop", str(CHART), "--set", "config.DB_PASSWORD=oops")
     assert result.returncode != 0
     assert "looks like a secret" in result.stderr
+
+
+def _tracing_env(pod: dict[str, Any]) -> dict[str, str]:
+    (container,) = pod["containers"]
+    return {k: v for k, v in _literal_env(container).items() if k in TRACING_SETTINGS}
+
+
+def test_only_an_otlp_endpoint_turns_tracing_on_and_then_in_every_deployment(
+    renders: dict[str, list[Manifest]],
+) -> None:
+    """tracing.otlpEndpoint and tracing.samplingRatio become OTEL_EXPORTER_OTLP_ENDPOINT and
+    OTEL_TRACES_SAMPLER_ARG in the products', orders' and consumers' pods, and nowhere while
+    the endpoint is empty (the default and production values); the migration Job traces
+    nothing, and the ConfigMap holds neither."""
+    for name, objects in renders.items():
+        for pod_name, pod in _pod_specs(objects).items():
+            traced = name == "traced" and pod_name.startswith("Deployment/")
+            expected = (
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": OTLP_ENDPOINT, "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+                if traced
+                else {}
+            )
+            assert _tracing_env(pod) == expected, f"{name}: {pod_name}"
+        for config in _of_kind(objects, "ConfigMap").values():
+            assert not set(config.get("data", {})) & set(TRACING_SETTINGS), name
+    assert len(_of_kind(renders["traced"], "Deployment")) == len(KINDS)
+
+
+def test_traces_are_kept_one_in_ten_unless_the_values_say_otherwise() -> None:
+    objects = _render("--set", f"tracing.otlpEndpoint={OTLP_ENDPOINT}")
+    for pod_name, pod in _pod_specs(objects).items():
+        if pod_name.startswith("Deployment/"):
+            assert _tracing_env(pod)["OTEL_TRACES_SAMPLER_ARG"] == "0.1", pod_name
+
+
+@pytest.mark.parametrize("ratio", ["1.5", "-0.1"])
+def test_the_chart_refuses_a_sampling_ratio_outside_0_to_1(ratio: str) -> None:
+    result = _helm("template", "shop", str(CHART), "--set", f"tracing.samplingRatio={ratio}")
+    assert result.returncode != 0
+    assert "tracing.samplingRatio" in result.stderr
 
 
 def test_a_private_jwks_ca_is_mounted_and_named_in_the_settings() -> None:

@@ -183,6 +183,10 @@ refuses. Call with (list $ "orders"). */}}
 {{- fail (printf "config.KAFKA_SECURITY_PROTOCOL=%s: one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL" $protocol) }}
 {{- end }}
 {{- $_ := include "shop.caSource" . }}
+{{- $ratio := .Values.tracing.samplingRatio }}
+{{- if or (lt (float64 $ratio) 0.0) (gt (float64 $ratio) 1.0) }}
+{{- fail (printf "tracing.samplingRatio=%v: the share of traces kept, from 0 to 1" $ratio) }}
+{{- end }}
 {{- end }}
 
 {{/* The Secret holding DB_MIGRATE_PASSWORD (the migration Job's only). */}}
@@ -276,6 +280,13 @@ spec:
           env:
             # This process kind's accounts, its passwords from its own Secret.
             {{- include "shop.identityEnv" (list $root .component) | nindent 12 }}
+            {{- with $root.Values.tracing.otlpEndpoint }}
+            # Traces over OTLP/HTTP, tracing.samplingRatio of them (the consumers' too).
+            - name: OTEL_EXPORTER_OTLP_ENDPOINT
+              value: {{ . | quote }}
+            - name: OTEL_TRACES_SAMPLER_ARG
+              value: {{ $root.Values.tracing.samplingRatio | quote }}
+            {{- end }}
             {{- range $name, $value := .env }}
             - name: {{ $name }}
               value: {{ $value | quote }}
