@@ -13,6 +13,7 @@ import yaml
 
 import devstack
 from devstack import cli, jaeger, layout, services
+from devstack.common import repo_root
 from devstack.settings import StackSettings, load_stack_settings
 
 TRACING = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER_ARG"}
@@ -53,6 +54,19 @@ def test_jaeger_takes_otlp_over_http_and_answers_queries_on_loopback_only(
     assert config["service"]["telemetry"]["metrics"] == {"level": "none"}
     assert query["enable_tracing"] is False  # the UI lists the shop's services, not Jaeger
     assert jaeger.daemon(settings).ports == (16686, 4318)
+
+
+def test_jaeger_serves_our_trace_viewer_where_its_ui_would_be(settings: StackSettings) -> None:
+    """A Jaeger built from the Go module has no UI (a placeholder page): the query service serves
+    the viewer's directory in the checkout instead (at / and every path that is no API route)."""
+    config = yaml.safe_load(jaeger.config(settings))
+    assets = Path(config["extensions"]["jaeger_query"]["ui"]["assets_path"])
+    assert assets == jaeger.viewer()
+    assert assets.is_absolute()  # Jaeger runs in its own directory
+    assert assets.relative_to(repo_root()) == Path("tools/trace-viewer")
+    page = (assets / "index.html").read_text()
+    assert page.startswith("<!doctype html>")
+    assert "/api/traces" in page
 
 
 def test_the_traces_received_are_the_traces_queried(settings: StackSettings) -> None:

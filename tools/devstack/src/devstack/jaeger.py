@@ -1,8 +1,10 @@
 """Jaeger for the local stack (`make up TRACING=1`) or the cluster (`make cluster TRACING=1`):
 `cmd/jaeger` built once by tools/install-jaeger, keeping traces in memory, taking OTLP/HTTP on
-127.0.0.1:JAEGER_OTLP_PORT (4318) and serving its query API on 127.0.0.1:JAEGER_UI_PORT (16686).
-The services started with tracing send their spans there (`service_env`). Configuration and log
-live in the layout's `jaeger` directory; see docs/observability.md."""
+127.0.0.1:JAEGER_OTLP_PORT (4318) and serving its query API and our trace viewer
+(tools/trace-viewer, in place of jaeger-ui, which a build from the Go module lacks) on
+127.0.0.1:JAEGER_UI_PORT (16686). The services started with tracing send their spans there
+(`service_env`). Configuration and log live in the layout's `jaeger` directory; see
+docs/observability.md."""
 
 from __future__ import annotations
 
@@ -55,6 +57,12 @@ def binary() -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
+def viewer() -> Path:
+    """The trace viewer's directory: Jaeger serves its index.html at / (and at every path that is
+    no API route), read once when Jaeger starts."""
+    return repo_root() / "tools" / "trace-viewer"
+
+
 def otlp_endpoint(settings: StackSettings) -> str:
     """The OTLP/HTTP base URL the services post to (they add /v1/traces)."""
     return f"http://{HOST}:{settings.jaeger.otlp_port}"
@@ -72,7 +80,8 @@ def config(settings: StackSettings) -> str:
     """Jaeger v2's configuration (an OpenTelemetry Collector's): OTLP/HTTP in, the in-memory
     store, the query API; every listener on 127.0.0.1. Nothing else of the all-in-one default
     (OTLP/gRPC, Jaeger and Zipkin receivers, remote sampling, health check, expvar, zpages, the
-    collector's own metrics on 8888), whose ports would only be in the way."""
+    collector's own metrics on 8888), whose ports would only be in the way. The query service
+    serves the trace viewer (`viewer()`) where its UI would be."""
     store = "memory"
     tree: dict[str, Any] = {
         "service": {
@@ -95,6 +104,9 @@ def config(settings: StackSettings) -> str:
                 # The query API over gRPC is unused here: a port the kernel picks, so it takes
                 # none that something else may want.
                 "grpc": {"endpoint": f"{HOST}:0"},
+                # The UI's assets from this directory instead of the binary's (a placeholder
+                # page in a build from the Go module).
+                "ui": {"assets_path": str(viewer())},
             },
         },
         "receivers": {
@@ -117,6 +129,9 @@ def ready(settings: StackSettings) -> bool:
 
 
 def _prepare(server: Daemon, settings: StackSettings, program: Path) -> Launch:
+    page = viewer() / "index.html"
+    if not page.is_file():  # Jaeger would stop at start with a panic about it
+        raise StackError(f"{page} is missing: the trace viewer Jaeger serves")
     config_file = server.directory / "jaeger.yaml"
     config_file.write_text(config(settings))
     return Launch(
