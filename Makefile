@@ -65,7 +65,7 @@ rules-test: ## the Prometheus alert and recording rules: promtool check and prom
 test: venv lint helm-tools rules-test ## set up the stack, then the whole test suite against the real servers
 	@command -v docker-compose >/dev/null || { echo "installing docker-compose (compose-file check)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
-	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { echo "installing chromium and chromium-driver (the /docs browser test)"; \
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { echo "installing chromium and chromium-driver (the browser tests: /docs, the trace viewer)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 	$(DEVSTACK) up --no-services
 	$(VENV)/bin/pytest -m "not compose"

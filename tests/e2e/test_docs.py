@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -28,8 +24,6 @@ from tests.support import PageReferences, ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's packages chromium and chromium-driver
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT_SECONDS = 30
 METHODS = {"get", "put", "post", "delete", "patch"}
 CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
@@ -79,32 +73,6 @@ def _operations(document: dict[str, Any]) -> list[Operation]:
         for method, operation in item.items()
         if method in METHODS
     ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    """Headless Chromium that resolves no host at all (as if offline); the services are on
-    127.0.0.1, which needs no resolving."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    assert not missing, f"{missing}: install Debian's chromium and chromium-driver (make test does)"
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # the tests may run as root
-        "--disable-dev-shm-usage",
-        "--window-size=1280,2400",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--disable-background-networking",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(WAIT_SECONDS)
-    driver.set_script_timeout(WAIT_SECONDS)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
