@@ -1,5 +1,6 @@
 """An OTLP/HTTP trace receiver for tests: the services export to it as to any collector
-(protobuf `ExportTraceServiceRequest` posted to /v1/traces), and a test reads the spans back."""
+(an `ExportTraceServiceRequest` in OTLP's JSON encoding posted to /v1/traces, as
+`shop.otlp_json` writes it), and a test reads the spans back."""
 
 from __future__ import annotations
 
@@ -11,11 +12,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+import orjson
 
 
 @dataclass(frozen=True)
@@ -30,11 +27,18 @@ class ReceivedSpan:
     attributes: dict[str, Any]
 
 
-def _value(value: AnyValue) -> Any:
-    which = value.WhichOneof("value")
-    if which == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    return getattr(value, which) if which else None
+def _value(value: dict[str, Any]) -> Any:
+    """An AnyValue as Python: int64 values come as strings in OTLP's JSON."""
+    if "arrayValue" in value:
+        return [_value(v) for v in value["arrayValue"].get("values", [])]
+    if "intValue" in value:
+        return int(value["intValue"])
+    (found,) = value.values()
+    return found
+
+
+def _attributes(items: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {a["key"]: _value(a["value"]) for a in items or []}
 
 
 class Collector:
@@ -46,22 +50,22 @@ class Collector:
         self.endpoint = ""
 
     def receive(self, body: bytes) -> None:
-        request = ExportTraceServiceRequest.FromString(body)
+        request = orjson.loads(body)
         received = []
-        for resource_spans in request.resource_spans:
-            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
+        for resource_spans in request["resourceSpans"]:
+            resource = _attributes(resource_spans["resource"].get("attributes"))
+            for scope_spans in resource_spans["scopeSpans"]:
+                for span in scope_spans["spans"]:
                     received.append(
                         ReceivedSpan(
                             service=str(resource.get("service.name", "")),
-                            name=span.name,
-                            kind=span.kind,
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_id=span.parent_span_id.hex(),
-                            links=tuple((k.trace_id.hex(), k.span_id.hex()) for k in span.links),
-                            attributes={a.key: _value(a.value) for a in span.attributes},
+                            name=span["name"],
+                            kind=span["kind"],
+                            trace_id=span["traceId"],
+                            span_id=span["spanId"],
+                            parent_id=span.get("parentSpanId", ""),
+                            links=tuple((k["traceId"], k["spanId"]) for k in span.get("links", [])),
+                            attributes=_attributes(span.get("attributes")),
                         )
                     )
         with self._lock:
@@ -93,10 +97,13 @@ def running_collector() -> Iterator[Collector]:
             if self.path != "/v1/traces":
                 self.send_error(404)
                 return
+            if self.headers.get("content-type") != "application/json":
+                self.send_error(415)
+                return
             collector.receive(body)
-            answer = ExportTraceServiceResponse().SerializeToString()
+            answer = b"{}"
             self.send_response(200)
-            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(answer)))
             self.end_headers()
             self.wfile.write(answer)

@@ -355,7 +355,8 @@ class Tracing(Group):
     endpoint: Annotated[OptionalText, AfterValidator(_otlp_url)] = env(
         "OTEL_EXPORTER_OTLP_ENDPOINT", None
     )
-    # The share of traces kept, decided from the trace id (so every process decides alike).
+    # The share of requests traced, drawn as each arrives (`tracing.pick`); what they cause
+    # (batches, messages, the relay's publish) is traced with them.
     sampling_ratio: float = env("OTEL_TRACES_SAMPLER_ARG", 1.0, ge=0, le=1)
     # Headers for the receiver (`authorization=Bearer ...`), comma-separated name=value pairs.
     headers: OptionalText = env("OTEL_EXPORTER_OTLP_HEADERS", None)

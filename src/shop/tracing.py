@@ -17,17 +17,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, StatusCode, Tracer
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
+from shop.otlp_json import OtlpJsonExporter
 from shop.settings import Tracing
 
 if TYPE_CHECKING:
@@ -42,22 +55,20 @@ TRACEPARENT = "traceparent"
 _W3C = TraceContextTextMapPropagator()
 _tracer: Tracer | None = None  # None: tracing is off
 _provider: TracerProvider | None = None
+_ratio = 1.0  # the share of requests traced
 
 
 def configure(settings: Tracing, service: str) -> None:
     """Start exporting this process's spans as `service`, if an endpoint is set."""
     if not settings.endpoint or _provider is not None:
         return
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
     provider = TracerProvider(
-        sampler=sampler(settings.sampling_ratio),
-        resource=Resource.create({"service.name": service}),
+        sampler=EdgeSampler(), resource=Resource.create({"service.name": service})
     )
-    exporter = OTLPSpanExporter(
-        endpoint=f"{settings.endpoint.rstrip('/')}/v1/traces",
-        certificate_file=settings.ca_file or None,
-        headers=settings.header_pairs() or None,
+    exporter = OtlpJsonExporter(
+        settings.endpoint,
+        headers=settings.header_pairs(),
+        ca_file=settings.ca_file,
         timeout=settings.export_timeout_seconds,
     )
     provider.add_span_processor(
@@ -69,22 +80,49 @@ def configure(settings: Tracing, service: str) -> None:
         )
     )
     trace.set_tracer_provider(provider)  # (FastAPI's hooks use the global one)
-    install(provider)
+    install(provider, settings.sampling_ratio)
     log.info("tracing to %s, %g of traces kept", settings.endpoint, settings.sampling_ratio)
 
 
-def sampler(ratio: float) -> ParentBased:
-    """Keep `ratio` of the traces, decided from the trace id: a trace begun here, or by a
-    caller or a message (a parent from outside cannot force a trace to be kept: its trace id
-    meets the same ratio, which agrees with what every process of ours decided for it)."""
-    by_id = TraceIdRatioBased(ratio)
-    return ParentBased(by_id, remote_parent_sampled=by_id, remote_parent_not_sampled=ALWAYS_OFF)
+class EdgeSampler(Sampler):
+    """Traces are chosen at the edge, once: a request's span (SERVER) is made only for the
+    requests `pick` chose, so a span without a parent is kept only if it is a SERVER span.
+    Every other span follows its parent: the batch, the transaction and the relay's publish
+    of a kept request are kept, and nothing else is (not the statements of an unchosen
+    request, nor background work). A message's traceparent is a parent like any other."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        kept = parent.trace_flags.sampled if parent.is_valid else kind is SpanKind.SERVER
+        if not kept:
+            return SamplingResult(Decision.DROP)
+        state = parent.trace_state if parent.is_valid else None
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
+
+    def get_description(self) -> str:
+        return "EdgeSampler"
 
 
-def install(provider: TracerProvider) -> None:
-    """Trace through `provider` from now on (`configure`; tests, with an in-memory exporter)."""
-    global _tracer, _provider
-    _provider, _tracer = provider, provider.get_tracer("shop")
+def install(provider: TracerProvider, ratio: float = 1.0) -> None:
+    """Trace through `provider` from now on, choosing `ratio` of the requests (`configure`;
+    tests, with an in-memory exporter)."""
+    global _tracer, _provider, _ratio
+    _provider, _tracer, _ratio = provider, provider.get_tracer("shop"), ratio
+
+
+def pick() -> bool:
+    """Whether to trace the request arriving now: `ratio` of them, drawn here (a caller's
+    `traceparent` cannot make us trace: its "sampled" flag is not obeyed)."""
+    return _tracer is not None and random.random() < _ratio
 
 
 def shutdown() -> None:
@@ -153,7 +191,14 @@ def headers(span: Span | None = None) -> dict[str, str] | None:
 def parse(value: str | bytes | None) -> SpanContext | None:
     """The sampled span context a traceparent names; None for anything else (it is read from
     brokers: a malformed value is ignored, never an error)."""
-    if _tracer is None or not value:
+    if _tracer is None:
+        return None
+    context = _read(value)
+    return context if context is not None and context.trace_flags.sampled else None
+
+
+def _read(value: str | bytes | None) -> SpanContext | None:
+    if not value:
         return None
     if isinstance(value, bytes):
         try:
@@ -163,7 +208,7 @@ def parse(value: str | bytes | None) -> SpanContext | None:
     if len(value) > 64:
         return None
     context = trace.get_current_span(_W3C.extract({TRACEPARENT: value})).get_span_context()
-    return context if context.is_valid and context.trace_flags.sampled else None
+    return context if context.is_valid else None
 
 
 @contextlib.contextmanager
@@ -171,21 +216,29 @@ def span(
     name: str,
     *,
     kind: SpanKind = SpanKind.INTERNAL,
-    parents: Sequence[SpanContext | None] = (),
+    parents: Sequence[SpanContext | None] | None = None,
     attributes: Mapping[str, str | int | Sequence[str]] | None = None,
 ) -> Iterator[Span | None]:
-    """A span around the block, current inside it; None (and nothing done) when tracing is off.
+    """A span around the block, current inside it; None (and nothing done) when tracing is off
+    or what it would belong to is not traced.
 
-    Without `parents` it is the child of the span running now. With them (a batch's members) it
-    is the child of the first and links to every one, so each member's trace leads to it.
+    Without `parents` it is the child of the span running now, if one is. With them (a batch's
+    members) it is the child of the first traced one and links to every traced one.
     """
     if _tracer is None:
         yield None
         return
     context = None
     links: list[Link] = []
-    known = [p for p in parents if p is not None]
-    if known:
+    if parents is None:
+        if not trace.get_current_span().get_span_context().trace_flags.sampled:
+            yield None
+            return
+    else:
+        known = [p for p in parents if p is not None]
+        if not known:
+            yield None
+            return
         context = trace.set_span_in_context(trace.NonRecordingSpan(known[0]))
         links = [Link(p) for p in known]
     with _tracer.start_as_current_span(
@@ -232,15 +285,19 @@ def spans(
 
 @contextlib.contextmanager
 def server_span(method: str, route: str, headers: Iterable[tuple[bytes, bytes]]) -> Iterator[Span]:
-    """The SERVER span of a request answered on the fast path (FastAPI traces its own), the
-    child of the request's `traceparent` when it has one. Only when tracing is on."""
+    """The SERVER span of a request `pick` chose, answered on the fast path (FastAPI traces its
+    own): in the caller's trace when it sent a valid `traceparent` (kept whatever its flags
+    say: we chose to trace it), else the root of a new one."""
     assert _tracer is not None
     parent = None
     for name, value in headers:
         if name == b"traceparent":
-            remote = parse(value)
+            remote = _read(value)
             if remote is not None:
-                parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+                chosen = SpanContext(
+                    remote.trace_id, remote.span_id, True, TraceFlags(TraceFlags.SAMPLED)
+                )
+                parent = trace.set_span_in_context(trace.NonRecordingSpan(chosen))
             break
     attributes = {"http.request.method": method, "http.route": route, "url.path": route}
     with _tracer.start_as_current_span(

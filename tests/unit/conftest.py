@@ -16,7 +16,7 @@ from shop import tracing
 def spans() -> Iterator[InMemorySpanExporter]:
     """Tracing on, every trace kept, spans collected in memory; off again afterwards."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=tracing.sampler(1.0))
+    provider = TracerProvider(sampler=tracing.EdgeSampler())
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.install(provider)
     try:

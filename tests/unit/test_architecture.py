@@ -21,6 +21,7 @@ SHARED = {
     "clock",
     "supervision",
     "tracing",
+    "otlp_json",
 }
 # What each package may import besides itself and the shared modules. `runtime` (the
 # composition roots) may import everything, and nothing imports it.

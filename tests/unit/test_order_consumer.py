@@ -297,7 +297,7 @@ async def test_a_batch_is_traced_from_the_commands_publish_spans(
 ) -> None:
     publishes = []
     for _ in range(2):
-        with tracing.span("publish order") as publish:
+        with tracing.server_span("POST", "/orders/async/kafka", []) as publish:
             assert publish is not None
             publishes.append(publish.get_span_context())
     inbound = FakeInbound()

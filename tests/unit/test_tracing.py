@@ -8,16 +8,16 @@ import asyncio
 import json
 import logging
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span, SpanKind
 
-from shop import tracing
+from shop import otlp_json, tracing
 from shop.runtime.logs import JsonFormatter
 from shop.storage.group_commit import Coalescer
 
@@ -45,7 +45,7 @@ def test_a_batch_span_is_the_child_of_its_first_member_and_links_to_all(
 ) -> None:
     members = []
     for name in ("first", "second", "third"):
-        with tracing.span(name):
+        with tracing.server_span("POST", f"/{name}", []):
             members.append(tracing.current())
     with tracing.span("batch", parents=[None, *members]) as batch:
         assert batch is not None
@@ -63,7 +63,10 @@ def test_a_batch_span_is_the_child_of_its_first_member_and_links_to_all(
 
 
 def test_a_message_carries_its_publish_span_to_the_consumer(spans: InMemorySpanExporter) -> None:
-    with tracing.span("publish", kind=SpanKind.PRODUCER) as publish:
+    with (
+        tracing.server_span("POST", "/orders/async/kafka", []),
+        tracing.span("publish", kind=SpanKind.PRODUCER) as publish,
+    ):
         headers = tracing.headers()
     assert headers is not None
     assert publish is not None
@@ -75,7 +78,7 @@ def test_a_message_carries_its_publish_span_to_the_consumer(spans: InMemorySpanE
 
 @given(st.one_of(st.text(max_size=80), st.binary(max_size=80)))
 def test_any_traceparent_off_the_wire_is_parsed_or_ignored(value: str | bytes) -> None:
-    tracing.install(TracerProvider(sampler=tracing.sampler(1.0)))
+    tracing.install(TracerProvider(sampler=tracing.EdgeSampler()))
     try:
         context = tracing.parse(value)
         assert context is None or (context.is_valid and context.trace_flags.sampled)
@@ -100,19 +103,38 @@ def test_what_names_no_sampled_span_is_ignored(
     assert tracing.parse(value) is None
 
 
-def test_a_caller_cannot_force_a_trace_to_be_kept() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=tracing.sampler(0.0))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
+def test_the_share_of_requests_traced_is_drawn_here() -> None:
+    tracing.install(TracerProvider(sampler=tracing.EdgeSampler()), ratio=0.0)
     try:
-        with tracing.server_span("POST", "/orders/sync", [(b"traceparent", VALID.encode())]):
-            assert not trace.get_current_span().is_recording()
-        with tracing.span("batch", parents=[tracing.parse(VALID)]):
-            pass
+        assert not any(tracing.pick() for _ in range(1000))
     finally:
         tracing.shutdown()
-    assert exporter.get_finished_spans() == ()
+    tracing.install(TracerProvider(sampler=tracing.EdgeSampler()), ratio=0.25)
+    try:
+        assert 150 < sum(tracing.pick() for _ in range(1000)) < 350
+    finally:
+        tracing.shutdown()
+
+
+def test_what_no_chosen_request_began_is_not_traced(spans: InMemorySpanExporter) -> None:
+    """Statements and batches outside a traced request make no span: not even a root."""
+    with tracing.span("transaction", kind=SpanKind.CLIENT) as alone:
+        assert alone is None
+    with tracing.span("group commit", parents=[None, None]) as batch:
+        assert batch is None
+    tracer = trace.get_tracer("elsewhere", tracer_provider=tracing._provider)
+    with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as statement:
+        assert not statement.is_recording()  # (SQLAlchemy's instrumentation, say)
+    assert spans.get_finished_spans() == ()
+
+
+def test_a_chosen_request_is_traced_whatever_its_callers_flags(
+    spans: InMemorySpanExporter,
+) -> None:
+    unsampled = VALID[:-2] + "00"
+    with tracing.server_span("POST", "/orders/sync", [(b"traceparent", unsampled.encode())]):
+        assert trace.get_current_span().is_recording()
+    assert _named(spans, "POST /orders/sync").context.trace_id == int(VALID.split("-")[1], 16)
 
 
 def test_a_request_span_continues_its_callers_trace(spans: InMemorySpanExporter) -> None:
@@ -164,7 +186,7 @@ async def test_a_group_commit_batch_is_traced_from_its_requests(
     coalescer: Coalescer[str, int] = Coalescer(handler, max_batch=10, max_pending=10, timeout=5)
 
     async def request(name: str) -> int:
-        with tracing.span(name):
+        with tracing.server_span("POST", name, []):
             return await coalescer.submit(name)
 
     stopping = asyncio.Event()
@@ -173,7 +195,7 @@ async def test_a_group_commit_batch_is_traced_from_its_requests(
     stopping.set()
     await runner
     batch = _named(spans, "group commit")
-    first, second = _named(spans, "a"), _named(spans, "b")
+    first, second = _named(spans, "POST a"), _named(spans, "POST b")
     assert batch.parent is not None
     assert batch.parent.span_id == first.context.span_id
     assert {link.context.span_id for link in batch.links} == {
@@ -188,7 +210,7 @@ async def test_a_group_commit_batch_is_traced_from_its_requests(
 def test_a_log_line_carries_its_span_and_its_order(spans: InMemorySpanExporter) -> None:
     record = logging.LogRecord("shop.orders", logging.DEBUG, __file__, 1, "order placed", (), None)
     record.order_id = "0192"
-    with tracing.span("request") as span:
+    with tracing.server_span("GET", "/request", []) as span:
         line = json.loads(JsonFormatter().format(record))
     assert span is not None
     assert line["trace_id"] == f"{span.get_span_context().trace_id:032x}"
@@ -196,3 +218,31 @@ def test_a_log_line_carries_its_span_and_its_order(spans: InMemorySpanExporter) 
     assert line["order_id"] == "0192"
     outside = json.loads(JsonFormatter().format(record))
     assert "trace_id" not in outside
+
+
+def test_spans_go_out_in_otlp_json(spans: InMemorySpanExporter) -> None:
+    """The exporter's encoding: hex ids, OTLP's span kinds, int64 as text, arrays, links."""
+    with tracing.server_span("POST", "/orders/sync", []) as request:
+        tracing.annotate(order_id="0192", batch=3)
+        with tracing.span("group commit", parents=[tracing.current()], attributes={"ids": ["a"]}):
+            pass
+    assert request is not None
+    body = orjson.loads(otlp_json.encode(spans.get_finished_spans()))
+    (resource,) = body["resourceSpans"]
+    encoded = {s["name"]: s for scope in resource["scopeSpans"] for s in scope["spans"]}
+    server, batch = encoded["POST /orders/sync"], encoded["group commit"]
+    context = request.get_span_context()
+    assert server["traceId"] == f"{context.trace_id:032x}"
+    assert server["spanId"] == f"{context.span_id:016x}"
+    assert "parentSpanId" not in server
+    assert server["kind"] == 2  # SERVER in OTLP
+    attributes = {a["key"]: a["value"] for a in server["attributes"]}
+    assert attributes["shop.order_id"] == {"stringValue": "0192"}
+    assert attributes["shop.batch"] == {"intValue": "3"}
+    assert int(server["endTimeUnixNano"]) >= int(server["startTimeUnixNano"]) > 0
+    assert batch["parentSpanId"] == server["spanId"]
+    assert batch["links"][0]["spanId"] == server["spanId"]
+    assert batch["kind"] == 1  # INTERNAL
+    assert {"key": "ids", "value": {"arrayValue": {"values": [{"stringValue": "a"}]}}} in batch[
+        "attributes"
+    ]

@@ -21,8 +21,9 @@ from shop.web.problems import JSONResponse, install_handlers
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def _probe_or_scrape(scope: MutableMapping[str, Any]) -> bool:
-    return scope.get("path") in _UNTRACED
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    """Probes and scrapes, and the requests `tracing.pick` did not choose."""
+    return scope.get("path") in _UNTRACED or not tracing.pick()
 
 
 def new_app(
@@ -37,7 +38,8 @@ def new_app(
     benchmark's HTTP floor) builds it.
 
     FastAPI's own OpenTelemetry hooks trace its requests when tracing is on (`shop.tracing`),
-    its probes and scrapes left out; off, they are not installed at all (they looked up the
+    the share of them `tracing.pick` chooses, probes and scrapes left out; off, they are not
+    installed at all (they looked up the
     environment on every request: 2 % of a request's CPU in a profile). Its metrics and logs
     stay off: the services export Prometheus metrics and JSON logs.
     The `lean` routes answer their plain requests without FastAPI's per-request work
@@ -57,7 +59,7 @@ def new_app(
             "metrics": False,
             "logs": False,
             "operation_spans": False,
-            "exclude": _probe_or_scrape,
+            "exclude": _untraced,
         },
     )
     install_handlers(app)

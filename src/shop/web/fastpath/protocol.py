@@ -181,7 +181,7 @@ async def _answer(cycle: RequestResponseCycle, app: Any, route: LeanRoute[Any], 
             await cycle.run_asgi(app)
             return
         scope["route"] = route
-        if not tracing.enabled():
+        if not tracing.pick():  # (off: never)
             await _respond(cycle, route, lean, scope, parsed, start)
             return
         with tracing.server_span(scope["method"], route.path, scope["headers"]) as span:
