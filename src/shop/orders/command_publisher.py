@@ -39,7 +39,7 @@ class BrokerCommands:
     async def publish_command(self, command: OrderCommand) -> None:
         message = Outgoing(self.key(command), command.model_dump_json().encode())
         try:
-            if tracing.enabled():
+            if tracing.current() is not None:  # a traced request's
                 await self._publish_traced(message, command)
             else:
                 await self.outbound.publish(

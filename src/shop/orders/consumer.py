@@ -101,11 +101,12 @@ async def run_order_consumer(
                 if len(verdicts) != len(commands):
                     raise RuntimeError(f"{len(verdicts)} verdicts for {len(commands)} commands")
 
+            parents = traced(batch)
             with tracing.span(
                 f"process {channel} orders",
                 kind=SpanKind.CONSUMER,
-                parents=traced(batch),
-                attributes=batch_attributes(commands),
+                parents=parents,
+                attributes=batch_attributes(commands) if any(parents) else None,
             ):
                 if not await until_done("storing a batch", process):
                     return False
@@ -165,9 +166,7 @@ async def run_order_consumer(
             return  # stopping mid-retry: nothing settled, so all of it is delivered again
 
 
-def batch_attributes(commands: Sequence[OrderCommand]) -> dict[str, int | list[str]] | None:
-    if not tracing.enabled():
-        return None
+def batch_attributes(commands: Sequence[OrderCommand]) -> dict[str, int | list[str]]:
     return {
         "messaging.batch.message_count": len(commands),
         tracing.ORDER_IDS: tracing.ids(c.id for c in commands),

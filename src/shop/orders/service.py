@@ -248,7 +248,7 @@ class OrderService:
     async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
         """One try at a batch; after its commit, count the stored orders and wake the relay."""
         decision = await self._store.transact(partial(_decide, requests))
-        if tracing.enabled():  # on the batch's span: the group commit's or the consumer's
+        if tracing.current() is not None:  # on the batch's span: the group commit's or consumer's
             tracing.annotate(order_ids=tracing.ids(o.id for o in decision.orders))
         if decision.orders:
             counts = collections.Counter((o.channel, o.status) for o in decision.orders)
