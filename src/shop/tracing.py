@@ -151,11 +151,6 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-def tracer() -> Tracer | None:
-    """The process's tracer; None when tracing is off (callers test it before any work)."""
-    return _tracer
-
-
 def current() -> SpanContext | None:
     """The context of the span running now, if it is sampled (only those are worth carrying)."""
     if _tracer is None:
