@@ -154,6 +154,18 @@ class Side:
         return f"http://127.0.0.1:{self.order_port}/orders/{suffix}"
 
 
+def trace(side: Side, ratio: float) -> subprocess.Popen[bytes]:
+    """Start the OTLP sink and have `side` trace `ratio` of its requests to it (set before its
+    services start); the caller stops the sink."""
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "bench.otlp_sink", "--port", str(OTLP_SINK_PORT)], cwd=ROOT
+    )
+    side.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{OTLP_SINK_PORT}"
+    side.env["OTEL_TRACES_SAMPLER_ARG"] = str(ratio)
+    side.commit = f"{side.commit} (tracing {ratio:g})"
+    return sink
+
+
 def make_sides(
     base: tuple[Path, str], head: tuple[Path, str], settings: StackSettings
 ) -> list[Side]:
@@ -725,12 +737,8 @@ def main() -> int:
     sides = make_sides((base_path, base_sha), (head_path, head_label), settings)
     sink = None
     if args.trace_ratio is not None:
-        sink = subprocess.Popen(
-            [sys.executable, "-m", "bench.otlp_sink", "--port", str(OTLP_SINK_PORT)], cwd=ROOT
-        )
-        sides[1].env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{OTLP_SINK_PORT}"
-        sides[1].env["OTEL_TRACES_SAMPLER_ARG"] = str(args.trace_ratio)
-        sides[1].commit = head_label = f"{head_label} (tracing {args.trace_ratio:g})"
+        sink = trace(sides[1], args.trace_ratio)
+        head_label = sides[1].commit
     header: dict[str, Any] = {
         "started": stamp,
         "base": base_sha,

@@ -14,6 +14,7 @@ that moves from run to run.) Prints every run and, per path, the medians and hea
 and the spread of each side's rounds (max/min): a ratio inside the sides' own spread is noise.
 
     python -m bench.cpu --base 3fc7bee [--rate 1500] [--rounds 4] [--seconds 8] [--paths kafka,sync]
+        [--trace-ratio 0.1]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bench.compare import (
     settle,
     start_services,
     stop_services,
+    trace,
     worktree,
 )
 from bench.customers import warm_token_caches
@@ -56,6 +58,12 @@ def main() -> int:
     parser.add_argument(
         "--paths", help=f"comma-separated, of {','.join(PATHS)} (default all)", default=""
     )
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        help="the head traces this share of requests to an OTLP sink that keeps nothing "
+        "(bench.otlp_sink, its CPU not counted); default: tracing off on both sides",
+    )
     args = parser.parse_args()
     paths = [p for p in args.paths.split(",") if p] or list(PATHS)
     if unknown := set(paths) - set(PATHS):
@@ -63,6 +71,7 @@ def main() -> int:
     settings = load_stack_settings()
     ensure_shopload()
     sides = make_sides(worktree(args.base), (ROOT, "head"), settings)
+    sink = None if args.trace_ratio is None else trace(sides[1], args.trace_ratio)
     if customers := sides[0].customers:
         say(f"orders from {customers.describe()}")
     logs = ROOT / "bench" / "results" / "cpu-logs"
@@ -101,6 +110,9 @@ def main() -> int:
                     )
     finally:
         stop_services(sides)
+        if sink is not None:
+            sink.terminate()
+            sink.wait(timeout=10)
         shutil.rmtree(scratch, ignore_errors=True)
         clean(settings, sides)
         access.close()

@@ -21,6 +21,7 @@ import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -236,10 +237,28 @@ def span(
             return
         context = trace.set_span_in_context(trace.NonRecordingSpan(known[0]))
         links = [Link(p) for p in known]
-    with _tracer.start_as_current_span(
+    opened = _tracer.start_span(
         name, context=context, kind=kind, links=links, attributes=attributes
-    ) as opened:
+    )
+    with _current(opened):
         yield opened
+
+
+@contextlib.contextmanager
+def _current(opened: Span) -> Iterator[None]:
+    """`opened` current inside the block and ended after it, with the block's exception if it
+    raised (what the SDK's `start_as_current_span` does, in one generator instead of three:
+    a span costs 50 us of CPU as it is)."""
+    token = otel_context.attach(trace.set_span_in_context(opened))
+    try:
+        yield
+    except Exception as exc:  # (not BaseException: GeneratorExit and cancellation are not errors)
+        opened.record_exception(exc)
+        opened.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        otel_context.detach(token)
+        opened.end()
 
 
 @contextlib.contextmanager
@@ -295,9 +314,10 @@ def server_span(method: str, route: str, headers: Iterable[tuple[bytes, bytes]])
                 parent = trace.set_span_in_context(trace.NonRecordingSpan(chosen))
             break
     attributes = {"http.request.method": method, "http.route": route, "url.path": route}
-    with _tracer.start_as_current_span(
+    opened = _tracer.start_span(
         f"{method} {route}", context=parent, kind=SpanKind.SERVER, attributes=attributes
-    ) as opened:
+    )
+    with _current(opened):
         yield opened
 
 

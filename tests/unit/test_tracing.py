@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from shop import otlp_json, tracing
 from shop.runtime.logs import JsonFormatter
@@ -149,6 +149,30 @@ def test_a_request_span_continues_its_callers_trace(spans: InMemorySpanExporter)
     assert finished.attributes["shop.order_id"] == "0192"
     assert finished.attributes["shop.batch"] == 3
     assert span is not None
+
+
+def test_a_span_is_current_inside_its_block_and_ends_with_its_error(
+    spans: InMemorySpanExporter,
+) -> None:
+    inside = []
+
+    def fail() -> None:
+        with tracing.span("transaction") as inner:
+            inside.append(trace.get_current_span() is inner)
+            raise ValueError("no stock")
+
+    with tracing.server_span("POST", "/orders/sync", []) as request:
+        with pytest.raises(ValueError, match="no stock"):
+            fail()
+        assert inside == [True]
+        assert trace.get_current_span() is request  # the inner span's context is left
+    assert not trace.get_current_span().get_span_context().is_valid
+    failed = _named(spans, "transaction")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.status.description == "ValueError: no stock"
+    assert [event.name for event in failed.events] == ["exception"]
+    assert failed.end_time is not None
+    assert _named(spans, "POST /orders/sync").status.status_code is StatusCode.UNSET
 
 
 def test_spans_per_row_each_join_their_rows_trace_and_end_with_the_block(
