@@ -317,3 +317,24 @@ async def test_a_batch_is_traced_from_the_commands_publish_spans(
     assert [link.context.span_id for link in batch.links] == [p.span_id for p in publishes]
     assert batch.attributes is not None
     assert batch.attributes["shop.order_ids"] == tuple(str(c.id) for c in commands)
+
+
+async def test_a_batch_span_names_only_the_commands_it_traces(
+    spans: InMemorySpanExporter,
+) -> None:
+    with tracing.server_span("POST", "/orders/async/kafka", []) as publish:
+        assert publish is not None
+        context = publish.get_span_context()
+    inbound = FakeInbound()
+    traced, untraced = _command(), _command()
+    header = f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
+    delivery = FakeDelivery(traced.model_dump_json().encode(), 0)
+    inbound.waiting.append(dataclasses.replace(delivery, headers={"traceparent": header}))
+    inbound.put(untraced.model_dump_json().encode())
+
+    await _run_until_drained(inbound, FakeService())
+
+    (batch,) = [s for s in spans.get_finished_spans() if s.name == "process kafka orders"]
+    assert batch.attributes is not None
+    assert batch.attributes["messaging.batch.message_count"] == 2
+    assert batch.attributes["shop.order_ids"] == (str(traced.id),)

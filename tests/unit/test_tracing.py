@@ -231,6 +231,35 @@ async def test_a_group_commit_batch_is_traced_from_its_requests(
     assert batch.attributes["shop.batch.size"] == 2
 
 
+async def test_a_group_commit_span_names_only_the_requests_it_traces(
+    spans: InMemorySpanExporter,
+) -> None:
+    async def handler(requests: object) -> list[int]:
+        return [1, 2]
+
+    coalescer: Coalescer[str, int] = Coalescer(
+        handler,
+        max_batch=10,
+        max_pending=10,
+        timeout=5,
+        describe=lambda traced: {"shop.order_ids": list(traced)},
+    )
+
+    async def traced_request() -> int:
+        with tracing.server_span("POST", "/orders/sync", []):
+            return await coalescer.submit("traced")
+
+    stopping = asyncio.Event()
+    runner = asyncio.create_task(coalescer.run(stopping))
+    assert list(await asyncio.gather(traced_request(), coalescer.submit("untraced"))) == [1, 2]
+    stopping.set()
+    await runner
+    batch = _named(spans, "group commit")
+    assert batch.attributes is not None
+    assert batch.attributes["shop.batch.size"] == 2
+    assert batch.attributes["shop.order_ids"] == ("traced",)
+
+
 def test_a_log_line_carries_its_span_and_its_order(spans: InMemorySpanExporter) -> None:
     record = logging.LogRecord("shop.orders", logging.DEBUG, __file__, 1, "order placed", (), None)
     record.order_id = "0192"

@@ -112,6 +112,12 @@ def _note(order_id: uuid.UUID, what: str) -> None:
         log.debug("order %s %s", order_id, what, extra={"order_id": str(order_id)})
 
 
+def _traced_orders(requests: Sequence[OrderRequest]) -> dict[str, list[str]]:
+    """A group commit's span names the orders whose traces it joins (the others' ids would cost
+    a traced batch 2 us each, and no search could find them in a list)."""
+    return {tracing.ORDER_IDS: tracing.ids(r.order_id for r in requests)}
+
+
 def _too_large(quantity: int) -> InvalidInput:
     return InvalidInput(
         f"{quantity} unit(s) at this product's price exceed the largest order total "
@@ -156,6 +162,7 @@ class OrderService:
             max_batch=200,
             max_pending=settings.sync_queue_limit,
             timeout=store.timeout,
+            describe=_traced_orders,
         )
         self._prices = prices
 
@@ -248,8 +255,6 @@ class OrderService:
     async def _place(self, requests: Sequence[OrderRequest]) -> list[Outcome]:
         """One try at a batch; after its commit, count the stored orders and wake the relay."""
         decision = await self._store.transact(partial(_decide, requests))
-        if tracing.current() is not None:  # on the batch's span: the group commit's or consumer's
-            tracing.annotate(order_ids=tracing.ids(o.id for o in decision.orders))
         if decision.orders:
             counts = collections.Counter((o.channel, o.status) for o in decision.orders)
             for (channel, status), n in counts.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -24,6 +24,8 @@ Res = TypeVar("Res")
 
 # One outcome per request: its result, or the exception to raise for it.
 BatchHandler = Callable[[Sequence[Req]], Awaitable[Sequence[Res | Exception]]]
+# The attributes of a batch's span, given the requests in it that are traced.
+Describe = Callable[[Sequence[Req]], Mapping[str, str | int | Sequence[str]]]
 
 
 @dataclass(slots=True, eq=False)
@@ -50,9 +52,16 @@ class Coalescer(Generic[Req, Res]):
     """
 
     def __init__(
-        self, handler: BatchHandler[Req, Res], *, max_batch: int, max_pending: int, timeout: float
+        self,
+        handler: BatchHandler[Req, Res],
+        *,
+        max_batch: int,
+        max_pending: int,
+        timeout: float,
+        describe: Describe[Req] | None = None,
     ) -> None:
         self._handler = handler
+        self._describe = describe
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._timeout = timeout
@@ -119,10 +128,12 @@ class Coalescer(Generic[Req, Res]):
 
     async def _settle(self, batch: list[_Entry[Req, Res]]) -> None:
         parents = [entry.trace for entry in batch]
+        attributes: dict[str, str | int | Sequence[str]] = {"shop.batch.size": len(batch)}
+        traced = [entry.request for entry in batch if entry.trace is not None]
+        if traced and self._describe is not None:
+            attributes.update(self._describe(traced))
         try:
-            with tracing.span(
-                "group commit", parents=parents, attributes={"shop.batch.size": len(batch)}
-            ):
+            with tracing.span("group commit", parents=parents, attributes=attributes):
                 outcomes = await self._handler([entry.request for entry in batch])
         except Exception as exc:  # the whole batch failed: every request gets the error
             outcomes = [exc] * len(batch)
