@@ -209,11 +209,11 @@ class Relay:
             "publish events", parents, kind=SpanKind.PRODUCER, attributes=attributes
         )
         with traced_spans as spans:
-            messages = [
-                m if span is None else m._replace(headers=tracing.headers(span))
-                for row, span in zip(rows, spans, strict=True)
-                for m in row
-            ]
+            messages: list[Outgoing] = []
+            for row, span in zip(rows, spans, strict=True):
+                carried = None if span is None else tracing.headers(span)  # (once a row: a
+                # batch's row carries hundreds of events)
+                messages += row if carried is None else [m._replace(headers=carried) for m in row]
             await self._publisher.publish(messages, timeout=timeout)
 
     async def backlog(self) -> tuple[int, float]:
