@@ -318,10 +318,12 @@ class _State:
             return None
         if product.stock < request.quantity:
             return OUT_OF_STOCK
+        # A batch's units taken are one change of the product, as its one stock event says:
+        # one version more, however many orders took units (so the versions on product-events
+        # are consecutive, and a consumer that sees a gap knows it missed an event).
+        version = product.version if product.id in self.decision.products else product.version + 1
         # (the constructor, not dataclasses.replace: this runs once per order)
-        taken = Product(
-            product.id, product.price, product.stock - request.quantity, product.version + 1
-        )
+        taken = Product(product.id, product.price, product.stock - request.quantity, version)
         self.products[product.id] = self.decision.products[product.id] = taken
         return None
 
