@@ -285,7 +285,7 @@ def _limits_plot(results: dict[str, Any]) -> str:
     return png(fig)
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in columns) + "</tr>"
@@ -364,7 +364,7 @@ def render(results: dict[str, Any]) -> str:
 <span class="{"ok" if idle["target"]["met"] else "fail"}">{
             "met" if idle["target"]["met"] else "missed"
         }</span>.</p>
-{_table(idle_rows, list(idle_rows[0]) if idle_rows else [])}"""
+{table(idle_rows, list(idle_rows[0]) if idle_rows else [])}"""
         if idle
         else ""
     )
@@ -391,9 +391,9 @@ measured in the same run.</p>
 {customers_line}
 <p>Load generator: at most {floor_gen} cores while driving the HTTP floor to
 {floor_best:,.0f} answers/s, so it is not what limits the figures.</p>
-<h2>Targets</h2>{_table(target_rows, ["target", "measured", "verdict"])}
+<h2>Targets</h2>{table(target_rows, ["target", "measured", "verdict"])}
 <h2>Audit</h2>{
-        _table(
+        table(
             [
                 {
                     "accepted": audit["accepted"],
@@ -410,15 +410,15 @@ measured in the same run.</p>
 <h2>Throughput and latency against connections</h2>{_sweep_plots(results)}
 {_percentile_plots(results)}
 <h2>Open loop: constant offered rates</h2>{_open_loop_plot(results)}
-{_table(sustained_rows, ["path", "highest rate with p99 <= 50 ms"])}
+{table(sustained_rows, ["path", "highest rate with p99 <= 50 ms"])}
 <h2>Asynchronous paths: queue depth and time to storage</h2>{_depth_plot(results)}
 <p>From acceptance (the id's timestamp) to the stored row, during the load:</p>
-{_table(latency_rows, ["channel", "count", "p50", "p99", "max"])}
+{table(latency_rows, ["channel", "count", "p50", "p99", "max"])}
 <p>Consumer drain rate with no HTTP load (one standalone consumer emptying a filled topic or
 queue; from its first stored order to its last):
 Kafka {results["drain"]["kafka"]["per_second"]:,}/s, RabbitMQ
 {results["drain"]["rabbitmq"]["per_second"]:,}/s.</p>
 <h2>Limits</h2>{_limits_plot(results)}
-<h2>Every closed-loop run</h2>{_table(sweep_rows, list(sweep_rows[0]) if sweep_rows else [])}
+<h2>Every closed-loop run</h2>{table(sweep_rows, list(sweep_rows[0]) if sweep_rows else [])}
 </body></html>
 """

@@ -106,6 +106,60 @@ def make_products(settings: StackSettings, count: int, stock: int | None) -> lis
 # ---------------------------------------------------------------- depth sampling
 
 
+class DepthReader:
+    """Kafka consumer lag (the order consumers' group, read as the stack's administrator, who
+    never joins it) and the RabbitMQ order queue's depth; NaN for a reading that failed (a gap
+    in a plot, not a failed run). One Kafka client, closed on exit; one thread at a time."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self._settings = settings
+        self._consumer = Consumer(
+            {
+                **client_config(stack_kafka.as_admin(settings)),
+                "group.id": settings.kafka.consumer_group,
+                "log_level": 0,  # (a broker down is a NaN reading, not a line on stderr)
+            }
+        )
+
+    def __enter__(self) -> DepthReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._consumer.close()
+
+    def lag(self) -> float:
+        try:
+            topic = self._settings.kafka.topic
+            meta = self._consumer.list_topics(topic, timeout=2).topics[topic]
+            parts = [TopicPartition(topic, p) for p in meta.partitions]
+            lag = 0
+            for tp in self._consumer.committed(parts, timeout=2):
+                _low, high = self._consumer.get_watermark_offsets(tp, timeout=2)
+                lag += max(0, high - max(tp.offset, 0))
+            return float(lag)
+        except Exception:
+            return float("nan")
+
+    def queue_depth(self) -> float:
+        s = self._settings
+        url = (
+            f"http://127.0.0.1:{s.stack.management_port}/api/queues/"
+            f"{'%2F' if s.rabbitmq.vhost == '/' else s.rabbitmq.vhost}/{s.rabbitmq.queue}"
+        )
+        request = urllib.request.Request(url)
+        token = b64encode(f"{s.stack.admin_user}:{s.stack.admin_password}".encode())
+        request.add_header("Authorization", f"Basic {token.decode()}")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 (loopback)
+                data = json.loads(response.read())
+            return float(data.get("messages_ready", 0) + data.get("messages_unacknowledged", 0))
+        except Exception:
+            return float("nan")
+
+    def depths(self) -> dict[str, float]:
+        return {"kafka": self.lag(), "rabbitmq": self.queue_depth()}
+
+
 class DepthSampler:
     """Samples Kafka consumer lag and RabbitMQ queue depth twice a second, in a thread."""
 
@@ -128,51 +182,9 @@ class DepthSampler:
         return round(time.monotonic() - self._t0, 2)
 
     def _run(self) -> None:
-        s = self._settings
-        consumer = Consumer(
-            {**client_config(stack_kafka.as_admin(s)), "group.id": s.kafka.consumer_group}
-        )
-        try:
+        with DepthReader(self._settings) as reader:
             while not self._stop.wait(0.5):
-                self.samples.append(
-                    {
-                        "t": self.mark(),
-                        "kafka": _lag(consumer, s),
-                        "rabbitmq": _queue_depth(s, s.rabbitmq.queue),
-                    }
-                )
-        finally:
-            consumer.close()
-
-
-def _lag(consumer: Consumer, settings: StackSettings) -> float:
-    try:
-        topic = settings.kafka.topic
-        meta = consumer.list_topics(topic, timeout=2).topics[topic]
-        parts = [TopicPartition(topic, p) for p in meta.partitions]
-        lag = 0
-        for tp in consumer.committed(parts, timeout=2):
-            _low, high = consumer.get_watermark_offsets(tp, timeout=2)
-            lag += max(0, high - max(tp.offset, 0))
-        return float(lag)
-    except Exception:  # a missed sample is a gap in the plot, not a failed run
-        return float("nan")
-
-
-def _queue_depth(settings: StackSettings, queue: str) -> float:
-    url = (
-        f"http://127.0.0.1:{settings.stack.management_port}/api/queues/"
-        f"{'%2F' if settings.rabbitmq.vhost == '/' else settings.rabbitmq.vhost}/{queue}"
-    )
-    request = urllib.request.Request(url)
-    token = b64encode(f"{settings.stack.admin_user}:{settings.stack.admin_password}".encode())
-    request.add_header("Authorization", f"Basic {token.decode()}")
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 (loopback)
-            data = json.loads(response.read())
-        return float(data.get("messages_ready", 0) + data.get("messages_unacknowledged", 0))
-    except Exception:  # as above
-        return float("nan")
+                self.samples.append({"t": self.mark(), **reader.depths()})
 
 
 # ---------------------------------------------------------------- the runs
@@ -180,25 +192,13 @@ def _queue_depth(settings: StackSettings, queue: str) -> float:
 
 def wait_idle(settings: StackSettings, timeout: float = 120.0) -> dict[str, float]:
     """Wait (up to `timeout`) until no command waits for a consumer; the depths last seen."""
-    # The service's group id, to read its committed offsets; never subscribes, so never joins.
-    consumer = Consumer(
-        {
-            **client_config(stack_kafka.as_admin(settings)),
-            "group.id": settings.kafka.consumer_group,
-        }
-    )
-    try:
+    with DepthReader(settings) as reader:
         deadline = time.monotonic() + timeout
         while True:
-            depths = {
-                "kafka": _lag(consumer, settings),
-                "rabbitmq": _queue_depth(settings, settings.rabbitmq.queue),
-            }
+            depths = reader.depths()
             if all(v == 0 for v in depths.values()) or time.monotonic() > deadline:
                 return depths
             time.sleep(1)
-    finally:
-        consumer.close()
 
 
 def start_floor(workers: int) -> subprocess.Popen[bytes]:
