@@ -150,10 +150,11 @@ def test_the_document_declares_the_search_rules_and_limits() -> None:
     openapi.amend(app, partial(product_api.document_limits, products=Products()))
     operation: dict[str, Any] = app.openapi()["paths"]["/products"]["get"]
     [name] = [p for p in operation["parameters"] if p["name"] == "name"]
+    # No pattern: a JSON Schema pattern's \w is ASCII, the search's words are Unicode (the
+    # 422 of a search without one is by design, tests/e2e/test_fuzz.py).
     assert name["schema"] | {"title": "Name"} == {
         "type": "string",
         "maxLength": 200,
-        "pattern": r"\w{3}",
         "title": "Name",
     }
     assert "422" in name["description"]

@@ -105,7 +105,6 @@ def matches_nothing(query: ProductQuery) -> bool:
 # searched word of MIN_WORD or more characters starts a word of the name. A search with no such
 # word cannot use the index (it would scan every product), so it is refused.
 MIN_WORD = 3
-WORD_PATTERN = rf"\w{{{MIN_WORD}}}"  # what a searchable `name` contains (OpenAPI: `pattern`)
 _WORDS = re.compile(r"\w+")
 
 
