@@ -127,12 +127,14 @@ class Coalescer(Generic[Req, Res]):
             stop.cancel()
 
     async def _settle(self, batch: list[_Entry[Req, Res]]) -> None:
-        parents = [entry.trace for entry in batch]
-        attributes: dict[str, str | int | Sequence[str]] = {"shop.batch.size": len(batch)}
-        traced = [entry.request for entry in batch if entry.trace is not None]
-        if traced and self._describe is not None:
-            attributes.update(self._describe(traced))
+        traced = [entry for entry in batch if entry.trace is not None]  # (none when off)
+        attributes: dict[str, str | int | Sequence[str]] | None = None
+        if traced:
+            attributes = {"shop.batch.size": len(batch)}
+            if self._describe is not None:
+                attributes.update(self._describe([entry.request for entry in traced]))
         try:
+            parents = [entry.trace for entry in traced]
             with tracing.span("group commit", parents=parents, attributes=attributes):
                 outcomes = await self._handler([entry.request for entry in batch])
         except Exception as exc:  # the whole batch failed: every request gets the error
