@@ -40,10 +40,10 @@ def catalogue_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def source_digest() -> str:
-    """The first 12 hex digits of the sha256 of shopload's sources (names and contents)."""
+def source_digest(source: Path = SOURCE) -> str:
+    """The first 12 hex digits of the sha256 of a Go tool's sources (names and contents)."""
     digest = hashlib.sha256()
-    for path in sorted(SOURCE.iterdir()):
+    for path in sorted(source.iterdir()):
         if path.is_file() and (path.suffix == ".go" or path.name in ("go.mod", "go.sum")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
@@ -60,15 +60,22 @@ def go_command() -> str:
 
 
 def ensure_shopload() -> Path:
-    """The shopload binary of the current sources, built (a few seconds, no network) into
-    ~/.cache/shop/bin/shopload-<digest>/ if it is not there yet. The build goes to a temporary
-    name and is renamed when complete, so an interrupted build is never taken for a binary."""
-    binary = CACHE / f"shopload-{source_digest()}" / "shopload"
+    """The shopload binary of the current sources (`ensure_go_tool`)."""
+    return ensure_go_tool(SOURCE)
+
+
+def ensure_go_tool(source: Path) -> Path:
+    """The binary of the Go tool in `source` (bench/shopload, bench/soakload), built (a few
+    seconds, no network) into ~/.cache/shop/bin/<name>-<digest>/ if it is not there yet. The
+    build goes to a temporary name and is renamed when complete, so an interrupted build is
+    never taken for a binary."""
+    name = source.name
+    binary = CACHE / f"{name}-{source_digest(source)}" / name
     if binary.exists():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
-    partial = binary.with_name(f".shopload-{os.getpid()}.partial")
-    print(f"bench: building shopload into {binary.parent} ...", flush=True)
+    partial = binary.with_name(f".{name}-{os.getpid()}.partial")
+    print(f"bench: building {name} into {binary.parent} ...", flush=True)
     env = {
         **os.environ,
         "CGO_ENABLED": "0",
@@ -80,7 +87,7 @@ def ensure_shopload() -> Path:
     try:
         done = subprocess.run(
             [go_command(), "build", "-trimpath", "-o", str(partial), "."],
-            cwd=SOURCE,
+            cwd=source,
             env=env,
             capture_output=True,
             text=True,
@@ -88,7 +95,7 @@ def ensure_shopload() -> Path:
             check=False,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"building shopload failed: {done.stderr[-2000:]}")
+            raise RuntimeError(f"building {name} failed: {done.stderr[-2000:]}")
         os.replace(partial, binary)
     finally:
         with contextlib.suppress(FileNotFoundError):

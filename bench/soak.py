@@ -51,7 +51,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 import devstack
 from bench.customers import TOKEN_TTL_SECONDS
-from bench.loadgen import CACHE, go_command
+from bench.loadgen import ensure_go_tool
 from bench.run import DepthReader, make_products, query
 from devstack import kafka as stack_kafka
 from devstack import mariadb, rabbitmq, services
@@ -273,31 +273,6 @@ def _drained(sample: dict[str, Any], accepted: int) -> bool:
 
 
 # ---------------------------------------------------------------- the load
-
-
-def build_soakload() -> Path:
-    """The soak's load generator, built once per source version into the bench's cache."""
-    source = (SOAKLOAD / "main.go").read_bytes() + (SOAKLOAD / "go.mod").read_bytes()
-    binary = CACHE / f"soakload-{uuid.uuid5(uuid.NAMESPACE_OID, source.hex()).hex[:12]}"
-    if binary.exists():
-        return binary
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    partial = binary.with_name(f".{binary.name}.{os.getpid()}.partial")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOPROXY": "off"}
-    env.update({"GOWORK": "off", "GOFLAGS": ""})
-    done = subprocess.run(
-        [go_command(), "build", "-trimpath", "-o", str(partial), "."],
-        cwd=SOAKLOAD,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"building soakload failed: {done.stderr[-2000:]}")
-    os.replace(partial, binary)
-    return binary
 
 
 @dataclasses.dataclass
@@ -605,7 +580,7 @@ def run(plan: Plan) -> int:
         f"{plan.orders:,} orders from {plan.customers:,} customers, a fault every "
         f"{plan.fault_every:g} s; results in {out.relative_to(ROOT)}"
     )
-    binary = build_soakload()
+    binary = ensure_go_tool(SOAKLOAD)
     running = [n for n in devstack.SERVICES if services.daemon(n, stack).pid() is not None]
     try:
         for name in devstack.SERVICES:  # restarted with the soak's purge horizons
