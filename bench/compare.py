@@ -13,10 +13,11 @@ Then, for each path and connection count, both sides get the same closed-loop lo
 `bench.loadgen`; the orders from 2,000 customers in turn, each with their own token), one after
 the other (who goes first alternates from step to step and from round to round), for several
 rounds, so that noise on the shared machine hits both. Before every run, each side has
-stored every order it accepted so far and its processes are quiet (or a timeout passed), so no
-run competes with either side's backlog. Reported per step: each side's throughput (2xx answers
-per second) and p99, medians over rounds; the ratio head/base (the median of the per-round
-ratios); and every non-2xx answer.
+stored every order it accepted so far and its processes are quiet, and the shared servers are
+quiet too (their CPU and the disks' writes low: the last run's pages flushed), or a timeout
+passed, so no run competes with either side's backlog or pays for the run before it.
+Reported per step: each side's throughput (2xx answers per second) and p99, medians over
+rounds; the ratio head/base (the median of the per-round ratios); and every non-2xx answer.
 
 Writes bench/results/<time>-compare/compare.json, compare.md and compare.html (a plot of both
 sides per path, with the speed-up and, against 0fc452c, issue 9's goal), prints the table, and
@@ -61,7 +62,7 @@ from confluent_kafka.admin import AdminClient
 from bench import baseline_access, compare_report, idle
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load
-from devstack import identities, rabbitmq
+from devstack import identities, mariadb, rabbitmq
 from devstack import kafka as stack_kafka
 from devstack.settings import StackSettings, load_stack_settings
 from shop.messaging.kafka import client_config
@@ -476,11 +477,43 @@ def cpu_seconds(pgids: set[int]) -> float:
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 QUIET_CORES = 0.1  # a side is quiet below this (idle services poll: about 0.01-0.03)
+QUIET_SERVERS = 0.25  # cores: MariaDB, Kafka and RabbitMQ together (idle: about 0.05-0.1)
+QUIET_DISK_MB_S = 4.0  # written to the machine's disks a second (idle: under 1)
+SERVERS_SETTLE = 30.0  # seconds, at most, for the servers to finish what the last run left
+
+
+def _disk_written_mb() -> float:
+    """Megabytes written so far to the machine's disks (not loop, zram or device-mapper)."""
+    sectors = 0
+    for disk in Path("/sys/block").iterdir():
+        if disk.name.startswith(("loop", "zram", "ram", "dm-")):
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            sectors += int((disk / "stat").read_text().split()[6])
+    return sectors * 512 / 1e6
+
+
+def servers_quiet(settings: StackSettings, timeout: float) -> float:
+    """Wait until the servers both sides share are quiet: what the last run wrote flushed
+    (InnoDB's dirty pages and purge, Kafka's segments), so that no run pays for the run
+    before it, which was the other side's half the time; seconds waited."""
+    daemons = (mariadb.daemon, stack_kafka.daemon, rabbitmq.daemon)
+    pgids = {pid for daemon in daemons if (pid := daemon(settings).pid()) is not None}
+    started = time.monotonic()
+    cpu, disk = cpu_seconds(pgids), _disk_written_mb()
+    while time.monotonic() - started < timeout:
+        time.sleep(0.5)
+        cpu_now, disk_now = cpu_seconds(pgids), _disk_written_mb()
+        if (cpu_now - cpu) / 0.5 < QUIET_SERVERS and (disk_now - disk) / 0.5 < QUIET_DISK_MB_S:
+            break
+        cpu, disk = cpu_now, disk_now
+    return round(time.monotonic() - started, 2)
 
 
 def settle(settings: StackSettings, sides: list[Side], timeout: float) -> dict[str, float]:
     """Wait until every side has stored every order it accepted and its processes are quiet
-    (its outbox relays, consumers and purges done too); seconds waited per side."""
+    (its outbox relays, consumers and purges done too), then until the shared servers are
+    (`servers_quiet`); seconds waited per side and for the servers."""
     waited: dict[str, float] = {}
     for side in sides:
         started = time.monotonic()
@@ -496,6 +529,7 @@ def settle(settings: StackSettings, sides: list[Side], timeout: float) -> dict[s
         else:
             say(f"{side.name}: still busy or storing after {timeout:.0f} s; going on")
         waited[side.name] = round(time.monotonic() - started, 2)
+    waited["servers"] = servers_quiet(settings, min(timeout, SERVERS_SETTLE))
     return waited
 
 
