@@ -89,8 +89,8 @@ test-cluster: venv ## the cluster's tests alone: its access checks and the fault
 bench: up ## the benchmark and its report, about 7 min (QUICK=1: about 2 min); BASELINE=<commit>: that commit beside this checkout, about 22 min; CLUSTER=1: on `make up`'s stack and on the cluster, both layouts in one report, about 25 min (QUICK=1: about 10)
 	$(if $(BASELINE),$(VENV)/bin/python -m bench.compare --base $(BASELINE),$(if $(CLUSTER),$(VENV)/bin/python -m bench.layouts,$(VENV)/bin/python -m bench.run)) $(if $(QUICK),--quick,)
 
-soak: up ## many orders under fire, then their audit: ORDERS (default 1,000,000) from 2,000 customers while parts are SIGKILLed and paused in turn (FAULT_EVERY s, default 20); bench/results/<time>-soak/report.html (docs/reliability.md)
-	$(VENV)/bin/python -m bench.soak $(if $(ORDERS),--orders $(ORDERS),) $(if $(FAULT_EVERY),--fault-every $(FAULT_EVERY),)
+soak: $(if $(CLUSTER),venv,up) ## many orders under fire, then their audit: ORDERS (default 1,000,000) from 2,000 customers while parts are SIGKILLed and paused in turn (FAULT_EVERY s, default 20); CLUSTER=1: on the cluster, a node of each engine struck; bench/results/<time>-soak/report.html (docs/reliability.md)
+	$(VENV)/bin/python -m bench.soak $(if $(ORDERS),--orders $(ORDERS),) $(if $(FAULT_EVERY),--fault-every $(FAULT_EVERY),) $(if $(CLUSTER),--cluster,)
 
 .PHONY: bench-compare
 bench-compare: up ## BASE (default 0fc452c) beside this checkout, same servers and load, about 22 min (QUICK=1: about 2)

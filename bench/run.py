@@ -18,7 +18,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -29,6 +28,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench import idle, limits, report
+from bench.background import Background
 from bench.customers import Customers, warm_token_caches
 from bench.loadgen import LoadResult, catalogue_headers, ensure_shopload, run_load, shopload_version
 from devstack import identities, rabbitmq
@@ -160,30 +160,23 @@ class DepthReader:
         return {"kafka": self.lag(), "rabbitmq": self.queue_depth()}
 
 
-class DepthSampler:
+class DepthSampler(Background):
     """Samples Kafka consumer lag and RabbitMQ queue depth twice a second, in a thread."""
 
+    join_timeout = 5.0
+
     def __init__(self, settings: StackSettings) -> None:
+        super().__init__("depth-sampler")
         self._settings = settings
         self.samples: list[dict[str, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.monotonic()
-
-    def __enter__(self) -> DepthSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
     def mark(self) -> float:
         return round(time.monotonic() - self._t0, 2)
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         with DepthReader(self._settings) as reader:
-            while not self._stop.wait(0.5):
+            while not self.stopping.wait(0.5):
                 self.samples.append({"t": self.mark(), **reader.depths()})
 
 

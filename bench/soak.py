@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,11 +49,12 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 import devstack
+from bench.background import Background
 from bench.customers import TOKEN_TTL_SECONDS
 from bench.loadgen import ensure_go_tool
 from bench.run import DepthReader, make_products, query
+from devstack import cluster, layout, mariadb, rabbitmq, services
 from devstack import kafka as stack_kafka
-from devstack import mariadb, rabbitmq, services
 from devstack.common import Daemon, group_members
 from devstack.settings import StackSettings, load_stack_settings
 from shop.access.dev_issuer import dev_token
@@ -70,17 +70,6 @@ SOAK_SETTINGS: dict[str, Any] = {
     "outbox_retention_seconds": 300.0,
     "outbox_purge_every_seconds": 30.0,
 }
-# Each fault in turn: (what the report calls it, its kind, its target).
-FAULTS: list[tuple[str, str, str]] = [
-    ("kill order service", "kill", "orders"),
-    ("kill Kafka", "kill", "kafka"),
-    ("kill consumer process", "kill", "consumer"),
-    ("kill MariaDB", "kill", "mariadb"),
-    ("pause Kafka", "pause", "kafka"),
-    ("kill product service", "kill", "products"),
-    ("kill RabbitMQ", "kill", "rabbitmq"),
-    ("pause RabbitMQ", "pause", "rabbitmq"),
-]
 BOUNDS = {
     "drain_seconds": 180.0,  # after the load: lag, queue depth and backlog back to 0 within
     "memory_growth": 1.5,  # a process kind's memory at the end / after warm-up, at most
@@ -94,15 +83,7 @@ def say(message: str) -> None:
     print(f"soak: {message}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------- the stack's processes
-
-
-def _daemon(target: str, settings: StackSettings) -> Daemon:
-    if target in devstack.SERVICES:
-        return services.daemon(target, settings)
-    return {"mariadb": mariadb.daemon, "kafka": stack_kafka.daemon, "rabbitmq": rabbitmq.daemon}[
-        target
-    ](settings)
+# ---------------------------------------------------------------- where the soak runs
 
 
 def _cmdline(pid: int) -> str:
@@ -110,20 +91,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def processes(settings: StackSettings) -> dict[str, list[int]]:
-    """The live processes of each kind: products, orders (the HTTP server and its workers),
-    consumer (the order service's consumer process), and the three servers."""
-    found: dict[str, list[int]] = {}
-    for target in (*devstack.SERVICES, *SERVERS):
-        leader = _daemon(target, settings).pid()
-        members = [] if leader is None else group_members(leader)
-        if target == "orders":
-            found["consumer"] = [p for p in members if " consume " in _cmdline(p)]
-            members = [p for p in members if p not in found["consumer"]]
-        found[target] = members
-    return found
 
 
 def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
@@ -140,31 +107,212 @@ def _signal(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def strike(kind: str, target: str, settings: StackSettings, *, down: float, pause: float) -> str:
-    """One fault, until what it struck is back (a killed part started again and ready; the
-    consumer process started again by the order service). What was struck, for the record."""
-    deadline = time.monotonic() + 60  # (the consumer process may be between two lives)
-    while not (running := processes(settings)[target]):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{target}: nothing runs to strike")
-        time.sleep(0.2)
-    if kind == "pause":
-        _signal(running, signal.SIGSTOP)
-        time.sleep(pause)
-        _signal(running, signal.SIGCONT)
-        return f"SIGSTOP {len(running)} process(es) for {pause:g} s"
-    _signal(running, signal.SIGKILL)
-    _wait_gone(running)
-    time.sleep(down)
-    if target == "consumer":  # the order service starts it again itself (after a pause)
-        deadline = time.monotonic() + 60
-        while not processes(settings)["consumer"]:
+def _pause(pids: list[int], seconds: float) -> None:
+    _signal(pids, signal.SIGSTOP)
+    time.sleep(seconds)
+    _signal(pids, signal.SIGCONT)
+
+
+class Site:
+    """Where a soak runs (`make up`'s stack, or the cluster): the services' settings there,
+    its faults in turn as (what the report calls it, kind, target), its processes by kind
+    (products, orders, consumer, and each server), how to strike a fault, how to serve with
+    other settings and how to leave it as it was found."""
+
+    name = ""
+    faults: tuple[tuple[str, str, str], ...] = ()
+
+    def __init__(self, stack: StackSettings) -> None:
+        self.stack = stack
+        self.serving = stack
+
+    @property
+    def shop(self) -> StackSettings:
+        return self.stack
+
+    def processes(self) -> dict[str, list[int]]:
+        raise NotImplementedError
+
+    def strike(self, kind: str, target: str, *, down: float, pause: float) -> str:
+        """One fault, until what it struck is back; what was struck, for the record."""
+        raise NotImplementedError
+
+    def serve(self, settings: StackSettings) -> None:
+        """(Re)start the services with `settings` (`stack` with the soak's horizons)."""
+        raise NotImplementedError
+
+    def restore(self) -> None:
+        raise NotImplementedError
+
+
+class SingleNode(Site):
+    """`make up`'s stack: a killed server or service is started again by `devstack start`, the
+    consumer process by the order service itself."""
+
+    name = "single node"
+    faults = (
+        ("kill order service", "kill", "orders"),
+        ("kill Kafka", "kill", "kafka"),
+        ("kill consumer process", "kill", "consumer"),
+        ("kill MariaDB", "kill", "mariadb"),
+        ("pause Kafka", "pause", "kafka"),
+        ("kill product service", "kill", "products"),
+        ("kill RabbitMQ", "kill", "rabbitmq"),
+        ("pause RabbitMQ", "pause", "rabbitmq"),
+    )
+
+    def __init__(self, stack: StackSettings) -> None:
+        super().__init__(stack)
+        self.running = [n for n in devstack.SERVICES if services.daemon(n, stack).pid() is not None]
+
+    def _daemon(self, target: str) -> Daemon:
+        if target in devstack.SERVICES:
+            return services.daemon(target, self.stack)
+        daemons = {
+            "mariadb": mariadb.daemon,
+            "kafka": stack_kafka.daemon,
+            "rabbitmq": rabbitmq.daemon,
+        }
+        return daemons[target](self.stack)
+
+    def processes(self) -> dict[str, list[int]]:
+        """The live processes of each kind: products, orders (the HTTP server and its
+        workers), consumer (the order service's consumer process), and the three servers."""
+        found: dict[str, list[int]] = {}
+        for target in (*devstack.SERVICES, *SERVERS):
+            leader = self._daemon(target).pid()
+            members = [] if leader is None else group_members(leader)
+            if target == "orders":
+                found["consumer"] = [p for p in members if " consume " in _cmdline(p)]
+                members = [p for p in members if p not in found["consumer"]]
+            found[target] = members
+        return found
+
+    def strike(self, kind: str, target: str, *, down: float, pause: float) -> str:
+        deadline = time.monotonic() + 60  # (the consumer process may be between two lives)
+        while not (running := self.processes()[target]):
             if time.monotonic() > deadline:
-                raise RuntimeError("the order service did not start its consumer process again")
+                raise RuntimeError(f"{target}: nothing runs to strike")
             time.sleep(0.2)
-    else:
-        devstack.start(target, settings)
-    return f"SIGKILL {len(running)} process(es), down {down:g} s"
+        if kind == "pause":
+            _pause(running, pause)
+            return f"SIGSTOP {len(running)} process(es) for {pause:g} s"
+        _signal(running, signal.SIGKILL)
+        _wait_gone(running)
+        time.sleep(down)
+        if target == "consumer":  # the order service starts it again itself (after a pause)
+            deadline = time.monotonic() + 60
+            while not self.processes()["consumer"]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the order service did not start its consumer again")
+                time.sleep(0.2)
+        else:
+            devstack.start(target, self.serving)
+        return f"SIGKILL {len(running)} process(es), down {down:g} s"
+
+    def serve(self, settings: StackSettings) -> None:
+        self.serving = settings
+        for name in devstack.SERVICES:
+            services.start(name, settings)
+
+    def restore(self) -> None:
+        """`make up`'s settings back, or the services stopped if they did not run."""
+        for name in devstack.SERVICES:
+            with contextlib.suppress(Exception):
+                if name in self.running:
+                    services.start(name, self.stack)
+                else:
+                    services.stop(name, self.stack)
+
+
+class Cluster(Site):
+    """`make cluster`: each fault strikes one node or process of the part the single node's
+    fault strikes (the node leading the order topic's partition 0 or the order queue, the
+    Galera node taking writes, a replica or consumer process in turn); `cluster.revive` brings
+    it back into its cluster and HAProxy's rotation. Started here if it did not run, and then
+    stopped at the end (`make up`'s services, which would hold its fronts, are stopped first
+    and started again after)."""
+
+    name = "cluster"
+    faults = (
+        ("kill an order replica", "kill", "orders"),
+        ("kill the Kafka partition leader", "kill", "kafka"),
+        ("kill a consumer process", "kill", "consumer"),
+        ("kill the Galera writer", "kill", "mariadb"),
+        ("pause the Kafka partition leader", "pause", "kafka"),
+        ("kill a product replica", "kill", "products"),
+        ("kill the queue leader", "kill", "rabbitmq"),
+        ("pause the queue leader", "pause", "rabbitmq"),
+    )
+
+    def __init__(self, stack: StackSettings) -> None:
+        super().__init__(stack)
+        self.turns: collections.Counter[str] = collections.Counter()
+        self.was_running = all(pid is not None for pid in cluster.part_pids(stack).values())
+        self.displaced: list[str] = []  # `make up`'s services, stopped to free the fronts
+
+    @property
+    def shop(self) -> StackSettings:
+        return layout.cluster_settings(self.stack, layout.directory())
+
+    def processes(self) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = collections.defaultdict(list)
+        for name, leader in cluster.part_pids(self.stack).items():
+            kind = name.split("-")[0].replace("galera", "mariadb")  # products-1: products
+            found[kind] += [] if leader is None else group_members(leader)
+        return dict(found)
+
+    def pick(self, target: str) -> str:
+        """The part a fault on `target` strikes now (leaders move; replicas take turns)."""
+        turn = self.turns[target]
+        self.turns[target] += 1
+        if target == "kafka":
+            return cluster.leader_of_partition(self.stack, self.shop.kafka.topic, 0)
+        if target == "rabbitmq":
+            return cluster.quorum_queue_leader(self.stack)
+        if target == "mariadb":
+            writer = cluster.galera_writer()
+            if writer is None:
+                raise RuntimeError("HAProxy routes MariaDB to no node")
+            return writer
+        parts = sorted(p for p in cluster.part_pids(self.stack) if p.startswith(f"{target}-"))
+        return parts[turn % len(parts)]
+
+    def strike(self, kind: str, target: str, *, down: float, pause: float) -> str:
+        part = self.pick(target)
+        leader = cluster.part_pids(self.stack)[part]
+        if leader is None:
+            raise RuntimeError(f"{part}: does not run")
+        members = group_members(leader)
+        if kind == "pause":
+            _pause(members, pause)
+            return f"SIGSTOP {part} for {pause:g} s"
+        cluster.kill(self.stack, part)
+        _wait_gone(members)
+        time.sleep(down)
+        cluster.revive(self.serving, part)
+        return f"SIGKILL {part}, down {down:g} s"
+
+    def serve(self, settings: StackSettings) -> None:
+        self.serving = settings
+        if self.was_running:
+            cluster.restart_processes(settings)
+            return
+        for name in devstack.SERVICES:  # they would hold the cluster's fronts
+            if services.daemon(name, self.stack).pid() is not None:
+                self.displaced.append(name)
+                services.stop(name, self.stack)
+        cluster.up(settings)
+
+    def restore(self) -> None:
+        """The cluster's own settings back; or, if it did not run, the cluster stopped and
+        `make up`'s services started again if they ran."""
+        if self.was_running:
+            cluster.restart_processes(self.stack)
+            return
+        cluster.down(self.stack)
+        for name in self.displaced:
+            devstack.start(name, self.stack)
 
 
 # ---------------------------------------------------------------- sampling
@@ -197,28 +345,22 @@ def _fds(pid: int) -> tuple[int, int]:
 TABLES = ("order_outbox", "product_outbox", "order_keys", "order_aliases")
 
 
-class Sampler:
+class Sampler(Background):
     """Samples the stack every `every` seconds in a thread (`samples`: one dict each)."""
 
-    def __init__(self, settings: StackSettings, users: range, every: float, t0: float) -> None:
-        self.settings, self.users, self.every, self.t0 = settings, users, every, t0
+    join_timeout = 30.0
+
+    def __init__(self, site: Site, users: range, every: float, t0: float) -> None:
+        super().__init__("soak-sampler")
+        self.site, self.users, self.every, self.t0 = site, users, every, t0
+        self.settings = site.shop.migration_account()  # reads both services' tables
         self.samples: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
 
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
+    def loop(self) -> None:
         with DepthReader(self.settings) as depths:
             while True:
                 self.samples.append(self.sample(depths))
-                if self._stop.wait(self.every):
+                if self.stopping.wait(self.every):
                     return
 
     def sample(self, depths: DepthReader) -> dict[str, Any]:
@@ -226,7 +368,7 @@ class Sampler:
         memory: dict[str, float] = {}
         fds: dict[str, int] = {}
         sockets: dict[str, int] = {}
-        for kind, pids in processes(self.settings).items():
+        for kind, pids in self.site.processes().items():
             memory[kind] = round(sum(_rss_mb(p) for p in pids), 1)
             counted = [_fds(p) for p in pids]
             fds[kind] = sum(c[0] for c in counted)
@@ -284,42 +426,31 @@ class Plan:
     down: float
     pause: float
     sample_every: float
+    cluster: bool = False
 
 
-class Faults:
+class Faults(Background):
     """Strikes the next fault every `every` seconds in a thread until stopped (a fault under way
     finishes first: its part is back before `stop` returns)."""
 
-    def __init__(self, settings: StackSettings, plan: Plan, t0: float) -> None:
-        self.settings, self.plan, self.t0 = settings, plan, t0
+    def __init__(self, site: Site, plan: Plan, t0: float) -> None:
+        super().__init__("soak-faults")
+        self.site, self.plan, self.t0 = site, plan, t0
         self.done: list[dict[str, Any]] = []
         self.next_at = plan.fault_every
-        self.next_name = FAULTS[0][0]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-faults", daemon=True)
+        self.next_name = site.faults[0][0]
 
-    def __enter__(self) -> Faults:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def loop(self) -> None:
         for number in range(1_000_000):
-            name, kind, target = FAULTS[number % len(FAULTS)]
+            name, kind, target = self.site.faults[number % len(self.site.faults)]
             self.next_name = name
-            if self._stop.wait(max(0.0, self.next_at - (time.monotonic() - self.t0))):
+            if self.stopping.wait(max(0.0, self.next_at - (time.monotonic() - self.t0))):
                 return
             began = time.monotonic() - self.t0
             record: dict[str, Any] = {"number": number + 1, "fault": name, "at": round(began, 1)}
             try:
-                record["did"] = strike(
-                    kind, target, self.settings, down=self.plan.down, pause=self.plan.pause
+                record["did"] = self.site.strike(
+                    kind, target, down=self.plan.down, pause=self.plan.pause
                 )
             except Exception as exc:  # recorded: the soak goes on, the report shows it
                 record["error"] = repr(exc)
@@ -570,22 +701,20 @@ def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(plan: Plan) -> int:
     stack = load_stack_settings()
-    settings = stack.migration_account()  # reads both services' tables (audit, sampler)
-    soak_settings = stack.replace(**SOAK_SETTINGS)
+    site: Site = Cluster(stack) if plan.cluster else SingleNode(stack)
+    settings = site.shop.migration_account()  # reads both services' tables (audit, sampler)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = ROOT / "bench" / "results" / f"{stamp}-soak"
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="shop-soak-"))
     say(
         f"{plan.orders:,} orders from {plan.customers:,} customers, a fault every "
-        f"{plan.fault_every:g} s; results in {out.relative_to(ROOT)}"
+        f"{plan.fault_every:g} s on the {site.name}; results in {out.relative_to(ROOT)}"
     )
     binary = ensure_go_tool(SOAKLOAD)
-    running = [n for n in devstack.SERVICES if services.daemon(n, stack).pid() is not None]
     try:
-        for name in devstack.SERVICES:  # restarted with the soak's purge horizons
-            services.start(name, soak_settings)
-        users = customers_file(stack, plan.customers, scratch)
+        site.serve(stack.replace(**SOAK_SETTINGS))  # the soak's purge horizons
+        users = customers_file(site.shop, plan.customers, scratch)
         product_url = f"http://127.0.0.1:{settings.http.product_port}"
         scarce_stock = max(10, plan.orders // 10)  # every 10th order, 2 units on average: runs out
         scarce = make_products(settings, 1, scarce_stock)[0]
@@ -614,8 +743,8 @@ def run(plan: Plan) -> int:
         ]
         t0 = time.monotonic()
         progress: list[dict[str, Any]] = []
-        with Sampler(settings, users, plan.sample_every, t0) as sampler:
-            with Faults(soak_settings, plan, t0) as faults:
+        with Sampler(site, users, plan.sample_every, t0) as sampler:
+            with Faults(site, plan, t0) as faults:
                 load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
                 assert load.stdout is not None
                 shown = 0.0
@@ -664,12 +793,7 @@ def run(plan: Plan) -> int:
         recoveries(progress, result["faults"])
         result["verdicts"] = verdicts(result)
     finally:
-        for name in devstack.SERVICES:  # as they were: make up's settings, or stopped
-            with contextlib.suppress(Exception):
-                if name in running:
-                    services.start(name, stack)
-                else:
-                    services.stop(name, stack)
+        site.restore()
         shutil.rmtree(scratch, ignore_errors=True)
     (out / "soak.json").write_text(json.dumps(result, indent=1))
     from bench.soak_report import render
@@ -716,6 +840,9 @@ def main() -> int:
     parser.add_argument("--down-seconds", type=float, default=3.0, help="a killed part stays down")
     parser.add_argument("--pause-seconds", type=float, default=5.0, help="a paused broker stays")
     parser.add_argument("--sample-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--cluster", action="store_true", help="on `make cluster` (started if needed)"
+    )
     args = parser.parse_args()
     if args.customers < 1000:
         parser.error("--customers: at least 1,000")
@@ -727,6 +854,7 @@ def main() -> int:
         args.down_seconds,
         args.pause_seconds,
         args.sample_seconds,
+        args.cluster,
     )
     return run(plan)
 

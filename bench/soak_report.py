@@ -36,87 +36,68 @@ def _rates(progress: list[dict[str, Any]]) -> list[tuple[float, float]]:
     ]
 
 
+Line = list[tuple[float, float]]
+X_LABEL = "seconds since the load began"
+
+
+def _plot(ax: Any, lines: dict[str, Line], title: str, unit: str, **axis: Any) -> None:
+    """Each line (label: its points) on `ax`, with its title, unit, grid and legend."""
+    for label, points in lines.items():
+        ax.plot([t for t, _ in points], [v for _, v in points], linewidth=0.8, label=label)
+    ax.set(title=title, ylabel=unit, **axis)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend(fontsize=7, ncol=5)
+
+
 def _timeline(result: dict[str, Any]) -> str:
     progress, faults = result["progress"], result["faults"]
     fig, axes = plt.subplots(3, 1, figsize=(13, 9), sharex=True)
-    rates = _rates(progress)
-    axes[0].plot([t for t, _ in rates], [r for _, r in rates], linewidth=0.7, color="#1f77b4")
-    axes[0].set(title="Orders ended a second (accepted, out of stock)", ylabel="orders/s")
-    axes[1].plot(
-        [p["t"] for p in progress], [p["p99_ms"] for p in progress], linewidth=0.7, color="#9467bd"
-    )
-    axes[1].set(title="p99 of the second's answered attempts", ylabel="ms", yscale="log")
-    axes[2].plot(
-        [p["t"] for p in progress],
-        [p["window_failed"] for p in progress],
-        linewidth=0.7,
-        color="#d62728",
-        label="failed (5xx, cut, timed out)",
-    )
-    axes[2].plot(
-        [p["t"] for p in progress],
-        [p["window_limited"] for p in progress],
-        linewidth=0.7,
-        color="#ff7f0e",
-        label="429",
-    )
-    axes[2].set(
-        title="Attempts that failed a second (each retried)",
-        ylabel="attempts",
-        xlabel="seconds since the load began",
-    )
-    axes[2].legend(fontsize=8)
+
+    def over_time(field: str) -> Line:
+        return [(p["t"], p[field]) for p in progress]
+
+    _plot(axes[0], {"ended": _rates(progress)}, "Orders ended a second (accepted, out of stock)",
+          "orders/s")  # fmt: skip
+    _plot(axes[1], {"p99": over_time("p99_ms")}, "p99 of the second's answered attempts", "ms",
+          yscale="log")  # fmt: skip
+    failed = {
+        "failed (5xx, cut, timed out)": over_time("window_failed"),
+        "429": over_time("window_limited"),
+    }
+    _plot(axes[2], failed, "Attempts that failed a second (each retried)", "attempts",
+          xlabel=X_LABEL)  # fmt: skip
     for ax in axes:
         _faults(ax, faults)
-        ax.grid(alpha=0.3)
     return png(fig)
 
 
-def _series(ax: Any, samples: list[dict[str, Any]], field: str, title: str, unit: str) -> None:
+def _by_kind(samples: list[dict[str, Any]], field: str) -> dict[str, Line]:
+    """A line per kind of process of a sampled field (memory_mb, fds, sockets)."""
     kinds = sorted({k for s in samples for k in (s.get(field) or {})})
-    for kind in kinds:
-        points = [(s["t"], s[field][kind]) for s in samples if s.get(field) and kind in s[field]]
-        ax.plot([t for t, _ in points], [v for _, v in points], linewidth=0.8, label=kind)
-    ax.set(title=title, ylabel=unit)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=4)
+    return {
+        kind: [(s["t"], s[field][kind]) for s in samples if s.get(field) and kind in s[field]]
+        for kind in kinds
+    }
 
 
 def _growth(result: dict[str, Any]) -> str:
     samples, faults = result["samples"], result["faults"]
     fig, axes = plt.subplots(5, 1, figsize=(13, 16), sharex=True)
-    _series(axes[0], samples, "memory_mb", "Resident memory by kind of process", "MB")
-    _series(axes[1], samples, "fds", "Open file descriptors by kind of process", "fds")
-    _series(axes[2], samples, "sockets", "Open sockets by kind of process", "sockets")
-    tables = [
-        {**{k: v for k, v in s["rows"].items() if k not in ("stored",)}, "t": s["t"]}
-        for s in samples
-        if s.get("rows")
-    ]
-    for name in ("order_outbox", "product_outbox", "order_keys", "order_aliases", "unsent"):
-        axes[3].plot([r["t"] for r in tables], [r[name] for r in tables], linewidth=0.8, label=name)
-    axes[3].set(title="Rows in the purged tables (and outbox rows not yet sent)", ylabel="rows")
-    axes[3].grid(alpha=0.3)
-    axes[3].legend(fontsize=7, ncol=5)
-    axes[4].plot(
-        [s["t"] for s in samples],
-        [s["lag"] for s in samples],
-        linewidth=0.8,
-        label="Kafka consumer lag",
-    )
-    axes[4].plot(
-        [s["t"] for s in samples],
-        [s["depth"] for s in samples],
-        linewidth=0.8,
-        label="RabbitMQ queue depth",
-    )
-    axes[4].set(
-        title="Commands waiting for a consumer",
-        ylabel="messages",
-        xlabel="seconds since the load began",
-    )
-    axes[4].grid(alpha=0.3)
-    axes[4].legend(fontsize=7)
+    _plot(axes[0], _by_kind(samples, "memory_mb"), "Resident memory by kind of process", "MB")
+    _plot(axes[1], _by_kind(samples, "fds"), "Open file descriptors by kind of process", "fds")
+    _plot(axes[2], _by_kind(samples, "sockets"), "Open sockets by kind of process", "sockets")
+    counted = [s for s in samples if s.get("rows")]
+    tables = {
+        name: [(s["t"], s["rows"][name]) for s in counted]
+        for name in ("order_outbox", "product_outbox", "order_keys", "order_aliases", "unsent")
+    }
+    _plot(axes[3], tables, "Rows in the purged tables (and outbox rows not yet sent)", "rows")
+    waiting = {
+        "Kafka consumer lag": [(s["t"], s["lag"]) for s in samples],
+        "RabbitMQ queue depth": [(s["t"], s["depth"]) for s in samples],
+    }
+    _plot(axes[4], waiting, "Commands waiting for a consumer", "messages", xlabel=X_LABEL)
     for ax in axes:
         _faults(ax, faults)
         ax.axvline(result["load_seconds"], color="#555555", linewidth=0.8)
@@ -153,7 +134,8 @@ def render(result: dict[str, Any]) -> str:
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;
 font-size:13px;text-align:left}}</style></head><body>
 <h1>Soak {html.escape(result["started"])}</h1>
-<p>{plan["orders"]:,} orders from {plan["customers"]:,} customers ({plan["clients"]} at a time),
+<p>On {"the cluster" if plan.get("cluster") else "the single-node stack"}: {plan["orders"]:,}
+orders from {plan["customers"]:,} customers ({plan["clients"]} at a time),
 sync, Kafka and RabbitMQ in turn, plus GET /products; a fault every {plan["fault_every"]:g} s
 (a killed part down {plan["down"]:g} s, a paused broker {plan["pause"]:g} s). Load
 {result["load_seconds"]:g} s, drained {result["drain_seconds"]} s after it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from shop.messaging.rabbitmq import RabbitBroker
 from shop.settings import Kafka, Settings
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def eventually(
@@ -204,3 +206,39 @@ async def confirmed(broker: RabbitBroker, *, timeout: float = 2.0) -> bool:
     except PublishError:
         return False
     return True
+
+
+def short_soak(*flags: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], str]:
+    """Run `python -m bench.soak` with `flags` to its end; its soak.json (audit, faults,
+    verdicts) and its exit: "" for 0, else the end of its stderr."""
+    results = ROOT / "bench" / "results"
+    before = set(results.glob("*-soak")) if results.exists() else set()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.soak", *flags],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    (run,) = set(results.glob("*-soak")) - before
+    result: dict[str, Any] = json.loads((run / "soak.json").read_text())  # (NaN: a gap)
+    result["report_bytes"] = (run / "report.html").stat().st_size
+    return result, "" if done.returncode == 0 else done.stderr[-3000:]
+
+
+def assert_soak_audit_clean(result: dict[str, Any]) -> None:
+    """Nothing lost, duplicated, oversold or without its event; product versions
+    consecutive; at least three faults struck and back; drained; every bound held."""
+    found = result["audit"]
+    assert found["accepted"] > 0
+    assert found["stored"] >= found["accepted"]
+    for name in ("lost", "duplicated", "oversold", "stock_mismatch", "orders_without_event"):
+        assert found[name] == 0, (name, found)
+    assert not found["products_with_version_gaps"], found["products_with_version_gaps"]
+    struck = [f for f in result["faults"] if "error" not in f]
+    assert len(struck) >= 3, result["faults"]
+    assert result["drain_seconds"] is not None
+    failed = [v for v in result["verdicts"] if not v["held"]]
+    assert not failed, failed

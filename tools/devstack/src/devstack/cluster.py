@@ -7,8 +7,10 @@ broker) as processes of their own. Everything else listens above 13300, keeps it
 `<stack dir>/cluster/` and has its own Erlang cookie, epmd and signing key, so the cluster
 runs beside `make up`'s stack without touching it. See docs/cluster.md.
 
-For fault tests: `leader_of_partition`, `quorum_queue_leader`, `galera_writer` find the node
-to hit, `kill` SIGKILLs any part by name and `revive` brings it back into the cluster.
+For fault tests and the soak: `leader_of_partition`, `quorum_queue_leader`, `galera_writer`
+find the node to hit, `kill` SIGKILLs any part by name and `revive` brings it back into the
+cluster; `part_pids` names every part's process, `restart_processes` starts the services
+again with other settings.
 """
 
 from __future__ import annotations
@@ -405,6 +407,22 @@ def status(settings: StackSettings) -> list[tuple[str, str]]:
         mark = " <- writes" if front == "mysql" and server == writer else ""
         rows.append((f"  {front}/{server}", f"haproxy: {state}{mark}"))
     return rows
+
+
+def part_pids(settings: StackSettings) -> dict[str, int | None]:
+    """Every part's process-group leader by name (None for a part that does not run)."""
+    return {name: daemon.pid() for name, (daemon, _) in _parts(settings, directory()).items()}
+
+
+def restart_processes(settings: StackSettings) -> None:
+    """Restart every replica and consumer process with `settings` (the soak's purge horizons,
+    then the cluster's own again): stopped and started together, then back in rotation."""
+    base = directory()
+    procs = processes(settings, base, tracing=_tracing(settings, base))
+    _parallel([partial(_stop_process, p, base) for p in procs])
+    _parallel([partial(_start_process, p, base) for p in procs])
+    for process in procs:
+        _wait_in_rotation(process.name)
 
 
 def kill(settings: StackSettings, name: str) -> int:
