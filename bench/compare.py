@@ -477,8 +477,8 @@ def cpu_seconds(pgids: set[int]) -> float:
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 QUIET_CORES = 0.1  # a side is quiet below this (idle services poll: about 0.01-0.03)
-QUIET_SERVERS = 0.25  # cores: MariaDB, Kafka and RabbitMQ together (idle: about 0.05-0.1)
-QUIET_DISK_MB_S = 4.0  # written to the machine's disks a second (idle: under 1)
+QUIET_SERVERS = 0.25  # cores: MariaDB, Kafka and RabbitMQ together (idle: 0.02-0.04)
+QUIET_DISK_MB_S = 4.0  # written to the machine's disks a second (idle: about 0.02)
 SERVERS_SETTLE = 30.0  # seconds, at most, for the servers to finish what the last run left
 
 
