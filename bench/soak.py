@@ -113,6 +113,11 @@ def _pause(pids: list[int], seconds: float) -> None:
     _signal(pids, signal.SIGCONT)
 
 
+def _running_services(stack: StackSettings) -> list[str]:
+    """`make up`'s services that run now."""
+    return [n for n in devstack.SERVICES if services.daemon(n, stack).pid() is not None]
+
+
 class Site:
     """Where a soak runs (`make up`'s stack, or the cluster): the services' settings there,
     its faults in turn as (what the report calls it, kind, target), its processes by kind
@@ -163,7 +168,7 @@ class SingleNode(Site):
 
     def __init__(self, stack: StackSettings) -> None:
         super().__init__(stack)
-        self.running = [n for n in devstack.SERVICES if services.daemon(n, stack).pid() is not None]
+        self.running = _running_services(stack)
 
     def _daemon(self, target: str) -> Daemon:
         if target in devstack.SERVICES:
@@ -298,10 +303,9 @@ class Cluster(Site):
         if self.was_running:
             cluster.restart_processes(settings)
             return
-        for name in devstack.SERVICES:  # they would hold the cluster's fronts
-            if services.daemon(name, self.stack).pid() is not None:
-                self.displaced.append(name)
-                services.stop(name, self.stack)
+        self.displaced = _running_services(self.stack)  # they would hold the cluster's fronts
+        for name in self.displaced:
+            services.stop(name, self.stack)
         cluster.up(settings)
 
     def restore(self) -> None:

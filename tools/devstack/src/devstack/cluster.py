@@ -92,6 +92,13 @@ def _start_process(process: Process, base: Path) -> None:
     )
 
 
+def _start_processes(procs: Sequence[Process], base: Path) -> None:
+    """Start them together, then wait until HAProxy routes to each."""
+    _parallel([partial(_start_process, p, base) for p in procs])
+    for process in procs:
+        _wait_in_rotation(process.name)
+
+
 # --- secrets of the cluster ---------------------------------------------------------------------
 
 
@@ -287,10 +294,7 @@ def up(
         say(f"created the cluster's signing key in {shop.auth.signing_key_file}")
     if with_tracing:
         jaeger.start(settings, directory=base / "jaeger")
-    procs = processes(settings, base, tracing=with_tracing)
-    _parallel([partial(_start_process, p, base) for p in procs])
-    for process in processes(settings, base):
-        _wait_in_rotation(process.name)
+    _start_processes(processes(settings, base, tracing=with_tracing), base)
     if with_prometheus:
         prometheus.start(
             settings, jobs=prometheus_jobs(settings, base), directory=base / "prometheus"
@@ -420,9 +424,7 @@ def restart_processes(settings: StackSettings) -> None:
     base = directory()
     procs = processes(settings, base, tracing=_tracing(settings, base))
     _parallel([partial(_stop_process, p, base) for p in procs])
-    _parallel([partial(_start_process, p, base) for p in procs])
-    for process in procs:
-        _wait_in_rotation(process.name)
+    _start_processes(procs, base)
 
 
 def kill(settings: StackSettings, name: str) -> int:
