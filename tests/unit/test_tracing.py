@@ -175,6 +175,28 @@ def test_a_span_is_current_inside_its_block_and_ends_with_its_error(
     assert _named(spans, "POST /orders/sync").status.status_code is StatusCode.UNSET
 
 
+def test_a_span_ends_once_with_what_it_was_told(spans: InMemorySpanExporter) -> None:
+    with tracing.server_span("POST", "/orders/sync", []) as request:
+        request.set_attribute("shop.order_ids", ["a", "b"])
+        request.record_exception(KeyError("gone"))
+    request.end()  # a second end is a no-op, as the SDK's
+    request.set_attribute("shop.late", 1)  # after its end: not exported
+    (finished,) = spans.get_finished_spans()
+    assert not request.is_recording()
+    assert finished.attributes is not None
+    assert finished.attributes["shop.order_ids"] == ("a", "b")  # kept immutable, as the SDK does
+    assert "shop.late" not in finished.attributes
+    (event,) = finished.events
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "KeyError"
+    assert event.attributes["exception.message"] == "'gone'"
+    assert "KeyError" in str(event.attributes["exception.stacktrace"])
+    assert finished.kind is SpanKind.SERVER
+    assert finished.start_time is not None
+    assert finished.end_time is not None
+    assert finished.start_time <= finished.end_time
+
+
 def test_spans_per_row_each_join_their_rows_trace_and_end_with_the_block(
     spans: InMemorySpanExporter,
 ) -> None:

@@ -170,7 +170,7 @@ def batch_attributes(
     commands: Sequence[OrderCommand],
     decoded: Sequence[object],
     parents: Sequence[SpanContext | None],
-) -> dict[str, int | list[str]]:
+) -> dict[str, int | tuple[str, ...]]:
     """A traced batch's size, and the orders whose traces it joins (the others' ids would cost
     it 2 us each, and no search could find them in a list)."""
     traced = (

@@ -112,7 +112,7 @@ def _note(order_id: uuid.UUID, what: str) -> None:
         log.debug("order %s %s", order_id, what, extra={"order_id": str(order_id)})
 
 
-def _traced_orders(requests: Sequence[OrderRequest]) -> dict[str, list[str]]:
+def _traced_orders(requests: Sequence[OrderRequest]) -> dict[str, tuple[str, ...]]:
     """A group commit's span names the orders whose traces it joins (the others' ids would cost
     a traced batch 2 us each, and no search could find them in a list)."""
     return {tracing.ORDER_IDS: tracing.ids(r.order_id for r in requests)}
