@@ -2,7 +2,7 @@
 hand, and the W3C context carried in message headers and outbox rows.
 
 Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set (`settings.Tracing`): then every helper here
-returns at once after one test of `_tracer`, and no OpenTelemetry code runs on any path. On,
+returns at once after one test of `_provider`, and no OpenTelemetry code runs on any path. On,
 spans are sampled by trace id (parent-based, the same ratio in every process, so a trace is
 kept or dropped whole) and exported over OTLP/HTTP by a background thread in batches.
 
@@ -39,7 +39,6 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
-    Tracer,
     TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -58,8 +57,7 @@ ORDER_IDS = "shop.order_ids"  # a batch's orders
 TRACEPARENT = "traceparent"
 
 _W3C = TraceContextTextMapPropagator()
-_tracer: Tracer | None = None  # None: tracing is off
-_provider: TracerProvider | None = None
+_provider: TracerProvider | None = None  # None: tracing is off
 _ratio = 1.0  # the share of requests traced
 _SCOPE = InstrumentationScope("shop")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -123,8 +121,8 @@ class EdgeSampler(Sampler):
 def install(provider: TracerProvider, ratio: float = 1.0) -> None:
     """Trace through `provider` from now on, choosing `ratio` of the requests (`configure`;
     tests, with an in-memory exporter)."""
-    global _tracer, _provider, _ratio
-    _provider, _tracer, _ratio = provider, provider.get_tracer("shop"), ratio
+    global _provider, _ratio
+    _provider, _ratio = provider, ratio
     _Recording.resource = provider.resource
     # (the provider's span processors, which its own spans end into; no public way to them)
     _Recording.processor = provider._active_span_processor
@@ -133,22 +131,22 @@ def install(provider: TracerProvider, ratio: float = 1.0) -> None:
 def pick() -> bool:
     """Whether to trace the request arriving now: `ratio` of them, drawn here (a caller's
     `traceparent` cannot make us trace: its "sampled" flag is not obeyed)."""
-    return _tracer is not None and random.random() < _ratio
+    return _provider is not None and random.random() < _ratio
 
 
 def shutdown() -> None:
     """Export what is left and stop the exporter (at a process's end)."""
-    global _tracer, _provider
+    global _provider
     if _provider is not None:
         _provider.shutdown()
-    _tracer = _provider = None
+    _provider = _Recording.processor = None
 
 
 def instrument_engines(*engines: Engine) -> None:
     """A span per statement on these engines (OpenTelemetry's SQLAlchemy instrumentation), the
     child of the span running it. Statements sent on the driver's connection (the order
     batches, the relay) bypass SQLAlchemy: those units have a span by hand."""
-    if _tracer is None:
+    if _provider is None:
         return
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
@@ -162,12 +160,12 @@ def instrument_engines(*engines: Engine) -> None:
 
 
 def enabled() -> bool:
-    return _tracer is not None
+    return _provider is not None
 
 
 def current() -> SpanContext | None:
     """The context of the span running now, if it is sampled (only those are worth carrying)."""
-    if _tracer is None:
+    if _provider is None:
         return None
     context = trace.get_current_span().get_span_context()
     return context if context.trace_flags.sampled else None
@@ -175,7 +173,7 @@ def current() -> SpanContext | None:
 
 def running() -> SpanContext | None:
     """The context of the span running now, sampled or not (what a log line is part of)."""
-    if _tracer is None:
+    if _provider is None:
         return None
     context = trace.get_current_span().get_span_context()
     return context if context.is_valid else None
@@ -200,7 +198,7 @@ def headers(span: Span | None = None) -> dict[str, str] | None:
 def parse(value: str | bytes | None) -> SpanContext | None:
     """The sampled span context a traceparent names; None for anything else (it is read from
     brokers: a malformed value is ignored, never an error)."""
-    if _tracer is None:
+    if _provider is None:
         return None
     context = _read(value)
     return context if context is not None and context.trace_flags.sampled else None
@@ -234,7 +232,7 @@ def span(
     Without `parents` it is the child of the span running now, if one is. With them (a batch's
     members) it is the child of the first traced one and links to every traced one.
     """
-    if _tracer is None:
+    if _provider is None:
         yield None
         return
     links: Sequence[Link] = ()
@@ -282,7 +280,7 @@ def spans(
 ) -> Iterator[list[Span | None]]:
     """A span per parent, its child (None where the parent is None), none of them current; all
     end with the block, with its exception if it raised. Only when tracing is on."""
-    assert _tracer is not None
+    assert _provider is not None
     opened: list[Span | None] = [
         None if parent is None else _Recording(name, kind, parent, attributes) for parent in parents
     ]
@@ -305,7 +303,7 @@ def server_span(method: str, route: str, headers: Iterable[tuple[bytes, bytes]])
     """The SERVER span of a request `pick` chose, answered on the fast path (FastAPI traces its
     own): in the caller's trace when it sent a valid `traceparent` (kept whatever its flags
     say: we chose to trace it), else the root of a new one."""
-    assert _tracer is not None
+    assert _provider is not None
     parent = None
     for name, value in headers:
         if name == b"traceparent":
@@ -320,7 +318,7 @@ def server_span(method: str, route: str, headers: Iterable[tuple[bytes, bytes]])
 def annotate(**attributes: int | tuple[str, ...] | object) -> None:
     """Set `shop.<name>` attributes on the span running now (an order's id on its request's
     span); values other than numbers and tuples are set as text."""
-    if _tracer is None:
+    if _provider is None:
         return
     current_span = trace.get_current_span()
     if current_span.is_recording():
