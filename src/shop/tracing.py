@@ -19,7 +19,6 @@ import contextlib
 import logging
 import random
 import time
-import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -123,9 +123,6 @@ def install(provider: TracerProvider, ratio: float = 1.0) -> None:
     tests, with an in-memory exporter)."""
     global _provider, _ratio
     _provider, _ratio = provider, ratio
-    _Recording.resource = provider.resource
-    # (the provider's span processors, which its own spans end into; no public way to them)
-    _Recording.processor = provider._active_span_processor
 
 
 def pick() -> bool:
@@ -139,7 +136,7 @@ def shutdown() -> None:
     global _provider
     if _provider is not None:
         _provider.shutdown()
-    _provider = _Recording.processor = None
+    _provider = None
 
 
 def instrument_engines(*engines: Engine) -> None:
@@ -343,9 +340,6 @@ class _Recording(Span):
 
     Made only where its trace is kept: the request `pick` chose, or a sampled parent."""
 
-    resource: Resource = Resource.get_empty()
-    processor: SpanProcessor | None = None
-
     __slots__ = (
         "_attributes",
         "_context",
@@ -417,28 +411,20 @@ class _Recording(Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        kind = type(exception)
-        described: dict[str, AttributeValue] = {
-            "exception.type": kind.__qualname__
-            if kind.__module__ == "builtins"
-            else f"{kind.__module__}.{kind.__qualname__}",
-            "exception.message": str(exception),
-            "exception.stacktrace": "".join(traceback.format_exception(exception)),
-            "exception.escaped": str(escaped),
-        }
-        described.update(attributes or {})
-        self.add_event("exception", described, timestamp)
+        # The SDK's own: it describes the exception and calls `add_event`, which is ours here.
+        SdkSpan.record_exception(self, exception, attributes, timestamp, escaped)  # type: ignore[arg-type]
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end is not None or self.processor is None:
+        if self._end is not None or _provider is None:  # (none: tracing stopped meanwhile)
             return
         self._end = end_time or time.time_ns()
-        self.processor.on_end(
+        # The provider's span processors, which its own spans end into (no public way to them).
+        _provider._active_span_processor.on_end(
             ReadableSpan(
                 self._name,
                 self._context,
                 self._parent,
-                self.resource,
+                _provider.resource,
                 self._attributes,
                 self._events,
                 self._links,
