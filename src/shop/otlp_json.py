@@ -1,10 +1,18 @@
-"""Spans to an OTLP/HTTP receiver in OTLP's JSON encoding, written with orjson.
+"""Spans to an OTLP/HTTP receiver in OTLP's JSON encoding, written with orjson, encoded on
+the service's event loop and posted from a worker thread.
 
 OTLP/HTTP has two encodings, protobuf and JSON; Jaeger and the OpenTelemetry Collector take
 both. The protobuf encoder of `opentelemetry-exporter-otlp-proto-http` spent 45 us of CPU per
 span (a span costs the SDK 23 us to make), in the service's own process: at 10 % sampling that
 was the largest part of what tracing cost a request (docs/performance.md, issue 23). Written as
 JSON dicts with orjson, a span takes a few microseconds.
+
+Where that encoding runs matters as much: in the SDK's BatchSpanProcessor thread it cost the
+service's event loop about three times its CPU (every turn of that thread at the interpreter's
+lock holds the loop up; GET /products traced whole read 0.71x of untraced with the encoding in
+the thread, 0.81x with it on the loop, docs/performance.md). So `Shipper` keeps the ended spans
+in a list and a task on the loop encodes them there, a batch at a time; only the post, which
+waits on the network, goes to a thread.
 
 The receiver is named by its base URL (`<endpoint>/v1/traces`); https is checked against the CA
 file given; no redirect is followed; every request has a timeout. A failed export is logged
@@ -13,18 +21,23 @@ file given; no redirect is followed; every request has a timeout. A failed expor
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import logging
 import ssl
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
+
+from shop.supervision import first_of
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +126,8 @@ def encode(spans: Sequence[ReadableSpan]) -> bytes:
 
 
 class OtlpJsonExporter(SpanExporter):
-    """Posts batches of spans to `<endpoint>/v1/traces` on one kept-alive connection (the
-    BatchSpanProcessor's thread calls it, one batch at a time)."""
+    """Posts batches of spans to `<endpoint>/v1/traces` on one kept-alive connection, one
+    post at a time (`Shipper` posts bodies it encoded; `export` encodes and posts)."""
 
     def __init__(
         self,
@@ -134,6 +147,7 @@ class OtlpJsonExporter(SpanExporter):
         self._timeout = timeout
         self._connection: http.client.HTTPConnection | None = None
         self._complained = 0.0
+        self._posting = threading.Lock()  # (the last post at shutdown may meet one under way)
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
@@ -148,7 +162,14 @@ class OtlpJsonExporter(SpanExporter):
         return self._connection
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        body = encode(spans)
+        return self.post(encode(spans))
+
+    def post(self, body: bytes) -> SpanExportResult:
+        """Post one encoded batch (`encode`); blocks until answered or timed out."""
+        with self._posting:
+            return self._post(body)
+
+    def _post(self, body: bytes) -> SpanExportResult:
         for attempt in range(2):  # once more on a fresh connection: a kept-alive one may be stale
             try:
                 connection = self._connect()
@@ -157,15 +178,15 @@ class OtlpJsonExporter(SpanExporter):
                 answer.read()
                 if 200 <= answer.status < 300:
                     return SpanExportResult.SUCCESS
-                self._complain(f"answered {answer.status}")
+                self.complain(f"answered {answer.status}")
                 return SpanExportResult.FAILURE
             except (OSError, http.client.HTTPException) as exc:
                 self.shutdown()
                 if attempt:
-                    self._complain(repr(exc))
+                    self.complain(repr(exc))
         return SpanExportResult.FAILURE
 
-    def _complain(self, what: str) -> None:
+    def complain(self, what: str) -> None:
         now = time.monotonic()
         if now - self._complained >= _COMPLAIN_EVERY:
             self._complained = now
@@ -180,3 +201,72 @@ class OtlpJsonExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
+
+
+class Shipper(SpanProcessor):
+    """The provider's span processor: ended spans wait in a list (at most `limit`; beyond it
+    they are dropped) until `run`, a task on the process's event loop, encodes them there,
+    `batch` at a time, and has the exporter post each body from a worker thread. A batch goes
+    once `batch` spans wait, or `every` seconds after the last round; `shutdown` posts what is
+    left."""
+
+    def __init__(
+        self, exporter: OtlpJsonExporter, *, every: float, limit: int, batch: int = 512
+    ) -> None:
+        self._exporter = exporter
+        self._every = every
+        self._limit = limit
+        self._batch = batch
+        self._spans: list[ReadableSpan] = []
+        self._wake: Callable[[], object] | None = None  # while `run` runs: its loop woken
+        self._dropped = 0
+        self._closed = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        spans = self._spans
+        if self._closed or len(spans) >= self._limit:
+            self._dropped += 1
+            return
+        spans.append(span)
+        if len(spans) == self._batch and self._wake is not None:
+            self._wake()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Ship the spans until `stopping` is set (a supervised worker: `Runtime.start`)."""
+        if self._wake is not None:
+            return  # (one task ships a process's spans)
+        ready = asyncio.Event()
+        self._wake = partial(asyncio.get_running_loop().call_soon_threadsafe, ready.set)
+        try:
+            while not stopping.is_set():
+                await first_of(ready, stopping, timeout=self._every)
+                ready.clear()
+                due = len(self._spans)  # (those that come meanwhile wait for the next round)
+                while due > 0:
+                    body, due = self._take(), due - self._batch
+                    await asyncio.to_thread(self._exporter.post, body)
+                if self._dropped:
+                    self._exporter.complain(f"{self._dropped} spans over the queue's {self._limit}")
+                    self._dropped = 0
+        finally:
+            self._wake = None
+
+    def _take(self) -> bytes:
+        """The first `batch` spans waiting, encoded and taken off the list."""
+        spans = self._spans
+        taken = spans[: self._batch]
+        del spans[: len(taken)]  # (a span another thread ends meanwhile is appended after)
+        return encode(taken)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Post everything waiting, from the calling thread."""
+        while self._spans:
+            if self._exporter.post(self._take()) is not SpanExportResult.SUCCESS:
+                return False
+        return True
+
+    def shutdown(self) -> None:
+        """Take no more spans, post those waiting, close the connection."""
+        self._closed = True
+        self.force_flush()
+        self._exporter.shutdown()

@@ -4,7 +4,8 @@ hand, and the W3C context carried in message headers and outbox rows.
 Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set (`settings.Tracing`): then every helper here
 returns at once after one test of `_provider`, and no OpenTelemetry code runs on any path. On,
 spans are sampled by trace id (parent-based, the same ratio in every process, so a trace is
-kept or dropped whole) and exported over OTLP/HTTP by a background thread in batches.
+kept or dropped whole) and exported over OTLP/HTTP in batches by a task on the event loop
+(`ship`, `otlp_json.Shipper`).
 
 A batch (a group commit, a consumer's batch) has many parents: its span is the child of the
 first sampled one (so that request's trace shows the batch and what follows it) and links to
@@ -15,6 +16,7 @@ traceparent of its publish span in its headers (Kafka headers, AMQP header table
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -28,7 +30,6 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -44,7 +45,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from shop.otlp_json import OtlpJsonExporter
+from shop.otlp_json import OtlpJsonExporter, Shipper
 from shop.settings import Tracing
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ TRACEPARENT = "traceparent"
 
 _W3C = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None  # None: tracing is off
+_shipper: Shipper | None = None  # what posts the spans `configure` set up (`ship`)
 _ratio = 1.0  # the share of requests traced
 _SCOPE = InstrumentationScope("shop")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -77,14 +79,9 @@ def configure(settings: Tracing, service: str) -> None:
         ca_file=settings.ca_file,
         timeout=settings.export_timeout_seconds,
     )
-    provider.add_span_processor(
-        BatchSpanProcessor(
-            exporter,
-            max_queue_size=settings.queue_spans,
-            schedule_delay_millis=settings.export_every_seconds * 1000,
-            export_timeout_millis=settings.export_timeout_seconds * 1000,
-        )
-    )
+    global _shipper
+    _shipper = Shipper(exporter, every=settings.export_every_seconds, limit=settings.queue_spans)
+    provider.add_span_processor(_shipper)
     trace.set_tracer_provider(provider)  # (FastAPI's hooks use the global one)
     install(provider, settings.sampling_ratio)
     log.info("tracing to %s, %g of traces kept", settings.endpoint, settings.sampling_ratio)
@@ -131,12 +128,19 @@ def pick() -> bool:
     return _provider is not None and random.random() < _ratio
 
 
+async def ship(stopping: asyncio.Event) -> None:
+    """Post the process's spans from its event loop until `stopping` is set (a supervised
+    worker of every service's runtime; nothing to do unless `configure` turned tracing on)."""
+    if _shipper is not None:
+        await _shipper.run(stopping)
+
+
 def shutdown() -> None:
     """Export what is left and stop the exporter (at a process's end)."""
-    global _provider
+    global _provider, _shipper
     if _provider is not None:
         _provider.shutdown()
-    _provider = None
+    _provider = _shipper = None
 
 
 def instrument_engines(*engines: Engine) -> None:

@@ -65,6 +65,7 @@ class Runtime:
             ensure_topics_best_effort, kafka=self.settings.kafka, topics=[self.events_topic]
         )
         self.supervisor.start("ensure-topics", ensure)
+        self.supervisor.start("span-export", tracing.ship)  # (returns at once: tracing off)
         warm = partial(self.db.warm_up, connections=self.settings.db.warm_connections)
         self.supervisor.start("database-warm-up", warm)
         if self.settings.outbox.relay_enabled:
