@@ -7,12 +7,11 @@ span (a span costs the SDK 23 us to make), in the service's own process: at 10 %
 was the largest part of what tracing cost a request (docs/performance.md, issue 23). Written as
 JSON dicts with orjson, a span takes a few microseconds.
 
-Where that encoding runs matters as much: in the SDK's BatchSpanProcessor thread it cost the
-service's event loop about three times its CPU (every turn of that thread at the interpreter's
-lock holds the loop up; GET /products traced whole read 0.71x of untraced with the encoding in
-the thread, 0.81x with it on the loop, docs/performance.md). So `Shipper` keeps the ended spans
-in a list and a task on the loop encodes them there, a batch at a time; only the post, which
-waits on the network, goes to a thread.
+Where that encoding runs matters too: in the SDK's BatchSpanProcessor thread, whose turns at
+the interpreter's lock hold the event loop up, `GET /products` traced whole read 0.71x of
+untraced, and 0.81x with the encoding on the loop (4 rounds each, docs/performance.md, issue
+23). So `Shipper` keeps the ended spans in a list and a task on the loop encodes them there, a
+batch at a time; only the post, which waits on the network, goes to a thread.
 
 The receiver is named by its base URL (`<endpoint>/v1/traces`); https is checked against the CA
 file given; no redirect is followed; every request has a timeout. A failed export is logged
@@ -223,8 +222,10 @@ class Shipper(SpanProcessor):
         self._closed = False
 
     def on_end(self, span: ReadableSpan) -> None:
+        if self._closed:
+            return
         spans = self._spans
-        if self._closed or len(spans) >= self._limit:
+        if len(spans) >= self._limit:
             self._dropped += 1
             return
         spans.append(span)
