@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
@@ -19,6 +21,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from shop import otlp_json
 from shop.otlp_json import OtlpJsonExporter, Shipper
+from tests.support import eventually
 
 RESOURCE = Resource.create({"service.name": "test"})
 
@@ -77,13 +80,14 @@ def test_every_span_goes_once_in_order_in_batches_up_to_the_limit(
     assert "late" not in exporter.names()
 
 
-async def _until(predicate: Any, seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not predicate():
-            await asyncio.sleep(0.005)
+def _until(predicate: Callable[[], object]) -> Awaitable[object]:
+    """`tests.support.eventually` of a plain predicate (its probe is awaited)."""
+    return eventually(lambda: asyncio.sleep(0, predicate()), timeout=5, interval=0.005)
 
 
-def test_a_full_batch_goes_at_once_and_is_encoded_on_the_loop() -> None:
+def test_a_full_batch_goes_at_once_and_is_encoded_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     encoded_on: list[int] = []
     real = otlp_json.encode
 
@@ -108,11 +112,8 @@ def test_a_full_batch_goes_at_once_and_is_encoded_on_the_loop() -> None:
         async with asyncio.timeout(1):  # prompt, though `every` is a minute
             await task
 
-    otlp_json.encode = encode  # (the module's name, which `Shipper` calls)
-    try:
-        asyncio.run(scenario())
-    finally:
-        otlp_json.encode = real
+    monkeypatch.setattr(otlp_json, "encode", encode)  # (the module's name, which `Shipper` calls)
+    asyncio.run(scenario())
 
 
 def test_a_part_batch_goes_after_every_and_one_ended_on_another_thread_goes_too() -> None:
