@@ -49,7 +49,7 @@ from shop.otlp_json import OtlpJsonExporter, Shipper
 from shop.settings import Tracing
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ _ratio = 1.0  # the share of requests traced
 _SCOPE = InstrumentationScope("shop")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _MAX_LINKS = 128  # as the SDK's default span limits
+DB_SYSTEM = {"db.system.name": "mysql"}  # (MariaDB speaks MySQL's protocol, as OTel names it)
 
 
 def configure(settings: Tracing, service: str) -> None:
@@ -144,20 +145,71 @@ def shutdown() -> None:
 
 
 def instrument_engines(*engines: Engine) -> None:
-    """A span per statement on these engines (OpenTelemetry's SQLAlchemy instrumentation), the
-    child of the span running it. Statements sent on the driver's connection (the order
-    batches, the relay) bypass SQLAlchemy: those units have a span by hand."""
+    """A CLIENT span per statement sent through these engines while a sampled span runs, its
+    child (`_statement_starts`). Statements sent on the driver's connection (the order batches,
+    the relay) bypass SQLAlchemy: those units have a span by hand.
+
+    Not OpenTelemetry's SQLAlchemy instrumentation: it began a span through the SDK for every
+    statement, sampled or not (parsing the engine's URL and the statement's first word first),
+    and counted every pool checkout and checkin into a meter: 30-40 us of CPU per statement of
+    an unchosen request (a statement's own cost here is about 200), where this is one lookup of
+    the running span (docs/performance.md, issue 23)."""
     if _provider is None:
         return
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    from sqlalchemy import event
 
-    instrumentor = SQLAlchemyInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:  # (once per process: a second Database
-        instrumentor.uninstrument()  # instruments its own engines instead)
-    # (its declared range stops below SQLAlchemy 2.1, and it refused to instrument, logging an
-    # error, once 2.1 was installed; what it hooks, the engine's cursor events, is unchanged
-    # in 2.1: tests/integration/test_sql_spans.py proves the spans against MariaDB)
-    instrumentor.instrument(engines=list(engines), tracer_provider=_provider, skip_dep_check=True)
+    for engine in engines:
+        if not event.contains(engine, "before_cursor_execute", _statement_starts):
+            event.listen(engine, "before_cursor_execute", _statement_starts)
+            event.listen(engine, "after_cursor_execute", _statement_ends)
+            event.listen(engine, "handle_error", _statement_fails)
+
+
+def _statement_starts(
+    conn: Connection,
+    _cursor: object,
+    statement: str,
+    _parameters: object,
+    context: ExecutionContext | None,
+    _executemany: bool,
+) -> None:
+    parent = trace.get_current_span().get_span_context()
+    if context is None or not parent.trace_flags.sampled:
+        return
+    url = conn.engine.url
+    words = statement.lstrip()[:32].split(maxsplit=1)  # (a batch's INSERT runs to megabytes)
+    operation = words[0].upper() if words else "SQL"
+    attributes: dict[str, AttributeValue] = {
+        **DB_SYSTEM,
+        "db.namespace": url.database or "",
+        "db.operation.name": operation,
+        "db.query.text": statement,
+        "server.address": url.host or "",
+        "server.port": url.port or 3306,
+    }
+    name = f"{operation} {url.database}" if url.database else operation
+    context._shop_span = _Recording(name, SpanKind.CLIENT, parent, attributes)  # type: ignore[attr-defined]
+
+
+def _statement_ends(
+    _conn: object,
+    _cursor: object,
+    _statement: object,
+    _parameters: object,
+    context: ExecutionContext | None,
+    _executemany: bool,
+) -> None:
+    opened: _Recording | None = getattr(context, "_shop_span", None)
+    if opened is not None:
+        opened.end()
+
+
+def _statement_fails(error: ExceptionContext) -> None:
+    opened: _Recording | None = getattr(error.execution_context, "_shop_span", None)
+    if opened is not None:
+        exc = error.original_exception
+        opened.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+        opened.end()
 
 
 def enabled() -> bool:

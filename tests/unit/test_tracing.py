@@ -124,7 +124,7 @@ def test_what_no_chosen_request_began_is_not_traced(spans: InMemorySpanExporter)
         assert batch is None
     tracer = trace.get_tracer("elsewhere", tracer_provider=tracing._provider)
     with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as statement:
-        assert not statement.is_recording()  # (SQLAlchemy's instrumentation, say)
+        assert not statement.is_recording()  # (an instrumentation's, say)
     assert spans.get_finished_spans() == ()
 
 

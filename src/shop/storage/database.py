@@ -38,7 +38,6 @@ POOL_WAITS = Counter(
 POOL_WAITED = Counter("db_pool_wait_seconds_total", "Seconds those checkouts waited", ["pool"])
 WAIT_COUNTED = 0.001  # seconds: a checkout of a free pooled connection takes tens of microseconds
 
-_DB_SPAN = {"db.system.name": "mysql"}  # (MariaDB speaks MySQL's protocol, as OTel names it)
 
 # Microsecond timestamps, stored as naive UTC.
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
@@ -424,8 +423,8 @@ class Database:
             ) as sql:
                 return await work(sql)
 
-        # (SQLAlchemy's instrumentation does not see the driver's connection: a span by hand.)
-        with tracing.span("transaction", kind=SpanKind.CLIENT, attributes=_DB_SPAN):
+        # (statements on the driver's connection pass no SQLAlchemy events: a span by hand.)
+        with tracing.span("transaction", kind=SpanKind.CLIENT, attributes=tracing.DB_SYSTEM):
             return await self._retrying(attempt)
 
     async def _retrying(self, attempt: Callable[[Callable[[], None]], Awaitable[T]]) -> T:
