@@ -151,7 +151,7 @@ def instrument_engines(*engines: Engine) -> None:
 
     Not OpenTelemetry's SQLAlchemy instrumentation: it began a span through the SDK for every
     statement, sampled or not (parsing the engine's URL and the statement's first word first),
-    and counted every pool checkout and checkin into a meter: 30-40 us of CPU per statement of
+    and counted every pool checkout and checkin into a meter: 35-45 us of CPU per statement of
     an unchosen request (a statement's own cost here is about 200), where this is one lookup of
     the running span (docs/performance.md, issue 23)."""
     if _provider is None:
