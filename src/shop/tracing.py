@@ -207,9 +207,13 @@ def _statement_ends(
 def _statement_fails(error: ExceptionContext) -> None:
     opened: _Recording | None = getattr(error.execution_context, "_shop_span", None)
     if opened is not None:
-        exc = error.original_exception
-        opened.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+        _failed(opened, error.original_exception)
         opened.end()
+
+
+def _failed(opened: Span, exc: BaseException) -> None:
+    """`opened` ends in error: `exc` named in its status."""
+    opened.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
 
 
 def enabled() -> bool:
@@ -316,7 +320,7 @@ def _current(opened: Span) -> Iterator[None]:
         yield
     except Exception as exc:  # (not BaseException: GeneratorExit and cancellation are not errors)
         opened.record_exception(exc)
-        opened.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+        _failed(opened, exc)
         raise
     finally:
         otel_context.detach(token)
